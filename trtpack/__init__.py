@@ -1,0 +1,91 @@
+"""trtpack: one self-describing file for an ExportedProgram and its TensorRT engines.
+
+    trtpack.save(ep, "model.trtpack")          # the input manifest is derived from ep
+    pack = trtpack.load("model.trtpack")       # engines where they run, else the program
+    y = pack(x, mask=m)                        # checked against the manifest first
+    trtpack.inspect("model.trtpack")           # manifest + digest; never imports torch
+
+Importing trtpack does not import torch: ``save``, ``load`` and ``compile`` import it when
+first used, so ``inspect``/``verify`` and the CLI stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    DeriveError,
+    EngineError,
+    InputMismatchError,
+    IntegrityError,
+    ManifestError,
+    MigrationError,
+    MissingDependencyError,
+    MissingMemberError,
+    NotAPackError,
+    NoUsableEngineError,
+    ProgramError,
+    RangeOverrideError,
+    RegistryError,
+    TrtpackError,
+    UnsafePackError,
+    UnsupportedVersionError,
+)
+from .info import PackInfo, inspect, verify
+from .manifest import FORMAT_VERSION, Manifest
+
+if TYPE_CHECKING:
+    from .derive import Range
+    from .packing import save
+    from .runtime import LoadedPack, load
+
+# name -> module that defines it; imported on first access (these import torch)
+_LAZY = {
+    "save": "packing",
+    "load": "runtime",
+    "LoadedPack": "runtime",
+    "Range": "derive",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trtpack' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "__version__",
+    "FORMAT_VERSION",
+    "Manifest",
+    "PackInfo",
+    "LoadedPack",
+    "Range",
+    "save",
+    "load",
+    "inspect",
+    "verify",
+    # errors
+    "TrtpackError",
+    "NotAPackError",
+    "IntegrityError",
+    "UnsafePackError",
+    "MissingMemberError",
+    "ManifestError",
+    "UnsupportedVersionError",
+    "DeriveError",
+    "RangeOverrideError",
+    "ProgramError",
+    "InputMismatchError",
+    "EngineError",
+    "NoUsableEngineError",
+    "MissingDependencyError",
+    "MigrationError",
+    "RegistryError",
+]

@@ -1,0 +1,468 @@
+"""The .trtpack zip: where every byte is written and where every byte is checked. No torch.
+
+Writing (``write_pack``): members are STORED (never compressed), every member after the
+manifest starts its data on a 4096-byte boundary (padding in the local header's extra field,
+as Android's zipalign does), every entry carries ZIP64 sizes, timestamps are fixed and member
+order is sorted, so equal content gives byte-identical files. The file is written to a
+temporary name beside the target, fsynced and renamed: a crash leaves the old file or none.
+
+Reading (``PackReader``): the central directory is parsed by :mod:`zipfile`; then every entry
+is checked before any member is used (names, duplicates, compression, sizes against the file,
+local headers against the central directory, overlaps). Members are served as zero-copy views
+of a private memory map, and checked against the manifest's SHA-256 on request.
+
+We write the zip ourselves because :mod:`zipfile` cannot align data or omit the alignment
+padding from the central directory; reading stays with :mod:`zipfile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import mmap
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import (
+    IntegrityError,
+    MissingMemberError,
+    NotAPackError,
+    UnsafePackError,
+)
+from .manifest import MANIFEST_NAME
+
+ALIGNMENT = 4096
+_CHUNK = 8 << 20
+_ZIP_VERSION = 45  # 4.5: ZIP64
+_DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the earliest a zip can say
+_DOS_TIME = 0
+_EXTERNAL_ATTR = 0o100644 << 16  # a regular file, rw-r--r--
+_ALIGN_EXTRA_ID = 0xD935  # the id zipalign uses for its padding field
+
+PathLike = str | os.PathLike[str]
+Data = bytes | bytearray | memoryview
+
+
+# --- sources: what a member's bytes come from ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberDigest:
+    sha256: str
+    size: int
+    crc32: int
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """Bytes ``[offset, offset+size)`` of a file: how members are copied between packs
+    without being read into memory."""
+
+    path: Path
+    offset: int
+    size: int
+
+    def chunks(self) -> Iterator[memoryview]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            left = self.size
+            buf = bytearray(min(_CHUNK, max(left, 1)))
+            view = memoryview(buf)
+            while left:
+                n = f.readinto(view[: min(left, len(buf))])
+                if not n:
+                    raise IntegrityError(f"{self.path} ended early while copying a member")
+                left -= n
+                yield view[:n]
+
+
+Source = Data | FileSlice
+
+
+def _chunks(source: Source) -> Iterator[memoryview]:
+    if isinstance(source, FileSlice):
+        yield from source.chunks()
+    else:
+        view = memoryview(source).cast("B")
+        for start in range(0, len(view), _CHUNK):
+            yield view[start : start + _CHUNK]
+
+
+def _size(source: Source) -> int:
+    return source.size if isinstance(source, FileSlice) else memoryview(source).nbytes
+
+
+def digest(source: Source) -> MemberDigest:
+    """SHA-256, size and CRC-32 of a member's bytes, in one pass."""
+    sha = hashlib.sha256()
+    crc = 0
+    size = 0
+    for chunk in _chunks(source):
+        sha.update(chunk)
+        crc = zlib.crc32(chunk, crc)
+        size += len(chunk)
+    return MemberDigest(sha.hexdigest(), size, crc)
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def check_member_name(name: str) -> None:
+    """A member name is a relative POSIX path with no '.', '..' or empty parts."""
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or (len(name) > 1 and name[1] == ":")
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
+        raise UnsafePackError(
+            f"member name {name!r} is not a safe relative path "
+            "(no leading '/', no '..' or '.' parts, no backslash, no drive letter)"
+        )
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside ``path``; on success fsync it, rename it over
+    ``path`` and fsync the directory. On any error the temporary file is removed and
+    ``path`` is untouched."""
+    target = Path(path)
+    if not overwrite and target.exists():
+        raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        if not overwrite and target.exists():
+            raise FileExistsError(f"{target} appeared while writing; not replacing it")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not every platform can open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Entry:
+    name: bytes
+    flags: int
+    digest: MemberDigest
+    offset: int
+
+
+class _ZipWriter:
+    def __init__(self, fp: BinaryIO) -> None:
+        self.fp = fp
+        self.pos = 0
+        self.entries: list[_Entry] = []
+
+    def _write(self, data: Data) -> None:
+        self.fp.write(data)
+        self.pos += memoryview(data).nbytes
+
+    def add(self, name: str, source: Source, d: MemberDigest, *, align: int) -> None:
+        check_member_name(name)
+        raw_name = name.encode("utf-8")
+        flags = 0x0800 if not name.isascii() else 0  # bit 11: the name is UTF-8
+        zip64 = struct.pack("<HHQQ", 1, 16, d.size, d.size)
+        extra = zip64
+        if align > 1:
+            pad = -(self.pos + 30 + len(raw_name) + len(zip64)) % align
+            if pad:
+                pad += align if pad < 6 else 0
+                extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, align) + bytes(pad - 6)
+        entry = _Entry(raw_name, flags, d, self.pos)
+        header = struct.pack(
+            "<IHHHHHIIIHH",
+            0x04034B50,
+            _ZIP_VERSION,
+            flags,
+            0,
+            _DOS_TIME,
+            _DOS_DATE,
+            d.crc32,
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+            len(raw_name),
+            len(extra),
+        )
+        self._write(header + raw_name + extra)
+        written = 0
+        for chunk in _chunks(source):
+            self._write(chunk)
+            written += len(chunk)
+        if written != d.size:
+            raise IntegrityError(f"member {name!r} changed size while being written")
+        self.entries.append(entry)
+
+    def finish(self) -> None:
+        cd_start = self.pos
+        for e in self.entries:
+            extra = struct.pack("<HHQQQ", 1, 24, e.digest.size, e.digest.size, e.offset)
+            self._write(
+                struct.pack(
+                    "<IHHHHHHIIIHHHHHII",
+                    0x02014B50,
+                    (3 << 8) | _ZIP_VERSION,
+                    _ZIP_VERSION,
+                    e.flags,
+                    0,
+                    _DOS_TIME,
+                    _DOS_DATE,
+                    e.digest.crc32,
+                    0xFFFFFFFF,
+                    0xFFFFFFFF,
+                    len(e.name),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    _EXTERNAL_ATTR,
+                    0xFFFFFFFF,
+                )
+                + e.name
+                + extra
+            )
+        cd_size = self.pos - cd_start
+        eocd64 = self.pos
+        n = len(self.entries)
+        self._write(
+            struct.pack(
+                "<IQHHIIQQQQ",
+                0x06064B50,
+                44,
+                (3 << 8) | _ZIP_VERSION,
+                _ZIP_VERSION,
+                0,
+                0,
+                n,
+                n,
+                cd_size,
+                cd_start,
+            )
+        )
+        self._write(struct.pack("<IIQI", 0x07064B50, 0, eocd64, 1))
+        self._write(
+            struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+        )
+
+
+def write_pack(
+    path: PathLike,
+    manifest_json: bytes,
+    members: Mapping[str, tuple[Source, MemberDigest]],
+    *,
+    overwrite: bool = True,
+) -> None:
+    """Write a pack atomically: ``manifest.json`` first, then members sorted by name, each
+    aligned. ``members`` maps name -> (source, its digest) — the digest was computed before
+    the manifest was built, since the manifest records it."""
+    with atomic_write(path, overwrite=overwrite) as f:
+        w = _ZipWriter(f)
+        w.add(MANIFEST_NAME, manifest_json, digest(manifest_json), align=1)
+        for name in sorted(members):
+            source, d = members[name]
+            w.add(name, source, d, align=ALIGNMENT)
+        w.finish()
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    name: str
+    offset: int  # where the data starts in the file
+    size: int
+    crc32: int
+
+
+class PackReader:
+    """A checked view of a zip file. Construction reads only the central directory and the
+    local headers; member data is read (or mapped) on request."""
+
+    def __init__(self, path: PathLike, *, require_stored: bool = True) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file: {self.path}") from None
+        except IsADirectoryError:
+            raise NotAPackError(f"{self.path} is a directory, not a pack") from None
+        self._mmap: mmap.mmap | None = None
+        try:
+            self.file_size = os.fstat(self._file.fileno()).st_size
+            self.members = self._read_directory(require_stored)
+        except BaseException:
+            self._file.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        # An mmap stays valid after its file is closed; tensors viewing it keep it alive.
+        self._file.close()
+
+    def __enter__(self) -> PackReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the directory ----------------------------------------------------------------------
+
+    def _read_directory(self, require_stored: bool) -> dict[str, MemberInfo]:
+        f = self._file
+        head = f.read(4)
+        try:
+            zf = zipfile.ZipFile(f)
+        except zipfile.BadZipFile as e:
+            if head == b"PK\x03\x04":
+                raise IntegrityError(
+                    f"{self.path} starts like a zip but its central directory is missing or "
+                    f"damaged — the file is probably truncated ({self.file_size} bytes): {e}"
+                ) from None
+            raise NotAPackError(
+                f"{self.path} is not a zip file, so not a .trtpack (first bytes {head!r})"
+            ) from None
+        except (EOFError, OSError, ValueError, struct.error) as e:
+            raise IntegrityError(f"{self.path}: the zip directory cannot be read: {e}") from None
+        infos = zf.infolist()
+        members: dict[str, MemberInfo] = {}
+        spans: list[tuple[int, int, str]] = []
+        for info in infos:
+            name = info.filename
+            if name.endswith("/") and info.file_size == 0:
+                continue  # a directory entry carries no data
+            check_member_name(name)
+            if name in members:
+                raise UnsafePackError(f"{self.path}: member {name!r} appears twice")
+            if info.compress_type != zipfile.ZIP_STORED:
+                if require_stored:
+                    raise UnsafePackError(
+                        f"{self.path}: member {name!r} is compressed (method "
+                        f"{info.compress_type}); trtpack members are stored uncompressed"
+                    )
+            elif info.compress_size != info.file_size:
+                raise UnsafePackError(
+                    f"{self.path}: stored member {name!r} declares {info.file_size} bytes "
+                    f"but occupies {info.compress_size}"
+                )
+            if info.flag_bits & 0x1:
+                raise UnsafePackError(f"{self.path}: member {name!r} is encrypted")
+            data_offset = self._local_data_offset(info)
+            end = data_offset + info.compress_size
+            if end > self.file_size:
+                raise UnsafePackError(
+                    f"{self.path}: member {name!r} declares {info.compress_size} bytes at "
+                    f"offset {data_offset}, beyond the end of the {self.file_size}-byte file "
+                    "(truncated file or a zip bomb)"
+                )
+            spans.append((info.header_offset, end, name))
+            members[name] = MemberInfo(name, data_offset, info.file_size, info.CRC)
+        spans.sort()
+        for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
+            if start_b < end_a:
+                raise UnsafePackError(f"{self.path}: members {a!r} and {b!r} overlap")
+        return members
+
+    def _local_data_offset(self, info: zipfile.ZipInfo) -> int:
+        if info.header_offset + 30 > self.file_size:
+            raise UnsafePackError(
+                f"{self.path}: member {info.filename!r} has its header beyond the end of the file"
+            )
+        self._file.seek(info.header_offset)
+        header = self._file.read(30)
+        sig, *_, name_len, extra_len = struct.unpack("<IHHHHHIIIHH", header)
+        if sig != 0x04034B50:
+            raise IntegrityError(
+                f"{self.path}: member {info.filename!r} has no local header at "
+                f"offset {info.header_offset}"
+            )
+        raw_name = self._file.read(name_len)
+        name = raw_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
+        if name != info.filename:
+            raise UnsafePackError(
+                f"{self.path}: local header names {name!r} where the directory names "
+                f"{info.filename!r}"
+            )
+        return info.header_offset + 30 + name_len + extra_len
+
+    # -- member data ------------------------------------------------------------------------
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.members
+
+    def info(self, name: str) -> MemberInfo:
+        try:
+            return self.members[name]
+        except KeyError:
+            raise MissingMemberError(f"{self.path} has no member {name!r}") from None
+
+    def read(self, name: str) -> bytes:
+        """A member's bytes (a copy). For small members."""
+        info = self.info(name)
+        self._file.seek(info.offset)
+        data = self._file.read(info.size)
+        if len(data) != info.size:
+            raise IntegrityError(f"{self.path}: member {name!r} is truncated")
+        return data
+
+    def view(self, name: str) -> memoryview:
+        """A zero-copy, writable (copy-on-write) view of a member's bytes, backed by a private
+        memory map of the file."""
+        info = self.info(name)
+        if info.size == 0:
+            return memoryview(b"")
+        if self._mmap is None:
+            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+        return memoryview(self._mmap)[info.offset : info.offset + info.size]
+
+    def slice(self, name: str) -> FileSlice:
+        info = self.info(name)
+        return FileSlice(self.path, info.offset, info.size)
+
+    def verify(self, name: str, sha256: str, size: int) -> None:
+        """Check a member against its recorded SHA-256 and size; raise IntegrityError if not."""
+        info = self.info(name)
+        if info.size != size:
+            raise IntegrityError(
+                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says {size}"
+            )
+        got = digest(self.slice(name)).sha256
+        if got != sha256:
+            raise IntegrityError(
+                f"{self.path}: member {name!r} is corrupt: SHA-256 {got[:16]}… does not match "
+                f"the manifest's {sha256[:16]}…"
+            )
+
+    def iter_members(self) -> Iterable[MemberInfo]:
+        return self.members.values()

@@ -1,0 +1,111 @@
+"""Every error trtpack raises on purpose is a :class:`TrtpackError`.
+
+One hierarchy, so that a caller can ``except trtpack.TrtpackError`` and a test can
+name the exact failure. Messages say what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class TrtpackError(Exception):
+    """Base class of every trtpack error."""
+
+
+# --- the file itself -------------------------------------------------------------------
+
+
+class NotAPackError(TrtpackError):
+    """The file is not a .trtpack (not a zip, or a zip without a trtpack manifest)."""
+
+
+class IntegrityError(TrtpackError):
+    """The pack is damaged: truncated, a member's bytes do not match its recorded hash or
+    size, or the zip structure is inconsistent."""
+
+
+class UnsafePackError(IntegrityError):
+    """The zip is built to attack its reader: a member named with ``..`` or an absolute
+    path, duplicate names, overlapping members, or sizes absurd for the file."""
+
+
+class MissingMemberError(IntegrityError):
+    """The manifest names a member that the zip does not contain (or the reverse)."""
+
+
+# --- the manifest ----------------------------------------------------------------------
+
+
+class ManifestError(TrtpackError):
+    """The manifest is not valid JSON, fails the JSON Schema, or is inconsistent."""
+
+
+class UnsupportedVersionError(TrtpackError):
+    """The pack was written by a newer trtpack major format version than this reader knows."""
+
+
+# --- building a manifest or program from torch objects ---------------------------------
+
+
+class DeriveError(TrtpackError):
+    """An ExportedProgram or compiled module cannot be described by a manifest."""
+
+
+class RangeOverrideError(DeriveError, ValueError):
+    """A range override at save is invalid, e.g. it widens the exported range."""
+
+
+class ProgramError(TrtpackError):
+    """The ExportedProgram cannot be stored or restored (e.g. across torch versions)."""
+
+
+# --- calling a loaded pack -------------------------------------------------------------
+
+
+class InputMismatchError(TrtpackError, ValueError):
+    """A call's inputs do not match the manifest's input contract."""
+
+
+# --- engines -----------------------------------------------------------------------------
+
+
+class EngineError(TrtpackError):
+    """A TensorRT engine is unusable: corrupt, inconsistent with the manifest, or refused."""
+
+
+class NoUsableEngineError(EngineError):
+    """``require_engine=True`` was given and no engine variant can run here."""
+
+
+# --- environment -------------------------------------------------------------------------
+
+
+class MissingDependencyError(TrtpackError, ImportError):
+    """An optional dependency is needed for this operation and is not installed."""
+
+
+class MigrationError(TrtpackError):
+    """A legacy artifact cannot be migrated to the current format."""
+
+
+class RegistryError(TrtpackError):
+    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
+
+
+__all__ = [
+    "TrtpackError",
+    "NotAPackError",
+    "IntegrityError",
+    "UnsafePackError",
+    "MissingMemberError",
+    "ManifestError",
+    "UnsupportedVersionError",
+    "DeriveError",
+    "RangeOverrideError",
+    "ProgramError",
+    "InputMismatchError",
+    "EngineError",
+    "NoUsableEngineError",
+    "MissingDependencyError",
+    "MigrationError",
+    "RegistryError",
+]

@@ -1,0 +1,216 @@
+"""What a pack says about itself, read from its manifest alone. No torch.
+
+``inspect`` opens the zip's central directory and reads ``manifest.json``: its cost does not
+grow with the pack. ``verify`` also hashes every member. ``render`` draws the table that
+``trtpack inspect`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .container import PackReader, PathLike
+from .errors import IntegrityError, MissingMemberError, NotAPackError, UnsafePackError
+from .manifest import MANIFEST_NAME, IOSpec, Manifest, Symbol, parse_dim
+
+_MANIFEST_LIMIT = 64 << 20  # a manifest this large is not a manifest
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """The facts of a pack: its manifest, digest and size."""
+
+    path: Path
+    manifest: Manifest
+    #: ``sha256:<hex>`` of manifest.json. The manifest records every member's SHA-256, so
+    #: this names the whole content; it is also the OCI config digest when pushed.
+    digest: str
+    file_size: int
+
+
+@contextmanager
+def open_pack(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
+    """Open and check a pack's structure and manifest (no member data is read)."""
+    with PackReader(path) as reader:
+        yield reader, read_info(reader)
+
+
+def read_info(reader: PackReader) -> PackInfo:
+    if MANIFEST_NAME not in reader:
+        names = ", ".join(sorted(reader.members)[:5]) or "none"
+        raise NotAPackError(
+            f"{reader.path} is a zip without {MANIFEST_NAME} (members: {names}), so not a "
+            "trtpack pack; `trtpack migrate` converts torch.export and torch_tensorrt files"
+        )
+    if reader.info(MANIFEST_NAME).size > _MANIFEST_LIMIT:
+        raise UnsafePackError(f"{reader.path}: {MANIFEST_NAME} is larger than 64 MiB")
+    raw = reader.read(MANIFEST_NAME)
+    manifest = Manifest.from_json(raw)
+    _check_members(reader, manifest)
+    return PackInfo(
+        path=reader.path,
+        manifest=manifest,
+        digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+        file_size=reader.file_size,
+    )
+
+
+def _check_members(reader: PackReader, manifest: Manifest) -> None:
+    """The zip holds exactly the manifest's members, at the recorded sizes."""
+    for name, member in manifest.members.items():
+        if name not in reader:
+            raise MissingMemberError(
+                f"{reader.path}: the manifest lists {name!r}, the zip lacks it"
+            )
+        size = reader.info(name).size
+        if size != member.size:
+            raise IntegrityError(
+                f"{reader.path}: member {name!r} is {size} bytes, the manifest says {member.size}"
+            )
+    for name in reader.members:
+        if name != MANIFEST_NAME and name not in manifest.members:
+            raise UnsafePackError(f"{reader.path}: member {name!r} is not listed in the manifest")
+
+
+def inspect(path: PathLike) -> PackInfo:
+    """Read a pack's manifest and digest, without torch and without reading its members."""
+    with open_pack(path) as (_, info):
+        return info
+
+
+def verify(path: PathLike) -> PackInfo:
+    """Check every member's SHA-256 and size against the manifest. Raises IntegrityError."""
+    with open_pack(path) as (reader, info):
+        for name, member in info.manifest.members.items():
+            reader.verify(name, member.sha256, member.size)
+        return info
+
+
+# --- the table ---------------------------------------------------------------------------
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_shape(shape: tuple, symbols: dict[str, Symbol]) -> str:
+    parts = []
+    for d in shape:
+        if isinstance(d, int):
+            parts.append(str(d))
+            continue
+        try:
+            expr = parse_dim(d)
+        except Exception:
+            parts.append(d)  # an output's free-form expression
+            continue
+        sym = symbols.get(expr.symbol)
+        if sym is not None and str(expr) == expr.symbol:
+            hi = "inf" if sym.max is None else sym.max
+            parts.append(f"{d}({sym.min}..{hi}, opt {sym.opt})")
+        else:
+            parts.append(d)
+    return "[" + ", ".join(parts) + "]"
+
+
+def _describe(spec: IOSpec, symbols: dict[str, Symbol]) -> tuple[str, str, str]:
+    if spec.is_tensor:
+        fmt = format_shape(spec.shape or (), symbols)
+        if spec.memory_format not in (None, "contiguous"):
+            fmt += f"  {spec.memory_format}"
+        return spec.path, spec.dtype or "?", fmt
+    if spec.symbol is not None:
+        return spec.path, spec.kind, format_shape((spec.symbol,), symbols)[1:-1]
+    return spec.path, spec.kind, f"= {spec.value!r}"
+
+
+def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+    if not rows:
+        return [indent + "(none)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+
+
+def render(info: PackInfo) -> str:
+    """The human-readable summary printed by ``trtpack inspect``."""
+    m = info.manifest
+    lines = [
+        f"{info.path.name}  {human_size(info.file_size)}  trtpack format "
+        f"{m.format_version[0]}.{m.format_version[1]}",
+        f"digest   {info.digest}",
+    ]
+    if m.metadata:
+        lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
+    lines.append("inputs")
+    lines += _table([(i.name, *_describe(i, m.symbols)) for i in m.inputs])
+    lines.append("outputs")
+    lines += _table([(o.name, *_describe(o, m.symbols)) for o in m.outputs])
+    lines.append("symbols")
+    lines += _table(
+        [
+            (
+                name,
+                f"min {s.min}",
+                f"max {'inf' if s.max is None else s.max}",
+                f"opt {s.opt}",
+                f"({s.opt_source})",
+            )
+            for name, s in m.symbols.items()
+        ]
+    )
+    if m.program is not None:
+        lines.append(
+            f"program  ExportedProgram (torch.export schema "
+            f"{m.program.serde_schema[0]}.{m.program.serde_schema[1]})"
+        )
+    else:
+        lines.append("program  (none: engines only)")
+    lines.append("engines")
+    engine_rows: list[tuple[str, ...]] = []
+    for v in m.engines:
+        t = v.target
+        ccs = ",".join(t.compute_capabilities) or "any"
+        flags = [t.hardware_compatibility] if t.hardware_compatibility != "none" else []
+        if t.version_compatible:
+            flags.append("version-compatible")
+        size = sum(m.members[e.member].size for e in v.engines)
+        engine_rows.append(
+            (
+                v.name,
+                f"{t.flavor} {t.trt_version}",
+                f"sm {ccs}",
+                " ".join(flags) or "-",
+                f"{len(v.engines)} engine(s), {human_size(size)}",
+                "whole graph" if v.graph is None else "with PyTorch fallback",
+            )
+        )
+    lines += _table(engine_rows)
+    lines.append("members")
+    lines += _table(
+        [
+            (name, human_size(mem.size), f"sha256:{mem.sha256[:16]}…")
+            for name, mem in sorted(m.members.items())
+        ]
+    )
+    p = m.producer
+    made = [f"trtpack {p.trtpack}", f"python {p.python}"]
+    made += [
+        f"{k} {v}"
+        for k, v in (
+            ("torch", p.torch),
+            ("torch_tensorrt", p.torch_tensorrt),
+            ("tensorrt", p.tensorrt),
+        )
+        if v
+    ]
+    lines.append("producer " + " · ".join(made))
+    return "\n".join(lines) + "\n"

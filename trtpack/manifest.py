@@ -1,0 +1,436 @@
+"""The manifest: typed dataclasses, JSON in and out, validated by ``schema/``. No torch here.
+
+The JSON Schema in ``schema/manifest.v<major>.schema.json`` is the source of truth; these
+dataclasses mirror it field for field (``tests/test_manifest.py`` proves it). A field with a
+default is optional in the schema and omitted from the JSON while it holds ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError, UnsupportedVersionError
+
+FORMAT_NAME = "trtpack"
+#: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
+FORMAT_VERSION: tuple[int, int] = (1, 0)
+#: The name of the first member of every pack.
+MANIFEST_NAME = "manifest.json"
+
+Dim = int | str
+Tree = dict[str, Any]
+
+
+# --- the dataclasses (mirror schema/manifest.v1.schema.json) -------------------------------
+
+
+@dataclass(frozen=True)
+class Producer:
+    """Versions of the software that wrote the pack."""
+
+    trtpack: str
+    python: str
+    torch: str | None = None
+    torch_tensorrt: str | None = None
+    tensorrt: str | None = None
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """One flat input or output. Tensors carry dtype and shape; other kinds carry the value
+    torch.export specialized them to, or (a dynamic int) the symbol they equal."""
+
+    name: str
+    path: str
+    kind: str
+    dtype: str | None = None
+    shape: tuple[Dim, ...] | None = None
+    memory_format: str | None = None
+    value: int | float | bool | str | None = None
+    symbol: str | None = None
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind == "tensor"
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A dynamic dim: its range [min, max] (max None: unbounded) and the size to tune for."""
+
+    min: int
+    max: int | None
+    opt: int
+    opt_source: str
+
+
+@dataclass(frozen=True)
+class Member:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ProgramRef:
+    """Where the ExportedProgram lives in the pack."""
+
+    graph: str
+    weights: str
+    serde_schema: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One engine input or output binding, with its optimization profile for inputs."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    profile: tuple[tuple[int, int, int], ...] | None = None
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One TensorRT engine: its member, bindings and the settings it was built with."""
+
+    name: str
+    member: str
+    inputs: tuple[Binding, ...]
+    outputs: tuple[Binding, ...]
+    abi_version: str | None = None
+    settings: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an engine set needs to run: read from plan headers and build settings."""
+
+    flavor: str
+    trt_version: str
+    compute_capabilities: tuple[str, ...]
+    hardware_compatibility: str
+    version_compatible: bool
+    platform: str | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One set of engines built for one target; ``graph`` wires them (None: one engine)."""
+
+    name: str
+    target: Target
+    engines: tuple[EngineSpec, ...]
+    graph: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a reader needs to know about a pack, without reading anything else."""
+
+    format_version: tuple[int, int]
+    producer: Producer
+    inputs: tuple[IOSpec, ...]
+    outputs: tuple[IOSpec, ...]
+    symbols: dict[str, Symbol]
+    input_tree: Tree
+    output_tree: Tree
+    members: dict[str, Member]
+    program: ProgramRef | None
+    engines: tuple[Variant, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+
+    # -- JSON ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_json_value(self)
+
+    def to_json(self) -> bytes:
+        """Canonical bytes: validated, sorted keys, fixed indentation, so equal manifests are
+        byte-identical."""
+        data = self.to_dict()
+        validate(data)
+        self.check()
+        return dumps_canonical(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        lenient = check_version(data)
+        validate(data, lenient=lenient)
+        manifest = _from_json_value(cls, data)
+        manifest.check()
+        return manifest
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Manifest:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    # -- consistency beyond what JSON Schema can say ---------------------------------------
+
+    def check(self) -> None:
+        """Cross-field rules: symbols referenced exist, ranges are ordered, members exist."""
+        for name, sym in self.symbols.items():
+            if sym.max is not None and sym.min > sym.max:
+                raise ManifestError(f"symbol {name!r}: min {sym.min} > max {sym.max}")
+            if sym.opt < sym.min or (sym.max is not None and sym.opt > sym.max):
+                raise ManifestError(
+                    f"symbol {name!r}: opt {sym.opt} outside [{sym.min}, {_fmt_max(sym.max)}]"
+                )
+        seen: set[str] = set()
+        for spec in self.inputs:
+            if spec.name in seen:
+                raise ManifestError(f"two inputs are named {spec.name!r}")
+            seen.add(spec.name)
+            for dim in spec.shape or ():
+                if isinstance(dim, str):
+                    expr = parse_dim(dim, where=f"input {spec.name!r}")
+                    if expr.symbol not in self.symbols:
+                        raise ManifestError(
+                            f"input {spec.name!r} uses symbol {expr.symbol!r}, "
+                            "which is not in the symbols table"
+                        )
+        if _count_leaves(self.input_tree) != len(self.inputs):
+            raise ManifestError(
+                f"input_tree has {_count_leaves(self.input_tree)} leaves "
+                f"but there are {len(self.inputs)} inputs"
+            )
+        if _count_leaves(self.output_tree) != len(self.outputs):
+            raise ManifestError(
+                f"output_tree has {_count_leaves(self.output_tree)} leaves "
+                f"but there are {len(self.outputs)} outputs"
+            )
+        referenced = []
+        if self.program is not None:
+            referenced += [self.program.graph, self.program.weights]
+        names: set[str] = set()
+        for variant in self.engines:
+            if variant.name in names:
+                raise ManifestError(f"two engine variants are named {variant.name!r}")
+            names.add(variant.name)
+            referenced += [e.member for e in variant.engines]
+            if variant.graph is not None:
+                referenced.append(variant.graph)
+        for member in referenced:
+            if member not in self.members:
+                raise ManifestError(f"{member!r} is referenced but not listed in members")
+
+    # -- convenience -----------------------------------------------------------------------
+
+    @property
+    def tensor_inputs(self) -> tuple[IOSpec, ...]:
+        return tuple(i for i in self.inputs if i.is_tensor)
+
+    def variant(self, name: str) -> Variant:
+        for v in self.engines:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+# --- dims ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DimExpr:
+    """``coef * symbol + offset``: the only form torch.export gives input dims."""
+
+    symbol: str
+    coef: int = 1
+    offset: int = 0
+
+    def value(self, root: int) -> int:
+        return self.coef * root + self.offset
+
+    def solve(self, size: int) -> int | None:
+        """The root value for which this expression equals ``size``, or None if none exists."""
+        q, r = divmod(size - self.offset, self.coef)
+        return q if r == 0 else None
+
+    def __str__(self) -> str:
+        s = self.symbol if self.coef == 1 else f"{self.coef}*{self.symbol}"
+        if self.offset:
+            s += f"{self.offset:+d}"
+        return s
+
+
+_DIM_RE = re.compile(
+    r"^\s*(?:(?P<c1>\d+)\s*\*\s*)?(?P<sym>[A-Za-z_][A-Za-z0-9_]*)"
+    r"(?:\s*\*\s*(?P<c2>\d+))?\s*(?:(?P<sign>[+-])\s*(?P<off>\d+))?\s*$"
+)
+
+
+def parse_dim(text: str, *, where: str = "dim") -> DimExpr:
+    """Parse ``n``, ``2*n``, ``n*2``, ``n+1``, ``2*n - 1``. Raises ManifestError otherwise."""
+    m = _DIM_RE.match(text)
+    if not m or (m["c1"] and m["c2"]):
+        raise ManifestError(
+            f"{where}: dim {text!r} is not of the form 'n', 'a*n', 'n+b' or 'a*n+b'"
+        )
+    coef = int(m["c1"] or m["c2"] or 1)
+    if coef == 0:
+        raise ManifestError(f"{where}: dim {text!r} has coefficient 0")
+    offset = int(m["off"] or 0) * (-1 if m["sign"] == "-" else 1)
+    return DimExpr(m["sym"], coef, offset)
+
+
+def _fmt_max(v: int | None) -> str:
+    return "inf" if v is None else str(v)
+
+
+def _count_leaves(tree: Tree) -> int:
+    if tree["type"] == "leaf":
+        return 1
+    return sum(_count_leaves(c) for c in tree.get("children", ()))
+
+
+# --- versions and schema ------------------------------------------------------------------
+
+
+def check_version(data: Any) -> bool:
+    """Refuse packs this reader cannot understand. Returns True when the pack is of a newer
+    minor version (validate leniently: unknown fields are allowed)."""
+    if not isinstance(data, dict):
+        raise ManifestError("manifest.json must hold a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise ManifestError(
+            f"manifest.json has format {data.get('format')!r}, expected {FORMAT_NAME!r}"
+        )
+    version = data.get("format_version")
+    if (
+        not isinstance(version, list)
+        or len(version) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in version)
+    ):
+        raise ManifestError(f"format_version must be [major, minor], got {version!r}")
+    major, minor = version
+    if major > FORMAT_VERSION[0]:
+        raise UnsupportedVersionError(
+            f"this pack has format version {major}.{minor}; this trtpack reads up to "
+            f"{FORMAT_VERSION[0]}.x. Upgrade trtpack to a release that reads format {major}."
+        )
+    if major < FORMAT_VERSION[0]:
+        raise UnsupportedVersionError(
+            f"format version {major}.{minor} must be migrated first (trtpack migrate)"
+        )
+    return minor > FORMAT_VERSION[1]
+
+
+def schema_path(major: int = FORMAT_VERSION[0]) -> Path:
+    """The JSON Schema file of a format major version (shipped inside the wheel)."""
+    name = f"manifest.v{major}.schema.json"
+    packaged = Path(__file__).with_name("_schema") / name
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "schema" / name  # a source checkout
+
+
+@functools.lru_cache(maxsize=4)
+def load_schema(major: int = FORMAT_VERSION[0]) -> dict[str, Any]:
+    return json.loads(schema_path(major).read_text(encoding="utf-8"))
+
+
+def _lenient(schema: Any) -> Any:
+    """The schema with every ``additionalProperties: false`` lifted, to read newer minors."""
+    if isinstance(schema, dict):
+        return {
+            k: _lenient(v)
+            for k, v in schema.items()
+            if not (k == "additionalProperties" and v is False)
+        }
+    if isinstance(schema, list):
+        return [_lenient(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=4)
+def _validator(lenient: bool) -> Any:
+    import jsonschema  # imported here: ~60 ms, only paid when a manifest is read or written
+
+    schema = load_schema()
+    return jsonschema.Draft202012Validator(_lenient(schema) if lenient else schema)
+
+
+def validate(data: Any, *, lenient: bool = False) -> None:
+    """Validate a manifest dict against the JSON Schema; raise ManifestError naming each
+    problem with its JSON path."""
+    errors = sorted(_validator(lenient).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors[:5]:
+            where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+            lines.append(f"  at {where}: {e.message}")
+        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise ManifestError("manifest fails the JSON Schema:\n" + "\n".join(lines) + more)
+
+
+def dumps_canonical(data: Any) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+# --- dataclass <-> JSON value ---------------------------------------------------------------
+
+
+def _to_json_value(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            if value is None and has_default:
+                continue  # optional and absent
+            out[f.name] = _to_json_value(value)
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [_to_json_value(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: _to_json_value(v) for k, v in obj.items()}
+    return obj
+
+
+def _from_json_value(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _from_json_value(args[0], value)
+        return value  # a union of scalars (Dim, IOSpec.value): already the right JSON value
+    if dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        known = {f.name for f in dataclasses.fields(tp)}
+        kwargs = {k: _from_json_value(hints[k], v) for k, v in value.items() if k in known}
+        return tp(**kwargs)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json_value(args[0], v) for v in value)
+        return tuple(_from_json_value(a, v) for a, v in zip(args, value))
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        return {k: _from_json_value(vt, v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    return typing.get_type_hints(tp, vars(sys.modules[__name__]))

@@ -1,0 +1,241 @@
+"""ExportedProgram <-> pack members, with no pickle in either direction.
+
+- ``program/graph.json``: torch.export's own JSON serialization of the graph, signature,
+  range constraints and module call graph (``torch._export.serde``), without weights.
+- ``program/weights.safetensors``: every parameter, buffer and tensor constant, as a standard
+  safetensors file. Tensors that share storage are stored once; the others are recorded as
+  views (dtype, shape, stride, offset) in the file's ``__metadata__``.
+
+Loading maps the safetensors member from the pack without copying it (the safetensors layout
+is an 8-byte length, a JSON header and raw bytes; the library itself reads only from a file
+path, so the header is parsed here) and hands the tensors to torch's deserializer.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch.export import ExportedProgram
+
+from .container import PackReader
+from .errors import IntegrityError, ProgramError
+from .manifest import ProgramRef
+
+GRAPH_MEMBER = "program/graph.json"
+WEIGHTS_MEMBER = "program/weights.safetensors"
+_LAYOUT_KEY = "trtpack.tensors"  # __metadata__ key describing groups, params and views
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+}
+
+
+def serde_schema_version() -> tuple[int, int]:
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    return (int(SCHEMA_VERSION[0]), int(SCHEMA_VERSION[1]))
+
+
+# --- saving ------------------------------------------------------------------------------
+
+
+def program_members(ep: ExportedProgram) -> tuple[dict[str, bytes], ProgramRef]:
+    """The members that store ``ep``, and the manifest's reference to them."""
+    from torch._export.serde.serialize import serialize
+
+    _refuse_unstorable(ep)
+    try:
+        try:
+            artifact = serialize(
+                ep,
+                serialize_state_dict=False,
+                serialize_constants=False,
+                serialize_example_inputs=False,
+            )
+        except TypeError:  # torch < 2.12 has no serialize_example_inputs
+            artifact = serialize(ep, serialize_state_dict=False, serialize_constants=False)
+    except Exception as e:
+        raise ProgramError(f"torch.export could not serialize the program: {e}") from e
+    weights = _weights_bytes(ep)
+    ref = ProgramRef(
+        graph=GRAPH_MEMBER, weights=WEIGHTS_MEMBER, serde_schema=serde_schema_version()
+    )
+    return {GRAPH_MEMBER: artifact.exported_program, WEIGHTS_MEMBER: weights}, ref
+
+
+def _refuse_unstorable(ep: ExportedProgram) -> None:
+    for name, value in ep.constants.items():
+        if not isinstance(value, torch.Tensor):
+            raise ProgramError(
+                f"constant {name!r} is a {type(value).__name__} (a custom object); a pack stores "
+                "plain tensors only. For torch_tensorrt programs with embedded engines use "
+                "trtpack.save on the compiled module, or trtpack migrate."
+            )
+    for name, value in [*ep.state_dict.items(), *ep.constants.items()]:
+        if (
+            type(value) not in (torch.Tensor, torch.nn.Parameter)
+            and type(value.data) is not torch.Tensor
+        ):
+            raise ProgramError(
+                f"tensor {name!r} is a {type(value).__name__} (a tensor subclass); trtpack stores "
+                "plain tensors only, without pickle"
+            )
+
+
+def _weights_bytes(ep: ExportedProgram) -> bytes:
+    """One safetensors file; storage shared between tensors is written once."""
+    named: list[tuple[str, str, torch.Tensor]] = [
+        *(("state_dict", k, v) for k, v in ep.state_dict.items()),
+        *(("constants", k, v) for k, v in ep.constants.items()),
+    ]
+    groups: dict[tuple[Any, int], list[tuple[str, str, torch.Tensor]]] = {}
+    for group, name, t in named:
+        if t.device.type == "meta":
+            raise ProgramError(f"tensor {name!r} is on the meta device and has no data to store")
+        key = (t.device, t.untyped_storage().data_ptr()) if t.numel() else (name, id(t))
+        groups.setdefault(key, []).append((group, name, t))
+
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, dict[str, Any]] = {}
+    for members in groups.values():
+        base_name, base = _complete_member(members)
+        if base is None:  # no single tensor covers the storage: store the raw storage bytes
+            base_name = f"__storage__.{len(tensors)}"
+            storage = members[0][2].untyped_storage()
+            base = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+        tensors[base_name] = base.detach().cpu()
+        for group, name, t in members:
+            entry: dict[str, Any] = {"group": group}
+            if isinstance(t, torch.nn.Parameter):
+                entry["param"] = True
+                entry["requires_grad"] = bool(t.requires_grad)
+            if name != base_name:
+                entry["view_of"] = base_name
+                entry["dtype"] = str(t.dtype).removeprefix("torch.")
+                entry["shape"] = list(t.shape)
+                entry["stride"] = list(t.stride())
+                entry["offset"] = int(t.storage_offset())
+            layout[name] = entry
+    # One key only: safetensors writes __metadata__ from a hash map, so the order of several
+    # keys changes from run to run, and packs would not be byte-reproducible.
+    metadata = {_LAYOUT_KEY: json.dumps(layout, sort_keys=True)}
+    return safetensors.torch.save(tensors, metadata=metadata)
+
+
+def _complete_member(members: list[tuple[str, str, torch.Tensor]]) -> tuple[str, Any]:
+    for _, name, t in members:
+        nbytes = t.numel() * t.element_size()
+        if t.is_contiguous() and t.storage_offset() == 0 and nbytes == t.untyped_storage().nbytes():
+            return name, t
+    return "", None
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors viewing ``buf`` (no copy), and the file's ``__metadata__``."""
+    try:
+        (header_len,) = struct.unpack_from("<Q", buf, 0)
+        if header_len > min(len(buf) - 8, 100 << 20):
+            raise ValueError(f"header length {header_len} is beyond the member")
+        header = json.loads(bytes(buf[8 : 8 + header_len]))
+        data_start = 8 + header_len
+        metadata = header.pop("__metadata__", None) or {}
+        tensors = {}
+        for name, spec in header.items():
+            dtype = _SAFETENSORS_DTYPES[spec["dtype"]]
+            begin, end = spec["data_offsets"]
+            shape = [int(s) for s in spec["shape"]]
+            numel = 1
+            for s in shape:
+                numel *= s
+            if (
+                not 0 <= begin <= end <= len(buf) - data_start
+                or end - begin != numel * dtype.itemsize
+            ):
+                raise ValueError(f"tensor {name!r} has offsets {begin}..{end} that do not fit")
+            if numel == 0:
+                tensors[name] = torch.empty(shape, dtype=dtype)
+            else:
+                flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=data_start + begin)
+                tensors[name] = flat.view(shape)
+        return tensors, metadata
+    except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as e:
+        raise IntegrityError(f"{where} is not a valid safetensors file: {e}") from None
+
+
+def _rebuild_state(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    stored, metadata = read_safetensors(buf, where)
+    try:
+        layout = json.loads(metadata[_LAYOUT_KEY])
+    except (KeyError, ValueError):
+        raise IntegrityError(f"{where} has no {_LAYOUT_KEY!r} metadata") from None
+    state_dict: dict[str, torch.Tensor] = {}
+    constants: dict[str, Any] = {}
+    for name, entry in layout.items():
+        if "view_of" in entry:
+            base = stored[entry["view_of"]]
+            t = torch.empty(0, dtype=getattr(torch, entry["dtype"])).set_(
+                base.untyped_storage(), entry["offset"], entry["shape"], entry["stride"]
+            )
+        else:
+            t = stored[name]
+        if entry.get("param"):
+            t = torch.nn.Parameter(t, requires_grad=entry.get("requires_grad", False))
+        (state_dict if entry["group"] == "state_dict" else constants)[name] = t
+    return state_dict, constants
+
+
+def load_program(
+    reader: PackReader, ref: ProgramRef, *, device: torch.device | None = None
+) -> ExportedProgram:
+    """Rebuild the ExportedProgram; on another device when asked (graph constants included)."""
+    from torch._export.serde.serialize import SerializedArtifact, deserialize
+
+    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights)
+    graph = reader.read(ref.graph)
+    try:
+        ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))
+    except Exception as e:
+        ours = serde_schema_version()
+        raise ProgramError(
+            f"this torch ({torch.__version__}, export schema {ours[0]}.{ours[1]}) cannot read "
+            f"the program, written with export schema "
+            f"{ref.serde_schema[0]}.{ref.serde_schema[1]}: {type(e).__name__}: {e}"
+        ) from e
+    if device is not None and device != torch.device("cpu"):
+        from torch.export.passes import move_to_device_pass
+
+        ep = move_to_device_pass(ep, device)
+    return ep
+
+
+def runnable(ep: ExportedProgram) -> torch.fx.GraphModule:
+    """``ep.module()`` without torch's own per-call input checks: the pack's contract has
+    already checked the call, in a fraction of the time."""
+    try:
+        module = ep.module(check_guards=False)
+    except TypeError:  # older torch: no check_guards argument
+        module = ep.module()
+    module.validate_inputs = False
+    return module

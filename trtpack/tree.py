@@ -1,0 +1,138 @@
+"""Pytree specs as manifest JSON, and back. The JSON side needs no torch.
+
+A tree is ``{"type": "leaf"}`` or a container with ``children``: ``tuple``, ``list``,
+``dict`` (with ``keys``), ``namedtuple`` (with ``name`` and ``fields``), ``none``, or
+``custom`` (a type registered with torch's pytree, by ``name``). The input tree's root is
+the ``(args, kwargs)`` tuple torch.export uses; leaf paths read ``args[0]['a']``,
+``kwargs['mask']``; output paths read ``output``, ``output[0]['logits']``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+
+from .errors import DeriveError
+from .manifest import Tree
+
+
+def leaf_paths(tree: Tree, root: str) -> list[str]:
+    """The path of every leaf, in flat order."""
+    out: list[str] = []
+
+    def walk(node: Tree, path: str) -> None:
+        kind = node["type"]
+        if kind == "leaf":
+            out.append(path)
+            return
+        children = node.get("children", [])
+        if kind == "namedtuple":
+            steps = [f".{name}" for name in node["fields"]]
+        elif kind == "dict":
+            steps = [f"[{key!r}]" for key in node["keys"]]
+        else:
+            steps = [f"[{i}]" for i in range(len(children))]
+        for step, child in zip(steps, children):
+            walk(child, path + step)
+
+    if root == "call":  # (args, kwargs): name the two halves instead of indexing them
+        args, kwargs = tree["children"]
+        for i, child in enumerate(args.get("children", [])):
+            walk(child, f"args[{i}]")
+        for key, child in zip(kwargs.get("keys", []), kwargs.get("children", [])):
+            walk(child, f"kwargs[{key!r}]")
+    else:
+        walk(tree, root)
+    return out
+
+
+def call_tree(num_args: int, kwarg_names: list[str]) -> Tree:
+    """The input tree of a call whose every argument is one tensor: ``f(x, y, *, mask)``."""
+    leaf: Tree = {"type": "leaf"}
+    return {
+        "type": "tuple",
+        "children": [
+            {"type": "tuple", "children": [leaf] * num_args},
+            {"type": "dict", "keys": list(kwarg_names), "children": [leaf] * len(kwarg_names)},
+        ],
+    }
+
+
+# --- torch TreeSpec <-> JSON (torch imported only when called) -------------------------------
+
+
+def from_treespec(spec: Any) -> Tree:
+    """A torch ``TreeSpec`` as manifest JSON."""
+    if spec.is_leaf():
+        return {"type": "leaf"}
+    children = [from_treespec(c) for c in _children(spec)]
+    t, ctx = spec.type, spec.context
+    if t is tuple:
+        return {"type": "tuple", "children": children}
+    if t is list:
+        return {"type": "list", "children": children}
+    if t in (dict, collections.OrderedDict):
+        return {"type": "dict", "keys": [_json_key(k) for k in ctx], "children": children}
+    if t is type(None):
+        return {"type": "none", "children": []}
+    cls = ctx if isinstance(ctx, type) else t  # torch >= 2.12 keys namedtuples by the function
+    if isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields"):
+        return {
+            "type": "namedtuple",
+            "name": _qualname(cls),
+            "fields": list(cls._fields),
+            "children": children,
+        }
+    node: Tree = {"type": "custom", "name": _qualname(t), "children": children}
+    try:
+        node["context"] = json.dumps(ctx, sort_keys=True)
+    except (TypeError, ValueError):
+        pass  # not JSON-able; the ExportedProgram still carries torch's own spec
+    return node
+
+
+def to_treespec(tree: Tree) -> Any:
+    """Manifest JSON as a torch ``TreeSpec`` (built-in container types only)."""
+    import torch.utils._pytree as pytree
+
+    kind = tree["type"]
+    if kind == "leaf":
+        return pytree.LeafSpec() if hasattr(pytree, "LeafSpec") else pytree.treespec_leaf()
+    children = [to_treespec(c) for c in tree.get("children", [])]
+    if kind == "tuple":
+        return pytree.TreeSpec(tuple, None, children)
+    if kind == "list":
+        return pytree.TreeSpec(list, None, children)
+    if kind == "dict":
+        return pytree.TreeSpec(dict, list(tree["keys"]), children)
+    if kind == "none":
+        return pytree.TreeSpec(type(None), None, [])
+    if kind == "namedtuple":
+        cls = collections.namedtuple(tree["name"].rsplit(".", 1)[-1], tree["fields"])  # type: ignore[misc]
+        probe = pytree.tree_flatten(cls(*range(len(tree["fields"]))))[1]
+        return pytree.TreeSpec(probe.type, probe.context, children)
+    raise DeriveError(
+        f"cannot rebuild a pytree node of type {tree.get('name', kind)!r} without its Python "
+        "type; only tuple, list, dict, namedtuple and None are rebuilt from the manifest"
+    )
+
+
+def _children(spec: Any) -> list[Any]:
+    children = getattr(spec, "children", None)
+    if callable(children):
+        return list(children())
+    return list(spec.children_specs)
+
+
+def _json_key(key: Any) -> str | int:
+    if isinstance(key, (str, int)) and not isinstance(key, bool):
+        return key
+    raise DeriveError(
+        f"dict key {key!r} of type {type(key).__name__} cannot be stored; "
+        "use str or int keys in model inputs and outputs"
+    )
+
+
+def _qualname(t: Any) -> str:
+    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', repr(t))}"

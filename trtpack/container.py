@@ -26,7 +26,8 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -74,42 +75,76 @@ class FileSlice:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             left = self.size
-            buf = bytearray(min(_CHUNK, max(left, 1)))
-            view = memoryview(buf)
             while left:
-                n = f.readinto(view[: min(left, len(buf))])
+                # a fresh buffer per chunk: the hashing thread may still be reading the last one
+                buf = bytearray(min(_CHUNK, left))
+                n = f.readinto(buf)
                 if not n:
                     raise IntegrityError(f"{self.path} ended early while copying a member")
                 left -= n
-                yield view[:n]
+                yield memoryview(buf)[:n]
 
 
-Source = Data | FileSlice
+@dataclass(frozen=True)
+class Chunks:
+    """A member made of several buffers written back to back (e.g. a safetensors header
+    followed by each tensor's memory), so that it never has to exist as one bytes object."""
+
+    parts: tuple[Data, ...]
+
+
+Source = Data | FileSlice | Chunks
 
 
 def _chunks(source: Source) -> Iterator[memoryview]:
     if isinstance(source, FileSlice):
         yield from source.chunks()
-    else:
-        view = memoryview(source).cast("B")
+        return
+    for part in source.parts if isinstance(source, Chunks) else (source,):
+        view = memoryview(part).cast("B")
         for start in range(0, len(view), _CHUNK):
             yield view[start : start + _CHUNK]
 
 
-def _size(source: Source) -> int:
-    return source.size if isinstance(source, FileSlice) else memoryview(source).nbytes
+def source_size(source: Source) -> int:
+    if isinstance(source, FileSlice):
+        return source.size
+    if isinstance(source, Chunks):
+        return sum(memoryview(p).nbytes for p in source.parts)
+    return memoryview(source).nbytes
+
+
+class _Hasher:
+    """SHA-256 on a worker thread, CRC-32 on the caller's: both release the GIL, so hashing
+    overlaps with writing and the two hashes overlap with each other."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._sha = hashlib.sha256()
+        self._pending: list[Future[None]] = []
+        self.crc = 0
+        self.size = 0
+
+    def update(self, chunk: memoryview) -> None:
+        self._pending.append(self._pool.submit(self._sha.update, chunk))
+        if len(self._pending) > 4:  # bound the chunks in flight
+            self._pending.pop(0).result()
+        self.crc = zlib.crc32(chunk, self.crc)
+        self.size += len(chunk)
+
+    def result(self) -> MemberDigest:
+        for f in self._pending:
+            f.result()
+        return MemberDigest(self._sha.hexdigest(), self.size, self.crc)
 
 
 def digest(source: Source) -> MemberDigest:
     """SHA-256, size and CRC-32 of a member's bytes, in one pass."""
-    sha = hashlib.sha256()
-    crc = 0
-    size = 0
-    for chunk in _chunks(source):
-        sha.update(chunk)
-        crc = zlib.crc32(chunk, crc)
-        size += len(chunk)
-    return MemberDigest(sha.hexdigest(), size, crc)
+    with ThreadPoolExecutor(1) as pool:
+        h = _Hasher(pool)
+        for chunk in _chunks(source):
+            h.update(chunk)
+        return h.result()
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -174,33 +209,13 @@ def _fsync_dir(directory: Path) -> None:
 class _Entry:
     name: bytes
     flags: int
-    digest: MemberDigest
-    offset: int
+    offset: int  # of the local header
+    digest: MemberDigest | None = None
 
 
-class _ZipWriter:
-    def __init__(self, fp: BinaryIO) -> None:
-        self.fp = fp
-        self.pos = 0
-        self.entries: list[_Entry] = []
-
-    def _write(self, data: Data) -> None:
-        self.fp.write(data)
-        self.pos += memoryview(data).nbytes
-
-    def add(self, name: str, source: Source, d: MemberDigest, *, align: int) -> None:
-        check_member_name(name)
-        raw_name = name.encode("utf-8")
-        flags = 0x0800 if not name.isascii() else 0  # bit 11: the name is UTF-8
-        zip64 = struct.pack("<HHQQ", 1, 16, d.size, d.size)
-        extra = zip64
-        if align > 1:
-            pad = -(self.pos + 30 + len(raw_name) + len(zip64)) % align
-            if pad:
-                pad += align if pad < 6 else 0
-                extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, align) + bytes(pad - 6)
-        entry = _Entry(raw_name, flags, d, self.pos)
-        header = struct.pack(
+def _local_header(name: bytes, flags: int, crc: int, extra: bytes) -> bytes:
+    return (
+        struct.pack(
             "<IHHHHHIIIHH",
             0x04034B50,
             _ZIP_VERSION,
@@ -208,25 +223,86 @@ class _ZipWriter:
             0,
             _DOS_TIME,
             _DOS_DATE,
-            d.crc32,
+            crc,
             0xFFFFFFFF,
             0xFFFFFFFF,
-            len(raw_name),
+            len(name),
             len(extra),
         )
-        self._write(header + raw_name + extra)
-        written = 0
+        + name
+    )
+
+
+class _ZipWriter:
+    """Writes entries in one pass over their bytes. The CRC-32 sits in the local header, before
+    the data, so each header is written with a zero CRC and patched once the data is hashed."""
+
+    def __init__(self, fp: BinaryIO, pool: ThreadPoolExecutor) -> None:
+        self.fp = fp
+        self.pool = pool
+        self.pos = 0
+        self.entries: list[_Entry] = []
+
+    def _write(self, data: Data) -> None:
+        self.fp.write(data)
+        self.pos += memoryview(data).nbytes
+
+    def _header(self, name: str, size: int, align: int) -> tuple[_Entry, bytes]:
+        check_member_name(name)
+        raw_name = name.encode("utf-8")
+        flags = 0x0800 if not name.isascii() else 0  # bit 11: the name is UTF-8
+        extra = struct.pack("<HHQQ", 1, 16, size, size)  # ZIP64 sizes
+        if align > 1:
+            pad = -(self.pos + 30 + len(raw_name) + len(extra)) % align
+            if pad:
+                pad += align if pad < 6 else 0
+                extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, align) + bytes(pad - 6)
+        return _Entry(raw_name, flags, self.pos), extra
+
+    def add(self, name: str, source: Source, *, align: int) -> MemberDigest:
+        size = source_size(source)
+        entry, extra = self._header(name, size, align)
+        self._write(_local_header(entry.name, entry.flags, 0, extra) + extra)
+        h = _Hasher(self.pool)
         for chunk in _chunks(source):
             self._write(chunk)
-            written += len(chunk)
-        if written != d.size:
+            h.update(chunk)
+        entry.digest = h.result()
+        if entry.digest.size != size:
             raise IntegrityError(f"member {name!r} changed size while being written")
+        self._patch_crc(entry)
         self.entries.append(entry)
+        return entry.digest
+
+    def reserve(self, name: str, size: int) -> _Entry:
+        """Room for a member whose bytes are known only at the end (the manifest)."""
+        entry, extra = self._header(name, size, 1)
+        self._write(_local_header(entry.name, entry.flags, 0, extra) + extra)
+        self._write(bytes(size))
+        self.entries.append(entry)
+        return entry
+
+    def fill(self, entry: _Entry, data: bytes) -> None:
+        entry.digest = digest(data)
+        end = self.fp.tell()
+        self.fp.seek(entry.offset + 30 + len(entry.name) + 20)
+        self.fp.write(data)
+        self.fp.seek(end)
+        self._patch_crc(entry)
+
+    def _patch_crc(self, entry: _Entry) -> None:
+        assert entry.digest is not None
+        end = self.fp.tell()
+        self.fp.seek(entry.offset + 14)
+        self.fp.write(struct.pack("<I", entry.digest.crc32))
+        self.fp.seek(end)
 
     def finish(self) -> None:
         cd_start = self.pos
         for e in self.entries:
-            extra = struct.pack("<HHQQQ", 1, 24, e.digest.size, e.digest.size, e.offset)
+            assert e.digest is not None
+            d = e.digest
+            extra = struct.pack("<HHQQQ", 1, 24, d.size, d.size, e.offset)
             self._write(
                 struct.pack(
                     "<IHHHHHHIIIHHHHHII",
@@ -237,7 +313,7 @@ class _ZipWriter:
                     0,
                     _DOS_TIME,
                     _DOS_DATE,
-                    e.digest.crc32,
+                    d.crc32,
                     0xFFFFFFFF,
                     0xFFFFFFFF,
                     len(e.name),
@@ -275,23 +351,36 @@ class _ZipWriter:
         )
 
 
+_PLACEHOLDER = "0" * 64
+
+
 def write_pack(
     path: PathLike,
-    manifest_json: bytes,
-    members: Mapping[str, tuple[Source, MemberDigest]],
+    members: Mapping[str, Source],
+    make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
     *,
     overwrite: bool = True,
-) -> None:
-    """Write a pack atomically: ``manifest.json`` first, then members sorted by name, each
-    aligned. ``members`` maps name -> (source, its digest) — the digest was computed before
-    the manifest was built, since the manifest records it."""
-    with atomic_write(path, overwrite=overwrite) as f:
-        w = _ZipWriter(f)
-        w.add(MANIFEST_NAME, manifest_json, digest(manifest_json), align=1)
-        for name in sorted(members):
-            source, d = members[name]
-            w.add(name, source, d, align=ALIGNMENT)
+) -> dict[str, MemberDigest]:
+    """Write a pack atomically, in one pass over the members' bytes.
+
+    ``manifest.json`` comes first but records every member's SHA-256, known only once the
+    member is written. So its room is reserved first — ``make_manifest`` is called with
+    placeholder hashes of the final length, which gives the exact size — then the members are
+    written (sorted, aligned) and hashed as they go, and finally the manifest is built with
+    the real hashes and written into its room. Returns the members' digests.
+    """
+    sizes = {name: source_size(src) for name, src in members.items()}
+    draft = make_manifest({n: MemberDigest(_PLACEHOLDER, s, 0) for n, s in sizes.items()})
+    with atomic_write(path, overwrite=overwrite) as f, ThreadPoolExecutor(1) as pool:
+        w = _ZipWriter(f, pool)
+        slot = w.reserve(MANIFEST_NAME, len(draft))
+        digests = {name: w.add(name, members[name], align=ALIGNMENT) for name in sorted(members)}
+        final = make_manifest(digests)
+        if len(final) != len(draft):
+            raise AssertionError("the manifest's length depends on more than its member sizes")
+        w.fill(slot, final)
         w.finish()
+    return digests
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -457,7 +546,11 @@ class PackReader:
             raise IntegrityError(
                 f"{self.path}: member {name!r} is {info.size} bytes, the manifest says {size}"
             )
-        got = digest(self.slice(name)).sha256
+        sha = hashlib.sha256()
+        view = self.view(name)
+        for start in range(0, len(view), _CHUNK):  # hashed in place: the map is not copied
+            sha.update(view[start : start + _CHUNK])
+        got = sha.hexdigest()
         if got != sha256:
             raise IntegrityError(
                 f"{self.path}: member {name!r} is corrupt: SHA-256 {got[:16]}… does not match "

@@ -35,6 +35,11 @@ from .manifest import DimExpr, IOSpec, Symbol, parse_dim
 RangeLike = Any  # Range | tuple[min, max] | tuple[min, max, opt] | Mapping with min/max/opt
 
 
+#: ``graph_module.meta`` key where ``trtpack.load`` records the manifest's symbols by torch's
+#: symbol name, so that saving a loaded program keeps the user's names and opts.
+SYMBOLS_META_KEY = "trtpack_symbols"
+
+
 @dataclass(frozen=True)
 class Range:
     """A symbol's range for ``trtpack.save(..., ranges={"batch": Range(1, 32, opt=8)})``."""
@@ -227,22 +232,23 @@ class _SymbolNamer:
         self._examples = _example_leaves(ep)
         self._user_names = self._dim_names()
 
-    def _dim_names(self) -> dict[sympy.Symbol, str]:
-        env = None
+    def _dim_names(self) -> dict[str, str]:
+        """torch symbol name -> the user's name, where one is known."""
         for node in self.ep.graph.nodes:
             val = node.meta.get("val")
             sizes = val.shape if isinstance(val, torch.Tensor) else [val]
-            for d in sizes:
-                if isinstance(d, torch.SymInt):
-                    env = d.node.shape_env
-                    break
+            env = next((d.node.shape_env for d in sizes if isinstance(d, torch.SymInt)), None)
             if env is not None:
+                self._shape_env = env
                 break
-        self._shape_env = env
+        recorded = self.ep.graph_module.meta.get(SYMBOLS_META_KEY)
+        if recorded:  # a program loaded from a pack: the manifest named its symbols
+            return {sym: entry[0] for sym, entry in recorded.items()}
+        env = self._shape_env
         if env is None:
             return {}
         debug = getattr(env, "source_name_to_debug_name", {}) or {}
-        out: dict[sympy.Symbol, str] = {}
+        out: dict[str, str] = {}
         for sym, sources in getattr(env, "var_to_sources", {}).items():
             for src in sources:
                 name = src.name() if callable(src.name) else src.name
@@ -250,14 +256,14 @@ class _SymbolNamer:
                 if candidate is None and type(src).__name__ == "ConstantSource":
                     candidate = name  # the root of a derived Dim carries its name directly
                 if candidate and candidate.isidentifier():
-                    out[sym] = candidate
+                    out[str(sym)] = candidate
                     break
         return out
 
     def _name_for(self, sym: sympy.Symbol, input_name: str, dim: int | None) -> str:
         if sym in self.names:
             return self.names[sym]
-        base = self._user_names.get(sym)
+        base = self._user_names.get(str(sym))
         if base is None:
             base = input_name if dim is None else f"{input_name}_dim{dim}"
         base = _IDENT.sub("_", base)
@@ -309,8 +315,10 @@ class _SymbolNamer:
             return None
         return int(expr.xreplace(values))
 
-    def root_of(self, name: str) -> sympy.Symbol:
-        return next(s for s, n in self.names.items() if n == name)
+    def recorded_symbol(self, sym: sympy.Symbol) -> Symbol | None:
+        """The symbol as the manifest of the pack this program was loaded from had it."""
+        entry = self.ep.graph_module.meta.get(SYMBOLS_META_KEY, {}).get(str(sym))
+        return Symbol(**entry[1]) if entry else None
 
 
 def _linear(expr: sympy.Expr, root: sympy.Symbol, name: str, index: int | None) -> tuple[int, int]:
@@ -347,6 +355,11 @@ def _symbols(ep: ExportedProgram, namer: _SymbolNamer, inputs: list[IOSpec]) -> 
         hi = _bound(vr.upper) if vr is not None else None
         lo = 0 if lo is None or lo < 0 else lo
         opt_value = example.get(name)
+        kept = namer.recorded_symbol(sym)
+        if kept is not None and kept.min <= kept.opt and lo <= kept.opt:
+            if hi is None or kept.opt <= hi:
+                out[name] = Symbol(min=lo, max=hi, opt=kept.opt, opt_source=kept.opt_source)
+                continue
         if opt_value is not None and lo <= opt_value and (hi is None or opt_value <= hi):
             out[name] = Symbol(min=lo, max=hi, opt=opt_value, opt_source="example")
         else:
@@ -448,3 +461,28 @@ def apply_ranges(iface: Interface, ranges: Mapping[str, RangeLike]) -> Interface
 
 def _fmt(v: int | None) -> str:
     return "inf" if v is None else str(v)
+
+
+def annotate(
+    ep: ExportedProgram, inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
+) -> None:
+    """Record on a loaded program which torch symbol is which manifest symbol (see
+    ``SYMBOLS_META_KEY``)."""
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    recorded: dict[str, tuple[str, dict[str, Any]]] = {}
+    for spec in inputs:
+        node = placeholders.get(spec.name)
+        val = node.meta.get("val") if node is not None else None
+        if spec.is_tensor and isinstance(val, torch.Tensor):
+            pairs = list(zip(spec.shape or (), val.shape))
+        elif spec.symbol is not None:
+            pairs = [(spec.symbol, val)]
+        else:
+            continue
+        for dim, actual in pairs:
+            if isinstance(dim, str) and isinstance(actual, torch.SymInt):
+                free = actual.node.expr.free_symbols
+                name = parse_dim(dim).symbol
+                if len(free) == 1 and name in symbols:
+                    recorded[str(next(iter(free)))] = (name, dataclasses.asdict(symbols[name]))
+    ep.graph_module.meta[SYMBOLS_META_KEY] = recorded

@@ -434,3 +434,19 @@ def _from_json_value(tp: Any, value: Any) -> Any:
 @functools.cache
 def _hints(tp: type) -> dict[str, Any]:
     return typing.get_type_hints(tp, vars(sys.modules[__name__]))
+
+
+def schema_fingerprint(major: int = FORMAT_VERSION[0]) -> str:
+    """SHA-256 of the schema's structure: descriptions and titles are left out, so editing
+    documentation never forces a version bump, while any structural change does."""
+    import hashlib
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in ("description", "title")}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    canonical = json.dumps(strip(load_schema(major)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch.export import ExportedProgram
 
 from ._version import __version__
-from .container import MemberDigest, PathLike, Source, digest, write_pack
+from .container import MemberDigest, PathLike, Source, write_pack
 from .derive import Interface, RangeLike, derive_interface
 from .errors import TrtpackError
 from .info import PackInfo, inspect
@@ -38,7 +38,7 @@ def producer() -> Producer:
 
 def build_manifest(
     iface: Interface,
-    members: Mapping[str, tuple[Source, MemberDigest]],
+    members: Mapping[str, MemberDigest],
     *,
     program: ProgramRef | None,
     engines: tuple[Variant, ...] = (),
@@ -56,7 +56,7 @@ def build_manifest(
         symbols=iface.symbols,
         input_tree=iface.input_tree,
         output_tree=iface.output_tree,
-        members={name: Member(d.sha256, d.size) for name, (_, d) in sorted(members.items())},
+        members={name: Member(d.sha256, d.size) for name, d in sorted(members.items())},
         program=program,
         engines=engines,
         metadata=meta,
@@ -65,12 +65,13 @@ def build_manifest(
 
 def write(
     path: PathLike,
-    manifest: Manifest,
-    members: Mapping[str, tuple[Source, MemberDigest]],
+    members: Mapping[str, Source],
+    make_manifest: Callable[[Mapping[str, MemberDigest]], Manifest],
     *,
     overwrite: bool = True,
 ) -> PackInfo:
-    write_pack(path, manifest.to_json(), members, overwrite=overwrite)
+    """Write members and the manifest built from their digests; return what was written."""
+    write_pack(path, members, lambda d: make_manifest(d).to_json(), overwrite=overwrite)
     return inspect(path)
 
 
@@ -104,7 +105,10 @@ def _save_program(
     overwrite: bool,
 ) -> PackInfo:
     iface = derive_interface(ep, ranges=ranges)
-    blobs, ref = program_members(ep)
-    members = {name: (data, digest(data)) for name, data in blobs.items()}
-    manifest = build_manifest(iface, members, program=ref, metadata=metadata)
-    return write(path, manifest, members, overwrite=overwrite)
+    members, ref = program_members(ep)
+    return write(
+        path,
+        members,
+        lambda digests: build_manifest(iface, digests, program=ref, metadata=metadata),
+        overwrite=overwrite,
+    )

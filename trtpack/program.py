@@ -6,24 +6,28 @@
   safetensors file. Tensors that share storage are stored once; the others are recorded as
   views (dtype, shape, stride, offset) in the file's ``__metadata__``.
 
-Loading maps the safetensors member from the pack without copying it (the safetensors layout
-is an 8-byte length, a JSON header and raw bytes; the library itself reads only from a file
-path, so the header is parsed here) and hands the tensors to torch's deserializer.
+The safetensors layout is simple (an 8-byte length, a JSON header, raw bytes), and trtpack
+handles it directly in both directions: saving streams the header and then each tensor's own
+memory into the pack (the ``safetensors`` library builds the whole file as one bytes object
+first: twice the model in RAM), and loading maps the member without copying it (the library
+reads only whole files by path). Tests check both against the ``safetensors`` library.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import sys
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch.export import ExportedProgram
 
-from .container import PackReader
+from .container import Chunks, PackReader
+from .derive import annotate
 from .errors import IntegrityError, ProgramError
-from .manifest import ProgramRef
+from .manifest import Manifest, ProgramRef
+from .tree import register_namedtuples, restore_namedtuples
 
 GRAPH_MEMBER = "program/graph.json"
 WEIGHTS_MEMBER = "program/weights.safetensors"
@@ -47,6 +51,7 @@ _SAFETENSORS_DTYPES = {
     "U32": torch.uint32,
     "U16": torch.uint16,
 }
+_SAFETENSORS_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
 
 
 def serde_schema_version() -> tuple[int, int]:
@@ -58,11 +63,13 @@ def serde_schema_version() -> tuple[int, int]:
 # --- saving ------------------------------------------------------------------------------
 
 
-def program_members(ep: ExportedProgram) -> tuple[dict[str, bytes], ProgramRef]:
+def program_members(ep: ExportedProgram) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
     """The members that store ``ep``, and the manifest's reference to them."""
     from torch._export.serde.serialize import serialize
 
     _refuse_unstorable(ep)
+    for spec in (ep.call_spec.in_spec, ep.call_spec.out_spec):
+        register_namedtuples(spec)
     try:
         try:
             artifact = serialize(
@@ -75,7 +82,7 @@ def program_members(ep: ExportedProgram) -> tuple[dict[str, bytes], ProgramRef]:
             artifact = serialize(ep, serialize_state_dict=False, serialize_constants=False)
     except Exception as e:
         raise ProgramError(f"torch.export could not serialize the program: {e}") from e
-    weights = _weights_bytes(ep)
+    weights = _weights_source(ep)
     ref = ProgramRef(
         graph=GRAPH_MEMBER, weights=WEIGHTS_MEMBER, serde_schema=serde_schema_version()
     )
@@ -101,7 +108,7 @@ def _refuse_unstorable(ep: ExportedProgram) -> None:
             )
 
 
-def _weights_bytes(ep: ExportedProgram) -> bytes:
+def _weights_source(ep: ExportedProgram) -> Chunks:
     """One safetensors file; storage shared between tensors is written once."""
     named: list[tuple[str, str, torch.Tensor]] = [
         *(("state_dict", k, v) for k, v in ep.state_dict.items()),
@@ -135,10 +142,35 @@ def _weights_bytes(ep: ExportedProgram) -> bytes:
                 entry["stride"] = list(t.stride())
                 entry["offset"] = int(t.storage_offset())
             layout[name] = entry
-    # One key only: safetensors writes __metadata__ from a hash map, so the order of several
-    # keys changes from run to run, and packs would not be byte-reproducible.
-    metadata = {_LAYOUT_KEY: json.dumps(layout, sort_keys=True)}
-    return safetensors.torch.save(tensors, metadata=metadata)
+    # One key only, so that the safetensors library, which keeps __metadata__ in a hash map,
+    # writes the same header when it rewrites this file.
+    return safetensors_chunks(tensors, {_LAYOUT_KEY: json.dumps(layout, sort_keys=True)})
+
+
+def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Chunks:
+    """A safetensors file as (header, tensor memory, tensor memory, ...), nothing copied.
+    Tensors are ordered by element size, largest first, then by name, so that every tensor's
+    data is naturally aligned."""
+    if sys.byteorder != "little":
+        raise ProgramError("safetensors stores little-endian data; this machine is big-endian")
+    order = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header: dict[str, object] = {"__metadata__": metadata}
+    parts: list[object] = []
+    offset = 0
+    for name, t in order:
+        t = t.detach().cpu().contiguous()
+        nbytes = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        if nbytes:
+            parts.append(t.reshape(-1).view(torch.uint8).numpy())  # a view of t's memory
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    return Chunks((struct.pack("<Q", len(raw)) + raw, *parts))
 
 
 def _complete_member(members: list[tuple[str, str, torch.Tensor]]) -> tuple[str, Any]:
@@ -207,11 +239,16 @@ def _rebuild_state(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor]
 
 
 def load_program(
-    reader: PackReader, ref: ProgramRef, *, device: torch.device | None = None
+    reader: PackReader, manifest: Manifest, *, device: torch.device | None = None
 ) -> ExportedProgram:
     """Rebuild the ExportedProgram; on another device when asked (graph constants included)."""
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
+    ref = manifest.program
+    if ref is None:
+        raise ProgramError(f"{reader.path} holds no ExportedProgram")
+    restore_namedtuples(manifest.input_tree)
+    restore_namedtuples(manifest.output_tree)
     state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights)
     graph = reader.read(ref.graph)
     try:
@@ -227,6 +264,7 @@ def load_program(
         from torch.export.passes import move_to_device_pass
 
         ep = move_to_device_pass(ep, device)
+    annotate(ep, manifest.inputs, manifest.symbols)
     return ep
 
 

@@ -6,17 +6,41 @@ the TensorRT engines where a variant fits this machine, else the ExportedProgram
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 from torch.export import ExportedProgram
 
-from .container import PathLike
+from .container import PackReader, PathLike
 from .contract import Contract
 from .errors import ManifestError
 from .info import PackInfo, open_pack
 from .manifest import Manifest
 from .program import load_program, runnable
+
+T = TypeVar("T")
+
+
+def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T]) -> T:
+    """Run ``build`` with the program's members verified. The graph (small, and parsed) is
+    checked first; the weights (large, only mapped, never computed on while loading) are hashed
+    on a second thread while the program is rebuilt, and the result is returned only once
+    that hash has matched."""
+    if not verify or manifest.program is None:
+        return build()
+    graph, weights = manifest.program.graph, manifest.program.weights
+    reader.verify(graph, manifest.members[graph].sha256, manifest.members[graph].size)
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(
+            reader.verify, weights, manifest.members[weights].sha256, manifest.members[weights].size
+        )
+        try:
+            result = build()
+        finally:
+            check.result()  # an IntegrityError here wins over anything build() raised
+    return result
 
 
 def default_device() -> torch.device:
@@ -105,11 +129,7 @@ def load(
         manifest = info.manifest
         if manifest.program is None:
             raise ManifestError(f"{info.path}: the pack has no ExportedProgram")
-        if verify:
-            for name in (manifest.program.graph, manifest.program.weights):
-                member = manifest.members[name]
-                reader.verify(name, member.sha256, member.size)
-        ep = load_program(reader, manifest.program, device=dev)
+        ep = _verified(reader, manifest, verify, lambda: load_program(reader, manifest, device=dev))
     return LoadedPack(
         info,
         device=dev,

@@ -136,3 +136,37 @@ def _json_key(key: Any) -> str | int:
 
 def _qualname(t: Any) -> str:
     return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', repr(t))}"
+
+
+# --- namedtuples: torch.export can only serialize registered ones ---------------------------
+
+
+def register_namedtuples(spec: Any) -> None:
+    """Register every namedtuple type in a torch TreeSpec for serialization, under the same
+    ``module.qualname`` the manifest records (torch.export.save refuses unregistered ones)."""
+    import torch.utils._pytree as pytree
+
+    if spec.is_leaf():
+        return
+    cls = spec.context if isinstance(spec.context, type) else spec.type
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, tuple)
+        and hasattr(cls, "_fields")
+        and cls not in pytree.SUPPORTED_SERIALIZED_TYPES
+    ):
+        pytree._register_namedtuple(cls, serialized_type_name=_qualname(cls))
+    for child in _children(spec):
+        register_namedtuples(child)
+
+
+def restore_namedtuples(tree: Tree) -> None:
+    """Before deserializing a program: make each namedtuple the manifest names known to torch.
+    The class is rebuilt from its recorded fields; nothing named in a pack is ever imported."""
+    import torch.utils._pytree as pytree
+
+    if tree["type"] == "namedtuple" and tree["name"] not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+        cls = collections.namedtuple(tree["name"].rsplit(".", 1)[-1], tree["fields"])  # type: ignore[misc]
+        pytree._register_namedtuple(cls, serialized_type_name=tree["name"])
+    for child in tree.get("children", ()):
+        restore_namedtuples(child)

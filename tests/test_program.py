@@ -1,0 +1,87 @@
+"""The program members: the weights member is a standard safetensors file, checked in both
+directions against the safetensors library."""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trtpack.program import read_safetensors, safetensors_chunks
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+          torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64]  # fmt: skip
+
+
+def joined(chunks) -> bytes:
+    return b"".join(bytes(memoryview(p).cast("B")) for p in chunks.parts)
+
+
+tensor_dicts = st.dictionaries(
+    keys=st.from_regex(r"[a-z][a-z0-9_.]{0,12}", fullmatch=True),
+    values=st.tuples(
+        st.sampled_from(DTYPES), st.lists(st.integers(0, 5), min_size=0, max_size=3)
+    ),
+    max_size=6,
+)
+
+
+def make(spec):
+    out = {}
+    for i, (name, (dtype, shape)) in enumerate(spec.items()):
+        t = torch.arange(int(torch.tensor(shape).prod()) if shape else 1) + i
+        out[name] = t.reshape(shape).to(dtype)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=tensor_dicts)
+def test_streamed_writer_is_read_by_the_safetensors_library(spec):
+    tensors = make(spec)
+    data = joined(safetensors_chunks(tensors, {"k": "v"}))
+    loaded = safetensors.torch.load(data)
+    assert set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+    header_len = int.from_bytes(data[:8], "little")
+    assert (8 + header_len) % 8 == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=tensor_dicts)
+def test_zero_copy_reader_reads_the_safetensors_library(spec):
+    tensors = make(spec)
+    data = bytearray(safetensors.torch.save(tensors, metadata={"k": "v"}))
+    loaded, meta = read_safetensors(memoryview(data), "test")
+    assert meta == {"k": "v"} and set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert torch.equal(loaded[name], t), name
+
+
+def test_reader_shares_memory_with_the_buffer():
+    data = bytearray(safetensors.torch.save({"w": torch.zeros(4)}))
+    loaded, _ = read_safetensors(memoryview(data), "test")
+    data[-4:] = torch.tensor([7.0]).numpy().tobytes()
+    assert loaded["w"][-1].item() == 7.0  # no copy was made
+
+
+def test_streamed_tensor_data_is_naturally_aligned():
+    tensors = {"a": torch.ones(3, dtype=torch.uint8), "b": torch.ones(5, dtype=torch.float64),
+               "c": torch.ones(2, dtype=torch.int16)}  # fmt: skip
+    data = joined(safetensors_chunks(tensors, {}))
+    import json
+
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    for name, t in tensors.items():
+        assert header[name]["data_offsets"][0] % t.element_size() == 0
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x00" * 7, (2**40).to_bytes(8, "little") + b"{}"])
+def test_reader_refuses_garbage(bad):
+    import trtpack
+
+    with pytest.raises(trtpack.IntegrityError, match="not a valid safetensors file"):
+        read_safetensors(memoryview(bad), "w")

@@ -123,7 +123,7 @@ class WithBuffers(torch.nn.Module):
         self.bn = torch.nn.BatchNorm1d(8)
 
     def forward(self, tokens):
-        h = self.emb(tokens) * self.scale + self.offset + torch.tensor([1.0])
+        h = self.emb(tokens) * self.scale + self.offset + torch.tensor([1.0]).to(tokens.device)
         h = self.bn(h.transpose(1, 2)).transpose(1, 2)
         return self.out(h)
 

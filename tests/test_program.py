@@ -85,3 +85,31 @@ def test_reader_refuses_garbage(bad):
 
     with pytest.raises(trtpack.IntegrityError, match="not a valid safetensors file"):
         read_safetensors(memoryview(bad), "w")
+
+
+def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatch):
+    """torch < 2.12's serialize() has no serialize_state_dict/... arguments and pickles the
+    weights alongside the JSON; trtpack skips that pickling and still writes the same graph."""
+    from torch._export.serde import serialize as serde
+
+    import trtpack
+
+    _, model, ep = exported("with_buffers")
+    new_style = trtpack.program._serialize_graph(ep)
+    real = serde.serialize
+    pickled = []
+
+    def old_signature(ep, opset_version=None, pickle_protocol=2, **kwargs):
+        if kwargs:
+            raise TypeError(f"serialize() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        artifact = real(ep, opset_version, pickle_protocol)
+        pickled.append(len(artifact.state_dict))
+        return artifact
+
+    monkeypatch.setattr(serde, "serialize", old_signature)
+    assert trtpack.program._serialize_graph(ep) == new_style
+    assert pickled == [0]  # the weights were not pickled
+    trtpack.save(ep, tmp_path / "old.trtpack")
+    pack = trtpack.load(tmp_path / "old.trtpack", device="cpu")
+    tokens = torch.randint(0, 16, (2, 5))
+    torch.testing.assert_close(pack(tokens), model(tokens))

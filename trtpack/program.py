@@ -65,28 +65,41 @@ def serde_schema_version() -> tuple[int, int]:
 
 def program_members(ep: ExportedProgram) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
     """The members that store ``ep``, and the manifest's reference to them."""
-    from torch._export.serde.serialize import serialize
-
     _refuse_unstorable(ep)
     for spec in (ep.call_spec.in_spec, ep.call_spec.out_spec):
         register_namedtuples(spec)
     try:
-        try:
-            artifact = serialize(
-                ep,
-                serialize_state_dict=False,
-                serialize_constants=False,
-                serialize_example_inputs=False,
-            )
-        except TypeError:  # torch < 2.12 has no serialize_example_inputs
-            artifact = serialize(ep, serialize_state_dict=False, serialize_constants=False)
+        graph = _serialize_graph(ep)
     except Exception as e:
         raise ProgramError(f"torch.export could not serialize the program: {e}") from e
     weights = _weights_source(ep)
     ref = ProgramRef(
         graph=GRAPH_MEMBER, weights=WEIGHTS_MEMBER, serde_schema=serde_schema_version()
     )
-    return {GRAPH_MEMBER: artifact.exported_program, WEIGHTS_MEMBER: weights}, ref
+    return {GRAPH_MEMBER: graph, WEIGHTS_MEMBER: weights}, ref
+
+
+def _serialize_graph(ep: ExportedProgram) -> bytes:
+    """torch.export's JSON of the program, without weights, constants or example inputs."""
+    from torch._export.serde import serialize as serde
+
+    try:
+        return serde.serialize(
+            ep,
+            serialize_state_dict=False,
+            serialize_constants=False,
+            serialize_example_inputs=False,
+        ).exported_program
+    except TypeError:
+        pass
+    # torch < 2.12 always pickles weights, constants and example inputs alongside the JSON;
+    # trtpack stores those itself, so the pickling is skipped rather than paid for and dropped.
+    original = serde.serialize_torch_artifact
+    serde.serialize_torch_artifact = lambda *args, **kwargs: b""
+    try:
+        return serde.serialize(ep).exported_program
+    finally:
+        serde.serialize_torch_artifact = original
 
 
 def _refuse_unstorable(ep: ExportedProgram) -> None:
@@ -216,8 +229,14 @@ def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tenso
         raise IntegrityError(f"{where} is not a valid safetensors file: {e}") from None
 
 
-def _rebuild_state(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _rebuild_state(
+    buf: memoryview, where: str, device: torch.device | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and constants, on ``device``; views are rebuilt on the moved storage,
+    so tensors that shared memory in the program still share it."""
     stored, metadata = read_safetensors(buf, where)
+    if device is not None and device.type != "cpu":
+        stored = {name: t.to(device) for name, t in stored.items()}
     try:
         layout = json.loads(metadata[_LAYOUT_KEY])
     except (KeyError, ValueError):
@@ -227,7 +246,7 @@ def _rebuild_state(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor]
     for name, entry in layout.items():
         if "view_of" in entry:
             base = stored[entry["view_of"]]
-            t = torch.empty(0, dtype=getattr(torch, entry["dtype"])).set_(
+            t = torch.empty(0, dtype=getattr(torch, entry["dtype"]), device=base.device).set_(
                 base.untyped_storage(), entry["offset"], entry["shape"], entry["stride"]
             )
         else:
@@ -249,7 +268,7 @@ def load_program(
         raise ProgramError(f"{reader.path} holds no ExportedProgram")
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
-    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights)
+    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
     graph = reader.read(ref.graph)
     try:
         ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))
@@ -260,10 +279,10 @@ def load_program(
             f"the program, written with export schema "
             f"{ref.serde_schema[0]}.{ref.serde_schema[1]}: {type(e).__name__}: {e}"
         ) from e
-    if device is not None and device != torch.device("cpu"):
+    if device is not None and device.type != "cpu":
         from torch.export.passes import move_to_device_pass
 
-        ep = move_to_device_pass(ep, device)
+        ep = move_to_device_pass(ep, device)  # device arguments inside the graph (arange, ...)
     annotate(ep, manifest.inputs, manifest.symbols)
     return ep
 

@@ -69,7 +69,9 @@ def test_inspect_and_verify_do_not_import_torch(small_pack):
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')];"
         "assert not bad, bad"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(small_pack)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(small_pack)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
 
 

@@ -132,7 +132,11 @@ def test_truncated_pack(small_pack, tmp_path):
 
 
 def test_not_a_zip(tmp_path):
-    for name, data in [("text", b"hello world\n" * 10), ("empty", b""), ("torchscript", b"\x80\x02}q\x00.")]:
+    for name, data in [
+        ("text", b"hello world\n" * 10),
+        ("empty", b""),
+        ("torchscript", b"\x80\x02}q\x00."),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(trtpack.NotAPackError, match="not a zip file"):
@@ -145,7 +149,9 @@ def test_not_a_zip(tmp_path):
 
 def test_zip_without_manifest(tmp_path):
     path = zip_of(tmp_path / "other.zip", [("readme.txt", b"hi")])
-    with pytest.raises(trtpack.NotAPackError, match=r"a zip without manifest.json \(members: readme.txt\)"):
+    with pytest.raises(
+        trtpack.NotAPackError, match=r"a zip without manifest.json \(members: readme.txt\)"
+    ):
         trtpack.inspect(path)
 
 
@@ -187,7 +193,9 @@ def test_member_hash_mismatch(small_pack, tmp_path):
     data[offset + 200] ^= 0xFF
     bad.write_bytes(bytes(data))
     trtpack.inspect(bad)  # inspect reads the manifest only: it does not notice
-    with pytest.raises(trtpack.IntegrityError, match=r"member 'program/weights.safetensors' is corrupt: SHA-256"):
+    with pytest.raises(
+        trtpack.IntegrityError, match=r"member 'program/weights.safetensors' is corrupt: SHA-256"
+    ):
         trtpack.verify(bad)
     with pytest.raises(trtpack.IntegrityError, match="is corrupt"):
         trtpack.load(bad, device="cpu")
@@ -198,7 +206,9 @@ def test_member_size_disagrees_with_manifest(small_pack, tmp_path):
         m["members"]["program/graph.json"]["size"] -= 1
 
     bad = rewrite(small_pack, tmp_path / "size.trtpack", edit_manifest=shrink)
-    with pytest.raises(trtpack.IntegrityError, match=r"'program/graph.json' is \d+ bytes, the manifest says"):
+    with pytest.raises(
+        trtpack.IntegrityError, match=r"'program/graph.json' is \d+ bytes, the manifest says"
+    ):
         trtpack.inspect(bad)
 
 
@@ -210,13 +220,17 @@ def test_member_missing_or_unlisted(small_pack, tmp_path):
     with pytest.raises(trtpack.MissingMemberError, match=r"lists 'ghost.bin', the zip lacks it"):
         trtpack.inspect(bad)
     bad = rewrite(small_pack, tmp_path / "stow.trtpack", extra={"stowaway.bin": b"x"})
-    with pytest.raises(trtpack.UnsafePackError, match=r"'stowaway.bin' is not listed in the manifest"):
+    with pytest.raises(
+        trtpack.UnsafePackError, match=r"'stowaway.bin' is not listed in the manifest"
+    ):
         trtpack.inspect(bad)
 
 
-@pytest.mark.parametrize("name", ["../evil.txt", "a/../../evil.txt", "/etc/evil", "C:/evil", "a\\b", "a//b"])
+@pytest.mark.parametrize(
+    "name", ["../evil.txt", "a/../../evil.txt", "/etc/evil", "C:/evil", "a\\b", "a//b"]
+)
 def test_unsafe_member_names(small_pack, tmp_path, name):
-    members = list(raw_members(small_pack).items()) + [(name, b"x")]
+    members = [*raw_members(small_pack).items(), (name, b"x")]
     bad = zip_of(tmp_path / "names.trtpack", members)
     with pytest.raises(trtpack.UnsafePackError, match="is not a safe relative path"):
         trtpack.inspect(bad)
@@ -230,7 +244,9 @@ def test_duplicate_member_names(small_pack, tmp_path):
 
 
 def test_compressed_member_refused(small_pack, tmp_path):
-    bad = zip_of(tmp_path / "deflate.trtpack", list(raw_members(small_pack).items()), zipfile.ZIP_DEFLATED)
+    bad = zip_of(
+        tmp_path / "deflate.trtpack", list(raw_members(small_pack).items()), zipfile.ZIP_DEFLATED
+    )
     with pytest.raises(trtpack.UnsafePackError, match=r"is compressed \(method 8\)"):
         trtpack.inspect(bad)
 
@@ -256,7 +272,9 @@ def test_zip_bomb_declared_size(small_pack, tmp_path):
     bad = tmp_path / "bomb.trtpack"
     shutil.copy(small_pack, bad)
     _patch_central_size(bad, "program/weights.safetensors", 1 << 40)
-    with pytest.raises(trtpack.UnsafePackError, match=r"declares 1099511627776 bytes .* beyond the end"):
+    with pytest.raises(
+        trtpack.UnsafePackError, match=r"declares 1099511627776 bytes .* beyond the end"
+    ):
         trtpack.inspect(bad)
 
 
@@ -285,7 +303,9 @@ def test_newer_major_version_refused_newer_minor_tolerated(small_pack, tmp_path)
         m["format_version"] = [2, 0]
 
     bad = rewrite(small_pack, tmp_path / "v2.trtpack", edit_manifest=future_major)
-    with pytest.raises(trtpack.UnsupportedVersionError, match=r"format version 2.0; this trtpack reads up to 1.x"):
+    with pytest.raises(
+        trtpack.UnsupportedVersionError, match=r"format version 2.0; this trtpack reads up to 1.x"
+    ):
         trtpack.inspect(bad)
 
     def future_minor(m):
@@ -330,7 +350,9 @@ def test_hostile_files_write_nothing(small_pack, tmp_path, monkeypatch):
     assert not Path("/tmp/escape.txt").exists()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzzed_packs_raise_only_trtpack_errors(small_pack, tmp_path, data):
     """Random byte edits anywhere in a pack: reading it either works or raises a TrtpackError."""

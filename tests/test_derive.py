@@ -18,7 +18,9 @@ def test_user_dim_names_paths_and_shared_symbol(exported):
     _, _, ep = exported("keywords")
     iface = derive_interface(ep)
     assert [(i.name, i.path) for i in iface.inputs] == [
-        ("x", "args[0]"), ("mask", "kwargs['mask']"), ("bias", "kwargs['bias']")
+        ("x", "args[0]"),
+        ("mask", "kwargs['mask']"),
+        ("bias", "kwargs['bias']"),
     ]
     assert shapes(iface) == {"x": ("batch", 6), "mask": ("batch", 6), "bias": (6,)}
     # one symbol for the dim the two inputs share; opt is the example size seen at export
@@ -36,8 +38,13 @@ def test_derived_dims_are_expressions_of_their_root(exported):
 def test_non_tensor_inputs_record_kind_and_specialized_value(exported):
     _, _, ep = exported("scalars")
     got = [(i.name, i.kind, i.value) for i in derive_interface(ep).inputs[1:]]
-    assert got == [("n", "int", 3), ("alpha", "float", 0.5), ("flag", "bool", True),
-                   ("mode", "str", "double"), ("nothing", "none", None)]
+    assert got == [
+        ("n", "int", 3),
+        ("alpha", "float", 0.5),
+        ("flag", "bool", True),
+        ("mode", "str", "double"),
+        ("nothing", "none", None),
+    ]
 
 
 def test_dynamic_int_input_is_a_symbol(exported):
@@ -50,7 +57,10 @@ def test_nested_inputs_get_pytree_paths(exported):
     _, _, ep = exported("nested")
     iface = derive_interface(ep)
     assert [i.path for i in iface.inputs] == [
-        "args[0][0]", "args[0][1]['a']", "args[0][1]['b'][0]", "args[0][1]['b'][1]",
+        "args[0][0]",
+        "args[0][1]['a']",
+        "args[0][1]['b'][0]",
+        "args[0][1]['b'][1]",
         "args[1]['scale']",
     ]
     args_tree = iface.input_tree["children"][0]
@@ -62,8 +72,12 @@ def test_outputs_dict_list_namedtuple(exported):
     _, _, ep = exported("many_outputs")
     iface = derive_interface(ep)
     assert [o.path for o in iface.outputs] == [
-        "output[0]['sum']", "output[0]['parts'][0]", "output[0]['parts'][1]", "output[1]",
-        "output[2].low", "output[2].high",
+        "output[0]['sum']",
+        "output[0]['parts'][0]",
+        "output[0]['parts'][1]",
+        "output[1]",
+        "output[2].low",
+        "output[2].high",
     ]
     pair = iface.output_tree["children"][2]
     assert pair["type"] == "namedtuple" and pair["fields"] == ["low", "high"]
@@ -131,7 +145,9 @@ def test_bad_range_overrides_are_refused(exported, override, message):
 
 def test_override_of_unknown_symbol_names_the_known_ones(exported):
     _, _, ep = exported("keywords")
-    with pytest.raises(trtpack.RangeOverrideError, match=r"no symbol named 'btch' \(symbols: batch\)"):
+    with pytest.raises(
+        trtpack.RangeOverrideError, match=r"no symbol named 'btch' \(symbols: batch\)"
+    ):
         derive_interface(ep, ranges={"btch": (1, 2)})
 
 
@@ -141,7 +157,9 @@ def test_override_reaches_the_saved_manifest_and_the_contract(exported, tmp_path
     trtpack.save(ep, path, ranges={"batch": (1, 8, 8)})
     assert trtpack.inspect(path).manifest.symbols["batch"].max == 8
     pack = trtpack.load(path, device="cpu")
-    with pytest.raises(trtpack.InputMismatchError, match=r"outside the allowed range of batch: \[1, 8\]"):
+    with pytest.raises(
+        trtpack.InputMismatchError, match=r"outside the allowed range of batch: \[1, 8\]"
+    ):
         pack(torch.randn(9, 6), mask=torch.randn(9, 6), bias=torch.randn(6))
 
 

@@ -39,7 +39,8 @@ def test_dataclasses_mirror_the_schema(cls, definition):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     assert set(fields) == set(obj["properties"]), f"{cls.__name__} fields vs schema properties"
     optional_in_code = {
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
     required_in_schema = set(obj.get("required", ()))
@@ -52,8 +53,11 @@ def test_dataclasses_mirror_the_schema(cls, definition):
 
 
 def test_spec_field_tables_are_generated_from_the_schema():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_spec.py"), "--check"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_spec.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
 
 

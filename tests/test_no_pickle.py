@@ -43,7 +43,9 @@ def test_planted_pickle_in_a_member_is_never_executed(small_pack, tmp_path, memb
     trtpack.verify(bad)  # the hashes are right: only the content is hostile
     with pytest.raises(trtpack.TrtpackError) as e:
         trtpack.load(bad, device="cpu")
-    assert "not a valid safetensors file" in str(e.value) or "cannot read the program" in str(e.value)
+    assert "not a valid safetensors file" in str(e.value) or "cannot read the program" in str(
+        e.value
+    )
     assert not marker.exists()
 
 
@@ -72,7 +74,9 @@ def test_pickle_inside_safetensors_metadata_is_only_json(small_pack, tmp_path):
         {"w": torch.zeros(2)},
         metadata={"trtpack.tensors": evil_payloads(str(marker))["pickle"].decode("latin1")},
     )
-    bad = rewrite(small_pack, tmp_path / "meta.trtpack", replace={"program/weights.safetensors": blob})
+    bad = rewrite(
+        small_pack, tmp_path / "meta.trtpack", replace={"program/weights.safetensors": blob}
+    )
     with pytest.raises(trtpack.IntegrityError, match="has no 'trtpack.tensors' metadata"):
         trtpack.load(bad, device="cpu")
     assert not marker.exists()
@@ -84,8 +88,14 @@ def test_a_normal_load_and_call_unpickles_nothing(small_pack, monkeypatch):
 
     import torch.serialization
 
-    for target, name in [(pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"),
-                         (torch, "load"), (torch.serialization, "load"), (torch._C, "_pickle_load_obj")]:
+    for target, name in [
+        (pickle, "loads"),
+        (pickle, "load"),
+        (pickle, "Unpickler"),
+        (torch, "load"),
+        (torch.serialization, "load"),
+        (torch._C, "_pickle_load_obj"),
+    ]:
         monkeypatch.setattr(target, name, forbidden)
     pack = trtpack.load(small_pack, device="cpu")
     out = pack(torch.randn(3, 6), mask=torch.randn(3, 6), bias=torch.randn(6))

@@ -11,8 +11,19 @@ from hypothesis import strategies as st
 
 from trtpack.program import read_safetensors, safetensors_chunks
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
-          torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64]  # fmt: skip
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+]
 
 
 def joined(chunks) -> bytes:
@@ -21,9 +32,7 @@ def joined(chunks) -> bytes:
 
 tensor_dicts = st.dictionaries(
     keys=st.from_regex(r"[a-z][a-z0-9_.]{0,12}", fullmatch=True),
-    values=st.tuples(
-        st.sampled_from(DTYPES), st.lists(st.integers(0, 5), min_size=0, max_size=3)
-    ),
+    values=st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 5), min_size=0, max_size=3)),
     max_size=6,
 )
 
@@ -68,8 +77,11 @@ def test_reader_shares_memory_with_the_buffer():
 
 
 def test_streamed_tensor_data_is_naturally_aligned():
-    tensors = {"a": torch.ones(3, dtype=torch.uint8), "b": torch.ones(5, dtype=torch.float64),
-               "c": torch.ones(2, dtype=torch.int16)}  # fmt: skip
+    tensors = {
+        "a": torch.ones(3, dtype=torch.uint8),
+        "b": torch.ones(5, dtype=torch.float64),
+        "c": torch.ones(2, dtype=torch.int16),
+    }
     data = joined(safetensors_chunks(tensors, {}))
     import json
 
@@ -101,7 +113,9 @@ def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatc
 
     def old_signature(ep, opset_version=None, pickle_protocol=2, **kwargs):
         if kwargs:
-            raise TypeError(f"serialize() got an unexpected keyword argument {next(iter(kwargs))!r}")
+            raise TypeError(
+                f"serialize() got an unexpected keyword argument {next(iter(kwargs))!r}"
+            )
         artifact = real(ep, opset_version, pickle_protocol)
         pickled.append(len(artifact.state_dict))
         return artifact

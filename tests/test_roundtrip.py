@@ -77,7 +77,7 @@ def test_save_is_byte_reproducible_across_processes(tmp_path):
 
 
 def test_tied_weights_are_stored_once_and_stay_tied(exported, tmp_path):
-    _, model, ep = exported("with_buffers")
+    _, _, ep = exported("with_buffers")
     path = tmp_path / "tied.trtpack"
     trtpack.save(ep, path)
     from safetensors import safe_open
@@ -91,7 +91,10 @@ def test_tied_weights_are_stored_once_and_stay_tied(exported, tmp_path):
         keys = set(f.keys())
     assert len(keys & {"emb.weight", "out.weight"}) == 1  # one storage, one stored tensor
     sd = pack.exported_program.state_dict
-    assert sd["emb.weight"].untyped_storage().data_ptr() == sd["out.weight"].untyped_storage().data_ptr()
+    assert (
+        sd["emb.weight"].untyped_storage().data_ptr()
+        == sd["out.weight"].untyped_storage().data_ptr()
+    )
 
 
 def test_views_and_non_contiguous_weights_round_trip(tmp_path):
@@ -100,7 +103,9 @@ def test_views_and_non_contiguous_weights_round_trip(tmp_path):
             super().__init__()
             base = torch.arange(24.0).reshape(4, 6)
             self.register_buffer("t", base.t())  # transposed: not contiguous
-            self.register_buffer("cl", torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))
+            self.register_buffer(
+                "cl", torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
+            )
             whole = torch.arange(10.0)
             self.register_buffer("head", whole[:4])  # views sharing one storage
             self.register_buffer("tail", whole[6:])

@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import trtpack  # noqa: E402
-from models import CASES  # noqa: E402
-from trtpack.program import runnable  # noqa: E402
+from models import CASES
+
+import trtpack
+from trtpack.program import runnable
 
 
 def per_call(fn, calls: int) -> float:
@@ -39,8 +40,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=20000)
     args = ap.parse_args()
-    print(f"{'model':14s} {'trtpack check':>14s} {'ep.module() guards':>19s} "
-          f"{'ep.module() call':>17s} {'pack call':>10s} {'guards/check':>13s}")  # fmt: skip
+    print(
+        f"{'model':14s} {'trtpack check':>14s} {'ep.module() guards':>19s} "
+        f"{'ep.module() call':>17s} {'pack call':>10s} {'guards/check':>13s}"
+    )
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for name in ("one_tensor", "keywords", "derived", "nested", "scalars"):
             case = CASES[name]
@@ -50,13 +53,15 @@ def main() -> int:
             pack = trtpack.load(path, device="cpu")
             a, k = case.args, case.kwargs
             checked, unchecked = ep.module(), runnable(ep)
-            t_check = per_call(lambda: pack.check_inputs(*a, **k), args.calls)
-            t_mod = per_call(lambda: checked(*a, **k), args.calls // 4)
-            t_raw = per_call(lambda: unchecked(*a, **k), args.calls // 4)
-            t_pack = per_call(lambda: pack(*a, **k), args.calls // 4)
+            t_check = per_call(lambda p=pack, a=a, k=k: p.check_inputs(*a, **k), args.calls)
+            t_mod = per_call(lambda m=checked, a=a, k=k: m(*a, **k), args.calls // 4)
+            t_raw = per_call(lambda m=unchecked, a=a, k=k: m(*a, **k), args.calls // 4)
+            t_pack = per_call(lambda p=pack, a=a, k=k: p(*a, **k), args.calls // 4)
             guards = max(t_mod - t_raw, 0.0)
-            print(f"{name:14s} {t_check * 1e6:11.1f} us {guards * 1e6:16.1f} us "
-                  f"{t_mod * 1e6:14.1f} us {t_pack * 1e6:7.1f} us {guards / t_check:12.1f}x")  # fmt: skip
+            print(
+                f"{name:14s} {t_check * 1e6:11.1f} us {guards * 1e6:16.1f} us "
+                f"{t_mod * 1e6:14.1f} us {t_pack * 1e6:7.1f} us {guards / t_check:12.1f}x"
+            )
     return 0
 
 

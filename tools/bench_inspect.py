@@ -48,8 +48,9 @@ def export(n_floats: int) -> torch.export.ExportedProgram:
             return self.table[idx]
 
     batch = torch.export.Dim("batch", min=1, max=64)
-    return torch.export.export(Big(), (torch.zeros(8, dtype=torch.long),),
-                               dynamic_shapes=({0: batch},))  # fmt: skip
+    return torch.export.export(
+        Big(), (torch.zeros(8, dtype=torch.long),), dynamic_shapes=({0: batch},)
+    )
 
 
 def main() -> int:
@@ -61,7 +62,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         results = {}
-        for label, n in (("small (4 KiB)", 1024), (f"{args.gib:g} GiB member", int(args.gib * 2**28))):
+        for label, n in (
+            ("small (4 KiB)", 1024),
+            (f"{args.gib:g} GiB member", int(args.gib * 2**28)),
+        ):
             ep = export(n)
             pack, pt2 = d / f"{n}.trtpack", d / f"{n}.pt2"
             trtpack.save(ep, pack)
@@ -76,11 +80,15 @@ def main() -> int:
                 trtpack.inspect(pack)
             t_api = (time.perf_counter() - t0) / 20
             results[label] = (size, t_cli, t_json, t_torch, t_api)
-    print(f"{'pack':18s} {'size':>10s} {'trtpack inspect':>16s} {'--json':>8s} "
-          f"{'torch.export.load':>18s} {'inspect() in-process':>21s}")  # fmt: skip
+    print(
+        f"{'pack':18s} {'size':>10s} {'trtpack inspect':>16s} {'--json':>8s} "
+        f"{'torch.export.load':>18s} {'inspect() in-process':>21s}"
+    )
     for label, (size, cli, js, tl, api) in results.items():
-        print(f"{label:18s} {size / 2**20:8.1f}MB {cli * 1000:13.0f} ms {js * 1000:5.0f} ms "
-              f"{tl * 1000:15.0f} ms {api * 1000:18.2f} ms")  # fmt: skip
+        print(
+            f"{label:18s} {size / 2**20:8.1f}MB {cli * 1000:13.0f} ms {js * 1000:5.0f} ms "
+            f"{tl * 1000:15.0f} ms {api * 1000:18.2f} ms"
+        )
     (small, big) = results.values()
     print("ratios:")
     print(f"  1 GiB pack: torch.export.load / trtpack inspect   {big[3] / big[1]:6.1f}x")

@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 CHILD = r"""
 import json, os, sys, threading, time
@@ -54,8 +53,9 @@ print(json.dumps({"extra_peak": peak - base, "retained": rss() - base}))
 
 
 def measure(op: str, mb: int, d: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, op, str(mb), d], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, op, str(mb), d], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,18 +64,25 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        rows = {op: measure(op, args.mb, d) for op in
-                ("save_torch", "save_trtpack", "load_torch", "load_trtpack")}  # fmt: skip
+        rows = {
+            op: measure(op, args.mb, d)
+            for op in ("save_torch", "save_trtpack", "load_torch", "load_trtpack")
+        }
     mib = 2**20
     print(f"model: {args.mb} MiB of float32 weights; peak private memory above the start")
     for op, r in rows.items():
-        print(f"  {op:14s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
-              f"still held after {r['retained'] / mib:8.1f} MiB")  # fmt: skip
+        print(
+            f"  {op:14s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
+            f"still held after {r['retained'] / mib:8.1f} MiB"
+        )
     st, sp = rows["save_torch"]["extra_peak"], rows["save_trtpack"]["extra_peak"]
     lt, lp = rows["load_torch"]["extra_peak"], rows["load_trtpack"]["extra_peak"]
-    print(f"ratios: save trtpack/torch {sp / max(st, 1):.2f}x, load trtpack/torch {lp / max(lt, 1):.2f}x")
-    print("(trtpack.load maps the weights from the pack: file-backed pages, shared by every "
-          "process that loads the same pack)")
+    print(f"ratios: save trtpack/torch {sp / max(st, 1):.2f}x, ", end="")
+    print(f"load trtpack/torch {lp / max(lt, 1):.2f}x")
+    print(
+        "(trtpack.load maps the weights from the pack: file-backed pages, shared by every "
+        "process that loads the same pack)"
+    )
     return 0
 
 

@@ -55,18 +55,21 @@ def main() -> int:
     batch = torch.export.Dim("batch", min=1, max=64)
     ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
     size = sum(t.numel() * t.element_size() for t in ep.state_dict.values())
-    print(f"model: {size / 2**20:.1f} MiB of weights; torch {torch.__version__}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"python {platform.python_version()}")  # fmt: skip
+    print(
+        f"model: {size / 2**20:.1f} MiB of weights; torch {torch.__version__}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"python {platform.python_version()}"
+    )
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         d = Path(tmp)
         blobs, _ = program_members(ep)
         payload = b"".join(
-            b"".join(bytes(memoryview(p).cast("B")) for p in v.parts) if isinstance(v, Chunks)
+            b"".join(bytes(memoryview(p).cast("B")) for p in v.parts)
+            if isinstance(v, Chunks)
             else v
             for v in blobs.values()
-        )  # fmt: skip
+        )
 
         def raw_write(sync: bool) -> None:
             with open(d / "raw.bin", "wb") as f:

@@ -1,7 +1,7 @@
 """Regenerate the field tables of schema/SPEC.md from the JSON Schema (the source of truth).
 
-    python tools/gen_spec.py          # rewrite SPEC.md in place
-    python tools/gen_spec.py --check  # exit 1 if SPEC.md is out of date (the tests do this)
+python tools/gen_spec.py          # rewrite SPEC.md in place
+python tools/gen_spec.py --check  # exit 1 if SPEC.md is out of date (the tests do this)
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def _rows(obj: dict) -> list[str]:
     rows = []
     for name, prop in obj.get("properties", {}).items():
         desc = prop.get("description", "").replace("|", "\\|")
-        rows.append(f"| `{name}` | {_type(prop)} | {'yes' if name in required else 'no'} | {desc} |")
+        rows.append(
+            f"| `{name}` | {_type(prop)} | {'yes' if name in required else 'no'} | {desc} |"
+        )
     return rows
 
 

@@ -71,8 +71,10 @@ def run(src: Path) -> int:
 
     import trtpack
 
-    print(f"torch {torch.__version__}, python {sys.version.split()[0]}, "
-          f"{torch.cuda.get_device_name()}, capability {torch.cuda.get_device_capability()}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, python {sys.version.split()[0]}, "
+        f"{torch.cuda.get_device_name()}, capability {torch.cuda.get_device_capability()}"
+    )
     failures = 0
     for name, case in CASES.items():
         path = src / f"{name}.trtpack"
@@ -85,7 +87,9 @@ def run(src: Path) -> int:
             continue
         model, _ = case.export()
         sd = pack.exported_program.state_dict
-        same_weights = all(torch.equal(sd[k].cpu(), v) for k, v in model.state_dict().items() if k in sd)
+        same_weights = all(
+            torch.equal(sd[k].cpu(), v) for k, v in model.state_dict().items() if k in sd
+        )
         model = model.to("cuda")
         try:
             for args, kwargs in [(case.args, case.kwargs), *case.calls]:
@@ -94,8 +98,10 @@ def run(src: Path) -> int:
                     want = model(*a, **k)
                     got = pack(*a, **k)
                 assert_same(got, want)
-            print(f"[cross-version] {name}: written by torch {producer}, loaded on "
-                  f"{pack.device}: outputs equal eager (weights identical: {same_weights})")  # fmt: skip
+            print(
+                f"[cross-version] {name}: written by torch {producer}, loaded on "
+                f"{pack.device}: outputs equal eager (weights identical: {same_weights})"
+            )
         except Exception as e:  # report, keep going
             print(f"[cross-version] {name}: MISMATCH {type(e).__name__}: {e}")
             failures += 1
@@ -123,27 +129,43 @@ def run(src: Path) -> int:
 
     # load to first inference, fresh process each, 100 MiB model
     torch.manual_seed(0)
-    big = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 2048))
+    big = torch.nn.Sequential(
+        torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 2048)
+    )
     ep = torch.export.export(big, (torch.randn(8, 4096),))
     trtpack.save(ep, out / "big.trtpack")
     torch.export.save(ep, out / "big.pt2")
     times: dict[str, list[float]] = {"trtpack": [], "torch": []}
     for _ in range(3):
         for kind, path in (("trtpack", out / "big.trtpack"), ("torch", out / "big.pt2")):
-            r = subprocess.run([sys.executable, "-c", FIRST_INFERENCE, kind, str(path)],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+            r = subprocess.run(
+                [sys.executable, "-c", FIRST_INFERENCE, kind, str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             times[kind].append(float(r.stdout.strip().splitlines()[-1]))
     t_pack, t_torch = min(times["trtpack"]), min(times["torch"])
-    print(json.dumps({"load_to_first_inference_s": {"trtpack": t_pack, "torch.export": t_torch},
-                      "ratio": t_pack / t_torch, "all": times}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "load_to_first_inference_s": {"trtpack": t_pack, "torch.export": t_torch},
+                "ratio": t_pack / t_torch,
+                "all": times,
+            }
+        )
+    )
 
     # per-call overhead on CUDA tensors
     case = CASES["keywords"]
     pack = trtpack.load(out / "keywords.trtpack", device="cuda")
     module = pack.exported_program.module()
     a, k = _to(case.args, "cuda"), _to(case.kwargs, "cuda")
-    for label, fn in (("pack(...)", lambda: pack(*a, **k)), ("ep.module()(...)", lambda: module(*a, **k)),
-                      ("check only", lambda: pack.check_inputs(*a, **k))):  # fmt: skip
+    for label, fn in (
+        ("pack(...)", lambda: pack(*a, **k)),
+        ("ep.module()(...)", lambda: module(*a, **k)),
+        ("check only", lambda: pack.check_inputs(*a, **k)),
+    ):
         for _ in range(200):
             fn()
         torch.cuda.synchronize()

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Set up .venv: torch (CPU), trtpack in editable mode, TensorRT-RTX (builds real engines on a
-# CPU) and the test tools. Idempotent: returns at once when pyproject.toml and this script are
-# unchanged since the last successful run.
+# Set up a virtual environment, idempotently (returns at once when pyproject.toml and this
+# script are unchanged since its last successful run).
+#
+#   tools/setup.sh        .venv      torch 2.13 (CPU), trtpack (editable), TensorRT-RTX, test tools
+#   tools/setup.sh trt    .venv-trt  torch 2.14.1 + torch-tensorrt-rtx 2.14.0 (the real
+#                                    torch_tensorrt code, built for TensorRT-RTX), same extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-VENV=.venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+case "${1:-core}" in
+  core) VENV=.venv; TORCH=(torch==2.13.0); EXTRA=() ;;
+  trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRA=(torch-tensorrt-rtx==2.14.0) ;;
+  *) echo "usage: tools/setup.sh [core|trt]" >&2; exit 2 ;;
+esac
 stamp="$VENV/.setup-stamp"
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "setting up $VENV (first run: about a minute)" >&2
+echo "setting up $VENV (first run: one to two minutes)" >&2
 "$PY" -m venv "$VENV"
-# torch first and pinned: on the project's machines this is a local CPU wheel.
-"$VENV/bin/pip" install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-"$VENV/bin/pip" install -q -e ".[test,rtx]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" >&2 || true; }
+# torch first and pinned: on the project's machines these are local wheels.
+quiet "$VENV/bin/pip" install -q "${TORCH[@]}"
+quiet "$VENV/bin/pip" install -q -e ".[test,rtx]" "${EXTRA[@]}"
 "$VENV/bin/python" -c "import torch, trtpack, tensorrt_rtx, pytest" \
-  || { echo "setup failed: see the pip output above" >&2; exit 1; }
+  || { echo "setup of $VENV failed: see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -1,12 +1,13 @@
 """trtpack: one self-describing file for an ExportedProgram and its TensorRT engines.
 
-    trtpack.save(ep, "model.trtpack")          # the input manifest is derived from ep
+    trt_gm = trtpack.compile(ep)               # torch_tensorrt, inputs derived from ep
+    trtpack.save(trt_gm, "model.trtpack")      # the input manifest is derived from ep
     pack = trtpack.load("model.trtpack")       # engines where they run, else the program
     y = pack(x, mask=m)                        # checked against the manifest first
     trtpack.inspect("model.trtpack")           # manifest + digest; never imports torch
 
-Importing trtpack does not import torch: ``save``, ``load`` and ``compile`` import it when
-first used, so ``inspect``/``verify`` and the CLI stay fast.
+Importing trtpack does not import torch: ``save``, ``load``, ``compile`` and ``add_engine``
+import it when first used, so ``inspect``/``verify`` and the CLI stay fast.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from .manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
     from .derive import Range
+    from .engines.saving import add_engine
+    from .engines.torchtrt import compile
     from .packing import save
     from .runtime import LoadedPack, load
 
@@ -46,6 +49,8 @@ _LAZY = {
     "load": "runtime",
     "LoadedPack": "runtime",
     "Range": "derive",
+    "compile": "engines.torchtrt",
+    "add_engine": "engines.saving",
 }
 
 
@@ -69,6 +74,8 @@ __all__ = [
     "Range",
     "save",
     "load",
+    "compile",
+    "add_engine",
     "inspect",
     "verify",
     # errors

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ._version import __version__
 from .errors import TrtpackError
@@ -36,6 +37,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_add_engine(args: argparse.Namespace) -> int:
+    from .engines.saving import add_engine
+
+    if args.output and not args.force and Path(args.output).exists():
+        print(f"trtpack: error: {args.output} exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    info = add_engine(args.pack, args.source, variant=args.variant, out=args.output)
+    names = ", ".join(v.name for v in info.manifest.engines)
+    print(f"{info.path}: engine variants {names}  {info.digest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trtpack",
@@ -52,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every member's SHA-256 against the manifest")
     p.add_argument("pack", help="path to a .trtpack file")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "add-engine",
+        help="add a TensorRT engine variant to a pack (other members are copied byte for byte)",
+    )
+    p.add_argument("pack", help="the .trtpack to add to (replaced atomically unless -o)")
+    p.add_argument("source", help="a .plan (whole-graph engine) or a .trtpack with variants")
+    p.add_argument("--variant", help="name of the new variant (default: from its target GPUs)")
+    p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_cmd_add_engine)
     return parser
 
 

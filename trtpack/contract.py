@@ -21,18 +21,30 @@ from .tree import leaf_paths
 _CONTAINER = {"tuple": tuple, "list": list, "namedtuple": tuple}
 
 
+class OutsideEngineProfile(InputMismatchError):
+    """A call inside the exported ranges but outside the running engines' profiles."""
+
+
 class Contract:
-    """Callable check: ``contract(args, kwargs) -> flat list of input leaves``."""
+    """Callable check: ``contract(args, kwargs) -> flat list of input leaves``.
+
+    ``engine_ranges`` (from the running engine variant) narrows symbols whose range the
+    engines' optimization profiles cover only in part; a call outside them, but inside the
+    exported range, raises OutsideEngineProfile naming both ranges.
+    """
 
     def __init__(
         self,
         manifest: Manifest,
         *,
         device: torch.device | None = None,
-        symbols: Mapping[str, Symbol] | None = None,
+        engine_ranges: Mapping[str, tuple[int, int | None]] | None = None,
+        variant: str | None = None,
     ) -> None:
         self.manifest = manifest
-        self.symbols = dict(symbols if symbols is not None else manifest.symbols)
+        self.symbols: dict[str, Symbol] = dict(manifest.symbols)
+        self.engine_ranges = dict(engine_ranges or {})
+        self.variant = variant
         self.device = device
         args_tree, kwargs_tree = manifest.input_tree["children"]
         self._args_tree: Tree = args_tree
@@ -216,6 +228,10 @@ def _flatten(tree: Tree, value: Any, path: str, out: list[Any]) -> None:
         raise InputMismatchError(f"{path} must be a {kind} of {len(children)}, got {got}")
     for i, (child, item) in enumerate(zip(children, value)):
         _flatten(child, item, f"{path}[{i}]", out)
+
+
+def _range(lo: int, hi: int | None) -> str:
+    return f"[{lo}, {'inf' if hi is None else hi}]"
 
 
 def _dt(dtype: torch.dtype) -> str:

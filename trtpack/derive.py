@@ -463,13 +463,11 @@ def _fmt(v: int | None) -> str:
     return "inf" if v is None else str(v)
 
 
-def annotate(
-    ep: ExportedProgram, inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
-) -> None:
-    """Record on a loaded program which torch symbol is which manifest symbol (see
-    ``SYMBOLS_META_KEY``)."""
+def symbol_names(ep: ExportedProgram, inputs: tuple[IOSpec, ...]) -> dict[str, str]:
+    """torch's symbol name (``s31``) -> the manifest's (``batch``), matched through the
+    placeholders of ``ep``'s user inputs and the manifest's description of them."""
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    recorded: dict[str, tuple[str, dict[str, Any]]] = {}
+    names: dict[str, str] = {}
     for spec in inputs:
         node = placeholders.get(spec.name)
         val = node.meta.get("val") if node is not None else None
@@ -482,7 +480,18 @@ def annotate(
         for dim, actual in pairs:
             if isinstance(dim, str) and isinstance(actual, torch.SymInt):
                 free = actual.node.expr.free_symbols
-                name = parse_dim(dim).symbol
-                if len(free) == 1 and name in symbols:
-                    recorded[str(next(iter(free)))] = (name, dataclasses.asdict(symbols[name]))
-    ep.graph_module.meta[SYMBOLS_META_KEY] = recorded
+                if len(free) == 1:
+                    names[str(next(iter(free)))] = parse_dim(dim).symbol
+    return names
+
+
+def annotate(
+    ep: ExportedProgram, inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
+) -> None:
+    """Record on a loaded program which torch symbol is which manifest symbol (see
+    ``SYMBOLS_META_KEY``)."""
+    ep.graph_module.meta[SYMBOLS_META_KEY] = {
+        torch_name: (name, dataclasses.asdict(symbols[name]))
+        for torch_name, name in symbol_names(ep, inputs).items()
+        if name in symbols
+    }

@@ -140,6 +140,44 @@ def _table(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
 
 
+def _engine_lines(m: Manifest) -> list[str]:
+    lines = []
+    for v in m.engines:
+        t = v.target
+        gpus = ", ".join(t.compute_capabilities) or "any"
+        if t.future_gpus:
+            gpus += " and newer"
+        flags = [f"hardware-compatible: {t.hardware_compatibility}"]
+        flags.append("version-compatible" if t.version_compatible else "not version-compatible")
+        if t.platform:
+            flags.append(t.platform)
+        if t.cuda_runtime:
+            flags.append(f"CUDA >= {t.cuda_runtime}")
+        wiring = "one whole-graph engine" if v.whole_graph else (
+            f"{len(v.engines)} engine(s) wired by a program"
+            + (" with PyTorch fallback" if v.program is not None else "")
+        )  # fmt: skip
+        flavor = "TensorRT-RTX" if t.flavor == "tensorrt_rtx" else "TensorRT"
+        lines.append(f"  {v.name}  {flavor} {t.trt_version}  GPUs {gpus}  {wiring}")
+        lines.append(f"    {'; '.join(flags)}")
+        for sym, (lo, hi) in v.ranges.items():
+            s = m.symbols[sym]
+            lines.append(
+                f"    profile covers {sym} in [{lo}, {'inf' if hi is None else hi}] only "
+                f"(exported [{s.min}, {'inf' if s.max is None else s.max}])"
+            )
+        for e in v.engines:
+            member = m.members[e.member]
+            abi = f"  torch_tensorrt ABI {e.abi_version}" if e.abi_version else ""
+            ins = ", ".join(f"{b.name}{format_shape(b.shape, {})}" for b in e.inputs)
+            outs = ", ".join(f"{b.name}{format_shape(b.shape, {})}" for b in e.outputs)
+            lines.append(
+                f"    {e.name}  {human_size(member.size)}  sha256:{member.sha256[:16]}…{abi}"
+            )
+            lines.append(f"      ({ins}) -> ({outs})")
+    return lines
+
+
 def render(info: PackInfo) -> str:
     """The human-readable summary printed by ``trtpack inspect``."""
     m = info.manifest
@@ -175,25 +213,7 @@ def render(info: PackInfo) -> str:
     else:
         lines.append("program  (none: engines only)")
     lines.append("engines")
-    engine_rows: list[tuple[str, ...]] = []
-    for v in m.engines:
-        t = v.target
-        ccs = ",".join(t.compute_capabilities) or "any"
-        flags = [t.hardware_compatibility] if t.hardware_compatibility != "none" else []
-        if t.version_compatible:
-            flags.append("version-compatible")
-        size = sum(m.members[e.member].size for e in v.engines)
-        engine_rows.append(
-            (
-                v.name,
-                f"{t.flavor} {t.trt_version}",
-                f"sm {ccs}",
-                " ".join(flags) or "-",
-                f"{len(v.engines)} engine(s), {human_size(size)}",
-                "whole graph" if v.graph is None else "with PyTorch fallback",
-            )
-        )
-    lines += _table(engine_rows)
+    lines += _engine_lines(m) or ["  (none)"]
     lines.append("members")
     lines += _table(
         [

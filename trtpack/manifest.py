@@ -120,17 +120,23 @@ class Target:
     compute_capabilities: tuple[str, ...]
     hardware_compatibility: str
     version_compatible: bool
+    future_gpus: bool | None = None
     platform: str | None = None
+    cuda_runtime: str | None = None
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One set of engines built for one target; ``graph`` wires them (None: one engine)."""
+    """One set of engines built for one target. ``program`` wires them with any PyTorch
+    fallback subgraphs (None: a single engine, run directly); ``ranges`` lists symbols the
+    engines' profiles cover only in part."""
 
     name: str
     target: Target
     engines: tuple[EngineSpec, ...]
-    graph: str | None
+    program: ProgramRef | None
+    whole_graph: bool
+    ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,8 +231,18 @@ class Manifest:
                 raise ManifestError(f"two engine variants are named {variant.name!r}")
             names.add(variant.name)
             referenced += [e.member for e in variant.engines]
-            if variant.graph is not None:
-                referenced.append(variant.graph)
+            if variant.program is not None:
+                referenced += [variant.program.graph, variant.program.weights]
+            elif not variant.whole_graph or len(variant.engines) != 1:
+                raise ManifestError(
+                    f"engine variant {variant.name!r} has no program, so it must be one "
+                    "whole-graph engine"
+                )
+            for sym in variant.ranges:
+                if sym not in self.symbols:
+                    raise ManifestError(
+                        f"engine variant {variant.name!r} narrows unknown symbol {sym!r}"
+                    )
         for member in referenced:
             if member not in self.members:
                 raise ManifestError(f"{member!r} is referenced but not listed in members")

@@ -82,18 +82,40 @@ def save(
     metadata: Mapping[str, str] | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
     overwrite: bool = True,
+    variant: str | None = None,
+    source: ExportedProgram | None = None,
 ) -> PackInfo:
-    """Save an ExportedProgram, or a module from ``trtpack.compile``, as a .trtpack file.
+    """Save a model as a .trtpack file. No input description is needed: it is derived.
 
-    No input description is needed: it is derived from the program. ``ranges`` narrows a
-    symbol's range or sets its opt (``{"batch": (1, 32, 8)}``); widening is refused.
-    ``metadata`` is a free-form str -> str map stored in the manifest.
+    ``obj`` is a ``torch.export`` ExportedProgram, a module from ``trtpack.compile`` (its
+    engines become a variant, its source program the portable fallback), a module from
+    ``torch_tensorrt.dynamo.compile`` (pass ``source=`` the ExportedProgram it was compiled
+    from, for the fallback), or a torch_tensorrt ExportedProgram with embedded engines.
+
+    ``ranges`` narrows a symbol's range or sets its opt (``{"batch": (1, 32, 8)}``); widening
+    is refused. ``metadata`` is a free-form str -> str map. ``variant`` names the engine set.
     """
-    if isinstance(obj, ExportedProgram):
+    if isinstance(obj, ExportedProgram) and not _has_engines(obj):
+        if source is not None or variant is not None:
+            raise TrtpackError("source= and variant= apply to compiled modules, not to a program")
         return _save_program(obj, path, metadata=metadata, ranges=ranges, overwrite=overwrite)
-    raise TrtpackError(
-        f"cannot save a {type(obj).__name__}: trtpack.save takes a torch.export.ExportedProgram"
-    )
+    if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
+        raise TrtpackError(
+            f"cannot save a {type(obj).__name__}: trtpack.save takes a torch.export."
+            "ExportedProgram or a compiled module"
+        )
+    from .engines.saving import save_compiled
+
+    return save_compiled(obj, path, metadata=metadata, ranges=ranges, overwrite=overwrite,
+                         variant=variant, source=source)  # fmt: skip
+
+
+def _has_engines(ep: ExportedProgram) -> bool:
+    return any(not isinstance(v, torch.Tensor) for v in ep.constants.values()) and any(
+        "tensorrt" in type(v).__module__.lower() or "Engine" in type(v).__name__
+        or (isinstance(v, torch._C.ScriptObject) and "tensorrt" in str(v._type()).lower())
+        for v in ep.constants.values()
+    )  # fmt: skip
 
 
 def _save_program(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -29,8 +30,6 @@ from .errors import IntegrityError, ProgramError
 from .manifest import Manifest, ProgramRef
 from .tree import register_namedtuples, restore_namedtuples
 
-GRAPH_MEMBER = "program/graph.json"
-WEIGHTS_MEMBER = "program/weights.safetensors"
 _LAYOUT_KEY = "trtpack.tensors"  # __metadata__ key describing groups, params and views
 
 _SAFETENSORS_DTYPES = {
@@ -63,20 +62,26 @@ def serde_schema_version() -> tuple[int, int]:
 # --- saving ------------------------------------------------------------------------------
 
 
-def program_members(ep: ExportedProgram) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
-    """The members that store ``ep``, and the manifest's reference to them."""
-    _refuse_unstorable(ep)
+def program_members(
+    ep: ExportedProgram, *, folder: str = "program", engines: frozenset[str] = frozenset()
+) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
+    """The members that store ``ep`` under ``folder``, and the manifest's reference to them.
+    ``engines`` names constants that are TensorRT engines: the graph refers to them by name,
+    and they are stored as plan members of their own, not here."""
+    _refuse_unstorable(ep, engines)
     for spec in (ep.call_spec.in_spec, ep.call_spec.out_spec):
         register_namedtuples(spec)
     try:
         graph = _serialize_graph(ep)
     except Exception as e:
         raise ProgramError(f"torch.export could not serialize the program: {e}") from e
-    weights = _weights_source(ep)
+    weights = _weights_source(ep, engines)
     ref = ProgramRef(
-        graph=GRAPH_MEMBER, weights=WEIGHTS_MEMBER, serde_schema=serde_schema_version()
+        graph=f"{folder}/graph.json",
+        weights=f"{folder}/weights.safetensors",
+        serde_schema=serde_schema_version(),
     )
-    return {GRAPH_MEMBER: graph, WEIGHTS_MEMBER: weights}, ref
+    return {ref.graph: graph, ref.weights: weights}, ref
 
 
 def _serialize_graph(ep: ExportedProgram) -> bytes:
@@ -102,15 +107,16 @@ def _serialize_graph(ep: ExportedProgram) -> bytes:
         serde.serialize_torch_artifact = original
 
 
-def _refuse_unstorable(ep: ExportedProgram) -> None:
+def _refuse_unstorable(ep: ExportedProgram, engines: frozenset[str]) -> None:
     for name, value in ep.constants.items():
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) and name not in engines:
             raise ProgramError(
                 f"constant {name!r} is a {type(value).__name__} (a custom object); a pack stores "
                 "plain tensors only. For torch_tensorrt programs with embedded engines use "
                 "trtpack.save on the compiled module, or trtpack migrate."
             )
-    for name, value in [*ep.state_dict.items(), *ep.constants.items()]:
+    tensors = [(k, v) for k, v in ep.constants.items() if k not in engines]
+    for name, value in [*ep.state_dict.items(), *tensors]:
         if (
             type(value) not in (torch.Tensor, torch.nn.Parameter)
             and type(value.data) is not torch.Tensor
@@ -121,11 +127,11 @@ def _refuse_unstorable(ep: ExportedProgram) -> None:
             )
 
 
-def _weights_source(ep: ExportedProgram) -> Chunks:
+def _weights_source(ep: ExportedProgram, engines: frozenset[str] = frozenset()) -> Chunks:
     """One safetensors file; storage shared between tensors is written once."""
     named: list[tuple[str, str, torch.Tensor]] = [
         *(("state_dict", k, v) for k, v in ep.state_dict.items()),
-        *(("constants", k, v) for k, v in ep.constants.items()),
+        *(("constants", k, v) for k, v in ep.constants.items() if k not in engines),
     ]
     groups: dict[tuple[Any, int], list[tuple[str, str, torch.Tensor]]] = {}
     for group, name, t in named:
@@ -258,17 +264,24 @@ def _rebuild_state(
 
 
 def load_program(
-    reader: PackReader, manifest: Manifest, *, device: torch.device | None = None
+    reader: PackReader,
+    manifest: Manifest,
+    *,
+    device: torch.device | None = None,
+    ref: ProgramRef | None = None,
+    engines: Mapping[str, Any] | None = None,
 ) -> ExportedProgram:
-    """Rebuild the ExportedProgram; on another device when asked (graph constants included)."""
+    """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
+    whose ``engines`` are supplied as constants); on ``device`` when asked."""
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
-    ref = manifest.program
+    ref = ref or manifest.program
     if ref is None:
         raise ProgramError(f"{reader.path} holds no ExportedProgram")
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
     state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
+    constants.update(engines or {})
     graph = reader.read(ref.graph)
     try:
         ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))

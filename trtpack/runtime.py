@@ -6,6 +6,7 @@ the TensorRT engines where a variant fits this machine, else the ExportedProgram
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -14,8 +15,8 @@ import torch
 from torch.export import ExportedProgram
 
 from .container import PackReader, PathLike
-from .contract import Contract
-from .errors import ManifestError
+from .contract import Contract, OutsideEngineProfile
+from .errors import ManifestError, NoUsableEngineError
 from .info import PackInfo, open_pack
 from .manifest import Manifest
 from .program import load_program, runnable
@@ -63,9 +64,11 @@ def _normalize(device: str | torch.device | None) -> torch.device:
 class LoadedPack:
     """A loaded pack. Call it like the model: ``pack(x, mask=m)``.
 
-    Attributes: ``manifest``, ``exported_program`` (None for an engines-only pack),
-    ``device``, ``backend`` (``"tensorrt"`` or ``"exported_program"``), ``fallback_reason``
-    (why engines are not used, or None), ``info`` (path, digest, size).
+    ``backend`` is ``"tensorrt"`` when an engine variant runs, else ``"exported_program"``;
+    ``fallback_reason`` says in one line why engines are not used (None when they are, or
+    when the pack has none). ``variant`` is the engine variant that runs. ``manifest``,
+    ``device`` and ``info`` (path, digest, size) describe the pack; ``exported_program`` is
+    the portable program (loaded on first access when engines run).
     """
 
     def __init__(
@@ -73,20 +76,25 @@ class LoadedPack:
         info: PackInfo,
         *,
         device: torch.device,
-        exported_program: ExportedProgram | None,
         module: Any,
-        backend: str,
-        fallback_reason: str | None,
         contract: Contract,
+        backend: str,
+        fallback_reason: str | None = None,
+        variant: str | None = None,
+        exported_program: ExportedProgram | None = None,
+        outside_profile: str = "error",
     ) -> None:
         self.info = info
         self.manifest: Manifest = info.manifest
         self.device = device
-        self.exported_program = exported_program
         self.backend = backend
         self.fallback_reason = fallback_reason
+        self.variant = variant
         self._module = module
         self._contract = contract
+        self._exported_program = exported_program
+        self._fallback_module: Any = None
+        self._outside_profile = outside_profile
 
     @property
     def digest(self) -> str:
@@ -94,21 +102,45 @@ class LoadedPack:
 
     @property
     def module(self) -> Any:
-        """The underlying runnable (a GraphModule); calling it skips the input check."""
+        """The underlying runnable; calling it skips the input check."""
         return self._module
+
+    @property
+    def exported_program(self) -> ExportedProgram | None:
+        """The portable ExportedProgram (None for an engines-only pack)."""
+        if self._exported_program is None and self.manifest.program is not None:
+            with open_pack(self.info.path) as (reader, info):
+                if info.digest != self.info.digest:
+                    raise ManifestError(f"{self.info.path} changed on disk since it was loaded")
+                self._exported_program = _verified(
+                    reader, self.manifest, True,
+                    lambda: load_program(reader, self.manifest, device=self.device),
+                )  # fmt: skip
+        return self._exported_program
 
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
         """Check a call against the manifest without running it. Raises InputMismatchError."""
         self._contract(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self._contract(args, kwargs)
+        try:
+            self._contract(args, kwargs)
+        except OutsideEngineProfile:
+            if self._outside_profile != "fallback":
+                raise
+            if self._fallback_module is None:
+                program = self.exported_program
+                if program is None:
+                    raise
+                self._fallback_module = runnable(program)
+            return self._fallback_module(*args, **kwargs)
         return self._module(*args, **kwargs)
 
     def __repr__(self) -> str:
         names = ", ".join(i.name for i in self.manifest.inputs)
+        where = f"{self.backend}:{self.variant}" if self.variant else self.backend
         return (
-            f"<LoadedPack {self.info.path.name} inputs=({names}) backend={self.backend} "
+            f"<LoadedPack {self.info.path.name} inputs=({names}) backend={where} "
             f"device={self.device}>"
         )
 
@@ -118,24 +150,56 @@ def load(
     *,
     device: str | torch.device | None = None,
     verify: bool = True,
+    require_engine: bool = False,
+    variant: str | None = None,
+    outside_profile: str = "error",
 ) -> LoadedPack:
-    """Load a pack and return a callable that checks each call against the manifest.
+    """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
     ``device``: where to run (default: the current CUDA device if any, else CPU).
-    ``verify``: check the SHA-256 of every member that is loaded, before using it.
+    ``verify``: check the SHA-256 of every member that is loaded, before it is used.
+    ``require_engine``: raise NoUsableEngineError instead of falling back to the program.
+    ``variant``: use only this engine variant.
+    ``outside_profile``: for a call inside the exported ranges but outside the engines'
+    optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
+    ``"fallback"`` (run that call on the ExportedProgram).
     """
+    if outside_profile not in ("error", "fallback"):
+        raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
     with open_pack(path) as (reader, info):
         manifest = info.manifest
+        reason = None
+        if manifest.engines or require_engine or variant is not None:
+            from .engines.loading import load_engines
+
+            loaded = load_engines(reader, manifest, dev, verify=verify,
+                                  require_engine=require_engine, variant=variant)  # fmt: skip
+            if loaded.runner is not None and loaded.variant is not None:
+                v = loaded.variant
+                return LoadedPack(
+                    info,
+                    device=dev,
+                    module=loaded.runner,
+                    contract=Contract(manifest, device=dev, engine_ranges=v.ranges, variant=v.name),
+                    backend="tensorrt",
+                    variant=v.name,
+                    outside_profile=outside_profile,
+                )
+            reason = loaded.reason
         if manifest.program is None:
-            raise ManifestError(f"{info.path}: the pack has no ExportedProgram")
+            raise NoUsableEngineError(
+                f"{info.path} holds engines only, and none can run here: {reason}"
+            )
         ep = _verified(reader, manifest, verify, lambda: load_program(reader, manifest, device=dev))
+    if reason is not None and manifest.engines:
+        warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=2)
     return LoadedPack(
         info,
         device=dev,
-        exported_program=ep,
         module=runnable(ep),
-        backend="exported_program",
-        fallback_reason=None,
         contract=Contract(manifest, device=dev),
+        backend="exported_program",
+        fallback_reason=reason if manifest.engines else None,
+        exported_program=ep,
     )

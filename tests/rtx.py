@@ -1,0 +1,106 @@
+"""Real TensorRT-RTX engines, built on the CPU (no GPU needed to build, only to run).
+
+``build(inputs, outputs=..., targets=...)`` makes a network with the network-definition API:
+each output is an elementwise combination of the inputs, with an optimization profile per
+dynamic input, for the named compute capabilities. Used by the tests and by
+``tools/make_fixtures.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_DTYPES = {
+    "float32": "FLOAT",
+    "float16": "HALF",
+    "int32": "INT32",
+    "int64": "INT64",
+    "bool": "BOOL",
+}
+
+
+def trt():
+    import tensorrt_rtx
+
+    return tensorrt_rtx
+
+
+def build(
+    inputs: Sequence[tuple[str, str, Sequence[int | tuple[int, int, int]]]],
+    *,
+    targets: Sequence[str] | None = ("8.0",),
+    weights_mb: float = 0.0,
+    outputs: Sequence[str] = ("output0",),
+) -> bytes:
+    """inputs: (name, dtype, dims) where a dim is an int or a (min, opt, max) profile.
+    The first output sums every input (broadcast over the last input's shape); further
+    outputs scale it. ``weights_mb`` adds a constant of that size (a multi-MB engine)."""
+    t = trt()
+    logger = t.Logger(t.Logger.ERROR)
+    builder = t.Builder(logger)
+    network = builder.create_network(0)
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    tensors = []
+    dynamic = False
+    for name, dtype, dims in inputs:
+        shape = [-1 if isinstance(d, tuple) else d for d in dims]
+        tensor = network.add_input(name, getattr(t.DataType, _DTYPES[dtype]), shape)
+        tensors.append(tensor)
+        if any(isinstance(d, tuple) for d in dims):
+            dynamic = True
+            lo = [d[0] if isinstance(d, tuple) else d for d in dims]
+            opt = [d[1] if isinstance(d, tuple) else d for d in dims]
+            hi = [d[2] if isinstance(d, tuple) else d for d in dims]
+            profile.set_shape(name, lo, opt, hi)
+    if dynamic:
+        config.add_optimization_profile(profile)
+    acc = tensors[0]
+    rank = len(inputs[0][2])
+    for (_, _, dims), other in zip(inputs[1:], tensors[1:]):
+        if len(dims) < rank:  # broadcast a lower-rank input: prepend dims of size 1
+            shuffle = network.add_shuffle(other)
+            shuffle.reshape_dims = [1] * (rank - len(dims)) + list(dims)
+            other = shuffle.get_output(0)
+        acc = network.add_elementwise(acc, other, t.ElementWiseOperation.SUM).get_output(0)
+    if weights_mb:
+        n = int(weights_mb * 2**20 / 4)
+        const = np.arange(n, dtype=np.float32) / n
+        layer = network.add_constant([1] * (len(inputs[0][2]) - 1) + [n], t.Weights(const))
+        reduced = network.add_reduce(layer.get_output(0), t.ReduceOperation.SUM,
+                                     1 << (len(inputs[0][2]) - 1), True)  # fmt: skip
+        acc = network.add_elementwise(
+            acc, reduced.get_output(0), t.ElementWiseOperation.SUM
+        ).get_output(0)
+    for i, name in enumerate(outputs):
+        out = network.add_identity(acc).get_output(0)  # an output cannot also be an input
+        if i:
+            scale = network.add_constant(
+                [1] * len(inputs[0][2]), t.Weights(np.full(1, i + 1, np.float32))
+            )
+            out = network.add_elementwise(
+                acc, scale.get_output(0), t.ElementWiseOperation.PROD
+            ).get_output(0)
+        out.name = name
+        network.mark_output(out)
+    if targets is not None:
+        config.num_compute_capabilities = len(targets)
+        for i, cc in enumerate(targets):
+            config.set_compute_capability(
+                getattr(t.ComputeCapability, "SM" + cc.replace(".", "")), i
+            )
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError("TensorRT-RTX could not build the test network")
+    return bytes(memoryview(plan))
+
+
+def keywords_plan(targets: Sequence[str] | None = ("8.0",), batch=(1, 4, 64)) -> bytes:
+    """A whole-graph engine with the bindings of tests/models.py's ``keywords`` model:
+    x[batch, 6], mask[batch, 6], bias[6] -> output0[batch, 6]."""
+    return build(
+        [("x", "float32", (batch, 6)), ("mask", "float32", (batch, 6)), ("bias", "float32", (6,))],
+        targets=targets,
+    )

@@ -1,0 +1,368 @@
+"""Engines without torch_tensorrt: plan headers of real TensorRT-RTX engines, variant choice,
+add-engine, inspect, and the fallback to the ExportedProgram."""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+import zipfile
+
+import pytest
+import rtx
+import torch
+
+import trtpack
+from trtpack.container import PackReader
+from trtpack.engines.loading import load_engines
+from trtpack.engines.plan import parse_plan
+from trtpack.engines.select import Environment, choose, why_not
+from trtpack.manifest import Target
+
+pytest.importorskip("tensorrt_rtx")
+
+
+@pytest.fixture(scope="module")
+def plans():
+    """Real engines, built once: targets, a dynamic profile, several MB of weights."""
+    return {
+        "sm80": rtx.keywords_plan(("8.0",)),
+        "sm86_sm89": rtx.keywords_plan(("8.6", "8.9")),
+        "default": rtx.keywords_plan(None),
+        "narrow": rtx.keywords_plan(("8.0",), batch=(1, 4, 16)),
+        "big": rtx.build([("x", "float32", ((1, 2, 8), 16))], targets=("8.9",), weights_mb=6),
+    }
+
+
+@pytest.fixture
+def program_pack(exported, tmp_path):
+    _, _, ep = exported("keywords")
+    path = tmp_path / "keywords.trtpack"
+    trtpack.save(ep, path, metadata={"model": "keywords"})
+    return path
+
+
+def raw(path):
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+# --- plan headers ---------------------------------------------------------------------------
+
+
+def test_plan_header_of_real_engines(plans):
+    import tensorrt_rtx
+
+    info = parse_plan(plans["sm80"])
+    assert (info.flavor, info.trt_version) == ("tensorrt_rtx", tensorrt_rtx.__version__)
+    assert info.compute_capabilities == ("8.0",) and not info.future_gpus
+    assert parse_plan(plans["sm86_sm89"]).compute_capabilities == ("8.6", "8.9")
+    default = parse_plan(plans["default"])
+    assert default.compute_capabilities == ("8.0", "8.6", "8.9", "12.0", "12.1")
+    assert default.future_gpus
+    big = parse_plan(plans["big"])
+    assert len(plans["big"]) > 6 * 2**20 and big.weights_device_bytes >= 6 * 2**20
+    assert info.cuda_runtime is not None and info.cuda_runtime.count(".") == 1
+
+
+def test_damaged_plans_are_refused(plans):
+    good = plans["sm80"]
+    for bad, message in [
+        (good[:-1], "damaged: its header says"),
+        (good[: len(good) // 2], "truncated"),
+        (good[:40], "truncated: 40 bytes"),
+        (good + b"\0", "damaged: its header says"),
+        (b"\x7fELF" + good[4:], "not a TensorRT plan: it starts with b'\\\\x7fELF'"),
+        (b"", "not a TensorRT plan"),
+    ]:
+        with pytest.raises(trtpack.EngineError, match=message):
+            parse_plan(bad)
+
+
+def test_standard_tensorrt_header_version():
+    """Standard TensorRT plans cannot be built here; the documented part of their header
+    (magic, u32 0, version bytes at 24..27; trtexec --getPlanVersionOnly) is all we read."""
+    header = b"ftrt" + struct.pack("<I", 0) + bytes(16) + bytes([10, 13, 3, 9]) + bytes(36)
+    info = parse_plan(header)
+    assert (info.flavor, info.trt_version, info.compute_capabilities) == (
+        "tensorrt",
+        "10.13.3.9",
+        (),
+    )
+    old = b"ftrt" + struct.pack("<I", 232) + bytes(60)
+    with pytest.raises(
+        trtpack.EngineError, match="serialization version 232, from TensorRT before 10"
+    ):
+        parse_plan(old)
+
+
+# --- which variant runs ----------------------------------------------------------------------
+
+
+RTX = Target("tensorrt_rtx", "1.6.1.120", ("8.0", "8.6"), "none", False, platform="linux_x86_64")
+TRT = Target("tensorrt", "10.13.3.9", ("9.0",), "none", False, platform="linux_x86_64")
+ENV_RTX_SM86 = Environment(gpu=(8, 6), runtimes={"tensorrt_rtx": "1.6.1.120"}, torch_tensorrt="2.14.0",
+                           torch_tensorrt_flavor="tensorrt_rtx", platform="linux_x86_64")  # fmt: skip
+ENV_TRT_SM90 = Environment(gpu=(9, 0), runtimes={"tensorrt": "10.13.3.9"}, torch_tensorrt="2.9.0",
+                           torch_tensorrt_flavor="tensorrt", platform="linux_x86_64")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("target", "env", "reason"),
+    [
+        (RTX, ENV_RTX_SM86, None),
+        (RTX, Environment(platform="linux_x86_64"), "no CUDA GPU"),
+        (RTX, Environment(gpu=(9, 0), torch_tensorrt_problem="torch_tensorrt is not installed"),
+         "torch_tensorrt is not installed"),
+        (RTX, ENV_TRT_SM90, "built with tensorrt_rtx, but the installed torch_tensorrt 2.9.0 runs tensorrt"),
+        (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "gpu": (9, 0)}),
+         "built for compute capability 8.0, 8.6; this GPU is 9.0"),
+        (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "runtimes": {"tensorrt_rtx": "1.7.1.116"}}),
+         "built with TensorRT-RTX 1.6.1.120, this runtime is 1.7.1.116"),
+        (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "runtimes": {"tensorrt_rtx": "1.6.1.99"}}), None),
+        (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "runtimes": {}}), "tensorrt_rtx 1.6.1.120, which is not installed"),
+        (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "platform": "win_x86_64"}), "built for linux_x86_64"),
+        (TRT, ENV_TRT_SM90, None),
+        (TRT, Environment(**{**ENV_TRT_SM90.__dict__, "runtimes": {"tensorrt": "10.14.1.2"}}),
+         "built with TensorRT 10.13.3.9, this runtime is 10.14.1.2"),
+        (Target("tensorrt", "10.13.3.9", ("9.0",), "none", True),
+         Environment(**{**ENV_TRT_SM90.__dict__, "runtimes": {"tensorrt": "10.14.1.2"}}), None),
+        (Target("tensorrt", "10.13.3.9", ("9.0",), "none", True),
+         Environment(**{**ENV_TRT_SM90.__dict__, "runtimes": {"tensorrt": "10.12.0.1"}}),
+         "needs TensorRT 10.x at least that new"),
+        (Target("tensorrt", "10.13.3.9", ("8.0",), "ampere_plus", False), ENV_TRT_SM90, None),
+        (Target("tensorrt", "10.13.3.9", ("8.0",), "ampere_plus", False),
+         Environment(**{**ENV_TRT_SM90.__dict__, "gpu": (7, 5)}), "hardware-compatible for Ampere and newer"),
+        (Target("tensorrt_rtx", "1.6.1.120", ("8.0",), "none", False, cuda_runtime="13.4"),
+         Environment(**{**ENV_RTX_SM86.__dict__, "gpu": (8, 0), "cuda_runtime": "12.9"}),
+         "needs CUDA runtime 13.4, this one is 12.9"),
+    ],
+)  # fmt: skip
+def test_why_a_variant_cannot_run(target, env, reason):
+    got = why_not(target, env)
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got
+
+
+def test_choice_prefers_exact_gpu_then_exact_version():
+    from trtpack.manifest import EngineSpec, Variant
+
+    def variant(name, target):
+        e = EngineSpec("e", f"engines/{name}/e.plan", (), ())
+        return Variant(name, target, (e,), None, True)
+
+    hw = variant("hw", Target("tensorrt", "10.13.3.9", ("8.0",), "ampere_plus", False))
+    exact = variant("exact", TRT)
+    vc = variant("vc", Target("tensorrt", "10.12.0.1", ("9.0",), "none", True))
+    other = variant("sm80", Target("tensorrt", "10.13.3.9", ("8.0",), "none", False))
+    choice = choose((hw, vc, other, exact), ENV_TRT_SM90)
+    assert [v.name for v in choice.fitting] == ["exact", "vc", "hw"]
+    assert choice.refused == {"sm80": "built for compute capability 8.0; this GPU is 9.0"}
+    assert [v.name for v in choose((hw, exact), ENV_TRT_SM90, only="hw").fitting] == ["hw"]
+
+
+# --- add-engine --------------------------------------------------------------------------------
+
+
+def test_add_engine_keeps_other_members_byte_for_byte(program_pack, plans, tmp_path):
+    before = raw(program_pack)
+    plan = tmp_path / "sm80.plan"
+    plan.write_bytes(plans["sm80"])
+    info = trtpack.add_engine(program_pack, plan)
+    after = raw(program_pack)
+    for name, data in before.items():
+        if name != "manifest.json":
+            assert after[name] == data, name
+    old = trtpack.inspect(tmp_path / "keywords.trtpack").manifest
+    assert old.program == info.manifest.program
+    (v,) = info.manifest.engines
+    assert v.name == "rtx_sm80" and v.whole_graph and v.program is None
+    assert v.target.flavor == "tensorrt_rtx" and v.target.compute_capabilities == ("8.0",)
+    assert after[v.engines[0].member] == plans["sm80"]  # raw plan bytes: no base64, no pickle
+    assert [b.name for b in v.engines[0].inputs] == ["x", "mask", "bias"]
+    assert v.engines[0].inputs[0].profile == ((1, 4, 64), (6, 6, 6))
+    trtpack.verify(program_pack)
+    # a second variant, another name; then the name clash is refused
+    info = trtpack.add_engine(program_pack, plans["sm86_sm89"], variant="ada")
+    assert [v.name for v in info.manifest.engines] == ["rtx_sm80", "ada"]
+    with pytest.raises(trtpack.EngineError, match="already has an engine variant named 'ada'"):
+        trtpack.add_engine(program_pack, plans["sm86_sm89"], variant="ada")
+    assert trtpack.verify(program_pack).digest == info.digest  # nothing was changed
+
+
+def test_add_engine_from_another_pack(program_pack, plans, tmp_path):
+    other = tmp_path / "other.trtpack"
+    other.write_bytes(program_pack.read_bytes())
+    trtpack.add_engine(other, plans["sm86_sm89"], variant="ada")
+    out = tmp_path / "merged.trtpack"
+    info = trtpack.add_engine(program_pack, other, out=out)
+    assert [v.name for v in info.manifest.engines] == ["ada"]
+    assert raw(out)["engines/ada/engine.plan"] == plans["sm86_sm89"]
+    assert trtpack.inspect(program_pack).manifest.engines == ()  # -o left the input alone
+    info = trtpack.add_engine(program_pack, other, variant="ada2")
+    assert "engines/ada2/engine.plan" in info.manifest.members
+
+
+def test_add_engine_refuses_bad_input(program_pack, plans, tmp_path, exported):
+    digest = trtpack.inspect(program_pack).digest
+    junk = tmp_path / "junk.plan"
+    junk.write_bytes(b"not an engine at all")
+    with pytest.raises(trtpack.EngineError, match="not a TensorRT plan"):
+        trtpack.add_engine(program_pack, junk)
+    with pytest.raises(trtpack.EngineError, match="truncated"):
+        trtpack.add_engine(program_pack, plans["sm80"][:1000])
+    # a pack of another model
+    _, _, ep = exported("one_tensor")
+    foreign = tmp_path / "foreign.trtpack"
+    trtpack.save(ep, foreign)
+    trtpack.add_engine(foreign, rtx.build([("x", "float32", ((1, 2, 64), 8))]))
+    with pytest.raises(trtpack.EngineError, match="describes another model"):
+        trtpack.add_engine(program_pack, foreign)
+    same = tmp_path / "same_model_no_engines.trtpack"
+    same.write_bytes(program_pack.read_bytes())
+    with pytest.raises(trtpack.EngineError, match="holds no engine variant"):
+        trtpack.add_engine(program_pack, same)
+    with pytest.raises(trtpack.TrtpackError, match="cannot add an engine from a int"):
+        trtpack.add_engine(program_pack, 3)
+    assert trtpack.inspect(program_pack).digest == digest  # nothing was overwritten
+
+
+def test_add_engine_cli_and_inspect(program_pack, plans, tmp_path):
+    import subprocess
+    import sys
+
+    plan = tmp_path / "e.plan"
+    plan.write_bytes(plans["default"])
+    out = tmp_path / "with_engine.trtpack"
+    run = [sys.executable, "-m", "trtpack"]
+    r = subprocess.run([*run, "add-engine", str(program_pack), str(plan), "-o", str(out)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "engine variants rtx_sm80_plus" in r.stdout
+    r = subprocess.run([*run, "add-engine", str(program_pack), str(plan), "-o", str(out)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1 and "exists (use --force" in r.stderr
+    r = subprocess.run([*run, "inspect", str(out)], capture_output=True, text=True)
+    assert (
+        "rtx_sm80_plus  TensorRT-RTX 1.6.1.120  GPUs 8.0, 8.6, 8.9, 12.0, 12.1 and newer"
+        in r.stdout
+    )
+    assert "one whole-graph engine" in r.stdout and "CUDA >= " in r.stdout
+    assert "engine  151.0 KiB  sha256:" in r.stdout or "engine  " in r.stdout
+    data = json.loads(subprocess.run([*run, "inspect", "--json", str(out)], capture_output=True,
+                                     text=True).stdout)  # fmt: skip
+    assert data["engines"][0]["target"]["future_gpus"] is True
+
+
+# --- load: engines where they can run, else the program ---------------------------------------
+
+
+def test_load_falls_back_with_a_reason(program_pack, plans, exported):
+    case, model, _ = exported("keywords")
+    trtpack.add_engine(program_pack, plans["sm80"])
+    with pytest.warns(UserWarning, match="running the ExportedProgram"):
+        pack = trtpack.load(program_pack, device="cpu")
+    assert pack.backend == "exported_program"
+    if torch.cuda.is_available():
+        assert "loaded for cpu, and TensorRT engines run on CUDA devices" in pack.fallback_reason
+    else:
+        assert (
+            pack.fallback_reason
+            == "no engine variant can run here (rtx_sm80: no CUDA GPU on this machine)"
+        )
+    torch.testing.assert_close(pack(*case.args, **case.kwargs), model(*case.args, **case.kwargs))
+    with pytest.raises(trtpack.NoUsableEngineError, match="rtx_sm80: "):
+        trtpack.load(program_pack, require_engine=True)
+    with pytest.raises(
+        trtpack.NoUsableEngineError, match="no engine variant 'sm90' \\(variants: rtx_sm80\\)"
+    ):
+        trtpack.load(program_pack, variant="sm90")
+
+
+def test_pack_without_engines_has_no_fallback_reason(small_pack):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pack = trtpack.load(small_pack, device="cpu")
+    assert pack.backend == "exported_program" and pack.fallback_reason is None
+    with pytest.raises(trtpack.NoUsableEngineError, match="holds no TensorRT engine"):
+        trtpack.load(small_pack, require_engine=True)
+
+
+def _fitting_env():
+    """This machine as it would look with an sm_80 GPU and TensorRT-RTX (a device query
+    answered differently; what follows is the real load path)."""
+    import tensorrt_rtx
+
+    return Environment(gpu=(8, 0), runtimes={"tensorrt_rtx": tensorrt_rtx.__version__},
+                       torch_tensorrt="2.14.0", torch_tensorrt_flavor="tensorrt_rtx")  # fmt: skip
+
+
+def test_corrupt_engine_member_is_a_clean_fallback(program_pack, plans, tmp_path):
+    info = trtpack.add_engine(program_pack, plans["sm80"])
+    member = info.manifest.engines[0].engines[0].member
+    data = bytearray(program_pack.read_bytes())
+    with PackReader(program_pack) as r:
+        offset = r.info(member).offset
+    data[offset + 500] ^= 0xFF
+    bad = tmp_path / "corrupt.trtpack"
+    bad.write_bytes(bytes(data))
+    with PackReader(bad) as reader:
+        manifest = trtpack.inspect(bad).manifest
+        got = load_engines(reader, manifest, torch.device("cuda", 0), verify=True,
+                           require_engine=False, variant=None, environment=_fitting_env())  # fmt: skip
+    assert got.runner is None
+    assert "rtx_sm80: " in got.reason and "is corrupt: SHA-256" in got.reason
+
+
+def test_engine_that_disagrees_with_the_manifest_is_a_clean_fallback(program_pack, plans, tmp_path):
+    """A member swapped for another valid plan (hashes fixed up): its header contradicts the
+    manifest, and that is caught before TensorRT reads it."""
+    from test_container import rewrite
+
+    info = trtpack.add_engine(program_pack, plans["sm80"])
+    member = info.manifest.engines[0].engines[0].member
+    other = plans["sm80"][:0x18] + bytes([1, 7, 1, 116]) + plans["sm80"][0x1C:]  # "newer TensorRT"
+    bad = rewrite(program_pack, tmp_path / "swapped.trtpack", replace={member: other})
+    with PackReader(bad) as reader:
+        got = load_engines(reader, trtpack.inspect(bad).manifest, torch.device("cuda", 0),
+                           verify=True, require_engine=False, variant=None,
+                           environment=_fitting_env())  # fmt: skip
+    assert (
+        "is a tensorrt_rtx 1.7.1.116 plan, the manifest says tensorrt_rtx 1.6.1.120" in got.reason
+    )
+
+
+def test_fitting_variant_goes_as_far_as_the_runtime_allows(program_pack, plans):
+    """With a fitting environment the real build path runs until it needs torch_tensorrt's
+    runtime (not installed in this environment, or no GPU): a clean, named reason."""
+    trtpack.add_engine(program_pack, plans["sm80"])
+    with PackReader(program_pack) as reader:
+        got = load_engines(reader, trtpack.inspect(program_pack).manifest, torch.device("cuda", 0),
+                           verify=True, require_engine=False, variant=None,
+                           environment=_fitting_env())  # fmt: skip
+    assert got.runner is None and got.reason.startswith(
+        "no engine variant can run here (rtx_sm80: "
+    )
+
+
+def test_engines_only_pack_without_usable_engine(plans, tmp_path):
+    """A pack of engines and no program: nothing to fall back to, so a clear error."""
+    from trtpack.container import write_pack
+
+    src = tmp_path / "src.trtpack"
+    trtpack.save(torch.export.export(torch.nn.ReLU(), (torch.randn(2),)), src)
+    trtpack.add_engine(src, rtx.build([("input", "float32", (2,))]))
+    members = {n: d for n, d in raw(src).items() if not n.startswith("program/")}
+    manifest = json.loads(members.pop("manifest.json"))
+    manifest["members"] = {n: m for n, m in manifest["members"].items() if n in members}
+    manifest["program"] = None
+    text = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    bare = tmp_path / "bare.trtpack"
+    write_pack(bare, members, lambda _: text)
+    assert trtpack.inspect(bare).manifest.program is None
+    with pytest.raises(
+        trtpack.NoUsableEngineError, match="holds engines only, and none can run here"
+    ):
+        trtpack.load(bare)

@@ -1,0 +1,124 @@
+"""What a TensorRT plan's header says, read without a GPU and without TensorRT.
+
+Two flavours, told apart by the first four bytes:
+
+- TensorRT-RTX (``b"vtrt"``): a 64-byte little-endian header, verified against engines built
+  by tensorrt_rtx 1.4, 1.5, 1.6 and 1.7 and against the runtime's own header checks:
+
+  ======  =====  ==========================================================================
+  offset  width  field
+  ======  =====  ==========================================================================
+  0x00    4      magic ``vtrt``
+  0x04    u32    0
+  0x08    u64    number of sections (a 24-byte table of them follows the header)
+  0x10    u64    total size of the plan, in bytes (a truncated plan no longer matches it)
+  0x18    4×u8   TensorRT-RTX version: major, minor, patch, build
+  0x1c    4      kind tag
+  0x20    u64    compute-capability bit mask (see ``_RTX_CC_BITS``)
+  0x28    i64    minimum CUDA driver version (0: no check)
+  0x30    i64    CUDA runtime version the plan was built with (a runtime must be >=)
+  0x38    i64    device bytes the weights need
+  0x40    24×n   section table: u32 tag, u32 pad, u64 offset, i64 size
+  end     u32    trailer 0x8b8d8b99, 8-byte aligned after the last section
+  ======  =====  ==========================================================================
+
+- Standard TensorRT >= 10 (``b"ftrt"``): the u32 at offset 4 is 0 and bytes 24..27 hold the
+  version (what ``trtexec --getPlanVersionOnly`` reads; NVIDIA/TensorRT
+  ``samples/common/sampleEngines.cpp``). Nothing else of that header is documented, so the
+  compute capability of a standard plan comes from where it was built, not from the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import EngineError
+
+RTX_MAGIC = b"vtrt"
+TRT_MAGIC = b"ftrt"
+_RTX_HEADER = 64
+_RTX_TRAILER = 0x8B8D8B99
+
+# bit -> compute capability, as the TensorRT-RTX runtime maps a device to a bit (1.5 to 1.7;
+# 1.4 had no 12.1). The bit after the last one means "newer GPUs" (runs, suboptimally).
+_RTX_CC_BITS = {0: "7.5", 1: "8.0", 2: "8.6", 3: "8.9", 4: "12.0", 5: "12.1"}
+_RTX_CC_BITS_1_4 = {0: "7.5", 1: "8.0", 2: "8.6", 3: "8.9", 4: "12.0"}
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    """The facts a plan's header gives."""
+
+    flavor: str  # "tensorrt" or "tensorrt_rtx"
+    trt_version: str  # "10.13.3.9", "1.6.1.120"
+    #: compute capabilities the plan has kernels for ("8.0", ...); empty: not in the header
+    compute_capabilities: tuple[str, ...] = ()
+    #: the plan also runs on GPUs newer than any it names (TensorRT-RTX built without targets)
+    future_gpus: bool = False
+    #: the CUDA runtime version the plan needs at least, e.g. "13.4"; None: unknown or no check
+    cuda_runtime: str | None = None
+    weights_device_bytes: int | None = None
+
+
+def parse_plan(data: bytes | memoryview, *, where: str = "engine") -> PlanInfo:
+    """Read a plan's header. Raises EngineError for anything that is not a whole plan."""
+    view = memoryview(data).cast("B")
+    n = len(view)
+    magic = bytes(view[:4])
+    if magic == RTX_MAGIC:
+        return _parse_rtx(view, where)
+    if magic == TRT_MAGIC:
+        if n < 28:
+            raise EngineError(f"{where} is truncated: {n} bytes, less than a plan header")
+        (serialization,) = struct.unpack_from("<I", view, 4)
+        if serialization != 0:
+            raise EngineError(
+                f"{where} is a TensorRT plan of serialization version {serialization}, from "
+                "TensorRT before 10.0, whose header trtpack cannot read"
+            )
+        return PlanInfo(flavor="tensorrt", trt_version=".".join(str(b) for b in view[24:28]))
+    shown = magic if n else b""
+    raise EngineError(
+        f"{where} is not a TensorRT plan: it starts with {shown!r}, expected b'ftrt' "
+        "(TensorRT) or b'vtrt' (TensorRT-RTX)"
+    )
+
+
+def _parse_rtx(view: memoryview, where: str) -> PlanInfo:
+    n = len(view)
+    if n < _RTX_HEADER:
+        raise EngineError(f"{where} is truncated: {n} bytes, less than the 64-byte header")
+    _, sections, total = struct.unpack_from("<IQQ", view, 4)
+    version = tuple(view[0x18:0x1C])
+    mask, _driver, cuda_runtime, weights = struct.unpack_from("<Qqqq", view, 0x20)
+    if total != n:
+        raise EngineError(
+            f"{where} is damaged: its header says {total} bytes, it has {n}"
+            + (" (truncated)" if n < total else "")
+        )
+    table_end = _RTX_HEADER + 24 * sections
+    if sections > 1024 or table_end > n:
+        raise EngineError(f"{where} is damaged: its section table does not fit")
+    end = table_end
+    for i in range(sections):
+        _, _, offset, size = struct.unpack_from("<4sIQq", view, _RTX_HEADER + 24 * i)
+        if offset < end or size < 0 or offset + size > n:
+            raise EngineError(f"{where} is damaged: section {i} lies outside the plan")
+        end = offset + size
+    trailer = (end + 7) // 8 * 8
+    if trailer + 4 != n or struct.unpack_from("<I", view, trailer)[0] != _RTX_TRAILER:
+        raise EngineError(f"{where} is damaged: the plan does not end where its sections do")
+    bits = _RTX_CC_BITS_1_4 if version[:2] == (1, 4) else _RTX_CC_BITS
+    ccs = tuple(cc for bit, cc in sorted(bits.items()) if mask >> bit & 1)
+    future = bool(mask >> len(bits) & 1)
+    return PlanInfo(
+        flavor="tensorrt_rtx",
+        trt_version=".".join(str(b) for b in version),
+        compute_capabilities=ccs,
+        future_gpus=future,
+        cuda_runtime=f"{cuda_runtime // 1000}.{cuda_runtime % 1000 // 10}"
+        if cuda_runtime
+        else None,
+        weights_device_bytes=weights,
+    )

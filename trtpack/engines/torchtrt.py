@@ -1,0 +1,369 @@
+"""The only module that imports torch_tensorrt (and, through it, TensorRT).
+
+Three jobs, kept thin:
+
+- ``compile``: the torch_tensorrt inputs derived from the manifest, then
+  ``torch_tensorrt.dynamo.compile``; the manifest travels with the returned module.
+- ``extract``: a compiled module (or a torch_tensorrt ExportedProgram with engines) -> the
+  wired ExportedProgram with its engines taken out as plain facts and raw plan bytes. The
+  wiring is torch_tensorrt's own exporter (the graph surgery ``torch_tensorrt.save`` uses).
+- ``build_runner``: at load, engines -> a callable (needs a GPU and a matching TensorRT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+import torch
+from torch.export import ExportedProgram
+
+from ..derive import Interface, RangeLike, derive_interface, symbol_names
+from ..errors import DeriveError, EngineError, MissingDependencyError
+from ..manifest import Binding, IOSpec, parse_dim
+from .packed_info import PackedEngine, read_packed
+from .select import Environment
+
+_INSTALL_HINT = (
+    "install torch_tensorrt for your TensorRT (pip install 'trtpack[tensorrt]'), or "
+    "torch-tensorrt-rtx for TensorRT-RTX"
+)
+
+
+def import_torch_tensorrt() -> Any:
+    try:
+        import torch_tensorrt
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"torch_tensorrt is not installed ({e}); {_INSTALL_HINT}"
+        ) from e
+    except Exception as e:  # it queries the GPU at import and fails without one
+        raise MissingDependencyError(
+            f"torch_tensorrt is installed but cannot be imported here: {type(e).__name__}: {e}"
+        ) from e
+    return torch_tensorrt
+
+
+def current_platform() -> str:
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return f"{'win' if sys.platform.startswith('win') else 'linux'}_{machine}"
+
+
+def probe_environment() -> Environment:
+    """What this machine offers for running engines. Imports torch_tensorrt only when a GPU
+    is present (without one, no engine can run and the answer is already known)."""
+    plat = current_platform()
+    if not torch.cuda.is_available():
+        return Environment(platform=plat)
+    gpu = torch.cuda.get_device_capability()
+    name = torch.cuda.get_device_name()
+    base = {"gpu": gpu, "gpu_name": name, "cuda_runtime": torch.version.cuda, "platform": plat}
+    try:
+        tt = import_torch_tensorrt()
+    except MissingDependencyError as e:
+        return Environment(**base, torch_tensorrt_problem=str(e))
+    from torch_tensorrt._features import ENABLED_FEATURES
+
+    rtx = bool(getattr(ENABLED_FEATURES, "tensorrt_rtx", False))
+    flavor = "tensorrt_rtx" if rtx else "tensorrt"
+    trt = sys.modules.get("tensorrt_rtx" if rtx else "tensorrt") or sys.modules.get("tensorrt")
+    runtimes = {flavor: trt.__version__} if trt is not None else {}
+    return Environment(**base, runtimes=runtimes, torch_tensorrt=tt.__version__,
+                       torch_tensorrt_flavor=flavor)  # fmt: skip
+
+
+# --- compile -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Compiled:
+    """What ``trtpack.compile`` attaches to the module it returns (as ``_trtpack``), so that
+    ``trtpack.save`` needs nothing more."""
+
+    source: ExportedProgram
+    interface: Interface
+
+
+def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None = None) -> tuple:
+    """``(arg_inputs, kwarg_inputs)`` for torch_tensorrt, nested like the call, with
+    min/opt/max from the manifest's symbols. ``overrides`` replaces inputs by name."""
+    tt = import_torch_tensorrt()
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {i.name for i in iface.inputs}
+    if unknown:
+        names = ", ".join(i.name for i in iface.inputs)
+        raise DeriveError(
+            f"input override for unknown input(s) {sorted(unknown)} (inputs: {names})"
+        )
+    leaves = iter(iface.inputs)
+
+    def one(spec: IOSpec) -> Any:
+        if spec.name in overrides:
+            return overrides[spec.name]
+        if spec.kind == "int" and spec.symbol is not None:
+            expr = parse_dim(spec.symbol)
+            return expr.value(iface.symbols[expr.symbol].opt)
+        if not spec.is_tensor:
+            return spec.value
+        dtype = getattr(torch, spec.dtype or "")
+        shape = spec.shape or ()
+        if all(isinstance(d, int) for d in shape):
+            return tt.Input(shape=list(shape), dtype=dtype, name=spec.name)
+        lo, opt, hi = [], [], []
+        for d in shape:
+            if isinstance(d, int):
+                lo.append(d), opt.append(d), hi.append(d)
+                continue
+            expr = parse_dim(d)
+            sym = iface.symbols[expr.symbol]
+            if sym.max is None:
+                raise DeriveError(
+                    f"input {spec.name!r} dim {d!r}: symbol {expr.symbol!r} has no upper bound "
+                    f"(exported range [{sym.min}, inf]), and a TensorRT engine needs one. Pass "
+                    f"ranges={{{expr.symbol!r}: ({sym.min}, MAX)}} to trtpack.compile, or export "
+                    "with torch.export.Dim(..., max=MAX). (torch_tensorrt would silently use "
+                    "min x 4096.)"
+                )
+            lo.append(expr.value(sym.min)), opt.append(expr.value(sym.opt))
+            hi.append(expr.value(sym.max))
+        return tt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=dtype, name=spec.name)
+
+    def build(tree: dict) -> Any:
+        kind = tree["type"]
+        if kind == "leaf":
+            return one(next(leaves))
+        children = [build(c) for c in tree.get("children", ())]
+        if kind == "dict":
+            return dict(zip(tree["keys"], children))
+        if kind == "list":
+            return children
+        if kind == "none":
+            return None
+        return tuple(children)
+
+    args_tree, kwargs_tree = iface.input_tree["children"]
+    return list(build(args_tree)), build(kwargs_tree)
+
+
+def compile(
+    ep: ExportedProgram,
+    *,
+    ranges: Mapping[str, RangeLike] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> torch.fx.GraphModule:
+    """``torch_tensorrt.dynamo.compile(ep)`` with the inputs derived from the program."""
+    tt = import_torch_tensorrt()
+    iface = derive_interface(ep, ranges=ranges)
+    arg_inputs, kwarg_inputs = torch_tensorrt_inputs(iface, inputs)
+    module = tt.dynamo.compile(ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, **settings)
+    module._trtpack = Compiled(source=ep, interface=iface)
+    return module
+
+
+# --- extract: compiled module -> wired program + engines ----------------------------------------
+
+
+@dataclass
+class EngineRecord:
+    """One engine taken out of a wired program: the packed facts and its bindings."""
+
+    packed: PackedEngine
+    inputs: tuple[Binding, ...]
+    outputs: tuple[Binding, ...]
+
+
+@dataclass
+class Extracted:
+    program: ExportedProgram  # the wired program; engine constants are named, not stored
+    engines: dict[str, EngineRecord]  # by constant name
+    whole_graph: bool
+
+
+def is_compiled_module(obj: Any) -> bool:
+    if not isinstance(obj, torch.fx.GraphModule):
+        return False
+    return any(type(m).__name__ == "TorchTensorRTModule" for m in obj.children())
+
+
+def engine_constant_names(ep: ExportedProgram) -> list[str]:
+    """Constants of ``ep`` that are TensorRT engines (torch_tensorrt's engine objects)."""
+    names = []
+    for fqn, obj in ep.constants.items():
+        kind = type(obj).__name__
+        if kind in ("EngineSerializer", "TRTEngine"):
+            names.append(fqn)
+        elif isinstance(obj, torch._C.ScriptObject) and "tensorrt" in str(obj._type()).lower():
+            names.append(fqn)
+    return names
+
+
+@contextlib.contextmanager
+def _engines_for_export(module: torch.fx.GraphModule) -> Iterator[None]:
+    """torch_tensorrt's exporter takes each engine object as a constant. A module whose
+    engines are not set up (lazy init) gets torch_tensorrt's own serializable stand-in
+    holding the packed engine info, as torch_tensorrt.save does before writing."""
+    from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
+
+    filled = []
+    for child in module.children():
+        if type(child).__name__ == "TorchTensorRTModule" and child.engine is None:
+            child.engine = EngineSerializer(child._pack_engine_info())
+            filled.append(child)
+    try:
+        yield
+    finally:
+        for child in filled:
+            child.engine = None
+
+
+def _packed_info(obj: Any, where: str) -> PackedEngine:
+    if type(obj).__name__ == "EngineSerializer":
+        return read_packed(list(obj.serialized_info), where=where)
+    state = obj.__getstate__()  # torch.classes.tensorrt.Engine / TRTEngine: (info, class name)
+    info = state[0] if isinstance(state, tuple) and len(state) == 2 else state
+    return read_packed(list(info), where=where)
+
+
+def wired_program(obj: Any) -> ExportedProgram:
+    """A compiled module as the ExportedProgram torch_tensorrt.save would write: PyTorch
+    subgraphs inlined, each engine a ``tensorrt::execute_engine`` call on an engine constant.
+    A torch_tensorrt ExportedProgram already is one."""
+    if isinstance(obj, ExportedProgram):
+        return obj
+    if not is_compiled_module(obj):
+        raise DeriveError(
+            f"cannot save a {type(obj).__name__}: trtpack.save takes a torch.export."
+            "ExportedProgram, a module from trtpack.compile or torch_tensorrt.dynamo.compile, "
+            "or a torch_tensorrt ExportedProgram with engines"
+        )
+    import_torch_tensorrt()
+    from torch_tensorrt.dynamo._exporter import export
+
+    with _engines_for_export(obj):
+        return export(obj, use_legacy_exporter=True)
+
+
+def extract(
+    wired: ExportedProgram,
+    *,
+    manifest_inputs: tuple[IOSpec, ...],
+    bounds: dict[str, tuple[int, int]] | None,
+) -> Extracted:
+    """A wired program's engines as plain facts, with their bindings and profiles."""
+    import_torch_tensorrt()
+    names = symbol_names(wired, manifest_inputs)
+    sympy_bounds = _sympy_bounds(wired, names, bounds)
+    fqns = engine_constant_names(wired)
+    if not fqns:
+        raise DeriveError("the module holds no TensorRT engine")
+    sig = wired.graph_signature
+    placeholder_to_fqn = dict(sig.inputs_to_lifted_custom_objs)
+    engines: dict[str, EngineRecord] = {}
+    calls = []
+    for node in wired.graph.nodes:
+        if node.op == "call_function" and "execute_engine" in str(node.target):
+            engine_arg = node.args[1]
+            fqn = placeholder_to_fqn.get(engine_arg.name, getattr(engine_arg, "target", None))
+            if fqn not in fqns:
+                raise EngineError(f"execute_engine node {node.name} uses unknown engine {fqn!r}")
+            packed = _packed_info(wired.constants[fqn], where=f"engine {fqn}")
+            ins = [_binding(n, a.meta.get("val"), names, sympy_bounds, True)
+                   for n, a in zip(packed.input_names, node.args[0])]  # fmt: skip
+            outs = [_binding(n, v, names, sympy_bounds, False)
+                    for n, v in zip(packed.output_names, node.meta.get("val", ()))]  # fmt: skip
+            engines[fqn] = EngineRecord(packed, tuple(ins), tuple(outs))
+            calls.append((node, packed))
+    whole = len(calls) == 1 and _is_whole_graph(wired, calls[0][0])
+    return Extracted(wired, engines, whole)
+
+
+def _is_whole_graph(ep: ExportedProgram, call: Any) -> bool:
+    """One engine fed straight by the user inputs, in order, whose outputs are the user
+    outputs, in order: nothing runs outside it."""
+    users = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    tensor_users = [u for u in users if isinstance(placeholders[u].meta.get("val"), torch.Tensor)]
+    if [getattr(a, "name", None) for a in call.args[0]] != tensor_users:
+        return False
+    output = next(n for n in ep.graph.nodes if n.op == "output")
+    outs = list(output.args[0])
+    for i, out in enumerate(outs):
+        if not (out.op == "call_function" and out.args[0] is call and out.args[1] == i):
+            return False
+    ops = [n for n in ep.graph.nodes if n.op == "call_function"]
+    return len(ops) == 1 + len(outs)
+
+
+def _sympy_bounds(
+    wired: ExportedProgram, names: dict[str, str], bounds: dict[str, tuple[int, int]] | None
+) -> dict[Any, tuple[int, int]] | None:
+    if not bounds:
+        return None
+    out = {}
+    for node in wired.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        for d in val.shape if isinstance(val, torch.Tensor) else ():
+            if isinstance(d, torch.SymInt) and isinstance(d.node.expr, sympy.Symbol):
+                name = names.get(str(d.node.expr))
+                if name in bounds:
+                    out[d.node.expr] = bounds[name]
+    return out
+
+
+def _binding(name: str, val: Any, names: dict[str, str], bounds: Any, is_input: bool) -> Binding:
+    from torch_tensorrt.dynamo.utils import extract_var_range_info
+
+    if not isinstance(val, torch.Tensor):
+        raise EngineError(f"engine binding {name!r} has no tensor metadata in the graph")
+    shape, profile = [], []
+    for d in val.shape:
+        if not isinstance(d, torch.SymInt) or d.node.expr.is_number:
+            shape.append(int(d))
+            profile.append((int(d),) * 3)
+            continue
+        expr = d.node.expr
+        subs = {s: sympy.Symbol(names[str(s)]) for s in expr.free_symbols if str(s) in names}
+        shape.append(str(expr.xreplace(subs)).replace(" ", ""))
+        r = extract_var_range_info(d, bounds)
+        hi = r.get("max")
+        profile.append(
+            (int(r["min"]), int(r.get("opt") or r["min"]), int(hi) if hi is not None else -1)
+        )
+    dtype = str(val.dtype).removeprefix("torch.")
+    return Binding(name=name, dtype=dtype, shape=tuple(shape),
+                   profile=tuple(profile) if is_input else None)  # fmt: skip
+
+
+# --- load: engines -> a runner (needs a GPU and a matching TensorRT) -----------------------------
+
+
+def engine_module(plan: bytes, spec_inputs: list[str], spec_outputs: list[str], *, name: str,
+                  settings: Mapping[str, Any], device: torch.device) -> Any:  # fmt: skip
+    """A torch_tensorrt runtime module for one engine. trtpack packs the engine info itself,
+    for the installed torch_tensorrt's ABI, so a pack outlives torch_tensorrt ABI changes."""
+    tt = import_torch_tensorrt()
+    from torch_tensorrt.dynamo import CompilationSettings
+    from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
+
+    compilation = settings.get("compilation", {})
+    module_flags = settings.get("module", {})
+    cs = CompilationSettings(
+        device=tt.Device(f"cuda:{device.index or 0}"),
+        hardware_compatible=bool(module_flags.get("hardware_compatible", False)),
+        version_compatible=bool(compilation.get("version_compatible", False)),
+    )
+    return TorchTensorRTModule(
+        serialized_engine=plan,
+        input_binding_names=list(spec_inputs),
+        output_binding_names=list(spec_outputs),
+        name=name,
+        settings=cs,
+        requires_output_allocator=bool(module_flags.get("requires_output_allocator", False)),
+    )

@@ -112,9 +112,15 @@ ENV_TRT_SM90 = Environment(gpu=(9, 0), runtimes={"tensorrt": "10.13.3.9"}, torch
     [
         (RTX, ENV_RTX_SM86, None),
         (RTX, Environment(platform="linux_x86_64"), "no CUDA GPU"),
-        (RTX, Environment(gpu=(9, 0), torch_tensorrt_problem="torch_tensorrt is not installed"),
+        (RTX, Environment(gpu=(8, 0), torch_tensorrt_problem="torch_tensorrt is not installed"),
          "torch_tensorrt is not installed"),
-        (RTX, ENV_TRT_SM90, "built with tensorrt_rtx, but the installed torch_tensorrt 2.9.0 runs tensorrt"),
+        (RTX, Environment(gpu=(9, 0)), "built for compute capability 8.0, 8.6; this GPU is 9.0"),
+        (Target("tensorrt_rtx", "1.6.1.120", ("8.0", "12.1"), "none", False, future_gpus=True),
+         Environment(**{**ENV_RTX_SM86.__dict__, "gpu": (12, 2)}), None),
+        (Target("tensorrt_rtx", "1.6.1.120", ("8.0", "12.1"), "none", False, future_gpus=True),
+         Environment(**{**ENV_RTX_SM86.__dict__, "gpu": (9, 0)}), "this GPU is 9.0"),
+        (RTX, Environment(**{**ENV_TRT_SM90.__dict__, "gpu": (8, 6)}),
+         "built with tensorrt_rtx, but the installed torch_tensorrt 2.9.0 runs tensorrt"),
         (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "gpu": (9, 0)}),
          "built for compute capability 8.0, 8.6; this GPU is 9.0"),
         (RTX, Environment(**{**ENV_RTX_SM86.__dict__, "runtimes": {"tensorrt_rtx": "1.7.1.116"}}),
@@ -366,3 +372,72 @@ def test_engines_only_pack_without_usable_engine(plans, tmp_path):
         trtpack.NoUsableEngineError, match="holds engines only, and none can run here"
     ):
         trtpack.load(bare)
+
+
+# --- one input contract, three ways ------------------------------------------------------------
+
+
+def test_engine_profile_narrower_than_the_program(exported):
+    """At save, each engine's profile is compared with the manifest's ranges; where it covers
+    less, the variant records it, and a call inside the exported range but outside the
+    profile gets a message naming both (or runs on the program, if asked)."""
+    from trtpack.contract import Contract, OutsideEngineProfile
+    from trtpack.derive import derive_interface
+    from trtpack.engines.saving import narrowed_ranges
+    from trtpack.manifest import Binding, EngineSpec
+
+    _, _, ep = exported("derived")
+    iface = derive_interface(ep)  # n in [2, 32]; x [n, 3], y [2*n, 3], z [n+1]
+    engine = EngineSpec("e", "engines/v/e.plan", inputs=(
+        Binding("x", "float32", ("n", 3), ((2, 4, 16), (3, 3, 3))),
+        Binding("y", "float32", ("2*n", 3), ((4, 8, 30), (3, 3, 3))),
+    ), outputs=())  # fmt: skip
+    assert narrowed_ranges([engine], iface.inputs, iface.symbols) == {"n": (2, 15)}
+    manifest = trtpack.manifest.Manifest(
+        format_version=(1, 0), producer=trtpack.manifest.Producer("t", "3"), inputs=iface.inputs,
+        outputs=iface.outputs, symbols=iface.symbols, input_tree=iface.input_tree,
+        output_tree=iface.output_tree, members={}, program=None,
+    )  # fmt: skip
+    contract = Contract(manifest, engine_ranges={"n": (2, 15)}, variant="rtx_sm80")
+    t = torch.zeros
+    contract((t(15, 3), t(30, 3), t(16)), {})
+    with pytest.raises(OutsideEngineProfile) as e:
+        contract((t(20, 3), t(40, 3), t(21)), {})
+    assert str(e.value) == (
+        "input x (args[0]) dim 0 makes n = 20: inside the exported range [2, 32], but outside "
+        "the optimization profile of engine variant 'rtx_sm80', [2, 15]. Load with "
+        "outside_profile='fallback' to run such calls on the ExportedProgram"
+    )
+    with pytest.raises(
+        trtpack.InputMismatchError, match=r"outside the allowed range of n: \[2, 32\]"
+    ):
+        contract((t(33, 3), t(66, 3), t(34)), {})
+
+
+def test_calls_outside_the_profile_route_to_the_program_when_asked(exported, tmp_path):
+    """The routing of LoadedPack: which callable runs for which call (the engine side is a
+    recording callable here: running real engines needs a GPU)."""
+    from trtpack.contract import Contract
+    from trtpack.runtime import LoadedPack
+
+    _, model, ep = exported("keywords")
+    path = tmp_path / "k.trtpack"
+    info = trtpack.save(ep, path)
+    ran = []
+    pack = LoadedPack(
+        info, device=torch.device("cpu"), module=lambda *a, **k: ran.append("engine"),
+        contract=Contract(info.manifest, engine_ranges={"batch": (1, 8)}, variant="v"),
+        backend="tensorrt", variant="v", outside_profile="fallback",
+    )  # fmt: skip
+    pack(torch.zeros(8, 6), mask=torch.zeros(8, 6), bias=torch.zeros(6))
+    assert ran == ["engine"]
+    x, mask, bias = torch.randn(9, 6), torch.randn(9, 6), torch.randn(6)
+    torch.testing.assert_close(pack(x, mask=mask, bias=bias), model(x, mask=mask, bias=bias))
+    assert ran == ["engine"] and pack.exported_program is not None
+    strict = LoadedPack(
+        info, device=torch.device("cpu"), module=lambda *a, **k: ran.append("engine"),
+        contract=Contract(info.manifest, engine_ranges={"batch": (1, 8)}, variant="v"),
+        backend="tensorrt", variant="v",
+    )  # fmt: skip
+    with pytest.raises(trtpack.InputMismatchError, match="outside the optimization profile"):
+        strict(x, mask=mask, bias=bias)

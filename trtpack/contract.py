@@ -150,7 +150,7 @@ class Contract:
             return
         sym = self.symbols[name]
         if root < sym.min or (sym.max is not None and root > sym.max):
-            rng = f"[{sym.min}, {'inf' if sym.max is None else sym.max}]"
+            rng = _range(sym.min, sym.max)
             if expr.coef == 1 and expr.offset == 0:
                 msg = f"{where} is {size}, outside the allowed range of {name}: {rng}"
             else:
@@ -158,6 +158,16 @@ class Contract:
                     f"{where} is {size} = {expr} with {name} = {root}, outside {name}'s range {rng}"
                 )
             raise InputMismatchError(msg)
+        narrow = self.engine_ranges.get(name)
+        if narrow is not None and (
+            root < narrow[0] or (narrow[1] is not None and root > narrow[1])
+        ):
+            raise OutsideEngineProfile(
+                f"{where} makes {name} = {root}: inside the exported range "
+                f"{_range(sym.min, sym.max)}, but outside the optimization profile of engine "
+                f"variant {self.variant!r}, {_range(*narrow)}. Load with "
+                "outside_profile='fallback' to run such calls on the ExportedProgram"
+            )
         bound[name] = (root, where)
 
     @staticmethod

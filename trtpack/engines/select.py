@@ -54,11 +54,19 @@ def _cc(text: str) -> tuple[int, int]:
 
 
 def why_not(target: Target, env: Environment) -> str | None:
-    """None if engines built for ``target`` can run in ``env``, else the first reason why not."""
+    """None if engines built for ``target`` can run in ``env``, else the first reason why not.
+    Facts about the engines and the GPU come first: they hold whatever is installed."""
     if env.gpu is None:
         return "no CUDA GPU on this machine"
     if env.platform and target.platform and target.platform != env.platform:
         return f"built for {target.platform}, this machine is {env.platform}"
+    gpu = f"{env.gpu[0]}.{env.gpu[1]}"
+    ccs = target.compute_capabilities
+    if target.hardware_compatibility == "ampere_plus":
+        if env.gpu < (8, 0):
+            return f"built hardware-compatible for Ampere and newer; this GPU is {gpu}"
+    elif ccs and gpu not in ccs and not (target.future_gpus and env.gpu > max(map(_cc, ccs))):
+        return f"built for compute capability {', '.join(ccs)}; this GPU is {gpu}"
     if env.torch_tensorrt is None:
         return env.torch_tensorrt_problem or "torch_tensorrt is not installed"
     if env.torch_tensorrt_flavor and env.torch_tensorrt_flavor != target.flavor:
@@ -81,13 +89,6 @@ def why_not(target: Target, env: Environment) -> str | None:
             )
     elif built[:3] != have[:3]:
         return f"built with TensorRT {target.trt_version}, this runtime is {runtime}"
-    gpu = f"{env.gpu[0]}.{env.gpu[1]}"
-    ccs = target.compute_capabilities
-    if target.hardware_compatibility == "ampere_plus":
-        if env.gpu < (8, 0):
-            return f"built hardware-compatible for Ampere and newer; this GPU is sm_{gpu}"
-    elif ccs and gpu not in ccs:
-        return f"built for compute capability {', '.join(ccs)}; this GPU is {gpu}"
     if target.cuda_runtime and env.cuda_runtime:
         if _version(env.cuda_runtime) < _version(target.cuda_runtime):
             return f"needs CUDA runtime {target.cuda_runtime}, this one is {env.cuda_runtime}"

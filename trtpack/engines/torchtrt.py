@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -246,7 +247,9 @@ def wired_program(obj: Any) -> ExportedProgram:
     import_torch_tensorrt()
     from torch_tensorrt.dynamo._exporter import export
 
-    with _engines_for_export(obj):
+    with _engines_for_export(obj), warnings.catch_warnings():
+        # the exporter attaches each engine after creating its get_attr node, and says so
+        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
         return export(obj, use_legacy_exporter=True)
 
 

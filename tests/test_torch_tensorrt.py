@@ -1,0 +1,315 @@
+"""trtpack.compile / trtpack.save with the real torch_tensorrt (the -rtx build, torch 2.14),
+up to the point where a GPU is needed: engines are really built by TensorRT-RTX on the CPU,
+and only device queries and the GPU-side deserialization are bypassed (tests/tt_cpu.py).
+
+Run in .venv-trt (tools/test.sh does): ``pytest -m torch_tensorrt``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+from torch.export import Dim
+
+import trtpack
+
+pytestmark = pytest.mark.torch_tensorrt
+
+tt_cpu = pytest.importorskip("tt_cpu")
+try:
+    tt = tt_cpu.import_torch_tensorrt()
+except ImportError:  # the core environment: these tests run in .venv-trt
+    pytest.skip(
+        "torch_tensorrt is not installed here (tools/setup.sh trt)", allow_module_level=True
+    )
+
+from trtpack.engines import torchtrt  # noqa: E402
+from trtpack.engines.packed_info import read_packed  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = torch.nn.Linear(8, 16)
+        self.l2 = torch.nn.Linear(16, 4)
+
+    def forward(self, x, *, bias):
+        h = torch.relu(self.l1(x))
+        return self.l2(h) + bias, h.sum(dim=1)
+
+
+SETTINGS = {"device": None, "offload_module_to_cpu": True, "min_block_size": 1}
+
+
+def settings(**extra):
+    return {**SETTINGS, "device": tt.Device("cuda:0"), **extra}
+
+
+@pytest.fixture(scope="module")
+def net_ep():
+    torch.manual_seed(0)
+    model = Net().eval()
+    batch = Dim("batch", min=1, max=32)
+    ep = torch.export.export(model, (torch.randn(4, 8),), {"bias": torch.randn(4, 4)},
+                             dynamic_shapes={"x": {0: batch}, "bias": {0: batch}})  # fmt: skip
+    return model, ep
+
+
+@pytest.fixture(scope="module")
+def compiled(net_ep):
+    """Real compiles (engines built by TensorRT-RTX): whole-graph and partitioned."""
+    _, ep = net_ep
+    with tt_cpu.cpu_compile():
+        whole = trtpack.compile(ep, **settings())
+        split = trtpack.compile(ep, **settings(torch_executed_ops={torch.ops.aten.relu.default}))
+    return whole, split
+
+
+def engines_of(module):
+    return {n: m for n, m in module.named_children() if type(m).__name__ == "TorchTensorRTModule"}
+
+
+def members(path):
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+# --- compile: no inputs= --------------------------------------------------------------------
+
+
+def test_inputs_derived_from_the_program(net_ep):
+    _, ep = net_ep
+    iface = trtpack.derive.derive_interface(ep)
+    args, kwargs = torchtrt.torch_tensorrt_inputs(iface)
+    (x,) = args
+    assert isinstance(x, tt.Input) and x.name == "x" and x.dtype == tt.dtype.f32
+    assert x.shape == {"min_shape": (1, 8), "opt_shape": (4, 8), "max_shape": (32, 8)}
+    assert set(kwargs) == {"bias"} and kwargs["bias"].shape["max_shape"] == (32, 4)
+    override = tt.Input(min_shape=(1, 8), opt_shape=(16, 8), max_shape=(32, 8), name="x")
+    args, _ = torchtrt.torch_tensorrt_inputs(iface, {"x": override})
+    assert args[0] is override
+    with pytest.raises(trtpack.DeriveError, match=r"override for unknown input\(s\) \['y'\]"):
+        torchtrt.torch_tensorrt_inputs(iface, {"y": override})
+
+
+def test_unbounded_dim_is_refused_with_a_clear_message():
+    ep = torch.export.export(torch.nn.Linear(4, 4), (torch.randn(3, 4),),
+                             dynamic_shapes=({0: Dim("rows")},))  # fmt: skip
+    with pytest.raises(
+        trtpack.DeriveError,
+        match=r"symbol 'rows' has no upper bound .*ranges=\{'rows': \(\d+, MAX\)\}.*min x 4096",
+    ):
+        trtpack.compile(ep, **settings())
+
+
+def test_compile_builds_real_engines_and_carries_the_manifest(compiled, net_ep):
+    whole, split = compiled
+    _, ep = net_ep
+    assert [type(m).__name__ for m in whole.children()] == ["TorchTensorRTModule"]
+    assert sorted(engines_of(split)) == ["_run_on_acc_0", "_run_on_acc_2"]
+    assert "_run_on_gpu_1" in dict(split.named_children())
+    for module in (whole, split):
+        assert module._trtpack.source is ep
+        assert [i.name for i in module._trtpack.interface.inputs] == ["x", "bias"]
+        for trt_module in engines_of(module).values():
+            assert trt_module.serialized_engine[:4] == b"vtrt"
+
+
+def test_narrowed_range_reaches_the_engine_profile(net_ep, tmp_path):
+    _, ep = net_ep
+    with tt_cpu.cpu_compile():
+        module = trtpack.compile(ep, ranges={"batch": (1, 8)}, **settings())
+    with tt_cpu.device_queries():
+        info = trtpack.save(module, tmp_path / "narrow.trtpack")
+    assert info.manifest.symbols["batch"].max == 8
+    (engine,) = info.manifest.engines[0].engines
+    assert engine.inputs[0].profile[0] == (1, 4, 8)
+
+
+# --- save: no inputs= -----------------------------------------------------------------------
+
+
+def test_save_whole_graph_module(compiled, tmp_path):
+    whole, _ = compiled
+    path = tmp_path / "whole.trtpack"
+    with tt_cpu.device_queries():
+        info = trtpack.save(whole, path, metadata={"model": "net"})
+    m = info.manifest
+    assert m.program is not None and [i.name for i in m.inputs] == ["x", "bias"]
+    (v,) = m.engines
+    assert v.whole_graph and v.program is None and v.ranges == {}
+    assert v.target.flavor == "tensorrt_rtx" and v.name.startswith("rtx_")
+    (e,) = v.engines
+    raw = members(path)
+    assert raw[e.member] == engines_of(whole)["_run_on_acc_0"].serialized_engine  # raw bytes
+    assert [b.name for b in e.inputs] == ["x", "bias"] and [b.name for b in e.outputs] == [
+        "output0",
+        "output1",
+    ]
+    assert e.inputs[0].shape == ("batch", 8) and e.inputs[0].profile == ((1, 4, 32), (8, 8, 8))
+    assert e.outputs[1].shape == ("batch",) and e.abi_version == torch.ops.tensorrt.ABI_VERSION()
+    compilation = e.settings["compilation"]
+    assert compilation["min_block_size"] == 1 and compilation["device"] == "GPU:0"
+    json.dumps(e.settings)  # plain data, no pickle anywhere in the pack
+    for name, data in raw.items():
+        assert b"\x80\x04\x95" not in data[:16], name
+
+
+def test_save_partitioned_module_keeps_the_wiring(compiled, tmp_path):
+    _, split = compiled
+    path = tmp_path / "split.trtpack"
+    with tt_cpu.device_queries():
+        info = trtpack.save(split, path)
+    (v,) = info.manifest.engines
+    assert not v.whole_graph and v.program is not None
+    assert [e.name for e in v.engines] == ["_run_on_acc_0_engine", "_run_on_acc_2_engine"]
+    second = v.engines[1]
+    assert [b.name for b in second.inputs] == ["relu", "bias"]
+    assert second.inputs[0].shape == ("batch", 16)  # an intermediate tensor, in manifest names
+    raw = members(path)
+    for e in v.engines:
+        assert raw[e.member] == engines_of(split)[e.name.removesuffix("_engine")].serialized_engine
+    graph = json.loads(raw[v.program.graph])
+    targets = [n["target"] for n in graph["graph_module"]["graph"]["nodes"]]
+    assert targets.count("torch.ops.tensorrt.execute_engine.default") == 2
+    assert "torch.ops.aten.relu.default" in targets  # the PyTorch-fallback subgraph
+
+
+def test_packed_info_read_as_plain_data(compiled):
+    whole, _ = compiled
+    trt_module = engines_of(whole)["_run_on_acc_0"]
+    with tt_cpu.device_queries():
+        info = trt_module._pack_engine_info()
+    packed = read_packed(info)
+    assert packed.engine == trt_module.serialized_engine
+    assert packed.input_names == ("x", "bias") and packed.output_names == ("output0", "output1")
+    assert packed.abi == torch.ops.tensorrt.ABI_VERSION() and packed.platform == "linux_x86_64"
+    assert packed.compute_capability == "8.9"  # the build GPU (a device query, tests/tt_cpu.py)
+    s = packed.settings
+    assert s["min_block_size"] == trt_module.settings.min_block_size
+    assert s["offload_module_to_cpu"] is True and s["engine_capability"] == "STANDARD"
+    assert packed.metadata["inout_symexprs"] is None or isinstance(
+        packed.metadata["inout_symexprs"], dict
+    )
+
+
+def test_save_module_compiled_by_torch_tensorrt_directly(net_ep, tmp_path):
+    """A module that did not come from trtpack.compile: the manifest is derived from its
+    own wiring, or from source= for the portable fallback."""
+    model, ep = net_ep
+    inputs = [tt.Input(min_shape=(1, 8), opt_shape=(4, 8), max_shape=(32, 8), name="x")]
+    kwargs = {"bias": tt.Input(min_shape=(1, 4), opt_shape=(4, 4), max_shape=(32, 4), name="bias")}
+    with tt_cpu.cpu_compile():
+        module = tt.dynamo.compile(ep, arg_inputs=inputs, kwarg_inputs=kwargs, **settings())
+    with tt_cpu.device_queries():
+        alone = trtpack.save(module, tmp_path / "alone.trtpack")
+        with_source = trtpack.save(module, tmp_path / "with_source.trtpack", source=ep)
+    assert alone.manifest.program is None and [i.name for i in alone.manifest.inputs] == [
+        "x",
+        "bias",
+    ]
+    assert with_source.manifest.program is not None
+    assert (
+        with_source.manifest.inputs
+        == trtpack.inspect(tmp_path / "with_source.trtpack").manifest.inputs
+    )
+    x, bias = torch.randn(5, 8), torch.randn(5, 4)
+    with pytest.warns(UserWarning, match="running the ExportedProgram"):
+        pack = trtpack.load(tmp_path / "with_source.trtpack")
+    torch.testing.assert_close(pack(x, bias=bias), model(x, bias=bias))
+    with pytest.raises(trtpack.NoUsableEngineError, match="holds engines only"):
+        trtpack.load(tmp_path / "alone.trtpack")
+
+
+def test_save_torch_tensorrt_exported_program(compiled, tmp_path):
+    """A torch_tensorrt ExportedProgram with embedded engines (what torch_tensorrt.save writes)."""
+    _, split = compiled
+    with tt_cpu.device_queries():
+        trt_ep = torchtrt.wired_program(split)
+        assert torchtrt.engine_constant_names(trt_ep)
+        info = trtpack.save(trt_ep, tmp_path / "trt_ep.trtpack")
+    (v,) = info.manifest.engines
+    assert len(v.engines) == 2 and info.manifest.program is None
+
+
+def test_load_falls_back_and_matches_eager(compiled, net_ep, tmp_path):
+    model, _ = net_ep
+    whole, _ = compiled
+    with tt_cpu.device_queries():
+        trtpack.save(whole, tmp_path / "m.trtpack")
+    with pytest.warns(UserWarning) as caught:
+        pack = trtpack.load(tmp_path / "m.trtpack")
+    assert pack.backend == "exported_program" and "no CUDA GPU" in pack.fallback_reason
+    assert "no CUDA GPU" in str(caught[0].message)
+    x, bias = torch.randn(7, 8), torch.randn(7, 4)
+    got, want = pack(x, bias=bias), model(x, bias=bias)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_variant_program_deserializes_up_to_the_engines(compiled, tmp_path):
+    """The wiring of a partitioned variant comes back as a program whose execute_engine calls
+    take the engines by name; here they get torch_tensorrt's serializable engine objects
+    (building runnable engines needs a GPU)."""
+    from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
+
+    from trtpack.container import PackReader
+    from trtpack.program import load_program
+
+    _, split = compiled
+    path = tmp_path / "split.trtpack"
+    with tt_cpu.device_queries():
+        info = trtpack.save(split, path)
+    (v,) = info.manifest.engines
+    with tt_cpu.device_queries(), PackReader(path) as reader:
+        stand_ins = {}
+        for e in v.engines:
+            trt_module = engines_of(split)[e.name.removesuffix("_engine")]
+            stand_ins[e.name] = EngineSerializer(trt_module._pack_engine_info())
+        ep = load_program(reader, info.manifest, ref=v.program, engines=stand_ins)
+    calls = [n for n in ep.graph.nodes if "execute_engine" in str(n.target)]
+    assert len(calls) == 2
+    assert set(torchtrt.engine_constant_names(ep)) == {e.name for e in v.engines}
+
+
+def test_engine_module_boundary_without_gpu(compiled, tmp_path):
+    """Building the runtime engine is where a GPU is needed: the error is clean."""
+    whole, _ = compiled
+    trt_module = engines_of(whole)["_run_on_acc_0"]
+    with pytest.raises(Exception, match="(?i)cuda|nvidia|driver|device"):
+        torchtrt.engine_module(trt_module.serialized_engine, ["x", "bias"], ["output0", "output1"],
+                               name="e", settings={}, device=torch.device("cuda", 0))  # fmt: skip
+
+
+def test_probe_environment_here():
+    env = torchtrt.probe_environment()
+    assert env.gpu is None and env.platform == "linux_x86_64"
+
+
+# --- live engines: need a GPU that the engines target, and TensorRT-RTX ------------------------
+
+
+def _supported_gpu() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    cc = torch.cuda.get_device_capability()
+    if f"{cc[0]}.{cc[1]}" not in ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"):
+        return f"TensorRT-RTX does not run engines on compute capability {cc[0]}.{cc[1]}"
+    return None
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(_supported_gpu() is not None, reason=_supported_gpu() or "")
+def test_live_compile_save_load_run(net_ep, tmp_path):
+    model, ep = net_ep
+    module = trtpack.compile(ep, min_block_size=1)
+    trtpack.save(module, tmp_path / "live.trtpack")
+    pack = trtpack.load(tmp_path / "live.trtpack", require_engine=True)
+    assert pack.backend == "tensorrt"
+    x, bias = torch.randn(5, 8, device="cuda"), torch.randn(5, 4, device="cuda")
+    model = model.cuda()
+    for g, w in zip(pack(x, bias=bias), model(x, bias=bias)):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)

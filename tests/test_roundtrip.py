@@ -60,19 +60,21 @@ def test_save_is_byte_reproducible(exported, tmp_path):
 
 
 def test_save_is_byte_reproducible_across_processes(tmp_path):
-    """A fresh process exporting the same model writes the same bytes (no random ids)."""
+    """A fresh process exporting the same model writes the same bytes (no random ids), even
+    one that has imported other libraries (here TensorRT-RTX) beforehand."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = (
         "import sys; sys.path.insert(0, sys.argv[2]);"
+        "import importlib.util as u; (u.find_spec(sys.argv[3]) and __import__(sys.argv[3]));"
         "import trtpack; from models import CASES;"
         "_, ep = CASES['with_buffers'].export(); trtpack.save(ep, sys.argv[1])"
     )
     here = str(Path(__file__).parent)
-    for name in ("p1", "p2"):
-        subprocess.run([sys.executable, "-c", script, str(tmp_path / name), here], check=True)
+    for name, extra in (("p1", "json"), ("p2", "tensorrt_rtx")):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name), here, extra], check=True)
     assert (tmp_path / "p1").read_bytes() == (tmp_path / "p2").read_bytes()
 
 

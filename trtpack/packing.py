@@ -23,10 +23,12 @@ from .manifest import FORMAT_VERSION, Manifest, Member, Producer, ProgramRef, Va
 from .program import program_members
 
 
-def producer() -> Producer:
-    """The versions recorded in every pack this process writes."""
-    tt = sys.modules.get("torch_tensorrt")
-    trt = sys.modules.get("tensorrt") or sys.modules.get("tensorrt_rtx")
+def producer(*, with_engines: bool = False) -> Producer:
+    """The versions that wrote a pack. torch_tensorrt and TensorRT are recorded only for a
+    pack with engines (they made them); a program-only pack does not depend on them, and
+    recording them would make its bytes depend on what else the process had imported."""
+    tt = sys.modules.get("torch_tensorrt") if with_engines else None
+    trt = (sys.modules.get("tensorrt") or sys.modules.get("tensorrt_rtx")) if with_engines else None
     return Producer(
         trtpack=__version__,
         python=platform.python_version(),
@@ -50,7 +52,7 @@ def build_manifest(
             raise TrtpackError(f"metadata must map str to str; {k!r}: {v!r} is {type(v).__name__}")
     return Manifest(
         format_version=FORMAT_VERSION,
-        producer=producer(),
+        producer=producer(with_engines=bool(engines)),
         inputs=iface.inputs,
         outputs=iface.outputs,
         symbols=iface.symbols,

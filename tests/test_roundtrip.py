@@ -74,7 +74,9 @@ def test_save_is_byte_reproducible_across_processes(tmp_path):
     )
     here = str(Path(__file__).parent)
     for name, extra in (("p1", "json"), ("p2", "tensorrt_rtx")):
-        subprocess.run([sys.executable, "-c", script, str(tmp_path / name), here, extra], check=True)
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / name), here, extra], check=True
+        )
     assert (tmp_path / "p1").read_bytes() == (tmp_path / "p2").read_bytes()
 
 

@@ -29,7 +29,7 @@ from torch.utils._sympy.numbers import int_oo
 
 from . import tree as trees
 from .errors import DeriveError, RangeOverrideError
-from .manifest import DimExpr, IOSpec, Symbol, parse_dim
+from .manifest import DimExpr, Interface, IOSpec, Symbol, parse_dim
 
 #: What a user may pass to override a symbol's range at save.
 RangeLike = Any  # Range | tuple[min, max] | tuple[min, max, opt] | Mapping with min/max/opt
@@ -47,17 +47,6 @@ class Range:
     min: int | None = None
     max: int | None = None
     opt: int | None = None
-
-
-@dataclass(frozen=True)
-class Interface:
-    """The calling convention of a program: what a manifest says about inputs and outputs."""
-
-    inputs: tuple[IOSpec, ...]
-    outputs: tuple[IOSpec, ...]
-    symbols: dict[str, Symbol]
-    input_tree: dict[str, Any]
-    output_tree: dict[str, Any]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

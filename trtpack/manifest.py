@@ -140,6 +140,17 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Interface:
+    """The calling convention of a program: what a manifest says about inputs and outputs."""
+
+    inputs: tuple[IOSpec, ...]
+    outputs: tuple[IOSpec, ...]
+    symbols: dict[str, Symbol]
+    input_tree: Tree
+    output_tree: Tree
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a reader needs to know about a pack, without reading anything else."""
 

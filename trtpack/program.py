@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,29 +27,8 @@ from .container import Chunks, PackReader
 from .derive import annotate
 from .errors import IntegrityError, ProgramError
 from .manifest import Manifest, ProgramRef
+from .tensorfile import CODES, LAYOUT_KEY, RawTensor, layout_metadata, safetensors_source
 from .tree import register_namedtuples, restore_namedtuples
-
-_LAYOUT_KEY = "trtpack.tensors"  # __metadata__ key describing groups, params and views
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "C64": torch.complex64,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "U64": torch.uint64,
-    "U32": torch.uint32,
-    "U16": torch.uint16,
-}
-_SAFETENSORS_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
 
 
 def serde_schema_version() -> tuple[int, int]:
@@ -161,35 +139,21 @@ def _weights_source(ep: ExportedProgram, engines: frozenset[str] = frozenset()) 
                 entry["stride"] = list(t.stride())
                 entry["offset"] = int(t.storage_offset())
             layout[name] = entry
-    # One key only, so that the safetensors library, which keeps __metadata__ in a hash map,
-    # writes the same header when it rewrites this file.
-    return safetensors_chunks(tensors, {_LAYOUT_KEY: json.dumps(layout, sort_keys=True)})
+    return safetensors_chunks(tensors, layout_metadata(layout))
 
 
-def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Chunks:
-    """A safetensors file as (header, tensor memory, tensor memory, ...), nothing copied.
-    Tensors are ordered by element size, largest first, then by name, so that every tensor's
-    data is naturally aligned."""
-    if sys.byteorder != "little":
-        raise ProgramError("safetensors stores little-endian data; this machine is big-endian")
-    order = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
-    header: dict[str, object] = {"__metadata__": metadata}
-    parts: list[object] = []
-    offset = 0
-    for name, t in order:
+def safetensors_chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Chunks:
+    """A safetensors file of torch tensors, streamed from their memory (nothing copied)."""
+    raw = []
+    for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
-        nbytes = t.numel() * t.element_size()
-        header[name] = {
-            "dtype": _SAFETENSORS_CODES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        if nbytes:
-            parts.append(t.reshape(-1).view(torch.uint8).numpy())  # a view of t's memory
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    return Chunks((struct.pack("<Q", len(raw)) + raw, *parts))
+        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""  # t's own memory
+        raw.append(RawTensor(name, _dtype_name(t.dtype), tuple(t.shape), data))
+    return safetensors_source(raw, metadata)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _complete_member(members: list[tuple[str, str, torch.Tensor]]) -> tuple[str, Any]:
@@ -214,7 +178,7 @@ def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tenso
         metadata = header.pop("__metadata__", None) or {}
         tensors = {}
         for name, spec in header.items():
-            dtype = _SAFETENSORS_DTYPES[spec["dtype"]]
+            dtype = getattr(torch, CODES[spec["dtype"]])
             begin, end = spec["data_offsets"]
             shape = [int(s) for s in spec["shape"]]
             numel = 1
@@ -244,9 +208,9 @@ def _rebuild_state(
     if device is not None and device.type != "cpu":
         stored = {name: t.to(device) for name, t in stored.items()}
     try:
-        layout = json.loads(metadata[_LAYOUT_KEY])
+        layout = json.loads(metadata[LAYOUT_KEY])
     except (KeyError, ValueError):
-        raise IntegrityError(f"{where} has no {_LAYOUT_KEY!r} metadata") from None
+        raise IntegrityError(f"{where} has no {LAYOUT_KEY!r} metadata") from None
     state_dict: dict[str, torch.Tensor] = {}
     constants: dict[str, Any] = {}
     for name, entry in layout.items():

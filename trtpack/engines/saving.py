@@ -210,8 +210,8 @@ def save_compiled(
 ) -> PackInfo:
     """``trtpack.save`` for a module from ``trtpack.compile`` / ``torch_tensorrt.dynamo.compile``
     or a torch_tensorrt ExportedProgram with embedded engines."""
+    from ..assemble import build_manifest, write
     from ..derive import apply_ranges, derive_interface
-    from ..packing import build_manifest, write
     from ..program import program_members
     from .torchtrt import engine_constant_names, wired_program
 
@@ -295,7 +295,7 @@ def add_engine(
     file (a whole-graph engine whose bindings are the manifest's inputs and outputs), or a
     module from ``trtpack.compile``. The pack's other members are copied byte for byte.
     """
-    from ..packing import write
+    from ..assemble import write
 
     target_path = Path(out) if out is not None else Path(pack)
     with open_pack(pack) as (reader, info):

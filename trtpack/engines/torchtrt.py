@@ -24,9 +24,9 @@ import sympy
 import torch
 from torch.export import ExportedProgram
 
-from ..derive import Interface, RangeLike, derive_interface, symbol_names
+from ..derive import RangeLike, derive_interface, symbol_names
 from ..errors import DeriveError, EngineError, MissingDependencyError
-from ..manifest import Binding, IOSpec, parse_dim
+from ..manifest import Binding, Interface, IOSpec, parse_dim
 from .packed_info import PackedEngine, read_packed
 from .select import Environment
 

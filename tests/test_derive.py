@@ -7,7 +7,8 @@ import torch
 from torch.export import Dim
 
 import trtpack
-from trtpack.derive import Range, derive_interface, opt_rule
+from trtpack.derive import Range, derive_interface
+from trtpack.manifest import opt_rule
 
 
 def shapes(iface):

@@ -17,13 +17,74 @@ from .errors import TrtpackError
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .errors import NotAPackError
     from .info import inspect, render
 
-    info = inspect(args.pack)
+    try:
+        info = inspect(args.pack)
+    except NotAPackError:
+        return _inspect_other(args)  # not a pack: say what it is and how it would migrate
     if args.json:
         sys.stdout.write(json.dumps(info.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(render(info))
+    return 0
+
+
+def _inspect_other(args: argparse.Namespace) -> int:
+    from .container import PackReader
+    from .info import read_info, render
+    from .migrate.legacy import ENGINE, convert, detect, to_pack
+
+    kind = detect(args.pack)  # raises NotAPackError naming what it found
+    if kind == ENGINE:
+        from .engines.plan import parse_plan
+
+        plan = parse_plan(Path(args.pack).read_bytes(), where=args.pack)
+        print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs "
+              f"{', '.join(plan.compute_capabilities) or 'not in the header'}")  # fmt: skip
+        print(
+            f"not a .trtpack: `trtpack pack {args.pack} --input NAME:DTYPE[DIMS] -o OUT` packs it"
+        )
+        return 0
+    converted = convert(args.pack)
+    with PackReader(args.pack, data=to_pack(converted, None)) as reader:
+        info = read_info(reader)
+    if args.json:
+        sys.stdout.write(json.dumps(info.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+        return 0
+    print(f"{args.pack}: a {converted.kind}, without trtpack metadata")
+    print(f"would be migrated (`trtpack migrate {args.pack} OUT.trtpack`; trtpack.load migrates "
+          "it in memory) to:\n")  # fmt: skip
+    sys.stdout.write(render(info))
+    for note in converted.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate.legacy import migrate
+
+    info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
+                   variant=args.variant)  # fmt: skip
+    print(f"{info.path}: trtpack format {info.manifest.format_version[0]}."
+          f"{info.manifest.format_version[1]}  {info.digest}")  # fmt: skip
+    return 0
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from .migrate.engine_file import read_description
+    from .migrate.legacy import migrate
+
+    inputs: list = list(args.input or [])
+    outputs: list = list(args.output_spec or [])
+    if args.inputs_json:
+        more_in, more_out = read_description(args.inputs_json)
+        inputs += more_in
+        outputs += more_out
+    info = migrate(args.engine, args.out, overwrite=args.force, inputs=inputs, outputs=outputs,
+                   variant=args.variant)  # fmt: skip
+    print(f"{info.path}: engine variant {info.manifest.engines[0].name}  {info.digest}")
     return 0
 
 
@@ -76,6 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_cmd_add_engine)
+
+    p = sub.add_parser(
+        "migrate",
+        help="write a torch.export / torch_tensorrt file, or an older pack, as a current .trtpack",
+    )
+    p.add_argument("input", help="a .pt2/.ep file, or a .trtpack of an older format")
+    p.add_argument("output", help="the .trtpack to write (atomically)")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be INPUT")
+    p.add_argument("--variant", help="name for the engine variant of a torch_tensorrt file")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("pack", help="pack a bare TensorRT engine with a description of its inputs")
+    p.add_argument("engine", help="a serialized TensorRT / TensorRT-RTX engine (.plan)")
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="SPEC",
+        help="an input, in call order: NAME:DTYPE[DIMS], a dim N, MIN..MAX@OPT or "
+        "NAME=MIN..MAX@OPT (a named dim is shared by name), e.g. 'x:float32[1..64@8,3,224,224]'",
+    )
+    p.add_argument("--output", dest="output_spec", action="append", metavar="SPEC",
+                   help="an output, same form (dims: N or a dim name)")  # fmt: skip
+    p.add_argument("--inputs-json", help='a JSON file {"inputs": [...], "outputs": [...]}')
+    p.add_argument("--variant", help="name of the engine variant (default: from its GPUs)")
+    p.add_argument("-o", "--out", required=True, help="the .trtpack to write")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_pack)
     return parser
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import itertools
 import mmap
 import os
@@ -369,9 +370,28 @@ def write_pack(
     written (sorted, aligned) and hashed as they go, and finally the manifest is built with
     the real hashes and written into its room. Returns the members' digests.
     """
+    with atomic_write(path, overwrite=overwrite) as f:
+        return _write_zip(f, members, make_manifest)
+
+
+def pack_bytes(
+    members: Mapping[str, Source],
+    make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
+) -> bytes:
+    """The same pack, in memory (for a legacy file migrated on load)."""
+    buf = io.BytesIO()
+    _write_zip(buf, members, make_manifest)
+    return buf.getvalue()
+
+
+def _write_zip(
+    f: BinaryIO,
+    members: Mapping[str, Source],
+    make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
+) -> dict[str, MemberDigest]:
     sizes = {name: source_size(src) for name, src in members.items()}
     draft = make_manifest({n: MemberDigest(_PLACEHOLDER, s, 0) for n, s in sizes.items()})
-    with atomic_write(path, overwrite=overwrite) as f, ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool:
         w = _ZipWriter(f, pool)
         slot = w.reserve(MANIFEST_NAME, len(draft))
         digests = {name: w.add(name, members[name], align=ALIGNMENT) for name in sorted(members)}
@@ -398,17 +418,30 @@ class PackReader:
     """A checked view of a zip file. Construction reads only the central directory and the
     local headers; member data is read (or mapped) on request."""
 
-    def __init__(self, path: PathLike, *, require_stored: bool = True) -> None:
+    def __init__(
+        self, path: PathLike, *, require_stored: bool = True, data: bytes | None = None
+    ) -> None:
+        """Read the zip at ``path``, or, with ``data``, the zip in memory (``path`` then only
+        names it in messages)."""
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no such file: {self.path}") from None
-        except IsADirectoryError:
-            raise NotAPackError(f"{self.path} is a directory, not a pack") from None
+        self._data = data
+        self._file: BinaryIO
+        if data is not None:
+            self._file = io.BytesIO(data)
+        else:
+            try:
+                self._file = open(self.path, "rb")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no such file: {self.path}") from None
+            except IsADirectoryError:
+                raise NotAPackError(f"{self.path} is a directory, not a pack") from None
         self._mmap: mmap.mmap | None = None
+        #: current member name -> name in the file, for packs of an older format version
+        self.aliases: dict[str, str] = {}
         try:
-            self.file_size = os.fstat(self._file.fileno()).st_size
+            self.file_size = (
+                len(data) if data is not None else os.fstat(self._file.fileno()).st_size
+            )
             self.members = self._read_directory(require_stored)
         except BaseException:
             self._file.close()
@@ -508,11 +541,11 @@ class PackReader:
     # -- member data ------------------------------------------------------------------------
 
     def __contains__(self, name: str) -> bool:
-        return name in self.members
+        return self.aliases.get(name, name) in self.members
 
     def info(self, name: str) -> MemberInfo:
         try:
-            return self.members[name]
+            return self.members[self.aliases.get(name, name)]
         except KeyError:
             raise MissingMemberError(f"{self.path} has no member {name!r}") from None
 
@@ -531,12 +564,17 @@ class PackReader:
         info = self.info(name)
         if info.size == 0:
             return memoryview(b"")
+        if self._data is not None:
+            return memoryview(self._data)[info.offset : info.offset + info.size]
         if self._mmap is None:
             self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         return memoryview(self._mmap)[info.offset : info.offset + info.size]
 
-    def slice(self, name: str) -> FileSlice:
+    def slice(self, name: str) -> Source:
+        """The member as a source to copy into another pack, without reading it here."""
         info = self.info(name)
+        if self._data is not None:
+            return self.view(name)
         return FileSlice(self.path, info.offset, info.size)
 
     def verify(self, name: str, sha256: str, size: int) -> None:

@@ -29,7 +29,7 @@ from torch.utils._sympy.numbers import int_oo
 
 from . import tree as trees
 from .errors import DeriveError, RangeOverrideError
-from .manifest import DimExpr, Interface, IOSpec, Symbol, parse_dim
+from .manifest import DimExpr, Interface, IOSpec, Symbol, memory_format_of, opt_rule, parse_dim
 
 #: What a user may pass to override a symbol's range at save.
 RangeLike = Any  # Range | tuple[min, max] | tuple[min, max, opt] | Mapping with min/max/opt
@@ -163,23 +163,7 @@ def _memory_format(fake: torch.Tensor, namer: _SymbolNamer) -> str:
     strides = [namer.example(s) for s in fake.stride()]
     if None in sizes or None in strides:
         return "contiguous"
-
-    def dense(order: list[int]) -> bool:
-        expect = 1
-        for i in order:
-            if sizes[i] != 1 and strides[i] != expect:
-                return False
-            expect *= sizes[i]
-        return True
-
-    n = len(sizes)
-    if dense(list(range(n - 1, -1, -1))):
-        return "contiguous"
-    if n == 4 and dense([1, 3, 2, 0]):
-        return "channels_last"
-    if n == 5 and dense([1, 4, 3, 2, 0]):
-        return "channels_last_3d"
-    return "strided"
+    return memory_format_of(sizes, strides)  # type: ignore[arg-type]
 
 
 # --- outputs -----------------------------------------------------------------------------
@@ -363,12 +347,6 @@ def _bound(v: Any) -> int | None:
     if v in (int_oo, -int_oo, sympy.oo, -sympy.oo):
         return None
     return int(v)
-
-
-def opt_rule(lo: int, hi: int | None) -> int:
-    """opt when no example size is known: the max of a bounded range (engines tuned for the
-    largest call), the min of an unbounded one. Always within [min, max]."""
-    return lo if hi is None else hi
 
 
 def _example_root_values(namer: _SymbolNamer, inputs: list[IOSpec]) -> dict[str, int]:

@@ -8,14 +8,21 @@ grow with the pack. ``verify`` also hashes every member. ``render`` draws the ta
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .container import PackReader, PathLike
-from .errors import IntegrityError, MissingMemberError, NotAPackError, UnsafePackError
-from .manifest import MANIFEST_NAME, IOSpec, Manifest, Symbol, parse_dim
+from .errors import (
+    IntegrityError,
+    ManifestError,
+    MissingMemberError,
+    NotAPackError,
+    UnsafePackError,
+)
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, IOSpec, Manifest, Symbol, parse_dim
 
 _MANIFEST_LIMIT = 64 << 20  # a manifest this large is not a manifest
 
@@ -30,6 +37,8 @@ class PackInfo:
     #: this names the whole content; it is also the OCI config digest when pushed.
     digest: str
     file_size: int
+    #: the format version the file was written in, when older than this trtpack's
+    upgraded_from: tuple[int, int] | None = None
 
 
 @contextmanager
@@ -49,13 +58,26 @@ def read_info(reader: PackReader) -> PackInfo:
     if reader.info(MANIFEST_NAME).size > _MANIFEST_LIMIT:
         raise UnsafePackError(f"{reader.path}: {MANIFEST_NAME} is larger than 64 MiB")
     raw = reader.read(MANIFEST_NAME)
-    manifest = Manifest.from_json(raw)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
+    upgraded_from = None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, list) and len(version) == 2 and tuple(version) < FORMAT_VERSION:
+        from .migrate.steps import upgrade  # an older format: upgraded in memory
+
+        upgraded_from = (int(version[0]), int(version[1]))
+        data, renames, _ = upgrade(data)
+        reader.aliases.update(renames)
+    manifest = Manifest.from_dict(data)
     _check_members(reader, manifest)
     return PackInfo(
         path=reader.path,
         manifest=manifest,
         digest="sha256:" + hashlib.sha256(raw).hexdigest(),
         file_size=reader.file_size,
+        upgraded_from=upgraded_from,
     )
 
 
@@ -71,8 +93,9 @@ def _check_members(reader: PackReader, manifest: Manifest) -> None:
             raise IntegrityError(
                 f"{reader.path}: member {name!r} is {size} bytes, the manifest says {member.size}"
             )
+    in_file = {reader.aliases.get(n, n) for n in manifest.members}
     for name in reader.members:
-        if name != MANIFEST_NAME and name not in manifest.members:
+        if name != MANIFEST_NAME and name not in in_file:
             raise UnsafePackError(f"{reader.path}: member {name!r} is not listed in the manifest")
 
 

@@ -317,6 +317,34 @@ def parse_dim(text: str, *, where: str = "dim") -> DimExpr:
     return DimExpr(m["sym"], coef, offset)
 
 
+def opt_rule(lo: int, hi: int | None) -> int:
+    """opt when no example size is known: the max of a bounded range (engines tuned for the
+    largest call), the min of an unbounded one. Always within [min, max]."""
+    return lo if hi is None else hi
+
+
+def memory_format_of(sizes: list[int], strides: list[int]) -> str:
+    """``contiguous``, ``channels_last(_3d)`` or ``strided``, from concrete sizes and strides
+    (size-1 dims are ignored, as torch does)."""
+
+    def dense(order: list[int]) -> bool:
+        expect = 1
+        for i in order:
+            if sizes[i] != 1 and strides[i] != expect:
+                return False
+            expect *= sizes[i]
+        return True
+
+    n = len(sizes)
+    if dense(list(range(n - 1, -1, -1))):
+        return "contiguous"
+    if n == 4 and dense([1, 3, 2, 0]):
+        return "channels_last"
+    if n == 5 and dense([1, 4, 3, 2, 0]):
+        return "channels_last_3d"
+    return "strided"
+
+
 def _fmt_max(v: int | None) -> str:
     return "inf" if v is None else str(v)
 

@@ -6,8 +6,9 @@ the TensorRT engines where a variant fits this machine, else the ExportedProgram
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -17,8 +18,8 @@ from torch.export import ExportedProgram
 from .container import PackReader, PathLike
 from .contract import Contract, OutsideEngineProfile
 from .errors import ManifestError, NoUsableEngineError
-from .info import PackInfo, open_pack
-from .manifest import Manifest
+from .info import PackInfo, open_pack, read_info
+from .manifest import FORMAT_VERSION, Manifest
 from .program import load_program, runnable
 
 T = TypeVar("T")
@@ -42,6 +43,34 @@ def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Calla
         finally:
             check.result()  # an IntegrityError here wins over anything build() raised
     return result
+
+
+@contextlib.contextmanager
+def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
+    """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
+    from .migrate.legacy import TRTPACK, convert, detect, to_pack
+
+    if detect(path) == TRTPACK:
+        with open_pack(path) as (reader, info):
+            if info.upgraded_from is not None:
+                old = ".".join(map(str, info.upgraded_from))
+                new = ".".join(map(str, FORMAT_VERSION))
+                warnings.warn(
+                    f"trtpack: {path} is format {old}, upgraded in memory to {new} "
+                    f"(`trtpack migrate {path} OUT` writes it)",
+                    stacklevel=4,
+                )
+            yield reader, info
+        return
+    converted = convert(path)
+    data = to_pack(converted, None)
+    warnings.warn(
+        f"trtpack: {path} is a {converted.kind} without trtpack metadata; migrated in memory "
+        f"(`trtpack migrate {path} OUT.trtpack` writes it)",
+        stacklevel=4,
+    )
+    with PackReader(path, data=data) as reader:
+        yield reader, read_info(reader)
 
 
 def default_device() -> torch.device:
@@ -163,11 +192,14 @@ def load(
     ``outside_profile``: for a call inside the exported ranges but outside the engines'
     optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
     ``"fallback"`` (run that call on the ExportedProgram).
+
+    A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
+    an older format is migrated in memory, with a one-line warning.
     """
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
-    with open_pack(path) as (reader, info):
+    with _open_any(path) as (reader, info):
         manifest = info.manifest
         reason = None
         if manifest.engines or require_engine or variant is not None:

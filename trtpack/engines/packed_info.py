@@ -255,3 +255,39 @@ def decode_metadata(text: str, *, where: str = "engine") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise EngineError(f"{where}: the engine metadata is a {type(value).__name__}, not a dict")
     return _plain(value)
+
+
+# --- engines inside torch_tensorrt .ep files -----------------------------------------------------
+
+
+class _EngineListUnpickler(pickle.Unpickler):
+    """torch_tensorrt pickles an engine constant as ``_reconstruct_trt_engine(info_list)``.
+    This reads that list and refuses anything else; the reconstruction is never called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (
+            module == "torch_tensorrt.dynamo.runtime._TRTEngine"
+            and name == "_reconstruct_trt_engine"
+        ):
+            return _engine_info
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+
+def _engine_info(info: Any) -> list[Any]:
+    if not isinstance(info, list):
+        raise pickle.UnpicklingError("the engine info is not a list")
+    return info
+
+
+def read_engine_pickle(data: bytes, *, where: str) -> PackedEngine:
+    """An engine constant from a torch_tensorrt .ep file, through the restricted unpickler."""
+    try:
+        fields = _EngineListUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError) as e:  # fmt: skip
+        raise EngineError(f"{where}: the torch_tensorrt engine constant was refused: {e}") from None
+    if not isinstance(fields, list):
+        raise EngineError(
+            f"{where}: not a torch_tensorrt engine constant ({type(fields).__name__})"
+        )
+    return read_packed(fields, where=where)

@@ -15,7 +15,17 @@ from typing import Any
 from ..container import PathLike, Source
 from ..errors import DeriveError, EngineError, TrtpackError
 from ..info import PackInfo, open_pack
-from ..manifest import Binding, EngineSpec, IOSpec, Manifest, Symbol, Target, Variant, parse_dim
+from ..manifest import (
+    Binding,
+    EngineSpec,
+    Interface,
+    IOSpec,
+    Manifest,
+    Symbol,
+    Target,
+    Variant,
+    parse_dim,
+)
 from .packed_info import PackedEngine
 from .plan import PlanInfo, parse_plan
 
@@ -247,11 +257,16 @@ def save_compiled(
 
 
 def plan_variant(
-    plan: bytes, manifest: Manifest, *, name: str | None, where: str
+    plan: bytes,
+    manifest: Manifest | Interface,
+    *,
+    name: str | None,
+    where: str,
+    output_names: list[str] | None = None,
 ) -> tuple[Variant, dict[str, Source]]:
-    """A bare plan as a whole-graph variant: its bindings are the manifest's tensor inputs and
-    outputs, in order, and its profile the manifest's ranges (a plan's own profile cannot be
-    read without a GPU)."""
+    """A bare plan as a whole-graph variant: its bindings are the tensor inputs and outputs,
+    in order (outputs named ``output<i>`` unless named), and its profile the symbols' ranges
+    (a plan's own profile cannot be read without a GPU)."""
     info = parse_plan(plan, where=where)
     target = target_of([info])
     vname = name or default_variant_name(target)
@@ -272,9 +287,9 @@ def plan_variant(
                     )
                 profile.append(tuple(expr.value(v) for v in (sym.min, sym.opt, sym.max)))
         inputs.append(Binding(spec.name, spec.dtype or "", tuple(spec.shape or ()), tuple(profile)))
+    names = output_names or [f"output{i}" for i in range(len(manifest.outputs))]
     outputs = [
-        Binding(f"output{i}", o.dtype or "", tuple(o.shape or ()))
-        for i, o in enumerate(manifest.outputs)
+        Binding(n, o.dtype or "", tuple(o.shape or ())) for n, o in zip(names, manifest.outputs)
     ]
     member = f"engines/{vname}/engine.plan"
     spec = EngineSpec(name="engine", member=member, inputs=tuple(inputs), outputs=tuple(outputs))

@@ -1,0 +1,222 @@
+"""Artifacts saved without trtpack metadata ("version 0") and packs of older format versions:
+recognized, described, converted.
+
+- a trtpack pack of an older format version: the step chain (``steps.py``); no torch
+- a ``torch.export.save`` file (PT2 archive): ``pt2.py``; no torch
+- a ``torch_tensorrt.save(..., output_format="exported_program")`` file: ``pt2.py`` and a
+  restricted unpickler for its engines; no torch
+- a ``torch.export.save`` file of torch < 2.7 (``serialized_*`` members): torch, with
+  ``weights_only`` loads of its pickled weights
+- a bare TensorRT plan with an input description: ``engine_file.py``; no torch
+- TorchScript (``output_format="torchscript"``): recognized and refused, saying what to do
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..container import PackReader, PathLike, Source
+from ..errors import MigrationError, NotAPackError, TrtpackError
+from ..manifest import MANIFEST_NAME, Interface, Producer
+from .pt2 import Converted, archive_root, convert_pt2
+
+TRTPACK, PT2, PRE_PT2, TORCHSCRIPT, ENGINE = "trtpack", "pt2", "pre_pt2", "torchscript", "engine"
+
+_PRE_PT2_MEMBERS = ("version", "serialized_exported_program.json")
+
+
+def detect(path: PathLike) -> str:
+    """What a file is: one of TRTPACK, PT2, PRE_PT2, TORCHSCRIPT, ENGINE; else MigrationError
+    naming what was found."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {p}") from None
+    except IsADirectoryError:
+        raise NotAPackError(f"{p} is a directory, not a model file") from None
+    if head[:4] in (b"ftrt", b"vtrt"):
+        return ENGINE
+    if head[:4] != b"PK\x03\x04":
+        raise NotAPackError(
+            f"{p} is none of the known kinds (a .trtpack, a torch.export or torch_tensorrt "
+            f"file, TorchScript, a TensorRT plan): it starts with {head!r}"
+        )
+    with PackReader(p, require_stored=False) as reader:
+        names = set(reader.members)
+        if MANIFEST_NAME in names:
+            return TRTPACK
+        if archive_root(reader) is not None:
+            return PT2
+        if all(n in names for n in _PRE_PT2_MEMBERS):
+            return PRE_PT2
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) and any(
+            "/code/" in n or n.endswith("constants.pkl") for n in names
+        ):
+            return TORCHSCRIPT
+        shown = ", ".join(sorted(names)[:6]) or "no members"
+    raise NotAPackError(
+        f"{p} is a zip, but none of the known kinds (a .trtpack has manifest.json, a "
+        f"torch.export file archive_format or serialized_exported_program.json); it has {shown}"
+    )
+
+
+def convert(
+    path: PathLike,
+    *,
+    inputs: Sequence[str | dict] | None = None,
+    outputs: Sequence[str | dict] = (),
+    variant: str | None = None,
+) -> Converted:
+    """Read any known artifact as the pieces of a current-format pack."""
+    p = Path(path)
+    kind = detect(p)
+    if kind == ENGINE:
+        return _convert_engine(p, inputs, outputs, variant)
+    if inputs is not None:
+        raise MigrationError(
+            f"{p} describes its own inputs; an input description is for bare engines"
+        )
+    if kind == TORCHSCRIPT:
+        raise MigrationError(
+            f"{p} is TorchScript (e.g. torch_tensorrt.save(..., output_format='torchscript')). "
+            "trtpack packs ExportedPrograms: export the model with torch.export and use "
+            "trtpack.compile + trtpack.save, or save with torch_tensorrt.save(..., "
+            "output_format='exported_program') and migrate that file"
+        )
+    with PackReader(p, require_stored=kind != PRE_PT2) as reader:
+        if kind == TRTPACK:
+            return _convert_pack(reader)
+        if kind == PT2:
+            return convert_pt2(reader, torch_tensorrt_variant=variant)
+        return _convert_pre_pt2(reader)
+
+
+def _convert_pack(reader: PackReader) -> Converted:
+    from ..info import read_info
+
+    info = read_info(reader)  # upgrades an older format in memory
+    m = info.manifest
+    iface = Interface(m.inputs, m.outputs, m.symbols, m.input_tree, m.output_tree)
+    members: dict[str, Source] = {n: reader.slice(n) for n in m.members}
+    notes = []
+    if info.upgraded_from:
+        notes.append(f"format {info.upgraded_from[0]}.{info.upgraded_from[1]} upgraded")
+    return Converted("trtpack pack", iface, members, m.program, m.engines, m.producer, notes,
+                     metadata=dict(m.metadata))  # fmt: skip
+
+
+def _convert_engine(
+    path: Path,
+    inputs: Sequence[str | dict] | None,
+    outputs: Sequence[str | dict],
+    variant: str | None,
+) -> Converted:
+    from ..engines.saving import plan_variant
+    from .engine_file import parse_description
+
+    if not inputs:
+        raise MigrationError(
+            f"{path} is a bare TensorRT engine, which cannot tell its inputs without a GPU: "
+            "describe them (trtpack pack ENGINE --input 'x:float32[1..64@8,3,224,224]', or "
+            "inputs=[...] in Python)"
+        )
+    iface = parse_description(inputs, outputs)
+    plan = path.read_bytes()
+    v, members = plan_variant(plan, iface, name=variant, where=str(path),
+                              output_names=[o.name for o in iface.outputs])  # fmt: skip
+    return Converted(f"bare {v.target.flavor} {v.target.trt_version} engine", iface,
+                     dict(members), None, (v,), Producer(trtpack="-", python="-"))  # fmt: skip
+
+
+def _convert_pre_pt2(reader: PackReader) -> Converted:
+    """torch < 2.7 wrote the program JSON beside torch.save pickles of the weights: those are
+    read with torch's weights_only loader (tensors and containers only)."""
+    import torch
+    from torch._export.serde.serialize import SerializedArtifact, deserialize
+
+    from ..derive import derive_interface
+    from ..program import program_members
+
+    def unpickle(name: str) -> Any:
+        if name not in reader:
+            return {}
+        data = reader.read(name)
+        if not data:
+            return {}
+        try:
+            return torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as e:
+            raise MigrationError(
+                f"{reader.path}: {name} holds objects that torch's weights_only loader refuses "
+                f"({type(e).__name__}); trtpack does not unpickle anything less restricted"
+            ) from None
+
+    version = reader.read("version").decode(errors="replace").strip()
+    graph = reader.read("serialized_exported_program.json")
+    try:
+        json.loads(graph)
+        ep = deserialize(SerializedArtifact(graph, unpickle("serialized_state_dict.pt"),
+                                            unpickle("serialized_constants.pt"), b""))  # fmt: skip
+    except MigrationError:
+        raise
+    except Exception as e:
+        raise MigrationError(
+            f"{reader.path}: torch {torch.__version__} cannot read this torch.export file "
+            f"(schema {version}): {type(e).__name__}: {e}"
+        ) from None
+    members, ref = program_members(ep)
+    return Converted(f"torch.export program (pre-2.7 layout, schema {version})",
+                     derive_interface(ep), dict(members), ref,
+                     producer=Producer(trtpack="-", python="-"))  # fmt: skip
+
+
+def to_pack(c: Converted, path: PathLike | None, *, overwrite: bool = False) -> Any:
+    """Write ``c`` as a current-format pack (atomically) at ``path``, or return its bytes."""
+    import platform
+
+    from .._version import __version__
+    from ..assemble import build_manifest, write
+    from ..container import pack_bytes
+
+    # this trtpack wrote the pack; the program is the torch version's that wrote it
+    made_by = Producer(__version__, platform.python_version(),
+                       torch=c.producer.torch if c.producer else None)  # fmt: skip
+
+    def manifest(digests: Any) -> Any:
+        return build_manifest(c.iface, digests, program=c.program, engines=c.engines,
+                              metadata=c.metadata, made_by=made_by)  # fmt: skip
+
+    if path is None:
+        return pack_bytes(c.members, lambda d: manifest(d).to_json())
+    return write(path, c.members, manifest, overwrite=overwrite)
+
+
+def migrate(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    overwrite: bool = False,
+    in_place: bool = False,
+    inputs: Sequence[str | dict] | None = None,
+    outputs: Sequence[str | dict] = (),
+    variant: str | None = None,
+) -> Any:
+    """Write ``src`` (any known artifact, or a pack of an older format) as a current pack at
+    ``dst``, atomically. Never in place unless ``in_place=True``; an existing ``dst`` is
+    replaced only with ``overwrite=True``."""
+    s, d = Path(src), Path(dst)
+    same = d.exists() and s.exists() and s.resolve() == d.resolve()
+    if same and not in_place:
+        raise MigrationError(
+            f"{dst} is the input file; pass in_place=True (--in-place) to replace it"
+        )
+    if d.exists() and not (overwrite or same):
+        raise TrtpackError(f"{dst} exists; pass overwrite=True (--force) to replace it")
+    converted = convert(s, inputs=inputs, outputs=outputs, variant=variant)
+    return to_pack(converted, d, overwrite=True)

@@ -1,0 +1,77 @@
+"""The chain of format-version steps. No torch.
+
+Each step is a small pure function from the manifest (a JSON dict) of one version to the
+next, and may rename members (the member layout is part of the format). ``upgrade`` composes
+them from a pack's version to this trtpack's ``FORMAT_VERSION``; the reader calls it, so
+every older pack keeps loading, and ``trtpack migrate`` writes the result.
+
+Format 1.0 is the first: there is no step yet. The first change after it adds one here, and
+``tests/test_migrate.py::test_every_older_version_has_a_step_and_a_fixture`` fails until the
+step and a fixture of the older version exist (see schema/SPEC.md, "Versioning policy").
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import MigrationError
+from ..manifest import FORMAT_VERSION
+
+Version = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Step:
+    source: Version
+    target: Version
+    #: manifest dict of ``source`` -> manifest dict of ``target`` (``format_version`` set by
+    #: ``upgrade``); must not change its argument
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]]
+    #: members renamed by this step: new name -> old name
+    renames: Mapping[str, str] = field(default_factory=dict)
+    summary: str = ""
+
+
+#: every step, keyed by the version it starts from
+STEPS: dict[Version, Step] = {}
+
+
+def chain(source: Version, steps: Mapping[Version, Step] | None = None) -> list[Step]:
+    """The steps from ``source`` to FORMAT_VERSION (empty when already there)."""
+    steps = STEPS if steps is None else steps
+    out: list[Step] = []
+    version = source
+    while version != FORMAT_VERSION:
+        step = steps.get(version)
+        if step is None:
+            have = ", ".join(f"{a}.{b}" for a, b in sorted(steps)) or "none"
+            raise MigrationError(
+                f"no migration step from format {version[0]}.{version[1]} towards "
+                f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} (steps from: {have})"
+            )
+        out.append(step)
+        version = step.target
+    return out
+
+
+def upgrade(
+    data: dict[str, Any], steps: Mapping[Version, Step] | None = None
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Apply the chain to a manifest dict. Returns the upgraded dict, the member renames
+    (current name -> name in the file) and one note per step."""
+    version = tuple(data.get("format_version", ()))
+    if len(version) != 2:
+        raise MigrationError(f"format_version must be [major, minor], got {version!r}")
+    renames: dict[str, str] = {}
+    notes = []
+    for step in chain((int(version[0]), int(version[1])), steps):
+        data = step.upgrade(copy.deepcopy(data))
+        data["format_version"] = list(step.target)
+        for new, old in step.renames.items():
+            renames[new] = renames.pop(old, old)
+        notes.append(f"{step.source[0]}.{step.source[1]} -> {step.target[0]}.{step.target[1]}: "
+                     f"{step.summary}")  # fmt: skip
+    return data, renames, notes

@@ -41,11 +41,11 @@ def _inspect_other(args: argparse.Namespace) -> int:
         from .engines.plan import parse_plan
 
         plan = parse_plan(Path(args.pack).read_bytes(), where=args.pack)
-        print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs "
-              f"{', '.join(plan.compute_capabilities) or 'not in the header'}")  # fmt: skip
-        print(
-            f"not a .trtpack: `trtpack pack {args.pack} --input NAME:DTYPE[DIMS] -o OUT` packs it"
-        )
+        gpus = ", ".join(plan.compute_capabilities) or "not in the header"
+        if plan.future_gpus:
+            gpus += " and newer"
+        print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs {gpus}")
+        print(f"not a .trtpack: `trtpack pack {args.pack} --input NAME:DTYPE[DIMS] -o OUT`")
         return 0
     converted = convert(args.pack)
     with PackReader(args.pack, data=to_pack(converted, None)) as reader:

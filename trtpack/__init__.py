@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .derive import Range
     from .engines.saving import add_engine
     from .engines.torchtrt import compile
-    from .migrate.legacy import migrate
+    from .migrations.legacy import migrate
     from .packing import save
     from .runtime import LoadedPack, load
 
@@ -52,7 +52,7 @@ _LAZY = {
     "Range": "derive",
     "compile": "engines.torchtrt",
     "add_engine": "engines.saving",
-    "migrate": "migrate.legacy",
+    "migrate": "migrations.legacy",
 }
 
 

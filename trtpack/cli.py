@@ -34,7 +34,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _inspect_other(args: argparse.Namespace) -> int:
     from .container import PackReader
     from .info import read_info, render
-    from .migrate.legacy import ENGINE, convert, detect, to_pack
+    from .migrations.legacy import ENGINE, convert, detect, to_pack
 
     kind = detect(args.pack)  # raises NotAPackError naming what it found
     if kind == ENGINE:
@@ -63,7 +63,7 @@ def _inspect_other(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrate.legacy import migrate
+    from .migrations.legacy import migrate
 
     info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
                    variant=args.variant)  # fmt: skip
@@ -73,8 +73,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from .migrate.engine_file import read_description
-    from .migrate.legacy import migrate
+    from .migrations.engine_file import read_description
+    from .migrations.legacy import migrate
 
     inputs: list = list(args.input or [])
     outputs: list = list(args.output_spec or [])

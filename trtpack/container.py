@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import itertools
 import mmap
 import os
@@ -374,14 +373,55 @@ def write_pack(
         return _write_zip(f, members, make_manifest)
 
 
+class _Memory:
+    """A seekable file over a growing bytearray: what the zip writer needs, in memory, with
+    no final copy (BytesIO would copy its buffer out)."""
+
+    def __init__(self, data: bytearray | None = None) -> None:
+        self.data = bytearray() if data is None else data
+        self.pos = 0
+
+    def write(self, b: Data) -> int:
+        view = memoryview(b).cast("B")
+        end = self.pos + len(view)
+        if self.pos == len(self.data):
+            self.data += view
+        else:
+            self.data[self.pos : end] = view
+        self.pos = end
+        return len(view)
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else min(self.pos + n, len(self.data))
+        out = bytes(self.data[self.pos : end])
+        self.pos = end
+        return out
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = {0: pos, 1: self.pos + pos, 2: len(self.data) + pos}[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def pack_bytes(
     members: Mapping[str, Source],
     make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
-) -> bytes:
+) -> bytearray:
     """The same pack, in memory (for a legacy file migrated on load)."""
-    buf = io.BytesIO()
-    _write_zip(buf, members, make_manifest)
-    return buf.getvalue()
+    buf = _Memory()
+    _write_zip(buf, members, make_manifest)  # type: ignore[arg-type]
+    return buf.data
 
 
 def _write_zip(
@@ -419,7 +459,7 @@ class PackReader:
     local headers; member data is read (or mapped) on request."""
 
     def __init__(
-        self, path: PathLike, *, require_stored: bool = True, data: bytes | None = None
+        self, path: PathLike, *, require_stored: bool = True, data: bytearray | None = None
     ) -> None:
         """Read the zip at ``path``, or, with ``data``, the zip in memory (``path`` then only
         names it in messages)."""
@@ -427,7 +467,7 @@ class PackReader:
         self._data = data
         self._file: BinaryIO
         if data is not None:
-            self._file = io.BytesIO(data)
+            self._file = _Memory(data)  # type: ignore[assignment]
         else:
             try:
                 self._file = open(self.path, "rb")

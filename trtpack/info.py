@@ -65,7 +65,7 @@ def read_info(reader: PackReader) -> PackInfo:
     upgraded_from = None
     version = data.get("format_version") if isinstance(data, dict) else None
     if isinstance(version, list) and len(version) == 2 and tuple(version) < FORMAT_VERSION:
-        from .migrate.steps import upgrade  # an older format: upgraded in memory
+        from .migrations.steps import upgrade  # an older format: upgraded in memory
 
         upgraded_from = (int(version[0]), int(version[1]))
         data, renames, _ = upgrade(data)

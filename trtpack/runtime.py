@@ -19,7 +19,7 @@ from .container import PackReader, PathLike
 from .contract import Contract, OutsideEngineProfile
 from .errors import ManifestError, NoUsableEngineError
 from .info import PackInfo, open_pack, read_info
-from .manifest import FORMAT_VERSION, Manifest
+from .manifest import Manifest
 from .program import load_program, runnable
 
 T = TypeVar("T")
@@ -48,13 +48,13 @@ def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Calla
 @contextlib.contextmanager
 def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
-    from .migrate.legacy import TRTPACK, convert, detect, to_pack
+    from .migrations.legacy import TRTPACK, convert, detect, to_pack
 
     if detect(path) == TRTPACK:
         with open_pack(path) as (reader, info):
             if info.upgraded_from is not None:
                 old = ".".join(map(str, info.upgraded_from))
-                new = ".".join(map(str, FORMAT_VERSION))
+                new = ".".join(map(str, info.manifest.format_version))
                 warnings.warn(
                     f"trtpack: {path} is format {old}, upgraded in memory to {new} "
                     f"(`trtpack migrate {path} OUT` writes it)",

@@ -127,7 +127,10 @@ def tree_from_json(spec: str | dict, namedtuple_fields: dict[str, Any] | None = 
         return {"type": "leaf"}
     children = [tree_from_json(c, namedtuple_fields) for c in spec.get("children_spec", [])]
     context = spec.get("context")
-    ctx = json.loads(context) if isinstance(context, str) else context
+    try:  # a JSON document, except for namedtuples, whose context is their type name
+        ctx = json.loads(context) if isinstance(context, str) else context
+    except ValueError:
+        ctx = context
     if kind == "builtins.tuple":
         return {"type": "tuple", "children": children}
     if kind == "builtins.list":

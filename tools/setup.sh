@@ -2,7 +2,9 @@
 # Set up a virtual environment, idempotently (returns at once when pyproject.toml and this
 # script are unchanged since its last successful run).
 #
-#   tools/setup.sh        .venv      torch 2.13 (CPU), trtpack (editable), TensorRT-RTX, test tools
+#   tools/setup.sh        .venv      torch 2.13 (CPU), trtpack (editable), TensorRT-RTX, test
+#                                    tools, MLflow, tritonclient, oras; Debian's docker-registry
+#                                    (a real OCI registry for the tests) where apt can install it
 #   tools/setup.sh trt    .venv-trt  torch 2.14.1 + torch-tensorrt-rtx 2.14.0 (the real
 #                                    torch_tensorrt code, built for TensorRT-RTX), same extras
 set -euo pipefail
@@ -10,8 +12,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 case "${1:-core}" in
-  core) VENV=.venv; TORCH=(torch==2.13.0); EXTRA=() ;;
-  trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRA=(torch-tensorrt-rtx==2.14.0) ;;
+  core) VENV=.venv; TORCH=(torch==2.13.0); EXTRAS=test,rtx,mlflow,triton,oci; MORE=() ;;
+  trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=test,rtx; MORE=(torch-tensorrt-rtx==2.14.0) ;;
   *) echo "usage: tools/setup.sh [core|trt]" >&2; exit 2 ;;
 esac
 stamp="$VENV/.setup-stamp"
@@ -24,7 +26,15 @@ echo "setting up $VENV (first run: one to two minutes)" >&2
 quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" >&2 || true; }
 # torch first and pinned: on the project's machines these are local wheels.
 quiet "$VENV/bin/pip" install -q "${TORCH[@]}"
-quiet "$VENV/bin/pip" install -q -e ".[test,rtx]" "${EXTRA[@]}"
+quiet "$VENV/bin/pip" install -q -e ".[$EXTRAS]" "${MORE[@]}"
 "$VENV/bin/python" -c "import torch, trtpack, tensorrt_rtx, pytest" \
   || { echo "setup of $VENV failed: see the pip output above" >&2; exit 1; }
+if [ "$VENV" = .venv ] && ! command -v docker-registry >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry) \
+      >/dev/null 2>&1 || echo "could not install docker-registry: the OCI tests will skip" >&2
+  else
+    echo "docker-registry is not installed (apt-get install docker-registry): the OCI tests will skip" >&2
+  fi
+fi
 echo "$want" > "$stamp"

@@ -110,6 +110,33 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_triton(args: argparse.Namespace) -> int:
+    from .integrations.triton import export_triton
+
+    model = export_triton(args.pack, args.repository, name=args.name,
+                          max_batch_size=args.max_batch_size, overwrite=args.force)  # fmt: skip
+    plans = ", ".join(f"{cc}: {f}" for cc, f in model.plans.items())
+    print(f"{model.path}: config.pbtxt and 1/ ({plans})")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .integrations.oci import push
+
+    pushed = push(args.pack, args.reference)
+    print(f"{pushed.reference}  {pushed.manifest_digest}  {len(pushed.uploaded)} member(s) "
+          f"uploaded, {len(pushed.skipped)} already there")  # fmt: skip
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from .integrations.oci import pull
+
+    info = pull(args.reference, args.output, overwrite=args.force)
+    print(f"{info.path}  {info.digest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trtpack",
@@ -165,6 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser("export-triton", help="write a Triton model repository (TensorRT backend)")
+    p.add_argument("pack", help="a .trtpack with a whole-graph engine")
+    p.add_argument("repository", help="the model repository folder")
+    p.add_argument("--name", help="the model's name (default: the pack's file name)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=0,
+        help="> 0: Triton batches along the first dim, which must be dynamic",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.set_defaults(func=_cmd_export_triton)
+
+    p = sub.add_parser("push", help="push a pack to an OCI registry (one layer per member)")
+    p.add_argument("pack", help="the .trtpack to push")
+    p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("pull", help="pull a pack from an OCI registry")
+    p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG (or @sha256:...)")
+    p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_cmd_pull)
     return parser
 
 

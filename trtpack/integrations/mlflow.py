@@ -1,0 +1,137 @@
+"""A pack as an MLflow model: logged, registered, served through ``mlflow.pyfunc``.
+
+    info = trtpack.mlflow.log_model("model.trtpack", name="detector",
+                                    registered_model_name="detector")
+    mlflow.pyfunc.load_model("models:/detector/1").predict({"x": batch})
+    pack = trtpack.mlflow.load_model("models:/detector/1")     # the LoadedPack itself
+
+The ``.trtpack`` file is the model's one artifact. The MLflow signature is derived from the
+manifest (``TensorSpec``, -1 for dynamic dims); what a signature cannot hold — each symbol's
+min/opt/max, the pack's digest, the engine variants — goes in the model's metadata under
+``trtpack``. ``predict`` runs through ``trtpack.load`` (engines where they can run, else the
+ExportedProgram). The model is logged "from code" (``pyfunc_model.py``), so MLflow pickles
+nothing of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingDependencyError, RegistryError
+from ..info import PackInfo, inspect
+from ..manifest import Manifest
+
+#: MLflow cannot describe bfloat16: such inputs are given as float32 and cast by predict
+_NUMPY = {"bfloat16": "float32"}
+_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def _mlflow() -> Any:
+    try:
+        import mlflow
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"this needs MLflow ({e}); pip install 'trtpack[mlflow]'"
+        ) from e
+    return mlflow
+
+
+def signature(manifest: Manifest) -> Any:
+    """The MLflow signature of a pack's tensor inputs and outputs."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(io: Any) -> Any:
+        shape = [d if isinstance(d, int) else -1 for d in io.shape or ()]
+        return TensorSpec(np.dtype(_NUMPY.get(io.dtype, io.dtype)), shape, io.name)
+
+    inputs = [spec(i) for i in manifest.inputs if i.is_tensor]
+    outputs = [spec(o) for o in manifest.outputs if o.is_tensor and "?" not in (o.shape or ())]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs) if outputs else None)
+
+
+def model_metadata(info: PackInfo) -> dict[str, Any]:
+    """What an MLflow signature cannot say: ranges, opt, digest, variants."""
+    m = info.manifest
+    inputs = []
+    for i in m.inputs:
+        entry: dict[str, Any] = {"name": i.name, "path": i.path, "kind": i.kind}
+        if i.is_tensor:
+            entry.update(dtype=i.dtype, shape=list(i.shape or ()))
+        else:
+            entry["value"] = i.value
+        inputs.append(entry)
+    symbols = {n: {"min": s.min, "max": s.max, "opt": s.opt} for n, s in m.symbols.items()}
+    return {
+        "trtpack": {
+            "digest": info.digest,
+            "format_version": list(m.format_version),
+            "inputs": inputs,
+            "symbols": symbols,
+            "engines": [v.name for v in m.engines],
+            "metadata": dict(m.metadata),
+        }
+    }
+
+
+def log_model(
+    pack_or_path: Any,
+    name: str,
+    registered_model_name: str | None = None,
+    *,
+    pip_requirements: list[str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Log a .trtpack (a path, or a LoadedPack) as a pyfunc model, registered under
+    ``registered_model_name`` if given. Other keyword arguments go to
+    ``mlflow.pyfunc.log_model``. Returns MLflow's ModelInfo."""
+    mlflow = _mlflow()
+    path = Path(getattr(getattr(pack_or_path, "info", None), "path", pack_or_path))
+    info = inspect(path)
+    if pip_requirements is None:
+        pip_requirements = _requirements()
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(_MODEL_CODE),
+        artifacts={"pack": str(path)},
+        signature=signature(info.manifest),
+        metadata=model_metadata(info),
+        registered_model_name=registered_model_name,
+        code_paths=[str(Path(__file__).resolve().parent.parent)],  # trtpack travels with it
+        pip_requirements=pip_requirements,
+        **kwargs,
+    )
+
+
+def _requirements() -> list[str]:
+    import importlib.metadata as md
+
+    out = []
+    for dist in ("torch", "jsonschema", "safetensors", "numpy"):
+        try:
+            out.append(f"{dist}=={md.version(dist)}")
+        except md.PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def load_model(model_uri: str, **load_kwargs: Any) -> Any:
+    """The LoadedPack of a trtpack model logged with ``log_model`` (full manifest, engines
+    where they can run). ``load_kwargs`` go to ``trtpack.load``."""
+    mlflow = _mlflow()
+    from ..runtime import load
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except Exception as e:
+        raise RegistryError(f"cannot fetch {model_uri} from MLflow: {type(e).__name__}: {e}") from e
+    packs = sorted(local.glob("artifacts/*.trtpack")) or sorted(local.glob("**/*.trtpack"))
+    mlmodel = local / "MLmodel"
+    if not packs or not mlmodel.is_file() or "trtpack:" not in mlmodel.read_text():
+        raise RegistryError(
+            f"{model_uri} is not a trtpack model (no .trtpack artifact and no trtpack metadata "
+            "in its MLmodel); log it with trtpack.mlflow.log_model"
+        )
+    return load(packs[0], **load_kwargs)

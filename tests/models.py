@@ -133,6 +133,20 @@ class DynamicInt(torch.nn.Module):
         return x[:, :n] * 2
 
 
+class Net(torch.nn.Module):
+    """Linear, ReLU, Linear and a keyword input: compiled by the torch_tensorrt tests and
+    fixtures (whole graph, or with relu left to PyTorch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = torch.nn.Linear(8, 16)
+        self.l2 = torch.nn.Linear(16, 4)
+
+    def forward(self, x, *, bias):
+        h = torch.relu(self.l1(x))
+        return self.l2(h) + bias, h.sum(dim=1)
+
+
 def cases() -> list[Case]:
     batch = Dim("batch", min=1, max=64)
     n = Dim("n", min=2, max=32)

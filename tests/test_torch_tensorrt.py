@@ -26,20 +26,10 @@ except ImportError:  # the core environment: these tests run in .venv-trt
         "torch_tensorrt is not installed here (tools/setup.sh trt)", allow_module_level=True
     )
 
+from models import Net  # noqa: E402
+
 from trtpack.engines import torchtrt  # noqa: E402
 from trtpack.engines.packed_info import read_packed  # noqa: E402
-
-
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1 = torch.nn.Linear(8, 16)
-        self.l2 = torch.nn.Linear(16, 4)
-
-    def forward(self, x, *, bias):
-        h = torch.relu(self.l1(x))
-        return self.l2(h) + bias, h.sum(dim=1)
-
 
 SETTINGS = {"device": None, "offload_module_to_cpu": True, "min_block_size": 1}
 

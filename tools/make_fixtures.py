@@ -90,17 +90,8 @@ def trt() -> None:
     import tt_cpu
 
     tt = tt_cpu.import_torch_tensorrt()
+    from models import Net
     from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
-
-    class Net(torch.nn.Module):  # the model of tests/test_torch_tensorrt.py
-        def __init__(self) -> None:
-            super().__init__()
-            self.l1 = torch.nn.Linear(8, 16)
-            self.l2 = torch.nn.Linear(16, 4)
-
-        def forward(self, x, *, bias):
-            h = torch.relu(self.l1(x))
-            return self.l2(h) + bias, h.sum(dim=1)
 
     torch.manual_seed(0)
     batch = torch.export.Dim("batch", min=1, max=32)

@@ -9,7 +9,6 @@ user's ``Dim`` names from the shape environment of a freshly exported program.
 from __future__ import annotations
 
 import dataclasses
-import keyword
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +28,16 @@ from torch.utils._sympy.numbers import int_oo
 
 from . import tree as trees
 from .errors import DeriveError, RangeOverrideError
-from .manifest import DimExpr, Interface, IOSpec, Symbol, memory_format_of, opt_rule, parse_dim
+from .manifest import (
+    DimExpr,
+    Interface,
+    IOSpec,
+    Symbol,
+    memory_format_of,
+    opt_rule,
+    parse_dim,
+    symbol_name,
+)
 
 #: What a user may pass to override a symbol's range at save.
 RangeLike = Any  # Range | tuple[min, max] | tuple[min, max, opt] | Mapping with min/max/opt
@@ -234,20 +242,10 @@ class _SymbolNamer:
         return out
 
     def _name_for(self, sym: sympy.Symbol, input_name: str, dim: int | None) -> str:
-        if sym in self.names:
-            return self.names[sym]
-        base = self._user_names.get(str(sym))
-        if base is None:
-            base = input_name if dim is None else f"{input_name}_dim{dim}"
-        base = _IDENT.sub("_", base)
-        if base[0].isdigit() or keyword.iskeyword(base):
-            base = "_" + base
-        name, k = base, 1
-        while name in self.names.values():
-            k += 1
-            name = f"{base}_{k}"
-        self.names[sym] = name
-        return name
+        if sym not in self.names:
+            user = self._user_names.get(str(sym))
+            self.names[sym] = symbol_name(input_name, dim, self.names.values(), user)
+        return self.names[sym]
 
     def dim(self, d: Any, input_name: str, index: int | None) -> Any:
         """An input dim: an int, or the string of a linear expression of one symbol."""

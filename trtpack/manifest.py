@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import keyword
 import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,23 @@ def memory_format_of(sizes: list[int], strides: list[int]) -> str:
     if n == 5 and dense([1, 4, 3, 2, 0]):
         return "channels_last_3d"
     return "strided"
+
+
+def symbol_name(
+    input_name: str, dim: int | None, taken: Iterable[str], user: str | None = None
+) -> str:
+    """A manifest name for a new symbol: the user's ``Dim`` name when known, else
+    ``<input>_dim<i>`` (``<input>`` for an int input); a valid identifier, unique in ``taken``."""
+    base = user or (input_name if dim is None else f"{input_name}_dim{dim}")
+    base = re.sub(r"[^A-Za-z0-9_]", "_", base)
+    if base[0].isdigit() or keyword.iskeyword(base):
+        base = "_" + base
+    taken = set(taken)
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
 
 
 def _fmt_max(v: int | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import DeriveError
@@ -45,6 +46,28 @@ def leaf_paths(tree: Tree, root: str) -> list[str]:
     else:
         walk(tree, root)
     return out
+
+
+def unflatten_call(tree: Tree, leaves: Iterable[Any]) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a call from its flat leaves, nested as the input tree says
+    (built-in containers: what a serving layer or torch_tensorrt is given)."""
+    it = iter(leaves)
+
+    def build(node: Tree) -> Any:
+        kind = node["type"]
+        if kind == "leaf":
+            return next(it)
+        children = [build(c) for c in node.get("children", ())]
+        if kind == "dict":
+            return dict(zip(node["keys"], children))
+        if kind == "list":
+            return children
+        if kind == "none":
+            return None
+        return tuple(children)
+
+    args, kwargs = tree["children"]
+    return tuple(build(args)), build(kwargs)
 
 
 def call_tree(num_args: int, kwarg_names: list[str]) -> Tree:

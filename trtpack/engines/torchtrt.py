@@ -27,6 +27,7 @@ from torch.export import ExportedProgram
 from ..derive import RangeLike, derive_interface, symbol_names
 from ..errors import DeriveError, EngineError, MissingDependencyError
 from ..manifest import Binding, Interface, IOSpec, parse_dim
+from ..tree import unflatten_call
 from .packed_info import PackedEngine, read_packed
 from .select import Environment
 
@@ -102,7 +103,6 @@ def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None 
         raise DeriveError(
             f"input override for unknown input(s) {sorted(unknown)} (inputs: {names})"
         )
-    leaves = iter(iface.inputs)
 
     def one(spec: IOSpec) -> Any:
         if spec.name in overrides:
@@ -135,21 +135,8 @@ def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None 
             hi.append(expr.value(sym.max))
         return tt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=dtype, name=spec.name)
 
-    def build(tree: dict) -> Any:
-        kind = tree["type"]
-        if kind == "leaf":
-            return one(next(leaves))
-        children = [build(c) for c in tree.get("children", ())]
-        if kind == "dict":
-            return dict(zip(tree["keys"], children))
-        if kind == "list":
-            return children
-        if kind == "none":
-            return None
-        return tuple(children)
-
-    args_tree, kwargs_tree = iface.input_tree["children"]
-    return list(build(args_tree)), build(kwargs_tree)
+    args, kwargs = unflatten_call(iface.input_tree, (one(spec) for spec in iface.inputs))
+    return list(args), kwargs
 
 
 def compile(

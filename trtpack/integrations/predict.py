@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import InputMismatchError
-from ..manifest import Manifest, Tree
+from ..manifest import Manifest
+from ..tree import unflatten_call
 
 
 def predict(pack: Any, model_input: Any) -> Any:
@@ -48,7 +49,7 @@ def predict(pack: Any, model_input: Any) -> Any:
         value = given[spec.name]
         t = value if torch.is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
         leaves.append(t.to(device=pack.device, dtype=getattr(torch, spec.dtype or "float32")))
-    args, kwargs = _unflatten(manifest.input_tree, leaves)
+    args, kwargs = unflatten_call(manifest.input_tree, leaves)
     with torch.no_grad():
         out = pack(*args, **kwargs)
     flat = torch.utils._pytree.tree_leaves(out)
@@ -61,23 +62,3 @@ def _numpy(value: Any) -> Any:
         return value
     value = value.detach().cpu()
     return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-
-
-def _unflatten(tree: Tree, leaves: list[Any]) -> tuple[tuple, dict]:
-    it = iter(leaves)
-
-    def build(node: Tree) -> Any:
-        kind = node["type"]
-        if kind == "leaf":
-            return next(it)
-        children = [build(c) for c in node.get("children", ())]
-        if kind == "dict":
-            return dict(zip(node["keys"], children))
-        if kind == "list":
-            return children
-        if kind == "none":
-            return None
-        return tuple(children)
-
-    args, kwargs = tree["children"]
-    return tuple(build(args)), build(kwargs)

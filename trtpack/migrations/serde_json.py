@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import ast
 import json
-import keyword
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MigrationError
-from ..manifest import DimExpr, Interface, IOSpec, Symbol, Tree, memory_format_of, opt_rule
+from ..manifest import (
+    DimExpr,
+    Interface,
+    IOSpec,
+    Symbol,
+    Tree,
+    memory_format_of,
+    opt_rule,
+    symbol_name,
+)
 from ..tree import leaf_paths
 
 #: torch/_export/serde/schema.py ScalarType -> dtype name
@@ -163,17 +171,9 @@ class _Names:
         self.names: dict[str, str] = {}
 
     def name(self, sym: str, input_name: str, dim: int | None) -> str:
-        if sym in self.names:
-            return self.names[sym]
-        base = _IDENT.sub("_", input_name if dim is None else f"{input_name}_dim{dim}")
-        if base[0].isdigit() or keyword.iskeyword(base):
-            base = "_" + base
-        name, k = base, 1
-        while name in self.names.values():
-            k += 1
-            name = f"{base}_{k}"
-        self.names[sym] = name
-        return name
+        if sym not in self.names:
+            self.names[sym] = symbol_name(input_name, dim, self.names.values())
+        return self.names[sym]
 
 
 class SerializedProgram:

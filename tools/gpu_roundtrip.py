@@ -82,7 +82,7 @@ print(t2 - t1, t3 - t2, t4 - t3, t1 - t0)
 
 def run(src: Path) -> int:
     import torch
-    from models import CASES, assert_same
+    from models import CASES, Pair, assert_same
 
     import trtpack
 
@@ -161,6 +161,28 @@ def run(src: Path) -> int:
         failures += 1
     except trtpack.NoUsableEngineError as e:
         print(f"[engines] require_engine=True: NoUsableEngineError: {e}")
+
+    # files saved without trtpack (written by torch 2.13 / torch_tensorrt 2.14): migrated on load
+    fixtures = ROOT / "tests" / "fixtures" / "v0"
+    torch.utils._pytree._register_namedtuple(Pair, serialized_type_name="models.Pair")
+    for name in ("keywords", "derived", "with_buffers", "many_outputs", "keywords_pre27"):
+        case = CASES[name.removesuffix("_pre27")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pack = trtpack.load(fixtures / "torch_export" / f"{name}.pt2")
+        model, _ = case.export()
+        model = model.to("cuda")
+        args, kwargs = _to(case.args, "cuda"), _to(case.kwargs, "cuda")
+        with torch.no_grad():
+            assert_same(pack(*args, **kwargs), model(*args, **kwargs))
+        print(f"[legacy] {name}: migrated in memory, equals eager on {pack.device}")
+    for name in ("net_whole", "net_partitioned"):
+        try:
+            trtpack.load(fixtures / "torch_tensorrt" / f"{name}.ep")
+            print(f"[legacy] {name}: loaded?!")
+            failures += 1
+        except trtpack.TrtpackError as e:
+            print(f"[legacy] {name}: {type(e).__name__}: {e}")
 
     # load to first inference, fresh process each, 100 MiB model
     torch.manual_seed(0)

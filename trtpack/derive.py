@@ -9,7 +9,6 @@ user's ``Dim`` names from the shape environment of a freshly exported program.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -196,9 +195,6 @@ def _describe_output(arg: Any, path: str, produced: dict, namer: _SymbolNamer) -
 
 
 # --- symbols -----------------------------------------------------------------------------
-
-
-_IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
 class _SymbolNamer:

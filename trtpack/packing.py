@@ -56,11 +56,11 @@ def save(
 
 
 def _has_engines(ep: ExportedProgram) -> bool:
-    return any(not isinstance(v, torch.Tensor) for v in ep.constants.values()) and any(
-        "tensorrt" in type(v).__module__.lower() or "Engine" in type(v).__name__
-        or (isinstance(v, torch._C.ScriptObject) and "tensorrt" in str(v._type()).lower())
-        for v in ep.constants.values()
-    )  # fmt: skip
+    if all(isinstance(v, torch.Tensor) for v in ep.constants.values()):
+        return False
+    from .engines.torchtrt import engine_constant_names  # imports no torch_tensorrt
+
+    return bool(engine_constant_names(ep))
 
 
 def _save_program(

@@ -50,7 +50,11 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
     from .migrations.legacy import TRTPACK, convert, detect, to_pack
 
-    if detect(path) == TRTPACK:
+    try:
+        first = _has_manifest(path)
+    except OSError:
+        first = False  # detect() says what is wrong with the path
+    if first or detect(path) == TRTPACK:
         with open_pack(path) as (reader, info):
             if info.upgraded_from is not None:
                 old = ".".join(map(str, info.upgraded_from))
@@ -71,6 +75,14 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     )
     with PackReader(path, data=data) as reader:
         yield reader, read_info(reader)
+
+
+def _has_manifest(path: PathLike) -> bool:
+    """A cheap first look: a zip whose first member is manifest.json (the common case,
+    answered without parsing the zip twice)."""
+    with open(path, "rb") as f:
+        head = f.read(30 + len("manifest.json"))
+    return head[:4] == b"PK\x03\x04" and head[30:] == b"manifest.json"
 
 
 def default_device() -> torch.device:

@@ -12,7 +12,7 @@ from ..container import PackReader
 from ..errors import NoUsableEngineError, TrtpackError
 from ..manifest import Manifest, Variant
 from .plan import parse_plan
-from .select import Environment, choose
+from .select import Choice, Environment, choose
 
 
 @dataclass
@@ -60,7 +60,7 @@ def load_engines(
                 refused[candidate.name] = (
                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 )
-        reason = type(choice)(choice.fitting, refused).summary()
+        reason = Choice(choice.fitting, refused).summary()
     if require_engine:
         raise NoUsableEngineError(f"{reader.path}: {reason}")
     return EngineLoad(None, None, reason)

@@ -21,6 +21,7 @@ from ..manifest import (
     Interface,
     IOSpec,
     Manifest,
+    Member,
     Symbol,
     Target,
     Variant,
@@ -330,22 +331,16 @@ def add_engine(
             raise EngineError(f"members {sorted(clash)} already exist in {info.path}")
         members.update(new_members)
         engines = manifest.engines + tuple(new_variants)
-        # the copy must be made while the source is open: read everything before replacing it
+        # written while the source is open; members are copied from it as they are written
         return write(
             target_path,
             members,
             lambda d: manifest.replace(
                 engines=engines,
-                members={n: _member(d[n]) for n in sorted(d)},
+                members={n: Member(d[n].sha256, d[n].size) for n in sorted(d)},
             ),
             overwrite=True,
         )
-
-
-def _member(d: Any) -> Any:
-    from ..manifest import Member
-
-    return Member(d.sha256, d.size)
 
 
 def _variants_from(

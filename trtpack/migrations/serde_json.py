@@ -160,9 +160,6 @@ def tree_from_json(spec: str | dict, namedtuple_fields: dict[str, Any] | None = 
 # --- the interface -----------------------------------------------------------------------------
 
 
-_IDENT = re.compile(r"[^A-Za-z0-9_]")
-
-
 class _Names:
     """torch symbol -> manifest name, the way trtpack.derive names them for a loaded program:
     ``<input>_dim<i>`` at the symbol's first appearance."""

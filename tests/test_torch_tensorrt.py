@@ -186,6 +186,34 @@ def test_packed_info_read_as_plain_data(compiled):
     )
 
 
+def test_lazy_module_with_a_real_engine():
+    """A TorchTensorRTModule built by hand around a real TensorRT-RTX plan, with lazy engine
+    init (nothing touches a GPU): its packed info reads back as the same facts."""
+    import rtx
+    from torch_tensorrt.dynamo import CompilationSettings
+    from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
+
+    from trtpack.engines.plan import parse_plan
+    from trtpack.engines.saving import engine_settings, target_of
+
+    plan = rtx.keywords_plan(("8.6", "8.9"))
+    settings = CompilationSettings(device=tt.Device("cuda:0"), lazy_engine_init=True,
+                                   hardware_compatible=True)  # fmt: skip
+    module = TorchTensorRTModule(serialized_engine=plan, input_binding_names=["x", "mask", "bias"],
+                                 output_binding_names=["output0"], name="keywords",
+                                 settings=settings)  # fmt: skip
+    assert module.engine is None  # lazy: no GPU was asked for
+    with tt_cpu.device_queries():
+        packed = read_packed(module._pack_engine_info())
+    assert packed.engine == plan and packed.name == "keywords_engine"
+    assert packed.input_names == ("x", "mask", "bias") and packed.hardware_compatible
+    assert packed.settings["lazy_engine_init"] is True
+    target = target_of([parse_plan(packed.engine)], [packed])
+    assert target.compute_capabilities == ("8.6", "8.9")  # from the plan, not the build GPU
+    assert target.hardware_compatibility == "none"  # TensorRT-RTX has no such levels
+    assert engine_settings(packed)["module"]["hardware_compatible"] is True
+
+
 def test_save_module_compiled_by_torch_tensorrt_directly(net_ep, tmp_path):
     """A module that did not come from trtpack.compile: the manifest is derived from its
     own wiring, or from source= for the portable fallback."""

@@ -26,7 +26,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,7 +451,6 @@ class MemberInfo:
     name: str
     offset: int  # where the data starts in the file
     size: int
-    crc32: int
 
 
 class PackReader:
@@ -549,7 +548,7 @@ class PackReader:
                     "(truncated file or a zip bomb)"
                 )
             spans.append((info.header_offset, end, name))
-            members[name] = MemberInfo(name, data_offset, info.file_size, info.CRC)
+            members[name] = MemberInfo(name, data_offset, info.file_size)
         spans.sort()
         for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
             if start_b < end_a:
@@ -634,6 +633,3 @@ class PackReader:
                 f"{self.path}: member {name!r} is corrupt: SHA-256 {got[:16]}… does not match "
                 f"the manifest's {sha256[:16]}…"
             )
-
-    def iter_members(self) -> Iterable[MemberInfo]:
-        return self.members.values()

@@ -259,18 +259,6 @@ class Manifest:
             if member not in self.members:
                 raise ManifestError(f"{member!r} is referenced but not listed in members")
 
-    # -- convenience -----------------------------------------------------------------------
-
-    @property
-    def tensor_inputs(self) -> tuple[IOSpec, ...]:
-        return tuple(i for i in self.inputs if i.is_tensor)
-
-    def variant(self, name: str) -> Variant:
-        for v in self.engines:
-            if v.name == name:
-                return v
-        raise KeyError(name)
-
 
 # --- dims ----------------------------------------------------------------------------------
 

@@ -36,6 +36,25 @@ def load_quiet(path, **kw):
     return pack, [str(w.message) for w in caught if str(w.message).startswith("trtpack:")]
 
 
+def edited_zip(src: Path, dst: Path, suffix: str, edit) -> Path:
+    """A copy of the zip ``src`` whose member ending in ``suffix`` is ``edit(bytes)``."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for info in z.infolist():
+            data = z.read(info)
+            out.writestr(info.filename, edit(data) if info.filename.endswith(suffix) else data)
+    return dst
+
+
+def hostile_pickle(marker: Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
+    """A pickle that creates ``marker`` when it is unpickled."""
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    return pickle.dumps(Evil(), protocol=protocol)
+
+
 def run_case(pack, name):
     case = CASES[name]
     model, _ = case.export()
@@ -144,18 +163,9 @@ def test_pre_27_layout_loads_and_migrates(tmp_path):
 def test_pre_27_layout_with_a_hostile_pickle(tmp_path):
     """Its weights are pickles: read with torch's weights_only loader, never less."""
 
-    class Evil:
-        def __reduce__(self):
-            return (Path.touch, (tmp_path / "PWNED",))
-
-    src = V0 / "torch_export" / "keywords_pre27.pt2"
-    bad = tmp_path / "evil.pt2"
-    with zipfile.ZipFile(src) as z, zipfile.ZipFile(bad, "w") as out:
-        for info in z.infolist():
-            data = z.read(info)
-            if info.filename == "serialized_state_dict.pt":
-                data = pickle.dumps(Evil())
-            out.writestr(info.filename, data)
+    evil = hostile_pickle(tmp_path / "PWNED")
+    bad = edited_zip(V0 / "torch_export" / "keywords_pre27.pt2", tmp_path / "evil.pt2",
+                     "serialized_state_dict.pt", lambda _: evil)  # fmt: skip
     with pytest.raises(trtpack.MigrationError, match="weights_only loader refuses"):
         trtpack.load(bad)
     assert not (tmp_path / "PWNED").exists()
@@ -202,18 +212,9 @@ def test_engine_constant_pickle_is_restricted(tmp_path):
     """An engine constant that asks for anything but torch_tensorrt's engine list is refused,
     and nothing is executed."""
 
-    class Evil:
-        def __reduce__(self):
-            return (Path.touch, (tmp_path / "PWNED",))
-
-    src = V0 / "torch_tensorrt" / "net_whole.ep"
-    bad = tmp_path / "evil.ep"
-    with zipfile.ZipFile(src) as z, zipfile.ZipFile(bad, "w") as out:
-        for info in z.infolist():
-            data = z.read(info)
-            if info.filename.endswith("opaque_obj_0"):
-                data = pickle.dumps(Evil(), protocol=2)
-            out.writestr(info.filename, data)
+    evil = hostile_pickle(tmp_path / "PWNED", protocol=2)
+    bad = edited_zip(V0 / "torch_tensorrt" / "net_whole.ep", tmp_path / "evil.ep",
+                     "opaque_obj_0", lambda _: evil)  # fmt: skip
     with pytest.raises(
         trtpack.EngineError, match=r"engine constant was refused: .* is not allowed"
     ):
@@ -222,14 +223,8 @@ def test_engine_constant_pickle_is_restricted(tmp_path):
 
 
 def test_unknown_torch_tensorrt_abi(tmp_path):
-    src = V0 / "torch_tensorrt" / "net_whole.ep"
-    bad = tmp_path / "abi.ep"
-    with zipfile.ZipFile(src) as z, zipfile.ZipFile(bad, "w") as out:
-        for info in z.infolist():
-            data = z.read(info)
-            if info.filename.endswith("opaque_obj_0"):
-                data = data.replace(b"X\x02\x00\x00\x0010", b"X\x02\x00\x00\x0042")
-            out.writestr(info.filename, data)
+    bad = edited_zip(V0 / "torch_tensorrt" / "net_whole.ep", tmp_path / "abi.ep", "opaque_obj_0",
+                     lambda d: d.replace(b"X\x02\x00\x00\x0010", b"X\x02\x00\x00\x0042"))  # fmt: skip
     with pytest.raises(
         trtpack.EngineError, match=r"ABI '42' is not one trtpack reads \(known: 6, 7, 8, 9, 10\)"
     ):

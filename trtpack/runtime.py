@@ -124,6 +124,7 @@ class LoadedPack:
         variant: str | None = None,
         exported_program: ExportedProgram | None = None,
         outside_profile: str = "error",
+        inference_mode: bool = True,
     ) -> None:
         self.info = info
         self.manifest: Manifest = info.manifest
@@ -136,6 +137,7 @@ class LoadedPack:
         self._exported_program = exported_program
         self._fallback_module: Any = None
         self._outside_profile = outside_profile
+        self.inference_mode = inference_mode
 
     @property
     def digest(self) -> str:
@@ -164,6 +166,14 @@ class LoadedPack:
         self._contract(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # A deployed pack serves predictions: no autograd graph is built or kept on outputs
+        # unless load(..., inference_mode=False) asked for it.
+        if self.inference_mode:
+            with torch.inference_mode():
+                return self._run(args, kwargs)
+        return self._run(args, kwargs)
+
+    def _run(self, args: tuple, kwargs: dict) -> Any:
         try:
             self._contract(args, kwargs)
         except OutsideEngineProfile:
@@ -194,6 +204,7 @@ def load(
     require_engine: bool = False,
     variant: str | None = None,
     outside_profile: str = "error",
+    inference_mode: bool = True,
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -204,6 +215,8 @@ def load(
     ``outside_profile``: for a call inside the exported ranges but outside the engines'
     optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
     ``"fallback"`` (run that call on the ExportedProgram).
+    ``inference_mode``: run each call under ``torch.inference_mode()`` (outputs carry no
+    autograd state); False runs calls in the caller's grad mode.
 
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
@@ -229,6 +242,7 @@ def load(
                     backend="tensorrt",
                     variant=v.name,
                     outside_profile=outside_profile,
+                    inference_mode=inference_mode,
                 )
             reason = loaded.reason
         if manifest.program is None:
@@ -246,4 +260,5 @@ def load(
         backend="exported_program",
         fallback_reason=reason if manifest.engines else None,
         exported_program=ep,
+        inference_mode=inference_mode,
     )

@@ -25,7 +25,13 @@ class IntegrityError(TrtpackError):
 
 class UnsafePackError(IntegrityError):
     """The zip is built to attack its reader: a member named with ``..`` or an absolute
-    path, duplicate names, overlapping members, or sizes absurd for the file."""
+    path, duplicate names, overlapping members, or sizes absurd for the file; or a program
+    graph whose names or call targets torch would turn into code (trtpack/graph_check.py)."""
+
+    def __init__(self, *args: object, member: str | None = None, field: str | None = None,
+                 value: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.member, self.field, self.value = member, field, value
 
 
 class MissingMemberError(IntegrityError):

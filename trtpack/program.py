@@ -247,6 +247,9 @@ def load_program(
     state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
     constants.update(engines or {})
     graph = reader.read(ref.graph)
+    from .graph_check import check_graph
+
+    check_graph(graph, ref.graph)  # before torch turns names into code
     try:
         ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))
     except Exception as e:

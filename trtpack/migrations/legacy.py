@@ -159,11 +159,14 @@ def _convert_pre_pt2(reader: PackReader) -> Converted:
 
     version = reader.read("version").decode(errors="replace").strip()
     graph = reader.read("serialized_exported_program.json")
+    from ..errors import UnsafePackError
+    from ..graph_check import check_graph
+
     try:
-        json.loads(graph)
+        check_graph(graph, f"{reader.path}:serialized_exported_program.json")
         ep = deserialize(SerializedArtifact(graph, unpickle("serialized_state_dict.pt"),
                                             unpickle("serialized_constants.pt"), b""))  # fmt: skip
-    except MigrationError:
+    except (MigrationError, UnsafePackError):
         raise
     except Exception as e:
         raise MigrationError(

@@ -86,6 +86,9 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
             f"{where} was written on a big-endian machine; trtpack reads little-endian"
         )
     graph_member, data = model_json(reader, root)
+    from ..graph_check import check_graph
+
+    check_graph(data, f"{where}:{graph_member}")
     program = SerializedProgram(data, where=f"{where}:{graph_member}")
     iface, names = program.interface()
 

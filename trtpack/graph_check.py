@@ -1,0 +1,113 @@
+"""Refuse a serialized torch.export graph that would run code when torch rebuilds it.
+
+torch.fx generates Python source from the graph's names (``def forward(self, x, bias=...)``)
+and ``exec``s it, and torch's deserializer resolves call targets by name. So before torch
+sees a graph, every name must be a plain identifier (or a dotted path of them where torch
+uses qualified names) and every call target an operator from a fixed allowlist.
+No torch import: this runs on every load and on torch-free paths.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+from typing import Any
+
+from .errors import UnsafePackError
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# torch.ops namespaces a program may call: core ATen/prims, torch.export's higher-order ops,
+# torch_tensorrt's engine op
+_OP_NAMESPACES = ("aten", "prims", "higher_order", "tensorrt")
+_OP = re.compile(r"torch\.ops\.(" + "|".join(_OP_NAMESPACES) + r")\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\Z")
+# python callables torch.export serializes (getitem, symbolic arithmetic, sym ops)
+_PLAIN_TARGETS = frozenset(
+    [f"_operator.{n}" for n in (
+        "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
+        "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert",
+        "lshift", "rshift", "matmul",
+    )]
+    + [f"torch.{n}" for n in (
+        "sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt",
+        "sym_sum", "_sym_sqrt",
+    )]
+    + [f"math.{n}" for n in ("trunc", "ceil", "floor", "sqrt")]
+    + ["torch.sym_int", "torch._check", "torch._check_is_size"]
+)
+# keys whose string values become Python identifiers in generated code
+_NAME_KEYS = frozenset(["name", "as_name", "as_names", "arg_name"])
+# keys whose values are qualified names (getattr paths, module FQNs)
+_DOTTED_KEYS = frozenset(
+    ["parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn",
+     "target_fqn"]
+)
+# dict keys that are value names (the graph's value tables)
+_VALUE_TABLES = frozenset(
+    ["tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values",
+     "custom_obj_values"]
+)
+
+
+def _ident(s: Any) -> bool:
+    return isinstance(s, str) and bool(_IDENT.match(s)) and not keyword.iskeyword(s)
+
+
+def _dotted(s: Any, allow_empty: bool) -> bool:
+    if not isinstance(s, str):
+        return False
+    if s == "":
+        return allow_empty
+    return all(_ident(p) or p.isdigit() for p in s.split("."))
+
+
+def safe_target(t: Any) -> bool:
+    return isinstance(t, str) and (t in _PLAIN_TARGETS or bool(_OP.match(t)))
+
+
+def check_graph(data: Any, member: str) -> None:
+    """Raise :class:`UnsafePackError` naming ``member`` and the JSON path of the first name
+    or call target in ``data`` (bytes/str of JSON or the parsed object) that torch could
+    turn into code."""
+    if isinstance(data, (bytes, bytearray, str)):
+        data = json.loads(data)
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, obj = stack.pop()
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                p = f"{path}.{k}" if path else str(k)
+                if k in _NAME_KEYS:
+                    vals = v if isinstance(v, list) else [v]
+                    for i, s in enumerate(vals):
+                        if isinstance(s, (dict, list)):
+                            stack.append((p, s))
+                        elif s is not None and not _ident(s):
+                            _bad(member, p if vals is not v else f"{p}[{i}]", s)
+                    continue
+                if k in _DOTTED_KEYS:
+                    if v is not None and not isinstance(v, (dict, list)):
+                        if not _dotted(v, allow_empty=k == "fqn"):
+                            _bad(member, p, v)
+                        continue
+                if k == "target" and path.split(".")[-1].startswith("nodes["):
+                    if not safe_target(v):
+                        _bad(member, p, v, "a call target outside the operator allowlist")
+                    continue
+                if k in _VALUE_TABLES and isinstance(v, dict):
+                    for name in v:
+                        if not _ident(name):
+                            _bad(member, f"{p}[{name!r}]", name)
+                stack.append((p, v))
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                if isinstance(v, (dict, list)):
+                    stack.append((f"{path}[{i}]", v))
+
+
+def _bad(member: str, field: str, value: Any, why: str = "not a plain Python identifier") -> None:
+    raise UnsafePackError(
+        f"{member}: {field} = {str(value)[:80]!r} is {why}; torch would turn it into code "
+        "when loading the program, so the pack is refused",
+        member=member, field=field, value=value,
+    )  # fmt: skip

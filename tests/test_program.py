@@ -51,11 +51,12 @@ def test_streamed_writer_is_read_by_the_safetensors_library(spec):
     tensors = make(spec)
     data = joined(safetensors_chunks(tensors, {"k": "v"}))
     loaded = safetensors.torch.load(data)
-    assert set(loaded) == set(tensors)
+    # __pad__.N entries fill the gaps that keep every tensor 64-byte aligned
+    assert {n for n in loaded if not n.startswith("__pad__.")} == set(tensors)
     for name, t in tensors.items():
         assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
     header_len = int.from_bytes(data[:8], "little")
-    assert (8 + header_len) % 8 == 0
+    assert (8 + header_len) % 64 == 0
 
 
 @settings(max_examples=150, deadline=None)

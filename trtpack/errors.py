@@ -22,6 +22,11 @@ class IntegrityError(TrtpackError):
     """The pack is damaged: truncated, a member's bytes do not match its recorded hash or
     size, or the zip structure is inconsistent."""
 
+    def __init__(self, *args: object, member: str | None = None, field: str | None = None,
+                 expected: object = None, got: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.member, self.field, self.expected, self.got = member, field, expected, got
+
 
 class UnsafePackError(IntegrityError):
     """The zip is built to attack its reader: a member named with ``..`` or an absolute

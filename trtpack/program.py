@@ -15,8 +15,6 @@ reads only whole files by path). Tests check both against the ``safetensors`` li
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,9 +23,15 @@ from torch.export import ExportedProgram
 
 from .container import Chunks, PackReader
 from .derive import annotate
-from .errors import IntegrityError, ProgramError
+from .errors import ProgramError
 from .manifest import Manifest, ProgramRef
-from .tensorfile import CODES, LAYOUT_KEY, RawTensor, layout_metadata, safetensors_source
+from .tensorfile import (
+    RawTensor,
+    layout_metadata,
+    parse_layout,
+    parse_safetensors,
+    safetensors_source,
+)
 from .tree import register_namedtuples, restore_namedtuples
 
 
@@ -168,35 +172,20 @@ def _complete_member(members: list[tuple[str, str, torch.Tensor]]) -> tuple[str,
 
 
 def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors viewing ``buf`` (no copy), and the file's ``__metadata__``."""
-    try:
-        (header_len,) = struct.unpack_from("<Q", buf, 0)
-        if header_len > min(len(buf) - 8, 100 << 20):
-            raise ValueError(f"header length {header_len} is beyond the member")
-        header = json.loads(bytes(buf[8 : 8 + header_len]))
-        data_start = 8 + header_len
-        metadata = header.pop("__metadata__", None) or {}
-        tensors = {}
-        for name, spec in header.items():
-            dtype = getattr(torch, CODES[spec["dtype"]])
-            begin, end = spec["data_offsets"]
-            shape = [int(s) for s in spec["shape"]]
-            numel = 1
-            for s in shape:
-                numel *= s
-            if (
-                not 0 <= begin <= end <= len(buf) - data_start
-                or end - begin != numel * dtype.itemsize
-            ):
-                raise ValueError(f"tensor {name!r} has offsets {begin}..{end} that do not fit")
-            if numel == 0:
-                tensors[name] = torch.empty(shape, dtype=dtype)
-            else:
-                flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=data_start + begin)
-                tensors[name] = flat.view(shape)
-        return tensors, metadata
-    except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as e:
-        raise IntegrityError(f"{where} is not a valid safetensors file: {e}") from None
+    """Tensors viewing ``buf`` (no copy), and the file's ``__metadata__``; the header is
+    parsed and bounds-checked by :func:`trtpack.tensorfile.parse_safetensors`."""
+    stored, metadata = parse_safetensors(buf, where)
+    tensors = {}
+    for name, t in stored.items():
+        dtype = getattr(torch, t.dtype)
+        if t.end == t.start:
+            tensors[name] = torch.empty(t.shape, dtype=dtype)
+        else:
+            count = (t.end - t.start) // dtype.itemsize
+            tensors[name] = torch.frombuffer(buf, dtype=dtype, count=count, offset=t.start).view(
+                t.shape
+            )
+    return tensors, metadata
 
 
 def _rebuild_state(
@@ -207,23 +196,20 @@ def _rebuild_state(
     stored, metadata = read_safetensors(buf, where)
     if device is not None and device.type != "cpu":
         stored = {name: t.to(device) for name, t in stored.items()}
-    try:
-        layout = json.loads(metadata[LAYOUT_KEY])
-    except (KeyError, ValueError):
-        raise IntegrityError(f"{where} has no {LAYOUT_KEY!r} metadata") from None
+    stored_at, _ = parse_safetensors(buf, where)
     state_dict: dict[str, torch.Tensor] = {}
     constants: dict[str, Any] = {}
-    for name, entry in layout.items():
-        if "view_of" in entry:
-            base = stored[entry["view_of"]]
-            t = torch.empty(0, dtype=getattr(torch, entry["dtype"]), device=base.device).set_(
-                base.untyped_storage(), entry["offset"], entry["shape"], entry["stride"]
+    for e in parse_layout(metadata, stored_at, where):
+        if e.view_of is not None:
+            base = stored[e.view_of]
+            t = torch.empty(0, dtype=getattr(torch, e.dtype), device=base.device).set_(
+                base.untyped_storage(), e.offset, e.shape, e.stride
             )
         else:
-            t = stored[name]
-        if entry.get("param"):
-            t = torch.nn.Parameter(t, requires_grad=entry.get("requires_grad", False))
-        (state_dict if entry["group"] == "state_dict" else constants)[name] = t
+            t = stored[e.name]
+        if e.param:
+            t = torch.nn.Parameter(t, requires_grad=e.requires_grad)
+        (state_dict if e.group == "state_dict" else constants)[e.name] = t
     return state_dict, constants
 
 

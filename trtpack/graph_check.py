@@ -9,6 +9,8 @@ No torch import: this runs on every load and on torch-free paths.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import keyword
 import re
@@ -20,18 +22,56 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # torch.ops namespaces a program may call: core ATen/prims, torch.export's higher-order ops,
 # torch_tensorrt's engine op
 _OP_NAMESPACES = ("aten", "prims", "higher_order", "tensorrt")
-_OP = re.compile(r"torch\.ops\.(" + "|".join(_OP_NAMESPACES) + r")\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\Z")
+_OP = re.compile(
+    r"torch\.ops\.(" + "|".join(_OP_NAMESPACES) + r")\.[A-Za-z_][A-Za-z0-9_]*"
+    r"(\.[A-Za-z_][A-Za-z0-9_]*)?\Z"
+)
 # python callables torch.export serializes (getitem, symbolic arithmetic, sym ops)
 _PLAIN_TARGETS = frozenset(
-    [f"_operator.{n}" for n in (
-        "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
-        "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert",
-        "lshift", "rshift", "matmul",
-    )]
-    + [f"torch.{n}" for n in (
-        "sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt",
-        "sym_sum", "_sym_sqrt",
-    )]
+    [
+        f"_operator.{n}"
+        for n in (
+            "getitem",
+            "add",
+            "sub",
+            "mul",
+            "truediv",
+            "floordiv",
+            "mod",
+            "pow",
+            "neg",
+            "pos",
+            "abs",
+            "eq",
+            "ne",
+            "lt",
+            "le",
+            "gt",
+            "ge",
+            "and_",
+            "or_",
+            "xor",
+            "not_",
+            "invert",
+            "lshift",
+            "rshift",
+            "matmul",
+        )
+    ]
+    + [
+        f"torch.{n}"
+        for n in (
+            "sym_int",
+            "sym_float",
+            "sym_max",
+            "sym_min",
+            "sym_not",
+            "sym_ite",
+            "sym_sqrt",
+            "sym_sum",
+            "_sym_sqrt",
+        )
+    ]
     + [f"math.{n}" for n in ("trunc", "ceil", "floor", "sqrt")]
     + ["torch.sym_int", "torch._check", "torch._check_is_size"]
 )
@@ -39,14 +79,126 @@ _PLAIN_TARGETS = frozenset(
 _NAME_KEYS = frozenset(["name", "as_name", "as_names", "arg_name"])
 # keys whose values are qualified names (getattr paths, module FQNs)
 _DOTTED_KEYS = frozenset(
-    ["parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn",
-     "target_fqn"]
+    [
+        "parameter_name",
+        "buffer_name",
+        "tensor_constant_name",
+        "custom_obj_name",
+        "fqn",
+        "target_fqn",
+    ]
 )
 # dict keys that are value names (the graph's value tables)
 _VALUE_TABLES = frozenset(
-    ["tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values",
-     "custom_obj_values"]
+    ["tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"]
 )
+
+
+# torch's deserializer hands every symbolic expression (``expr_str``, range-constraint keys)
+# to ``sympy.sympify``, which evals it: only arithmetic over symbols and these functions pass
+_EXPR_KEYS = frozenset(["expr_str"])
+_EXPR_FUNCTIONS = frozenset(
+    [
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "Mod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "LShift",
+        "RShift",
+        "PowByNatural",
+        "FloatPow",
+        "FloatTrueDiv",
+        "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator",
+        "TruncToFloat",
+        "TruncToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "ToFloat",
+        "Identity",
+        "Max",
+        "Min",
+        "Abs",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+        "Not",
+        "floor",
+        "ceiling",
+        "sqrt",
+        "Integer",
+        "Rational",
+        "Float",
+        "Symbol",
+        "Add",
+        "Mul",
+        "Pow",
+        "OpaqueUnaryFn_sqrt",
+        "BitwiseFn_bitwise_and",
+        "BitwiseFn_bitwise_or",
+        "BitwiseFn_bitwise_xor",
+    ]
+)
+_EXPR_NODES = (
+    ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.Name,
+    ast.Load, ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)  # a graph repeats the same few expressions
+def safe_expr(text: Any) -> bool:
+    """Whether ``text`` is plain arithmetic/comparison over symbols, numbers and the sympy
+    functions torch serializes, in either spelling torch writes (``2*s0 + 1`` or sympy's
+    ``Add(Mul(Integer(2), Symbol('s0', positive=True, integer=True)), Integer(1))``): no
+    attributes, subscripts, lambdas, free strings or other calls."""
+    if not isinstance(text, str) or len(text) > 10_000:
+        return False
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    allowed_strings: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in _EXPR_FUNCTIONS:
+                return False
+            if node.func.id == "Symbol":
+                # Symbol('s0', positive=True, integer=True): a name and boolean assumptions
+                if not (len(node.args) == 1 and isinstance(node.args[0], ast.Constant)):
+                    return False
+                if not _ident(node.args[0].value):
+                    return False
+                allowed_strings.add(id(node.args[0]))
+                for kw in node.keywords:
+                    if not (
+                        kw.arg
+                        and _ident(kw.arg)
+                        and isinstance(kw.value, ast.Constant)
+                        and type(kw.value.value) is bool
+                    ):
+                        return False
+                    allowed_strings.add(id(kw.value))
+            elif node.keywords:
+                return False
+        elif isinstance(node, ast.Constant):
+            if type(node.value) not in (int, float, bool) and id(node) not in allowed_strings:
+                return False
+        elif isinstance(node, ast.Name):
+            if not _ident(node.id) or node.id.startswith("__"):
+                return False
+        elif not isinstance(node, (*_EXPR_NODES, ast.keyword)):
+            return False
+    return True
 
 
 def _ident(s: Any) -> bool:
@@ -69,8 +221,13 @@ def check_graph(data: Any, member: str) -> None:
     """Raise :class:`UnsafePackError` naming ``member`` and the JSON path of the first name
     or call target in ``data`` (bytes/str of JSON or the parsed object) that torch could
     turn into code."""
-    if isinstance(data, (bytes, bytearray, str)):
-        data = json.loads(data)
+    if isinstance(data, (bytes, bytearray, memoryview, str)):
+        try:
+            data = json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise UnsafePackError(
+                f"{member} is not valid JSON: {e}", member=member, field="", value=None
+            ) from None
     stack: list[tuple[str, Any]] = [("", data)]
     while stack:
         path, obj = stack.pop()
@@ -94,6 +251,14 @@ def check_graph(data: Any, member: str) -> None:
                     if not safe_target(v):
                         _bad(member, p, v, "a call target outside the operator allowlist")
                     continue
+                if k in _EXPR_KEYS and isinstance(v, str):
+                    if not safe_expr(v):
+                        _bad(member, p, v, "not a plain symbolic expression")
+                    continue
+                if k == "range_constraints" and isinstance(v, dict):
+                    for name in v:
+                        if not safe_expr(name):
+                            _bad(member, f"{p}[{name!r}]", name, "not a plain symbolic expression")
                 if k in _VALUE_TABLES and isinstance(v, dict):
                     for name in v:
                         if not _ident(name):

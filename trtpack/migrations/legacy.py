@@ -14,7 +14,6 @@ recognized, described, converted.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

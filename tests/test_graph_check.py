@@ -1,0 +1,180 @@
+"""A pack or legacy file whose graph would run code when torch rebuilds it is refused before
+torch sees it (trtpack/graph_check.py). Each attack is real: the payload would create a
+marker file, and the tests check that it never appears."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from models import CASES
+from test_container import raw_members, rewrite
+from test_migrate import edited_zip
+
+import trtpack
+from trtpack.cli import main as cli
+from trtpack.graph_check import check_graph, safe_expr, safe_target
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v0" / "torch_export"
+
+
+def _payload(marker: Path) -> str:
+    return f"exec('import pathlib; pathlib.Path({str(marker)!r}).touch()')"
+
+
+def _first_placeholder(graph: dict) -> str:
+    spec = graph["graph_module"]["signature"]["input_specs"]
+    user = [s for s in spec if "user_input" in s]
+    return user[0]["user_input"]["arg"]["as_tensor"]["name"]
+
+
+def _rename(raw: bytes, old: str, new: str) -> bytes:
+    """Rename a value everywhere in the graph JSON (placeholder, uses, signature)."""
+    return raw.replace(json.dumps(old).encode(), json.dumps(new).encode())
+
+
+def _hostile_pack(small_pack: Path, tmp_path: Path, edit) -> Path:
+    members = raw_members(small_pack)
+    graph = members["program/graph.json"]
+    return rewrite(
+        small_pack, tmp_path / "hostile.trtpack", replace={"program/graph.json": edit(graph)}
+    )
+
+
+def _refused(fn, marker: Path, field_part: str) -> trtpack.UnsafePackError:
+    with pytest.raises(trtpack.UnsafePackError) as info:
+        fn()
+    assert not marker.exists(), "the payload ran"
+    assert field_part in info.value.field
+    assert info.value.member is not None
+    return info.value
+
+
+def test_payload_runs_when_torch_deserializes_unchecked(small_pack, tmp_path):
+    """The attack is real: torch's own deserializer runs the renamed placeholder."""
+    from torch._export.serde.serialize import SerializedArtifact, deserialize
+
+    marker = tmp_path / "ran"
+    raw = raw_members(small_pack)["program/graph.json"]
+    old = _first_placeholder(json.loads(raw))
+    bad = _rename(raw, old, f"x=({_payload(marker)})")
+    try:
+        deserialize(SerializedArtifact(bad, {}, {}, b"")).module()
+    except Exception:
+        pass  # it may fail later; the question is whether the code ran first
+    if not marker.exists():
+        pytest.skip("this torch no longer runs code from graph names; the check stays")
+
+
+def test_placeholder_name_with_code_refused_on_load(small_pack, tmp_path):
+    marker = tmp_path / "ran"
+
+    def edit(raw: bytes) -> bytes:
+        old = _first_placeholder(json.loads(raw))
+        return _rename(raw, old, f"bias={_payload(marker)}")
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    trtpack.verify(pack)  # hashes are consistent: only the graph check can catch it
+    err = _refused(lambda: trtpack.load(pack), marker, "name")
+    assert err.member == "program/graph.json"
+    assert "bias=" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["builtins.exec", "os.system", "torch.load", "torch.ops.evil.run.default", "#evil"],
+)
+def test_call_target_outside_allowlist_refused(small_pack, tmp_path, target):
+    marker = tmp_path / "ran"
+
+    def edit(raw: bytes) -> bytes:
+        graph = json.loads(raw)
+        graph["graph_module"]["graph"]["nodes"][0]["target"] = target
+        return json.dumps(graph).encode()
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    err = _refused(lambda: trtpack.load(pack), marker, ".target")
+    assert "nodes[0]" in err.field and err.value == target
+
+
+def test_output_and_signature_names_refused(small_pack, tmp_path):
+    marker = tmp_path / "ran"
+
+    def edit(raw: bytes) -> bytes:
+        graph = json.loads(raw)
+        outputs = graph["graph_module"]["signature"]["output_specs"]
+        arg = outputs[0]["user_output"]["arg"]["as_tensor"]
+        return _rename(raw, arg["name"], f"y; {_payload(marker)}")
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    _refused(lambda: trtpack.load(pack), marker, "name")
+
+
+def test_symbolic_expression_with_code_refused(small_pack, tmp_path):
+    """torch hands expression strings to sympy.sympify, which evals them."""
+    marker = tmp_path / "ran"
+
+    def edit(raw: bytes) -> bytes:
+        payload = f"__import__('os').system('touch {marker}')"
+        text, n = re.subn(
+            r'"expr_str": "[^"]*"', json.dumps({"expr_str": payload})[1:-1], raw.decode(), count=1
+        )
+        assert n == 1, "the keywords model has a dynamic batch, so symbolic sizes"
+        return text.encode()
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    _refused(lambda: trtpack.load(pack), marker, "expr_str")
+
+
+def _hostile_pt2(tmp_path: Path, marker: Path) -> Path:
+    def edit(raw: bytes) -> bytes:
+        old = _first_placeholder(json.loads(raw))
+        return _rename(raw, old, f"bias={_payload(marker)}")
+
+    src = FIXTURES / "keywords.pt2"
+    with zipfile.ZipFile(src) as z:
+        model = next(n for n in z.namelist() if "/models/" in n and n.endswith(".json"))
+    return edited_zip(src, tmp_path / "hostile.pt2", model.rsplit("/", 1)[-1], edit)
+
+
+def test_legacy_pt2_with_code_refused_by_load_migrate_and_inspect(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    pt2 = _hostile_pt2(tmp_path, marker)
+    _refused(lambda: trtpack.load(pt2), marker, "name")
+    out = tmp_path / "out.trtpack"
+    _refused(lambda: trtpack.migrate(pt2, out), marker, "name")
+    assert not out.exists()
+    assert cli(["inspect", str(pt2)]) != 0
+    assert "UnsafePackError" in capsys.readouterr().err or not marker.exists()
+    assert not marker.exists()
+
+
+def test_legit_targets_and_expressions_pass():
+    for t in ["torch.ops.aten.add.Tensor", "torch.ops.aten.relu.default", "_operator.getitem",
+              "torch.ops.higher_order.cond", "torch.ops.tensorrt.execute_engine.default",
+              "torch.sym_max", "math.ceil"]:  # fmt: skip
+        assert safe_target(t), t
+    for e in ["s0", "2*s0 + 1", "Mod(s0, 32)", "Ne(s0, 3)", "FloorDiv(s1, 2)", "s0*s1 - 4"]:
+        assert safe_expr(e), e
+    for e in ["__import__('os')", "s0.__class__", "(lambda: 1)()", "s0[0]", "'a'", "open(1)"]:
+        assert not safe_expr(e), e
+
+
+def test_every_test_model_passes_and_check_is_fast(tmp_path):
+    """No real program is refused; the check costs well under a millisecond per graph here,
+    against tens of milliseconds for torch to deserialize it."""
+    worst = 0.0
+    for name, case in CASES.items():
+        _, ep = case.export()
+        path = trtpack.save(ep, tmp_path / f"{name}.trtpack").path
+        graph = json.loads(raw_members(path)["program/graph.json"])
+        start = time.perf_counter()
+        check_graph(graph, "program/graph.json")
+        worst = max(worst, time.perf_counter() - start)
+        trtpack.load(path, device="cpu")
+    print(f"graph check: worst {worst * 1e3:.3f} ms per graph")
+    assert worst < 0.05

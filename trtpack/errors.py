@@ -120,3 +120,30 @@ __all__ = [
     "MigrationError",
     "RegistryError",
 ]
+
+
+# --- signatures --------------------------------------------------------------------------
+
+
+class SignatureError(IntegrityError):
+    """A pack's signature does not verify: wrong key, tampered manifest, or subjects that do
+    not match the manifest's members and digests."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | None = None,
+        reason: str | None = None,
+        expected: object = None,
+        got: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+        self.expected = expected
+        self.got = got
+
+
+class UnsignedPackError(SignatureError):
+    """A signature was required and the pack has none."""

@@ -1,0 +1,196 @@
+"""Signatures over a pack's manifest, in the OpenSSF model-signing format (no torch).
+
+The signature is a detached sigstore bundle (``PACK.sig``, JSON, media type v0.3) whose DSSE
+envelope carries an in-toto statement with predicate type ``https://model_signing/signature/v1.0``
+and serialization ``files``: one resource per member (name, sha256 from the manifest) plus
+``manifest.json`` itself. So ``model_signing`` can verify the members extracted to a directory,
+and trtpack verifies by reading only ``manifest.json``: since the manifest records every
+member's SHA-256, a later member read is checked against a now-trusted manifest.
+Key-based (ECDSA PEM) signing only; no transparency log, works offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .container import PackReader, atomic_write
+from .errors import SignatureError, UnsignedPackError
+from .info import read_info
+from .manifest import MANIFEST_NAME
+
+PathLike = str | os.PathLike
+
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
+SIGNATURE_SUFFIX = ".sig"
+
+
+def signature_path(pack: PathLike) -> Path:
+    """Where the detached signature of ``pack`` lives by default: ``PACK.sig`` beside it."""
+    p = Path(pack)
+    return p.with_name(p.name + SIGNATURE_SUFFIX)
+
+
+def _pae(payload: bytes) -> bytes:
+    # DSSE pre-authentication encoding: what is actually signed.
+    t = PAYLOAD_TYPE.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def _resources(reader: PackReader) -> tuple[list[dict], str]:
+    """(path, sha256) of every member plus the manifest, sorted as model_signing sorts them."""
+    info = read_info(reader)  # reads manifest.json only
+    raw_digest = info.digest.removeprefix("sha256:")
+    items = {name: m.sha256.removeprefix("sha256:") for name, m in info.manifest.members.items()}
+    items[MANIFEST_NAME] = raw_digest
+    resources = [
+        {"name": name, "algorithm": "sha256", "digest": digest}
+        for name, digest in sorted(items.items())
+    ]
+    return resources, raw_digest
+
+
+def _root_digest(resources: list[dict]) -> str:
+    # model_signing's subject digest: SHA-256 over the concatenated raw resource digests.
+    h = hashlib.sha256()
+    for r in resources:
+        h.update(bytes.fromhex(r["digest"]))
+    return h.hexdigest()
+
+
+def _statement(resources: list[dict], name: str) -> dict:
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": name, "digest": {"sha256": _root_digest(resources)}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "serialization": {
+                "method": "files",
+                "hash_type": "sha256",
+                "allow_symlinks": False,
+                "ignore_paths": [],
+            },
+            "resources": resources,
+        },
+    }
+
+
+def _hash_for(key: object) -> object:  # a cryptography HashAlgorithm
+    from cryptography.hazmat.primitives import hashes
+
+    # The curve's matching hash, as model_signing picks it.
+    bits = key.curve.key_size  # type: ignore[attr-defined]
+    return hashes.SHA256() if bits <= 256 else hashes.SHA384() if bits <= 384 else hashes.SHA512()
+
+
+def sign(pack: PathLike, key: PathLike, *, output: PathLike | None = None) -> Path:
+    """Sign ``pack``'s manifest with an EC private key (PEM); write the bundle to ``output``
+    (default ``PACK.sig``) atomically and return its path. The pack itself is not changed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = serialization.load_pem_private_key(Path(key).read_bytes(), password=None)
+    if not isinstance(private, ec.EllipticCurvePrivateKey):
+        raise SignatureError(
+            f"{key}: not an elliptic-curve private key", path=str(key), reason="key type"
+        )
+    with PackReader(pack) as reader:
+        resources, _ = _resources(reader)
+    payload = json.dumps(_statement(resources, Path(pack).stem), sort_keys=True).encode()
+    sig = private.sign(_pae(payload), ec.ECDSA(_hash_for(private)))
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bundle = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {
+            "publicKey": {"hint": hashlib.sha256(public_pem).hexdigest()},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}],
+        },
+    }
+    out = Path(output) if output is not None else signature_path(pack)
+    with atomic_write(out) as fp:
+        fp.write(json.dumps(bundle, indent=2, sort_keys=True).encode() + b"\n")
+    return out
+
+
+def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None = None) -> dict:
+    """Check ``reader``'s pack against its signature, reading only ``manifest.json``.
+
+    Returns the verified in-toto statement. Raises UnsignedPackError when there is no
+    signature, SignatureError when it does not verify or does not match the manifest."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = str(reader.path)
+    sig_path = Path(signature) if signature is not None else signature_path(reader.path)
+    if not sig_path.is_file():
+        raise UnsignedPackError(
+            f"{path} is not signed: no signature at {sig_path}", path=path, reason="unsigned"
+        )
+
+    def fail(reason: str, expected: object = None, got: object = None) -> SignatureError:
+        msg = f"{path}: signature {sig_path} does not verify: {reason}"
+        return SignatureError(msg, path=path, reason=reason, expected=expected, got=got)
+
+    try:
+        bundle = json.loads(sig_path.read_bytes())
+        env = bundle["dsseEnvelope"]
+        payload = base64.b64decode(env["payload"], validate=True)
+        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
+        payload_type = env["payloadType"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise fail(f"not a sigstore bundle with a DSSE envelope ({e})") from None
+    if payload_type != PAYLOAD_TYPE:
+        raise fail("payload type", PAYLOAD_TYPE, payload_type)
+    public = serialization.load_pem_public_key(Path(key).read_bytes())
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise fail("the key is not an elliptic-curve public key")
+    for s in sigs:
+        try:
+            public.verify(s, _pae(payload), ec.ECDSA(_hash_for(public)))
+            break
+        except InvalidSignature:
+            continue
+    else:
+        raise fail("no signature in the bundle was made by this key")
+    try:
+        statement = json.loads(payload)
+        signed = statement["predicate"]["resources"]
+        subject = statement["subject"][0]["digest"]["sha256"]
+        predicate_type = statement["predicateType"]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise fail(f"the statement is malformed ({e})") from None
+    if predicate_type != PREDICATE_TYPE:
+        raise fail("predicate type", PREDICATE_TYPE, predicate_type)
+    actual, manifest_digest = _resources(reader)
+    want = {r["name"]: r["digest"] for r in signed if isinstance(r, dict) and "name" in r}
+    got = {r["name"]: r["digest"] for r in actual}
+    if want.get(MANIFEST_NAME) != manifest_digest or want != got:
+        diff = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
+        raise fail(
+            f"the pack differs from what was signed in {', '.join(diff)}",
+            {n: want.get(n) for n in diff},
+            {n: got.get(n) for n in diff},
+        )
+    if subject != _root_digest(sorted(signed, key=lambda r: r["name"])):
+        raise fail("the subject digest does not match the signed resources")
+    return statement
+
+
+def verify(pack: PathLike, key: PathLike, signature: PathLike | None = None) -> dict:
+    """Verify ``pack``'s signature (default ``PACK.sig``) with a PEM public key."""
+    with PackReader(pack) as reader:
+        return verify_reader(reader, key, signature)

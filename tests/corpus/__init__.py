@@ -6,8 +6,9 @@ Transformers / torchvision / timm cases are not written yet (see issue 9).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,15 @@ from .errors import (
     ProgramError,
     RangeOverrideError,
     RegistryError,
+    SignatureError,
     TrtpackError,
     UnsafePackError,
+    UnsignedPackError,
     UnsupportedVersionError,
 )
 from .info import PackInfo, inspect, verify
 from .manifest import FORMAT_VERSION, Manifest
+from .signing import sign
 
 if TYPE_CHECKING:
     from .derive import Range
@@ -81,6 +84,7 @@ __all__ = [
     "migrate",
     "inspect",
     "verify",
+    "sign",
     # errors
     "TrtpackError",
     "NotAPackError",
@@ -98,4 +102,6 @@ __all__ = [
     "MissingDependencyError",
     "MigrationError",
     "RegistryError",
+    "SignatureError",
+    "UnsignedPackError",
 ]

@@ -91,10 +91,27 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .info import human_size, verify
 
+    if args.key is not None:
+        from .signing import signature_path
+        from .signing import verify as verify_signature
+
+        verify_signature(args.pack, args.key, args.signature)
+        sig = args.signature or signature_path(args.pack)
+        print(f"OK  {args.pack}  signature {sig} verified with {args.key}")
+    elif args.signature is not None:
+        raise SystemExit("trtpack verify: --signature needs --key (the signer's public key)")
     info = verify(args.pack)
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
     print(f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import sign
+
+    out = sign(args.pack, args.key, output=args.signature)
+    print(f"signed {args.pack}: {out}")
     return 0
 
 
@@ -152,7 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check every member's SHA-256 against the manifest")
     p.add_argument("pack", help="path to a .trtpack file")
+    p.add_argument("--key", help="the signer's PEM public key: check the signature first")
+    p.add_argument("--signature", help="the signature bundle (default: PACK.sig)")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("sign", help="sign a pack's manifest (OpenSSF model-signing bundle)")
+    p.add_argument("pack", help="path to a .trtpack file")
+    p.add_argument("--key", required=True, help="an elliptic-curve private key (PEM)")
+    p.add_argument("--signature", help="where to write the bundle (default: PACK.sig)")
+    p.set_defaults(func=_cmd_sign)
 
     p = sub.add_parser(
         "add-engine",

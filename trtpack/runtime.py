@@ -205,6 +205,8 @@ def load(
     variant: str | None = None,
     outside_profile: str = "error",
     inference_mode: bool = True,
+    require_signature: PathLike | None = None,
+    signature: PathLike | None = None,
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -217,6 +219,9 @@ def load(
     ``"fallback"`` (run that call on the ExportedProgram).
     ``inference_mode``: run each call under ``torch.inference_mode()`` (outputs carry no
     autograd state); False runs calls in the caller's grad mode.
+    ``require_signature``: a PEM public key; the pack's signature (``signature``, default
+    ``PATH.sig``) must verify with it before any member but the manifest is read
+    (SignatureError / UnsignedPackError otherwise).
 
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
@@ -225,6 +230,10 @@ def load(
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
     with _open_any(path) as (reader, info):
+        if require_signature is not None:
+            from .signing import verify_reader
+
+            verify_reader(reader, require_signature, signature)
         manifest = info.manifest
         reason = None
         if manifest.engines or require_engine or variant is not None:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from .container import PackReader, atomic_write
-from .errors import SignatureError, UnsignedPackError
+from .errors import MissingDependencyError, SignatureError, UnsignedPackError
 from .info import read_info
 from .manifest import MANIFEST_NAME
 
@@ -29,6 +29,30 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 SIGNATURE_SUFFIX = ".sig"
+
+
+def _require_cryptography() -> None:
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "signing needs the 'cryptography' package: pip install 'trtpack[sign]'"
+        ) from None
+
+
+def _load_key(key: PathLike, *, private: bool) -> object:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = Path(key).read_bytes()
+    try:
+        if private:
+            return serialization.load_pem_private_key(raw, password=None)
+        return serialization.load_pem_public_key(raw)
+    except (ValueError, TypeError) as e:
+        kind = "private" if private else "public"
+        raise SignatureError(
+            f"{key} is not a PEM {kind} key: {e}", path=str(key), reason="key unreadable"
+        ) from None
 
 
 def signature_path(pack: PathLike) -> Path:
@@ -92,10 +116,11 @@ def _hash_for(key: object) -> object:  # a cryptography HashAlgorithm
 def sign(pack: PathLike, key: PathLike, *, output: PathLike | None = None) -> Path:
     """Sign ``pack``'s manifest with an EC private key (PEM); write the bundle to ``output``
     (default ``PACK.sig``) atomically and return its path. The pack itself is not changed."""
+    _require_cryptography()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    private = serialization.load_pem_private_key(Path(key).read_bytes(), password=None)
+    private = _load_key(key, private=True)
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         raise SignatureError(
             f"{key}: not an elliptic-curve private key", path=str(key), reason="key type"
@@ -130,8 +155,8 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
 
     Returns the verified in-toto statement. Raises UnsignedPackError when there is no
     signature, SignatureError when it does not verify or does not match the manifest."""
+    _require_cryptography()
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     path = str(reader.path)
@@ -155,7 +180,7 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
         raise fail(f"not a sigstore bundle with a DSSE envelope ({e})") from None
     if payload_type != PAYLOAD_TYPE:
         raise fail("payload type", PAYLOAD_TYPE, payload_type)
-    public = serialization.load_pem_public_key(Path(key).read_bytes())
+    public = _load_key(key, private=False)
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise fail("the key is not an elliptic-curve public key")
     for s in sigs:

@@ -9,21 +9,14 @@ from corpus import cases
 import trtpack
 
 CASES = cases()
-# Failing today under trtpack save/load; not triaged yet (deadline) — issue 9.
-XFAIL = {
-    "exportdb/" + n
-    for n in (
-        "assume_constant_result cond_closed_over_variable cond_operands constrain_as_size_example"
-        " constrain_as_value_example dynamic_shape_map scalar_output user_input_mutation"
-    ).split()
-}
+# Cases that fail under trtpack save/load today, with the reason (none at present; a case
+# listed here that starts passing fails the run, so the list stays true).
+XFAIL: dict[str, str] = {}
 PARAMS = [
     pytest.param(
         c,
         id=c.name,
-        marks=[pytest.mark.xfail(strict=True, reason="untriaged — issue 9")]
-        if c.name in XFAIL
-        else [],
+        marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c.name])] if c.name in XFAIL else [],
     )
     for c in CASES
 ]
@@ -36,8 +29,15 @@ def test_roundtrip_equals_eager(case, tmp_path):
         ep = torch.export.export(model, args, kwargs, dynamic_shapes=dyn, strict=False)
     except Exception as e:  # ExportDB lists cases torch.export itself does not support
         pytest.skip(f"torch.export fails: {type(e).__name__}")
-    want = ep.module()(*args, **kwargs)
+
+    # each call gets fresh copies: some examples mutate their inputs in place
+    def fresh():
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
+
+    a, k = fresh()
+    want = ep.module()(*a, **k)
     path = tmp_path / "m.trtpack"
     trtpack.save(ep, path)
-    got = trtpack.load(path)(*args, **kwargs)
+    a, k = fresh()
+    got = trtpack.load(path)(*a, **k)
     torch.testing.assert_close(got, want, rtol=0, atol=0)

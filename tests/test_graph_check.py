@@ -158,7 +158,17 @@ def test_legit_targets_and_expressions_pass():
               "torch.ops.higher_order.cond", "torch.ops.tensorrt.execute_engine.default",
               "torch.sym_max", "math.ceil"]:  # fmt: skip
         assert safe_target(t), t
-    for e in ["s0", "2*s0 + 1", "Mod(s0, 32)", "Ne(s0, 3)", "FloorDiv(s1, 2)", "s0*s1 - 4"]:
+    for e in [
+        "s0",
+        "2*s0 + 1",
+        "Mod(s0, 32)",
+        "Ne(s0, 3)",
+        "FloorDiv(s1, 2)",
+        "s0*s1 - 4",
+        "StrictGreaterThan(Symbol('s77', positive=True, integer=True), Integer(2))",
+        "LessThan(Symbol('u1', integer=True), Integer(3))",
+        "IntInfinity()",
+    ]:
         assert safe_expr(e), e
     for e in ["__import__('os')", "s0.__class__", "(lambda: 1)()", "s0[0]", "'a'", "open(1)"]:
         assert not safe_expr(e), e

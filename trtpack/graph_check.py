@@ -140,6 +140,20 @@ _EXPR_FUNCTIONS = frozenset(
         "Rational",
         "Float",
         "Symbol",
+        "StrictGreaterThan",
+        "StrictLessThan",
+        "GreaterThan",
+        "LessThan",
+        "Equality",
+        "Unequality",
+        "Piecewise",
+        "ExprCondPair",
+        "ITE",
+        "Xor",
+        "IntInfinity",
+        "NegativeIntInfinity",
+        "Infinity",
+        "NegativeInfinity",
         "Add",
         "Mul",
         "Pow",
@@ -239,6 +253,8 @@ def check_graph(data: Any, member: str) -> None:
                     for i, s in enumerate(vals):
                         if isinstance(s, (dict, list)):
                             stack.append((p, s))
+                        elif s == "" and k == "name" and re.search(r"\.inputs\[\d+\]\Z", path):
+                            continue  # a node argument passed positionally has no name
                         elif s is not None and not _ident(s):
                             _bad(member, p if vals is not v else f"{p}[{i}]", s)
                     continue

@@ -16,7 +16,7 @@ import keyword
 import re
 from typing import Any
 
-from .errors import UnsafePackError
+from .errors import IntegrityError, UnsafePackError
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # torch.ops namespaces a program may call: core ATen/prims, torch.export's higher-order ops,
@@ -239,8 +239,9 @@ def check_graph(data: Any, member: str) -> None:
         try:
             data = json.loads(bytes(data) if isinstance(data, memoryview) else data)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise UnsafePackError(
-                f"{member} is not valid JSON: {e}", member=member, field="", value=None
+            # corrupt rather than hostile: nothing of it reaches torch either way
+            raise IntegrityError(
+                f"{member}: cannot read the program: not valid JSON ({e})", member=member
             ) from None
     stack: list[tuple[str, Any]] = [("", data)]
     while stack:

@@ -190,10 +190,14 @@ def parse_layout(
 ) -> list[ViewEntry]:
     """The ``trtpack.tensors`` metadata, checked: groups, dtypes, and every view inside the
     bytes of the stored tensor it views."""
+    if LAYOUT_KEY not in metadata:
+        raise IntegrityError(f"{where} has no {LAYOUT_KEY!r} metadata", member=where,
+                             field=LAYOUT_KEY)  # fmt: skip
     try:
         layout = json.loads(metadata[LAYOUT_KEY])
-    except (KeyError, ValueError, TypeError, RecursionError):
-        raise IntegrityError(f"{where} has no valid {LAYOUT_KEY!r} metadata",
+    except (ValueError, TypeError, RecursionError):
+        # JSON only: metadata is never unpickled, whatever it holds
+        raise IntegrityError(f"{where} has no {LAYOUT_KEY!r} metadata in JSON",
                              member=where, field=LAYOUT_KEY) from None  # fmt: skip
     if not isinstance(layout, dict):
         raise IntegrityError(f"{where}: {LAYOUT_KEY!r} is not an object", member=where,

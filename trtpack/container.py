@@ -17,13 +17,11 @@ padding from the central directory; reading stays with :mod:`zipfile`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import mmap
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .atomic import atomic_write
+from .atomic import fsync_dir as _fsync_dir  # noqa: F401
 from .errors import (
     IntegrityError,
     MissingMemberError,
@@ -164,45 +164,6 @@ def check_member_name(name: str) -> None:
             f"member name {name!r} is not a safe relative path "
             "(no leading '/', no '..' or '.' parts, no backslash, no drive letter)"
         )
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
-    """Write to a temporary file beside ``path``; on success fsync it, rename it over
-    ``path`` and fsync the directory. On any error the temporary file is removed and
-    ``path`` is untouched."""
-    target = Path(path)
-    if not overwrite and target.exists():
-        raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        if not overwrite and target.exists():
-            raise FileExistsError(f"{target} appeared while writing; not replacing it")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not every platform can open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -102,6 +102,15 @@ class RegistryError(TrtpackError):
     """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
 
 
+class PackLockedError(TrtpackError):
+    """Another writer holds the lock on a pack's directory for longer than the timeout."""
+
+    def __init__(self, message: str, *, path: str | None = None, timeout: float | None = None):
+        super().__init__(message)
+        self.path = path
+        self.timeout = timeout
+
+
 __all__ = [
     "TrtpackError",
     "NotAPackError",
@@ -119,6 +128,7 @@ __all__ = [
     "MissingDependencyError",
     "MigrationError",
     "RegistryError",
+    "PackLockedError",
 ]
 
 

@@ -312,9 +312,12 @@ def add_engine(
     module from ``trtpack.compile``. The pack's other members are copied byte for byte.
     """
     from ..assemble import write
+    from ..atomic import pack_lock
 
     target_path = Path(out) if out is not None else Path(pack)
-    with open_pack(pack) as (reader, info):
+    # held from before the read until after the rename: a second add_engine waits, never
+    # writes a pack built from the old content (which would drop the first one's variant)
+    with pack_lock(target_path), open_pack(pack) as (reader, info):
         manifest = info.manifest
         members: dict[str, Source] = {n: reader.slice(n) for n in manifest.members}
         new_variants, new_members = _variants_from(source, manifest, variant)

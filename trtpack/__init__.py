@@ -26,6 +26,7 @@ from .errors import (
     MissingMemberError,
     NotAPackError,
     NoUsableEngineError,
+    PackLockedError,
     ProgramError,
     RangeOverrideError,
     RegistryError,
@@ -104,4 +105,5 @@ __all__ = [
     "RegistryError",
     "SignatureError",
     "UnsignedPackError",
+    "PackLockedError",
 ]

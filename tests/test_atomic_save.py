@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import trtpack
+from trtpack.atomic import SUFFIX
 
 CHILD = r"""
 import sys, torch, trtpack
@@ -67,7 +68,7 @@ def test_killed_save_leaves_old_or_new_pack(tmp_path, small_pack):
         if not target.exists():
             assert i % 2 == 1, "an existing pack was lost"
             seen["absent"] = seen.get("absent", 0) + 1
-            for leftover in work.glob(".model.trtpack.*.tmp"):
+            for leftover in work.glob(f".model.trtpack.*{SUFFIX}"):
                 leftover.unlink()
             continue
         digest = trtpack.verify(target).digest  # fully valid, every member hash checked
@@ -75,7 +76,7 @@ def test_killed_save_leaves_old_or_new_pack(tmp_path, small_pack):
         seen[digest] = seen.get(digest, 0) + 1
         for leftover in work.iterdir():  # only temporary files may be left beside it
             assert leftover == target or leftover.name.startswith(".model.trtpack."), leftover
-        partial = list(work.glob(".model.trtpack.*.tmp"))
+        partial = list(work.glob(f".model.trtpack.*{SUFFIX}"))
         if partial:
             seen["killed mid-write"] = seen.get("killed mid-write", 0) + 1
         for leftover in partial:

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import mmap
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -38,6 +39,7 @@ from .errors import (
     NotAPackError,
     UnsafePackError,
 )
+from .limits import MAX_MEMBERS, refuse
 from .manifest import MANIFEST_NAME
 
 ALIGNMENT = 4096
@@ -313,6 +315,9 @@ class _ZipWriter:
 
 
 _PLACEHOLDER = "0" * 64
+#: directory bytes per entry that the cap on entries allows (46-byte header, a long name,
+#: ZIP64 and alignment extras)
+_MAX_ENTRY_BYTES = 512
 
 
 def write_pack(
@@ -412,6 +417,8 @@ class MemberInfo:
     name: str
     offset: int  # where the data starts in the file
     size: int
+    crc32: int = 0
+    compressed_size: int | None = None  # None: stored
 
 
 class PackReader:
@@ -419,12 +426,20 @@ class PackReader:
     local headers; member data is read (or mapped) on request."""
 
     def __init__(
-        self, path: PathLike, *, require_stored: bool = True, data: bytearray | None = None
+        self,
+        path: PathLike,
+        *,
+        require_stored: bool = True,
+        check_crc: bool = False,
+        data: bytearray | None = None,
     ) -> None:
         """Read the zip at ``path``, or, with ``data``, the zip in memory (``path`` then only
-        names it in messages)."""
+        names it in messages). ``check_crc``: check each member's zip CRC-32 when it is first
+        read (for files without trtpack's SHA-256 digests: legacy torch.export files)."""
         self.path = Path(path)
         self._data = data
+        self._check_crc = check_crc
+        self._crc_checked: set[str] = set()
         self._file: BinaryIO
         if data is not None:
             self._file = _Memory(data)  # type: ignore[assignment]
@@ -461,9 +476,35 @@ class PackReader:
 
     # -- the directory ----------------------------------------------------------------------
 
+    def _check_end_record(self) -> None:
+        """The entry count and directory size the end record declares, against the caps,
+        before :mod:`zipfile` walks the directory."""
+        f = self._file
+        tail_len = min(self.file_size, 22 + 0xFFFF)
+        f.seek(self.file_size - tail_len)
+        tail = f.read(tail_len)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return  # no end record: zipfile says so below
+        count, cd_size = struct.unpack_from("<HI", tail, at + 10)
+        if (count == 0xFFFF or cd_size == 0xFFFFFFFF) and at >= 20:
+            sig, _, eocd64 = struct.unpack_from("<IIQ", tail, at - 20)
+            if sig == 0x07064B50 and 0 <= eocd64 <= self.file_size - 56:
+                f.seek(eocd64)
+                record = f.read(56)
+                if record[:4] == b"PK\x06\x06":
+                    count, cd_size = struct.unpack_from("<QQ", record, 32)
+        if count > MAX_MEMBERS:
+            raise refuse("number of zip entries", MAX_MEMBERS, count, str(self.path))
+        if cd_size > MAX_MEMBERS * _MAX_ENTRY_BYTES:
+            raise refuse("size of the zip directory in bytes", MAX_MEMBERS * _MAX_ENTRY_BYTES,
+                         cd_size, str(self.path))  # fmt: skip
+        f.seek(0)
+
     def _read_directory(self, require_stored: bool) -> dict[str, MemberInfo]:
         f = self._file
         head = f.read(4)
+        self._check_end_record()
         try:
             zf = zipfile.ZipFile(f)
         except zipfile.BadZipFile as e:
@@ -475,9 +516,17 @@ class PackReader:
             raise NotAPackError(
                 f"{self.path} is not a zip file, so not a .trtpack (first bytes {head!r})"
             ) from None
-        except (EOFError, OSError, ValueError, struct.error) as e:
+        except NotImplementedError as e:  # "zip file version 25.5": a damaged directory
+            raise IntegrityError(
+                f"{self.path}: the zip directory asks for a zip feature trtpack does not "
+                f"read ({e}); the file is damaged or not a trtpack pack",
+                field="version needed to extract",
+            ) from None
+        except (EOFError, OSError, ValueError, struct.error, OverflowError) as e:
             raise IntegrityError(f"{self.path}: the zip directory cannot be read: {e}") from None
         infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise refuse("number of zip entries", MAX_MEMBERS, len(infos), str(self.path))
         members: dict[str, MemberInfo] = {}
         spans: list[tuple[int, int, str]] = []
         for info in infos:
@@ -500,6 +549,26 @@ class PackReader:
                 )
             if info.flag_bits & 0x1:
                 raise UnsafePackError(f"{self.path}: member {name!r} is encrypted")
+            if info.create_system == 3:  # Unix: the high 16 bits are st_mode
+                mode = info.external_attr >> 16
+                if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+                    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+                    raise UnsafePackError(
+                        f"{self.path}: member {name!r} is {kind} (mode {mode:o}); pack members "
+                        "are regular files",
+                        member=name,
+                        field="external_attr",
+                        value=oct(mode),
+                    )
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise UnsafePackError(
+                    f"{self.path}: member {name!r} uses compression method "
+                    f"{info.compress_type}; trtpack reads stored (and, in legacy files, "
+                    "deflated) members only",
+                    member=name,
+                    field="compression",
+                    value=info.compress_type,
+                )
             data_offset = self._local_data_offset(info)
             end = data_offset + info.compress_size
             if end > self.file_size:
@@ -509,7 +578,9 @@ class PackReader:
                     "(truncated file or a zip bomb)"
                 )
             spans.append((info.header_offset, end, name))
-            members[name] = MemberInfo(name, data_offset, info.file_size)
+            stored = info.compress_type == zipfile.ZIP_STORED
+            members[name] = MemberInfo(name, data_offset, info.file_size, info.CRC,
+                                       None if stored else info.compress_size)  # fmt: skip
         spans.sort()
         for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
             if start_b < end_a:
@@ -517,7 +588,7 @@ class PackReader:
         return members
 
     def _local_data_offset(self, info: zipfile.ZipInfo) -> int:
-        if info.header_offset + 30 > self.file_size:
+        if info.header_offset < 0 or info.header_offset + 30 > self.file_size:
             raise UnsafePackError(
                 f"{self.path}: member {info.filename!r} has its header beyond the end of the file"
             )
@@ -530,6 +601,12 @@ class PackReader:
                 f"offset {info.header_offset}"
             )
         raw_name = self._file.read(name_len)
+        if len(raw_name) != name_len:
+            raise IntegrityError(
+                f"{self.path}: member {info.filename!r}: its local header runs past the end "
+                "of the file (truncated)",
+                member=info.filename,
+            )
         name = raw_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
         if name != info.filename:
             raise UnsafePackError(
@@ -553,27 +630,71 @@ class PackReader:
         """A member's bytes (a copy). For small members."""
         info = self.info(name)
         self._file.seek(info.offset)
-        data = self._file.read(info.size)
-        if len(data) != info.size:
-            raise IntegrityError(f"{self.path}: member {name!r} is truncated")
+        stored = info.size if info.compressed_size is None else info.compressed_size
+        data = self._file.read(stored)
+        if len(data) != stored:
+            raise IntegrityError(f"{self.path}: member {name!r} is truncated", member=name)
+        if info.compressed_size is not None:
+            data = self._inflate(info, data)
+        self._crc(info, data)
         return data
+
+    def _inflate(self, info: MemberInfo, data: bytes) -> bytes:
+        """A deflated member of a legacy file, never inflated past its declared size."""
+        try:
+            inflater = zlib.decompressobj(-15)
+            out = inflater.decompress(data, info.size + 1)
+        except zlib.error as e:
+            raise IntegrityError(
+                f"{self.path}: member {info.name!r} does not inflate: {e}", member=info.name
+            ) from None
+        if len(out) != info.size:
+            raise IntegrityError(
+                f"{self.path}: member {info.name!r} inflates to a size other than the "
+                f"{info.size} bytes the directory declares",
+                member=info.name,
+                field="size",
+                expected=info.size,
+            )
+        return out
+
+    def _crc(self, info: MemberInfo, data: Data) -> None:
+        if not self._check_crc or info.name in self._crc_checked:
+            return
+        got = zlib.crc32(data)
+        if got != info.crc32:
+            raise IntegrityError(
+                f"{self.path}: member {info.name!r} is corrupt: its CRC-32 is {got:08x}, the "
+                f"zip directory says {info.crc32:08x}",
+                member=info.name,
+                field="crc32",
+                expected=f"{info.crc32:08x}",
+                got=f"{got:08x}",
+            )
+        self._crc_checked.add(info.name)
 
     def view(self, name: str) -> memoryview:
         """A zero-copy, writable (copy-on-write) view of a member's bytes, backed by a private
         memory map of the file."""
         info = self.info(name)
+        if info.compressed_size is not None:
+            return memoryview(bytearray(self.read(name)))
         if info.size == 0:
+            self._crc(info, b"")
             return memoryview(b"")
         if self._data is not None:
-            return memoryview(self._data)[info.offset : info.offset + info.size]
-        if self._mmap is None:
-            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-        return memoryview(self._mmap)[info.offset : info.offset + info.size]
+            view = memoryview(self._data)[info.offset : info.offset + info.size]
+        else:
+            if self._mmap is None:
+                self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            view = memoryview(self._mmap)[info.offset : info.offset + info.size]
+        self._crc(info, view)
+        return view
 
     def slice(self, name: str) -> Source:
         """The member as a source to copy into another pack, without reading it here."""
         info = self.info(name)
-        if self._data is not None:
+        if self._data is not None or info.compressed_size is not None or self._check_crc:
             return self.view(name)
         return FileSlice(self.path, info.offset, info.size)
 

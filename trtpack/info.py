@@ -22,9 +22,8 @@ from .errors import (
     NotAPackError,
     UnsafePackError,
 )
+from .limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, IOSpec, Manifest, Symbol, parse_dim
-
-_MANIFEST_LIMIT = 64 << 20  # a manifest this large is not a manifest
 
 
 @dataclass(frozen=True)
@@ -55,16 +54,20 @@ def read_info(reader: PackReader) -> PackInfo:
             f"{reader.path} is a zip without {MANIFEST_NAME} (members: {names}), so not a "
             "trtpack pack; `trtpack migrate` converts torch.export and torch_tensorrt files"
         )
-    if reader.info(MANIFEST_NAME).size > _MANIFEST_LIMIT:
-        raise UnsafePackError(f"{reader.path}: {MANIFEST_NAME} is larger than 64 MiB")
+    size = reader.info(MANIFEST_NAME).size
+    if size > MAX_MANIFEST_BYTES:
+        raise refuse(f"size of {MANIFEST_NAME} in bytes", MAX_MANIFEST_BYTES, size,
+                     str(reader.path))  # fmt: skip
     raw = reader.read(MANIFEST_NAME)
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
+    data = parse_manifest_json(raw, str(reader.path))
     upgraded_from = None
     version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, list) and len(version) == 2 and tuple(version) < FORMAT_VERSION:
+    if (
+        isinstance(version, list)
+        and len(version) == 2
+        and all(type(v) is int and v >= 0 for v in version)
+        and tuple(version) < FORMAT_VERSION
+    ):
         from .migrations.steps import upgrade  # an older format: upgraded in memory
 
         upgraded_from = (int(version[0]), int(version[1]))

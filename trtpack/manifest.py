@@ -191,11 +191,9 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Manifest:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ManifestError(f"manifest.json is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        from .limits import parse_manifest_json
+
+        return cls.from_dict(parse_manifest_json(raw, "manifest"))
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)

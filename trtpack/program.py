@@ -257,8 +257,17 @@ def runnable(ep: ExportedProgram) -> torch.fx.GraphModule:
     """``ep.module()`` without torch's own per-call input checks: the pack's contract has
     already checked the call, in a fraction of the time."""
     try:
-        module = ep.module(check_guards=False)
-    except TypeError:  # older torch: no check_guards argument
-        module = ep.module()
+        try:
+            module = ep.module(check_guards=False)
+        except TypeError as e:  # older torch: no check_guards argument
+            if "check_guards" not in str(e):
+                raise
+            module = ep.module()
+    except ProgramError:
+        raise
+    except Exception as e:  # the deserializer accepted a graph that torch cannot unlift
+        raise ProgramError(
+            f"torch cannot build a module from the stored program: {type(e).__name__}: {e}"
+        ) from e
     module.validate_inputs = False
     return module

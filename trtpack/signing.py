@@ -176,7 +176,7 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
         payload = base64.b64decode(env["payload"], validate=True)
         sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
         payload_type = env["payloadType"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise fail(f"not a sigstore bundle with a DSSE envelope ({e})") from None
     if payload_type != PAYLOAD_TYPE:
         raise fail("payload type", PAYLOAD_TYPE, payload_type)
@@ -196,7 +196,7 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
         signed = statement["predicate"]["resources"]
         subject = statement["subject"][0]["digest"]["sha256"]
         predicate_type = statement["predicateType"]
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
         raise fail(f"the statement is malformed ({e})") from None
     if predicate_type != PREDICATE_TYPE:
         raise fail("predicate type", PREDICATE_TYPE, predicate_type)

@@ -88,11 +88,20 @@ def convert(
             "trtpack.compile + trtpack.save, or save with torch_tensorrt.save(..., "
             "output_format='exported_program') and migrate that file"
         )
-    with PackReader(p, require_stored=kind != PRE_PT2) as reader:
+    # zip CRC-32 checked on every member read: these files have no stronger digest
+    with PackReader(p, require_stored=kind != PRE_PT2, check_crc=kind != TRTPACK) as reader:
         if kind == TRTPACK:
             return _convert_pack(reader)
         if kind == PT2:
-            return convert_pt2(reader, torch_tensorrt_variant=variant)
+            try:
+                return convert_pt2(reader, torch_tensorrt_variant=variant)
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+                # torch.export's JSON of another shape than the one it writes (damaged or
+                # crafted): the reader walks it as torch wrote it, any other shape ends here
+                raise MigrationError(
+                    f"{p}: the torch.export program is not in the shape torch.export writes "
+                    f"({type(e).__name__}: {e})"
+                ) from None
         return _convert_pre_pt2(reader)
 
 

@@ -20,6 +20,7 @@ from ..engines.packed_info import PackedEngine, read_engine_pickle
 from ..engines.plan import parse_plan
 from ..engines.saving import default_variant_name, engine_settings, narrowed_ranges, target_of
 from ..errors import EngineError, MigrationError
+from ..limits import loads
 from ..manifest import Binding, EngineSpec, Interface, Producer, ProgramRef, Variant
 from ..tensorfile import DTYPES, RawTensor, layout_metadata, safetensors_source
 from .serde_json import SCALAR_TYPES, SerializedProgram
@@ -61,19 +62,23 @@ def model_json(reader: PackReader, root: str) -> tuple[str, dict[str, Any]]:
             "one program per pack"
         )
     name = f"{root}models/model.json" if f"{root}models/model.json" in models else models[0]
-    try:
-        return name, json.loads(reader.read(name))
-    except ValueError as e:
-        raise MigrationError(f"{reader.path}: {name} is not JSON: {e}") from None
+    return name, loads(reader.read(name), f"{reader.path}: {name}", MigrationError)
 
 
 def _config(reader: PackReader, member: str) -> dict[str, Any]:
     if member not in reader:
         return {}
-    try:
-        return json.loads(reader.read(member)).get("config", {})
-    except (ValueError, AttributeError) as e:
-        raise MigrationError(f"{reader.path}: {member} is not a payload config: {e}") from None
+    data = loads(reader.read(member), f"{reader.path}: {member}", MigrationError)
+    config = data.get("config", {}) if isinstance(data, dict) else None
+    if not isinstance(config, dict) or not all(
+        isinstance(meta, dict) and isinstance(meta.get("path_name"), str)
+        for meta in config.values()
+    ):
+        raise MigrationError(
+            f"{reader.path}: {member} is not a payload config ({{'config': {{name: "
+            "{'path_name': str, ...}}}} as torch.export writes it)"
+        )
+    return config
 
 
 def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None) -> Converted:

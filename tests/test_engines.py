@@ -336,7 +336,8 @@ def test_engine_that_disagrees_with_the_manifest_is_a_clean_fallback(program_pac
                            verify=True, require_engine=False, variant=None,
                            environment=_fitting_env())  # fmt: skip
     assert (
-        "is a tensorrt_rtx 1.7.1.116 plan, the manifest says tensorrt_rtx 1.6.1.120" in got.reason
+        "the plan's header says trt_version '1.7.1.116', the variant's target says '1.6.1.120'"
+        in got.reason
     )
 
 

@@ -34,7 +34,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _inspect_other(args: argparse.Namespace) -> int:
     from .container import PackReader
     from .info import read_info, render
-    from .migrations.legacy import ENGINE, convert, detect, to_pack
+    from .migrations.legacy import ENGINE, PRE_PT2, convert, detect, to_pack
 
     kind = detect(args.pack)  # raises NotAPackError naming what it found
     if kind == ENGINE:
@@ -47,6 +47,8 @@ def _inspect_other(args: argparse.Namespace) -> int:
         print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs {gpus}")
         print(f"not a .trtpack: `trtpack pack {args.pack} --input NAME:DTYPE[DIMS] -o OUT`")
         return 0
+    if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
+        return _inspect_pre_pt2(args)
     converted = convert(args.pack)
     with PackReader(args.pack, data=to_pack(converted, None)) as reader:
         info = read_info(reader)
@@ -59,6 +61,25 @@ def _inspect_other(args: argparse.Namespace) -> int:
     sys.stdout.write(render(info))
     for note in converted.notes:
         print(f"note: {note}")
+    return 0
+
+
+def _inspect_pre_pt2(args: argparse.Namespace) -> int:
+    from .info import render_interface
+    from .manifest import _to_json_value
+    from .migrations.legacy import describe_pre_pt2
+
+    kind, iface = describe_pre_pt2(args.pack)
+    if args.json:
+        out = {"kind": kind, **_to_json_value(iface)}
+        sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
+        return 0
+    print(f"{args.pack}: a {kind}, without trtpack metadata")
+    print(
+        f"would be migrated by `trtpack migrate {args.pack} OUT.trtpack` (which needs torch, "
+        "to read its pickled weights with torch's weights_only loader); its interface:\n"
+    )
+    sys.stdout.write(render_interface(iface.inputs, iface.outputs, iface.symbols))
     return 0
 
 

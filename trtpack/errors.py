@@ -82,6 +82,11 @@ class InputMismatchError(TrtpackError, ValueError):
 class EngineError(TrtpackError):
     """A TensorRT engine is unusable: corrupt, inconsistent with the manifest, or refused."""
 
+    def __init__(self, *args: object, member: str | None = None, field: str | None = None,
+                 expected: object = None, got: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.member, self.field, self.expected, self.got = member, field, expected, got
+
 
 class NoUsableEngineError(EngineError):
     """``require_engine=True`` was given and no engine variant can run here."""

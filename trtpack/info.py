@@ -8,7 +8,6 @@ grow with the pack. ``verify`` also hashes every member. ``render`` draws the ta
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from pathlib import Path
 from .container import PackReader, PathLike
 from .errors import (
     IntegrityError,
-    ManifestError,
     MissingMemberError,
     NotAPackError,
     UnsafePackError,
@@ -109,10 +107,18 @@ def inspect(path: PathLike) -> PackInfo:
 
 
 def verify(path: PathLike) -> PackInfo:
-    """Check every member's SHA-256 and size against the manifest. Raises IntegrityError."""
+    """Check every member's SHA-256 and size against the manifest, and every engine plan's
+    header against its variant's target. Raises IntegrityError or EngineError."""
+    from .engines.plan import check_plan_target, parse_plan
+
     with open_pack(path) as (reader, info):
         for name, member in info.manifest.members.items():
             reader.verify(name, member.sha256, member.size)
+        for variant in info.manifest.engines:
+            for engine in variant.engines:
+                where = f"{reader.path}: engine member {engine.member!r}"
+                plan = parse_plan(reader.view(engine.member), where=where)
+                check_plan_target(plan, variant.target, engine.member)
         return info
 
 
@@ -204,20 +210,14 @@ def _engine_lines(m: Manifest) -> list[str]:
     return lines
 
 
-def render(info: PackInfo) -> str:
-    """The human-readable summary printed by ``trtpack inspect``."""
-    m = info.manifest
-    lines = [
-        f"{info.path.name}  {human_size(info.file_size)}  trtpack format "
-        f"{m.format_version[0]}.{m.format_version[1]}",
-        f"digest   {info.digest}",
-    ]
-    if m.metadata:
-        lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
-    lines.append("inputs")
-    lines += _table([(i.name, *_describe(i, m.symbols)) for i in m.inputs])
+def render_interface(
+    inputs: tuple[IOSpec, ...], outputs: tuple[IOSpec, ...], symbols: dict[str, Symbol]
+) -> str:
+    """The inputs, outputs and symbols tables."""
+    lines = ["inputs"]
+    lines += _table([(i.name, *_describe(i, symbols)) for i in inputs])
     lines.append("outputs")
-    lines += _table([(o.name, *_describe(o, m.symbols)) for o in m.outputs])
+    lines += _table([(o.name, *_describe(o, symbols)) for o in outputs])
     lines.append("symbols")
     lines += _table(
         [
@@ -228,9 +228,23 @@ def render(info: PackInfo) -> str:
                 f"opt {s.opt}",
                 f"({s.opt_source})",
             )
-            for name, s in m.symbols.items()
+            for name, s in symbols.items()
         ]
     )
+    return "\n".join(lines) + "\n"
+
+
+def render(info: PackInfo) -> str:
+    """The human-readable summary printed by ``trtpack inspect``."""
+    m = info.manifest
+    lines = [
+        f"{info.path.name}  {human_size(info.file_size)}  trtpack format "
+        f"{m.format_version[0]}.{m.format_version[1]}",
+        f"digest   {info.digest}",
+    ]
+    if m.metadata:
+        lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
+    lines.append(render_interface(m.inputs, m.outputs, m.symbols).rstrip("\n"))
     if m.program is not None:
         lines.append(
             f"program  ExportedProgram (torch.export schema "

@@ -50,8 +50,6 @@ def json_depth(value: Any) -> int:
         else:
             continue
         depth = max(depth, d)
-        if depth > MAX_JSON_DEPTH:
-            return depth
         stack.extend((c, d + 1) for c in children)
     return depth
 
@@ -61,8 +59,6 @@ def _tree_depth(tree: Any) -> int:
     while stack:
         node, d = stack.pop()
         depth = max(depth, d)
-        if depth > MAX_TREE_DEPTH:
-            return depth
         children = node.get("children") if isinstance(node, dict) else None
         if isinstance(children, list):
             stack.extend((c, d + 1) for c in children)

@@ -232,6 +232,13 @@ class Manifest:
                 f"output_tree has {_count_leaves(self.output_tree)} leaves "
                 f"but there are {len(self.outputs)} outputs"
             )
+        self._check_paths()
+        for spec in self.inputs:
+            if spec.symbol is not None and spec.symbol not in self.symbols:
+                raise ManifestError(
+                    f"input {spec.name!r} equals symbol {spec.symbol!r}, which is not in the "
+                    "symbols table"
+                )
         referenced = []
         if self.program is not None:
             referenced += [self.program.graph, self.program.weights]
@@ -248,14 +255,86 @@ class Manifest:
                     f"engine variant {variant.name!r} has no program, so it must be one "
                     "whole-graph engine"
                 )
-            for sym in variant.ranges:
+            for sym, (lo, hi) in variant.ranges.items():
                 if sym not in self.symbols:
                     raise ManifestError(
                         f"engine variant {variant.name!r} narrows unknown symbol {sym!r}"
                     )
+                if hi is not None and lo > hi:
+                    raise ManifestError(
+                        f"engine variant {variant.name!r}: range of {sym!r} [{lo}, {hi}] is empty"
+                    )
+            if variant.whole_graph:
+                problem = whole_graph_mismatch(variant, self.inputs, self.outputs)
+                if problem is not None:
+                    raise ManifestError(problem)
         for member in referenced:
             if member not in self.members:
                 raise ManifestError(f"{member!r} is referenced but not listed in members")
+
+    def _check_paths(self) -> None:
+        """Each input's and output's ``path`` is the one its position in the tree gives, and
+        names are unique: a consistent edit of either would feed the wrong tensor."""
+        from .tree import leaf_paths
+
+        for what, specs, tree, root in (
+            ("input", self.inputs, self.input_tree, "call"),
+            ("output", self.outputs, self.output_tree, "output"),
+        ):
+            try:
+                paths = leaf_paths(tree, root)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ManifestError(f"{what}_tree is malformed ({type(e).__name__}: {e})") from None
+            names: set[str] = set()
+            for spec, path in zip(specs, paths):
+                if spec.path != path:
+                    raise ManifestError(
+                        f"{what} {spec.name!r} has path {spec.path!r}, but its place in "
+                        f"{what}_tree is {path!r}"
+                    )
+                if spec.name in names:
+                    raise ManifestError(f"two {what}s are named {spec.name!r}")
+                names.add(spec.name)
+
+
+def whole_graph_mismatch(
+    variant: Variant, inputs: tuple[IOSpec, ...], outputs: tuple[IOSpec, ...]
+) -> str | None:
+    """How a whole-graph engine's bindings differ from the tensor inputs and outputs they
+    must be (names, dtypes, ranks, static dims, output count), or None."""
+    if len(variant.engines) != 1:
+        return (
+            f"engine variant {variant.name!r} is whole-graph but has {len(variant.engines)} engines"
+        )
+    (engine,) = variant.engines
+    tensors = {i.name: i for i in inputs if i.is_tensor}
+    where = f"engine variant {variant.name!r}"
+    if sorted(b.name for b in engine.inputs) != sorted(tensors):
+        return (
+            f"{where}: engine inputs {[b.name for b in engine.inputs]} are not the manifest's "
+            f"tensor inputs {list(tensors)}"
+        )
+    for b in engine.inputs:
+        spec = tensors[b.name]
+        if b.dtype != spec.dtype or len(b.shape) != len(spec.shape or ()):
+            return (
+                f"{where}: engine input {b.name!r} is {b.dtype}{list(b.shape)}, the manifest "
+                f"says {spec.dtype}{list(spec.shape or ())}"
+            )
+        for i, (got, want) in enumerate(zip(b.shape, spec.shape or ())):
+            if isinstance(want, int) and got != want:
+                return (
+                    f"{where}: engine input {b.name!r} dim {i} is {got}, the manifest says {want}"
+                )
+    if len(engine.outputs) != len(outputs):
+        return f"{where}: the engine has {len(engine.outputs)} outputs, the manifest {len(outputs)}"
+    for b, spec in zip(engine.outputs, outputs):
+        if not spec.is_tensor or b.dtype != spec.dtype:
+            return (
+                f"{where}: engine output {b.name!r} is {b.dtype}, the manifest's {spec.path} is "
+                f"{spec.dtype or spec.kind}"
+            )
+    return None
 
 
 # --- dims ----------------------------------------------------------------------------------

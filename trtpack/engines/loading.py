@@ -11,7 +11,7 @@ import torch
 from ..container import PackReader
 from ..errors import NoUsableEngineError, TrtpackError
 from ..manifest import Manifest, Variant
-from .plan import parse_plan
+from .plan import check_plan_target, parse_plan
 from .select import Choice, Environment, choose
 
 
@@ -78,11 +78,7 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
             reader.verify(name, m.sha256, m.size)
     for engine in v.engines:
         info = parse_plan(reader.view(engine.member), where=f"engine member {engine.member!r}")
-        if (info.flavor, info.trt_version) != (v.target.flavor, v.target.trt_version):
-            raise TrtpackError(
-                f"engine member {engine.member!r} is a {info.flavor} {info.trt_version} plan, "
-                f"the manifest says {v.target.flavor} {v.target.trt_version}"
-            )
+        check_plan_target(info, v.target, engine.member)
 
 
 def _build(reader: PackReader, manifest: Manifest, v: Variant, device: torch.device) -> Any:

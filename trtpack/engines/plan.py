@@ -34,6 +34,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import EngineError
+from ..manifest import Target
 
 RTX_MAGIC = b"vtrt"
 TRT_MAGIC = b"ftrt"
@@ -122,3 +123,30 @@ def _parse_rtx(view: memoryview, where: str) -> PlanInfo:
         else None,
         weights_device_bytes=weights,
     )
+
+
+def check_plan_target(info: PlanInfo, target: Target, member: str) -> None:
+    """The plan's header says what the variant's target says: same flavour and version and,
+    where the header names GPUs (TensorRT-RTX), the same GPUs. A variant whose target lies
+    about its plans would be chosen for GPUs the plans cannot run on."""
+    where = f"engine member {member!r}"
+    checks: list[tuple[str, object, object]] = [
+        ("flavor", target.flavor, info.flavor),
+        ("trt_version", target.trt_version, info.trt_version),
+    ]
+    if info.flavor == "tensorrt_rtx":
+        checks += [
+            ("compute_capabilities", tuple(target.compute_capabilities),
+             info.compute_capabilities),
+            ("future_gpus", bool(target.future_gpus), info.future_gpus),
+        ]  # fmt: skip
+    for field, expected, got in checks:
+        if expected != got:
+            raise EngineError(
+                f"{where}: the plan's header says {field} {got!r}, the variant's target says "
+                f"{expected!r}",
+                member=member,
+                field=field,
+                expected=expected,
+                got=got,
+            )

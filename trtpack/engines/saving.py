@@ -26,6 +26,7 @@ from ..manifest import (
     Target,
     Variant,
     parse_dim,
+    whole_graph_mismatch,
 )
 from .packed_info import PackedEngine
 from .plan import PlanInfo, parse_plan
@@ -109,39 +110,10 @@ def narrowed_ranges(
 
 def check_against_manifest(variant: Variant, manifest: Manifest) -> None:
     """A whole-graph engine's bindings must be the manifest's tensor inputs and outputs."""
-    if not variant.whole_graph:
-        return
-    (engine,) = variant.engines
-    tensors = {i.name: i for i in manifest.inputs if i.is_tensor}
-    where = f"engine variant {variant.name!r}"
-    if sorted(b.name for b in engine.inputs) != sorted(tensors):
-        raise EngineError(
-            f"{where}: engine inputs {[b.name for b in engine.inputs]} are not the manifest's "
-            f"tensor inputs {list(tensors)}"
-        )
-    for b in engine.inputs:
-        spec = tensors[b.name]
-        if b.dtype != spec.dtype or len(b.shape) != len(spec.shape or ()):
-            raise EngineError(
-                f"{where}: engine input {b.name!r} is {b.dtype}{list(b.shape)}, the manifest "
-                f"says {spec.dtype}{list(spec.shape or ())}"
-            )
-        for i, (got, want) in enumerate(zip(b.shape, spec.shape or ())):
-            if isinstance(want, int) and got != want:
-                raise EngineError(
-                    f"{where}: engine input {b.name!r} dim {i} is {got}, the manifest says {want}"
-                )
-    if len(engine.outputs) != len(manifest.outputs):
-        raise EngineError(
-            f"{where}: the engine has {len(engine.outputs)} outputs, the manifest "
-            f"{len(manifest.outputs)}"
-        )
-    for b, spec in zip(engine.outputs, manifest.outputs):
-        if not spec.is_tensor or b.dtype != spec.dtype:
-            raise EngineError(
-                f"{where}: engine output {b.name!r} is {b.dtype}, the manifest's {spec.path} is "
-                f"{spec.dtype or spec.kind}"
-            )
+    if variant.whole_graph:
+        problem = whole_graph_mismatch(variant, manifest.inputs, manifest.outputs)
+        if problem is not None:
+            raise EngineError(problem)
 
 
 def engine_settings(packed: PackedEngine) -> dict[str, Any]:

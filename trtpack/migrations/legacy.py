@@ -142,6 +142,31 @@ def _convert_engine(
                      dict(members), None, (v,), Producer(trtpack="-", python="-"))  # fmt: skip
 
 
+def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:
+    """The interface of a pre-2.7 torch.export file, read from its program JSON alone (no
+    torch: the weights are pickles, which only migration reads, with torch's weights_only
+    loader). Returns (kind, interface)."""
+    from ..graph_check import check_graph
+    from ..limits import loads
+    from .serde_json import SerializedProgram
+
+    with PackReader(path, require_stored=False, check_crc=True) as reader:
+        version = reader.read("version").decode(errors="replace").strip()
+        member = f"{reader.path}:serialized_exported_program.json"
+        data = loads(reader.read("serialized_exported_program.json"), member, MigrationError)
+    check_graph(data, member)
+    if not isinstance(data, dict):
+        raise MigrationError(f"{member} is not a torch.export program JSON")
+    try:
+        iface, _ = SerializedProgram(data, where=member).interface()
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise MigrationError(
+            f"{member}: the program is not in the shape torch.export writes "
+            f"({type(e).__name__}: {e})"
+        ) from None
+    return f"torch.export program (pre-2.7 layout, schema {version})", iface
+
+
 def _convert_pre_pt2(reader: PackReader) -> Converted:
     """torch < 2.7 wrote the program JSON beside torch.save pickles of the weights: those are
     read with torch's weights_only loader (tensors and containers only)."""

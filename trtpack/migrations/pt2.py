@@ -11,7 +11,6 @@ that reads the packed engine info and allows nothing else.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -116,15 +116,15 @@ def main() -> int:
             print(f"kill {i}: a temp file survived the next write")
     wall = time.perf_counter() - start
     shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"crash soak: {a.kills} kills in {wall:.0f} s (seed {a.seed}): {counts['hooked']} at a "
-        f"chosen step/offset, {counts['external']} from outside (and {counts['finished']} writers "
-        f"that finished before their kill); target = old pack {counts['old']}, new pack {counts['new']}, "
-        f"violations {counts['violations']}; temp files beside the target after a kill: at "
-        f"most {temps_left_max}, after the next write: 0"
-        if not counts["violations"]
-        else f"crash soak: {counts['violations']} violations in {a.kills} kills"
-    )
+    print(f"crash soak: {a.kills} kills in {wall:.0f} s (seed {a.seed})")
+    print(f"  killed at a chosen step or byte offset: {counts['hooked']}")
+    print(f"  killed from outside after a random delay: {counts['external']}")
+    print(f"  writers that finished before their kill (checked, not counted): {counts['finished']}")
+    print(f"  target afterwards: the old pack {counts['old']}, the new pack {counts['new']}")
+    print(f"  violations (neither, or does not verify, or a temp file survives): "
+          f"{counts['violations']}")  # fmt: skip
+    print(f"  temp files beside the target after a kill: at most {temps_left_max}; "
+          "after the next write: 0")  # fmt: skip
     return 1 if counts["violations"] else 0
 
 

@@ -133,6 +133,19 @@ class DynamicInt(torch.nn.Module):
         return x[:, :n] * 2
 
 
+class Guarded(torch.nn.Module):
+    """Shape-dependent Python: torch.export keeps guards beyond ranges (x.size(0) != 3,
+    x.size(1) % 4 == 0, x.size(0) <= y.size(0)). A call that breaks one would run a program
+    traced for other shapes."""
+
+    def forward(self, x, y):
+        if x.shape[0] != 3:
+            x = x * 2
+        if x.shape[1] % 4 == 0:
+            x = x + 1
+        return x + y[: x.shape[0]]
+
+
 class Net(torch.nn.Module):
     """Linear, ReLU, Linear and a keyword input: compiled by the torch_tensorrt tests and
     fixtures (whole graph, or with relu left to PyTorch)."""
@@ -231,6 +244,13 @@ def cases() -> list[Case]:
             (torch.randint(0, 16, (2, 5)),),
             dynamic_shapes=({0: batch, 1: seq},),
             calls=[((torch.randint(0, 16, (3, 9)),), {})],
+        ),
+        Case(
+            "guarded",
+            Guarded,
+            (r(4, 8), r(9, 8)),
+            dynamic_shapes={"x": {0: Dim.AUTO, 1: Dim.AUTO}, "y": {0: Dim.AUTO, 1: Dim.AUTO}},
+            calls=[((r(5, 12), r(5, 12)), {}), ((r(2, 4), r(7, 4)), {})],
         ),
         Case(
             "dynamic_int",

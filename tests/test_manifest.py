@@ -29,6 +29,7 @@ PAIRS = [
     (mf.Target, "target"),
     (mf.EngineSpec, "engine"),
     (mf.Binding, "binding"),
+    (mf.Guard, "guard"),
 ]
 
 

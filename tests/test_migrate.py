@@ -311,7 +311,7 @@ def test_cli_pack_and_migrate(tmp_path):
     migrated = tmp_path / "m.trtpack"
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 0 and "trtpack format 1.0" in r.stdout
+    assert r.returncode == 0 and "trtpack format 1.1" in r.stdout
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 1 and "exists; pass overwrite=True (--force)" in r.stderr
@@ -335,9 +335,14 @@ def test_torchscript_is_refused_with_what_to_do():
 
 
 def test_format_1_0_fixtures_load():
+    """Format 1.0 recorded no guards: they are read from the pack's program, so the upgraded
+    pack checks calls as a 1.1 pack of the same model does."""
     pack, notes = load_quiet(FIXTURES / "v1.0" / "keywords.trtpack", device="cpu")
-    assert notes == []
+    assert len(notes) == 1 and "is format 1.0, upgraded in memory to 1.1" in notes[0]
     run_case(pack, "keywords")
+    current = trtpack.inspect(FIXTURES / "v1.1" / "keywords.trtpack").manifest
+    assert pack.manifest.guards == current.guards
+    assert [g.expr for g in current.guards] == ["x.shape[0] == mask.shape[0]"]
     engines, _ = load_quiet(FIXTURES / "v1.0" / "keywords_engines.trtpack", device="cpu")
     assert engines.backend == "exported_program" and engines.fallback_reason
 
@@ -363,7 +368,9 @@ def test_every_older_version_has_a_step_and_a_fixture():
 def test_the_step_chain_composes(monkeypatch, small_pack, tmp_path):
     """Steps compose from a pack's version to the current one, member renames included, and
     the reader applies them in memory. (1.0 is the first version: the chain is exercised
-    here with two steps of a pretend 1.2.)"""
+    here with two steps of a pretend 1.2, from a 1.0 fixture.)"""
+    small_pack = tmp_path / "v1_0.trtpack"
+    small_pack.write_bytes((FIXTURES / "v1.0" / "keywords.trtpack").read_bytes())
 
     def add_field(m):
         return {**m, "metadata": {**m["metadata"], "added_in": "1.1"}}

@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/make_fixtures.py core      # torch 2.13: torch.export files (both
                                                       # layouts), TorchScript, a bare engine,
-                                                      # format-1.0 packs
+                                                      # packs of the current format
+    .venv/bin/python tools/make_fixtures.py packs     # only the current format's packs
     .venv-trt/bin/python tools/make_fixtures.py trt   # torch 2.14.1 + torch-tensorrt-rtx:
                                                       # torch_tensorrt .ep files
 
@@ -73,14 +74,30 @@ def core() -> None:
     }
     (v0 / "engine" / "keywords.inputs.json").write_text(json.dumps(description, indent=1) + "\n")
 
-    v1 = FIXTURES / "v1.0"
-    v1.mkdir(exist_ok=True)
-    _, ep = CASES["keywords"].export()
-    trtpack.save(ep, v1 / "keywords.trtpack", metadata={"fixture": "format 1.0"})
-    engines = v1 / "keywords_engines.trtpack"
-    engines.write_bytes((v1 / "keywords.trtpack").read_bytes())
-    trtpack.add_engine(engines, rtx.keywords_plan(("8.0",)))
+    packs()
     print(f"core fixtures written with torch {torch.__version__}")
+
+
+def packs() -> None:
+    """Packs of the current format, in v<major.minor>/ (a released version's folder is
+    never rewritten: its packs are what every later trtpack must read)."""
+    import rtx
+    from models import CASES
+
+    version = ".".join(map(str, trtpack.FORMAT_VERSION))
+    folder = FIXTURES / f"v{version}"
+    if folder.exists() and any(folder.iterdir()):
+        print(f"{folder} exists: not rewritten")
+        return
+    folder.mkdir()
+    _, ep = CASES["keywords"].export()
+    trtpack.save(ep, folder / "keywords.trtpack", metadata={"fixture": f"format {version}"})
+    engines = folder / "keywords_engines.trtpack"
+    engines.write_bytes((folder / "keywords.trtpack").read_bytes())
+    trtpack.add_engine(engines, rtx.keywords_plan(("8.0",)))
+    _, ep = CASES["guarded"].export()
+    trtpack.save(ep, folder / "guarded.trtpack", metadata={"fixture": f"format {version}"})
+    print(f"format {version} fixtures written in {folder}")
 
 
 def trt() -> None:
@@ -117,4 +134,4 @@ def trt() -> None:
 
 
 if __name__ == "__main__":
-    {"core": core, "trt": trt}[sys.argv[1]]()
+    {"core": core, "trt": trt, "packs": packs}[sys.argv[1]]()

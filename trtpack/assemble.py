@@ -56,6 +56,7 @@ def build_manifest(
         program=program,
         engines=engines,
         metadata=meta,
+        guards=iface.guards,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import InputMismatchError
+from .guards import compile_guard, implied
 from .manifest import IOSpec, Manifest, Symbol, Tree, parse_dim
 from .tree import leaf_paths
 
@@ -52,6 +53,9 @@ class Contract:
         self._num_args = len(args_tree.get("children", ()))
         self._kwarg_names = tuple(kwargs_tree.get("keys", ()))
         self._kwarg_set = frozenset(self._kwarg_names)
+        # (args, kwargs) as one tree: args a tuple, kwargs a dict with the exported keys
+        self._call_tree: Tree = {"type": "tuple", "children": [args_tree, {**kwargs_tree,
+                                 "type": "dict", "keys": list(self._kwarg_names)}]}  # fmt: skip
         self._simple = all(c["type"] == "leaf" for c in args_tree.get("children", ())) and all(
             c["type"] == "leaf" for c in kwargs_tree.get("children", ())
         )
@@ -59,6 +63,17 @@ class Contract:
         self._checks = tuple(
             self._compile(spec, path) for spec, path in zip(manifest.inputs, paths)
         )
+        self._paths = dict(zip((i.name for i in manifest.inputs), paths))
+        positions = {spec.name: i for i, spec in enumerate(manifest.inputs)}
+        shapes = {i.name: i.shape for i in manifest.inputs if i.shape is not None}
+        self._guards = tuple(
+            (g.expr, *compile_guard(g.expr, positions))
+            for g in manifest.guards
+            if g.expr and not implied(g.expr, shapes)
+        )
+        self._guard_checks = tuple(c for _, c, _ in self._guards)
+        #: guards the manifest cannot express: the runtime adds the program's own check
+        self.unexpressed = tuple(g.source for g in manifest.guards if g.expr is None)
 
     # -- compile ------------------------------------------------------------------------------
 
@@ -73,7 +88,8 @@ class Contract:
                     expr = parse_dim(d)
                     dims.append((i, None, expr))
             dtype = getattr(torch, spec.dtype or "")
-            return ("tensor", label, dtype, len(dims), tuple(dims))
+            static = tuple(d for _, d, _ in dims) if all(e is None for _, _, e in dims) else None
+            return ("tensor", label, dtype, len(dims), tuple(dims), spec.name, path, static)
         if spec.symbol is not None:
             return ("symint", label, parse_dim(spec.symbol))
         return ("const", label, spec.kind, spec.value)
@@ -87,7 +103,7 @@ class Contract:
         for check, value in zip(self._checks, leaves):
             kind = check[0]
             if kind == "tensor":
-                _, label, dtype, rank, dims = check
+                _, label, dtype, rank, dims, name, path, static = check
                 if not isinstance(value, torch.Tensor):
                     raise InputMismatchError(
                         f"input {label} must be a tensor, got {type(value).__name__}"
@@ -97,6 +113,14 @@ class Contract:
                         f"input {label} has dtype {_dt(value.dtype)}, expected {_dt(dtype)}"
                     )
                 shape = value.shape
+                if static is not None and shape == static:  # all dims fixed, and they match
+                    if device is not None and value.device != device:
+                        raise InputMismatchError(
+                            f"input {label} is on {value.device}; this pack runs on {device}. "
+                            f"Move it with .to({str(device)!r})",
+                            input=name, path=path,
+                        )  # fmt: skip
+                    continue
                 if len(shape) != rank:
                     raise InputMismatchError(
                         f"input {label} has {len(shape)} dims {list(shape)}, expected {rank} dims "
@@ -111,7 +135,12 @@ class Contract:
                                 f"(shape {list(shape)}, expected {self._expected_shape(dims)})"
                             )
                     else:
-                        self._bind(expr, size, f"input {label} dim {i}", bound)
+                        try:
+                            self._bind(expr, size, label, i, bound)
+                        except InputMismatchError as e:
+                            e.input, e.path, e.dim, e.value = name, path, i, size
+                            e.condition = e.condition or self._range_of(expr)
+                            raise
                 if device is not None and value.device != device:
                     raise InputMismatchError(
                         f"input {label} is on {value.device}; this pack runs on {device}. "
@@ -123,7 +152,7 @@ class Contract:
                     raise InputMismatchError(
                         f"input {label} must be an int, got {type(value).__name__}"
                     )
-                self._bind(expr, value, f"input {label}", bound)
+                self._bind(expr, value, label, None, bound)
             else:
                 _, label, want_kind, want = check
                 if value != want or type(value) is not type(want):
@@ -131,44 +160,91 @@ class Contract:
                         f"input {label} must be {want!r} ({want_kind}): torch.export "
                         f"specialized the program to this value; got {value!r}"
                     )
+        if self._guard_checks:
+            try:
+                ok = True
+                for check in self._guard_checks:
+                    if not check(leaves):
+                        ok = False
+                        break
+            except (ArithmeticError, TypeError, IndexError, AttributeError):
+                ok = False
+            if not ok:  # find which one, to name it
+                for expr, check, first in self._guards:
+                    try:
+                        holds = check(leaves)
+                    except (ArithmeticError, TypeError, IndexError, AttributeError):
+                        holds = False  # e.g. a modulus by a zero-sized dim
+                    if not holds:
+                        self._guard_failed(expr, first, leaves)
         return leaves
 
-    def _bind(self, expr: Any, size: int, where: str, bound: dict[str, tuple[int, str]]) -> None:
+    def _guard_failed(self, expr: str, first: tuple[str, int | None] | None, leaves: list) -> None:
+        name, dim = first if first is not None else (None, None)
+        path = self._paths.get(name or "")
+        value = None
+        where = ""
+        if name is not None:
+            leaf = leaves[[i.name for i in self.manifest.inputs].index(name)]
+            value = leaf.shape[dim] if dim is not None else leaf
+            label = name if path and path.endswith(f"[{name!r}]") else f"{name} ({path})"
+            where = f"input {label}" + (f" dim {dim} is {value}" if dim is not None else
+                                        f" is {value}")  # fmt: skip
+            where += ", which breaks"
+        else:
+            where = "the call breaks"
+        raise InputMismatchError(
+            f"{where} the program's guard {expr}: torch.export traced the program under this "
+            "condition, so it would compute something else here",
+            input=name, path=path, dim=dim, value=value, condition=expr,
+        )  # fmt: skip
+
+    def _bind(
+        self, expr: Any, size: int, label: str, dim: int | None, bound: dict[str, tuple]
+    ) -> None:
+        """Bind ``expr``'s symbol from one dim; messages are built only on failure."""
         name = expr.symbol
-        root = expr.solve(size)
+        root = size if expr.plain else expr.solve(size)
         if root is None:
             raise InputMismatchError(
-                f"{where} is {size}, but it must be {expr} for an integer {name}"
+                f"{_where(label, dim)} is {size}, but it must be {expr} for an integer {name}"
             )
         seen = bound.get(name)
         if seen is not None:
             if seen[0] != root:
                 raise InputMismatchError(
-                    f"{where} is {size}, which makes {name} = {root}, but {seen[1]} "
-                    f"already set {name} = {seen[0]}; these dims must agree"
+                    f"{_where(label, dim)} is {size}, which makes {name} = {root}, but "
+                    f"{_where(seen[1], seen[2])} already set {name} = {seen[0]}; these dims "
+                    "must agree",
+                    condition=f"{name} agrees across dims",
                 )
             return
         sym = self.symbols[name]
         if root < sym.min or (sym.max is not None and root > sym.max):
-            rng = _range(sym.min, sym.max)
-            if expr.coef == 1 and expr.offset == 0:
+            where, rng = _where(label, dim), _range(sym.min, sym.max)
+            if expr.plain:
                 msg = f"{where} is {size}, outside the allowed range of {name}: {rng}"
             else:
                 msg = (
                     f"{where} is {size} = {expr} with {name} = {root}, outside {name}'s range {rng}"
                 )
             raise InputMismatchError(msg)
-        narrow = self.engine_ranges.get(name)
+        narrow = self.engine_ranges.get(name) if self.engine_ranges else None
         if narrow is not None and (
             root < narrow[0] or (narrow[1] is not None and root > narrow[1])
         ):
             raise OutsideEngineProfile(
-                f"{where} makes {name} = {root}: inside the exported range "
+                f"{_where(label, dim)} makes {name} = {root}: inside the exported range "
                 f"{_range(sym.min, sym.max)}, but outside the optimization profile of engine "
                 f"variant {self.variant!r}, {_range(*narrow)}. Load with "
                 "outside_profile='fallback' to run such calls on the ExportedProgram"
             )
-        bound[name] = (root, where)
+        bound[name] = (root, label, dim)
+
+    def _range_of(self, expr: Any) -> str:
+        sym = self.symbols[expr.symbol]
+        hi = "" if sym.max is None else f" <= {sym.max}"
+        return f"{sym.min} <= {expr.symbol}{hi}"
 
     @staticmethod
     def _expected_shape(dims: tuple) -> list[Any]:
@@ -195,6 +271,10 @@ class Contract:
         if self._simple:
             return [*args, *(kwargs[k] for k in self._kwarg_names)]
         leaves: list[Any] = []
+        if _flatten_fast(self._call_tree, (args, kwargs), leaves):
+            return leaves
+        # the same walk again, naming paths, to say where the structure differs
+        leaves = []
         for i, (child, value) in enumerate(zip(self._args_tree["children"], args)):
             _flatten(child, value, f"args[{i}]", leaves)
         for key, child in zip(self._kwarg_names, self._kwargs_tree["children"]):
@@ -207,6 +287,32 @@ class Contract:
             f"; the exported call takes {self._num_args} positional input(s) and keywords "
             f"{list(self._kwarg_names)} (inputs: {names})"
         )
+
+
+def _flatten_fast(tree: Tree, value: Any, out: list[Any]) -> bool:
+    """``_flatten`` without building paths: False where the structure differs."""
+    kind = tree["type"]
+    if kind == "leaf":
+        out.append(value)
+        return True
+    if kind == "none":
+        return value is None
+    children = tree.get("children", ())
+    if kind == "dict":
+        keys = tree["keys"]
+        if not isinstance(value, Mapping) or len(value) != len(keys):
+            return False
+        for key, child in zip(keys, children):
+            if key not in value or not _flatten_fast(child, value[key], out):
+                return False
+        return True
+    want = _CONTAINER.get(kind)
+    if want is None or not isinstance(value, want) or len(value) != len(children):
+        return False
+    for child, item in zip(children, value):
+        if not _flatten_fast(child, item, out):
+            return False
+    return True
 
 
 def _flatten(tree: Tree, value: Any, path: str, out: list[Any]) -> None:
@@ -238,6 +344,10 @@ def _flatten(tree: Tree, value: Any, path: str, out: list[Any]) -> None:
         raise InputMismatchError(f"{path} must be a {kind} of {len(children)}, got {got}")
     for i, (child, item) in enumerate(zip(children, value)):
         _flatten(child, item, f"{path}[{i}]", out)
+
+
+def _where(label: str, dim: int | None) -> str:
+    return f"input {label}" if dim is None else f"input {label} dim {dim}"
 
 
 def _range(lo: int, hi: int | None) -> str:

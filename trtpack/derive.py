@@ -29,6 +29,7 @@ from . import tree as trees
 from .errors import DeriveError, RangeOverrideError
 from .manifest import (
     DimExpr,
+    Guard,
     Interface,
     IOSpec,
     Symbol,
@@ -120,8 +121,19 @@ def derive_interface(
         _describe_output(spec.arg, path, produced, namer)
         for spec, path in zip(user_outputs, out_paths)
     ]
-    iface = Interface(tuple(inputs), tuple(outputs), symbols, input_tree, output_tree)
+    iface = Interface(tuple(inputs), tuple(outputs), symbols, input_tree, output_tree,
+                      _guards(ep, inputs))  # fmt: skip
     return apply_ranges(iface, ranges) if ranges else iface
+
+
+def _guards(ep: ExportedProgram, inputs: list[IOSpec]) -> tuple[Guard, ...]:
+    """The program's input guards: the same torch-free translation that reads them from a
+    serialized program (``guards_code``), so both paths give the same manifest."""
+    from .guards import from_torch, sources
+
+    codes = list(getattr(ep, "_guards_code", None) or [])
+    arg_names = list(getattr(ep.module_call_graph[0].signature, "forward_arg_names", None) or [])
+    return from_torch(codes, sources([(i.name, i.path) for i in inputs], arg_names))
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -417,7 +429,7 @@ def apply_ranges(iface: Interface, ranges: Mapping[str, RangeLike]) -> Interface
             symbols[name] = Symbol(lo, hi, old.opt, old.opt_source)
         else:
             symbols[name] = Symbol(lo, hi, opt_rule(lo, hi), "rule")
-    return Interface(iface.inputs, iface.outputs, symbols, iface.input_tree, iface.output_tree)
+    return dataclasses.replace(iface, symbols=symbols)
 
 
 def _fmt(v: int | None) -> str:

@@ -73,7 +73,16 @@ class ProgramError(TrtpackError):
 
 
 class InputMismatchError(TrtpackError, ValueError):
-    """A call's inputs do not match the manifest's input contract."""
+    """A call's inputs do not match the manifest's input contract. ``input``, ``path``,
+    ``dim``, ``value`` and ``condition`` say which input, where in the call, which dim, the
+    value found and the condition it breaks, where they apply."""
+
+    def __init__(self, *args: object, input: str | None = None, path: str | None = None,
+                 dim: int | None = None, value: object = None,
+                 condition: str | None = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.input, self.path, self.dim = input, path, dim
+        self.value, self.condition = value, condition
 
 
 # --- engines -----------------------------------------------------------------------------

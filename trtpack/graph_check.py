@@ -272,6 +272,20 @@ def check_graph(data: Any, member: str) -> None:
                     if not safe_expr(v):
                         _bad(member, p, v, "not a plain symbolic expression")
                     continue
+                if k == "guards_code" and not path:
+                    # ep.module() turns these into a function with exec (torch/export/_unlift.py)
+                    from .guards import check_torch_guard
+
+                    if not isinstance(v, list):
+                        _bad(member, p, v, "not a list of guards")
+                    for i, text in enumerate(v):
+                        try:
+                            check_torch_guard(text, f"{p}[{i}]")
+                        except UnsafePackError as e:
+                            raise UnsafePackError(
+                                f"{member}: {e}", member=member, field=e.field, value=e.value
+                            ) from None
+                    continue
                 if k == "range_constraints" and isinstance(v, dict):
                     for name in v:
                         if not safe_expr(name):

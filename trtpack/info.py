@@ -21,7 +21,7 @@ from .errors import (
     UnsafePackError,
 )
 from .limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, IOSpec, Manifest, Symbol, parse_dim
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, Guard, IOSpec, Manifest, Symbol, parse_dim
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ def read_info(reader: PackReader) -> PackInfo:
         reader.aliases.update(renames)
     manifest = Manifest.from_dict(data)
     _check_members(reader, manifest)
+    if upgraded_from is not None and upgraded_from < (1, 1) and manifest.program is not None:
+        manifest = _with_program_guards(reader, manifest)
     return PackInfo(
         path=reader.path,
         manifest=manifest,
@@ -80,6 +82,21 @@ def read_info(reader: PackReader) -> PackInfo:
         file_size=reader.file_size,
         upgraded_from=upgraded_from,
     )
+
+
+def _with_program_guards(reader: PackReader, manifest: Manifest) -> Manifest:
+    """A format-1.0 manifest recorded no guards: read them from its program's JSON, so an
+    upgraded pack checks every call as a 1.1 pack does."""
+    from .graph_check import check_graph
+    from .limits import loads
+    from .migrations.serde_json import SerializedProgram
+
+    assert manifest.program is not None
+    graph = manifest.program.graph
+    data = loads(reader.read(graph), f"{reader.path}: {graph}", IntegrityError)
+    check_graph(data, graph)
+    program = SerializedProgram(data, where=f"{reader.path}: {graph}")
+    return manifest.replace(guards=program.guards(list(manifest.inputs)))
 
 
 def _check_members(reader: PackReader, manifest: Manifest) -> None:
@@ -211,9 +228,12 @@ def _engine_lines(m: Manifest) -> list[str]:
 
 
 def render_interface(
-    inputs: tuple[IOSpec, ...], outputs: tuple[IOSpec, ...], symbols: dict[str, Symbol]
+    inputs: tuple[IOSpec, ...],
+    outputs: tuple[IOSpec, ...],
+    symbols: dict[str, Symbol],
+    guards: tuple[Guard, ...] = (),
 ) -> str:
-    """The inputs, outputs and symbols tables."""
+    """The inputs, outputs, symbols and guards tables."""
     lines = ["inputs"]
     lines += _table([(i.name, *_describe(i, symbols)) for i in inputs])
     lines.append("outputs")
@@ -231,6 +251,12 @@ def render_interface(
             for name, s in symbols.items()
         ]
     )
+    if guards:
+        lines.append("guards   (checked on every call)")
+        lines += [
+            f"  {g.expr}" if g.expr else f"  {g.source}  (torch's text: checked by the program)"
+            for g in guards
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -244,7 +270,7 @@ def render(info: PackInfo) -> str:
     ]
     if m.metadata:
         lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
-    lines.append(render_interface(m.inputs, m.outputs, m.symbols).rstrip("\n"))
+    lines.append(render_interface(m.inputs, m.outputs, m.symbols, m.guards).rstrip("\n"))
     if m.program is not None:
         lines.append(
             f"program  ExportedProgram (torch.export schema "

@@ -24,7 +24,7 @@ from .errors import ManifestError, UnsupportedVersionError
 
 FORMAT_NAME = "trtpack"
 #: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
-FORMAT_VERSION: tuple[int, int] = (1, 0)
+FORMAT_VERSION: tuple[int, int] = (1, 1)
 #: The name of the first member of every pack.
 MANIFEST_NAME = "manifest.json"
 
@@ -141,6 +141,16 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Guard:
+    """One condition on the inputs beyond their ranges (trtpack/guards.py): ``expr`` in the
+    manifest's guard language, or None when torch's ``source`` cannot be expressed in it (the
+    program's own check then runs for every call)."""
+
+    source: str
+    expr: str | None = None
+
+
+@dataclass(frozen=True)
 class Interface:
     """The calling convention of a program: what a manifest says about inputs and outputs."""
 
@@ -149,6 +159,7 @@ class Interface:
     symbols: dict[str, Symbol]
     input_tree: Tree
     output_tree: Tree
+    guards: tuple[Guard, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,13 @@ class Manifest:
     engines: tuple[Variant, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT_NAME
+    #: conditions beyond the ranges (format 1.1); a pack of 1.0 has none recorded
+    guards: tuple[Guard, ...] = ()
+
+    @property
+    def interface(self) -> Interface:
+        return Interface(self.inputs, self.outputs, self.symbols, self.input_tree,
+                         self.output_tree, self.guards)  # fmt: skip
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -233,6 +251,13 @@ class Manifest:
                 f"but there are {len(self.outputs)} outputs"
             )
         self._check_paths()
+        if self.guards:
+            from .guards import compile_guard
+
+            positions = {spec.name: i for i, spec in enumerate(self.inputs)}
+            for g in self.guards:
+                if g.expr is not None:
+                    compile_guard(g.expr, positions)  # raises ManifestError if malformed
         for spec in self.inputs:
             if spec.symbol is not None and spec.symbol not in self.symbols:
                 raise ManifestError(
@@ -347,6 +372,11 @@ class DimExpr:
     symbol: str
     coef: int = 1
     offset: int = 0
+
+    @property
+    def plain(self) -> bool:
+        """The symbol itself (``n``), the common case."""
+        return self.coef == 1 and self.offset == 0
 
     def value(self, root: int) -> int:
         return self.coef * root + self.offset

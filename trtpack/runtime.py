@@ -17,7 +17,7 @@ from torch.export import ExportedProgram
 
 from .container import PackReader, PathLike
 from .contract import Contract, OutsideEngineProfile
-from .errors import ManifestError, NoUsableEngineError
+from .errors import InputMismatchError, ManifestError, NoUsableEngineError
 from .info import PackInfo, open_pack, read_info
 from .manifest import Manifest
 from .program import load_program, runnable
@@ -136,6 +136,7 @@ class LoadedPack:
         self._contract = contract
         self._exported_program = exported_program
         self._fallback_module: Any = None
+        self._guard_fn: Callable[[list[Any]], None] | None = None
         self._outside_profile = outside_profile
         self.inference_mode = inference_mode
 
@@ -175,7 +176,9 @@ class LoadedPack:
 
     def _run(self, args: tuple, kwargs: dict) -> Any:
         try:
-            self._contract(args, kwargs)
+            leaves = self._contract(args, kwargs)
+            if self._contract.unexpressed:
+                self._program_guards()(leaves)
         except OutsideEngineProfile:
             if self._outside_profile != "fallback":
                 raise
@@ -187,6 +190,37 @@ class LoadedPack:
             return self._fallback_module(*args, **kwargs)
         return self._module(*args, **kwargs)
 
+    def _program_guards(self) -> Callable[[list[Any]], None]:
+        """The program's own guard check, for guards the manifest cannot express: torch's
+        ``_guards_fn`` of ``ep.module()`` (torch builds it only for a program with example
+        inputs, so inputs of the manifest's opt sizes are attached first)."""
+        if self._guard_fn is None:
+            ep = self.exported_program
+            if ep is None:
+                raise ManifestError(f"{self.info.path}: guards the manifest cannot express "
+                                    "need the program, and the pack has none")  # fmt: skip
+            from .tree import unflatten_call
+
+            ep.example_inputs = unflatten_call(self.manifest.input_tree, _opt_inputs(self.manifest))
+            fn = getattr(ep.module(), "_guards_fn", None)
+            if fn is None:
+                raise ManifestError(f"{self.info.path}: torch built no guard check for the "
+                                    "program's unexpressed guards")  # fmt: skip
+
+            def check(leaves: list[Any]) -> None:
+                try:
+                    fn(*leaves)
+                except AssertionError as e:
+                    condition = str(e).removeprefix("Guard failed: ")
+                    raise InputMismatchError(
+                        f"the call breaks the program's guard {condition} (checked by the "
+                        "program's own guard code: the manifest cannot express it)",
+                        condition=condition,
+                    ) from None
+
+            self._guard_fn = check
+        return self._guard_fn
+
     def __repr__(self) -> str:
         names = ", ".join(i.name for i in self.manifest.inputs)
         where = f"{self.backend}:{self.variant}" if self.variant else self.backend
@@ -194,6 +228,26 @@ class LoadedPack:
             f"<LoadedPack {self.info.path.name} inputs=({names}) backend={where} "
             f"device={self.device}>"
         )
+
+
+def _opt_inputs(manifest: Manifest) -> list[Any]:
+    """One call's leaves at the symbols' opt sizes (zeros): what torch needs to know the
+    call's structure when it builds its guard check."""
+    from .manifest import parse_dim
+
+    out: list[Any] = []
+    for spec in manifest.inputs:
+        if spec.is_tensor:
+            shape = [d if isinstance(d, int) else parse_dim(d).value(
+                manifest.symbols[parse_dim(d).symbol].opt) for d in spec.shape or ()]  # fmt: skip
+            out.append(torch.zeros(shape, dtype=getattr(torch, spec.dtype or "float32")))
+        elif spec.symbol is not None:
+            out.append(
+                parse_dim(spec.symbol).value(manifest.symbols[parse_dim(spec.symbol).symbol].opt)
+            )
+        else:
+            out.append(spec.value)
+    return out
 
 
 def load(

@@ -110,7 +110,7 @@ def _convert_pack(reader: PackReader) -> Converted:
 
     info = read_info(reader)  # upgrades an older format in memory
     m = info.manifest
-    iface = Interface(m.inputs, m.outputs, m.symbols, m.input_tree, m.output_tree)
+    iface = m.interface
     members: dict[str, Source] = {n: reader.slice(n) for n in m.members}
     notes = []
     if info.upgraded_from:

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MigrationError
+from ..guards import from_torch as guards_from_torch
+from ..guards import sources as guard_sources
 from ..manifest import (
     DimExpr,
+    Guard,
     Interface,
     IOSpec,
     Symbol,
@@ -271,8 +274,17 @@ class SerializedProgram:
             )
         outputs = [self._output(a, p, names.names) for a, p in zip(user_outputs, out_paths)]
         iface = Interface(tuple(inputs), tuple(outputs), dict(sorted(symbols.items())),
-                          input_tree, output_tree)  # fmt: skip
+                          input_tree, output_tree, self.guards(inputs))  # fmt: skip
         return iface, dict(names.names)
+
+    def guards(self, inputs: list[IOSpec]) -> tuple[Guard, ...]:
+        """The program's input guards (its ``guards_code``) in the manifest's language."""
+        codes = self.data.get("guards_code") or []
+        if not isinstance(codes, list):
+            raise MigrationError(f"{self.where}: guards_code is not a list")
+        arg_names = self.call.get("forward_arg_names") or []
+        names = guard_sources([(i.name, i.path) for i in inputs], arg_names)
+        return guards_from_torch(codes, names, where=f"{self.where}: guards_code")
 
     def _input(self, name: str, arg: dict, path: str, names: _Names, hints: dict) -> IOSpec:
         if "as_tensor" in arg:

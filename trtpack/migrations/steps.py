@@ -5,9 +5,9 @@ next, and may rename members (the member layout is part of the format). ``upgrad
 them from a pack's version to this trtpack's ``FORMAT_VERSION``; the reader calls it, so
 every older pack keeps loading, and ``trtpack migrate`` writes the result.
 
-Format 1.0 is the first: there is no step yet. The first change after it adds one here, and
-``tests/test_migrate.py::test_every_older_version_has_a_step_and_a_fixture`` fails until the
-step and a fixture of the older version exist (see schema/SPEC.md, "Versioning policy").
+Each format change adds a step here; ``tests/test_migrate.py::
+test_every_older_version_has_a_step_and_a_fixture`` fails until the step and a fixture of the
+older version exist (see schema/SPEC.md, "Versioning policy").
 """
 
 from __future__ import annotations
@@ -35,8 +35,19 @@ class Step:
     summary: str = ""
 
 
+def _v1_0_to_v1_1(data: dict[str, Any]) -> dict[str, Any]:
+    # 1.1 adds the optional "guards": a 1.0 manifest recorded none. The loader reads them from
+    # the pack's program (which 1.0 packs carry), so the upgrade in memory loses no check;
+    # `trtpack migrate` writes them into the manifest.
+    return data
+
+
 #: every step, keyed by the version it starts from
-STEPS: dict[Version, Step] = {}
+STEPS: dict[Version, Step] = {
+    (1, 0): Step(
+        (1, 0), (1, 1), _v1_0_to_v1_1, summary="input guards added (read from the program)"
+    ),
+}
 
 
 def chain(source: Version, steps: Mapping[Version, Step] | None = None) -> list[Step]:

@@ -45,7 +45,7 @@ def main() -> int:
         f"{'ep.module() call':>17s} {'pack call':>10s} {'guards/check':>13s}"
     )
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        for name in ("one_tensor", "keywords", "derived", "nested", "scalars"):
+        for name in ("one_tensor", "keywords", "derived", "nested", "scalars", "guarded"):
             case = CASES[name]
             _, ep = case.export()
             path = Path(tmp) / f"{name}.trtpack"

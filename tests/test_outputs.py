@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import trtpack
@@ -41,3 +42,44 @@ def test_inference_mode_off_runs_in_the_callers_grad_mode(tmp_path: Path) -> Non
     assert not out["logits"].is_inference()
     with torch.no_grad():
         assert pack(torch.randn(2, 4))["logits"].requires_grad is False
+
+
+class Outputs(torch.nn.Module):
+    def forward(self, x: torch.Tensor):
+        return {"logits": x * 2, "hidden_states": [x + 1, x - 1]}, x.sum()
+
+
+def test_outputs_are_named_by_their_key_path_by_every_route(tmp_path: Path) -> None:
+    """v0.1 named them by graph node (``mul``, ``argmax``): those became the MLflow signature
+    and the Triton config."""
+    ep = torch.export.export(Detector().eval(), (torch.randn(2, 4),))
+    info = trtpack.save(ep, tmp_path / "d.trtpack")
+    assert [(o.name, o.path) for o in info.manifest.outputs] == [
+        ("logits", "output['logits']"), ("best", "output['best']"),
+    ]  # fmt: skip
+    ep = torch.export.export(Outputs(), (torch.randn(2, 4),))
+    info = trtpack.save(ep, tmp_path / "o.trtpack")
+    names = ["output_0.logits", "output_0.hidden_states.0", "output_0.hidden_states.1", "output_1"]
+    assert [o.name for o in info.manifest.outputs] == names
+    torch.export.save(ep, tmp_path / "o.pt2")  # the torch-free derivation names them alike
+    assert [o.name for o in trtpack.migrate(tmp_path / "o.pt2", tmp_path / "m.trtpack")
+            .manifest.outputs] == names  # fmt: skip
+
+
+def test_output_names_override(tmp_path: Path) -> None:
+    ep = torch.export.export(Detector().eval(), (torch.randn(2, 4),))
+    info = trtpack.save(ep, tmp_path / "a.trtpack", output_names=["scores", "label"])
+    assert [o.name for o in info.manifest.outputs] == ["scores", "label"]
+    info = trtpack.save(ep, tmp_path / "b.trtpack", output_names={"output['best']": "label"})
+    assert [o.name for o in info.manifest.outputs] == ["logits", "label"]
+    for bad, match in [
+        (["a"], "1 names for 2 outputs"),
+        (["a", "a"], "not unique"),
+        (["a", "has space"], "must match"),
+        ({"nope": "x"}, "not outputs"),
+    ]:
+        with pytest.raises(trtpack.ManifestError, match=match):
+            trtpack.save(ep, tmp_path / "c.trtpack", output_names=bad)
+    with pytest.raises(TypeError):
+        trtpack.save(ep, tmp_path / "c.trtpack", output_names="logits")
+    assert not (tmp_path / "c.trtpack").exists()

@@ -118,8 +118,8 @@ def derive_interface(
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
     produced = {a.name: a for a in output_node.args[0] if isinstance(a, torch.fx.Node)}
     outputs = [
-        _describe_output(spec.arg, path, produced, namer)
-        for spec, path in zip(user_outputs, out_paths)
+        dataclasses.replace(_describe_output(spec.arg, path, produced, namer), name=name)
+        for spec, path, name in zip(user_outputs, out_paths, trees.output_names(out_paths))
     ]
     iface = Interface(tuple(inputs), tuple(outputs), symbols, input_tree, output_tree,
                       _guards(ep, inputs))  # fmt: skip

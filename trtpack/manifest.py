@@ -15,7 +15,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,43 @@ class Interface:
     input_tree: Tree
     output_tree: Tree
     guards: tuple[Guard, ...] = ()
+
+    def with_output_names(self, names: Sequence[str] | Mapping[str, str]) -> Interface:
+        """Rename outputs: a list in flat order, or a map from an output's derived name or
+        path to its new name. Names must be unique and match ``[A-Za-z_][A-Za-z0-9_.]*``
+        (valid Triton and MLflow names)."""
+        if isinstance(names, Mapping):
+            known = {o.name for o in self.outputs} | {o.path for o in self.outputs}
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ManifestError(
+                    f"output_names names {unknown}, which are not outputs (outputs: "
+                    f"{[o.name for o in self.outputs]}, paths: {[o.path for o in self.outputs]})"
+                )
+            new = [names.get(o.name, names.get(o.path, o.name)) for o in self.outputs]
+        elif isinstance(names, Sequence) and not isinstance(names, str):
+            new = list(names)
+            if len(new) != len(self.outputs):
+                raise ManifestError(
+                    f"output_names has {len(new)} names for {len(self.outputs)} outputs "
+                    f"({[o.path for o in self.outputs]})"
+                )
+        else:
+            raise TypeError(
+                f"output_names must be a list or a dict of str, not {type(names).__name__}"
+            )
+        for name in new:
+            if not isinstance(name, str) or not _OUTPUT_NAME.match(name):
+                raise ManifestError(
+                    f"output name {name!r} must match [A-Za-z_][A-Za-z0-9_.]* (Triton, MLflow)"
+                )
+        if len(set(new)) != len(new):
+            raise ManifestError(f"output_names are not unique: {new}")
+        outputs = tuple(dataclasses.replace(o, name=n) for o, n in zip(self.outputs, new))
+        return dataclasses.replace(self, outputs=outputs)
+
+
+_OUTPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ members, hash every member, build and validate the manifest, write the zip atomi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ def save(
     overwrite: bool = True,
     variant: str | None = None,
     source: ExportedProgram | None = None,
+    output_names: Sequence[str] | Mapping[str, str] | None = None,
 ) -> PackInfo:
     """Save a model as a .trtpack file. No input description is needed: it is derived.
 
@@ -39,11 +40,14 @@ def save(
 
     ``ranges`` narrows a symbol's range or sets its opt (``{"batch": (1, 32, 8)}``); widening
     is refused. ``metadata`` is a free-form str -> str map. ``variant`` names the engine set.
+    ``output_names`` renames outputs (a list in flat order, or ``{derived name or path: new}``);
+    by default they are named by their pytree key path (``logits``, ``hidden_states.0``).
     """
     if isinstance(obj, ExportedProgram) and not _has_engines(obj):
         if source is not None or variant is not None:
             raise TrtpackError("source= and variant= apply to compiled modules, not to a program")
-        return _save_program(obj, path, metadata=metadata, ranges=ranges, overwrite=overwrite)
+        return _save_program(obj, path, metadata=metadata, ranges=ranges, overwrite=overwrite,
+                             output_names=output_names)  # fmt: skip
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise TrtpackError(
             f"cannot save a {type(obj).__name__}: trtpack.save takes a torch.export."
@@ -52,7 +56,7 @@ def save(
     from .engines.saving import save_compiled
 
     return save_compiled(obj, path, metadata=metadata, ranges=ranges, overwrite=overwrite,
-                         variant=variant, source=source)  # fmt: skip
+                         variant=variant, source=source, output_names=output_names)  # fmt: skip
 
 
 def _has_engines(ep: ExportedProgram) -> bool:
@@ -70,8 +74,11 @@ def _save_program(
     metadata: Mapping[str, str] | None,
     ranges: Mapping[str, RangeLike] | None,
     overwrite: bool,
+    output_names: Sequence[str] | Mapping[str, str] | None = None,
 ) -> PackInfo:
     iface = derive_interface(ep, ranges=ranges)
+    if output_names is not None:
+        iface = iface.with_output_names(output_names)
     members, ref = program_members(ep)
     return write(
         path,

@@ -9,9 +9,11 @@ the ``(args, kwargs)`` tuple torch.export uses; leaf paths read ``args[0]['a']``
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .errors import DeriveError
@@ -46,6 +48,45 @@ def leaf_paths(tree: Tree, root: str) -> list[str]:
     else:
         walk(tree, root)
     return out
+
+
+_PATH_PART = re.compile(
+    r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|-?\d+)\]|\.([A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def output_names(paths: Sequence[str]) -> list[str]:
+    """Names for outputs from their pytree paths, the same by every derivation: the key path
+    joined by dots (``output['logits']`` -> ``logits``, ``output['hidden_states'][0]`` ->
+    ``hidden_states.0``, ``output.low`` -> ``low``); a bare position gets ``output_<i>``
+    (``output[1]`` -> ``output_1``) and a single tensor ``output``. Characters outside
+    ``[A-Za-z0-9_.]`` become ``_`` (valid Triton and MLflow names); duplicates get ``_2``,
+    ``_3``, ..."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for path in paths:
+        parts: list[str] = []
+        for m in _PATH_PART.finditer(path.removeprefix("output")):
+            key, attr = m.groups()
+            if attr is not None:
+                parts.append(attr)
+            elif key[0] in "'\"":
+                parts.append(ast.literal_eval(key))
+            else:
+                parts.append(key)
+        if not parts:
+            name = "output"
+        else:
+            name = ".".join(parts)
+            if parts[0].lstrip("-").isdigit():
+                name = "output_" + name
+        name = re.sub(r"[^A-Za-z0-9_.]", "_", name) or "output"
+        base, n = name, 2
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def unflatten_call(tree: Tree, leaves: Iterable[Any]) -> tuple[tuple, dict]:

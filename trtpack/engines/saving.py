@@ -190,6 +190,7 @@ def save_compiled(
     overwrite: bool,
     variant: str | None = None,
     source: Any = None,
+    output_names: Any = None,
 ) -> PackInfo:
     """``trtpack.save`` for a module from ``trtpack.compile`` / ``torch_tensorrt.dynamo.compile``
     or a torch_tensorrt ExportedProgram with embedded engines."""
@@ -209,6 +210,8 @@ def save_compiled(
         iface = derive_interface(source if source is not None else obj)
     if ranges:
         iface = apply_ranges(iface, ranges)
+    if output_names is not None:
+        iface = iface.with_output_names(output_names)
     if source is not None and engine_constant_names(source):
         raise DeriveError("source= must be the ExportedProgram before compilation, without engines")
     var, members = compiled_variant(

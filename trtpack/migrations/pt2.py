@@ -239,7 +239,12 @@ def _engine_variant(
         )
         specs.append(EngineSpec(fqn, member, inputs, outputs, packed.abi, engine_settings(packed)))
     tensor_inputs = [i.name for i in iface.inputs if i.is_tensor]
-    user_outputs = [o.name for o in iface.outputs]
+    # the graph's own names of the user outputs (the manifest names them by key path)
+    user_outputs = [
+        spec["user_output"]["arg"].get("as_tensor", {}).get("name")
+        for spec in program.signature["output_specs"]
+        if "user_output" in spec
+    ]
     compute = [n for n in program.graph.get("nodes", []) if "getitem" not in str(n.get("target"))]
     whole = len(calls) == 1 and calls[0][1] == tensor_inputs and calls[0][2] == user_outputs
     whole = whole and len(compute) == 1

@@ -30,7 +30,7 @@ from ..manifest import (
     opt_rule,
     symbol_name,
 )
-from ..tree import leaf_paths
+from ..tree import leaf_paths, output_names
 
 #: torch/_export/serde/schema.py ScalarType -> dtype name
 SCALAR_TYPES = {
@@ -272,7 +272,10 @@ class SerializedProgram:
                 f"{self.where}: the output spec has {len(out_paths)} leaves, the signature "
                 f"{len(user_outputs)} user outputs"
             )
-        outputs = [self._output(a, p, names.names) for a, p in zip(user_outputs, out_paths)]
+        outputs = [
+            IOSpec(**{**self._output(a, p, names.names).__dict__, "name": n})
+            for a, p, n in zip(user_outputs, out_paths, output_names(out_paths))
+        ]
         iface = Interface(tuple(inputs), tuple(outputs), dict(sorted(symbols.items())),
                           input_tree, output_tree, self.guards(inputs))  # fmt: skip
         return iface, dict(names.names)

@@ -47,7 +47,7 @@ class Contract:
         self.engine_ranges = dict(engine_ranges or {})
         self.variant = variant
         self.device = device
-        args_tree, kwargs_tree = manifest.input_tree["children"]
+        args_tree, kwargs_tree = _resolve_custom(manifest.input_tree)["children"]
         self._args_tree: Tree = args_tree
         self._kwargs_tree: Tree = kwargs_tree
         self._num_args = len(args_tree.get("children", ()))
@@ -306,6 +306,17 @@ def _flatten_fast(tree: Tree, value: Any, out: list[Any]) -> bool:
             if key not in value or not _flatten_fast(child, value[key], out):
                 return False
         return True
+    if kind == "custom":
+        cls, flatten = tree["_py"]
+        if type(value) is not cls:
+            return False
+        items, _ = flatten(value)
+        if len(items) != len(children):
+            return False
+        for child, item in zip(children, items):
+            if not _flatten_fast(child, item, out):
+                return False
+        return True
     want = _CONTAINER.get(kind)
     if want is None or not isinstance(value, want) or len(value) != len(children):
         return False
@@ -313,6 +324,24 @@ def _flatten_fast(tree: Tree, value: Any, out: list[Any]) -> bool:
         if not _flatten_fast(child, item, out):
             return False
     return True
+
+
+def _resolve_custom(tree: Tree) -> Tree:
+    """A copy of the input tree whose custom nodes carry their registered class and flatten
+    function (``_py``); a class not registered here is an UnregisteredPytreeError."""
+    import torch.utils._pytree as pytree
+
+    from .tree import unregistered_error
+
+    node = dict(tree)
+    if node.get("type") == "custom":
+        cls = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(node["name"])
+        if cls is None or cls not in pytree.SUPPORTED_NODES:
+            raise unregistered_error(node["name"], "the pack's inputs")
+        node["_py"] = (cls, pytree.SUPPORTED_NODES[cls].flatten_fn)
+    if "children" in node:
+        node["children"] = [_resolve_custom(c) for c in node["children"]]
+    return node
 
 
 def _flatten(tree: Tree, value: Any, path: str, out: list[Any]) -> None:
@@ -333,6 +362,24 @@ def _flatten(tree: Tree, value: Any, path: str, out: list[Any]) -> None:
             raise InputMismatchError(f"{path} must have keys {keys}, got {list(value.keys())}")
         for key, child in zip(keys, children):
             _flatten(child, value[key], f"{path}[{key!r}]", out)
+        return
+    if kind == "custom":
+        cls, flatten = tree["_py"]
+        if type(value) is not cls:
+            raise InputMismatchError(
+                f"{path} must be a {cls.__module__}.{cls.__qualname__} (a registered pytree "
+                f"class, {tree['name']!r}), got {type(value).__name__}",
+                path=path,
+            )
+        items, _ = flatten(value)
+        if len(items) != len(children):
+            raise InputMismatchError(
+                f"{path} ({cls.__name__}) flattens to {len(items)} children, the exported call "
+                f"had {len(children)}",
+                path=path,
+            )
+        for i, (child, item) in enumerate(zip(children, items)):
+            _flatten(child, item, f"{path}[{i}]", out)
         return
     want = _CONTAINER.get(kind)
     if want is None or not isinstance(value, want) or len(value) != len(children):

@@ -69,6 +69,16 @@ class ProgramError(TrtpackError):
     """The ExportedProgram cannot be stored or restored (e.g. across torch versions)."""
 
 
+class UnregisteredPytreeError(ProgramError):
+    """The pack's inputs or outputs use a pytree class (a dataclass, a transformers cache or
+    ``ModelOutput``) that is not registered in this process. ``type_name`` is torch's
+    serialized name of the class, ``module`` what to import so that it registers itself."""
+
+    def __init__(self, message: str, *, type_name: str, module: str | None) -> None:
+        super().__init__(message)
+        self.type_name, self.module = type_name, module
+
+
 # --- calling a loaded pack -------------------------------------------------------------
 
 
@@ -136,6 +146,7 @@ __all__ = [
     "DeriveError",
     "RangeOverrideError",
     "ProgramError",
+    "UnregisteredPytreeError",
     "InputMismatchError",
     "EngineError",
     "NoUsableEngineError",

@@ -230,6 +230,7 @@ def load_program(
         raise ProgramError(f"{reader.path} holds no ExportedProgram")
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
+    _require_registered(manifest, str(reader.path))
     state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
     constants.update(engines or {})
     graph = reader.read(ref.graph)
@@ -251,6 +252,19 @@ def load_program(
         ep = move_to_device_pass(ep, device)  # device arguments inside the graph (arange, ...)
     annotate(ep, manifest.inputs, manifest.symbols)
     return ep
+
+
+def _require_registered(manifest: Manifest, where: str) -> None:
+    """Every custom pytree class of the call and its result is registered here; else say
+    which, and what to import (torch's own error reads like a version mismatch)."""
+    import torch.utils._pytree as pytree
+
+    from .tree import custom_type_names, unregistered_error
+
+    for tree in (manifest.input_tree, manifest.output_tree):
+        for name in custom_type_names(tree):
+            if name not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+                raise unregistered_error(name, where)
 
 
 def runnable(ep: ExportedProgram) -> torch.fx.GraphModule:

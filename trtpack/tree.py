@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import DeriveError
+from .errors import DeriveError, UnregisteredPytreeError
 from .manifest import Tree
 
 
@@ -34,6 +34,8 @@ def leaf_paths(tree: Tree, root: str) -> list[str]:
             steps = [f".{name}" for name in node["fields"]]
         elif kind == "dict":
             steps = [f"[{key!r}]" for key in node["keys"]]
+        elif kind == "custom":
+            steps = custom_steps(node)
         else:
             steps = [f"[{i}]" for i in range(len(children))]
         for step, child in zip(steps, children):
@@ -87,6 +89,30 @@ def output_names(paths: Sequence[str]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def custom_steps(node: Tree) -> list[str]:
+    """The key path steps of a registered pytree class's children, as torch writes them,
+    read from the context torch serialized for it (no torch, no import of the class): a
+    dataclass (context ``[[fields], [none fields]]``) -> ``.field``; a class whose context
+    names one key per child (a transformers cache: ``["key_cache", "value_cache"]``) ->
+    ``['key_cache']``; anything else -> ``[i]``."""
+    n = len(node.get("children", ()))
+    try:
+        ctx = json.loads(node["context"]) if isinstance(node.get("context"), str) else None
+    except ValueError:
+        ctx = None
+    if (
+        isinstance(ctx, list)
+        and len(ctx) == 2
+        and all(isinstance(c, list) for c in ctx)
+        and len(ctx[0]) == n
+        and all(isinstance(f, str) and f.isidentifier() for f in ctx[0])
+    ):
+        return [f".{f}" for f in ctx[0]]
+    if isinstance(ctx, list) and len(ctx) == n and all(isinstance(k, str) for k in ctx):
+        return [f"[{k!r}]" for k in ctx]
+    return [f"[{i}]" for i in range(n)]
 
 
 def unflatten_call(tree: Tree, leaves: Iterable[Any]) -> tuple[tuple, dict]:
@@ -148,9 +174,16 @@ def from_treespec(spec: Any) -> Tree:
             "fields": list(cls._fields),
             "children": children,
         }
-    node: Tree = {"type": "custom", "name": _qualname(t), "children": children}
+    # named and described exactly as torch's treespec_dumps writes them, so that a program
+    # saved here and the same program read from its serialized JSON get the same tree
+    import torch.utils._pytree as pytree
+
+    entry = pytree.SUPPORTED_SERIALIZED_TYPES.get(t)
+    name = entry.serialized_type_name if entry is not None else _qualname(t)
+    node: Tree = {"type": "custom", "name": name, "children": children}
     try:
-        node["context"] = json.dumps(ctx, sort_keys=True)
+        dump = getattr(entry, "to_dumpable_context", None)
+        node["context"] = dump(ctx) if dump is not None else json.dumps(ctx)
     except (TypeError, ValueError):
         pass  # not JSON-able; the ExportedProgram still carries torch's own spec
     return node
@@ -234,3 +267,32 @@ def restore_namedtuples(tree: Tree) -> None:
         pytree._register_namedtuple(cls, serialized_type_name=tree["name"])
     for child in tree.get("children", ()):
         restore_namedtuples(child)
+
+
+def custom_type_names(tree: Tree) -> list[str]:
+    """The serialized type names of the custom pytree classes in a tree."""
+    out: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node.get("type") == "custom" and node.get("name"):
+            out.append(node["name"])
+        stack.extend(node.get("children", ()))
+    return out
+
+
+def unregistered_error(type_name: str, where: str) -> UnregisteredPytreeError:
+    """What to say when ``type_name`` is not registered with torch's pytree here."""
+    module = type_name.rsplit(".", 1)[0] if "." in type_name else None
+    hint = (
+        f"import {module} (the library that defines it registers it with torch's pytree) "
+        "before loading"
+        if module
+        else "register it with torch.utils._pytree before loading"
+    )
+    return UnregisteredPytreeError(
+        f"{where} uses the pytree class {type_name!r}, which is not registered in this "
+        f"process: {hint}. (This is not a torch version mismatch.)",
+        type_name=type_name,
+        module=module,
+    )

@@ -15,7 +15,9 @@ def shapes(iface):
     return {i.name: i.shape for i in iface.inputs if i.is_tensor}
 
 
-def test_user_dim_names_paths_and_shared_symbol(exported):
+def test_symbol_names_paths_and_shared_symbol(exported):
+    """Symbols are named ``<input>_dim<i>`` at their first appearance: torch.export's JSON
+    does not keep the user's Dim names, and save and migrate must give the same manifest."""
     _, _, ep = exported("keywords")
     iface = derive_interface(ep)
     assert [(i.name, i.path) for i in iface.inputs] == [
@@ -23,17 +25,17 @@ def test_user_dim_names_paths_and_shared_symbol(exported):
         ("mask", "kwargs['mask']"),
         ("bias", "kwargs['bias']"),
     ]
-    assert shapes(iface) == {"x": ("batch", 6), "mask": ("batch", 6), "bias": (6,)}
+    assert shapes(iface) == {"x": ("x_dim0", 6), "mask": ("x_dim0", 6), "bias": (6,)}
     # one symbol for the dim the two inputs share; opt is the example size seen at export
-    assert iface.symbols == {"batch": trtpack.manifest.Symbol(1, 64, 4, "example")}
+    assert iface.symbols == {"x_dim0": trtpack.manifest.Symbol(1, 64, 4, "example")}
 
 
 def test_derived_dims_are_expressions_of_their_root(exported):
     _, _, ep = exported("derived")
     iface = derive_interface(ep)
-    assert shapes(iface) == {"x": ("n", 3), "y": ("2*n", 3), "z": ("n+1",)}
-    assert iface.symbols["n"] == trtpack.manifest.Symbol(2, 32, 4, "example")
-    assert iface.outputs[0].shape == ("2*n", 3)
+    assert shapes(iface) == {"x": ("x_dim0", 3), "y": ("2*x_dim0", 3), "z": ("x_dim0+1",)}
+    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(2, 32, 4, "example")
+    assert iface.outputs[0].shape == ("2*x_dim0", 3)
 
 
 def test_non_tensor_inputs_record_kind_and_specialized_value(exported):
@@ -102,7 +104,7 @@ def test_unbounded_dim_is_recorded_unbounded_with_rule_opt():
             return x * 2
 
     ep = torch.export.export(M(), (torch.randn(5, 2),), dynamic_shapes=({0: Dim("rows")},))
-    sym = derive_interface(ep).symbols["rows"]
+    sym = derive_interface(ep).symbols["x_dim0"]
     assert sym.max is None  # not invented
     assert sym.opt == 5 and sym.opt_source == "example"
     # no example and no hint: the documented rule, always inside [min, max]
@@ -119,13 +121,14 @@ def test_loaded_program_without_dim_names_falls_back_to_input_dim_names():
 
 
 def test_range_override_narrows_and_sets_opt(exported):
+    """Keyed by the user's Dim name (an alias the live program knows) or the manifest name."""
     _, _, ep = exported("keywords")
     iface = derive_interface(ep, ranges={"batch": Range(2, 32, opt=16)})
-    assert iface.symbols["batch"] == trtpack.manifest.Symbol(2, 32, 16, "override")
-    iface = derive_interface(ep, ranges={"batch": (1, 3)})  # opt 4 no longer fits: the rule
-    assert iface.symbols["batch"] == trtpack.manifest.Symbol(1, 3, 3, "rule")
+    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(2, 32, 16, "override")
+    iface = derive_interface(ep, ranges={"x_dim0": (1, 3)})  # opt 4 no longer fits: the rule
+    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(1, 3, 3, "rule")
     iface = derive_interface(ep, ranges={"batch": {"max": 8}})  # opt 4 still fits: kept
-    assert iface.symbols["batch"] == trtpack.manifest.Symbol(1, 8, 4, "example")
+    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(1, 8, 4, "example")
 
 
 @pytest.mark.parametrize(
@@ -147,7 +150,7 @@ def test_bad_range_overrides_are_refused(exported, override, message):
 def test_override_of_unknown_symbol_names_the_known_ones(exported):
     _, _, ep = exported("keywords")
     with pytest.raises(
-        trtpack.RangeOverrideError, match=r"no symbol named 'btch' \(symbols: batch\)"
+        trtpack.RangeOverrideError, match=r"no symbol named 'btch' \(symbols: x_dim0\)"
     ):
         derive_interface(ep, ranges={"btch": (1, 2)})
 
@@ -156,10 +159,10 @@ def test_override_reaches_the_saved_manifest_and_the_contract(exported, tmp_path
     _, _, ep = exported("keywords")
     path = tmp_path / "narrow.trtpack"
     trtpack.save(ep, path, ranges={"batch": (1, 8, 8)})
-    assert trtpack.inspect(path).manifest.symbols["batch"].max == 8
+    assert trtpack.inspect(path).manifest.symbols["x_dim0"].max == 8
     pack = trtpack.load(path, device="cpu")
     with pytest.raises(
-        trtpack.InputMismatchError, match=r"outside the allowed range of batch: \[1, 8\]"
+        trtpack.InputMismatchError, match=r"outside the allowed range of x_dim0: \[1, 8\]"
     ):
         pack(torch.randn(9, 6), mask=torch.randn(9, 6), bias=torch.randn(6))
 
@@ -176,3 +179,25 @@ def test_metadata_must_be_str_to_str(exported, tmp_path):
     with pytest.raises(trtpack.TrtpackError, match="metadata must map str to str"):
         trtpack.save(ep, tmp_path / "m.trtpack", metadata={"epochs": 3})
     assert not (tmp_path / "m.trtpack").exists()
+
+
+def test_same_program_same_manifest_and_digest_by_save_and_migrate(tmp_path):
+    """Issue 9.5: save(ep) named a symbol by the user's Dim ('B'), migrate of the
+    torch.export.save file of the same program 'ids_dim0': the digests differed."""
+
+    class M(torch.nn.Module):
+        def forward(self, ids, mask):
+            return ids * mask
+
+    b, s = Dim("B", min=1, max=32), Dim("S", min=2, max=128)
+    ep = torch.export.export(M(), (torch.randn(2, 8), torch.randn(2, 8)),
+                             dynamic_shapes={"ids": {0: b, 1: s}, "mask": {0: b, 1: s}})  # fmt: skip
+    saved = trtpack.save(ep, tmp_path / "s.trtpack")
+    torch.export.save(ep, tmp_path / "p.pt2")
+    migrated = trtpack.migrate(tmp_path / "p.pt2", tmp_path / "m.trtpack")
+    assert saved.manifest == migrated.manifest and saved.digest == migrated.digest
+    assert set(saved.manifest.symbols) == {"ids_dim0", "ids_dim1"}
+    # the user's Dim names remain usable where the live program is at hand
+    narrowed = trtpack.save(ep, tmp_path / "n.trtpack", ranges={"B": (1, 8), "ids_dim1": (2, 64)})
+    assert narrowed.manifest.symbols["ids_dim0"].max == 8
+    assert narrowed.manifest.symbols["ids_dim1"].max == 64

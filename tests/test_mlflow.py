@@ -64,7 +64,7 @@ def test_log_register_load_predict(tracking, keywords):
     assert info.registered_model_version == 1
     meta = info.metadata["trtpack"]
     assert meta["digest"] == trtpack.inspect(path).digest
-    assert meta["symbols"] == {"batch": {"min": 1, "max": 64, "opt": 4}}
+    assert meta["symbols"] == {"x_dim0": {"min": 1, "max": 64, "opt": 4}}
     sig = info.signature.inputs.to_dict()
     assert [(s["name"], s["tensor-spec"]["dtype"], list(s["tensor-spec"]["shape"])) for s in sig] == [
         ("x", "float32", [-1, 6]), ("mask", "float32", [-1, 6]), ("bias", "float32", [6])

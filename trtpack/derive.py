@@ -74,7 +74,13 @@ def torch_dtype(name: str) -> torch.dtype:
 def derive_interface(
     ep: ExportedProgram, *, ranges: Mapping[str, RangeLike] | None = None
 ) -> Interface:
-    """Describe ``ep``'s inputs, outputs and dynamic dims, applying range overrides."""
+    """Describe ``ep``'s inputs, outputs and dynamic dims, applying range overrides (keyed
+    by manifest symbol name or by the user's ``Dim`` name)."""
+    iface, aliases = _derive(ep)
+    return apply_ranges(iface, ranges, aliases) if ranges else iface
+
+
+def _derive(ep: ExportedProgram) -> tuple[Interface, dict[str, str]]:
     if not isinstance(ep, ExportedProgram):
         raise DeriveError(f"expected a torch.export.ExportedProgram, got {type(ep).__name__}")
     in_spec, out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
@@ -123,7 +129,18 @@ def derive_interface(
     ]
     iface = Interface(tuple(inputs), tuple(outputs), symbols, input_tree, output_tree,
                       _guards(ep, inputs))  # fmt: skip
-    return apply_ranges(iface, ranges) if ranges else iface
+    by_torch = {str(sym): name for sym, name in namer.names.items()}
+    aliases = {
+        user: next(by_torch[t] for t in syms if t in by_torch)
+        for user, syms in namer.dim_aliases().items()
+        if any(t in by_torch for t in syms)
+    }
+    return iface, aliases
+
+
+def dim_aliases(ep: ExportedProgram) -> dict[str, str]:
+    """The user's ``Dim`` names of ``ep`` -> the manifest's symbol names (for ``ranges=``)."""
+    return _derive(ep)[1]
 
 
 def _guards(ep: ExportedProgram, inputs: list[IOSpec]) -> tuple[Guard, ...]:
@@ -210,8 +227,11 @@ def _describe_output(arg: Any, path: str, produced: dict, namer: _SymbolNamer) -
 
 
 class _SymbolNamer:
-    """Maps torch's sympy symbols (``s31``) to manifest names: the user's ``Dim`` name where the
-    shape environment still knows it, else ``<input>_dim<i>``."""
+    """Maps torch's sympy symbols (``s31``) to manifest names: ``<input>_dim<i>`` at the
+    symbol's first appearance — what the torch-free reader of a serialized program gives, since
+    torch.export's JSON does not keep the user's ``Dim`` names (so ``save`` and ``migrate`` of
+    the same program agree). A program loaded from a pack keeps the pack's names. The user's
+    Dim names stay usable as aliases in ``ranges=`` (``dim_aliases``)."""
 
     def __init__(self, ep: ExportedProgram) -> None:
         self.ep = ep
@@ -233,11 +253,16 @@ class _SymbolNamer:
         recorded = self.ep.graph_module.meta.get(SYMBOLS_META_KEY)
         if recorded:  # a program loaded from a pack: the manifest named its symbols
             return {sym: entry[0] for sym, entry in recorded.items()}
+        return {}
+
+    def dim_aliases(self) -> dict[str, list[str]]:
+        """The user's Dim name -> the torch symbols it named (one Dim may have several before
+        export unified them), where the shape environment knows it."""
         env = self._shape_env
         if env is None:
             return {}
         debug = getattr(env, "source_name_to_debug_name", {}) or {}
-        out: dict[str, str] = {}
+        out: dict[str, list[str]] = {}
         for sym, sources in getattr(env, "var_to_sources", {}).items():
             for src in sources:
                 name = src.name() if callable(src.name) else src.name
@@ -245,7 +270,7 @@ class _SymbolNamer:
                 if candidate is None and type(src).__name__ == "ConstantSource":
                     candidate = name  # the root of a derived Dim carries its name directly
                 if candidate and candidate.isidentifier():
-                    out[str(sym)] = candidate
+                    out.setdefault(candidate, []).append(str(sym))
                     break
         return out
 
@@ -402,11 +427,15 @@ def _as_range(name: str, value: RangeLike) -> Range:
     )
 
 
-def apply_ranges(iface: Interface, ranges: Mapping[str, RangeLike]) -> Interface:
+def apply_ranges(
+    iface: Interface, ranges: Mapping[str, RangeLike], aliases: Mapping[str, str] | None = None
+) -> Interface:
     """Narrow symbols' ranges (or set opt). Widening the exported range is refused: the
-    program was only proven correct inside it."""
+    program was only proven correct inside it. A key may be a symbol's manifest name or, via
+    ``aliases``, the user's ``Dim`` name for it."""
     symbols = dict(iface.symbols)
-    for name, raw in ranges.items():
+    for key, raw in ranges.items():
+        name = key if key in symbols else (aliases or {}).get(key, key)
         if name not in symbols:
             known = ", ".join(sorted(symbols)) or "none"
             raise RangeOverrideError(f"no symbol named {name!r} (symbols: {known})")

@@ -194,8 +194,10 @@ def save_compiled(
 ) -> PackInfo:
     """``trtpack.save`` for a module from ``trtpack.compile`` / ``torch_tensorrt.dynamo.compile``
     or a torch_tensorrt ExportedProgram with embedded engines."""
+    from torch.export import ExportedProgram
+
     from ..assemble import build_manifest, write
-    from ..derive import apply_ranges, derive_interface
+    from ..derive import apply_ranges, derive_interface, dim_aliases
     from ..program import program_members
     from .torchtrt import engine_constant_names, wired_program
 
@@ -209,7 +211,9 @@ def save_compiled(
         obj = wired_program(obj)
         iface = derive_interface(source if source is not None else obj)
     if ranges:
-        iface = apply_ranges(iface, ranges)
+        program = source if source is not None else obj
+        aliases = dim_aliases(program) if isinstance(program, ExportedProgram) else {}
+        iface = apply_ranges(iface, ranges, aliases)
     if output_names is not None:
         iface = iface.with_output_names(output_names)
     if source is not None and engine_constant_names(source):

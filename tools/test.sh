@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up, then lint and run the whole test suite, in two environments:
-#   .venv      torch 2.13 (CPU): everything but the torch_tensorrt tests
-#   .venv-trt  torch 2.14.1 + torch-tensorrt-rtx: the tests marked torch_tensorrt
+#   .venv      torch 2.13 (CPU): everything but the torch_tensorrt and vision tests
+#   .venv-trt  torch 2.14.1 + torch-tensorrt-rtx, torchvision, timm: the tests marked
+#              torch_tensorrt or vision
 # Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +10,5 @@ tools/setup.sh
 tools/setup.sh trt
 .venv/bin/ruff check trtpack tests tools
 .venv/bin/ruff format --check trtpack tests tools
-.venv/bin/python -m pytest -m "not torch_tensorrt" "$@"
-.venv-trt/bin/python -m pytest -m torch_tensorrt "$@"
+.venv/bin/python -m pytest -m "not torch_tensorrt and not vision" "$@"
+.venv-trt/bin/python -m pytest -m "torch_tensorrt or vision" "$@"

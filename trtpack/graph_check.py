@@ -74,6 +74,18 @@ _PLAIN_TARGETS = frozenset(
     ]
     + [f"math.{n}" for n in ("trunc", "ceil", "floor", "sqrt")]
     + ["torch.sym_int", "torch._check", "torch._check_is_size"]
+    # what torch.export emits for torch.vmap in a program (transformers' attention masks): the
+    # functions its serializer names and its deserializer resolves in torch._functorch
+    + [
+        f"torch._functorch.predispatch.{n}"
+        for n in (
+            "_add_batch_dim",
+            "_remove_batch_dim",
+            "_vmap_increment_nesting",
+            "_vmap_decrement_nesting",
+            "lazy_load_decompositions",
+        )
+    ]
 )
 # keys whose string values become Python identifiers in generated code
 _NAME_KEYS = frozenset(["name", "as_name", "as_names", "arg_name"])

@@ -10,5 +10,6 @@ tools/setup.sh
 tools/setup.sh trt
 .venv/bin/ruff check trtpack tests tools
 .venv/bin/ruff format --check trtpack tests tools
+.venv/bin/mypy  # type-checks trtpack/ ([tool.mypy] in pyproject.toml)
 .venv/bin/python -m pytest -m "not torch_tensorrt and not vision" "$@"
 .venv-trt/bin/python -m pytest -m "torch_tensorrt or vision" "$@"

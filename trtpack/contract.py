@@ -9,21 +9,17 @@ precomputed tuples: a few microseconds per call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from .errors import InputMismatchError
+from .errors import InputMismatchError, OutsideEngineProfile
 from .guards import compile_guard, implied
-from .manifest import IOSpec, Manifest, Symbol, Tree, parse_dim
+from .manifest import DimExpr, IOSpec, Manifest, Symbol, Tree, parse_dim
 from .tree import leaf_paths
 
 _CONTAINER = {"tuple": tuple, "list": list, "namedtuple": tuple}
-
-
-class OutsideEngineProfile(InputMismatchError):
-    """A call inside the exported ranges but outside the running engines' profiles."""
 
 
 class Contract:
@@ -71,7 +67,7 @@ class Contract:
             for g in manifest.guards
             if g.expr and not implied(g.expr, shapes)
         )
-        self._guard_checks = tuple(c for _, c, _ in self._guards)
+        self._guard_checks: tuple[Callable[[Any], Any], ...] = tuple(c for _, c, _ in self._guards)
         #: guards the manifest cannot express: the runtime adds the program's own check
         self.unexpressed = tuple(g.source for g in manifest.guards if g.expr is None)
 
@@ -80,7 +76,7 @@ class Contract:
     def _compile(self, spec: IOSpec, path: str) -> tuple:
         label = spec.name if path.endswith(f"[{spec.name!r}]") else f"{spec.name} ({path})"
         if spec.is_tensor:
-            dims = []
+            dims: list[tuple[int, int | None, DimExpr | None]] = []
             for i, d in enumerate(spec.shape or ()):
                 if isinstance(d, int):
                     dims.append((i, d, None))
@@ -163,16 +159,16 @@ class Contract:
         if self._guard_checks:
             try:
                 ok = True
-                for check in self._guard_checks:
-                    if not check(leaves):
+                for guard in self._guard_checks:
+                    if not guard(leaves):
                         ok = False
                         break
             except (ArithmeticError, TypeError, IndexError, AttributeError):
                 ok = False
             if not ok:  # find which one, to name it
-                for expr, check, first in self._guards:
+                for expr, guard, first in self._guards:
                     try:
-                        holds = check(leaves)
+                        holds = guard(leaves)
                     except (ArithmeticError, TypeError, IndexError, AttributeError):
                         holds = False  # e.g. a modulus by a zero-sized dim
                     if not holds:

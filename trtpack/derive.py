@@ -474,7 +474,7 @@ def symbol_names(ep: ExportedProgram, inputs: tuple[IOSpec, ...]) -> dict[str, s
         node = placeholders.get(spec.name)
         val = node.meta.get("val") if node is not None else None
         if spec.is_tensor and isinstance(val, torch.Tensor):
-            pairs = list(zip(spec.shape or (), val.shape))
+            pairs: list[tuple[Any, Any]] = list(zip(spec.shape or (), val.shape))
         elif spec.symbol is not None:
             pairs = [(spec.symbol, val)]
         else:

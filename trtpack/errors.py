@@ -95,6 +95,11 @@ class InputMismatchError(TrtpackError, ValueError):
         self.value, self.condition = value, condition
 
 
+class OutsideEngineProfile(InputMismatchError):
+    """A call inside the exported ranges but outside the running engine variant's
+    optimization profiles (``load(..., outside_profile="fallback")`` runs it on the program)."""
+
+
 # --- engines -----------------------------------------------------------------------------
 
 
@@ -148,6 +153,7 @@ __all__ = [
     "ProgramError",
     "UnregisteredPytreeError",
     "InputMismatchError",
+    "OutsideEngineProfile",
     "EngineError",
     "NoUsableEngineError",
     "MissingDependencyError",

@@ -317,14 +317,15 @@ class Manifest:
                     f"engine variant {variant.name!r} has no program, so it must be one "
                     "whole-graph engine"
                 )
-            for sym, (lo, hi) in variant.ranges.items():
-                if sym not in self.symbols:
+            for sym_name, (lo, hi) in variant.ranges.items():
+                if sym_name not in self.symbols:
                     raise ManifestError(
-                        f"engine variant {variant.name!r} narrows unknown symbol {sym!r}"
+                        f"engine variant {variant.name!r} narrows unknown symbol {sym_name!r}"
                     )
                 if hi is not None and lo > hi:
                     raise ManifestError(
-                        f"engine variant {variant.name!r}: range of {sym!r} [{lo}, {hi}] is empty"
+                        f"engine variant {variant.name!r}: range of {sym_name!r} "
+                        f"[{lo}, {hi}] is empty"
                     )
             if variant.whole_graph:
                 problem = whole_graph_mismatch(variant, self.inputs, self.outputs)
@@ -621,15 +622,15 @@ def _from_json_value(tp: Any, value: Any) -> Any:
             return _from_json_value(args[0], value)
         return value  # a union of scalars (Dim, IOSpec.value): already the right JSON value
     if dataclasses.is_dataclass(tp):
-        hints = _hints(tp)
+        hints = _hints(tp)  # type: ignore[arg-type]
         known = {f.name for f in dataclasses.fields(tp)}
         kwargs = {k: _from_json_value(hints[k], v) for k, v in value.items() if k in known}
-        return tp(**kwargs)
+        return tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json_value(args[0], v) for v in value)
-        return tuple(_from_json_value(a, v) for a, v in zip(args, value))
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(_from_json_value(items[0], v) for v in value)
+        return tuple(_from_json_value(a, v) for a, v in zip(items, value))
     if origin is dict:
         _, vt = typing.get_args(tp)
         return {k: _from_json_value(vt, v) for k, v in value.items()}

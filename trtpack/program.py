@@ -151,7 +151,8 @@ def safetensors_chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
     raw = []
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
-        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""  # t's own memory
+        # t's own memory, as a buffer (numpy exposes it without a copy)
+        data: Any = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
         raw.append(RawTensor(name, _dtype_name(t.dtype), tuple(t.shape), data))
     return safetensors_source(raw, metadata)
 
@@ -238,7 +239,8 @@ def load_program(
 
     check_graph(graph, ref.graph)  # before torch turns names into code
     try:
-        ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))
+        # torch's annotations say bytes; deserialize takes the tensors themselves too
+        ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))  # type: ignore[arg-type]
     except Exception as e:
         ours = serde_schema_version()
         raise ProgramError(
@@ -283,5 +285,5 @@ def runnable(ep: ExportedProgram) -> torch.fx.GraphModule:
         raise ProgramError(
             f"torch cannot build a module from the stored program: {type(e).__name__}: {e}"
         ) from e
-    module.validate_inputs = False
+    module.validate_inputs = False  # type: ignore[assignment]
     return module

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .container import PackReader, atomic_write
 from .errors import MissingDependencyError, SignatureError, UnsignedPackError
@@ -105,11 +106,11 @@ def _statement(resources: list[dict], name: str) -> dict:
     }
 
 
-def _hash_for(key: object) -> object:  # a cryptography HashAlgorithm
+def _hash_for(key: Any) -> Any:  # a cryptography HashAlgorithm
     from cryptography.hazmat.primitives import hashes
 
     # The curve's matching hash, as model_signing picks it.
-    bits = key.curve.key_size  # type: ignore[attr-defined]
+    bits = key.curve.key_size
     return hashes.SHA256() if bits <= 256 else hashes.SHA384() if bits <= 384 else hashes.SHA512()
 
 

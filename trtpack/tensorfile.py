@@ -158,7 +158,8 @@ def parse_safetensors(
     for name, spec in header.items():
         if not isinstance(spec, dict):
             raise _bad(where, f"entry {name!r} is not an object", field=name)
-        dtype = CODES.get(spec.get("dtype")) if isinstance(spec.get("dtype"), str) else None
+        code = spec.get("dtype")
+        dtype = CODES.get(code) if isinstance(code, str) else None
         if dtype is None:
             raise _bad(where, f"tensor {name!r} has unknown dtype {spec.get('dtype')!r}",
                        field=f"{name}.dtype", got=spec.get("dtype"))  # fmt: skip

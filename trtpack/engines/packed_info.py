@@ -119,6 +119,9 @@ def _device(text: str) -> tuple[int, int, int, str] | None:
 class _Record:
     """Stand-in for an allowed class: keeps its constructor arguments and state as data."""
 
+    args: tuple[Any, ...]
+    state: dict[str, Any]
+
     def __new__(cls, *args: Any, **kwargs: Any) -> _Record:
         # pickle builds objects with NEWOBJ(_EX), which calls __new__ alone
         self = super().__new__(cls)

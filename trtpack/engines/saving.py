@@ -265,15 +265,15 @@ def plan_variant(
                     raise EngineError(
                         f"{where}: symbol {expr.symbol!r} is unbounded; give the engine's range"
                     )
-                profile.append(tuple(expr.value(v) for v in (sym.min, sym.opt, sym.max)))
+                profile.append((expr.value(sym.min), expr.value(sym.opt), expr.value(sym.max)))
         inputs.append(Binding(spec.name, spec.dtype or "", tuple(spec.shape or ()), tuple(profile)))
     names = output_names or [f"output{i}" for i in range(len(manifest.outputs))]
     outputs = [
         Binding(n, o.dtype or "", tuple(o.shape or ())) for n, o in zip(names, manifest.outputs)
     ]
     member = f"engines/{vname}/engine.plan"
-    spec = EngineSpec(name="engine", member=member, inputs=tuple(inputs), outputs=tuple(outputs))
-    variant = Variant(name=vname, target=target, engines=(spec,), program=None, whole_graph=True)
+    engine = EngineSpec(name="engine", member=member, inputs=tuple(inputs), outputs=tuple(outputs))
+    variant = Variant(name=vname, target=target, engines=(engine,), program=None, whole_graph=True)
     return variant, {member: plan}
 
 

@@ -65,7 +65,8 @@ def probe_environment() -> Environment:
         return Environment(platform=plat)
     gpu = torch.cuda.get_device_capability()
     name = torch.cuda.get_device_name()
-    base = {"gpu": gpu, "gpu_name": name, "cuda_runtime": torch.version.cuda, "platform": plat}
+    base: dict[str, Any] = {"gpu": gpu, "gpu_name": name, "cuda_runtime": torch.version.cuda,
+                            "platform": plat}  # fmt: skip
     try:
         tt = import_torch_tensorrt()
     except MissingDependencyError as e:
@@ -119,7 +120,9 @@ def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None 
         lo, opt, hi = [], [], []
         for d in shape:
             if isinstance(d, int):
-                lo.append(d), opt.append(d), hi.append(d)
+                lo.append(d)
+                opt.append(d)
+                hi.append(d)
                 continue
             expr = parse_dim(d)
             sym = iface.symbols[expr.symbol]
@@ -131,7 +134,8 @@ def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None 
                     "with torch.export.Dim(..., max=MAX). (torch_tensorrt would silently use "
                     "min x 4096.)"
                 )
-            lo.append(expr.value(sym.min)), opt.append(expr.value(sym.opt))
+            lo.append(expr.value(sym.min))
+            opt.append(expr.value(sym.opt))
             hi.append(expr.value(sym.max))
         return tt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=dtype, name=spec.name)
 
@@ -199,7 +203,7 @@ def _engines_for_export(module: torch.fx.GraphModule) -> Iterator[None]:
     holding the packed engine info, as torch_tensorrt.save does before writing."""
     from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
 
-    filled = []
+    filled: list[Any] = []
     for child in module.children():
         if type(child).__name__ == "TorchTensorRTModule" and child.engine is None:
             child.engine = EngineSerializer(child._pack_engine_info())
@@ -296,7 +300,7 @@ def _sympy_bounds(
 ) -> dict[Any, tuple[int, int]] | None:
     if not bounds:
         return None
-    out = {}
+    out: dict[str, Any] = {}
     for node in wired.graph.nodes:
         val = node.meta.get("val") if node.op == "placeholder" else None
         for d in val.shape if isinstance(val, torch.Tensor) else ():

@@ -96,7 +96,7 @@ def _media_type(member: str) -> str:
     return "application/octet-stream"
 
 
-def annotations(info: PackInfo) -> dict[str, str]:
+def pack_annotations(info: PackInfo) -> dict[str, str]:
     m = info.manifest
 
     def io(specs: Any) -> str:
@@ -160,10 +160,13 @@ def push(pack: PathLike, ref: str) -> Pushed:
         raise RegistryError(f"push to a tag, not a digest: {ref}")
     registry = _registry(reference)
     container = registry.get_container(reference.target)
-    uploaded, skipped = [], []
+    uploaded: list[str] = []
+    skipped: list[str] = []
     with open_pack(pack) as (reader, info), tempfile.TemporaryDirectory() as tmp:
         raw = reader.read(MANIFEST_NAME)
-        blobs = [(MANIFEST_NAME, CONFIG_TYPE, "sha256:" + hashlib.sha256(raw).hexdigest(), raw)]
+        blobs: list[tuple[str, str, str, bytes | None]] = [
+            (MANIFEST_NAME, CONFIG_TYPE, "sha256:" + hashlib.sha256(raw).hexdigest(), raw)
+        ]
         for name, member in sorted(info.manifest.members.items()):
             blobs.append((name, _media_type(name), f"sha256:{member.sha256}", None))
         layers = []
@@ -191,7 +194,7 @@ def push(pack: PathLike, ref: str) -> Pushed:
             "artifactType": ARTIFACT_TYPE,
             "config": config,
             "layers": layers,
-            "annotations": annotations(info),
+            "annotations": pack_annotations(info),
         }
         response = _call("upload the manifest", reference, registry.upload_manifest, manifest,
                          container)  # fmt: skip

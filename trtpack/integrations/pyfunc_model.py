@@ -4,9 +4,10 @@ MLflow runs this file to build the model, so nothing of it is pickled."""
 from __future__ import annotations
 
 import mlflow
+import mlflow.pyfunc
 
 
-class TrtpackModel(mlflow.pyfunc.PythonModel):
+class TrtpackModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """predict({"x": array, ...}) or predict(array) -> {output name: array} (or one array)."""
 
     def load_context(self, context):  # MLflow reads these signatures: no type hints

@@ -164,7 +164,8 @@ def _weights(reader: PackReader, tensors: list[tuple[str, str, dict]], where: st
         described = []
         for group, fqn, meta in entries:
             tm = meta.get("tensor_meta") or {}
-            dtype = SCALAR_TYPES.get(tm.get("dtype"))
+            code = tm.get("dtype")
+            dtype = SCALAR_TYPES.get(code) if isinstance(code, int) else None
             if dtype is None or dtype not in DTYPES:
                 raise MigrationError(f"{where}: tensor {fqn!r} has dtype code {tm.get('dtype')}")
             sizes = _ints(tm["sizes"], f"{where}: tensor {fqn!r}")
@@ -267,7 +268,7 @@ def _binding(program: SerializedProgram, name: str, tensor: str, names: dict[str
     shape = tuple(program.dim_text(s, names) for s in sizes)
     profile = None
     if is_input:
-        rows = []
+        rows: list[tuple[int, int, int]] | None = []
         for s in sizes:
             lo = program.evaluate(s, {k: v.min for k, v in values.items()})
             opt = program.evaluate(s, {k: v.opt for k, v in values.items()})
@@ -275,6 +276,7 @@ def _binding(program: SerializedProgram, name: str, tensor: str, names: dict[str
             if None in (lo, opt, hi):
                 rows = None
                 break
+            assert rows is not None and lo is not None and opt is not None and hi is not None
             rows.append((lo, opt, hi))
         profile = tuple(rows) if rows is not None else None
-    return Binding(name, program.dtype(meta, tensor), shape, profile)  # type: ignore[arg-type]
+    return Binding(name, program.dtype(meta, tensor), shape, profile)

@@ -74,7 +74,9 @@ def _linear(node: ast.AST, text: str) -> Linear:
         if fn == "Symbol" and args and isinstance(args[0], ast.Constant):
             return Linear({str(args[0].value): 1}, 0, text)
         if fn == "Integer" and args and isinstance(args[0], ast.Constant):
-            return Linear({}, int(args[0].value), text)
+            value = args[0].value
+            if isinstance(value, int):
+                return Linear({}, value, text)
         if fn in ("Add", "Mul"):
             parts = [_linear(a, text) for a in args]
             return _add(parts, text) if fn == "Add" else _mul(parts, text)
@@ -112,7 +114,8 @@ def _mul(parts: list[Linear], text: str) -> Linear:
     symbolic = next((p for p in parts if p.terms), None)
     if symbolic is None:
         return Linear({}, factor, text)
-    return Linear({s: c * factor for s, c in symbolic.terms.items()}, symbolic.const * factor, text)
+    terms = symbolic.terms or {}
+    return Linear({s: c * factor for s, c in terms.items()}, symbolic.const * factor, text)
 
 
 def _sym_int(value: dict) -> tuple[int | None, Linear | None, int | None]:
@@ -127,12 +130,14 @@ def _sym_int(value: dict) -> tuple[int | None, Linear | None, int | None]:
 # --- pytree specs ----------------------------------------------------------------------------
 
 
-def tree_from_json(spec: str | dict, namedtuple_fields: dict[str, Any] | None = None) -> Tree:
+def tree_from_json(spec: Any, namedtuple_fields: dict[str, Any] | None = None) -> Tree:
     """torch's ``treespec_dumps`` JSON -> manifest tree."""
     if isinstance(spec, str):
         spec = json.loads(spec)
     if isinstance(spec, list):  # [protocol, node]
         spec = spec[1]
+    if not isinstance(spec, dict):
+        raise MigrationError(f"a pytree spec is not an object: {str(spec)[:80]!r}")
     kind = spec.get("type")
     if kind is None:
         return {"type": "leaf"}
@@ -151,7 +156,7 @@ def tree_from_json(spec: str | dict, namedtuple_fields: dict[str, Any] | None = 
     if kind == "builtins.NoneType":
         return {"type": "none", "children": []}
     if kind == "collections.namedtuple":
-        fields = ((namedtuple_fields or {}).get(ctx) or {}).get("field_names")
+        fields = ((namedtuple_fields or {}).get(str(ctx)) or {}).get("field_names")
         if fields is not None:
             return {"type": "namedtuple", "name": ctx, "fields": list(fields), "children": children}
     node: Tree = {"type": "custom", "name": kind, "children": children}
@@ -208,7 +213,7 @@ class SerializedProgram:
 
     # -- inputs and outputs ------------------------------------------------------------------
 
-    def user_inputs(self) -> list[tuple[str, dict]]:
+    def user_inputs(self) -> list[tuple[Any, Any]]:
         """(name, argument) of each user input, in order, constants included."""
         out = []
         for spec in self.signature["input_specs"]:
@@ -294,11 +299,11 @@ class SerializedProgram:
             meta = self.tensors.get(name)
             if meta is None:
                 raise MigrationError(f"{self.where}: input {name!r} has no tensor metadata")
-            shape = []
+            shape: list[int | str] = []
             for i, size in enumerate(meta["sizes"]):
                 value, expr, hint = _sym_int(size)
                 if expr is None:
-                    shape.append(value)
+                    shape.append(int(value or 0))
                     continue
                 shape.append(self._input_dim(expr, hint, name, i, names, hints))
             return IOSpec(name=name, path=path, kind="tensor", dtype=self.dtype(meta, name),
@@ -366,7 +371,8 @@ class SerializedProgram:
         return sum(c * values[s] for s, c in expr.terms.items()) + expr.const
 
     def dtype(self, meta: dict, name: str) -> str:
-        dtype = SCALAR_TYPES.get(meta.get("dtype"))
+        code = meta.get("dtype")
+        dtype = SCALAR_TYPES.get(code) if isinstance(code, int) else None
         if dtype is None:
             raise MigrationError(
                 f"{self.where}: {name!r} has dtype code {meta.get('dtype')}, unknown"

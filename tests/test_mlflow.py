@@ -96,7 +96,7 @@ def test_predict_refuses_bad_inputs_clearly(tracking, keywords):
     inputs["x"] = np.zeros((65, 6), np.float32)
     inputs["mask"] = np.zeros((65, 6), np.float32)
     with pytest.raises(
-        Exception, match=r"dim 0 is 65, outside the allowed range of batch: \[1, 64\]"
+        Exception, match=r"dim 0 is 65, outside the allowed range of x_dim0: \[1, 64\]"
     ):
         pyfunc.predict(inputs)
 

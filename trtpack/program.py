@@ -54,7 +54,7 @@ def program_members(
     for spec in (ep.call_spec.in_spec, ep.call_spec.out_spec):
         register_namedtuples(spec)
     try:
-        graph = _serialize_graph(ep)
+        graph = serialize_graph(ep)
     except Exception as e:
         raise ProgramError(f"torch.export could not serialize the program: {e}") from e
     weights = _weights_source(ep, engines)
@@ -66,7 +66,7 @@ def program_members(
     return {ref.graph: graph, ref.weights: weights}, ref
 
 
-def _serialize_graph(ep: ExportedProgram) -> bytes:
+def serialize_graph(ep: ExportedProgram) -> bytes:
     """torch.export's JSON of the program, without weights, constants or example inputs."""
     from torch._export.serde import serialize as serde
 

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ManifestError, UnsupportedVersionError
 
@@ -30,6 +30,11 @@ MANIFEST_NAME = "manifest.json"
 
 Dim = int | str
 Tree = dict[str, Any]
+#: what an input or output is (``io.kind`` in the schema)
+Kind = Literal["tensor", "int", "float", "bool", "str", "none"]
+#: which TensorRT built an engine set (``target.flavor``)
+Flavor = Literal["tensorrt", "tensorrt_rtx"]
+OptSource = Literal["example", "rule", "override"]
 
 
 # --- the dataclasses (mirror schema/manifest.v1.schema.json) -------------------------------
@@ -53,7 +58,7 @@ class IOSpec:
 
     name: str
     path: str
-    kind: str
+    kind: Kind
     dtype: str | None = None
     shape: tuple[Dim, ...] | None = None
     memory_format: str | None = None
@@ -72,7 +77,7 @@ class Symbol:
     min: int
     max: int | None
     opt: int
-    opt_source: str
+    opt_source: OptSource
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ class EngineSpec:
 class Target:
     """What an engine set needs to run: read from plan headers and build settings."""
 
-    flavor: str
+    flavor: Flavor
     trt_version: str
     compute_capabilities: tuple[str, ...]
     hardware_compatibility: str

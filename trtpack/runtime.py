@@ -10,7 +10,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch.export import ExportedProgram
@@ -257,7 +257,7 @@ def load(
     verify: bool = True,
     require_engine: bool = False,
     variant: str | None = None,
-    outside_profile: str = "error",
+    outside_profile: Literal["error", "fallback"] = "error",
     inference_mode: bool = True,
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,

@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import EngineError
-from ..manifest import Target
+from ..manifest import Flavor, Target
 
 RTX_MAGIC = b"vtrt"
 TRT_MAGIC = b"ftrt"
@@ -51,7 +51,7 @@ _RTX_CC_BITS_1_4 = {0: "7.5", 1: "8.0", 2: "8.6", 3: "8.9", 4: "12.0"}
 class PlanInfo:
     """The facts a plan's header gives."""
 
-    flavor: str  # "tensorrt" or "tensorrt_rtx"
+    flavor: Flavor
     trt_version: str  # "10.13.3.9", "1.6.1.120"
     #: compute capabilities the plan has kernels for ("8.0", ...); empty: not in the header
     compute_capabilities: tuple[str, ...] = ()

@@ -24,6 +24,7 @@ from ..manifest import (
     Guard,
     Interface,
     IOSpec,
+    Kind,
     Symbol,
     Tree,
     memory_format_of,
@@ -388,9 +389,11 @@ class SerializedProgram:
         return memory_format_of(sizes, strides)  # type: ignore[arg-type]
 
 
-def _constant(arg: dict, where: str) -> tuple[str, Any]:
-    for key, kind in (("as_none", "none"), ("as_bool", "bool"), ("as_int", "int"),
-                      ("as_float", "float"), ("as_string", "str")):  # fmt: skip
+def _constant(arg: dict, where: str) -> tuple[Kind, Any]:
+    pairs: tuple[tuple[str, Kind], ...] = (("as_none", "none"), ("as_bool", "bool"),
+                                           ("as_int", "int"), ("as_float", "float"),
+                                           ("as_string", "str"))  # fmt: skip
+    for key, kind in pairs:
         if key in arg:
             return kind, None if kind == "none" else arg[key]
     found = next(iter(arg), "empty")

@@ -148,7 +148,7 @@ def test_errors(registry, pack, tmp_path):
     assert not (tmp_path / "x.trtpack").exists()
     out = tmp_path / "exists.trtpack"
     out.write_bytes(b"keep me")
-    with pytest.raises(trtpack.RegistryError, match="exists; pass overwrite=True"):
+    with pytest.raises(trtpack.OutputExistsError, match="exists; pass overwrite=True"):
         oci.pull(f"oci://{registry}/models/anything:1", out)
     assert out.read_bytes() == b"keep me"
 

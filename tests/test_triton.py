@@ -103,7 +103,7 @@ def test_refusals_write_nothing(engine_pack, tmp_path):
     assert not repo.exists() or list(repo.iterdir()) == []
     export(engine_pack, repo)
     config = (repo / "detector" / "config.pbtxt").read_text()
-    with pytest.raises(trtpack.RegistryError, match="exists; pass overwrite=True"):
+    with pytest.raises(trtpack.OutputExistsError, match="exists; pass overwrite=True"):
         export(engine_pack, repo)
     assert (repo / "detector" / "config.pbtxt").read_text() == config
     export(engine_pack, repo, overwrite=True)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import PackLockedError
+from .errors import OutputExistsError, PackLockedError
 
 SUFFIX = ".trtpack-tmp"
 STEPS = ("temp-created", "bytes", "before-fsync", "after-fsync", "before-rename",
@@ -87,7 +87,7 @@ def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator
     ``path`` is untouched."""
     target = Path(path)
     if not overwrite and target.exists():
-        raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(target)
     directory = target.parent if str(target.parent) else Path(".")
     remove_stale_temps(target)
     tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{SUFFIX}"
@@ -101,7 +101,7 @@ def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator
             os.fsync(f.fileno())
             _at("after-fsync")
         if not overwrite and target.exists():
-            raise FileExistsError(f"{target} appeared while writing; not replacing it")
+            raise OutputExistsError(target)  # it appeared while this write ran
         _at("before-rename")
         os.replace(tmp, target)
         _at("after-rename")

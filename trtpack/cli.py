@@ -140,8 +140,9 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
     from .engines.saving import add_engine
 
     if args.output and not args.force and Path(args.output).exists():
-        print(f"trtpack: error: {args.output} exists (use --force to replace it)", file=sys.stderr)
-        return 1
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output)
     names = ", ".join(v.name for v in info.manifest.engines)
     print(f"{info.path}: engine variants {names}  {info.digest}")

@@ -127,6 +127,16 @@ class MigrationError(TrtpackError):
     """A legacy artifact cannot be migrated to the current format."""
 
 
+class OutputExistsError(TrtpackError, FileExistsError):
+    """The output path exists and replacing it was not asked for (``overwrite=True``,
+    ``--force``): nothing was written. One error for every writer (save, migrate, export-triton,
+    pull, add-engine to another file)."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"{path} exists; pass overwrite=True (--force) to replace it")
+        self.path = str(path)
+
+
 class RegistryError(TrtpackError):
     """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
 
@@ -159,6 +169,7 @@ __all__ = [
     "MissingDependencyError",
     "MigrationError",
     "RegistryError",
+    "OutputExistsError",
     "PackLockedError",
 ]
 

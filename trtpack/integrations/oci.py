@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..container import FileSlice, PathLike, write_pack
-from ..errors import IntegrityError, MissingDependencyError, RegistryError
+from ..errors import IntegrityError, MissingDependencyError, OutputExistsError, RegistryError
 from ..info import PackInfo, format_shape, inspect, open_pack
 from ..manifest import MANIFEST_NAME, Manifest
 
@@ -225,7 +225,7 @@ def pull(ref: str, out: PathLike, *, overwrite: bool = False) -> PackInfo:
     byte-identical to the pack that was pushed."""
     out_path = Path(out)
     if out_path.exists() and not overwrite:
-        raise RegistryError(f"{out} exists; pass overwrite=True (--force) to replace it")
+        raise OutputExistsError(out)
     reference = parse_reference(ref)
     oci = fetch_manifest(ref)
     registry = _registry(reference)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..container import PathLike
-from ..errors import MissingDependencyError, RegistryError
+from ..errors import MissingDependencyError, OutputExistsError, RegistryError
 from ..info import open_pack
 from ..manifest import Binding, Manifest, Variant, parse_dim
 
@@ -130,7 +130,7 @@ def export_triton(
             raise RegistryError(f"{name!r} is not a usable Triton model name")
         target = repo / name
         if target.exists() and not overwrite:
-            raise RegistryError(f"{target} exists; pass overwrite=True (--force) to replace it")
+            raise OutputExistsError(target)
         variants = _qualifying(info.manifest, where)
         first = variants[0]
         (engine,) = first.engines

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..container import PackReader, PathLike, Source
-from ..errors import MigrationError, NotAPackError, TrtpackError
+from ..errors import MigrationError, NotAPackError, OutputExistsError
 from ..manifest import MANIFEST_NAME, Interface, Producer
 from .pt2 import Converted, archive_root, convert_pt2
 
@@ -253,6 +253,6 @@ def migrate(
             f"{dst} is the input file; pass in_place=True (--in-place) to replace it"
         )
     if d.exists() and not (overwrite or same):
-        raise TrtpackError(f"{dst} exists; pass overwrite=True (--force) to replace it")
+        raise OutputExistsError(dst)
     converted = convert(s, inputs=inputs, outputs=outputs, variant=variant)
     return to_pack(converted, d, overwrite=True)

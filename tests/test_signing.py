@@ -149,3 +149,16 @@ def test_model_signing_verifier_accepts_a_trtpack_signature(signed, tmp_path):
         )
     config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public)
     config.verify(folder, signature_path(pack))
+
+
+def test_a_format_1_0_pack_reads_no_member_before_its_signature(tmp_path):
+    """A 1.0 pack's guards are read from its graph JSON: only after the signature verified.
+    Here the graph is garbage (hashes consistent) and the pack unsigned: the refusal is
+    about the signature, not the graph."""
+    from test_container import rewrite
+
+    old = Path(__file__).parent / "fixtures" / "v1.0" / "keywords.trtpack"
+    bad = rewrite(old, tmp_path / "old.trtpack", replace={"program/graph.json": b"{not json"})
+    _, public = _keypair(tmp_path)
+    with pytest.raises(trtpack.UnsignedPackError):
+        trtpack.load(bad, device="cpu", require_signature=public)

@@ -7,6 +7,7 @@ grow with the pack. ``verify`` also hashes every member. ``render`` draws the ta
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,13 +40,16 @@ class PackInfo:
 
 
 @contextmanager
-def open_pack(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
-    """Open and check a pack's structure and manifest (no member data is read)."""
+def open_pack(
+    path: PathLike, *, program_guards: bool = True
+) -> Iterator[tuple[PackReader, PackInfo]]:
+    """Open and check a pack's structure and manifest (no member data is read, except, for
+    a format-1.0 pack with ``program_guards``, its graph JSON: see ``with_program_guards``)."""
     with PackReader(path) as reader:
-        yield reader, read_info(reader)
+        yield reader, read_info(reader, program_guards=program_guards)
 
 
-def read_info(reader: PackReader) -> PackInfo:
+def read_info(reader: PackReader, *, program_guards: bool = True) -> PackInfo:
     if MANIFEST_NAME not in reader:
         names = ", ".join(sorted(reader.members)[:5]) or "none"
         raise NotAPackError(
@@ -73,20 +77,23 @@ def read_info(reader: PackReader) -> PackInfo:
         reader.aliases.update(renames)
     manifest = Manifest.from_dict(data)
     _check_members(reader, manifest)
-    if upgraded_from is not None and upgraded_from < (1, 1) and manifest.program is not None:
-        manifest = _with_program_guards(reader, manifest)
-    return PackInfo(
+    info = PackInfo(
         path=reader.path,
         manifest=manifest,
         digest="sha256:" + hashlib.sha256(raw).hexdigest(),
         file_size=reader.file_size,
         upgraded_from=upgraded_from,
     )
+    return with_program_guards(reader, info) if program_guards else info
 
 
-def _with_program_guards(reader: PackReader, manifest: Manifest) -> Manifest:
+def with_program_guards(reader: PackReader, info: PackInfo) -> PackInfo:
     """A format-1.0 manifest recorded no guards: read them from its program's JSON, so an
-    upgraded pack checks every call as a 1.1 pack does."""
+    upgraded pack checks every call as a 1.1 pack does. (``load`` calls this only after a
+    required signature has verified: it reads a member besides the manifest.)"""
+    manifest = info.manifest
+    if info.upgraded_from is None or info.upgraded_from >= (1, 1) or manifest.program is None:
+        return info
     from .graph_check import check_graph
     from .limits import loads
     from .migrations.serde_json import SerializedProgram
@@ -96,7 +103,9 @@ def _with_program_guards(reader: PackReader, manifest: Manifest) -> Manifest:
     data = loads(reader.read(graph), f"{reader.path}: {graph}", IntegrityError)
     check_graph(data, graph)
     program = SerializedProgram(data, where=f"{reader.path}: {graph}")
-    return manifest.replace(guards=program.guards(list(manifest.inputs)))
+    return dataclasses.replace(
+        info, manifest=manifest.replace(guards=program.guards(list(manifest.inputs)))
+    )
 
 
 def _check_members(reader: PackReader, manifest: Manifest) -> None:

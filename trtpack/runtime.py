@@ -18,7 +18,7 @@ from torch.export import ExportedProgram
 from .container import PackReader, PathLike
 from .contract import Contract, OutsideEngineProfile
 from .errors import InputMismatchError, ManifestError, NoUsableEngineError
-from .info import PackInfo, open_pack, read_info
+from .info import PackInfo, open_pack, read_info, with_program_guards
 from .manifest import Manifest
 from .program import load_program, runnable
 
@@ -55,7 +55,7 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     except OSError:
         first = False  # detect() says what is wrong with the path
     if first or detect(path) == TRTPACK:
-        with open_pack(path) as (reader, info):
+        with open_pack(path, program_guards=False) as (reader, info):
             if info.upgraded_from is not None:
                 old = ".".join(map(str, info.upgraded_from))
                 new = ".".join(map(str, info.manifest.format_version))
@@ -288,6 +288,7 @@ def load(
             from .signing import verify_reader
 
             verify_reader(reader, require_signature, signature)
+        info = with_program_guards(reader, info)  # a 1.0 pack: its guards, from its program
         manifest = info.manifest
         reason = None
         if manifest.engines or require_engine or variant is not None:

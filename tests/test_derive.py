@@ -201,3 +201,25 @@ def test_same_program_same_manifest_and_digest_by_save_and_migrate(tmp_path):
     narrowed = trtpack.save(ep, tmp_path / "n.trtpack", ranges={"B": (1, 8), "ids_dim1": (2, 64)})
     assert narrowed.manifest.symbols["ids_dim0"].max == 8
     assert narrowed.manifest.symbols["ids_dim1"].max == 64
+
+
+def test_a_namedtuple_program_saves_in_a_fresh_process(tmp_path):
+    """The interface is derived from the serialized program: its namedtuples must be
+    registered for serialization first, also in a process that never registered them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import collections, torch, trtpack\n"
+        "P = collections.namedtuple('P', ['lo', 'hi'])\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return P(x - 1, x + 1)\n"
+        "ep = torch.export.export(M(), (torch.randn(2, 3),))\n"
+        f"info = trtpack.save(ep, {str(tmp_path / 'nt.trtpack')!r})\n"
+        "print([o.name for o in info.manifest.outputs])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert "['lo', 'hi']" in out.stdout

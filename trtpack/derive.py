@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from .errors import DeriveError, ProgramError, RangeOverrideError
+from .errors import DeriveError, RangeOverrideError
 from .manifest import (
     Interface,
     IOSpec,
@@ -49,15 +49,18 @@ class Range:
 
 
 def derive_interface(
-    ep: ExportedProgram, *, ranges: Mapping[str, RangeLike] | None = None
+    ep: ExportedProgram,
+    *,
+    ranges: Mapping[str, RangeLike] | None = None,
+    graph: bytes | None = None,
 ) -> Interface:
     """Describe ``ep``'s inputs, outputs and dynamic dims, applying range overrides (keyed
     by manifest symbol name or by the user's ``Dim`` name)."""
-    iface, aliases = _derive(ep)
+    iface, aliases = _derive(ep, graph)
     return apply_ranges(iface, ranges, aliases) if ranges else iface
 
 
-def _derive(ep: ExportedProgram) -> tuple[Interface, dict[str, str]]:
+def _derive(ep: ExportedProgram, graph: bytes | None = None) -> tuple[Interface, dict[str, str]]:
     """The one derivation: serialize ``ep`` as torch.export does and read the interface from
     that JSON with the torch-free reader that also reads legacy ``.pt2`` files
     (``migrations/serde_json.py``), so every route gives the same facts. The torch side adds
@@ -69,12 +72,10 @@ def _derive(ep: ExportedProgram) -> tuple[Interface, dict[str, str]]:
 
     from .errors import MigrationError
     from .migrations.serde_json import SerializedProgram
-    from .program import serialize_graph
+    from .program import program_graph
 
-    try:
-        graph = serialize_graph(ep)
-    except Exception as e:
-        raise ProgramError(f"torch.export could not serialize the program: {e}") from e
+    if graph is None:
+        graph = program_graph(ep)
     try:
         program = SerializedProgram(json.loads(graph), where="the ExportedProgram")
         iface, by_torch = program.interface()

@@ -76,10 +76,12 @@ def _save_program(
     overwrite: bool,
     output_names: Sequence[str] | Mapping[str, str] | None = None,
 ) -> PackInfo:
-    iface = derive_interface(ep, ranges=ranges)
+    members, ref = program_members(ep)
+    graph = members[ref.graph]
+    assert isinstance(graph, bytes)
+    iface = derive_interface(ep, ranges=ranges, graph=graph)  # from the bytes it stores
     if output_names is not None:
         iface = iface.with_output_names(output_names)
-    members, ref = program_members(ep)
     return write(
         path,
         members,

@@ -44,19 +44,31 @@ def serde_schema_version() -> tuple[int, int]:
 # --- saving ------------------------------------------------------------------------------
 
 
-def program_members(
-    ep: ExportedProgram, *, folder: str = "program", engines: frozenset[str] = frozenset()
-) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
-    """The members that store ``ep`` under ``folder``, and the manifest's reference to them.
-    ``engines`` names constants that are TensorRT engines: the graph refers to them by name,
-    and they are stored as plan members of their own, not here."""
-    _refuse_unstorable(ep, engines)
+def program_graph(ep: ExportedProgram) -> bytes:
+    """torch.export's JSON of ``ep`` — what the pack stores and what the interface is derived
+    from (the namedtuples of its call are registered for serialization first)."""
     for spec in (ep.call_spec.in_spec, ep.call_spec.out_spec):
         register_namedtuples(spec)
     try:
-        graph = serialize_graph(ep)
+        return serialize_graph(ep)
     except Exception as e:
         raise ProgramError(f"torch.export could not serialize the program: {e}") from e
+
+
+def program_members(
+    ep: ExportedProgram,
+    *,
+    folder: str = "program",
+    engines: frozenset[str] = frozenset(),
+    graph: bytes | None = None,
+) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
+    """The members that store ``ep`` under ``folder``, and the manifest's reference to them.
+    ``engines`` names constants that are TensorRT engines: the graph refers to them by name,
+    and they are stored as plan members of their own, not here. ``graph``: ``ep``'s JSON when
+    the caller has it already (``save`` derives the interface from the same bytes)."""
+    _refuse_unstorable(ep, engines)
+    if graph is None:
+        graph = program_graph(ep)
     weights = _weights_source(ep, engines)
     ref = ProgramRef(
         graph=f"{folder}/graph.json",

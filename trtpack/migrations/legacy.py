@@ -207,8 +207,10 @@ def _convert_pre_pt2(reader: PackReader) -> Converted:
             f"(schema {version}): {type(e).__name__}: {e}"
         ) from None
     members, ref = program_members(ep)
+    stored = members[ref.graph]
+    assert isinstance(stored, bytes)
     return Converted(f"torch.export program (pre-2.7 layout, schema {version})",
-                     derive_interface(ep), dict(members), ref,
+                     derive_interface(ep, graph=stored), dict(members), ref,
                      producer=Producer(trtpack="-", python="-"))  # fmt: skip
 
 

@@ -149,44 +149,8 @@ def call_tree(num_args: int, kwarg_names: list[str]) -> Tree:
     }
 
 
-# --- torch TreeSpec <-> JSON (torch imported only when called) -------------------------------
-
-
-def from_treespec(spec: Any) -> Tree:
-    """A torch ``TreeSpec`` as manifest JSON."""
-    if spec.is_leaf():
-        return {"type": "leaf"}
-    children = [from_treespec(c) for c in _children(spec)]
-    t, ctx = spec.type, spec.context
-    if t is tuple:
-        return {"type": "tuple", "children": children}
-    if t is list:
-        return {"type": "list", "children": children}
-    if t in (dict, collections.OrderedDict):
-        return {"type": "dict", "keys": [_json_key(k) for k in ctx], "children": children}
-    if t is type(None):
-        return {"type": "none", "children": []}
-    cls = ctx if isinstance(ctx, type) else t  # torch >= 2.12 keys namedtuples by the function
-    if isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields"):
-        return {
-            "type": "namedtuple",
-            "name": _qualname(cls),
-            "fields": list(cls._fields),
-            "children": children,
-        }
-    # named and described exactly as torch's treespec_dumps writes them, so that a program
-    # saved here and the same program read from its serialized JSON get the same tree
-    import torch.utils._pytree as pytree
-
-    entry = pytree.SUPPORTED_SERIALIZED_TYPES.get(t)
-    name = entry.serialized_type_name if entry is not None else _qualname(t)
-    node: Tree = {"type": "custom", "name": name, "children": children}
-    try:
-        dump = getattr(entry, "to_dumpable_context", None)
-        node["context"] = dump(ctx) if dump is not None else json.dumps(ctx)
-    except (TypeError, ValueError):
-        pass  # not JSON-able; the ExportedProgram still carries torch's own spec
-    return node
+# --- manifest JSON -> torch TreeSpec (torch imported only when called; the other way is
+# migrations/serde_json.tree_from_json over torch's own serialized spec) ---------------------
 
 
 def to_treespec(tree: Tree) -> Any:
@@ -220,15 +184,6 @@ def _children(spec: Any) -> list[Any]:
     if callable(children):
         return list(children())
     return list(spec.children_specs)
-
-
-def _json_key(key: Any) -> str | int:
-    if isinstance(key, (str, int)) and not isinstance(key, bool):
-        return key
-    raise DeriveError(
-        f"dict key {key!r} of type {type(key).__name__} cannot be stored; "
-        "use str or int keys in model inputs and outputs"
-    )
 
 
 def _qualname(t: Any) -> str:

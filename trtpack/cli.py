@@ -79,7 +79,7 @@ def _inspect_pre_pt2(args: argparse.Namespace) -> int:
         f"would be migrated by `trtpack migrate {args.pack} OUT.trtpack` (which needs torch, "
         "to read its pickled weights with torch's weights_only loader); its interface:\n"
     )
-    sys.stdout.write(render_interface(iface.inputs, iface.outputs, iface.symbols, iface.guards))
+    sys.stdout.write(render_interface(iface))
     return 0
 
 

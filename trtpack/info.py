@@ -22,7 +22,7 @@ from .errors import (
     UnsafePackError,
 )
 from .limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, Guard, IOSpec, Manifest, Symbol, parse_dim
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, Interface, IOSpec, Manifest, Symbol, parse_dim
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,6 @@ def with_program_guards(reader: PackReader, info: PackInfo) -> PackInfo:
     from .limits import loads
     from .migrations.serde_json import SerializedProgram
 
-    assert manifest.program is not None
     graph = manifest.program.graph
     data = loads(reader.read(graph), f"{reader.path}: {graph}", IntegrityError)
     check_graph(data, graph)
@@ -135,16 +134,13 @@ def inspect(path: PathLike) -> PackInfo:
 def verify(path: PathLike) -> PackInfo:
     """Check every member's SHA-256 and size against the manifest, and every engine plan's
     header against its variant's target. Raises IntegrityError or EngineError."""
-    from .engines.plan import check_plan_target, parse_plan
+    from .engines.plan import check_variant_plans
 
     with open_pack(path) as (reader, info):
         for name, member in info.manifest.members.items():
             reader.verify(name, member.sha256, member.size)
         for variant in info.manifest.engines:
-            for engine in variant.engines:
-                where = f"{reader.path}: engine member {engine.member!r}"
-                plan = parse_plan(reader.view(engine.member), where=where)
-                check_plan_target(plan, variant.target, engine.member)
+            check_variant_plans(reader.view, variant, f"{reader.path}: ")
         return info
 
 
@@ -236,13 +232,9 @@ def _engine_lines(m: Manifest) -> list[str]:
     return lines
 
 
-def render_interface(
-    inputs: tuple[IOSpec, ...],
-    outputs: tuple[IOSpec, ...],
-    symbols: dict[str, Symbol],
-    guards: tuple[Guard, ...] = (),
-) -> str:
+def render_interface(iface: Interface) -> str:
     """The inputs, outputs, symbols and guards tables."""
+    inputs, outputs, symbols, guards = iface.inputs, iface.outputs, iface.symbols, iface.guards
     lines = ["inputs"]
     lines += _table([(i.name, *_describe(i, symbols)) for i in inputs])
     lines.append("outputs")
@@ -279,7 +271,7 @@ def render(info: PackInfo) -> str:
     ]
     if m.metadata:
         lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
-    lines.append(render_interface(m.inputs, m.outputs, m.symbols, m.guards).rstrip("\n"))
+    lines.append(render_interface(m.interface).rstrip("\n"))
     if m.program is not None:
         lines.append(
             f"program  ExportedProgram (torch.export schema "

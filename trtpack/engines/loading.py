@@ -11,7 +11,7 @@ import torch
 from ..container import PackReader
 from ..errors import NoUsableEngineError, TrtpackError
 from ..manifest import Manifest, Variant
-from .plan import check_plan_target, parse_plan
+from .plan import check_variant_plans
 from .select import Choice, Environment, choose
 
 
@@ -76,9 +76,7 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
         for name in names:
             m = manifest.members[name]
             reader.verify(name, m.sha256, m.size)
-    for engine in v.engines:
-        info = parse_plan(reader.view(engine.member), where=f"engine member {engine.member!r}")
-        check_plan_target(info, v.target, engine.member)
+    check_variant_plans(reader.view, v, "")
 
 
 def _build(reader: PackReader, manifest: Manifest, v: Variant, device: torch.device) -> Any:

@@ -31,10 +31,11 @@ Two flavours, told apart by the first four bytes:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import EngineError
-from ..manifest import Flavor, Target
+from ..manifest import Flavor, Target, Variant
 
 RTX_MAGIC = b"vtrt"
 TRT_MAGIC = b"ftrt"
@@ -123,6 +124,14 @@ def _parse_rtx(view: memoryview, where: str) -> PlanInfo:
         else None,
         weights_device_bytes=weights,
     )
+
+
+def check_variant_plans(view: Callable[[str], memoryview], variant: Variant, where: str) -> None:
+    """Each plan of ``variant`` (``view(member)`` gives its bytes) is a whole plan whose header
+    agrees with the variant's target: what ``verify`` and ``load`` check before TensorRT."""
+    for engine in variant.engines:
+        info = parse_plan(view(engine.member), where=f"{where}engine member {engine.member!r}")
+        check_plan_target(info, variant.target, engine.member)
 
 
 def check_plan_target(info: PlanInfo, target: Target, member: str) -> None:

@@ -147,3 +147,31 @@ def test_the_language_compiles_without_evaluating_code():
         ["L['targets']['k'][0].size()[0] == L['mask'].size()[1]", "L['x'].dim() == 2"], names
     )
     assert [g.expr for g in guards] == ["b.shape[0] == mask.shape[1]", None]
+
+
+def test_unexpressed_guards_also_hold_calls_routed_to_the_program(guarded, tmp_path):
+    """A call outside an engine profile that falls back to the program is still checked by
+    the program's own guard code."""
+    from trtpack.contract import Contract
+    from trtpack.runtime import LoadedPack
+
+    path, model, _ = guarded
+
+    def drop(m):
+        for g in m["guards"]:
+            if "% 4" in g["source"]:
+                del g["expr"]
+
+    bad = rewrite(path, tmp_path / "unexpressed.trtpack", edit_manifest=drop)
+    info = trtpack.inspect(bad)
+    ran = []
+    pack = LoadedPack(
+        info, device=torch.device("cpu"), module=lambda *a, **k: ran.append("engine"),
+        contract=Contract(info.manifest, engine_ranges={"x_dim0": (2, 4)}, variant="v"),
+        backend="tensorrt", variant="v", outside_profile="fallback",
+    )  # fmt: skip
+    a, b = torch.randn(5, 8), torch.randn(9, 8)  # outside the profile, inside every guard
+    torch.testing.assert_close(pack(a, b), model(a, b), rtol=0, atol=0)
+    with pytest.raises(trtpack.InputMismatchError, match="program's own guard code"):
+        pack(torch.randn(5, 7), torch.randn(9, 7))  # outside the profile, breaks % 4
+    assert ran == []

@@ -177,8 +177,6 @@ class LoadedPack:
     def _run(self, args: tuple, kwargs: dict) -> Any:
         try:
             leaves = self._contract(args, kwargs)
-            if self._contract.unexpressed:
-                self._program_guards()(leaves)
         except OutsideEngineProfile:
             if self._outside_profile != "fallback":
                 raise
@@ -187,8 +185,15 @@ class LoadedPack:
                 if program is None:
                     raise
                 self._fallback_module = runnable(program)
+            # the profile was the only complaint; the unexpressed guards still hold the call
+            self._check_unexpressed(self._contract.flatten(args, kwargs))
             return self._fallback_module(*args, **kwargs)
+        self._check_unexpressed(leaves)
         return self._module(*args, **kwargs)
+
+    def _check_unexpressed(self, leaves: list[Any]) -> None:
+        if self._contract.unexpressed:
+            self._program_guards()(leaves)
 
     def _program_guards(self) -> Callable[[list[Any]], None]:
         """The program's own guard check, for guards the manifest cannot express: torch's
@@ -235,16 +240,19 @@ def _opt_inputs(manifest: Manifest) -> list[Any]:
     call's structure when it builds its guard check."""
     from .manifest import parse_dim
 
+    def at_opt(dim: int | str) -> int:
+        if isinstance(dim, int):
+            return dim
+        expr = parse_dim(dim)
+        return expr.value(manifest.symbols[expr.symbol].opt)
+
     out: list[Any] = []
     for spec in manifest.inputs:
         if spec.is_tensor:
-            shape = [d if isinstance(d, int) else parse_dim(d).value(
-                manifest.symbols[parse_dim(d).symbol].opt) for d in spec.shape or ()]  # fmt: skip
+            shape = [at_opt(d) for d in spec.shape or ()]
             out.append(torch.zeros(shape, dtype=getattr(torch, spec.dtype or "float32")))
         elif spec.symbol is not None:
-            out.append(
-                parse_dim(spec.symbol).value(manifest.symbols[parse_dim(spec.symbol).symbol].opt)
-            )
+            out.append(at_opt(spec.symbol))
         else:
             out.append(spec.value)
     return out

@@ -181,8 +181,8 @@ def _rezip_legacy(members: dict[str, bytes]) -> bytes:
 
 def _rezip_pack(members: dict[str, bytes], manifest: dict) -> bytes:
     """A pack whose manifest records the (edited) members' real digests."""
-    from trtpack.container import pack_bytes
-    from trtpack.manifest import MANIFEST_NAME, dumps_canonical
+    from trtpack.format.container import pack_bytes
+    from trtpack.format.manifest import MANIFEST_NAME, dumps_canonical
 
     body = {n: b for n, b in members.items() if n != MANIFEST_NAME}
 

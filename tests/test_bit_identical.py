@@ -1,7 +1,7 @@
 """A loaded pack gives the eager model's outputs bit for bit on the CPU (issue 9 item 6).
 
 Kernels may take another code path for data that is less than 64-byte aligned, so every
-stored tensor starts on a 64-byte boundary of the file (trtpack/tensorfile.py) and is used in
+stored tensor starts on a 64-byte boundary of the file (trtpack/format/weights.py) and is used in
 place, memory-mapped."""
 
 from __future__ import annotations

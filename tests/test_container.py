@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trtpack
-from trtpack.container import ALIGNMENT, PackReader, digest, write_pack
-from trtpack.manifest import MANIFEST_NAME, Manifest
+from trtpack.format.container import ALIGNMENT, PackReader, digest, write_pack
+from trtpack.format.manifest import MANIFEST_NAME, Manifest
 
 
 def raw_members(path: Path) -> dict[str, bytes]:
@@ -98,7 +98,7 @@ def test_writer_is_deterministic_and_sorted(tmp_path):
 @pytest.mark.slow
 def test_member_over_4_gib(tmp_path):
     """ZIP64 for real: a 4.1 GiB member (a sparse source file) is written and read back."""
-    from trtpack.container import FileSlice
+    from trtpack.format.container import FileSlice
 
     big = tmp_path / "big.bin"
     size = (4 << 30) + 12345

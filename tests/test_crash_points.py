@@ -1,4 +1,4 @@
-"""Deterministic crash safety (trtpack/atomic.py): a writing process — ``save`` over an
+"""Deterministic crash safety (trtpack/format/atomic.py): a writing process — ``save`` over an
 existing pack, ``migrate --force``, ``add-engine`` in place — is SIGKILLed at each step of the
 atomic write (and after a chosen number of bytes); the target is always exactly the old pack or
 the new one, and the next write leaves no temp file behind. In-place edits hold a lock, so two
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import trtpack
-from trtpack.atomic import STEPS, SUFFIX, atomic_write, pack_lock, remove_stale_temps
+from trtpack.format.atomic import STEPS, SUFFIX, atomic_write, pack_lock, remove_stale_temps
 
 CHILD = r"""
 import sys, torch, trtpack

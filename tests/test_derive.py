@@ -7,8 +7,9 @@ import torch
 from torch.export import Dim
 
 import trtpack
-from trtpack.derive import Range, derive_interface
-from trtpack.manifest import opt_rule
+from trtpack.derive import Range
+from trtpack.format.manifest import opt_rule
+from trtpack.program import derive_interface
 
 
 def shapes(iface):
@@ -27,14 +28,14 @@ def test_symbol_names_paths_and_shared_symbol(exported):
     ]
     assert shapes(iface) == {"x": ("x_dim0", 6), "mask": ("x_dim0", 6), "bias": (6,)}
     # one symbol for the dim the two inputs share; opt is the example size seen at export
-    assert iface.symbols == {"x_dim0": trtpack.manifest.Symbol(1, 64, 4, "example")}
+    assert iface.symbols == {"x_dim0": trtpack.format.manifest.Symbol(1, 64, 4, "example")}
 
 
 def test_derived_dims_are_expressions_of_their_root(exported):
     _, _, ep = exported("derived")
     iface = derive_interface(ep)
     assert shapes(iface) == {"x": ("x_dim0", 3), "y": ("2*x_dim0", 3), "z": ("x_dim0+1",)}
-    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(2, 32, 4, "example")
+    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(2, 32, 4, "example")
     assert iface.outputs[0].shape == ("2*x_dim0", 3)
 
 
@@ -124,11 +125,11 @@ def test_range_override_narrows_and_sets_opt(exported):
     """Keyed by the user's Dim name (an alias the live program knows) or the manifest name."""
     _, _, ep = exported("keywords")
     iface = derive_interface(ep, ranges={"batch": Range(2, 32, opt=16)})
-    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(2, 32, 16, "override")
+    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(2, 32, 16, "override")
     iface = derive_interface(ep, ranges={"x_dim0": (1, 3)})  # opt 4 no longer fits: the rule
-    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(1, 3, 3, "rule")
+    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(1, 3, 3, "rule")
     iface = derive_interface(ep, ranges={"batch": {"max": 8}})  # opt 4 still fits: kept
-    assert iface.symbols["x_dim0"] == trtpack.manifest.Symbol(1, 8, 4, "example")
+    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(1, 8, 4, "example")
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ def test_override_reaches_the_saved_manifest_and_the_contract(exported, tmp_path
 def test_not_an_exported_program_is_refused(tmp_path):
     with pytest.raises(trtpack.TrtpackError, match="takes a torch.export.ExportedProgram"):
         trtpack.save(torch.nn.Linear(2, 2), tmp_path / "x.trtpack")
-    with pytest.raises(trtpack.DeriveError, match="expected a torch.export.ExportedProgram"):
+    with pytest.raises(TypeError, match="ep must be a torch.export.ExportedProgram, got a str"):
         derive_interface("nope")
 
 

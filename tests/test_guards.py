@@ -1,5 +1,5 @@
 """Issue 9.1: every input guard torch.export recorded is in the manifest, as data, and checked
-on every call (trtpack/guards.py). v0.1 kept only ranges: calls that ep.module() refuses ran
+on every call (trtpack/format/guards.py). v0.1 kept only ranges: calls that ep.module() refuses ran
 and returned wrong values. See also tests/test_corpus.py (ExportDB with every dim dynamic)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from test_container import raw_members, rewrite
 
 import trtpack
-from trtpack.guards import compile_guard, from_torch, sources
+from trtpack.format.guards import compile_guard, from_torch, sources
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

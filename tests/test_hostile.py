@@ -19,9 +19,9 @@ import pytest
 from test_container import raw_members, rewrite
 
 import trtpack
-from trtpack import limits
-from trtpack.container import PackReader
-from trtpack.manifest import MANIFEST_NAME
+from trtpack.format import limits
+from trtpack.format.container import PackReader
+from trtpack.format.manifest import MANIFEST_NAME
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PT2 = FIXTURES / "v0" / "torch_export" / "keywords.pt2"

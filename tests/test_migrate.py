@@ -16,10 +16,10 @@ import torch
 from models import CASES, Pair, assert_same
 
 import trtpack
-from trtpack.migrations import steps
+from trtpack.derive import SerializedProgram, parse_expr
+from trtpack.format import upgrade as steps
 from trtpack.migrations.engine_file import parse_description
 from trtpack.migrations.legacy import ENGINE, PRE_PT2, PT2, TORCHSCRIPT, TRTPACK, convert, detect
-from trtpack.migrations.serde_json import SerializedProgram, parse_expr
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -125,7 +125,7 @@ def test_torch_export_file_migrates(name, tmp_path):
 def test_json_reading_matches_torch(name):
     """The torch-free reading of a PT2 archive gives the manifest that trtpack.derive gives
     for the same program loaded by torch."""
-    from trtpack.derive import derive_interface
+    from trtpack.program import derive_interface
 
     path = V0 / "torch_export" / f"{name}.pt2"
     with zipfile.ZipFile(path) as z:
@@ -238,8 +238,8 @@ def test_input_description_compact_and_json():
     iface = parse_description(["x:float32[batch=1..64@8,3,224,224]", "mask:float32[batch,10]",
                                "k:int64[1..16]"])  # fmt: skip
     assert [i.shape for i in iface.inputs] == [("batch", 3, 224, 224), ("batch", 10), ("k_dim0",)]
-    assert iface.symbols["batch"] == trtpack.manifest.Symbol(1, 64, 8, "override")
-    assert iface.symbols["k_dim0"] == trtpack.manifest.Symbol(1, 16, 16, "rule")
+    assert iface.symbols["batch"] == trtpack.format.manifest.Symbol(1, 64, 8, "override")
+    assert iface.symbols["k_dim0"] == trtpack.format.manifest.Symbol(1, 16, 16, "rule")
     same = parse_description([{"name": "x", "dtype": "float32", "shape": [{"name": "batch", "min": 1, "opt": 8, "max": 64}, 3, 224, 224]},
                               {"name": "mask", "dtype": "float32", "shape": ["batch", 10]},
                               {"name": "k", "dtype": "int64", "shape": [{"min": 1, "max": 16}]}])  # fmt: skip
@@ -387,10 +387,10 @@ def test_the_step_chain_composes(monkeypatch, small_pack, tmp_path):
                            summary="graph member renamed"),
     }  # fmt: skip
     import trtpack.assemble
+    import trtpack.format.manifest
     import trtpack.info
-    import trtpack.manifest
 
-    for module in (trtpack.manifest, trtpack.info, trtpack.assemble, steps):
+    for module in (trtpack.format.manifest, trtpack.info, trtpack.assemble, steps):
         monkeypatch.setattr(module, "FORMAT_VERSION", (1, 2))
     monkeypatch.setattr(steps, "STEPS", chain)
     data = json.loads(zipfile.ZipFile(small_pack).read("manifest.json"))

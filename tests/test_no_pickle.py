@@ -13,7 +13,7 @@ import torch
 from test_container import rewrite
 
 import trtpack
-from trtpack.manifest import MANIFEST_NAME
+from trtpack.format.manifest import MANIFEST_NAME
 
 
 class Evil:

@@ -88,7 +88,7 @@ def test_tied_weights_are_stored_once_and_stay_tied(exported, tmp_path):
 
     pack = trtpack.load(path, device="cpu")
     weights = pack.manifest.program.weights
-    with trtpack.container.PackReader(path) as reader:
+    with trtpack.format.container.PackReader(path) as reader:
         member = tmp_path / "weights.safetensors"
         member.write_bytes(reader.read(weights))
     with safe_open(member, "pt") as f:

@@ -12,9 +12,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CODE = r"""
 import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
-import trtpack, trtpack.manifest, trtpack.container, trtpack.info, trtpack.limits
-import trtpack.guards, trtpack.graph_check, trtpack.tensorfile, trtpack.atomic
-import trtpack.migrations.serde_json, trtpack.migrations.pt2, trtpack.migrations.steps
+import trtpack, trtpack.format.manifest, trtpack.format.container, trtpack.info, trtpack.format.limits
+import trtpack.format.guards, trtpack.graph_check, trtpack.format.weights, trtpack.format.atomic
+import trtpack.derive, trtpack.migrations.pt2, trtpack.format.upgrade
 from trtpack.cli import main
 out = sys.argv[1]
 info = trtpack.migrate(sys.argv[2], out + "/m.trtpack")          # a torch.export file

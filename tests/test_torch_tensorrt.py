@@ -72,7 +72,7 @@ def members(path):
 
 def test_inputs_derived_from_the_program(net_ep):
     _, ep = net_ep
-    iface = trtpack.derive.derive_interface(ep)
+    iface = trtpack.program.derive_interface(ep)
     args, kwargs = torchtrt.torch_tensorrt_inputs(iface)
     (x,) = args
     assert isinstance(x, tt.Input) and x.name == "x" and x.dtype == tt.dtype.f32
@@ -194,7 +194,7 @@ def test_lazy_module_with_a_real_engine():
     from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
 
     from trtpack.engines.plan import parse_plan
-    from trtpack.engines.saving import engine_settings, target_of
+    from trtpack.engines.variants import engine_settings, target_of
 
     plan = rtx.keywords_plan(("8.6", "8.9"))
     settings = CompilationSettings(device=tt.Device("cuda:0"), lazy_engine_init=True,
@@ -274,7 +274,7 @@ def test_variant_program_deserializes_up_to_the_engines(compiled, tmp_path):
     (building runnable engines needs a GPU)."""
     from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
 
-    from trtpack.container import PackReader
+    from trtpack.format.container import PackReader
     from trtpack.program import load_program
 
     _, split = compiled

@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 import trtpack
-from trtpack.container import Chunks, digest
-from trtpack.derive import derive_interface
-from trtpack.program import program_members
+from trtpack.format.container import Chunks, digest
+from trtpack.program import derive_interface, program_members
 
 
 def best(fn, repeat: int) -> float:

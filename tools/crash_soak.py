@@ -54,7 +54,7 @@ def main() -> int:
     a = p.parse_args()
     sys.path.insert(0, str(ROOT))
     import trtpack
-    from trtpack.atomic import SUFFIX
+    from trtpack.format.atomic import SUFFIX
 
     rng = random.Random(a.seed)
     work = Path(tempfile.mkdtemp(prefix="trtpack-soak-"))

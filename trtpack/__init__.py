@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import (
+    ArgumentTypeError,
     DeriveError,
     EngineError,
     InputMismatchError,
@@ -39,26 +40,26 @@ from .errors import (
     UnsignedPackError,
     UnsupportedVersionError,
 )
+from .format.manifest import FORMAT_VERSION, Manifest
 from .info import PackInfo, inspect, verify
-from .manifest import FORMAT_VERSION, Manifest
 from .signing import sign
 
 if TYPE_CHECKING:
+    from .add_engine import add_engine
     from .derive import Range
-    from .engines.saving import add_engine
     from .engines.torchtrt import compile
     from .migrations.legacy import migrate
-    from .packing import save
     from .runtime import LoadedPack, load
+    from .save import save
 
 # name -> module that defines it; imported on first access (these import torch)
 _LAZY = {
-    "save": "packing",
+    "save": "save",
     "load": "runtime",
     "LoadedPack": "runtime",
     "Range": "derive",
     "compile": "engines.torchtrt",
-    "add_engine": "engines.saving",
+    "add_engine": "add_engine",
     "migrate": "migrations.legacy",
 }
 
@@ -91,6 +92,7 @@ __all__ = [
     "sign",
     # errors
     "TrtpackError",
+    "ArgumentTypeError",
     "NotAPackError",
     "IntegrityError",
     "UnsafePackError",

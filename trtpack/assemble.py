@@ -1,19 +1,95 @@
-"""Members and their digests -> a manifest -> a pack on disk. No torch.
+"""The one pack writer: the pieces of a pack -> its manifest -> the zip. No torch.
 
-Used by every writer: ``save`` (a program or compiled module), ``add_engine``, ``migrate``.
+Every writer builds a :class:`PackParts` and hands it here — ``save`` (a program, plus
+variants from a compiled module), ``add_engine`` (a pack's parts plus new variants) and
+``migrate`` (a legacy file's parts) — so a pack is assembled in one place. The zip itself is
+written by ``format/container.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ._version import __version__
-from .container import MemberDigest, PathLike, Source, write_pack
-from .errors import TrtpackError
+from .errors import EngineError, TrtpackError
+from .format.container import MemberDigest, PathLike, Source, pack_bytes, write_pack
+from .format.manifest import (
+    FORMAT_VERSION,
+    Interface,
+    Manifest,
+    Member,
+    Producer,
+    ProgramRef,
+    Variant,
+)
 from .info import PackInfo, inspect
-from .manifest import FORMAT_VERSION, Interface, Manifest, Member, Producer, ProgramRef, Variant
+
+
+@dataclass
+class PackParts:
+    """Everything a pack holds, before it is written: the interface, the member bytes (or
+    where to copy them from), the program and engine variants that reference them.
+    ``producer`` None: this process wrote it. ``kind`` and ``notes`` describe a migrated
+    artifact (what it was, what changed)."""
+
+    interface: Interface
+    members: dict[str, Source]
+    program: ProgramRef | None
+    engines: tuple[Variant, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    producer: Producer | None = None
+    kind: str = "trtpack pack"
+    notes: list[str] = field(default_factory=list)
+
+    def with_variants(
+        self, variants: Sequence[Variant], members: Mapping[str, Source], *, where: str
+    ) -> PackParts:
+        """These parts with more engine variants (their names and members must be new)."""
+        taken = {v.name for v in self.engines}
+        for v in variants:
+            if v.name in taken:
+                raise EngineError(
+                    f"{where} already has an engine variant named {v.name!r}; pick another "
+                    "name with variant=... (--variant)"
+                )
+            taken.add(v.name)
+        clash = sorted(set(members) & set(self.members))
+        if clash:
+            raise EngineError(f"members {clash} already exist in {where}")
+        return dataclasses.replace(
+            self, engines=self.engines + tuple(variants), members={**self.members, **members}
+        )
+
+    def manifest(self, digests: Mapping[str, MemberDigest]) -> Manifest:
+        for k, v in self.metadata.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TrtpackError(
+                    f"metadata must map str to str; {k!r}: {v!r} is {type(v).__name__}"
+                )
+        return Manifest(
+            format_version=FORMAT_VERSION,
+            producer=self.producer or producer(with_engines=bool(self.engines)),
+            interface=self.interface,
+            members={name: Member(d.sha256, d.size) for name, d in sorted(digests.items())},
+            program=self.program,
+            engines=self.engines,
+            metadata=dict(self.metadata),
+        )
+
+
+def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackInfo:
+    """Write ``parts`` as a pack at ``path``, atomically; return what was written."""
+    write_pack(path, parts.members, lambda d: parts.manifest(d).to_json(), overwrite=overwrite)
+    return inspect(path)
+
+
+def to_bytes(parts: PackParts) -> bytearray:
+    """The same pack, in memory (a legacy file migrated on load, or inspected)."""
+    return pack_bytes(parts.members, lambda d: parts.manifest(d).to_json())
 
 
 def producer(*, with_engines: bool = False) -> Producer:
@@ -29,44 +105,3 @@ def producer(*, with_engines: bool = False) -> Producer:
         torch_tensorrt=getattr(tt, "__version__", None),
         tensorrt=getattr(trt, "__version__", None),
     )
-
-
-def build_manifest(
-    iface: Interface,
-    members: Mapping[str, MemberDigest],
-    *,
-    program: ProgramRef | None,
-    engines: tuple[Variant, ...] = (),
-    metadata: Mapping[str, str] | None = None,
-    made_by: Producer | None = None,
-) -> Manifest:
-    meta = dict(metadata or {})
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TrtpackError(f"metadata must map str to str; {k!r}: {v!r} is {type(v).__name__}")
-    return Manifest(
-        format_version=FORMAT_VERSION,
-        producer=made_by or producer(with_engines=bool(engines)),
-        inputs=iface.inputs,
-        outputs=iface.outputs,
-        symbols=iface.symbols,
-        input_tree=iface.input_tree,
-        output_tree=iface.output_tree,
-        members={name: Member(d.sha256, d.size) for name, d in sorted(members.items())},
-        program=program,
-        engines=engines,
-        metadata=meta,
-        guards=iface.guards,
-    )
-
-
-def write(
-    path: PathLike,
-    members: Mapping[str, Source],
-    make_manifest: Callable[[Mapping[str, MemberDigest]], Manifest],
-    *,
-    overwrite: bool = True,
-) -> PackInfo:
-    """Write members and the manifest built from their digests; return what was written."""
-    write_pack(path, members, lambda d: make_manifest(d).to_json(), overwrite=overwrite)
-    return inspect(path)

@@ -32,7 +32,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_other(args: argparse.Namespace) -> int:
-    from .container import PackReader
+    from .format.container import PackReader
     from .info import read_info, render
     from .migrations.legacy import ENGINE, PRE_PT2, convert, detect, to_pack
 
@@ -65,8 +65,8 @@ def _inspect_other(args: argparse.Namespace) -> int:
 
 
 def _inspect_pre_pt2(args: argparse.Namespace) -> int:
+    from .format.manifest import _to_json_value
     from .info import render_interface
-    from .manifest import _to_json_value
     from .migrations.legacy import describe_pre_pt2
 
     kind, iface = describe_pre_pt2(args.pack)
@@ -137,7 +137,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_engine(args: argparse.Namespace) -> int:
-    from .engines.saving import add_engine
+    from .add_engine import add_engine
 
     if args.output and not args.force and Path(args.output).exists():
         from .errors import OutputExistsError

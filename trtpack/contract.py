@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .errors import InputMismatchError, OutsideEngineProfile
-from .guards import compile_guard, implied
-from .manifest import DimExpr, IOSpec, Manifest, Symbol, Tree, parse_dim
-from .tree import leaf_paths
+from .format.guards import compile_guard, implied
+from .format.manifest import DimExpr, IOSpec, Manifest, Symbol, Tree, parse_dim
+from .format.pytree import leaf_paths
 
 _CONTAINER = {"tuple": tuple, "list": list, "namedtuple": tuple}
 
@@ -327,7 +327,7 @@ def _resolve_custom(tree: Tree) -> Tree:
     function (``_py``); a class not registered here is an UnregisteredPytreeError."""
     import torch.utils._pytree as pytree
 
-    from .tree import unregistered_error
+    from .format.pytree import unregistered_error
 
     node = dict(tree)
     if node.get("type") == "custom":

@@ -11,6 +11,14 @@ class TrtpackError(Exception):
     """Base class of every trtpack error."""
 
 
+class ArgumentTypeError(TrtpackError, TypeError):
+    """A function was given an argument of a type it does not take (a ``TypeError`` too)."""
+
+    def __init__(self, argument: str, expected: str, got: object) -> None:
+        self.argument, self.expected, self.got = argument, expected, type(got).__name__
+        super().__init__(f"{argument} must be {expected}, got a {self.got}")
+
+
 # --- the file itself -------------------------------------------------------------------
 
 

@@ -286,7 +286,7 @@ def check_graph(data: Any, member: str) -> None:
                     continue
                 if k == "guards_code" and not path:
                     # ep.module() turns these into a function with exec (torch/export/_unlift.py)
-                    from .guards import check_torch_guard
+                    from .format.guards import check_torch_guard
 
                     if not isinstance(v, list):
                         _bad(member, p, v, "not a list of guards")

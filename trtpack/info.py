@@ -14,15 +14,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .container import PackReader, PathLike
 from .errors import (
     IntegrityError,
     MissingMemberError,
     NotAPackError,
     UnsafePackError,
 )
-from .limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, Interface, IOSpec, Manifest, Symbol, parse_dim
+from .format.container import PackReader, PathLike
+from .format.limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
+from .format.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    Interface,
+    IOSpec,
+    Manifest,
+    Symbol,
+    parse_dim,
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ def read_info(reader: PackReader, *, program_guards: bool = True) -> PackInfo:
         and all(type(v) is int and v >= 0 for v in version)
         and tuple(version) < FORMAT_VERSION
     ):
-        from .migrations.steps import upgrade  # an older format: upgraded in memory
+        from .format.upgrade import upgrade  # an older format: upgraded in memory
 
         upgraded_from = (int(version[0]), int(version[1]))
         data, renames, _ = upgrade(data)
@@ -94,17 +102,17 @@ def with_program_guards(reader: PackReader, info: PackInfo) -> PackInfo:
     manifest = info.manifest
     if info.upgraded_from is None or info.upgraded_from >= (1, 1) or manifest.program is None:
         return info
+    from .derive import SerializedProgram
+    from .format.limits import loads
     from .graph_check import check_graph
-    from .limits import loads
-    from .migrations.serde_json import SerializedProgram
 
     graph = manifest.program.graph
     data = loads(reader.read(graph), f"{reader.path}: {graph}", IntegrityError)
     check_graph(data, graph)
     program = SerializedProgram(data, where=f"{reader.path}: {graph}")
-    return dataclasses.replace(
-        info, manifest=manifest.replace(guards=program.guards(list(manifest.inputs)))
-    )
+    guards = program.guards(list(manifest.inputs))
+    iface = dataclasses.replace(manifest.interface, guards=guards)
+    return dataclasses.replace(info, manifest=manifest.replace(interface=iface))
 
 
 def _check_members(reader: PackReader, manifest: Manifest) -> None:

@@ -21,24 +21,97 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from .container import Chunks, PackReader
-from .derive import annotate
-from .errors import ProgramError
-from .manifest import Manifest, ProgramRef
-from .tensorfile import (
+from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts
+from .errors import ArgumentTypeError, DeriveError, MigrationError, ProgramError
+from .format.container import Chunks, PackReader
+from .format.manifest import Interface, Manifest, ProgramRef
+from .format.weights import (
     RawTensor,
     layout_metadata,
     parse_layout,
     parse_safetensors,
     safetensors_source,
 )
-from .tree import register_namedtuples, restore_namedtuples
+from .treespec import register_namedtuples, restore_namedtuples
 
 
 def serde_schema_version() -> tuple[int, int]:
     from torch._export.serde.schema import SCHEMA_VERSION
 
     return (int(SCHEMA_VERSION[0]), int(SCHEMA_VERSION[1]))
+
+
+# --- the interface: serialize, then the one torch-free derivation ---------------------------
+
+#: ``graph_module.meta`` key where ``trtpack.load`` records the interface of the pack a
+#: program came from, so that saving the loaded program keeps the opts its manifest chose.
+LOADED_FROM_KEY = "trtpack_interface"
+
+
+def derive_interface(
+    ep: ExportedProgram,
+    *,
+    ranges: Mapping[str, RangeLike] | None = None,
+    graph: bytes | None = None,
+) -> Interface:
+    """Describe ``ep``'s inputs, outputs and dynamic dims: ``ep`` is serialized as the pack
+    stores it (``graph``: those bytes, when the caller has them) and the interface is read from
+    that JSON by ``derive.derive_from_graph``, the function ``migrate`` uses for ``.pt2`` files.
+    ``ranges`` narrows symbols (keyed by manifest symbol name or by the user's ``Dim`` name)."""
+    if not isinstance(ep, ExportedProgram):
+        raise ArgumentTypeError("ep", "a torch.export.ExportedProgram", ep)
+    if graph is None:
+        graph = program_graph(ep)
+    try:
+        iface, by_torch = derive_from_graph(graph, where="the ExportedProgram")
+    except MigrationError as e:
+        raise DeriveError(str(e)) from None
+    recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
+    if isinstance(recorded, Interface):
+        iface = keep_opts(iface, recorded)
+    if ranges:
+        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
+    return iface
+
+
+def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The user's ``Dim`` names of ``ep`` -> the manifest's symbol names: accepted as keys of
+    ``ranges=``, never written to the manifest (torch's JSON does not keep them)."""
+    if by_torch is None:
+        by_torch = derive_from_graph(program_graph(ep), where="the ExportedProgram")[1]
+    aliases: dict[str, str] = {}
+    for user, torch_names in _shape_env_dim_names(ep).items():
+        found = next((by_torch[t] for t in torch_names if t in by_torch), None)
+        if found is not None:
+            aliases[user] = found
+    return aliases
+
+
+def _shape_env_dim_names(ep: ExportedProgram) -> dict[str, list[str]]:
+    """The user's Dim name -> the torch symbols it named, from the shape environment of a
+    freshly exported program (one Dim may name several symbols before export unified them).
+    Used only to accept those names in ``ranges=``: the manifest never carries them."""
+    env = None
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        sizes = val.shape if isinstance(val, torch.Tensor) else [val]
+        env = next((d.node.shape_env for d in sizes if isinstance(d, torch.SymInt)), None)
+        if env is not None:
+            break
+    if env is None:
+        return {}
+    debug = getattr(env, "source_name_to_debug_name", {}) or {}
+    out: dict[str, list[str]] = {}
+    for sym, sources in getattr(env, "var_to_sources", {}).items():
+        for src in sources:
+            name = src.name() if callable(src.name) else src.name
+            candidate = debug.get(name)
+            if candidate is None and type(src).__name__ == "ConstantSource":
+                candidate = name  # the root of a derived Dim carries its name directly
+            if candidate and candidate.isidentifier():
+                out.setdefault(candidate, []).append(str(sym))
+                break
+    return out
 
 
 # --- saving ------------------------------------------------------------------------------
@@ -186,7 +259,7 @@ def _complete_member(members: list[tuple[str, str, torch.Tensor]]) -> tuple[str,
 
 def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors viewing ``buf`` (no copy), and the file's ``__metadata__``; the header is
-    parsed and bounds-checked by :func:`trtpack.tensorfile.parse_safetensors`."""
+    parsed and bounds-checked by :func:`trtpack.format.weights.parse_safetensors`."""
     stored, metadata = parse_safetensors(buf, where)
     tensors = {}
     for name, t in stored.items():
@@ -264,7 +337,8 @@ def load_program(
         from torch.export.passes import move_to_device_pass
 
         ep = move_to_device_pass(ep, device)  # device arguments inside the graph (arange, ...)
-    annotate(ep, manifest.inputs, manifest.symbols)
+    # saving this program again keeps the opts its manifest chose (see derive_interface)
+    ep.graph_module.meta[LOADED_FROM_KEY] = manifest.interface
     return ep
 
 
@@ -273,7 +347,7 @@ def _require_registered(manifest: Manifest, where: str) -> None:
     which, and what to import (torch's own error reads like a version mismatch)."""
     import torch.utils._pytree as pytree
 
-    from .tree import custom_type_names, unregistered_error
+    from .format.pytree import custom_type_names, unregistered_error
 
     for tree in (manifest.input_tree, manifest.output_tree):
         for name in custom_type_names(tree):

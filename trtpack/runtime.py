@@ -15,11 +15,11 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch.export import ExportedProgram
 
-from .container import PackReader, PathLike
 from .contract import Contract, OutsideEngineProfile
 from .errors import InputMismatchError, ManifestError, NoUsableEngineError
+from .format.container import PackReader, PathLike
+from .format.manifest import Manifest
 from .info import PackInfo, open_pack, read_info, with_program_guards
-from .manifest import Manifest
 from .program import load_program, runnable
 
 T = TypeVar("T")
@@ -204,7 +204,7 @@ class LoadedPack:
             if ep is None:
                 raise ManifestError(f"{self.info.path}: guards the manifest cannot express "
                                     "need the program, and the pack has none")  # fmt: skip
-            from .tree import unflatten_call
+            from .format.pytree import unflatten_call
 
             ep.example_inputs = unflatten_call(self.manifest.input_tree, _opt_inputs(self.manifest))
             fn = getattr(ep.module(), "_guards_fn", None)
@@ -238,7 +238,7 @@ class LoadedPack:
 def _opt_inputs(manifest: Manifest) -> list[Any]:
     """One call's leaves at the symbols' opt sizes (zeros): what torch needs to know the
     call's structure when it builds its guard check."""
-    from .manifest import parse_dim
+    from .format.manifest import parse_dim
 
     def at_opt(dim: int | str) -> int:
         if isinstance(dim, int):

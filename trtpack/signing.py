@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .container import PackReader, atomic_write
 from .errors import MissingDependencyError, SignatureError, UnsignedPackError
+from .format.container import PackReader, atomic_write
+from .format.manifest import MANIFEST_NAME
 from .info import read_info
-from .manifest import MANIFEST_NAME
 
 PathLike = str | os.PathLike
 

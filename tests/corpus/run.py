@@ -154,7 +154,7 @@ def _symbol_of(manifest: Any, dim_name: str, specs: list, args: tuple, kwargs: d
                 if getattr(dim, "__name__", None) == dim_name and spec_in.shape:
                     text = spec_in.shape[d]
                     if isinstance(text, str):
-                        return trtpack.manifest.parse_dim(text).symbol
+                        return trtpack.format.manifest.parse_dim(text).symbol
     return None
 
 

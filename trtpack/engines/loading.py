@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from ..container import PackReader
 from ..errors import NoUsableEngineError, TrtpackError
-from ..manifest import Manifest, Variant
+from ..format.container import PackReader
+from ..format.manifest import Manifest, Variant
 from .plan import check_variant_plans
 from .select import Choice, Environment, choose
 
@@ -108,7 +108,7 @@ class WholeGraphRunner:
 
     def __init__(self, module: Any, manifest: Manifest, binding_order: list[str]) -> None:
         from ..contract import Contract
-        from ..tree import to_treespec
+        from ..treespec import to_treespec
 
         self.module = module
         positions = {spec.name: i for i, spec in enumerate(manifest.inputs)}

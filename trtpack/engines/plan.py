@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import EngineError
-from ..manifest import Flavor, Target, Variant
+from ..format.manifest import Flavor, Target, Variant
 
 RTX_MAGIC = b"vtrt"
 TRT_MAGIC = b"ftrt"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..manifest import Target, Variant
+from ..format.manifest import Target, Variant
 
 
 @dataclass(frozen=True)

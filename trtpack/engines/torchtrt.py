@@ -4,9 +4,10 @@ Three jobs, kept thin:
 
 - ``compile``: the torch_tensorrt inputs derived from the manifest, then
   ``torch_tensorrt.dynamo.compile``; the manifest travels with the returned module.
-- ``extract``: a compiled module (or a torch_tensorrt ExportedProgram with engines) -> the
-  wired ExportedProgram with its engines taken out as plain facts and raw plan bytes. The
-  wiring is torch_tensorrt's own exporter (the graph surgery ``torch_tensorrt.save`` uses).
+- ``wire``: a compiled module (or a torch_tensorrt ExportedProgram with engines) -> the
+  wired program, serialized, and its engines' packed facts. The wiring is torch_tensorrt's
+  own exporter (the graph surgery ``torch_tensorrt.save`` uses); what the engines are is
+  then read from the JSON, torch-free (``variants.py``), as for a ``.ep`` file.
 - ``build_runner``: at load, engines -> a callable (needs a GPU and a matching TensorRT).
 """
 
@@ -20,16 +21,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import sympy
 import torch
 from torch.export import ExportedProgram
 
-from ..derive import RangeLike, derive_interface, symbol_names
-from ..errors import DeriveError, EngineError, MissingDependencyError
-from ..manifest import Binding, Interface, IOSpec, parse_dim
-from ..tree import unflatten_call
+from ..derive import RangeLike
+from ..errors import DeriveError, MissingDependencyError
+from ..format.manifest import Interface, IOSpec, parse_dim
+from ..format.pytree import unflatten_call
 from .packed_info import PackedEngine, read_packed
 from .select import Environment
+from .variants import WiredProgram
 
 _INSTALL_HINT = (
     "install torch_tensorrt for your TensorRT (pip install 'trtpack[tensorrt]'), or "
@@ -152,6 +153,8 @@ def compile(
 ) -> torch.fx.GraphModule:
     """``torch_tensorrt.dynamo.compile(ep)`` with the inputs derived from the program."""
     tt = import_torch_tensorrt()
+    from ..program import derive_interface
+
     iface = derive_interface(ep, ranges=ranges)
     arg_inputs, kwarg_inputs = torch_tensorrt_inputs(iface, inputs)
     module = tt.dynamo.compile(ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, **settings)
@@ -159,23 +162,7 @@ def compile(
     return module
 
 
-# --- extract: compiled module -> wired program + engines ----------------------------------------
-
-
-@dataclass
-class EngineRecord:
-    """One engine taken out of a wired program: the packed facts and its bindings."""
-
-    packed: PackedEngine
-    inputs: tuple[Binding, ...]
-    outputs: tuple[Binding, ...]
-
-
-@dataclass
-class Extracted:
-    program: ExportedProgram  # the wired program; engine constants are named, not stored
-    engines: dict[str, EngineRecord]  # by constant name
-    whole_graph: bool
+# --- wire: a compiled module -> its serialized wired program and engines ------------------
 
 
 def is_compiled_module(obj: Any) -> bool:
@@ -244,95 +231,27 @@ def wired_program(obj: Any) -> ExportedProgram:
         return export(obj, use_legacy_exporter=True)
 
 
-def extract(
-    wired: ExportedProgram,
-    *,
-    manifest_inputs: tuple[IOSpec, ...],
-    bounds: dict[str, tuple[int, int]] | None,
-) -> Extracted:
-    """A wired program's engines as plain facts, with their bindings and profiles."""
-    import_torch_tensorrt()
-    names = symbol_names(wired, manifest_inputs)
-    sympy_bounds = _sympy_bounds(wired, names, bounds)
+def wire(obj: Any) -> WiredProgram:
+    """A compiled module (or a torch_tensorrt ExportedProgram) serialized as
+    ``torch_tensorrt.save`` would write it: the wired program's graph JSON and weights (the
+    engines left out) and each engine constant's packed facts. Everything else (bindings,
+    profiles, the whole-graph rule) is read from that JSON by ``variants.py``, as for a
+    ``.ep`` file."""
+    from ..derive import SerializedProgram
+    from ..format.limits import loads
+    from ..program import program_members
+
+    wired = wired_program(obj)
     fqns = engine_constant_names(wired)
     if not fqns:
         raise DeriveError("the module holds no TensorRT engine")
-    sig = wired.graph_signature
-    placeholder_to_fqn = dict(sig.inputs_to_lifted_custom_objs)
-    engines: dict[str, EngineRecord] = {}
-    calls = []
-    for node in wired.graph.nodes:
-        if node.op == "call_function" and "execute_engine" in str(node.target):
-            engine_arg = node.args[1]
-            fqn = placeholder_to_fqn.get(engine_arg.name, getattr(engine_arg, "target", None))
-            if fqn not in fqns:
-                raise EngineError(f"execute_engine node {node.name} uses unknown engine {fqn!r}")
-            packed = _packed_info(wired.constants[fqn], where=f"engine {fqn}")
-            ins = [_binding(n, a.meta.get("val"), names, sympy_bounds, True)
-                   for n, a in zip(packed.input_names, node.args[0])]  # fmt: skip
-            outs = [_binding(n, v, names, sympy_bounds, False)
-                    for n, v in zip(packed.output_names, node.meta.get("val", ()))]  # fmt: skip
-            engines[fqn] = EngineRecord(packed, tuple(ins), tuple(outs))
-            calls.append((node, packed))
-    whole = len(calls) == 1 and _is_whole_graph(wired, calls[0][0])
-    return Extracted(wired, engines, whole)
-
-
-def _is_whole_graph(ep: ExportedProgram, call: Any) -> bool:
-    """One engine fed straight by the user inputs, in order, whose outputs are the user
-    outputs, in order: nothing runs outside it."""
-    users = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    tensor_users = [u for u in users if isinstance(placeholders[u].meta.get("val"), torch.Tensor)]
-    if [getattr(a, "name", None) for a in call.args[0]] != tensor_users:
-        return False
-    output = next(n for n in ep.graph.nodes if n.op == "output")
-    outs = list(output.args[0])
-    for i, out in enumerate(outs):
-        if not (out.op == "call_function" and out.args[0] is call and out.args[1] == i):
-            return False
-    ops = [n for n in ep.graph.nodes if n.op == "call_function"]
-    return len(ops) == 1 + len(outs)
-
-
-def _sympy_bounds(
-    wired: ExportedProgram, names: dict[str, str], bounds: dict[str, tuple[int, int]] | None
-) -> dict[Any, tuple[int, int]] | None:
-    if not bounds:
-        return None
-    out: dict[str, Any] = {}
-    for node in wired.graph.nodes:
-        val = node.meta.get("val") if node.op == "placeholder" else None
-        for d in val.shape if isinstance(val, torch.Tensor) else ():
-            if isinstance(d, torch.SymInt) and isinstance(d.node.expr, sympy.Symbol):
-                name = names.get(str(d.node.expr))
-                if name in bounds:
-                    out[d.node.expr] = bounds[name]
-    return out
-
-
-def _binding(name: str, val: Any, names: dict[str, str], bounds: Any, is_input: bool) -> Binding:
-    from torch_tensorrt.dynamo.utils import extract_var_range_info
-
-    if not isinstance(val, torch.Tensor):
-        raise EngineError(f"engine binding {name!r} has no tensor metadata in the graph")
-    shape, profile = [], []
-    for d in val.shape:
-        if not isinstance(d, torch.SymInt) or d.node.expr.is_number:
-            shape.append(int(d))
-            profile.append((int(d),) * 3)
-            continue
-        expr = d.node.expr
-        subs = {s: sympy.Symbol(names[str(s)]) for s in expr.free_symbols if str(s) in names}
-        shape.append(str(expr.xreplace(subs)).replace(" ", ""))
-        r = extract_var_range_info(d, bounds)
-        hi = r.get("max")
-        profile.append(
-            (int(r["min"]), int(r.get("opt") or r["min"]), int(hi) if hi is not None else -1)
-        )
-    dtype = str(val.dtype).removeprefix("torch.")
-    return Binding(name=name, dtype=dtype, shape=tuple(shape),
-                   profile=tuple(profile) if is_input else None)  # fmt: skip
+    engines = {fqn: _packed_info(wired.constants[fqn], where=f"engine {fqn}") for fqn in fqns}
+    members, ref = program_members(wired, folder="wired", engines=frozenset(fqns))
+    graph = members[ref.graph]
+    assert isinstance(graph, bytes)
+    where = "the compiled module's program"
+    program = SerializedProgram(loads(graph, where, DeriveError), where=where)
+    return WiredProgram(program, graph, members[ref.weights], engines)
 
 
 # --- load: engines -> a runner (needs a GPU and a matching TensorRT) -----------------------------

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, RegistryError
+from ..format.manifest import Manifest
 from ..info import PackInfo, inspect
-from ..manifest import Manifest
 
 #: MLflow cannot describe bfloat16: such inputs are given as float32 and cast by predict
 _NUMPY = {"bfloat16": "float32"}

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..container import FileSlice, PathLike, write_pack
 from ..errors import IntegrityError, MissingDependencyError, OutputExistsError, RegistryError
+from ..format.container import FileSlice, PathLike, write_pack
+from ..format.manifest import MANIFEST_NAME, Manifest
 from ..info import PackInfo, format_shape, inspect, open_pack
-from ..manifest import MANIFEST_NAME, Manifest
 
 ARTIFACT_TYPE = "application/vnd.trtpack.v1"
-CONFIG_TYPE = "application/vnd.trtpack.manifest.v1+json"
+CONFIG_TYPE = "application/vnd.trtpack.format.manifest.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _REF = re.compile(
     r"^oci://(?P<host>[A-Za-z0-9.-]+(?::\d+)?)/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import InputMismatchError
-from ..manifest import Manifest
-from ..tree import unflatten_call
+from ..format.manifest import Manifest
+from ..format.pytree import unflatten_call
 
 
 def predict(pack: Any, model_input: Any) -> Any:

@@ -20,10 +20,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..container import PathLike
 from ..errors import MissingDependencyError, OutputExistsError, RegistryError
+from ..format.container import PathLike
+from ..format.manifest import Binding, Manifest, Variant, parse_dim
 from ..info import open_pack
-from ..manifest import Binding, Manifest, Variant, parse_dim
 
 _TYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16",

@@ -6,5 +6,5 @@
 - ``engine_file``  a bare plan + an input description                               (no torch)
 - ``legacy``       detect, describe, convert, migrate
 
-Importing this package imports nothing else: the reader imports ``steps`` on its own.
+Importing this package imports nothing else: the version steps are ``trtpack/format/upgrade.py``.
 """

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import MigrationError
-from ..manifest import Interface, IOSpec, Symbol
-from ..tensorfile import DTYPES
-from ..tree import call_tree
+from ..format.manifest import Interface, IOSpec, Symbol
+from ..format.pytree import call_tree
+from ..format.weights import DTYPES
 
 _SPEC = re.compile(
     r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_.]*)\s*:\s*(?P<dtype>[a-z0-9_]+)\s*\[(?P<dims>[^\]]*)\]\s*$"

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..container import PackReader, PathLike, Source
+from ..assemble import PackParts
 from ..errors import MigrationError, NotAPackError, OutputExistsError
-from ..manifest import MANIFEST_NAME, Interface, Producer
-from .pt2 import Converted, archive_root, convert_pt2
+from ..format.container import PackReader, PathLike, Source
+from ..format.manifest import MANIFEST_NAME, Interface, Producer
+from .pt2 import archive_root, convert_pt2
 
 TRTPACK, PT2, PRE_PT2, TORCHSCRIPT, ENGINE = "trtpack", "pt2", "pre_pt2", "torchscript", "engine"
 
@@ -71,7 +72,7 @@ def convert(
     inputs: Sequence[str | dict] | None = None,
     outputs: Sequence[str | dict] = (),
     variant: str | None = None,
-) -> Converted:
+) -> PackParts:
     """Read any known artifact as the pieces of a current-format pack."""
     p = Path(path)
     kind = detect(p)
@@ -105,7 +106,7 @@ def convert(
         return _convert_pre_pt2(reader)
 
 
-def _convert_pack(reader: PackReader) -> Converted:
+def _convert_pack(reader: PackReader) -> PackParts:
     from ..info import read_info
 
     info = read_info(reader)  # upgrades an older format in memory
@@ -115,8 +116,8 @@ def _convert_pack(reader: PackReader) -> Converted:
     notes = []
     if info.upgraded_from:
         notes.append(f"format {info.upgraded_from[0]}.{info.upgraded_from[1]} upgraded")
-    return Converted("trtpack pack", iface, members, m.program, m.engines, m.producer, notes,
-                     metadata=dict(m.metadata))  # fmt: skip
+    return PackParts(iface, members, m.program, m.engines, dict(m.metadata), m.producer,
+                     notes=notes)  # fmt: skip
 
 
 def _convert_engine(
@@ -124,8 +125,8 @@ def _convert_engine(
     inputs: Sequence[str | dict] | None,
     outputs: Sequence[str | dict],
     variant: str | None,
-) -> Converted:
-    from ..engines.saving import plan_variant
+) -> PackParts:
+    from ..engines.variants import build_variant, facts_from_plan
     from .engine_file import parse_description
 
     if not inputs:
@@ -136,19 +137,20 @@ def _convert_engine(
         )
     iface = parse_description(inputs, outputs)
     plan = path.read_bytes()
-    v, members = plan_variant(plan, iface, name=variant, where=str(path),
-                              output_names=[o.name for o in iface.outputs])  # fmt: skip
-    return Converted(f"bare {v.target.flavor} {v.target.trt_version} engine", iface,
-                     dict(members), None, (v,), Producer(trtpack="-", python="-"))  # fmt: skip
+    facts = facts_from_plan(plan, iface, where=str(path),
+                            output_names=[o.name for o in iface.outputs])  # fmt: skip
+    v, members = build_variant([facts], iface, wiring=None, name=variant)
+    return PackParts(iface, dict(members), None, (v,), producer=Producer(trtpack="-", python="-"),
+                     kind=f"bare {v.target.flavor} {v.target.trt_version} engine")  # fmt: skip
 
 
 def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:
     """The interface of a pre-2.7 torch.export file, read from its program JSON alone (no
     torch: the weights are pickles, which only migration reads, with torch's weights_only
     loader). Returns (kind, interface)."""
+    from ..derive import SerializedProgram
+    from ..format.limits import loads
     from ..graph_check import check_graph
-    from ..limits import loads
-    from .serde_json import SerializedProgram
 
     with PackReader(path, require_stored=False, check_crc=True) as reader:
         version = reader.read("version").decode(errors="replace").strip()
@@ -167,14 +169,13 @@ def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:
     return f"torch.export program (pre-2.7 layout, schema {version})", iface
 
 
-def _convert_pre_pt2(reader: PackReader) -> Converted:
+def _convert_pre_pt2(reader: PackReader) -> PackParts:
     """torch < 2.7 wrote the program JSON beside torch.save pickles of the weights: those are
     read with torch's weights_only loader (tensors and containers only)."""
     import torch
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
-    from ..derive import derive_interface
-    from ..program import program_members
+    from ..program import derive_interface, program_members
 
     def unpickle(name: str) -> Any:
         if name not in reader:
@@ -209,30 +210,26 @@ def _convert_pre_pt2(reader: PackReader) -> Converted:
     members, ref = program_members(ep)
     stored = members[ref.graph]
     assert isinstance(stored, bytes)
-    return Converted(f"torch.export program (pre-2.7 layout, schema {version})",
-                     derive_interface(ep, graph=stored), dict(members), ref,
-                     producer=Producer(trtpack="-", python="-"))  # fmt: skip
+    return PackParts(derive_interface(ep, graph=stored), dict(members), ref,
+                     producer=Producer(trtpack="-", python="-"),
+                     kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 
-def to_pack(c: Converted, path: PathLike | None, *, overwrite: bool = False) -> Any:
+def to_pack(c: PackParts, path: PathLike | None, *, overwrite: bool = False) -> Any:
     """Write ``c`` as a current-format pack (atomically) at ``path``, or return its bytes."""
+    import dataclasses
     import platform
 
     from .._version import __version__
-    from ..assemble import build_manifest, write
-    from ..container import pack_bytes
+    from ..assemble import to_bytes, write
 
     # this trtpack wrote the pack; the program is the torch version's that wrote it
     made_by = Producer(__version__, platform.python_version(),
                        torch=c.producer.torch if c.producer else None)  # fmt: skip
-
-    def manifest(digests: Any) -> Any:
-        return build_manifest(c.iface, digests, program=c.program, engines=c.engines,
-                              metadata=c.metadata, made_by=made_by)  # fmt: skip
-
+    parts = dataclasses.replace(c, producer=made_by)
     if path is None:
-        return pack_bytes(c.members, lambda d: manifest(d).to_json())
-    return write(path, c.members, manifest, overwrite=overwrite)
+        return to_bytes(parts)
+    return write(parts, path, overwrite=overwrite)
 
 
 def migrate(

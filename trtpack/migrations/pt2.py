@@ -11,32 +11,17 @@ that reads the packed engine info and allows nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..container import PackReader, Source
+from ..assemble import PackParts
+from ..derive import SCALAR_TYPES, SerializedProgram
 from ..engines.packed_info import PackedEngine, read_engine_pickle
-from ..engines.plan import parse_plan
-from ..engines.saving import default_variant_name, engine_settings, narrowed_ranges, target_of
-from ..errors import EngineError, MigrationError
-from ..limits import loads
-from ..manifest import Binding, EngineSpec, Interface, Producer, ProgramRef, Variant
-from ..tensorfile import DTYPES, RawTensor, layout_metadata, safetensors_source
-from .serde_json import SCALAR_TYPES, SerializedProgram
-
-
-@dataclass
-class Converted:
-    """A legacy artifact, as the pieces of a pack."""
-
-    kind: str
-    iface: Interface
-    members: dict[str, Source]
-    program: ProgramRef | None
-    engines: tuple[Variant, ...] = ()
-    producer: Producer | None = None
-    notes: list[str] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
+from ..engines.variants import WiredProgram, variant_from_wired
+from ..errors import MigrationError
+from ..format.container import PackReader, Source
+from ..format.limits import loads
+from ..format.manifest import Producer, ProgramRef
+from ..format.weights import DTYPES, RawTensor, layout_metadata, safetensors_source
 
 
 def archive_root(reader: PackReader) -> str | None:
@@ -80,7 +65,7 @@ def _config(reader: PackReader, member: str) -> dict[str, Any]:
     return config
 
 
-def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None) -> Converted:
+def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None) -> PackParts:
     where = str(reader.path)
     root = archive_root(reader)
     if root is None:
@@ -94,7 +79,7 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
 
     check_graph(data, f"{where}:{graph_member}")
     program = SerializedProgram(data, where=f"{where}:{graph_member}")
-    iface, names = program.interface()
+    iface, _ = program.interface()
 
     tensors: list[tuple[str, str, dict[str, Any]]] = []  # (group, fqn, payload meta)
     engines: dict[str, PackedEngine] = {}
@@ -122,15 +107,15 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
     if not engines:
         ref = ProgramRef("program/graph.json", "program/weights.safetensors", program.schema)
         members: dict[str, Source] = {ref.graph: reader.slice(graph_member), ref.weights: weights}
-        return Converted("torch.export program (PT2 archive)", iface, members, ref,
-                         producer=producer)  # fmt: skip
-    variant, members = _engine_variant(program, names, iface, engines, weights, reader,
-                                       graph_member, torch_tensorrt_variant)  # fmt: skip
+        return PackParts(iface, members, ref, producer=producer,
+                         kind="torch.export program (PT2 archive)")  # fmt: skip
+    wired = WiredProgram(program, reader.slice(graph_member), weights, engines)
+    variant, members = variant_from_wired(wired, iface, name=torch_tensorrt_variant)
     abis = sorted({e.abi for e in engines.values()})
     producer = Producer(trtpack="-", python="-", torch=program.torch_version)
-    return Converted(
-        f"torch_tensorrt ExportedProgram with {len(engines)} engine(s), ABI {', '.join(abis)}",
+    return PackParts(
         iface, members, None, (variant,), producer=producer,
+        kind=f"torch_tensorrt ExportedProgram with {len(engines)} engine(s), ABI {', '.join(abis)}",
         notes=["no portable program: the file holds only the engines' wiring"],
     )  # fmt: skip
 
@@ -194,89 +179,3 @@ def _weights(reader: PackReader, tensors: list[tuple[str, str, dict]], where: st
                 )
             layout[fqn] = entry
     return safetensors_source(stored, layout_metadata(layout))
-
-
-def _engine_variant(
-    program: SerializedProgram,
-    names: dict[str, str],
-    iface: Interface,
-    engines: dict[str, PackedEngine],
-    weights: Source,
-    reader: PackReader,
-    graph_member: str,
-    name: str | None,
-) -> tuple[Variant, dict[str, Source]]:
-    placeholders = program.custom_objects()
-    values = {s: iface.symbols[n] for s, n in names.items()}
-    calls = []
-    for node in program.graph.get("nodes", []):
-        if "execute_engine" not in str(node.get("target")):
-            continue
-        args = {i["name"]: i["arg"] for i in node["inputs"]}
-        engine_arg = args.get("engine", {}).get("as_custom_obj", {}).get("name")
-        fqn = placeholders.get(engine_arg, engine_arg)
-        if fqn not in engines:
-            raise EngineError(f"{reader.path}: an execute_engine call uses unknown engine {fqn!r}")
-        ins = [t["name"] for t in args.get("input_tensors", {}).get("as_tensors", [])]
-        outs = [t["name"] for o in node.get("outputs", []) for t in o.get("as_tensors", [])]
-        calls.append((fqn, ins, outs))
-    if not calls:
-        raise EngineError(f"{reader.path}: engine constants but no execute_engine call")
-    plans = [parse_plan(engines[fqn].engine, where=f"engine {fqn}") for fqn, _, _ in calls]
-    target = target_of(plans, [engines[fqn] for fqn, _, _ in calls])
-    vname = name or default_variant_name(target)
-    folder = f"engines/{vname}"
-    members: dict[str, Source] = {}
-    specs = []
-    for fqn, ins, outs in calls:
-        packed = engines[fqn]
-        member = f"{folder}/{fqn}.plan"
-        members[member] = packed.engine
-        inputs = tuple(
-            _binding(program, b, t, names, values, True) for b, t in zip(packed.input_names, ins)
-        )
-        outputs = tuple(
-            _binding(program, b, t, names, values, False) for b, t in zip(packed.output_names, outs)
-        )
-        specs.append(EngineSpec(fqn, member, inputs, outputs, packed.abi, engine_settings(packed)))
-    tensor_inputs = [i.name for i in iface.inputs if i.is_tensor]
-    # the graph's own names of the user outputs (the manifest names them by key path)
-    user_outputs = [
-        spec["user_output"]["arg"].get("as_tensor", {}).get("name")
-        for spec in program.signature["output_specs"]
-        if "user_output" in spec
-    ]
-    compute = [n for n in program.graph.get("nodes", []) if "getitem" not in str(n.get("target"))]
-    whole = len(calls) == 1 and calls[0][1] == tensor_inputs and calls[0][2] == user_outputs
-    whole = whole and len(compute) == 1
-    ref = None
-    if not whole:
-        ref = ProgramRef(f"{folder}/graph.json", f"{folder}/weights.safetensors", program.schema)
-        members[ref.graph] = reader.slice(graph_member)
-        members[ref.weights] = weights
-    variant = Variant(vname, target, tuple(specs), ref, whole,
-                      narrowed_ranges(specs, iface.inputs, iface.symbols))  # fmt: skip
-    return variant, members
-
-
-def _binding(program: SerializedProgram, name: str, tensor: str, names: dict[str, str],
-             values: dict[str, Any], is_input: bool) -> Binding:  # fmt: skip
-    meta = program.tensors.get(tensor)
-    if meta is None:
-        raise EngineError(f"engine binding {name!r} ({tensor}) has no tensor metadata")
-    sizes = meta["sizes"]
-    shape = tuple(program.dim_text(s, names) for s in sizes)
-    profile = None
-    if is_input:
-        rows: list[tuple[int, int, int]] | None = []
-        for s in sizes:
-            lo = program.evaluate(s, {k: v.min for k, v in values.items()})
-            opt = program.evaluate(s, {k: v.opt for k, v in values.items()})
-            hi = program.evaluate(s, {k: -1 if v.max is None else v.max for k, v in values.items()})
-            if None in (lo, opt, hi):
-                rows = None
-                break
-            assert rows is not None and lo is not None and opt is not None and hi is not None
-            rows.append((lo, opt, hi))
-        profile = tuple(rows) if rows is not None else None
-    return Binding(name, program.dtype(meta, tensor), shape, profile)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputExistsError, PackLockedError
+from ..errors import OutputExistsError, PackLockedError
 
 SUFFIX = ".trtpack-tmp"
 STEPS = ("temp-created", "bytes", "before-fsync", "after-fsync", "before-rename",

@@ -28,7 +28,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import ManifestError, UnsafePackError
+from ..errors import ManifestError, UnsafePackError
 from .manifest import Guard, parse_dim
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {

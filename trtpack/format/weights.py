@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import IntegrityError
 from .container import Chunks, Data
-from .errors import IntegrityError
 
 LAYOUT_KEY = "trtpack.tensors"
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import atomic_write
-from .atomic import fsync_dir as _fsync_dir  # noqa: F401
-from .errors import (
+from ..errors import (
     IntegrityError,
     MissingMemberError,
     NotAPackError,
     UnsafePackError,
 )
+from .atomic import atomic_write
+from .atomic import fsync_dir as _fsync_dir  # noqa: F401
 from .limits import MAX_MEMBERS, refuse
 from .manifest import MANIFEST_NAME
 

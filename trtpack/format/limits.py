@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import ManifestError, TrtpackError, UnsafePackError
+from ..errors import ManifestError, TrtpackError, UnsafePackError
 
 #: entries in the zip's central directory (counted from the end record, before parsing it)
 MAX_MEMBERS = 10_000

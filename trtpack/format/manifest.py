@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ManifestError, UnsupportedVersionError
+from ..errors import ArgumentTypeError, ManifestError, UnsupportedVersionError
 
 FORMAT_NAME = "trtpack"
 #: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
@@ -134,20 +134,29 @@ class Target:
 @dataclass(frozen=True)
 class Variant:
     """One set of engines built for one target. ``program`` wires them with any PyTorch
-    fallback subgraphs (None: a single engine, run directly); ``ranges`` lists symbols the
-    engines' profiles cover only in part."""
+    fallback subgraphs (None: a single whole-graph engine, run directly); ``ranges`` lists
+    symbols the engines' profiles cover only in part."""
 
     name: str
     target: Target
     engines: tuple[EngineSpec, ...]
     program: ProgramRef | None
-    whole_graph: bool
     ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+
+    #: written to the JSON (for readers and tools that do not derive it), never stored twice:
+    #: a reader checks the JSON's value against the derivation
+    JSON_DERIVED: typing.ClassVar[tuple[str, ...]] = ("whole_graph",)
+
+    @property
+    def whole_graph(self) -> bool:
+        """One engine whose bindings are the manifest's tensor inputs and outputs, in order:
+        the variant runs without a program (what a Triton TensorRT backend can serve)."""
+        return self.program is None
 
 
 @dataclass(frozen=True)
 class Guard:
-    """One condition on the inputs beyond their ranges (trtpack/guards.py): ``expr`` in the
+    """One condition on the inputs beyond their ranges (trtpack/format/guards.py): ``expr`` in the
     manifest's guard language, or None when torch's ``source`` cannot be expressed in it (the
     program's own check then runs for every call)."""
 
@@ -187,9 +196,7 @@ class Interface:
                     f"({[o.path for o in self.outputs]})"
                 )
         else:
-            raise TypeError(
-                f"output_names must be a list or a dict of str, not {type(names).__name__}"
-            )
+            raise ArgumentTypeError("output_names", "a list or a dict of str", names)
         for name in new:
             if not isinstance(name, str) or not _OUTPUT_NAME.match(name):
                 raise ManifestError(
@@ -206,27 +213,43 @@ _OUTPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 @dataclass(frozen=True)
 class Manifest:
-    """Everything a reader needs to know about a pack, without reading anything else."""
+    """Everything a reader needs to know about a pack, without reading anything else. The
+    interface's fields sit at the top level of the JSON (``inputs``, ``symbols``, ...)."""
 
     format_version: tuple[int, int]
     producer: Producer
-    inputs: tuple[IOSpec, ...]
-    outputs: tuple[IOSpec, ...]
-    symbols: dict[str, Symbol]
-    input_tree: Tree
-    output_tree: Tree
+    interface: Interface = field(metadata={"json": "inline"})
     members: dict[str, Member]
     program: ProgramRef | None
     engines: tuple[Variant, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT_NAME
-    #: conditions beyond the ranges (format 1.1); a pack of 1.0 has none recorded
-    guards: tuple[Guard, ...] = ()
+
+    # the interface's fields, read through (stored once, in ``interface``)
+    @property
+    def inputs(self) -> tuple[IOSpec, ...]:
+        return self.interface.inputs
 
     @property
-    def interface(self) -> Interface:
-        return Interface(self.inputs, self.outputs, self.symbols, self.input_tree,
-                         self.output_tree, self.guards)  # fmt: skip
+    def outputs(self) -> tuple[IOSpec, ...]:
+        return self.interface.outputs
+
+    @property
+    def symbols(self) -> dict[str, Symbol]:
+        return self.interface.symbols
+
+    @property
+    def input_tree(self) -> Tree:
+        return self.interface.input_tree
+
+    @property
+    def output_tree(self) -> Tree:
+        return self.interface.output_tree
+
+    @property
+    def guards(self) -> tuple[Guard, ...]:
+        """Conditions beyond the ranges (format 1.1); a pack of 1.0 has none recorded."""
+        return self.interface.guards
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -317,7 +340,7 @@ class Manifest:
             referenced += [e.member for e in variant.engines]
             if variant.program is not None:
                 referenced += [variant.program.graph, variant.program.weights]
-            elif not variant.whole_graph or len(variant.engines) != 1:
+            elif len(variant.engines) != 1:
                 raise ManifestError(
                     f"engine variant {variant.name!r} has no program, so it must be one "
                     "whole-graph engine"
@@ -343,7 +366,7 @@ class Manifest:
     def _check_paths(self) -> None:
         """Each input's and output's ``path`` is the one its position in the tree gives, and
         names are unique: a consistent edit of either would feed the wrong tensor."""
-        from .tree import leaf_paths
+        from .pytree import leaf_paths
 
         for what, specs, tree, root in (
             ("input", self.inputs, self.input_tree, "call"),
@@ -546,10 +569,11 @@ def check_version(data: Any) -> bool:
 def schema_path(major: int = FORMAT_VERSION[0]) -> Path:
     """The JSON Schema file of a format major version (shipped inside the wheel)."""
     name = f"manifest.v{major}.schema.json"
-    packaged = Path(__file__).with_name("_schema") / name
+    package = Path(__file__).resolve().parent.parent  # trtpack/
+    packaged = package / "_schema" / name
     if packaged.is_file():
         return packaged
-    return Path(__file__).resolve().parent.parent / "schema" / name  # a source checkout
+    return package.parent / "schema" / name  # a source checkout
 
 
 @functools.lru_cache(maxsize=4)
@@ -608,7 +632,12 @@ def _to_json_value(obj: Any) -> Any:
             )
             if value is None and has_default:
                 continue  # optional and absent
-            out[f.name] = _to_json_value(value)
+            if f.metadata.get("json") == "inline":
+                out.update(_to_json_value(value))
+            else:
+                out[f.name] = _to_json_value(value)
+        for name in getattr(obj, "JSON_DERIVED", ()):
+            out[name] = _to_json_value(getattr(obj, name))
         return out
     if isinstance(obj, (tuple, list)):
         return [_to_json_value(v) for v in obj]
@@ -628,9 +657,21 @@ def _from_json_value(tp: Any, value: Any) -> Any:
         return value  # a union of scalars (Dim, IOSpec.value): already the right JSON value
     if dataclasses.is_dataclass(tp):
         hints = _hints(tp)  # type: ignore[arg-type]
-        known = {f.name for f in dataclasses.fields(tp)}
-        kwargs = {k: _from_json_value(hints[k], v) for k, v in value.items() if k in known}
-        return tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.metadata.get("json") == "inline":
+                kwargs[f.name] = _from_json_value(hints[f.name], value)
+            elif f.name in value:
+                kwargs[f.name] = _from_json_value(hints[f.name], value[f.name])
+        obj = tp(**kwargs)  # type: ignore[operator]  # tp is a dataclass type here
+        for name in getattr(tp, "JSON_DERIVED", ()):
+            if name in value and value[name] != getattr(obj, name):
+                raise ManifestError(
+                    f"{type(obj).__name__.lower()} {value.get('name', '')!r}: {name} is "
+                    f"{json.dumps(value[name])}, but its other fields make it "
+                    f"{json.dumps(getattr(obj, name))}"
+                )
+        return obj
     if origin is tuple:
         items = typing.get_args(tp)
         if len(items) == 2 and items[1] is Ellipsis:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MigrationError
-from ..manifest import FORMAT_VERSION
+from .manifest import FORMAT_VERSION
 
 Version = tuple[int, int]
 

@@ -1,4 +1,5 @@
-"""Pytree specs as manifest JSON, and back. The JSON side needs no torch.
+"""Pytree specs as manifest JSON: leaf paths, output names, calls rebuilt from leaves. No torch
+(the torch ``TreeSpec`` side is ``trtpack/treespec.py``).
 
 A tree is ``{"type": "leaf"}`` or a container with ``children``: ``tuple``, ``list``,
 ``dict`` (with ``keys``), ``namedtuple`` (with ``name`` and ``fields``), ``none``, or
@@ -10,13 +11,12 @@ the ``(args, kwargs)`` tuple torch.export uses; leaf paths read ``args[0]['a']``
 from __future__ import annotations
 
 import ast
-import collections
 import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .errors import DeriveError, UnregisteredPytreeError
+from ..errors import UnregisteredPytreeError
 from .manifest import Tree
 
 
@@ -147,81 +147,6 @@ def call_tree(num_args: int, kwarg_names: list[str]) -> Tree:
             {"type": "dict", "keys": list(kwarg_names), "children": [leaf] * len(kwarg_names)},
         ],
     }
-
-
-# --- manifest JSON -> torch TreeSpec (torch imported only when called; the other way is
-# migrations/serde_json.tree_from_json over torch's own serialized spec) ---------------------
-
-
-def to_treespec(tree: Tree) -> Any:
-    """Manifest JSON as a torch ``TreeSpec`` (built-in container types only)."""
-    import torch.utils._pytree as pytree
-
-    kind = tree["type"]
-    if kind == "leaf":
-        return pytree.LeafSpec() if hasattr(pytree, "LeafSpec") else pytree.treespec_leaf()
-    children = [to_treespec(c) for c in tree.get("children", [])]
-    if kind == "tuple":
-        return pytree.TreeSpec(tuple, None, children)
-    if kind == "list":
-        return pytree.TreeSpec(list, None, children)
-    if kind == "dict":
-        return pytree.TreeSpec(dict, list(tree["keys"]), children)
-    if kind == "none":
-        return pytree.TreeSpec(type(None), None, [])
-    if kind == "namedtuple":
-        cls = collections.namedtuple(tree["name"].rsplit(".", 1)[-1], tree["fields"])  # type: ignore[misc]
-        probe = pytree.tree_flatten(cls(*range(len(tree["fields"]))))[1]
-        return pytree.TreeSpec(probe.type, probe.context, children)
-    raise DeriveError(
-        f"cannot rebuild a pytree node of type {tree.get('name', kind)!r} without its Python "
-        "type; only tuple, list, dict, namedtuple and None are rebuilt from the manifest"
-    )
-
-
-def _children(spec: Any) -> list[Any]:
-    children = getattr(spec, "children", None)
-    if callable(children):
-        return list(children())
-    return list(spec.children_specs)
-
-
-def _qualname(t: Any) -> str:
-    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', repr(t))}"
-
-
-# --- namedtuples: torch.export can only serialize registered ones ---------------------------
-
-
-def register_namedtuples(spec: Any) -> None:
-    """Register every namedtuple type in a torch TreeSpec for serialization, under the same
-    ``module.qualname`` the manifest records (torch.export.save refuses unregistered ones)."""
-    import torch.utils._pytree as pytree
-
-    if spec.is_leaf():
-        return
-    cls = spec.context if isinstance(spec.context, type) else spec.type
-    if (
-        isinstance(cls, type)
-        and issubclass(cls, tuple)
-        and hasattr(cls, "_fields")
-        and cls not in pytree.SUPPORTED_SERIALIZED_TYPES
-    ):
-        pytree._register_namedtuple(cls, serialized_type_name=_qualname(cls))
-    for child in _children(spec):
-        register_namedtuples(child)
-
-
-def restore_namedtuples(tree: Tree) -> None:
-    """Before deserializing a program: make each namedtuple the manifest names known to torch.
-    The class is rebuilt from its recorded fields; nothing named in a pack is ever imported."""
-    import torch.utils._pytree as pytree
-
-    if tree["type"] == "namedtuple" and tree["name"] not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
-        cls = collections.namedtuple(tree["name"].rsplit(".", 1)[-1], tree["fields"])  # type: ignore[misc]
-        pytree._register_namedtuple(cls, serialized_type_name=tree["name"])
-    for child in tree.get("children", ()):
-        restore_namedtuples(child)
 
 
 def custom_type_names(tree: Tree) -> list[str]:

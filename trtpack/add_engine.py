@@ -1,0 +1,131 @@
+"""``add_engine``: an engine variant added to an existing pack. The pack's other members are
+copied byte for byte (same SHA-256) and everything is written by the one writer
+(``assemble.py``). A variant comes from another pack of the same model, a bare plan file, or
+a compiled module; the facts of each go through ``engines/variants.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .assemble import PackParts, write
+from .engines.variants import build_variant, facts_from_plan
+from .errors import ArgumentTypeError, EngineError
+from .format.atomic import pack_lock
+from .format.container import PathLike, Source
+from .format.manifest import Manifest, ProgramRef, Variant
+from .info import PackInfo, open_pack
+
+
+def add_engine(
+    pack: PathLike,
+    source: Any,
+    *,
+    variant: str | None = None,
+    out: PathLike | None = None,
+) -> PackInfo:
+    """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place).
+
+    ``source`` is another .trtpack of the same model (its variants are taken), a bare plan
+    file (a whole-graph engine whose bindings are the manifest's inputs and outputs), or a
+    module from ``trtpack.compile``. The pack's other members are copied byte for byte.
+    """
+
+    target_path = Path(out) if out is not None else Path(pack)
+    # held from before the read until after the rename: a second add_engine waits, never
+    # writes a pack built from the old content (which would drop the first one's variant)
+    with pack_lock(target_path), open_pack(pack) as (reader, info):
+        m = info.manifest
+        parts = PackParts(m.interface, {n: reader.slice(n) for n in m.members}, m.program,
+                          m.engines, dict(m.metadata), m.producer)  # fmt: skip
+        new_variants, new_members = _variants_from(source, m, variant)
+        parts = parts.with_variants(new_variants, new_members, where=str(info.path))
+        # written while the source is open; members are copied from it as they are written
+        return write(parts, target_path, overwrite=True)
+
+
+def _variants_from(
+    source: Any, manifest: Manifest, name: str | None
+) -> tuple[list[Variant], dict[str, Source]]:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":
+            return _variants_from_pack(path, manifest, name)
+        v, m = _plan_variant(path.read_bytes(), manifest, name, where=str(path))
+        return [v], m
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        v, m = _plan_variant(bytes(source), manifest, name, where="engine")
+        return [v], m
+    compiled = getattr(source, "_trtpack", None)
+    if compiled is None:
+        raise ArgumentTypeError(
+            "source",
+            "a .trtpack or .plan path, plan bytes, or a module from trtpack.compile",
+            source,
+        )
+    iface = compiled.interface
+    if iface.inputs != manifest.inputs or iface.outputs != manifest.outputs:
+        raise EngineError("the compiled module's inputs/outputs differ from the pack's manifest")
+    from .save import variant_of_compiled
+
+    # profiles from the compiled module's symbols: the ranges its engines were built for
+    v, m = variant_of_compiled(
+        source, dataclasses.replace(manifest.interface, symbols=iface.symbols), name
+    )
+    return [v], m
+
+
+def _plan_variant(
+    plan: bytes, manifest: Manifest, name: str | None, *, where: str
+) -> tuple[Variant, dict[str, Source]]:
+    facts = facts_from_plan(plan, manifest.interface, where=where)
+    return build_variant([facts], manifest.interface, wiring=None, name=name)
+
+
+def _variants_from_pack(
+    path: Path, manifest: Manifest, name: str | None
+) -> tuple[list[Variant], dict[str, Source]]:
+    with open_pack(path) as (reader, info):
+        other = info.manifest
+        if other.inputs != manifest.inputs or other.outputs != manifest.outputs:
+            raise EngineError(
+                f"{path} describes another model: its inputs/outputs differ from the pack's"
+            )
+        if not other.engines:
+            raise EngineError(f"{path} holds no engine variant")
+        if name is not None and len(other.engines) != 1:
+            raise EngineError(f"{path} has {len(other.engines)} variants; a name fits only one")
+        variants, members = [], {}
+        for v in other.engines:
+            names = [e.member for e in v.engines]
+            if v.program is not None:
+                names += [v.program.graph, v.program.weights]
+            for n in names:
+                member = other.members[n]
+                reader.verify(n, member.sha256, member.size)
+                members[n] = reader.slice(n)
+            variants.append(v if name is None else _renamed(v, name, members))
+        return variants, members
+
+
+def _renamed(v: Variant, name: str, members: dict[str, Source]) -> Variant:
+    """``v`` under another name: its members move to ``engines/<name>/``."""
+    old, new = f"engines/{v.name}/", f"engines/{name}/"
+
+    def move(member: str) -> str:
+        if not member.startswith(old):
+            return member
+        moved = new + member[len(old) :]
+        members[moved] = members.pop(member)
+        return moved
+
+    engines = tuple(dataclasses.replace(e, member=move(e.member)) for e in v.engines)
+    program = None
+    if v.program is not None:
+        program = ProgramRef(move(v.program.graph), move(v.program.weights),
+                             v.program.serde_schema)  # fmt: skip
+    return Variant(name, v.target, engines, program, v.ranges)

@@ -1,0 +1,126 @@
+"""``save``: an ExportedProgram (or a compiled module) -> a .trtpack file. The one save
+pipeline:
+
+1. the interface, derived once from the serialized program (``program.derive_interface``);
+2. the program members: that same serialization, and the weights (``program.py``);
+3. the engine variants a compiled module contributes (``engines/variants.py``);
+4. all of it written once, by the one writer (``assemble.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+
+from .assemble import PackParts, write
+from .derive import RangeLike, apply_ranges
+from .engines.variants import variant_from_wired
+from .errors import ArgumentTypeError, DeriveError, TrtpackError
+from .format.container import PathLike, Source
+from .format.manifest import Interface, ProgramRef, Variant
+from .info import PackInfo
+from .program import derive_interface, dim_aliases, program_members
+
+
+def save(
+    obj: ExportedProgram | torch.nn.Module,
+    path: PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    ranges: Mapping[str, RangeLike] | None = None,
+    overwrite: bool = True,
+    variant: str | None = None,
+    source: ExportedProgram | None = None,
+    output_names: Sequence[str] | Mapping[str, str] | None = None,
+) -> PackInfo:
+    """Save a model as a .trtpack file. No input description is needed: it is derived.
+
+    ``obj`` is a ``torch.export`` ExportedProgram, a module from ``trtpack.compile`` (its
+    engines become a variant, its source program the portable fallback), a module from
+    ``torch_tensorrt.dynamo.compile`` (pass ``source=`` the ExportedProgram it was compiled
+    from, for the fallback), or a torch_tensorrt ExportedProgram with embedded engines.
+
+    ``ranges`` narrows a symbol's range or sets its opt (``{"batch": (1, 32, 8)}``); widening
+    is refused. ``metadata`` is a free-form str -> str map. ``variant`` names the engine set.
+    ``output_names`` renames outputs (a list in flat order, or ``{derived name or path: new}``);
+    by default they are named by their pytree key path (``logits``, ``hidden_states.0``).
+    """
+    if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
+        raise ArgumentTypeError(
+            "obj", "a torch.export.ExportedProgram or a compiled module (trtpack.compile, "
+            "torch_tensorrt.dynamo.compile)", obj,
+        )  # fmt: skip
+    if source is not None and not isinstance(source, ExportedProgram):
+        raise ArgumentTypeError("source", "a torch.export.ExportedProgram", source)
+    compiled = not isinstance(obj, ExportedProgram) or has_engines(obj)
+    if not compiled and (source is not None or variant is not None):
+        raise TrtpackError("source= and variant= apply to compiled modules, not to a program")
+    parts = _parts_of_compiled(obj, source, ranges, variant) if compiled else None
+    if parts is None:
+        assert isinstance(obj, ExportedProgram)
+        members, ref = program_members(obj)
+        graph = members[ref.graph]
+        assert isinstance(graph, bytes)
+        iface = derive_interface(obj, ranges=ranges, graph=graph)  # from the bytes it stores
+        parts = PackParts(iface, dict(members), ref)
+    if output_names is not None:
+        parts.interface = parts.interface.with_output_names(output_names)
+    parts.metadata = dict(metadata or {})
+    return write(parts, path, overwrite=overwrite)
+
+
+def has_engines(ep: ExportedProgram) -> bool:
+    if all(isinstance(v, torch.Tensor) for v in ep.constants.values()):
+        return False
+    from .engines.torchtrt import engine_constant_names  # imports no torch_tensorrt
+
+    return bool(engine_constant_names(ep))
+
+
+def _parts_of_compiled(
+    obj: Any,
+    source: ExportedProgram | None,
+    ranges: Mapping[str, RangeLike] | None,
+    name: str | None,
+) -> PackParts:
+    """A compiled module's pack: the source program (if known) as the portable fallback, and
+    the engines as one variant. The interface comes from ``trtpack.compile`` (it travels with
+    the module), else from the source program, else from the wired program's own JSON."""
+    from .engines.torchtrt import engine_constant_names, wire
+
+    attached = getattr(obj, "_trtpack", None)
+    if attached is not None and source is None:
+        source = attached.source
+    if source is not None and engine_constant_names(source):
+        raise DeriveError("source= must be the ExportedProgram before compilation, without engines")
+    wired = wire(obj)
+    members: dict[str, Source] = {}
+    ref: ProgramRef | None = None
+    if source is not None:
+        program, ref = program_members(source)
+        members.update(program)
+        stored = program[ref.graph]
+        assert isinstance(stored, bytes)
+        iface = (
+            attached.interface if attached is not None else derive_interface(source, graph=stored)
+        )
+    else:
+        iface = wired.program.interface()[0]  # a torch_tensorrt program alone: its own JSON
+    if ranges:
+        iface = apply_ranges(iface, ranges, dim_aliases(source) if source is not None else {})
+    variant, engine_members = variant_from_wired(wired, iface, name=name)
+    members.update(engine_members)
+    return PackParts(iface, members, ref, (variant,))
+
+
+def variant_of_compiled(
+    obj: Any, iface: Interface, name: str | None
+) -> tuple[Variant, dict[str, Source]]:
+    """The engine variant of a compiled module, for a pack whose interface is ``iface``
+    (``add_engine``)."""
+    from .engines.torchtrt import wire
+
+    return variant_from_wired(wire(obj), iface, name=name)

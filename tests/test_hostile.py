@@ -168,6 +168,23 @@ def test_engine_binding_name_edited_consistently_is_refused(small_pack, tmp_path
         trtpack.inspect(bad)
 
 
+def test_whole_graph_flag_that_contradicts_the_program_is_refused(small_pack, tmp_path):
+    """``whole_graph`` is written for readers that do not derive it; it is never a second
+    source of truth: a variant that has a program and says whole_graph is refused."""
+    import rtx
+
+    pack = shutil.copy(small_pack, tmp_path / "p.trtpack")
+    trtpack.add_engine(pack, rtx.keywords_plan(("8.0",)), variant="sm80")
+    assert trtpack.inspect(pack).manifest.engines[0].whole_graph
+
+    def flip(m):
+        m["engines"][0]["whole_graph"] = False
+
+    bad = rewrite(pack, tmp_path / "flipped.trtpack", edit_manifest=flip)
+    with pytest.raises(trtpack.ManifestError, match="whole_graph is false, but its other fields"):
+        trtpack.inspect(bad)
+
+
 # --- legacy files: the zip CRC-32 is their only checksum --------------------------------
 
 

@@ -3,6 +3,7 @@ import torch: run in a process where importing torch fails."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CODE = r"""
 import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
-import trtpack, trtpack.format.manifest, trtpack.format.container, trtpack.info, trtpack.format.limits
-import trtpack.format.guards, trtpack.graph_check, trtpack.format.weights, trtpack.format.atomic
-import trtpack.derive, trtpack.migrations.pt2, trtpack.format.upgrade
+import trtpack, trtpack.info, trtpack.graph_check, trtpack.derive, trtpack.assemble
+import trtpack.engines.variants, trtpack.adding, trtpack.migrations.pt2
 from trtpack.cli import main
 out = sys.argv[1]
 info = trtpack.migrate(sys.argv[2], out + "/m.trtpack")          # a torch.export file
@@ -25,6 +25,62 @@ assert main(["inspect", sys.argv[4]]) == 0                       # pre-2.7 layou
 assert main(["verify", sys.argv[5]]) == 0                        # a 1.0 pack, upgraded
 print("TORCH-FREE OK", "torch" in sys.modules and sys.modules["torch"] is None)
 """
+
+
+FORMAT = Path(__file__).resolve().parent.parent / "trtpack" / "format"
+
+FORMAT_CODE = r"""
+import sys, json, zipfile
+sys.modules["torch"] = None  # any import of torch now raises ImportError
+from trtpack.format import atomic, container, guards, limits, manifest, pytree, upgrade, weights
+path = sys.argv[1]
+with container.PackReader(path) as reader:          # the zip, checked
+    m = manifest.Manifest.from_json(reader.read(manifest.MANIFEST_NAME))
+    tensors, _ = weights.parse_safetensors(reader.view(m.program.weights), m.program.weights)
+    assert tensors, "the weights header parsed"
+    assert pytree.leaf_paths(m.input_tree, "call") == [i.path for i in m.inputs]
+    assert upgrade.chain((1, 0)), "a 1.0 manifest has a step to the current version"
+print("FORMAT OK", sorted(n for n in sys.modules if n.startswith("trtpack.")))
+"""
+
+
+def test_format_package_imports_and_reads_a_pack_with_torch_unimportable():
+    out = subprocess.run(
+        [sys.executable, "-c", FORMAT_CODE, str(FIXTURES / "v1.1" / "keywords.trtpack")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = eval(out.stdout.split("FORMAT OK", 1)[1])
+    # nothing above the format package was imported (trtpack/__init__ and errors are leaves)
+    above = [n for n in loaded if not n.startswith("trtpack.format") and n not in
+             ("trtpack._version", "trtpack.errors")]  # fmt: skip
+    assert above == [], above
+
+
+def test_format_package_never_imports_torch_or_anything_above_it():
+    """Not even lazily, inside a function: every import statement under trtpack/format/ names
+    the standard library, jsonschema, trtpack.errors or the format package itself."""
+    allowed_roots = set(sys.stdlib_module_names) | {"jsonschema"}
+    problems = []
+    for path in sorted(FORMAT.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    continue  # from .x: the format package
+                if node.level == 2:
+                    names = [f"trtpack.{node.module}"]
+                else:
+                    names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                if name in ("trtpack.errors", "trtpack._version"):
+                    continue
+                if name.split(".")[0] not in allowed_roots:
+                    problems.append(f"{path.name}:{node.lineno} imports {name}")
+    assert problems == []
 
 
 def test_torch_free_paths_never_import_torch(tmp_path):

@@ -253,6 +253,47 @@ def test_save_torch_tensorrt_exported_program(compiled, tmp_path):
     assert len(v.engines) == 2 and info.manifest.program is None
 
 
+@pytest.mark.parametrize("which", ["whole", "split"])
+def test_save_and_migrate_of_torch_tensorrt_save_give_the_same_variant(compiled, which, tmp_path):
+    """One variant builder: a compiled module saved by trtpack, and the file torch_tensorrt.save
+    writes for it, migrated, give the same engines, bindings, profiles, wiring and target."""
+    from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
+
+    module = dict(zip(["whole", "split"], compiled))[which]
+    with tt_cpu.device_queries():
+        saved = trtpack.save(module, tmp_path / "saved.trtpack", variant="v")
+        for child in engines_of(module).values():
+            if child.engine is None:
+                child.engine = EngineSerializer(child._pack_engine_info())
+        try:
+            tt.save(module, str(tmp_path / "m.ep"), output_format="exported_program",
+                    retrace=False)  # fmt: skip
+        finally:
+            for child in engines_of(module).values():
+                if type(child.engine).__name__ == "EngineSerializer":
+                    child.engine = None
+    migrated = trtpack.migrate(tmp_path / "m.ep", tmp_path / "migrated.trtpack", variant="v")
+    (a,), (b,) = saved.manifest.engines, migrated.manifest.engines
+    assert a.whole_graph is b.whole_graph is (which == "whole")
+    assert a.target == b.target and a.ranges == b.ranges == {}
+
+    def facts(variant):
+        return [(e.name, e.member, e.abi_version, e.settings, e.outputs,
+                 [(i.name, i.dtype, i.shape) for i in e.inputs]) for e in variant.engines]  # fmt: skip
+
+    assert facts(a) == facts(b)
+    assert saved.manifest.inputs == migrated.manifest.inputs
+    # each profile is its manifest's symbol range: the .ep file's own range constraints say
+    # [2, 32] for Dim("batch", min=1) (torch.export's 0/1 specialization), while trtpack.compile
+    # built the engines for [1, 32] and the saved pack says so
+    for info in (saved, migrated):
+        sym = info.manifest.symbols["x_dim0"]
+        (v,) = info.manifest.engines
+        assert {e.inputs[0].profile[0] for e in v.engines} == {(sym.min, sym.opt, sym.max)}
+    assert saved.manifest.symbols["x_dim0"].min == 1
+    assert migrated.manifest.symbols["x_dim0"].min == 2
+
+
 def test_load_falls_back_and_matches_eager(compiled, net_ep, tmp_path):
     model, _ = net_ep
     whole, _ = compiled

@@ -41,26 +41,33 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .format.manifest import FORMAT_VERSION, Manifest
-from .info import PackInfo, inspect, verify
-from .signing import sign
 
 if TYPE_CHECKING:
-    from .add_engine import add_engine
+    from .adding import add_engine
     from .derive import Range
     from .engines.torchtrt import compile
+    from .info import PackInfo, inspect, verify
     from .migrations.legacy import migrate
     from .runtime import LoadedPack, load
-    from .save import save
+    from .saving import save
+    from .signing import sign
 
-# name -> module that defines it; imported on first access (these import torch)
+# name -> module that defines it; imported on first access (save, load, compile, add_engine
+# and migrate import torch)
 _LAZY = {
-    "save": "save",
+    "save": "saving",
     "load": "runtime",
     "LoadedPack": "runtime",
     "Range": "derive",
     "compile": "engines.torchtrt",
-    "add_engine": "add_engine",
+    "add_engine": "adding",
     "migrate": "migrations.legacy",
+    # torch-free, but imported on first use too, so that ``import trtpack.format`` loads nothing
+    # above the format package
+    "PackInfo": "info",
+    "inspect": "info",
+    "verify": "info",
+    "sign": "signing",
 }
 
 

@@ -137,7 +137,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_engine(args: argparse.Namespace) -> int:
-    from .add_engine import add_engine
+    from .adding import add_engine
 
     if args.output and not args.force and Path(args.output).exists():
         from .errors import OutputExistsError

@@ -1,10 +1,10 @@
-"""Older formats and artifacts saved without trtpack metadata, into current packs.
+"""Artifacts saved without trtpack metadata, into current packs (each becomes the same
+``assemble.PackParts`` that ``save`` writes; a pack of an older format version is upgraded
+by ``format/upgrade.py``).
 
-- ``steps``        the chain of format-version steps (N -> N+1), composed by the reader (no torch)
-- ``serde_json``   a manifest's interface from torch.export's program JSON          (no torch)
-- ``pt2``          torch.export / torch_tensorrt PT2 archives -> pack members       (no torch)
+- ``pt2``          torch.export / torch_tensorrt PT2 archives -> pack parts          (no torch)
 - ``engine_file``  a bare plan + an input description                               (no torch)
 - ``legacy``       detect, describe, convert, migrate
 
-Importing this package imports nothing else: the version steps are ``trtpack/format/upgrade.py``.
+Importing this package imports nothing else.
 """

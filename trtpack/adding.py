@@ -70,7 +70,7 @@ def _variants_from(
     iface = compiled.interface
     if iface.inputs != manifest.inputs or iface.outputs != manifest.outputs:
         raise EngineError("the compiled module's inputs/outputs differ from the pack's manifest")
-    from .save import variant_of_compiled
+    from .saving import variant_of_compiled
 
     # profiles from the compiled module's symbols: the ranges its engines were built for
     v, m = variant_of_compiled(

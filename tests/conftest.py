@@ -8,6 +8,34 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/models.py and helpers
 
 
+def pytest_collection_modifyitems(config, items):
+    """``no_gpu`` tests check the fallback a machine without a GPU takes: on a GPU machine
+    they skip, saying so (their GPU counterparts are marked ``gpu``/``engine``)."""
+    marked = [item for item in items if item.get_closest_marker("no_gpu")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="assumes a machine without a CUDA GPU; this one has one")
+        for item in marked:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_by_default(request, monkeypatch):
+    """The suite feeds CPU tensors: on a GPU machine, ``load()`` without ``device=`` (which
+    picks the GPU) is pinned to the CPU, except in tests marked ``gpu`` or ``engine``."""
+    if request.node.get_closest_marker("gpu") or request.node.get_closest_marker("engine"):
+        return
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    import trtpack.runtime
+
+    monkeypatch.setattr(trtpack.runtime, "default_device", lambda: torch.device("cpu"))
+
+
 @pytest.fixture(scope="session")
 def exported():
     """Export each model case once per session: {name: (case, model, ep)}."""

@@ -158,9 +158,9 @@ def test_legit_targets_and_expressions_pass():
         assert not safe_expr(e), e
 
 
-def test_every_test_model_passes_and_check_is_fast(tmp_path):
-    """No real program is refused; the check costs well under a millisecond per graph here,
-    against tens of milliseconds for torch to deserialize it."""
+def test_every_test_model_passes(tmp_path):
+    """No real program is refused (the time it costs is printed, not asserted: it is well under
+    a millisecond per graph here, against tens of milliseconds for torch to deserialize it)."""
     worst = 0.0
     for name, case in CASES.items():
         _, ep = case.export()
@@ -171,4 +171,3 @@ def test_every_test_model_passes_and_check_is_fast(tmp_path):
         worst = max(worst, time.perf_counter() - start)
         trtpack.load(path, device="cpu")
     print(f"graph check: worst {worst * 1e3:.3f} ms per graph")
-    assert worst < 0.05

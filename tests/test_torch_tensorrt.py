@@ -294,6 +294,7 @@ def test_save_and_migrate_of_torch_tensorrt_save_give_the_same_variant(compiled,
     assert migrated.manifest.symbols["x_dim0"].min == 2
 
 
+@pytest.mark.no_gpu
 def test_load_falls_back_and_matches_eager(compiled, net_ep, tmp_path):
     model, _ = net_ep
     whole, _ = compiled
@@ -334,6 +335,7 @@ def test_variant_program_deserializes_up_to_the_engines(compiled, tmp_path):
     assert set(torchtrt.engine_constant_names(ep)) == {e.name for e in v.engines}
 
 
+@pytest.mark.no_gpu
 def test_engine_module_boundary_without_gpu(compiled, tmp_path):
     """Building the runtime engine is where a GPU is needed: the error is clean."""
     whole, _ = compiled
@@ -343,6 +345,7 @@ def test_engine_module_boundary_without_gpu(compiled, tmp_path):
                                name="e", settings={}, device=torch.device("cuda", 0))  # fmt: skip
 
 
+@pytest.mark.no_gpu
 def test_probe_environment_here():
     env = torchtrt.probe_environment()
     assert env.gpu is None and env.platform == "linux_x86_64"

@@ -134,6 +134,29 @@ def test_json_reading_matches_torch(name):
     assert iface == derive_interface(torch.export.load(path))
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_save_and_migrate_of_the_same_program_give_the_same_interface_bytes(
+    name, exported, tmp_path
+):
+    """One derivation: ``save(ep)`` and ``migrate`` of ``torch.export.save(ep)`` describe the
+    program with byte-identical manifest fields (everything but producer, members, program)."""
+    _, _, ep = exported(name)
+    saved = trtpack.save(ep, tmp_path / "saved.trtpack").manifest
+    try:
+        torch.export.save(ep, tmp_path / "m.pt2")
+    except Exception as e:  # noqa: BLE001  (a program torch.export cannot save)
+        pytest.skip(f"torch.export.save fails: {type(e).__name__}")
+    migrated = trtpack.migrate(tmp_path / "m.pt2", tmp_path / "migrated.trtpack").manifest
+
+    def described(m):
+        data = m.to_dict()
+        return {k: v for k, v in data.items() if k not in ("producer", "members", "program")}
+
+    assert json.dumps(described(saved), sort_keys=True) == json.dumps(
+        described(migrated), sort_keys=True
+    )
+
+
 def test_migration_reads_no_torch_and_no_pickle(tmp_path):
     out = tmp_path / "k.trtpack"
     code = (

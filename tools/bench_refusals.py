@@ -21,8 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import trtpack  # noqa: E402
-from trtpack.format.manifest import MANIFEST_NAME  # noqa: E402
+import trtpack
 
 
 def _median(fn, repeat: int) -> float:
@@ -64,7 +63,7 @@ def main() -> None:
         print(f"inspect of a normal pack: {base * 1e3:.2f} ms (baseline)")
         for name, path in cases.items():
 
-            def refuse(path: Path = path) -> None:
+            def refuse(path: Path = path, name: str = name) -> None:
                 try:
                     trtpack.inspect(path)
                 except trtpack.UnsafePackError:

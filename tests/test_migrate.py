@@ -315,9 +315,9 @@ def test_engine_whose_size_does_not_match_its_header(tmp_path):
 def test_cli_pack_and_migrate(tmp_path):
     run = [sys.executable, "-m", "trtpack"]
     out = tmp_path / "p.trtpack"
-    r = subprocess.run([*run, "pack", str(V0 / "engine" / "keywords.plan"), "--input",
-                        "x:float32[batch=1..64@4,6]", "--input", "mask:float32[batch,6]",
-                        "--input", "bias:float32[6]", "-o", str(out)],
+    r = subprocess.run([*run, "pack", str(V0 / "engine" / "keywords.plan"), "--input-spec",
+                        "x:float32[batch=1..64@4,6]", "--input-spec", "mask:float32[batch,6]",
+                        "--input-spec", "bias:float32[6]", "-o", str(out)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert trtpack.inspect(out).manifest.engines[0].name == "rtx_sm86"

@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 case "${1:-core}" in
-  core) VENV=.venv; TORCH=(torch==2.13.0); EXTRAS=test,rtx,mlflow,triton,oci,corpus; MORE=() ;;
+  core) VENV=.venv; TORCH=(torch==2.13.0); EXTRAS=torch,test,rtx,mlflow,triton,oci,corpus; MORE=() ;;
   # torchvision/timm live here: PyPI's torchvision builds match this env's CUDA torch, while
   # the CPU torch 2.13 of .venv has no matching torchvision wheel on these machines
-  trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=test,rtx
+  trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=torch,test,rtx
         MORE=(torch-tensorrt-rtx==2.14.0 torchvision==0.29.1 timm==1.0.31) ;;
   *) echo "usage: tools/setup.sh [core|trt]" >&2; exit 2 ;;
 esac

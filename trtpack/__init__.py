@@ -30,6 +30,7 @@ from .errors import (
     OutputExistsError,
     OutsideEngineProfile,
     PackLockedError,
+    PackWriteError,
     ProgramError,
     RangeOverrideError,
     RegistryError,
@@ -77,7 +78,15 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'trtpack' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "torch":
+            raise
+        raise MissingDependencyError(
+            f"trtpack.{name} needs PyTorch, which is not installed: pip install 'trtpack[torch]' "
+            "(inspect, verify, migrate, pack, add-engine, push and pull run without it)"
+        ) from e
     globals()[name] = value
     return value
 
@@ -121,4 +130,5 @@ __all__ = [
     "SignatureError",
     "UnsignedPackError",
     "PackLockedError",
+    "PackWriteError",
 ]

@@ -8,12 +8,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._version import __version__
 from .errors import TrtpackError
+
+
+def _report(args: argparse.Namespace, data: dict, line: str) -> int:
+    """One result: a JSON object with --json, else one human line."""
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        print(line)
+    return 0
+
+
+def _written(info: object) -> dict:
+    """What a command that wrote a pack reports: path, digest, format, variants."""
+    m = info.manifest  # type: ignore[attr-defined]
+    return {"path": str(info.path), "digest": info.digest,  # type: ignore[attr-defined]
+            "format_version": list(m.format_version),
+            "variants": [v.name for v in m.engines]}  # fmt: skip
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -45,7 +64,7 @@ def _inspect_other(args: argparse.Namespace) -> int:
         if plan.future_gpus:
             gpus += " and newer"
         print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs {gpus}")
-        print(f"not a .trtpack: `trtpack pack {args.pack} --input NAME:DTYPE[DIMS] -o OUT`")
+        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] -o OUT`")
         return 0
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
@@ -88,25 +107,25 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
                    variant=args.variant)  # fmt: skip
-    print(f"{info.path}: trtpack format {info.manifest.format_version[0]}."
-          f"{info.manifest.format_version[1]}  {info.digest}")  # fmt: skip
-    return 0
+    major, minor = info.manifest.format_version
+    line = f"{info.path}: trtpack format {major}.{minor}  {info.digest}"
+    return _report(args, _written(info), line)
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     from .migrations.engine_file import read_description
     from .migrations.legacy import migrate
 
-    inputs: list = list(args.input or [])
+    inputs: list = list(args.input_spec or [])
     outputs: list = list(args.output_spec or [])
     if args.inputs_json:
         more_in, more_out = read_description(args.inputs_json)
         inputs += more_in
         outputs += more_out
-    info = migrate(args.engine, args.out, overwrite=args.force, inputs=inputs, outputs=outputs,
-                   variant=args.variant)  # fmt: skip
-    print(f"{info.path}: engine variant {info.manifest.engines[0].name}  {info.digest}")
-    return 0
+    info = migrate(args.engine, args.output, overwrite=args.force, inputs=inputs,
+                   outputs=outputs, variant=args.variant)  # fmt: skip
+    line = f"{info.path}: engine variant {info.manifest.engines[0].name}  {info.digest}"
+    return _report(args, _written(info), line)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -118,22 +137,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
         verify_signature(args.pack, args.key, args.signature)
         sig = args.signature or signature_path(args.pack)
-        print(f"OK  {args.pack}  signature {sig} verified with {args.key}")
+        if not args.json:
+            print(f"OK  {args.pack}  signature {sig} verified with {args.key}")
     elif args.signature is not None:
-        raise SystemExit("trtpack verify: --signature needs --key (the signer's public key)")
+        raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
     info = verify(args.pack)
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
-    print(f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}")
-    return 0
+    data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
+            "signature": None if args.key is None else str(args.signature or sig)}  # fmt: skip
+    return _report(args, data, f"OK  {info.path}  {n} members, {human_size(total)} verified  "
+                   f"{info.digest}")  # fmt: skip
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     from .signing import sign
 
     out = sign(args.pack, args.key, output=args.signature)
-    print(f"signed {args.pack}: {out}")
-    return 0
+    return _report(args, {"path": str(args.pack), "signature": str(out)},
+                   f"signed {args.pack}: {out}")  # fmt: skip
 
 
 def _cmd_add_engine(args: argparse.Namespace) -> int:
@@ -145,8 +167,46 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
         raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output)
     names = ", ".join(v.name for v in info.manifest.engines)
-    print(f"{info.path}: engine variants {names}  {info.digest}")
+    return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import render, run_pack
+
+    inputs = dict(_given_input(text) for text in args.input or ())
+    report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
+                      device=args.device, variant=args.variant)  # fmt: skip
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(report))
+    worst = report.max_abs_diff
+    if args.atol is not None and worst is not None and worst > args.atol:
+        print(f"trtpack: error: max |engine - program| = {worst:.3g} > --atol "
+              f"{args.atol}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
+
+
+def _given_input(text: str) -> tuple[str, object]:
+    """``NAME=FILE.npy`` (a tensor) or ``NAME=NUMBER``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise TrtpackError(f"--input {text!r}: expected NAME=FILE.npy or NAME=NUMBER")
+    if value.endswith(".npy"):
+        import numpy as np
+        import torch
+
+        return name, torch.from_numpy(np.load(value, allow_pickle=False))
+    try:
+        return name, int(value)
+    except ValueError:
+        try:
+            return name, float(value)
+        except ValueError:
+            raise TrtpackError(
+                f"--input {text!r}: {value!r} is neither a .npy file nor a number"
+            ) from None
 
 
 def _cmd_export_triton(args: argparse.Namespace) -> int:
@@ -191,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check every member's SHA-256 against the manifest")
     p.add_argument("pack", help="path to a .trtpack file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--key", help="the signer's PEM public key: check the signature first")
     p.add_argument("--signature", help="the signature bundle (default: PACK.sig)")
     p.set_defaults(func=_cmd_verify)
@@ -199,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pack", help="path to a .trtpack file")
     p.add_argument("--key", required=True, help="an elliptic-curve private key (PEM)")
     p.add_argument("--signature", help="where to write the bundle (default: PACK.sig)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_sign)
 
     p = sub.add_parser(
@@ -210,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="name of the new variant (default: from its target GPUs)")
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_add_engine)
 
     p = sub.add_parser(
@@ -221,24 +284,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be INPUT")
     p.add_argument("--variant", help="name for the engine variant of a torch_tensorrt file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser("pack", help="pack a bare TensorRT engine with a description of its inputs")
     p.add_argument("engine", help="a serialized TensorRT / TensorRT-RTX engine (.plan)")
     p.add_argument(
-        "--input",
+        "--input-spec",
         action="append",
         metavar="SPEC",
         help="an input, in call order: NAME:DTYPE[DIMS], a dim N, MIN..MAX@OPT or "
         "NAME=MIN..MAX@OPT (a named dim is shared by name), e.g. 'x:float32[1..64@8,3,224,224]'",
     )
-    p.add_argument("--output", dest="output_spec", action="append", metavar="SPEC",
+    p.add_argument("--output-spec", action="append", metavar="SPEC",
                    help="an output, same form (dims: N or a dim name)")  # fmt: skip
     p.add_argument("--inputs-json", help='a JSON file {"inputs": [...], "outputs": [...]}')
     p.add_argument("--variant", help="name of the engine variant (default: from its GPUs)")
-    p.add_argument("-o", "--out", required=True, help="the .trtpack to write")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser(
+        "run",
+        help="run a pack on sample (or given) inputs, on its engines and its program, and compare",
+    )
+    p.add_argument("pack", help="a .trtpack (or any file load migrates)")
+    p.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="give an input: NAME=FILE.npy or NAME=NUMBER (others are sampled)",
+    )
+    p.add_argument(
+        "--size",
+        choices=["opt", "min", "max", "random"],
+        default="opt",
+        help="sampled dynamic dims: each symbol's opt (default), min, max, random",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
+    p.add_argument("--variant", help="run this engine variant")
+    p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("export-triton", help="write a Triton model repository (TensorRT backend)")
     p.add_argument("pack", help="a .trtpack with a whole-graph engine")
@@ -266,14 +355,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PYTHON_AND_FLAG = re.compile(r"\b[a-z_]+=(?:\.\.\.|[^\s()]+) \((--[a-z][a-z-]*)\)")
+
+
+def cli_text(message: str) -> str:
+    """Library messages name the argument and the flag (``pass overwrite=True (--force)``);
+    the command line shows the flag alone (``pass --force``)."""
+    return _PYTHON_AND_FLAG.sub(r"\1", message)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, without Python's source location and code line."""
+    text = cli_text(str(message)).removeprefix("trtpack: ")
+    print(f"trtpack: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return func(args)
     except TrtpackError as e:
-        print(f"trtpack: error: {e}", file=sys.stderr)
+        print(f"trtpack: error: {cli_text(str(e))}", file=sys.stderr)
         return 1
     except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
         print(f"trtpack: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown

@@ -145,6 +145,16 @@ class OutputExistsError(TrtpackError, FileExistsError):
         self.path = str(path)
 
 
+class PackWriteError(TrtpackError, OSError):
+    """The operating system refused a write (no space, no permission, no such folder): nothing
+    was written, and the message names the output, never the temporary file beside it."""
+
+    def __init__(self, path: object, cause: OSError) -> None:
+        self.path, self.reason = str(path), cause.strerror or str(cause)
+        super().__init__(f"cannot write {path}: {self.reason}")
+        self.errno = cause.errno
+
+
 class RegistryError(TrtpackError):
     """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
 

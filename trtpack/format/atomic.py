@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import OutputExistsError, PackLockedError
+from ..errors import OutputExistsError, PackLockedError, PackWriteError, TrtpackError
 
 SUFFIX = ".trtpack-tmp"
 STEPS = ("temp-created", "bytes", "before-fsync", "after-fsync", "before-rename",
@@ -91,7 +91,10 @@ def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator
     directory = target.parent if str(target.parent) else Path(".")
     remove_stale_temps(target)
     tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        raise PackWriteError(target, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             _at("temp-created")
@@ -105,9 +108,15 @@ def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator
         _at("before-rename")
         os.replace(tmp, target)
         _at("after-rename")
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if (
+            isinstance(e, OSError)
+            and not isinstance(e, TrtpackError)
+            and (e.filename in (None, str(tmp)))
+        ):  # the write itself failed (ENOSPC, EIO): say so about the target, not the temp file
+            raise PackWriteError(target, e) from None
         raise
     _at("before-dir-fsync")
     fsync_dir(directory)

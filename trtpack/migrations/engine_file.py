@@ -40,7 +40,9 @@ def parse_description(
     symbols: dict[str, Symbol] = {}
     specs = [_parse_one(s, symbols, is_input=True) for s in inputs]
     if not specs:
-        raise MigrationError("describe at least one input, e.g. --input 'x:float32[1..64@8,3]'")
+        raise MigrationError(
+            "describe at least one input, e.g. --input-spec 'x:float32[1..64@8,3]'"
+        )
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise MigrationError(f"input names must be unique, got {names}")

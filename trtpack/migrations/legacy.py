@@ -132,7 +132,7 @@ def _convert_engine(
     if not inputs:
         raise MigrationError(
             f"{path} is a bare TensorRT engine, which cannot tell its inputs without a GPU: "
-            "describe them (trtpack pack ENGINE --input 'x:float32[1..64@8,3,224,224]', or "
+            "describe them (trtpack pack ENGINE --input-spec 'x:float32[1..64@8,3,224,224]', or "
             "inputs=[...] in Python)"
         )
     iface = parse_description(inputs, outputs)

@@ -170,3 +170,96 @@ def test_against_a_real_mlflow_server(tmp_path, keywords, monkeypatch):
         mlflow.set_tracking_uri(None)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+FRESH = r"""
+import json, sys
+import numpy as np
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+inputs = {k: np.array(v, dtype=np.float32) for k, v in json.loads(sys.argv[2]).items()}
+model = mlflow.pyfunc.load_model("models:/fresh/1")
+import trtpack
+print("FROM", trtpack.__file__)
+print("OUT", json.dumps(np.asarray(model.predict(inputs)).tolist()))
+"""
+
+
+def _wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, f"the server exited ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{url} not up within {seconds} s"
+        time.sleep(0.5)
+
+
+def test_fresh_process_and_mlflow_models_serve(tracking, keywords, tmp_path):
+    """The logged model works from any install: a fresh process imports the trtpack copy MLflow
+    stored with the model (its schema included) and predicts; ``mlflow models serve
+    --env-manager local`` answers over REST, and a bad input is a 400 with trtpack's message."""
+    import json
+
+    import trtpack.mlflow
+
+    case, model, path = keywords
+    trtpack.mlflow.log_model(path, name="fresh", registered_model_name="fresh")
+    want = model(*case.args, **case.kwargs).detach().numpy()
+    inputs = {k: v.tolist() for k, v in numpy_inputs(case).items()}
+    # as from an activated venv: MLflow's server starts `uvicorn` from PATH
+    path_var = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": "", "PATH": path_var}
+    out = subprocess.run([sys.executable, "-c", FRESH, tracking, json.dumps(inputs)],
+                         capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert "artifacts/code/trtpack" in lines["FROM"]  # MLflow's copy, not this checkout
+    np.testing.assert_allclose(np.array(json.loads(lines["OUT"])), want, rtol=1e-6)
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fresh/1",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**env, "MLFLOW_TRACKING_URI": tracking}, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", server, 120)
+
+        def post(body: dict) -> tuple[int, dict]:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        status, body = post({"inputs": inputs})
+        assert status == 200, body
+        np.testing.assert_allclose(np.array(body["predictions"]), want, rtol=1e-6)
+        bad = {**inputs, "x": np.zeros((65, 6)).tolist(), "mask": np.zeros((65, 6)).tolist()}
+        status, body = post({"inputs": bad})
+        assert status == 400, body
+        assert "dim 0 is 65, outside the allowed range of x_dim0: [1, 64]" in body["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_requirements_name_what_the_variants_need(keywords):
+    from trtpack.integrations.mlflow import requirements
+
+    plain = requirements(trtpack.inspect(keywords[2]).manifest)
+    assert [r.split("==")[0] for r in plain] == ["torch", "jsonschema", "numpy"]
+    engines = requirements(trtpack.inspect(FIXTURES / "v1.1" / "keywords_engines.trtpack").manifest)
+    assert "tensorrt-rtx==1.6.1.120" in engines
+    assert any(r.startswith("torch-tensorrt-rtx") for r in engines)

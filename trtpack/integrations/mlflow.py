@@ -15,6 +15,8 @@ nothing of it.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -91,29 +93,60 @@ def log_model(
     path = Path(getattr(getattr(pack_or_path, "info", None), "path", pack_or_path))
     info = inspect(path)
     if pip_requirements is None:
-        pip_requirements = _requirements()
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(_MODEL_CODE),
-        artifacts={"pack": str(path)},
-        signature=signature(info.manifest),
-        metadata=model_metadata(info),
-        registered_model_name=registered_model_name,
-        code_paths=[str(Path(__file__).resolve().parent.parent)],  # trtpack travels with it
-        pip_requirements=pip_requirements,
-        **kwargs,
-    )
+        pip_requirements = requirements(info.manifest)
+    with tempfile.TemporaryDirectory() as staging:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(_MODEL_CODE),
+            artifacts={"pack": str(path)},
+            signature=signature(info.manifest),
+            metadata=model_metadata(info),
+            registered_model_name=registered_model_name,
+            code_paths=[str(_staged_package(Path(staging)))],  # trtpack travels with it
+            pip_requirements=pip_requirements,
+            **kwargs,
+        )
 
 
-def _requirements() -> list[str]:
+def _staged_package(folder: Path) -> Path:
+    """A copy of the trtpack package that works from MLflow's ``artifacts/code``: with the
+    manifest schema inside it (an installed wheel has ``trtpack/_schema``; a source checkout
+    keeps the schema in ``schema/`` beside the package, which MLflow would not copy)."""
+    from ..format.manifest import schema_path
+
+    package = Path(__file__).resolve().parent.parent
+    staged = folder / "trtpack"
+    shutil.copytree(package, staged, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    schema = schema_path()
+    (staged / "_schema").mkdir(exist_ok=True)
+    shutil.copy(schema, staged / "_schema" / schema.name)
+    return staged
+
+
+def requirements(manifest: Manifest) -> list[str]:
+    """What serving the pack needs: torch (the program), numpy, jsonschema, and for engine
+    variants the torch_tensorrt and TensorRT builds that made them (at their versions)."""
     import importlib.metadata as md
 
-    out = []
-    for dist in ("torch", "jsonschema", "safetensors", "numpy"):
-        try:
-            out.append(f"{dist}=={md.version(dist)}")
-        except md.PackageNotFoundError:
-            out.append(dist)
+    def pinned(dist: str, version: str | None = None) -> str:
+        if version is None:
+            try:
+                version = md.version(dist)
+            except md.PackageNotFoundError:
+                return dist
+        return f"{dist}=={version}"
+
+    out = [pinned("torch"), pinned("jsonschema"), pinned("numpy")]
+    made = manifest.producer
+    flavors = {v.target.flavor: v.target.trt_version for v in manifest.engines}
+    if "tensorrt" in flavors:
+        out += [
+            pinned("torch-tensorrt", made.torch_tensorrt),
+            pinned("tensorrt", flavors["tensorrt"]),
+        ]
+    if "tensorrt_rtx" in flavors:
+        out += [pinned("torch-tensorrt-rtx", made.torch_tensorrt),
+                pinned("tensorrt-rtx", flavors["tensorrt_rtx"])]  # fmt: skip
     return out
 
 

@@ -16,9 +16,16 @@ class TrtpackModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         self.pack = trtpack.load(context.artifacts["pack"])
 
     def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        import trtpack
         from trtpack.integrations.predict import predict
 
-        return predict(self.pack, model_input)
+        try:
+            return predict(self.pack, model_input)
+        except trtpack.InputMismatchError as e:  # the client's fault: a 400 with trtpack's words
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
 
 
 mlflow.models.set_model(TrtpackModel())

@@ -33,8 +33,10 @@ quiet "$VENV/bin/pip" install -q "${TORCH[@]}"
 quiet "$VENV/bin/pip" install -q -e ".[$EXTRAS]" "${MORE[@]}"
 "$VENV/bin/python" -c "import torch, trtpack, tensorrt_rtx, pytest" \
   || { echo "setup of $VENV failed: see the pip output above" >&2; exit 1; }
-if [ "$VENV" = .venv ] && ! command -v docker-registry >/dev/null; then
+if [ "$VENV" = .venv ] && ! command -v docker-registry >/dev/null && [ -z "${TRTPACK_NO_APT:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's docker-registry with apt (a local OCI registry for the OCI tests;" \
+         "TRTPACK_NO_APT=1 skips it)" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry) \
       >/dev/null 2>&1 || echo "could not install docker-registry: the OCI tests will skip" >&2
   else

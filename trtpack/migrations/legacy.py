@@ -16,9 +16,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ..assemble import PackParts
+
+if TYPE_CHECKING:
+    from ..info import PackInfo
 from ..errors import MigrationError, NotAPackError, OutputExistsError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import MANIFEST_NAME, Interface, Producer
@@ -215,7 +218,13 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 
-def to_pack(c: PackParts, path: PathLike | None, *, overwrite: bool = False) -> Any:
+@overload
+def to_pack(c: PackParts, path: None, *, overwrite: bool = False) -> bytearray: ...
+@overload
+def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo: ...
+def to_pack(
+    c: PackParts, path: PathLike | None, *, overwrite: bool = False
+) -> PackInfo | bytearray:
     """Write ``c`` as a current-format pack (atomically) at ``path``, or return its bytes."""
     import dataclasses
     import platform
@@ -241,7 +250,7 @@ def migrate(
     inputs: Sequence[str | dict] | None = None,
     outputs: Sequence[str | dict] = (),
     variant: str | None = None,
-) -> Any:
+) -> PackInfo:
     """Write ``src`` (any known artifact, or a pack of an older format) as a current pack at
     ``dst``, atomically. Never in place unless ``in_place=True``; an existing ``dst`` is
     replaced only with ``overwrite=True``."""

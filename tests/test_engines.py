@@ -249,7 +249,7 @@ def test_add_engine_cli_and_inspect(program_pack, plans, tmp_path):
     assert "engine variants rtx_sm80_plus" in r.stdout
     r = subprocess.run([*run, "add-engine", str(program_pack), str(plan), "-o", str(out)],
                        capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 1 and "exists; pass overwrite=True (--force)" in r.stderr
+    assert r.returncode == 1 and "exists; pass --force to replace it" in r.stderr
     r = subprocess.run([*run, "inspect", str(out)], capture_output=True, text=True)
     assert (
         "rtx_sm80_plus  TensorRT-RTX 1.6.1.120  GPUs 8.0, 8.6, 8.9, 12.0, 12.1 and newer"

@@ -337,11 +337,11 @@ def test_cli_pack_and_migrate(tmp_path):
     assert r.returncode == 0 and "trtpack format 1.1" in r.stdout
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 1 and "exists; pass overwrite=True (--force)" in r.stderr
+    assert r.returncode == 1 and "exists; pass --force to replace it" in r.stderr
     r = subprocess.run(
         [*run, "migrate", str(migrated), str(migrated)], capture_output=True, text=True
     )
-    assert r.returncode == 1 and "is the input file; pass in_place=True (--in-place)" in r.stderr
+    assert r.returncode == 1 and "is the input file; pass --in-place to replace it" in r.stderr
     r = subprocess.run([*run, "migrate", str(migrated), str(migrated), "--in-place"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr

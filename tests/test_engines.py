@@ -383,7 +383,7 @@ def test_engine_profile_narrower_than_the_program(exported):
     less, the variant records it, and a call inside the exported range but outside the
     profile gets a message naming both (or runs on the program, if asked)."""
     from trtpack.contract import Contract, OutsideEngineProfile
-    from trtpack.engines.variants import narrowed_ranges
+    from trtpack.format.manifest import narrowed_ranges
     from trtpack.format.manifest import Binding, EngineSpec
     from trtpack.program import derive_interface
 

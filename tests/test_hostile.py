@@ -187,6 +187,23 @@ def test_whole_graph_flag_that_contradicts_the_program_is_refused(small_pack, tm
         trtpack.inspect(bad)
 
 
+def test_variant_ranges_that_contradict_the_profiles_are_refused(small_pack, tmp_path):
+    """``ranges`` (the symbols the engines' profiles cover in part) is derived and checked:
+    an edit that widens what the engines accept would send calls they cannot run."""
+    pytest.importorskip("tensorrt_rtx", reason="builds a real plan: needs tensorrt_rtx")
+    import rtx
+
+    pack = shutil.copy(small_pack, tmp_path / "p.trtpack")
+    trtpack.add_engine(pack, rtx.keywords_plan(("8.0",)), variant="sm80")
+
+    def narrow(m):
+        m["engines"][0]["ranges"] = {"x_dim0": [1, 8]}
+
+    bad = rewrite(pack, tmp_path / "ranges.trtpack", edit_manifest=narrow)
+    with pytest.raises(trtpack.ManifestError, match="are not what its engines' profiles give"):
+        trtpack.inspect(bad)
+
+
 # --- legacy files: the zip CRC-32 is their only checksum --------------------------------
 
 

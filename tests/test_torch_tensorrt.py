@@ -71,8 +71,10 @@ def members(path):
 
 
 def test_inputs_derived_from_the_program(net_ep):
+    from trtpack.program import derive_interface
+
     _, ep = net_ep
-    iface = trtpack.program.derive_interface(ep)
+    iface = derive_interface(ep)
     args, kwargs = torchtrt.torch_tensorrt_inputs(iface)
     (x,) = args
     assert isinstance(x, tt.Input) and x.name == "x" and x.dtype == tt.dtype.f32

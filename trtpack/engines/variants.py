@@ -27,11 +27,11 @@ from ..format.manifest import (
     Binding,
     EngineSpec,
     Interface,
-    IOSpec,
     ProgramRef,
     Symbol,
     Target,
     Variant,
+    narrowed_ranges,
     parse_dim,
     whole_graph_mismatch,
 )
@@ -288,33 +288,6 @@ def default_variant_name(target: Target) -> str:
 def member_stem(name: str) -> str:
     """An engine's name as a member file name (an FQN may hold any character)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "engine"
-
-
-def narrowed_ranges(
-    engines: Sequence[EngineSpec], inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
-) -> dict[str, tuple[int, int | None]]:
-    """Symbols whose exported range the engines' profiles only partly cover: the contract
-    checks calls against these when the engines run (three ways: manifest, program, profiles)."""
-    by_name = {i.name: i for i in inputs if i.is_tensor}
-    out: dict[str, tuple[int, int | None]] = {}
-    for engine in engines:
-        for binding in engine.inputs:
-            spec = by_name.get(binding.name)
-            if spec is None or binding.profile is None:
-                continue
-            for dim, (pmin, _, pmax) in zip(spec.shape or (), binding.profile):
-                if not isinstance(dim, str):
-                    continue
-                expr = parse_dim(dim)
-                sym = symbols[expr.symbol]
-                lo = -(-(pmin - expr.offset) // expr.coef)  # ceil: the smallest root it accepts
-                hi = None if pmax < 0 else (pmax - expr.offset) // expr.coef
-                cur_lo, cur_hi = out.get(expr.symbol, (sym.min, sym.max))
-                new_lo = max(cur_lo, lo)
-                new_hi = cur_hi if hi is None else (hi if cur_hi is None else min(cur_hi, hi))
-                if (new_lo, new_hi) != (sym.min, sym.max):
-                    out[expr.symbol] = (new_lo, new_hi)
-    return dict(sorted(out.items()))
 
 
 def engine_settings(packed: PackedEngine) -> dict[str, Any]:

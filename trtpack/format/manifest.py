@@ -359,6 +359,12 @@ class Manifest:
                 problem = whole_graph_mismatch(variant, self.inputs, self.outputs)
                 if problem is not None:
                     raise ManifestError(problem)
+            derived = narrowed_ranges(variant.engines, self.inputs, self.symbols)
+            if variant.ranges != derived:  # stored for readers; never a second truth
+                raise ManifestError(
+                    f"engine variant {variant.name!r}: ranges {variant.ranges} are not what its "
+                    f"engines' profiles give, {derived}"
+                )
         for member in referenced:
             if member not in self.members:
                 raise ManifestError(f"{member!r} is referenced but not listed in members")
@@ -386,6 +392,33 @@ class Manifest:
                 if spec.name in names:
                     raise ManifestError(f"two {what}s are named {spec.name!r}")
                 names.add(spec.name)
+
+
+def narrowed_ranges(
+    engines: Sequence[EngineSpec], inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
+) -> dict[str, tuple[int, int | None]]:
+    """Symbols whose exported range the engines' profiles only partly cover: the contract
+    checks calls against these when the engines run (three ways: manifest, program, profiles)."""
+    by_name = {i.name: i for i in inputs if i.is_tensor}
+    out: dict[str, tuple[int, int | None]] = {}
+    for engine in engines:
+        for binding in engine.inputs:
+            spec = by_name.get(binding.name)
+            if spec is None or binding.profile is None:
+                continue
+            for dim, (pmin, _, pmax) in zip(spec.shape or (), binding.profile):
+                if not isinstance(dim, str):
+                    continue
+                expr = parse_dim(dim)
+                sym = symbols[expr.symbol]
+                lo = -(-(pmin - expr.offset) // expr.coef)  # ceil: the smallest root it accepts
+                hi = None if pmax < 0 else (pmax - expr.offset) // expr.coef
+                cur_lo, cur_hi = out.get(expr.symbol, (sym.min, sym.max))
+                new_lo = max(cur_lo, lo)
+                new_hi = cur_hi if hi is None else (hi if cur_hi is None else min(cur_hi, hi))
+                if (new_lo, new_hi) != (sym.min, sym.max):
+                    out[expr.symbol] = (new_lo, new_hi)
+    return dict(sorted(out.items()))
 
 
 def whole_graph_mismatch(

@@ -152,12 +152,41 @@ def test_why_a_variant_cannot_run(target, env, reason):
         assert got is not None and reason in got
 
 
+@pytest.mark.parametrize(
+    ("built", "runtime", "runs"),
+    [
+        # within a major: a runtime at least as new as the builder
+        ("10.13.3.9", "10.13.3.9", True), ("10.13.3.9", "10.16.1.0", True),
+        ("10.13.3.9", "10.12.0.1", False), ("11.0.0.1", "11.4.1.2", True),
+        ("8.6.1.6", "8.6.1.6", True), ("8.6.1.6", "8.6.2.3", True),
+        # across majors: exactly the two combinations the support matrix names
+        ("10.13.3.9", "11.4.1.2", True), ("10.0.1.6", "11.0.0.1", True),
+        ("8.6.1.6", "10.16.1.0", True),
+        ("8.6.1.6", "11.4.1.2", False),   # "a TensorRT 8 engine cannot run with TensorRT 11"
+        ("8.6.1.6", "9.3.0.1", False), ("9.3.0.1", "10.16.1.0", False),
+        ("11.4.1.2", "10.16.1.0", False), ("10.13.3.9", "8.6.1.6", False),
+        # version compatibility starts at 8.6
+        ("8.5.3.1", "8.6.1.6", False), ("8.5.3.1", "10.16.1.0", False),
+    ],
+)  # fmt: skip
+def test_version_compatible_rules_follow_the_support_matrix(built, runtime, runs):
+    from trtpack.engines.select import version_compatible_runtime_problem
+
+    problem = version_compatible_runtime_problem(built, runtime)
+    assert (problem is None) is runs, problem
+    env = Environment(**{**ENV_TRT_SM90.__dict__, "runtimes": {"tensorrt": runtime}})
+    target = Target("tensorrt", built, ("9.0",), "none", True)
+    assert (why_not(target, env) is None) is runs
+    if not runs:
+        assert runtime in problem
+
+
 def test_choice_prefers_exact_gpu_then_exact_version():
     from trtpack.format.manifest import EngineSpec, Variant
 
     def variant(name, target):
         e = EngineSpec("e", f"engines/{name}/e.plan", (), ())
-        return Variant(name, target, (e,), None, True)
+        return Variant(name, target, (e,), None)
 
     hw = variant("hw", Target("tensorrt", "10.13.3.9", ("8.0",), "ampere_plus", False))
     exact = variant("exact", TRT)
@@ -383,8 +412,7 @@ def test_engine_profile_narrower_than_the_program(exported):
     less, the variant records it, and a call inside the exported range but outside the
     profile gets a message naming both (or runs on the program, if asked)."""
     from trtpack.contract import Contract, OutsideEngineProfile
-    from trtpack.format.manifest import narrowed_ranges
-    from trtpack.format.manifest import Binding, EngineSpec
+    from trtpack.format.manifest import Binding, EngineSpec, narrowed_ranges
     from trtpack.program import derive_interface
 
     _, _, ep = exported("derived")

@@ -44,6 +44,46 @@ class Choice:
         return "no engine variant can run here (" + "; ".join(parts) + ")"
 
 
+#: Which TensorRT runtimes run a version-compatible engine, by (builder major, runtime major),
+#: from NVIDIA's TensorRT 11.4.1 Support Matrix, "Engine Portability"
+#: (https://docs.nvidia.com/deeplearning/tensorrt/11.4.1/getting-started/support-matrix.html):
+#: "Two combinations are supported across major versions: TensorRT 10 version-compatible
+#: engines can run with a TensorRT 11 runtime, and TensorRT 8 version-compatible engines can
+#: run with a TensorRT 10 runtime. No other combination across major versions is supported."
+#: Within one major, any runtime at least as new as the builder (TensorRT 11.1 "Engine
+#: Compatibility": "built with ... 11.0 will be compatible with TensorRT 11.1 and later 11.x").
+#: Version compatibility exists from 8.6 on, for the builder and the runtime (10.16 "Version
+#: Compatibility"). A plain (not version-compatible) engine needs the exact version.
+VERSION_COMPATIBLE_ACROSS_MAJORS: frozenset[tuple[int, int]] = frozenset({(10, 11), (8, 10)})
+_FIRST_VERSION_COMPATIBLE = (8, 6)
+
+
+def version_compatible_runtime_problem(built: str, runtime: str) -> str | None:
+    """None if a version-compatible engine built with TensorRT ``built`` runs on the TensorRT
+    ``runtime``, else why not (the rules above, one sentence each)."""
+    b, r = _version(built), _version(runtime)
+    if b[:2] < _FIRST_VERSION_COMPATIBLE or r[:2] < _FIRST_VERSION_COMPATIBLE:
+        return (
+            f"version compatibility starts at TensorRT 8.6 (built with {built}, this runtime is "
+            f"{runtime})"
+        )
+    if b[:1] == r[:1]:
+        if r < b:
+            return (
+                f"built version-compatible with TensorRT {built}: needs TensorRT {b[0]}.x at "
+                f"least that new, this runtime is {runtime}"
+            )
+        return None
+    if (b[0], r[0]) in VERSION_COMPATIBLE_ACROSS_MAJORS:
+        return None
+    runs_on = sorted(m for k, m in VERSION_COMPATIBLE_ACROSS_MAJORS if k == b[0])
+    also = f" or {', '.join(f'{m}.x' for m in runs_on)}" if runs_on else ""
+    return (
+        f"built version-compatible with TensorRT {built}: runs on TensorRT {b[0]}.x (at least "
+        f"that new){also}, not on this runtime {runtime} (NVIDIA's support matrix)"
+    )
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
 
@@ -82,11 +122,9 @@ def why_not(target: Target, env: Environment) -> str | None:
         if built[:3] != have[:3]:  # the RTX runtime compares major.minor.patch
             return f"built with TensorRT-RTX {target.trt_version}, this runtime is {runtime}"
     elif target.version_compatible:
-        if built[:1] != have[:1] or have < built:
-            return (
-                f"built version-compatible with TensorRT {target.trt_version}: needs TensorRT "
-                f"{built[0]}.x at least that new, this runtime is {runtime}"
-            )
+        problem = version_compatible_runtime_problem(target.trt_version, runtime)
+        if problem is not None:
+            return problem
     elif built[:3] != have[:3]:
         return f"built with TensorRT {target.trt_version}, this runtime is {runtime}"
     if target.cuda_runtime and env.cuda_runtime:

@@ -39,6 +39,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .errors import NotAPackError
     from .info import inspect, render
 
+    if args.pack.startswith("oci://"):
+        return _inspect_oci(args)  # the pack's manifest from a registry, without its members
     try:
         info = inspect(args.pack)
     except NotAPackError:
@@ -212,27 +214,72 @@ def _given_input(text: str) -> tuple[str, object]:
 def _cmd_export_triton(args: argparse.Namespace) -> int:
     from .integrations.triton import export_triton
 
-    model = export_triton(args.pack, args.repository, name=args.name,
-                          max_batch_size=args.max_batch_size, overwrite=args.force)  # fmt: skip
-    plans = ", ".join(f"{cc}: {f}" for cc, f in model.plans.items())
-    print(f"{model.path}: config.pbtxt and 1/ ({plans})")
-    return 0
+    model = export_triton(
+        args.pack, args.repository, name=args.name, backend=args.backend,
+        max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
+        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+        instance_kind=args.instance_kind, site_dirs=args.site_dirs or (), overwrite=args.force,
+    )  # fmt: skip
+    data = {"path": str(model.path), "backend": model.backend, "plans": model.plans,
+            "config": model.config}  # fmt: skip
+    if model.backend == "python":
+        line = f"{model.path}: config.pbtxt and 1/ (python backend: model.py, model.trtpack)"
+    else:
+        plans = ", ".join(f"{cc}: {f}" for cc, f in model.plans.items())
+        line = f"{model.path}: config.pbtxt and 1/ ({plans})"
+    return _report(args, data, line)
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    """--progress: always; --quiet: never; else only when stderr is a terminal."""
+    return True if args.progress else False if args.quiet else None
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
+    from .info import human_size
     from .integrations.oci import push
 
-    pushed = push(args.pack, args.reference)
-    print(f"{pushed.reference}  {pushed.manifest_digest}  {len(pushed.uploaded)} member(s) "
-          f"uploaded, {len(pushed.skipped)} already there")  # fmt: skip
-    return 0
+    pushed = push(args.pack, args.reference, layout=args.layout, plain_http=args.plain_http,
+                  registry_config=args.registry_config, progress=_progress(args))  # fmt: skip
+    data = {"reference": f"oci://{pushed.reference}", "manifest_digest": pushed.manifest_digest,
+            "layout": pushed.layout, "uploaded": pushed.uploaded, "skipped": pushed.skipped,
+            "bytes_uploaded": pushed.bytes_uploaded}  # fmt: skip
+    return _report(
+        args,
+        data,
+        f"{pushed.reference}  {pushed.manifest_digest}  "
+        f"{len(pushed.uploaded)} member(s) uploaded, {len(pushed.skipped)} already "
+        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout)",
+    )
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
     from .integrations.oci import pull
 
-    info = pull(args.reference, args.output, overwrite=args.force)
-    print(f"{info.path}  {info.digest}")
+    variants = args.variant if args.variant else args.variants
+    info = pull(args.reference, args.output, overwrite=args.force, variants=variants,
+                plain_http=args.plain_http, registry_config=args.registry_config,
+                progress=_progress(args))  # fmt: skip
+    line = f"{info.path}  {info.digest}"
+    if info.left_out:
+        line += f"  engine variants: {', '.join(info.variants) or 'none (the program only)'}"
+        if not args.quiet and not args.json:
+            for name, why in info.left_out.items():
+                print(f"trtpack: note: left out variant {name}: {why}", file=sys.stderr)
+    data = {**_written(info), "reference": info.reference, "layout": info.layout,
+            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded}  # fmt: skip
+    return _report(args, data, line)
+
+
+def _inspect_oci(args: argparse.Namespace) -> int:
+    from .integrations.oci import inspect, render_remote
+
+    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config)
+    if args.json:
+        data = remote.info.manifest.to_dict()
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_remote(remote))
     return 0
 
 
@@ -244,9 +291,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trtpack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None:
+        """push, pull and inspect oci://: how to reach the registry (and show progress)."""
+        p.add_argument(
+            "--plain-http",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="HTTP without TLS (default: only for localhost/127.0.0.0/8)",
+        )
+        p.add_argument(
+            "--registry-config",
+            metavar="PATH",
+            help="a Docker config.json with credentials (besides ~/.docker/)",
+        )
+        if transfer:
+            shown = p.add_mutually_exclusive_group()
+            shown.add_argument(
+                "--progress",
+                action="store_true",
+                help="progress on stderr even when it is not a terminal",
+            )
+            shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
+
     p = sub.add_parser("inspect", help="show a pack's inputs, outputs, engines and members")
-    p.add_argument("pack", help="path to a .trtpack file")
+    p.add_argument("pack", help="path to a .trtpack file, or oci://HOST/REPOSITORY:TAG")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    registry_options(p, transfer=False)
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("verify", help="check every member's SHA-256 against the manifest")
@@ -329,28 +399,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("export-triton", help="write a Triton model repository (TensorRT backend)")
-    p.add_argument("pack", help="a .trtpack with a whole-graph engine")
+    p = sub.add_parser(
+        "export-triton", help="write a Triton model repository (TensorRT or Python backend)"
+    )
+    p.add_argument("pack", help="a .trtpack")
     p.add_argument("repository", help="the model repository folder")
     p.add_argument("--name", help="the model's name (default: the pack's file name)")
+    p.add_argument(
+        "--backend",
+        choices=("tensorrt", "python"),
+        help="tensorrt: the whole-graph engine as model.plan; python: the pack itself, run by "
+        "trtpack.load in Triton's Python backend (engines where they can run, else the "
+        "ExportedProgram). Default: tensorrt if the pack has a whole-graph engine, else python",
+    )
     p.add_argument(
         "--max-batch-size",
         type=int,
         default=0,
         help="> 0: Triton batches along the first dim, which must be dynamic",
     )
+    p.add_argument("--dynamic-batching", action="store_true",
+                   help="Triton's dynamic batcher (needs --max-batch-size)")  # fmt: skip
+    p.add_argument("--max-queue-delay-us", type=int, metavar="US",
+                   help="the batcher's queue delay (implies --dynamic-batching)")  # fmt: skip
+    p.add_argument("--instances", type=int, metavar="N", help="instance_group count")
+    p.add_argument(
+        "--instance-kind",
+        type=lambda s: s.upper() if s.upper().startswith("KIND_") else f"KIND_{s.upper()}",
+        choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
+        help="instance_group kind: KIND_CPU, KIND_GPU or KIND_AUTO (cpu/gpu/auto work too)",
+    )
+    p.add_argument(
+        "--site-dir",
+        dest="site_dirs",
+        action="append",
+        metavar="DIR",
+        help="python backend: a site-packages folder the model imports trtpack, torch and "
+        "numpy from (Triton's stub ignores PYTHONPATH; TRTPACK_SITE_DIRS on the server also "
+        "works); repeatable",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_export_triton)
 
     p = sub.add_parser("push", help="push a pack to an OCI registry (one layer per member)")
     p.add_argument("pack", help="the .trtpack to push")
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG")
+    p.add_argument(
+        "--layout",
+        choices=["modelpack", "trtpack"],
+        default="modelpack",
+        help="modelpack (default): CNCF ModelPack, listed by ModelPack tools; trtpack: "
+        "artifactType application/vnd.trtpack.v1, the pack's manifest.json as config",
+    )
+    registry_options(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("pull", help="pull a pack from an OCI registry")
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG (or @sha256:...)")
     p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME",
+        help="pull the program and this engine variant only (repeatable)",
+    )
+    which.add_argument(
+        "--variants",
+        choices=["all", "auto", "none"],
+        default="all",
+        help="all (default): the pack as pushed, byte for byte; auto: the variants that can "
+        "run on this machine; none: the program only",
+    )
+    registry_options(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_pull)
     return parser
 

@@ -30,6 +30,8 @@ PAIRS = [
     (mf.EngineSpec, "engine"),
     (mf.Binding, "binding"),
     (mf.Guard, "guard"),
+    (mf.Samples, "samples"),
+    (mf.Tolerance, "tolerance"),
 ]
 
 

@@ -334,7 +334,7 @@ def test_cli_pack_and_migrate(tmp_path):
     migrated = tmp_path / "m.trtpack"
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 0 and "trtpack format 1.1" in r.stdout
+    assert r.returncode == 0 and "trtpack format 1.2" in r.stdout
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 1 and "exists; pass --force to replace it" in r.stderr
@@ -361,13 +361,27 @@ def test_format_1_0_fixtures_load():
     """Format 1.0 recorded no guards: they are read from the pack's program, so the upgraded
     pack checks calls as a 1.1 pack of the same model does."""
     pack, notes = load_quiet(FIXTURES / "v1.0" / "keywords.trtpack", device="cpu")
-    assert len(notes) == 1 and "is format 1.0, upgraded in memory to 1.1" in notes[0]
+    version = ".".join(map(str, trtpack.FORMAT_VERSION))
+    assert len(notes) == 1 and f"is format 1.0, upgraded in memory to {version}" in notes[0]
     run_case(pack, "keywords")
     current = trtpack.inspect(FIXTURES / "v1.1" / "keywords.trtpack").manifest
     assert pack.manifest.guards == current.guards
     assert [g.expr for g in current.guards] == ["x.shape[0] == mask.shape[0]"]
     engines, _ = load_quiet(FIXTURES / "v1.0" / "keywords_engines.trtpack", device="cpu")
     assert engines.backend == "exported_program" and engines.fallback_reason
+
+
+def test_format_1_1_fixtures_load_and_migrate(tmp_path):
+    """1.1 packs (no samples) load as they are and migrate to the current format."""
+    for name in ("keywords", "keywords_engines", "guarded"):
+        path = FIXTURES / "v1.1" / f"{name}.trtpack"
+        out = trtpack.migrate(path, tmp_path / f"{name}.trtpack")
+        assert out.manifest.format_version == trtpack.FORMAT_VERSION
+        assert out.manifest.samples is None
+        assert out.manifest.interface == trtpack.inspect(path).manifest.interface
+    pack, notes = load_quiet(FIXTURES / "v1.1" / "keywords.trtpack", device="cpu")
+    assert "is format 1.1, upgraded in memory" in notes[0]
+    run_case(pack, "keywords")
 
 
 def test_every_older_version_has_a_step_and_a_fixture():

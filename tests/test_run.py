@@ -94,7 +94,7 @@ def test_json_on_every_reporting_command(tmp_path, capsys):
     assert main(["pack", str(FIXTURES / "v0/engine/keywords.plan"), "--inputs-json",
                  str(FIXTURES / "v0/engine/keywords.inputs.json"), "-o",
                  str(tmp_path / "p.trtpack"), "--json"]) == 0  # fmt: skip
-    assert json.loads(capsys.readouterr().out)["format_version"] == [1, 1]
+    assert json.loads(capsys.readouterr().out)["format_version"] == list(trtpack.FORMAT_VERSION)
 
 
 def _engine_gpu() -> str | None:

@@ -97,6 +97,9 @@ def packs() -> None:
     trtpack.add_engine(engines, rtx.keywords_plan(("8.0",)))
     _, ep = CASES["guarded"].export()
     trtpack.save(ep, folder / "guarded.trtpack", metadata={"fixture": f"format {version}"})
+    _, ep = CASES["keywords"].export()  # reference samples (format 1.2)
+    trtpack.save(ep, folder / "keywords_samples.trtpack", samples=3,
+                 metadata={"fixture": f"format {version}"})  # fmt: skip
     print(f"format {version} fixtures written in {folder}")
 
 

@@ -7,6 +7,7 @@ a compiled module; the facts of each go through ``engines/variants.py``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from .assemble import PackParts, write
 from .engines.variants import build_variant, facts_from_plan
 from .errors import ArgumentTypeError, EngineError
 from .format.atomic import pack_lock
-from .format.container import PathLike, Source
+from .format.container import PackReader, PathLike, Source
 from .format.manifest import Manifest, ProgramRef, Variant
 from .info import PackInfo, open_pack
 
@@ -33,14 +34,24 @@ def add_engine(
     module from ``trtpack.compile``. The pack's other members are copied byte for byte.
     """
 
+    return add_variants(pack, lambda _reader, m: _variants_from(source, m, variant), out=out)
+
+
+#: (the pack's reader, its manifest) -> the new variants and their members
+MakeVariants = Callable[[PackReader, Manifest], tuple[list[Variant], dict[str, Source]]]
+
+
+def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None) -> PackInfo:
+    """``pack`` with the variants ``make`` gives, written atomically to ``out`` (default: in
+    place); the other members copied byte for byte. What ``add_engine`` and ``build`` share."""
     target_path = Path(out) if out is not None else Path(pack)
     # held from before the read until after the rename: a second add_engine waits, never
     # writes a pack built from the old content (which would drop the first one's variant)
     with pack_lock(target_path), open_pack(pack) as (reader, info):
         m = info.manifest
         parts = PackParts(m.interface, {n: reader.slice(n) for n in m.members}, m.program,
-                          m.engines, dict(m.metadata), m.producer)  # fmt: skip
-        new_variants, new_members = _variants_from(source, m, variant)
+                          m.engines, dict(m.metadata), m.producer, samples=m.samples)  # fmt: skip
+        new_variants, new_members = make(reader, m)
         parts = parts.with_variants(new_variants, new_members, where=str(info.path))
         # written while the source is open; members are copied from it as they are written
         return write(parts, target_path, overwrite=True)

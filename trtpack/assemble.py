@@ -24,6 +24,7 @@ from .format.manifest import (
     Member,
     Producer,
     ProgramRef,
+    Samples,
     Variant,
 )
 from .info import PackInfo, inspect
@@ -44,6 +45,7 @@ class PackParts:
     producer: Producer | None = None
     kind: str = "trtpack pack"
     notes: list[str] = field(default_factory=list)
+    samples: Samples | None = None
 
     def with_variants(
         self, variants: Sequence[Variant], members: Mapping[str, Source], *, where: str
@@ -78,6 +80,7 @@ class PackParts:
             program=self.program,
             engines=self.engines,
             metadata=dict(self.metadata),
+            samples=self.samples,
         )
 
 

@@ -190,6 +190,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .errors import SampleMismatchError
+    from .runtime import load
+    from .samples import check
+
+    pack = load(args.pack, device=args.device, variant=args.variant)
+    try:
+        report = check(pack)
+    except SampleMismatchError as e:
+        if args.json and e.report is not None:
+            sys.stdout.write(json.dumps(e.report.to_dict(), indent=2, sort_keys=True) + "\n")  # type: ignore[attr-defined]
+        raise
+    where = f"{report.backend}" + (f" (variant {report.variant})" if report.variant else "")
+    worst = ", ".join(f"{k} {v:.3g}" for k, v in report.worst().items()) or "no tensor outputs"
+    tol = report.tolerance
+    line = (f"OK  {args.pack}  {report.samples} reference sample(s) on {where} within atol "
+            f"{tol.atol:g} rtol {tol.rtol:g}; max |error|: {worst}")  # fmt: skip
+    return _report(args, report.to_dict(), line)
+
+
 def _given_input(text: str) -> tuple[str, object]:
     """``NAME=FILE.npy`` (a tensor) or ``NAME=NUMBER``."""
     name, sep, value = text.partition("=")
@@ -374,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser(
+        "check", help="run the pack's reference samples on this machine's backend, compare"
+    )
+    p.add_argument("pack", help="a .trtpack saved with samples=")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
+    p.add_argument("--variant", help="check this engine variant")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
         "run",

@@ -127,6 +127,19 @@ class NoUsableEngineError(EngineError):
 # --- environment -------------------------------------------------------------------------
 
 
+class SampleMismatchError(TrtpackError):
+    """A reference sample's output, run on this machine's backend, is outside its tolerance
+    (``sample``, ``output``, ``error``: the largest absolute error, ``tolerance``)."""
+
+    def __init__(self, *, sample: int, output: str, error: float, tolerance: object,
+                 detail: str | None = None, report: object = None) -> None:  # fmt: skip
+        self.sample, self.output, self.error = sample, output, error
+        self.tolerance, self.report = tolerance, report
+        atol, rtol = getattr(tolerance, "atol", None), getattr(tolerance, "rtol", None)
+        what = detail or f"max |error| {error:.3g} exceeds atol {atol} + rtol {rtol} * |expected|"
+        super().__init__(f"reference sample {sample}, output {output!r}: {what}")
+
+
 class MissingDependencyError(TrtpackError, ImportError):
     """An optional dependency is needed for this operation and is not installed."""
 

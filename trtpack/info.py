@@ -289,6 +289,12 @@ def render(info: PackInfo) -> str:
         lines.append("program  (none: engines only)")
     lines.append("engines")
     lines += _engine_lines(m) or ["  (none)"]
+    if m.samples is not None:
+        tol = m.samples.tolerance
+        each = [f"program atol {tol.atol:g} rtol {tol.rtol:g}"]
+        each += [f"{n} atol {t.atol:g} rtol {t.rtol:g}" for n, t in m.samples.variants.items()]
+        lines.append(f"samples  {m.samples.count} reference call(s), `trtpack check`: "
+                     + "; ".join(each))  # fmt: skip
     lines.append("members")
     lines += _table(
         [

@@ -139,6 +139,8 @@ class LoadedPack:
         self._guard_fn: Callable[[list[Any]], None] | None = None
         self._outside_profile = outside_profile
         self.inference_mode = inference_mode
+        #: what ``load(..., check=True)`` found (a ``samples.CheckReport``); None otherwise
+        self.check_report: Any = None
 
     @property
     def digest(self) -> str:
@@ -269,6 +271,7 @@ def load(
     inference_mode: bool = True,
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,
+    check: bool = False,
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -285,9 +288,35 @@ def load(
     ``PATH.sig``) must verify with it before any member but the manifest is read
     (SignatureError / UnsignedPackError otherwise).
 
+    ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
+    loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
+    ``pack.check_report``.
+
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
+    pack = _load(path, device=device, verify=verify, require_engine=require_engine,
+                 variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
+                 require_signature=require_signature, signature=signature)  # fmt: skip
+    if check:
+        from .samples import check as check_samples
+
+        pack.check_report = check_samples(pack)
+    return pack
+
+
+def _load(
+    path: PathLike,
+    *,
+    device: str | torch.device | None,
+    verify: bool,
+    require_engine: bool,
+    variant: str | None,
+    outside_profile: Literal["error", "fallback"],
+    inference_mode: bool,
+    require_signature: PathLike | None,
+    signature: PathLike | None,
+) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
@@ -323,7 +352,7 @@ def load(
             )
         ep = _verified(reader, manifest, verify, lambda: load_program(reader, manifest, device=dev))
     if reason is not None and manifest.engines:
-        warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=2)
+        warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=3)
     return LoadedPack(
         info,
         device=dev,

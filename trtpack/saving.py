@@ -20,7 +20,7 @@ from .derive import RangeLike, apply_ranges
 from .engines.variants import variant_from_wired
 from .errors import ArgumentTypeError, DeriveError, TrtpackError
 from .format.container import PathLike, Source
-from .format.manifest import Interface, ProgramRef, Variant
+from .format.manifest import Interface, ProgramRef, Tolerance, Variant
 from .info import PackInfo
 from .program import derive_interface, dim_aliases, program_members
 
@@ -35,6 +35,8 @@ def save(
     variant: str | None = None,
     source: ExportedProgram | None = None,
     output_names: Sequence[str] | Mapping[str, str] | None = None,
+    samples: int | Sequence[Any] | None = None,
+    tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
 ) -> PackInfo:
     """Save a model as a .trtpack file. No input description is needed: it is derived.
 
@@ -47,6 +49,10 @@ def save(
     is refused. ``metadata`` is a free-form str -> str map. ``variant`` names the engine set.
     ``output_names`` renames outputs (a list in flat order, or ``{derived name or path: new}``);
     by default they are named by their pytree key path (``logits``, ``hidden_states.0``).
+    ``samples`` stores reference samples (a count of random calls inside the ranges, or a list
+    of ``(args, kwargs)`` calls) with the program's outputs for them, checked later by
+    ``trtpack check`` / ``load(check=True)``; ``tolerances`` maps ``"program"`` or a variant
+    name to ``(atol, rtol)`` (defaults: 1e-5 for the program; by the engines' precisions).
     """
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise ArgumentTypeError(
@@ -69,7 +75,43 @@ def save(
     if output_names is not None:
         parts.interface = parts.interface.with_output_names(output_names)
     parts.metadata = dict(metadata or {})
+    if samples is not None:
+        program = obj if not compiled else (source or getattr(getattr(obj, "_trtpack", None),
+                                                              "source", None))  # fmt: skip
+        if not isinstance(program, ExportedProgram):
+            raise TrtpackError(
+                "samples= needs the ExportedProgram to compute the reference outputs: pass "
+                "source= (the program the module was compiled from)"
+            )
+        parts = _with_samples(parts, program, samples, tolerances or {})
+    elif tolerances is not None:
+        raise TrtpackError("tolerances= applies to samples=; give samples too")
     return write(parts, path, overwrite=overwrite)
+
+
+def _with_samples(
+    parts: PackParts,
+    program: ExportedProgram,
+    samples: int | Sequence[Any],
+    tolerances: Mapping[str, Tolerance | tuple[float, float]],
+) -> PackParts:
+    from .samples import sample_members
+
+    chosen = {k: v if isinstance(v, Tolerance) else Tolerance(*map(float, v))
+              for k, v in tolerances.items()}  # fmt: skip
+    unknown = sorted(set(chosen) - {"program"} - {v.name for v in parts.engines})
+    if unknown:
+        raise TrtpackError(
+            f"tolerances names {unknown}: neither 'program' nor an engine variant "
+            f"({[v.name for v in parts.engines]})"
+        )
+    members, entry = sample_members(
+        program, parts.interface, samples, tolerance=chosen.pop("program", None),
+        variants=parts.engines, variant_tolerances=chosen,
+    )  # fmt: skip
+    parts.members.update(members)
+    parts.samples = entry
+    return parts
 
 
 def has_engines(ep: ExportedProgram) -> bool:

@@ -24,7 +24,7 @@ from ..errors import ArgumentTypeError, ManifestError, UnsupportedVersionError
 
 FORMAT_NAME = "trtpack"
 #: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
-FORMAT_VERSION: tuple[int, int] = (1, 1)
+FORMAT_VERSION: tuple[int, int] = (1, 2)
 #: The name of the first member of every pack.
 MANIFEST_NAME = "manifest.json"
 
@@ -165,6 +165,29 @@ class Guard:
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """Each element of an output must satisfy ``|got - want| <= atol + rtol * |want|``."""
+
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Reference samples (format 1.2): inputs and the program's outputs for them, stored in
+    ``member`` (``sample<i>/input/<name>``, ``sample<i>/output/<name>``), and the tolerance
+    the program (``tolerance``) and each engine variant (``variants``) must meet."""
+
+    member: str
+    count: int
+    tolerance: Tolerance
+    variants: dict[str, Tolerance] = field(default_factory=dict)
+
+    def tolerance_of(self, variant: str | None) -> Tolerance:
+        return self.variants.get(variant, self.tolerance) if variant else self.tolerance
+
+
+@dataclass(frozen=True)
 class Interface:
     """The calling convention of a program: what a manifest says about inputs and outputs."""
 
@@ -224,6 +247,8 @@ class Manifest:
     engines: tuple[Variant, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT_NAME
+    #: reference samples and their tolerances (format 1.2); None: the pack has none
+    samples: Samples | None = None
 
     # the interface's fields, read through (stored once, in ``interface``)
     @property
@@ -332,6 +357,8 @@ class Manifest:
         referenced = []
         if self.program is not None:
             referenced += [self.program.graph, self.program.weights]
+        if self.samples is not None:
+            referenced.append(self.samples.member)
         names: set[str] = set()
         for variant in self.engines:
             if variant.name in names:

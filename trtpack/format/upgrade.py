@@ -42,11 +42,17 @@ def _v1_0_to_v1_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v1_1_to_v1_2(data: dict[str, Any]) -> dict[str, Any]:
+    # 1.2 adds the optional "samples" (reference inputs and outputs): a 1.1 pack has none.
+    return data
+
+
 #: every step, keyed by the version it starts from
 STEPS: dict[Version, Step] = {
     (1, 0): Step(
         (1, 0), (1, 1), _v1_0_to_v1_1, summary="input guards added (read from the program)"
     ),
+    (1, 1): Step((1, 1), (1, 2), _v1_1_to_v1_2, summary="reference samples (none recorded)"),
 }
 
 

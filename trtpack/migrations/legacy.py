@@ -120,7 +120,7 @@ def _convert_pack(reader: PackReader) -> PackParts:
     if info.upgraded_from:
         notes.append(f"format {info.upgraded_from[0]}.{info.upgraded_from[1]} upgraded")
     return PackParts(iface, members, m.program, m.engines, dict(m.metadata), m.producer,
-                     notes=notes)  # fmt: skip
+                     notes=notes, samples=m.samples)  # fmt: skip
 
 
 def _convert_engine(

@@ -1,0 +1,241 @@
+"""Reference samples: inputs and the program's outputs for them, stored in the pack (no
+pickle: one safetensors member), and the check that a loaded pack — its engine variant on
+this machine, or the program — reproduces them within tolerance.
+
+    trtpack.save(ep, "m.trtpack", samples=4)                    # 4 random calls in the ranges
+    trtpack.save(ep, "m.trtpack", samples=[(args, kwargs)])     # or the calls you give
+    trtpack.load("m.trtpack", check=True)                       # SampleMismatchError if off
+    $ trtpack check m.trtpack
+
+Model Navigator keeps samples too; here they are hashed like every member and verified
+against the backend that actually runs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+
+from .errors import ArgumentTypeError, SampleMismatchError, TrtpackError
+from .format.container import Chunks, PackReader
+from .format.manifest import Interface, Samples, Tolerance, Variant
+
+MEMBER = "samples/samples.safetensors"
+#: the program reproduces its own outputs up to run-to-run noise
+PROGRAM_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-5)
+
+SampleSpec = int | Sequence[Any]
+
+
+def variant_tolerance(variant: Variant) -> Tolerance:
+    """The default tolerance of an engine variant, from the precisions it was built with:
+    fp32/tf32 engines 1e-3, fp16/bf16 1e-2, int8/fp8 1e-1 (absolute and relative)."""
+    precisions: set[str] = set()
+    for engine in variant.engines:
+        compilation = (engine.settings or {}).get("compilation") or {}
+        for p in compilation.get("enabled_precisions") or ():
+            precisions.add(str(p).lower())
+    text = " ".join(precisions)
+    if "int8" in text or "fp8" in text or "float8" in text:
+        return Tolerance(1e-1, 1e-1)
+    if "half" in text or "f16" in text or "bf16" in text or "float16" in text:
+        return Tolerance(1e-2, 1e-2)
+    return Tolerance(1e-3, 1e-3)
+
+
+# --- at save: calls -> leaves -> the program's outputs -> one member --------------------------
+
+
+def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
+                     seed: int) -> list[list[Any]]:  # fmt: skip
+    """Each sample call's leaves in manifest order, checked by the pack's own contract."""
+    import torch.utils._pytree as pytree
+
+    from .contract import Contract
+    from .format.manifest import FORMAT_VERSION, Manifest, Producer
+
+    if isinstance(samples, (bool, str, bytes)) or not isinstance(samples, (int, Sequence)):
+        raise ArgumentTypeError("samples", "a count or a list of (args, kwargs) calls", samples)
+    probe = Manifest(FORMAT_VERSION, Producer("-", "-"), iface, {}, None)
+    contract = Contract(probe, device=torch.device("cpu"))
+    if not isinstance(samples, int):
+        out = []
+        for call in samples:
+            if isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping):
+                args, kwargs = call
+            elif isinstance(call, (tuple, list)):
+                args, kwargs = tuple(call), {}
+            else:
+                args, kwargs = (call,), {}
+            out.append(contract(tuple(args), dict(kwargs)))  # InputMismatchError if not a call
+        if not out:
+            raise TrtpackError("samples=[]: give at least one call")
+        return out
+    if samples < 1:
+        raise TrtpackError(f"samples={samples}: give at least one")
+    from .run import sample_leaves, sample_symbols
+
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(samples):  # the first at the symbols' opt, the others at random sizes
+        for _ in range(50):
+            symbols = sample_symbols(probe, "opt" if i == 0 else "random", rng)
+            leaves = sample_leaves(probe, symbols, gen, torch.device("cpu"))
+            args, kwargs = pytree.tree_unflatten(leaves, ep.call_spec.in_spec)
+            try:
+                out.append(contract(tuple(args), dict(kwargs)))
+                break
+            except TrtpackError:  # a guard beyond the ranges: draw again
+                continue
+        else:
+            raise TrtpackError("no random sample within 50 draws satisfies the guards")
+    return out
+
+
+def sample_members(
+    ep: ExportedProgram,
+    iface: Interface,
+    samples: SampleSpec,
+    *,
+    seed: int = 0,
+    tolerance: Tolerance | None = None,
+    variants: Sequence[Variant] = (),
+    variant_tolerances: Mapping[str, Tolerance] | None = None,
+) -> tuple[dict[str, Chunks], Samples]:
+    """The samples member (inputs and the program's outputs on the CPU) and its manifest
+    entry. Each call is checked against the interface first."""
+    import torch.utils._pytree as pytree
+
+    from .program import runnable, safetensors_chunks
+
+    calls = _leaves_of_calls(ep, iface, samples, seed)
+    module = runnable(ep)
+    tensors: dict[str, torch.Tensor] = {}
+    for i, leaves in enumerate(calls):
+        args, kwargs = pytree.tree_unflatten(leaves, ep.call_spec.in_spec)
+        with torch.inference_mode():
+            outputs = pytree.tree_leaves(module(*args, **kwargs))
+        for spec, value in zip(iface.inputs, leaves):
+            if isinstance(value, torch.Tensor):
+                tensors[f"sample{i}/input/{spec.name}"] = value.detach().cpu().contiguous()
+            elif spec.symbol is not None:  # a dynamic int: kept as a 0-d tensor
+                tensors[f"sample{i}/input/{spec.name}"] = torch.tensor(int(value))
+        for spec, value in zip(iface.outputs, outputs):
+            if isinstance(value, torch.Tensor):
+                tensors[f"sample{i}/output/{spec.name}"] = value.detach().cpu().contiguous()
+    chosen = dict(variant_tolerances or {})
+    for v in variants:
+        chosen.setdefault(v.name, variant_tolerance(v))
+    entry = Samples(
+        MEMBER, len(calls), tolerance or PROGRAM_TOLERANCE, dict(sorted(chosen.items()))
+    )
+    return {MEMBER: safetensors_chunks(tensors, {"trtpack": "samples"})}, entry
+
+
+# --- at check: the member -> calls -> the loaded pack's outputs, compared ---------------------
+
+
+@dataclass
+class OutputError:
+    sample: int
+    output: str
+    max_abs_error: float
+    worst_excess: float  # max(|got - want| - (atol + rtol * |want|)); > 0 fails
+
+
+@dataclass
+class CheckReport:
+    backend: str
+    variant: str | None
+    tolerance: Tolerance
+    samples: int
+    errors: list[OutputError] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(e.worst_excess <= 0 for e in self.errors)
+
+    def worst(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for e in self.errors:
+            out[e.output] = max(out.get(e.output, 0.0), e.max_abs_error)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "variant": self.variant, "passed": self.passed,
+                "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
+                "samples": self.samples, "max_abs_error": self.worst()}  # fmt: skip
+
+
+def read_samples(reader: PackReader, samples: Samples) -> dict[str, torch.Tensor]:
+    from .program import read_safetensors
+
+    tensors, _ = read_safetensors(reader.view(samples.member), samples.member)
+    return tensors
+
+
+def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> CheckReport:
+    """Run a loaded pack's reference samples on its backend; compare with the stored outputs
+    at the backend's tolerance. Raises SampleMismatchError naming the worst output."""
+    import torch.utils._pytree as pytree
+
+    manifest = pack.manifest
+    samples: Samples | None = manifest.samples
+    if samples is None:
+        raise TrtpackError(f"{pack.info.path} holds no reference samples (save it with samples=)")
+    if tensors is None:
+        from .format.container import PackReader as Reader
+
+        with Reader(pack.info.path) as reader:
+            member = manifest.members[samples.member]
+            reader.verify(samples.member, member.sha256, member.size)
+            tensors = read_samples(reader, samples)
+    tolerance = samples.tolerance_of(pack.variant if pack.backend != "exported_program" else None)
+    report = CheckReport(pack.backend, pack.variant, tolerance, samples.count)
+    program = pack.exported_program
+    for i in range(samples.count):
+        leaves: list[Any] = []
+        for spec in manifest.inputs:
+            stored = tensors.get(f"sample{i}/input/{spec.name}")
+            if spec.is_tensor:
+                if stored is None:
+                    raise TrtpackError(f"sample {i} lacks input {spec.name!r}")
+                leaves.append(stored.to(pack.device))
+            elif spec.symbol is not None and stored is not None:
+                leaves.append(int(stored))
+            else:
+                leaves.append(spec.value)
+        if program is not None:
+            args, kwargs = pytree.tree_unflatten(leaves, program.call_spec.in_spec)
+        else:
+            from .format.pytree import unflatten_call
+
+            args, kwargs = unflatten_call(manifest.input_tree, leaves)
+        got = pytree.tree_leaves(pack(*args, **kwargs))
+        for spec, value in zip(manifest.outputs, got):
+            want = tensors.get(f"sample{i}/output/{spec.name}")
+            if want is None or not isinstance(value, torch.Tensor):
+                continue
+            g, w = value.detach().cpu().double(), want.double()
+            if g.shape != w.shape:
+                shapes = f"shape {list(g.shape)}, stored {list(w.shape)}"
+                raise SampleMismatchError(sample=i, output=spec.name, error=float("inf"),
+                                          tolerance=tolerance, detail=shapes)  # fmt: skip
+            diff = (g - w).abs()
+            excess = diff - (tolerance.atol + tolerance.rtol * w.abs())
+            report.errors.append(OutputError(
+                i, spec.name, float(diff.max()) if diff.numel() else 0.0,
+                float(excess.max()) if excess.numel() else -1.0,
+            ))  # fmt: skip
+    bad = [e for e in report.errors if e.worst_excess > 0]
+    if bad:
+        e = max(bad, key=lambda e: e.worst_excess)
+        raise SampleMismatchError(sample=e.sample, output=e.output, error=e.max_abs_error,
+                                  tolerance=tolerance, report=report)  # fmt: skip
+    return report

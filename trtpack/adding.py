@@ -93,8 +93,27 @@ def _variants_from(
 def _plan_variant(
     plan: bytes, manifest: Manifest, name: str | None, *, where: str
 ) -> tuple[Variant, dict[str, Source]]:
-    facts = facts_from_plan(plan, manifest.interface, where=where)
-    return build_variant([facts], manifest.interface, wiring=None, name=name)
+    """A bare plan for this pack: its inputs must be the pack's tensor inputs, by name (what can
+    be checked without a GPU: the names occur in the plan); its outputs take the pack's output
+    names, or ``output<i>``, whichever the plan holds. The variant is marked ``described``:
+    a GPU runtime confirms the bindings when it loads the engine."""
+    from .engines.plan import check_described_names, missing_names, parse_plan
+
+    parse_plan(plan, where=where)  # the header first: not a plan, truncated, unknown version
+    tensor_inputs = [i.name for i in manifest.inputs if i.is_tensor]
+    check_described_names(plan, tensor_inputs, [], where=where)
+    names = [o.name for o in manifest.outputs]
+    generic = [f"output{i}" for i in range(len(names))]
+    output_names = next((c for c in (names, generic) if not missing_names(plan, c)), None)
+    if output_names is None:
+        raise EngineError(
+            f"{where}: the plan holds neither the pack's output names {names} nor {generic}; "
+            "pack it with a description of its outputs (trtpack pack --output-spec)",
+            member=where, expected=names, got=missing_names(plan, names),
+        )  # fmt: skip
+    facts = facts_from_plan(plan, manifest.interface, where=where, output_names=output_names)
+    v, members = build_variant([facts], manifest.interface, wiring=None, name=name)
+    return dataclasses.replace(v, described=True), members
 
 
 def _variants_from_pack(

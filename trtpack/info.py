@@ -222,6 +222,9 @@ def _engine_lines(m: Manifest) -> list[str]:
         flavor = "TensorRT-RTX" if t.flavor == "tensorrt_rtx" else "TensorRT"
         lines.append(f"  {v.name}  {flavor} {t.trt_version}  GPUs {gpus}  {wiring}")
         lines.append(f"    {'; '.join(flags)}")
+        if v.described:
+            lines.append("    bindings described, not recorded (a bare plan): unchecked until "
+                         "a GPU runtime loads it and confirms them")  # fmt: skip
         for sym, (lo, hi) in v.ranges.items():
             s = m.symbols[sym]
             lines.append(

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import NoUsableEngineError, TrtpackError
+from ..errors import EngineError, NoUsableEngineError, TrtpackError
 from ..format.container import PackReader
 from ..format.manifest import Manifest, Variant
 from .plan import check_variant_plans
@@ -81,8 +81,16 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
 
 def _build(reader: PackReader, manifest: Manifest, v: Variant, device: torch.device) -> Any:
     from ..program import load_program, runnable
-    from .torchtrt import engine_module
+    from .torchtrt import engine_io, engine_module
 
+    if v.described:  # bindings from a description: confirm them before the first call
+        from .plan import bindings_mismatch
+
+        for e in v.engines:
+            problem = bindings_mismatch(e, engine_io(bytes(reader.view(e.member)), v.target.flavor))
+            if problem is not None:
+                raise EngineError(f"engine {e.member}: {problem}", member=e.member,
+                                  field="bindings")  # fmt: skip
     modules = {
         e.name: engine_module(
             bytes(reader.view(e.member)),

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import EngineError
-from ..format.manifest import Flavor, Target, Variant
+from ..format.manifest import EngineSpec, Flavor, Target, Variant
 
 RTX_MAGIC = b"vtrt"
 TRT_MAGIC = b"ftrt"
@@ -159,3 +159,79 @@ def check_plan_target(info: PlanInfo, target: Target, member: str) -> None:
                 expected=expected,
                 got=got,
             )
+
+
+def missing_names(plan: bytes | memoryview, names: list[str]) -> list[str]:
+    """The binding names a TensorRT-RTX plan does not hold. Such a plan stores each I/O
+    tensor's name as a NUL-preceded record and quotes it (``"mask.1"``) in its kernel
+    descriptions (seen with tensorrt_rtx 1.6; a name inside a longer one does not count:
+    ``output`` is not in ``output0``). A name missing both ways cannot be a binding — what can
+    be checked of a description without a GPU; one that is present is not proven a binding
+    (only a GPU runtime lists them). Standard TensorRT plans (none can be built here to see
+    how they store names) are not searched: every name counts as present."""
+    import re
+
+    data = bytes(plan)
+    if data[:4] != RTX_MAGIC:
+        return []
+    missing = []
+    for n in names:
+        name = re.escape(n.encode())
+        record = rb"\x00" + name + rb"(?![A-Za-z0-9_.])"
+        quoted = rb'"' + name + rb'(?:\.\d+)?"'
+        if not re.search(record, data) and not re.search(quoted, data):
+            missing.append(n)
+    return missing
+
+
+def check_described_names(
+    plan: bytes | memoryview, inputs: list[str], outputs: list[str], *, where: str
+) -> None:
+    """Refuse a description whose binding names the plan cannot have (EngineError, with
+    ``member``/``expected``/``got`` fields: where, the names, the ones not found)."""
+    for kind, names in (("input", inputs), ("output", outputs)):
+        gone = missing_names(plan, names)
+        if gone:
+            raise EngineError(
+                f"{where}: {kind}(s) {gone} do not occur in the plan, so they cannot be its "
+                f"bindings; check the names of the description (the engine's own {kind} names)",
+                member=where,
+                expected=names,
+                got=gone,
+            )
+
+
+#: TensorRT's DataType names (``str(trt.DataType.HALF)`` is ``DataType.HALF``) -> manifest dtypes
+TRT_DTYPES = {
+    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+    "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn",
+}  # fmt: skip
+
+
+def bindings_mismatch(
+    described: EngineSpec, actual: list[tuple[str, bool, str, tuple[int, ...]]]
+) -> str | None:
+    """How an engine's real I/O tensors — ``(name, is_input, TensorRT dtype, shape with -1 for
+    dynamic dims)`` as a GPU runtime lists them — differ from its described bindings, or None.
+    Names, direction, dtypes, ranks and static dims are compared."""
+    real = {
+        name: (is_input, dtype.rsplit(".", 1)[-1], shape) for name, is_input, dtype, shape in actual
+    }
+    for is_input, bindings in ((True, described.inputs), (False, described.outputs)):
+        kind = "input" if is_input else "output"
+        names = [n for n, (inp, _, _) in real.items() if inp is is_input]
+        if sorted(names) != sorted(b.name for b in bindings):
+            return (f"the engine's {kind}s are {sorted(names)}, the description says "
+                    f"{sorted(b.name for b in bindings)}")  # fmt: skip
+        for b in bindings:
+            _, dtype, shape = real[b.name]
+            got = TRT_DTYPES.get(dtype, dtype.lower())
+            if got != b.dtype:
+                return f"{kind} {b.name!r} is {got} in the engine, {b.dtype} in the description"
+            if len(shape) != len(b.shape):
+                return (f"{kind} {b.name!r} has {len(shape)} dims in the engine, "
+                        f"{len(b.shape)} in the description")  # fmt: skip
+            for i, (have, want) in enumerate(zip(shape, b.shape)):
+                if isinstance(want, int) and have not in (want, -1):
+                    return f"{kind} {b.name!r} dim {i} is {have} in the engine, {want} described"
+    return None

@@ -25,7 +25,7 @@ import torch
 from torch.export import ExportedProgram
 
 from ..derive import RangeLike
-from ..errors import DeriveError, MissingDependencyError
+from ..errors import DeriveError, EngineError, MissingDependencyError
 from ..format.manifest import Interface, IOSpec, parse_dim
 from ..format.pytree import unflatten_call
 from .packed_info import PackedEngine, read_packed
@@ -255,6 +255,25 @@ def wire(obj: Any) -> WiredProgram:
 
 
 # --- load: engines -> a runner (needs a GPU and a matching TensorRT) -----------------------------
+
+
+def engine_io(plan: bytes, flavor: str) -> list[tuple[str, bool, str, tuple[int, ...]]]:
+    """Each I/O tensor of a plan, ``(name, is_input, TensorRT dtype, shape)``, read by
+    deserializing it with the installed TensorRT runtime (needs a GPU): how a described
+    variant's bindings are confirmed before the first call."""
+    import importlib
+
+    trt = importlib.import_module("tensorrt_rtx" if flavor == "tensorrt_rtx" else "tensorrt")
+    engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise EngineError(f"{trt.__name__} could not deserialize the plan")
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        out.append((name, is_input, str(engine.get_tensor_dtype(name)),
+                    tuple(engine.get_tensor_shape(name))))  # fmt: skip
+    return out
 
 
 def engine_module(plan: bytes, spec_inputs: list[str], spec_outputs: list[str], *, name: str,

@@ -142,6 +142,9 @@ class Variant:
     engines: tuple[EngineSpec, ...]
     program: ProgramRef | None
     ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    #: True: the bindings were described (a bare plan), not recorded by the builder; only a GPU
+    #: runtime can confirm them, which load does before the first call (format 1.2)
+    described: bool | None = None
 
     #: written to the JSON (for readers and tools that do not derive it), never stored twice:
     #: a reader checks the JSON's value against the derivation

@@ -44,7 +44,13 @@ def _v1_0_to_v1_1(data: dict[str, Any]) -> dict[str, Any]:
 
 def _v1_1_to_v1_2(data: dict[str, Any]) -> dict[str, Any]:
     # 1.2 adds the optional "samples" (reference inputs and outputs): a 1.1 pack has none.
-    return data
+    # 1.2 marks variants whose bindings were described rather than recorded: in 1.1 those are
+    # the bare plans (add-engine PLAN, trtpack pack), whose engines carry no torch_tensorrt ABI.
+    out = copy.deepcopy(data)
+    for variant in out.get("engines") or ():
+        if all(e.get("abi_version") is None for e in variant.get("engines") or ()):
+            variant["described"] = True
+    return out
 
 
 #: every step, keyed by the version it starts from
@@ -52,7 +58,9 @@ STEPS: dict[Version, Step] = {
     (1, 0): Step(
         (1, 0), (1, 1), _v1_0_to_v1_1, summary="input guards added (read from the program)"
     ),
-    (1, 1): Step((1, 1), (1, 2), _v1_1_to_v1_2, summary="reference samples (none recorded)"),
+    (1, 1): Step(
+        (1, 1), (1, 2), _v1_1_to_v1_2, summary="no reference samples; bare plans marked described"
+    ),
 }
 
 

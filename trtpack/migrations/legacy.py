@@ -13,6 +13,7 @@ recognized, described, converted.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,9 +141,15 @@ def _convert_engine(
         )
     iface = parse_description(inputs, outputs)
     plan = path.read_bytes()
+    from ..engines.plan import check_described_names, parse_plan
+
+    parse_plan(plan, where=str(path))  # the header first
+    check_described_names(plan, [i.name for i in iface.inputs if i.is_tensor],
+                          [o.name for o in iface.outputs], where=str(path))  # fmt: skip
     facts = facts_from_plan(plan, iface, where=str(path),
                             output_names=[o.name for o in iface.outputs])  # fmt: skip
     v, members = build_variant([facts], iface, wiring=None, name=variant)
+    v = dataclasses.replace(v, described=True)  # only a GPU runtime can confirm the bindings
     return PackParts(iface, dict(members), None, (v,), producer=Producer(trtpack="-", python="-"),
                      kind=f"bare {v.target.flavor} {v.target.trt_version} engine")  # fmt: skip
 

@@ -5,9 +5,10 @@
     pack = trtpack.load("model.trtpack")       # engines where they run, else the program
     y = pack(x, mask=m)                        # checked against the manifest first
     trtpack.inspect("model.trtpack")           # manifest + digest; never imports torch
+    trtpack.build("model.trtpack", ("8.6", "8.9"))  # + a TensorRT-RTX engine, built on a CPU
 
-Importing trtpack does not import torch: ``save``, ``load``, ``compile`` and ``add_engine``
-import it when first used, so ``inspect``/``verify`` and the CLI stay fast.
+Importing trtpack does not import torch: ``save``, ``load``, ``compile``, ``add_engine`` and
+``build`` import it when first used, so ``inspect``/``verify`` and the CLI stay fast.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
     from .adding import add_engine
+    from .building import build
     from .derive import Range
     from .engines.torchtrt import compile
     from .info import PackInfo, inspect, verify
@@ -63,6 +65,7 @@ _LAZY = {
     "Range": "derive",
     "compile": "engines.torchtrt",
     "add_engine": "adding",
+    "build": "building",
     "migrate": "migrations.legacy",
     # torch-free, but imported on first use too, so that ``import trtpack.format`` loads nothing
     # above the format package
@@ -103,6 +106,7 @@ __all__ = [
     "load",
     "compile",
     "add_engine",
+    "build",
     "migrate",
     "inspect",
     "verify",

@@ -172,6 +172,32 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    import time
+
+    from .building import build, parse_range
+
+    if args.output and not args.force and Path(args.output).exists():
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(args.output)
+    ranges = dict(parse_range(text) for text in args.range or ())
+    start = time.perf_counter()
+    info = build(args.pack, ",".join(args.target), variant=args.variant, out=args.output,
+                 ranges=ranges)  # fmt: skip
+    seconds = time.perf_counter() - start
+    v = info.manifest.engines[-1]  # the variant just added
+    engine = info.manifest.members[v.engines[0].member]
+    data = {**_written(info), "variant": v.name, "flavor": v.target.flavor,
+            "trt_version": v.target.trt_version,
+            "compute_capabilities": list(v.target.compute_capabilities),
+            "engine_bytes": engine.size, "seconds": round(seconds, 3)}  # fmt: skip
+    return _report(args, data, f"{info.path}: built variant {v.name} (TensorRT-RTX "
+                   f"{v.target.trt_version}, compute capability "
+                   f"{', '.join(v.target.compute_capabilities)}, {engine.size} bytes) in "
+                   f"{seconds:.1f} s  {info.digest}")  # fmt: skip
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import render, run_pack
 
@@ -364,6 +390,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_add_engine)
+
+    p = sub.add_parser(
+        "build",
+        help="build a TensorRT-RTX engine variant from the pack's program, for named GPUs "
+        "(on this machine: no GPU needed)",
+    )
+    p.add_argument("pack", help="the .trtpack to build from and add to (replaced unless -o)")
+    p.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="CC[,CC...]",
+        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable)",
+    )
+    p.add_argument("--variant", help="name of the new variant (default: from its targets)")
+    p.add_argument(
+        "--range",
+        action="append",
+        metavar="SYMBOL=MIN..MAX[@OPT]",
+        help="narrow (or bound) a symbol for this engine's profile (repeatable)",
+    )
+    p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(
         "migrate",

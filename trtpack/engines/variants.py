@@ -215,6 +215,17 @@ def facts_from_plan(
     """A bare plan as one whole-graph engine: its bindings are the tensor inputs and outputs,
     in order (outputs named ``output<i>`` unless named), and its profile the symbols' ranges
     (a plan's own profile cannot be read without a GPU)."""
+    inputs, outputs = whole_graph_bindings(iface, where=where, output_names=output_names)
+    return EngineFacts("engine", plan, inputs, outputs)
+
+
+def whole_graph_bindings(
+    iface: Interface, *, where: str, output_names: Sequence[str] | None = None
+) -> tuple[tuple[Binding, ...], tuple[Binding, ...]]:
+    """The bindings of a whole-graph engine of ``iface``: its tensor inputs, in order, each
+    with the profile its symbols' ranges give (min, opt, max per dim), and its outputs (named
+    ``output<i>`` unless named). What a bare plan is taken to be, and what ``trtpack.build``
+    builds."""
     inputs = []
     for spec in iface.inputs:
         if not spec.is_tensor:
@@ -236,7 +247,7 @@ def facts_from_plan(
     outputs = [
         Binding(n, o.dtype or "", tuple(o.shape or ())) for n, o in zip(names, iface.outputs)
     ]
-    return EngineFacts("engine", plan, tuple(inputs), tuple(outputs))
+    return tuple(inputs), tuple(outputs)
 
 
 # --- facts -> manifest entries ---------------------------------------------------------------

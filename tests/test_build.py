@@ -1,0 +1,343 @@
+"""``trtpack build``: real TensorRT-RTX engines built here, on the CPU, from a pack's own
+ExportedProgram (torch.onnx -> TensorRT-RTX's ONNX parser -> named compute capabilities),
+added as a whole-graph variant. Running them needs an RTX-capable GPU: the live test skips
+without one, saying why."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+import zipfile
+
+import pytest
+import torch
+
+import trtpack
+from trtpack.building import parse_range, parse_targets
+from trtpack.cli import main
+from trtpack.engines.plan import parse_plan
+from trtpack.format.container import PackReader
+
+pytest.importorskip("tensorrt_rtx")
+pytest.importorskip("onnxscript")
+
+TARGETS = ("8.6", "8.9")
+
+
+def saved(exported, name, tmp_path):
+    _, _, ep = exported(name)
+    path = tmp_path / f"{name}.trtpack"
+    trtpack.save(ep, path)
+    return path
+
+
+def plan_of(path, variant):
+    with PackReader(path) as reader:
+        return bytes(reader.read(variant.engines[0].member))
+
+
+def raw(path):
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def expected_profile(manifest, spec):
+    rows = []
+    for d in spec.shape:
+        if isinstance(d, int):
+            rows.append((d, d, d))
+        else:
+            s = manifest.symbols[d]
+            rows.append((s.min, s.opt, s.max))
+    return tuple(rows)
+
+
+@pytest.fixture(scope="module")
+def built_keywords(exported, tmp_path_factory):
+    """The keywords model (x[batch, 6], mask[batch, 6], bias[6]), built once for 8.6 and 8.9."""
+    path = saved(exported, "keywords", tmp_path_factory.mktemp("build"))
+    before = raw(path)
+    info = trtpack.build(path, TARGETS)
+    return path, before, info
+
+
+def test_build_for_two_targets(built_keywords):
+    path, before, info = built_keywords
+    m = info.manifest
+    (v,) = m.engines
+    assert v.name == "rtx_sm86_sm89" and v.whole_graph and v.program is None
+    assert v.target.flavor == "tensorrt_rtx" and v.target.compute_capabilities == TARGETS
+    assert v.target.trt_version == __import__("tensorrt_rtx").__version__
+    assert not v.target.future_gpus and v.ranges == {}
+    # the plan's own header names the GPUs asked for
+    header = parse_plan(plan_of(path, v))
+    assert header.flavor == "tensorrt_rtx" and header.compute_capabilities == TARGETS
+    # bindings: the manifest's tensor inputs and outputs, by name, with the manifest's profile
+    (engine,) = v.engines
+    tensors = [i for i in m.inputs if i.is_tensor]
+    assert [(b.name, b.dtype, b.shape) for b in engine.inputs] == [
+        (i.name, i.dtype, i.shape) for i in tensors
+    ]
+    assert [b.profile for b in engine.inputs] == [expected_profile(m, i) for i in tensors]
+    assert engine.inputs[0].profile == ((1, 4, 64), (6, 6, 6))
+    assert [(b.name, b.dtype, b.shape) for b in engine.outputs] == [
+        (o.name, o.dtype, o.shape) for o in m.outputs
+    ]
+    assert engine.settings["build"]["compute_capabilities"] == list(TARGETS)
+    assert engine.settings["build"]["route"].startswith("torch.onnx.export(dynamo=True)")
+    # the other members, byte for byte
+    after = raw(path)
+    assert {n: b for n, b in after.items() if n.startswith("program/")} == {
+        n: b for n, b in before.items() if n.startswith("program/")
+    }
+    assert trtpack.verify(path).digest == info.digest
+
+
+@pytest.mark.no_gpu
+def test_built_pack_loads_on_cpu_falling_back_to_the_program(built_keywords, exported):
+    path, _, _ = built_keywords
+    case, model, _ = exported("keywords")
+    with pytest.warns(UserWarning, match="running the ExportedProgram"):
+        pack = trtpack.load(path)
+    assert pack.backend == "exported_program"
+    assert pack.fallback_reason == (
+        "no engine variant can run here (rtx_sm86_sm89: no CUDA GPU on this machine)"
+    )
+    for args, kwargs in [(case.args, case.kwargs), *case.calls]:
+        torch.testing.assert_close(pack(*args, **kwargs), model(*args, **kwargs))
+
+
+def test_building_twice_is_refused_by_name(built_keywords, tmp_path):
+    path, _, info = built_keywords
+    with pytest.raises(
+        trtpack.EngineError, match="already has an engine variant named 'rtx_sm86_sm89'"
+    ) as e:
+        trtpack.build(path, ("8.9", "8.6"))  # the same targets, in another order
+    assert e.value.field == "variant"
+    assert trtpack.inspect(path).digest == info.digest  # untouched
+    # under another name it is a second variant, written elsewhere
+    out = tmp_path / "two.trtpack"
+    two = trtpack.build(path, "sm89", variant="ada", out=out)
+    assert [v.name for v in two.manifest.engines] == ["rtx_sm86_sm89", "ada"]
+    assert two.manifest.engines[1].target.compute_capabilities == ("8.9",)
+    assert trtpack.inspect(path).digest == info.digest
+    with pytest.raises(trtpack.EngineError, match="named 'ada'"):
+        trtpack.build(out, "8.0", variant="ada")
+
+
+def test_shared_dynamic_batch(exported, tmp_path):
+    """x[batch, 2] and y[batch, 7] share one symbol: one profile row for both."""
+    path = saved(exported, "shared_dim", tmp_path)
+    info = trtpack.build(path, TARGETS)
+    m = info.manifest
+    (engine,) = m.engines[0].engines
+    assert [b.shape for b in engine.inputs] == [("x_dim0", 2), ("x_dim0", 7)]
+    assert [b.profile for b in engine.inputs] == [((1, 5, 64), (2, 2, 2)), ((1, 5, 64), (7, 7, 7))]
+    assert parse_plan(plan_of(path, m.engines[0])).compute_capabilities == TARGETS
+    trtpack.verify(path)
+
+
+def test_derived_dims_constants_and_dtypes(exported, tmp_path):
+    """2*n and n+1 dims (a program torch's deserializer reads back with ranges that the
+    exporter trips on), specialized constants (not engine inputs), and fp16/bf16/int64/bool."""
+    m = trtpack.build(saved(exported, "derived", tmp_path), "8.9").manifest
+    (engine,) = m.engines[0].engines
+    assert [(b.shape, b.profile) for b in engine.inputs] == [
+        (("x_dim0", 3), ((2, 4, 32), (3, 3, 3))),
+        (("2*x_dim0", 3), ((4, 8, 64), (3, 3, 3))),
+        (("x_dim0+1",), ((3, 5, 33),)),
+    ]
+    m = trtpack.build(saved(exported, "scalars", tmp_path), "8.9").manifest
+    assert [b.name for b in m.engines[0].engines[0].inputs] == ["x"]  # n, alpha, ... are constants
+    assert len([i for i in m.inputs if not i.is_tensor]) == 5
+    m = trtpack.build(saved(exported, "dtypes", tmp_path), "8.9").manifest
+    (engine,) = m.engines[0].engines
+    assert [b.dtype for b in engine.inputs] == ["float16", "bfloat16", "int64", "bool"]
+    assert [b.dtype for b in engine.outputs] == ["float32", "float16", "bfloat16"]
+
+
+def test_unbounded_symbols_are_refused_and_can_be_bounded(exported, tmp_path):
+    path = saved(exported, "guarded", tmp_path)  # Dim.AUTO: [2, inf]
+    with pytest.raises(trtpack.EngineError) as e:
+        trtpack.build(path, TARGETS)
+    assert str(e.value) == (
+        f"{path}: symbols without an upper bound: 'x_dim0' (x dim 0): [2, inf]; 'x_dim1' (x dim 1, "
+        "y dim 1): [2, inf]; 'y_dim0' (y dim 0): [2, inf]; a TensorRT engine's profile needs "
+        "one. Bound them for this engine with ranges={'x_dim0': (2, MAX), 'x_dim1': (2, MAX), "
+        "'y_dim0': (2, MAX)} (--range x_dim0=2..MAX --range x_dim1=2..MAX --range "
+        "y_dim0=2..MAX), or export with torch.export.Dim(..., max=MAX)"
+    )
+    assert e.value.got == ["x_dim0", "x_dim1", "y_dim0"]
+    assert not trtpack.inspect(path).manifest.engines
+    bounds = {"x_dim0": (2, 16), "x_dim1": (2, 32, 8), "y_dim0": (2, 40)}
+    v = trtpack.build(path, "8.9", ranges=bounds).manifest.engines[0]
+    assert v.ranges == {"x_dim0": (2, 16), "x_dim1": (2, 32), "y_dim0": (2, 40)}
+    assert [b.profile for b in v.engines[0].inputs] == [
+        ((2, 4, 16), (2, 8, 32)),
+        ((2, 9, 40), (2, 8, 32)),
+    ]
+    with pytest.raises(trtpack.RangeOverrideError, match="widens the exported range"):
+        trtpack.build(path, "8.9", ranges={"x_dim0": (1, 16)})
+
+
+class _Op(torch.nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+
+@pytest.mark.parametrize(
+    "f, message",
+    [
+        # no ONNX translation: the exporter's own reason
+        (
+            lambda x: torch.linalg.cholesky(x @ x.T + torch.eye(4)),
+            r"cannot be exported to ONNX \(torch.onnx, dynamo exporter\): DispatchError: No ONNX "
+            r"function found for <OpOverload\(op='aten.linalg_cholesky_ex'",
+        ),
+        # ONNX has it, TensorRT-RTX does not: the parser's errors
+        (
+            lambda x: torch.fft.rfft(x).abs(),
+            r"TensorRT-RTX's ONNX parser cannot take the program: node \S+ \(DFT\): "
+            r"\w+: Op type DFT is not supported in TensorRT-RTX",
+        ),
+        (lambda x: torch.linalg.det(x), r"parser cannot take .*\(Det\): UNSUPPORTED_NODE"),
+        # a dtype TensorRT-RTX has no type for
+        (
+            lambda x: x.double() * 2,
+            r"output 'output' is float64, which TensorRT-RTX has no type for",
+        ),
+    ],
+    ids=["exporter", "parser_dft", "parser_det", "float64"],
+)
+def test_what_cannot_be_built_is_refused_with_the_reason(f, message, tmp_path):
+    path = tmp_path / "op.trtpack"
+    trtpack.save(torch.export.export(_Op(f), (torch.randn(4, 4),)), path)
+    digest = trtpack.inspect(path).digest
+    with pytest.raises(trtpack.EngineError, match=message):
+        trtpack.build(path, "8.9")
+    assert trtpack.inspect(path).digest == digest
+
+
+def test_inputs_and_targets_that_cannot_be_built(exported, tmp_path):
+    with pytest.raises(trtpack.EngineError, match=r"input 'n' \(args\[1\]\) is a dynamic int"):
+        trtpack.build(saved(exported, "dynamic_int", tmp_path), "8.9")
+    path = saved(exported, "keywords", tmp_path)
+    with pytest.raises(
+        trtpack.EngineError,
+        match=r"tensorrt_rtx \S+ cannot build for compute capability 9.0 \(it builds for 7.5, "
+        r"8.0, 8.6, 8.9, 12.0",
+    ):
+        trtpack.build(path, "8.9,9.0")
+    with pytest.raises(trtpack.EngineError, match="target 'ampere' is not a compute capability"):
+        trtpack.build(path, "ampere")
+    assert not trtpack.inspect(path).manifest.engines
+
+
+def test_parse_targets_and_ranges():
+    assert parse_targets("8.9,8.6") == ("8.6", "8.9")
+    assert parse_targets(["sm89", "SM120", "86", " 8.6 "]) == ("8.6", "8.9", "12.0")
+    assert parse_range("x_dim0=1..64@8") == ("x_dim0", trtpack.Range(1, 64, 8))
+    assert parse_range("b=2..3") == ("b", trtpack.Range(2, 3, None))
+    with pytest.raises(trtpack.RangeOverrideError, match="expected SYMBOL=MIN..MAX"):
+        parse_range("b=2-3")
+
+
+def test_missing_tensorrt_rtx_names_the_extra(monkeypatch, small_pack):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # import tensorrt_rtx fails
+    with pytest.raises(trtpack.MissingDependencyError, match=r"pip install 'trtpack\[rtx\]'"):
+        trtpack.build(small_pack, "8.9")
+
+
+def test_cli_build(exported, tmp_path, capsys):
+    path = saved(exported, "keywords", tmp_path)
+    out = tmp_path / "out.trtpack"
+    assert main(["build", str(path), "--target", "8.6,8.9", "-o", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    info = trtpack.inspect(out)
+    assert data["path"] == str(out) and data["digest"] == info.digest
+    assert data["variant"] == "rtx_sm86_sm89" and data["variants"] == ["rtx_sm86_sm89"]
+    assert data["compute_capabilities"] == ["8.6", "8.9"] and data["flavor"] == "tensorrt_rtx"
+    assert data["engine_bytes"] == info.manifest.members["engines/rtx_sm86_sm89/engine.plan"].size
+    assert data["seconds"] > 0
+    assert not trtpack.inspect(path).manifest.engines  # -o: the input is left alone
+    # again: the name is taken; -o exists without --force
+    assert main(["build", str(out), "--target", "8.6", "--target", "8.9"]) == 1
+    assert "already has an engine variant named 'rtx_sm86_sm89'; pick another name with " \
+        "--variant" in capsys.readouterr().err  # fmt: skip
+    assert main(["build", str(path), "--target", "8.9", "-o", str(out)]) == 1
+    assert "exists; pass --force" in capsys.readouterr().err
+    # in place, a named variant, a --range; the human line
+    assert main(["build", str(path), "--target", "12.0", "--variant", "blackwell",
+                 "--range", "x_dim0=1..32@8"]) == 0  # fmt: skip
+    line = capsys.readouterr().out
+    assert line.startswith(f"{path}: built variant blackwell (TensorRT-RTX ")
+    assert "compute capability 12.0" in line
+    (v,) = trtpack.inspect(path).manifest.engines
+    assert v.ranges == {"x_dim0": (1, 32)} and v.engines[0].inputs[0].profile[0] == (1, 8, 32)
+    assert main(["build", str(path), "--target", "8.9", "--range", "x_dim0=1-2"]) == 1
+
+
+def _supported_gpu() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    cc = torch.cuda.get_device_capability()
+    if f"{cc[0]}.{cc[1]}" not in ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"):
+        return f"TensorRT-RTX does not run engines on compute capability {cc[0]}.{cc[1]}"
+    try:
+        import torch_tensorrt  # noqa: F401  (runs the engines)
+    except Exception as e:
+        return f"torch_tensorrt cannot be imported here: {type(e).__name__}: {e}"
+    return None
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(_supported_gpu() is not None, reason=_supported_gpu() or "")
+def test_live_build_load_run(exported, tmp_path):
+    """Built here for this GPU, then run on it and compared with eager."""
+    case, model, _ = exported("keywords")
+    cc = ".".join(map(str, torch.cuda.get_device_capability()))
+    path = saved(exported, "keywords", tmp_path)
+    trtpack.build(path, cc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        pack = trtpack.load(path, require_engine=True)
+    assert pack.backend == "tensorrt"
+    model = model.cuda()
+    for args, kwargs in [(case.args, case.kwargs), *case.calls]:
+        args = tuple(a.cuda() for a in args)
+        kwargs = {k: v.cuda() for k, v in kwargs.items()}
+        torch.testing.assert_close(pack(*args, **kwargs), model(*args, **kwargs),
+                                   rtol=1e-3, atol=1e-3)  # fmt: skip
+
+
+def test_tensorrt_rtx_and_onnx_are_imported_in_one_module_only():
+    """engines/build.py is the only module that imports tensorrt_rtx, torch.onnx, onnx or
+    onnxscript (lazily or not)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(trtpack.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Attribute) and ast.unparse(node) == "torch.onnx":
+                names = ["torch.onnx"]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "__import__":
+                names = ["onnx/onnxscript"]  # _import_onnx_exporter
+            for name in names:
+                if name.split(".")[0] in ("tensorrt_rtx", "onnx", "onnxscript") or name.startswith(
+                    ("torch.onnx", "onnx/")
+                ):
+                    found.add(str(path.relative_to(root)))
+    assert found == {"engines/build.py"}

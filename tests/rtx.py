@@ -27,6 +27,28 @@ def trt():
     return tensorrt_rtx
 
 
+#: compute capabilities TensorRT-RTX runs engines on
+RUNS_ON = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+
+
+def gpu_problem(*, torch_tensorrt: bool = False) -> str | None:
+    """Why live TensorRT-RTX engines cannot run here (None: they can): the reason a live test
+    (marked ``engine``) skips with. ``torch_tensorrt``: the test also needs it importable."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    cc = "{}.{}".format(*torch.cuda.get_device_capability())
+    if cc not in RUNS_ON:
+        return f"TensorRT-RTX does not run engines on compute capability {cc}"
+    if torch_tensorrt:
+        try:
+            import torch_tensorrt as _  # noqa: F401  (runs the engines)
+        except Exception as e:
+            return f"torch_tensorrt cannot be imported here: {type(e).__name__}: {e}"
+    return None
+
+
 def build(
     inputs: Sequence[tuple[str, str, Sequence[int | tuple[int, int, int]]]],
     *,

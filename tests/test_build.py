@@ -11,6 +11,7 @@ import warnings
 import zipfile
 
 import pytest
+import rtx
 import torch
 
 import trtpack
@@ -282,21 +283,13 @@ def test_cli_build(exported, tmp_path, capsys):
     assert main(["build", str(path), "--target", "8.9", "--range", "x_dim0=1-2"]) == 1
 
 
-def _supported_gpu() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    cc = torch.cuda.get_device_capability()
-    if f"{cc[0]}.{cc[1]}" not in ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"):
-        return f"TensorRT-RTX does not run engines on compute capability {cc[0]}.{cc[1]}"
-    try:
-        import torch_tensorrt  # noqa: F401  (runs the engines)
-    except Exception as e:
-        return f"torch_tensorrt cannot be imported here: {type(e).__name__}: {e}"
-    return None
+LIVE_PROBLEM = rtx.gpu_problem(
+    torch_tensorrt=True
+)  # why live engines cannot run here (None: they can)
 
 
 @pytest.mark.engine
-@pytest.mark.skipif(_supported_gpu() is not None, reason=_supported_gpu() or "")
+@pytest.mark.skipif(LIVE_PROBLEM is not None, reason=LIVE_PROBLEM or "")
 def test_live_build_load_run(exported, tmp_path):
     """Built here for this GPU, then run on it and compared with eager."""
     case, model, _ = exported("keywords")

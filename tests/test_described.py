@@ -93,19 +93,11 @@ def test_what_a_gpu_runtime_confirms(actual, problem):
     assert got == problem if problem is None else (got is not None and problem in got)
 
 
-def _rtx_gpu() -> str | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    cc = torch.cuda.get_device_capability()
-    if f"{cc[0]}.{cc[1]}" not in ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"):
-        return f"TensorRT-RTX does not run engines on compute capability {cc[0]}.{cc[1]}"
-    return None
+LIVE_PROBLEM = rtx.gpu_problem()  # why live engines cannot run here (None: they can)
 
 
 @pytest.mark.engine
-@pytest.mark.skipif(_rtx_gpu() is not None, reason=_rtx_gpu() or "")
+@pytest.mark.skipif(LIVE_PROBLEM is not None, reason=LIVE_PROBLEM or "")
 def test_load_confirms_described_bindings_on_a_gpu(small_pack, tmp_path):
     """Live: the load deserializes the plan, lists its I/O tensors and confirms them."""
     import torch

@@ -11,6 +11,7 @@ import json
 import zipfile
 
 import pytest
+import rtx
 import torch
 from torch.export import Dim
 
@@ -356,17 +357,11 @@ def test_probe_environment_here():
 # --- live engines: need a GPU that the engines target, and TensorRT-RTX ------------------------
 
 
-def _supported_gpu() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    cc = torch.cuda.get_device_capability()
-    if f"{cc[0]}.{cc[1]}" not in ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"):
-        return f"TensorRT-RTX does not run engines on compute capability {cc[0]}.{cc[1]}"
-    return None
+LIVE_PROBLEM = rtx.gpu_problem()  # why live engines cannot run here (None: they can)
 
 
 @pytest.mark.engine
-@pytest.mark.skipif(_supported_gpu() is not None, reason=_supported_gpu() or "")
+@pytest.mark.skipif(LIVE_PROBLEM is not None, reason=LIVE_PROBLEM or "")
 def test_live_compile_save_load_run(net_ep, tmp_path):
     model, ep = net_ep
     module = trtpack.compile(ep, min_block_size=1)

@@ -26,7 +26,7 @@ from torch.export import ExportedProgram
 
 from ..derive import RangeLike
 from ..errors import DeriveError, EngineError, MissingDependencyError
-from ..format.manifest import Interface, IOSpec, parse_dim
+from ..format.manifest import Interface, IOSpec, input_profile, parse_dim
 from ..format.pytree import unflatten_call
 from .packed_info import PackedEngine, read_packed
 from .select import Environment
@@ -118,26 +118,18 @@ def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None 
         shape = spec.shape or ()
         if all(isinstance(d, int) for d in shape):
             return tt.Input(shape=list(shape), dtype=dtype, name=spec.name)
-        lo, opt, hi = [], [], []
-        for d in shape:
-            if isinstance(d, int):
-                lo.append(d)
-                opt.append(d)
-                hi.append(d)
-                continue
-            expr = parse_dim(d)
-            sym = iface.symbols[expr.symbol]
-            if sym.max is None:
-                raise DeriveError(
-                    f"input {spec.name!r} dim {d!r}: symbol {expr.symbol!r} has no upper bound "
-                    f"(exported range [{sym.min}, inf]), and a TensorRT engine needs one. Pass "
-                    f"ranges={{{expr.symbol!r}: ({sym.min}, MAX)}} to trtpack.compile, or export "
-                    "with torch.export.Dim(..., max=MAX). (torch_tensorrt would silently use "
-                    "min x 4096.)"
-                )
-            lo.append(expr.value(sym.min))
-            opt.append(expr.value(sym.opt))
-            hi.append(expr.value(sym.max))
+        profile, unbounded = input_profile(spec, iface.symbols)
+        if unbounded is not None:
+            sym = iface.symbols[unbounded]
+            dim = next(d for d in shape if isinstance(d, str) and parse_dim(d).symbol == unbounded)
+            raise DeriveError(
+                f"input {spec.name!r} dim {dim!r}: symbol {unbounded!r} has no upper bound "
+                f"(exported range [{sym.min}, inf]), and a TensorRT engine needs one. Pass "
+                f"ranges={{{unbounded!r}: ({sym.min}, MAX)}} to trtpack.compile, or export "
+                "with torch.export.Dim(..., max=MAX). (torch_tensorrt would silently use "
+                "min x 4096.)"
+            )
+        lo, opt, hi = ([row[i] for row in profile] for i in range(3))
         return tt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=dtype, name=spec.name)
 
     args, kwargs = unflatten_call(iface.input_tree, (one(spec) for spec in iface.inputs))

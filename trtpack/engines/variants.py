@@ -31,8 +31,8 @@ from ..format.manifest import (
     Symbol,
     Target,
     Variant,
+    input_profile,
     narrowed_ranges,
-    parse_dim,
     whole_graph_mismatch,
 )
 from .packed_info import PackedEngine
@@ -230,19 +230,12 @@ def whole_graph_bindings(
     for spec in iface.inputs:
         if not spec.is_tensor:
             continue
-        profile = []
-        for d in spec.shape or ():
-            if isinstance(d, int):
-                profile.append((d, d, d))
-                continue
-            expr = parse_dim(d)
-            sym = iface.symbols[expr.symbol]
-            if sym.max is None:
-                raise EngineError(
-                    f"{where}: symbol {expr.symbol!r} is unbounded; give the engine's range"
-                )
-            profile.append((expr.value(sym.min), expr.value(sym.opt), expr.value(sym.max)))
-        inputs.append(Binding(spec.name, spec.dtype or "", tuple(spec.shape or ()), tuple(profile)))
+        profile, unbounded = input_profile(spec, iface.symbols)
+        if unbounded is not None:
+            raise EngineError(
+                f"{where}: symbol {unbounded!r} is unbounded; give the engine's range"
+            )
+        inputs.append(Binding(spec.name, spec.dtype or "", tuple(spec.shape or ()), profile))
     names = list(output_names or [f"output{i}" for i in range(len(iface.outputs))])
     outputs = [
         Binding(n, o.dtype or "", tuple(o.shape or ())) for n, o in zip(names, iface.outputs)

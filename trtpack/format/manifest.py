@@ -424,6 +424,25 @@ class Manifest:
                 names.add(spec.name)
 
 
+def input_profile(
+    spec: IOSpec, symbols: Mapping[str, Symbol]
+) -> tuple[tuple[tuple[int, int, int], ...], str | None]:
+    """A tensor input's (min, opt, max) per dim from its symbols' ranges — the optimization
+    profile an engine for it is built with — and the first unbounded symbol (whose max the
+    profile cannot have), or None."""
+    rows = []
+    for d in spec.shape or ():
+        if isinstance(d, int):
+            rows.append((d, d, d))
+            continue
+        expr = parse_dim(d)
+        sym = symbols[expr.symbol]
+        if sym.max is None:
+            return tuple(rows), expr.symbol
+        rows.append((expr.value(sym.min), expr.value(sym.opt), expr.value(sym.max)))
+    return tuple(rows), None
+
+
 def narrowed_ranges(
     engines: Sequence[EngineSpec], inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
 ) -> dict[str, tuple[int, int | None]]:

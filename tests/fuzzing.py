@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-OPS = ("inspect", "verify", "load", "load_noverify", "cli_inspect", "migrate")
+OPS = ("inspect", "verify", "load", "load_noverify", "cli_inspect", "migrate", "check")
 
 
 def make_seeds(out: Path) -> dict[str, bytes]:
@@ -48,8 +48,8 @@ def make_seeds(out: Path) -> dict[str, bytes]:
     out.mkdir(parents=True, exist_ok=True)
     _, ep = CASES["keywords"].export()
     program = out / "program.trtpack"
-    if not program.exists():
-        trtpack.save(ep, program, metadata={"model": "keywords"})
+    if not program.exists():  # with reference samples (format 1.2): one more member and field
+        trtpack.save(ep, program, metadata={"model": "keywords"}, samples=2)
     engines = out / "engines.trtpack"
     if not engines.exists():
         trtpack.save(ep, engines)
@@ -263,6 +263,8 @@ def run_op(op: str, path: Path, scratch: Path) -> None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             main(["inspect", str(path)])
             main(["inspect", "--json", str(path)])
+    elif op == "check":  # reference samples run on the loaded program
+        trtpack.load(path, device="cpu", check=True)
     elif op == "migrate":
         out = scratch / "migrated.trtpack"
         out.unlink(missing_ok=True)

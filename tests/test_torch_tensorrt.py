@@ -119,7 +119,10 @@ def test_narrowed_range_reaches_the_engine_profile(net_ep, tmp_path):
         info = trtpack.save(module, tmp_path / "narrow.trtpack")
     assert info.manifest.symbols["x_dim0"].max == 8
     (engine,) = info.manifest.engines[0].engines
-    assert engine.inputs[0].profile[0] == (1, 4, 8)
+    # torch_tensorrt raises the min of a 0/1-specialized dim to 2 ("The compiled engine's min
+    # will be 2"): the pack records the engine's real profile, and the range it covers
+    assert engine.inputs[0].profile[0] == (2, 4, 8)
+    assert info.manifest.engines[0].ranges == {"x_dim0": (2, 8)}
 
 
 # --- save: no inputs= -----------------------------------------------------------------------
@@ -133,7 +136,7 @@ def test_save_whole_graph_module(compiled, tmp_path):
     m = info.manifest
     assert m.program is not None and [i.name for i in m.inputs] == ["x", "bias"]
     (v,) = m.engines
-    assert v.whole_graph and v.program is None and v.ranges == {}
+    assert v.whole_graph and v.program is None and v.ranges == {"x_dim0": (2, 32)}
     assert v.target.flavor == "tensorrt_rtx" and v.name.startswith("rtx_")
     (e,) = v.engines
     raw = members(path)
@@ -142,7 +145,7 @@ def test_save_whole_graph_module(compiled, tmp_path):
         "output0",
         "output1",
     ]
-    assert e.inputs[0].shape == ("x_dim0", 8) and e.inputs[0].profile == ((1, 4, 32), (8, 8, 8))
+    assert e.inputs[0].shape == ("x_dim0", 8) and e.inputs[0].profile == ((2, 4, 32), (8, 8, 8))
     assert e.outputs[1].shape == ("x_dim0",) and e.abi_version == torch.ops.tensorrt.ABI_VERSION()
     compilation = e.settings["compilation"]
     assert compilation["min_block_size"] == 1 and compilation["device"] == "GPU:0"
@@ -169,6 +172,39 @@ def test_save_partitioned_module_keeps_the_wiring(compiled, tmp_path):
     targets = [n["target"] for n in graph["graph_module"]["graph"]["nodes"]]
     assert targets.count("torch.ops.tensorrt.execute_engine.default") == 2
     assert "torch.ops.aten.relu.default" in targets  # the PyTorch-fallback subgraph
+
+
+def test_several_optimization_profiles_are_built_recorded_and_routed(net_ep, tmp_path):
+    """torch_tensorrt builds one engine with two profiles (for real, here on the CPU); the pack
+    records both, and the contract sends a call to the profile that covers it, refusing one
+    that falls between them."""
+    from trtpack.contract import Contract
+    from trtpack.format.manifest import profile_boxes
+
+    model, ep = net_ep
+    with tt_cpu.cpu_compile():
+        module = trtpack.compile(ep, profiles=[{"batch": (1, 8, 4)}, {"x_dim0": (16, 32, 24)}],
+                                 **settings())  # fmt: skip
+    with tt_cpu.device_queries():
+        info = trtpack.save(module, tmp_path / "profiles.trtpack")
+    m = info.manifest
+    (v,) = m.engines
+    (x, bias) = v.engines[0].inputs
+    assert x.profiles == (((2, 4, 8), (8, 8, 8)), ((16, 24, 32), (8, 8, 8)))
+    assert bias.profiles == (((2, 4, 8), (4, 4, 4)), ((16, 24, 32), (4, 4, 4)))
+    assert v.ranges == {"x_dim0": (2, 32)}
+    boxes = profile_boxes(v.engines, m.inputs, m.symbols)
+    assert boxes == [{"x_dim0": (2, 8)}, {"x_dim0": (16, 32)}]
+    contract = Contract(m, engine_ranges=v.ranges, variant=v.name, profile_boxes=boxes)
+    for n in (2, 8, 16, 32):
+        contract((torch.zeros(n, 8),), {"bias": torch.zeros(n, 4)})
+    for n in (1, 12):
+        with pytest.raises(trtpack.OutsideEngineProfile, match="optimization profile"):
+            contract((torch.zeros(n, 8),), {"bias": torch.zeros(n, 4)})
+    pack = trtpack.load(info.path, device="cpu")  # no GPU: the program runs every size
+    want = model(torch.ones(12, 8), bias=torch.ones(12, 4))
+    for g, w in zip(pack(torch.ones(12, 8), bias=torch.ones(12, 4)), want):
+        torch.testing.assert_close(g, w)
 
 
 def test_packed_info_read_as_plain_data(compiled):
@@ -278,7 +314,7 @@ def test_save_and_migrate_of_torch_tensorrt_save_give_the_same_variant(compiled,
     migrated = trtpack.migrate(tmp_path / "m.ep", tmp_path / "migrated.trtpack", variant="v")
     (a,), (b,) = saved.manifest.engines, migrated.manifest.engines
     assert a.whole_graph is b.whole_graph is (which == "whole")
-    assert a.target == b.target and a.ranges == b.ranges == {}
+    assert a.target == b.target
 
     def facts(variant):
         return [(e.name, e.member, e.abi_version, e.settings, e.outputs,
@@ -286,15 +322,14 @@ def test_save_and_migrate_of_torch_tensorrt_save_give_the_same_variant(compiled,
 
     assert facts(a) == facts(b)
     assert saved.manifest.inputs == migrated.manifest.inputs
-    # each profile is its manifest's symbol range: the .ep file's own range constraints say
-    # [2, 32] for Dim("batch", min=1) (torch.export's 0/1 specialization), while trtpack.compile
-    # built the engines for [1, 32] and the saved pack says so
-    for info in (saved, migrated):
-        sym = info.manifest.symbols["x_dim0"]
-        (v,) = info.manifest.engines
-        assert {e.inputs[0].profile[0] for e in v.engines} == {(sym.min, sym.opt, sym.max)}
-    assert saved.manifest.symbols["x_dim0"].min == 1
-    assert migrated.manifest.symbols["x_dim0"].min == 2
+    # The engines take x_dim0 in [2, 32]: torch_tensorrt raises Dim("batch", min=1)'s min to 2
+    # (torch.export's 0/1 specialization), and both routes now record that profile. The saved
+    # pack keeps the program's [1, 32] and marks the engines' part of it in ranges; the .ep
+    # file's own range constraints already say [2, 32].
+    assert [e.inputs for e in a.engines] == [e.inputs for e in b.engines]
+    assert {e.inputs[0].profile[0] for e in a.engines} == {(2, 4, 32)}
+    assert saved.manifest.symbols["x_dim0"].min == 1 and a.ranges == {"x_dim0": (2, 32)}
+    assert migrated.manifest.symbols["x_dim0"].min == 2 and b.ranges == {}
 
 
 @pytest.mark.no_gpu

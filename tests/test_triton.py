@@ -895,3 +895,21 @@ def test_the_stubs_numpy_abi(served, clients):
             print(f"\n{module.__name__}, NumPy {np.__version__}: {why}")
         else:
             assert ok
+
+
+def test_engines_with_several_profiles_offer_them_all(engine_pack, tmp_path):
+    """A whole-graph engine with two optimization profiles: every instance group lists both,
+    so Triton picks the one that fits each request (it would use profile 0 only)."""
+    from test_container import rewrite
+
+    def two_profiles(m):
+        for b in m["engines"][0]["engines"][0]["inputs"]:
+            b["extra_profiles"] = [[[1, 2, 8] if row[0] != row[2] else row for row in b["profile"]]]
+
+    edited = rewrite(engine_pack, tmp_path / "profiles.trtpack", edit_manifest=two_profiles)
+    (v,) = trtpack.inspect(edited).manifest.engines
+    assert len(v.engines[0].inputs[0].profiles) == 2
+    config = parse(export(edited, tmp_path / "repo", backend="tensorrt").path / "config.pbtxt")
+    assert [list(g.profile) for g in config.instance_group] == [["0", "1"]]
+    plain = parse(export(engine_pack, tmp_path / "repo2", backend="tensorrt").path / "config.pbtxt")
+    assert not plain.instance_group  # one profile: nothing to say

@@ -9,7 +9,7 @@ precomputed tuples: a few microseconds per call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,11 +37,14 @@ class Contract:
         device: torch.device | None = None,
         engine_ranges: Mapping[str, tuple[int, int | None]] | None = None,
         variant: str | None = None,
+        profile_boxes: Sequence[Mapping[str, tuple[int, int | None]]] = (),
     ) -> None:
         self.manifest = manifest
         self.symbols: dict[str, Symbol] = dict(manifest.symbols)
         self.engine_ranges = dict(engine_ranges or {})
         self.variant = variant
+        #: per optimization profile, the symbol ranges it takes (``format.manifest.profile_boxes``)
+        self.profile_boxes = [dict(b) for b in profile_boxes]
         self.device = device
         args_tree, kwargs_tree = _resolve_custom(manifest.input_tree)["children"]
         self._args_tree: Tree = args_tree
@@ -94,7 +97,7 @@ class Contract:
 
     def __call__(self, args: tuple, kwargs: Mapping[str, Any]) -> list[Any]:
         leaves = self.flatten(args, kwargs)
-        bound: dict[str, tuple[int, str]] = {}
+        bound: dict[str, tuple[Any, ...]] = {}  # symbol -> (value, input label, dim)
         device = self.device
         for check, value in zip(self._checks, leaves):
             kind = check[0]
@@ -173,7 +176,30 @@ class Contract:
                         holds = False  # e.g. a modulus by a zero-sized dim
                     if not holds:
                         self._guard_failed(expr, first, leaves)
+        if len(self.profile_boxes) > 1:
+            self._check_profiles(bound)
         return leaves
+
+    def _check_profiles(self, bound: Mapping[str, tuple[Any, ...]]) -> None:
+        """Several optimization profiles: the call must fit one of them (their union may have
+        gaps; the engine runs the first that fits)."""
+        for box in self.profile_boxes:
+            if all(
+                lo <= bound[name][0] and (hi is None or bound[name][0] <= hi)
+                for name, (lo, hi) in box.items()
+                if name in bound
+            ):
+                return
+        values = ", ".join(f"{n} = {v[0]}" for n, v in sorted(bound.items()))
+        shown = "; ".join(
+            ", ".join(f"{n} {_range(lo, hi)}" for n, (lo, hi) in sorted(box.items())) or "any"
+            for box in self.profile_boxes
+        )
+        raise OutsideEngineProfile(
+            f"the call ({values}) fits none of the optimization profiles of engine variant "
+            f"{self.variant!r} ({shown}). Load with outside_profile='fallback' to run such "
+            "calls on the ExportedProgram"
+        )
 
     def _guard_failed(self, expr: str, first: tuple[str, int | None] | None, leaves: list) -> None:
         name, dim = first if first is not None else (None, None)

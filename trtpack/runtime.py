@@ -18,7 +18,7 @@ from torch.export import ExportedProgram
 from .contract import Contract, OutsideEngineProfile
 from .errors import InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
-from .format.manifest import Manifest
+from .format.manifest import Manifest, profile_boxes
 from .info import PackInfo, open_pack, read_info, with_program_guards
 from .program import load_program, runnable
 
@@ -339,7 +339,13 @@ def _load(
                     info,
                     device=dev,
                     module=loaded.runner,
-                    contract=Contract(manifest, device=dev, engine_ranges=v.ranges, variant=v.name),
+                    contract=Contract(
+                        manifest,
+                        device=dev,
+                        engine_ranges=v.ranges,
+                        variant=v.name,
+                        profile_boxes=profile_boxes(v.engines, manifest.inputs, manifest.symbols),
+                    ),
                     backend="tensorrt",
                     variant=v.name,
                     outside_profile=outside_profile,

@@ -153,7 +153,8 @@ def _parts_of_compiled(
         iface = wired.program.interface()[0]  # a torch_tensorrt program alone: its own JSON
     if ranges:
         iface = apply_ranges(iface, ranges, dim_aliases(source) if source is not None else {})
-    variant, engine_members = variant_from_wired(wired, iface, name=name)
+    profiles = getattr(attached, "profiles", None)  # compiled with several profiles
+    variant, engine_members = variant_from_wired(wired, iface, name=name, profiles=profiles)
     members.update(engine_members)
     return PackParts(iface, members, ref, (variant,))
 

@@ -102,6 +102,9 @@ def _build(reader: PackReader, manifest: Manifest, v: Variant, device: torch.dev
         )
         for e in v.engines
     }
+    for e in v.engines:  # several profiles: torch_tensorrt picks the one that fits each call
+        if any(len(b.profiles) > 1 for b in e.inputs):
+            modules[e.name].set_optimization_profile("auto")
     if v.program is None:
         (module,) = modules.values()
         return WholeGraphRunner(module, manifest, [b.name for b in v.engines[0].inputs])

@@ -17,7 +17,7 @@ import contextlib
 import platform
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from torch.export import ExportedProgram
 
 from ..derive import RangeLike
 from ..errors import DeriveError, EngineError, MissingDependencyError
-from ..format.manifest import Interface, IOSpec, input_profile, parse_dim
+from ..format.manifest import Interface, IOSpec, Symbol, input_profile, parse_dim
 from ..format.pytree import unflatten_call
 from .packed_info import PackedEngine, read_packed
 from .select import Environment
@@ -92,11 +92,18 @@ class Compiled:
 
     source: ExportedProgram
     interface: Interface
+    #: the symbols of each optimization profile the engines were built with (profile 0 first)
+    profiles: list[dict[str, Symbol]] | None = None
 
 
-def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None = None) -> tuple:
+def torch_tensorrt_inputs(
+    iface: Interface,
+    overrides: Mapping[str, Any] | None = None,
+    profiles: Sequence[Mapping[str, Symbol]] | None = None,
+) -> tuple:
     """``(arg_inputs, kwarg_inputs)`` for torch_tensorrt, nested like the call, with
-    min/opt/max from the manifest's symbols. ``overrides`` replaces inputs by name."""
+    min/opt/max from the manifest's symbols — or, with ``profiles``, one optimization profile
+    per entry (each a symbol table). ``overrides`` replaces inputs by name."""
     tt = import_torch_tensorrt()
     overrides = dict(overrides or {})
     unknown = set(overrides) - {i.name for i in iface.inputs}
@@ -129,6 +136,11 @@ def torch_tensorrt_inputs(iface: Interface, overrides: Mapping[str, Any] | None 
                 "with torch.export.Dim(..., max=MAX). (torch_tensorrt would silently use "
                 "min x 4096.)"
             )
+        if profiles:
+            rows = [input_profile(spec, symbols)[0] for symbols in profiles]
+            keys = ("min_shape", "opt_shape", "max_shape")
+            shapes = [{key: [row[i] for row in r] for i, key in enumerate(keys)} for r in rows]
+            return tt.Input(profiles=shapes, dtype=dtype, name=spec.name)
         lo, opt, hi = ([row[i] for row in profile] for i in range(3))
         return tt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=dtype, name=spec.name)
 
@@ -141,17 +153,36 @@ def compile(
     *,
     ranges: Mapping[str, RangeLike] | None = None,
     inputs: Mapping[str, Any] | None = None,
+    profiles: Sequence[Mapping[str, RangeLike]] | None = None,
     **settings: Any,
 ) -> torch.fx.GraphModule:
-    """``torch_tensorrt.dynamo.compile(ep)`` with the inputs derived from the program."""
+    """``torch_tensorrt.dynamo.compile(ep)`` with the inputs derived from the program.
+    ``profiles``: several optimization profiles, each ``{symbol: (min, max) | (min, max, opt)}``
+    inside the (narrowed) exported ranges; a call runs on the first profile that covers it."""
     tt = import_torch_tensorrt()
-    from ..program import derive_interface
+    from ..derive import apply_ranges
+    from ..program import derive_interface, dim_aliases
 
     iface = derive_interface(ep, ranges=ranges)
-    arg_inputs, kwarg_inputs = torch_tensorrt_inputs(iface, inputs)
+    if profiles:
+        aliases = dim_aliases(ep)
+        tables = [dict(apply_ranges(iface, p, aliases).symbols) for p in profiles]
+    else:
+        tables = [dict(iface.symbols)]
+    # what torch_tensorrt builds: it raises a dynamic dim's min of 0 or 1 to 2, the program's
+    # own range after torch.export's 0/1 specialization ("The compiled engine's min will be
+    # 2"); the manifest records the engine's real profile, so the contract routes such calls
+    tables = [{n: _engine_symbol(sym) for n, sym in t.items()} for t in tables]
+    arg_inputs, kwarg_inputs = torch_tensorrt_inputs(iface, inputs, tables)
     module = tt.dynamo.compile(ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, **settings)
-    module._trtpack = Compiled(source=ep, interface=iface)
+    module._trtpack = Compiled(source=ep, interface=iface, profiles=tables)
     return module
+
+
+def _engine_symbol(sym: Symbol) -> Symbol:
+    if sym.min >= 2 or (sym.max is not None and sym.max < 2):
+        return sym
+    return Symbol(2, sym.max, max(sym.opt, 2), sym.opt_source)
 
 
 # --- wire: a compiled module -> its serialized wired program and engines ------------------

@@ -65,11 +65,16 @@ class WiredProgram:
 
 
 def variant_from_wired(
-    wired: WiredProgram, iface: Interface, *, name: str | None
+    wired: WiredProgram,
+    iface: Interface,
+    *,
+    name: str | None,
+    profiles: Sequence[Mapping[str, Symbol]] | None = None,
 ) -> tuple[Variant, dict[str, Source]]:
     """A wired program's variant. A whole-graph one keeps no program: its engine runs
-    directly."""
-    facts, whole = facts_from_program(wired.program, iface, wired.engines)
+    directly. ``profiles``: the symbols of each optimization profile the engines were built
+    with, when there are several (``trtpack.compile(..., profiles=)``)."""
+    facts, whole = facts_from_program(wired.program, iface, wired.engines, profiles)
     return build_variant(facts, iface, wiring=None if whole else wired, name=name)
 
 
@@ -128,14 +133,21 @@ def build_variant(
 
 
 def facts_from_program(
-    program: SerializedProgram, iface: Interface, engines: Mapping[str, PackedEngine]
+    program: SerializedProgram,
+    iface: Interface,
+    engines: Mapping[str, PackedEngine],
+    profiles: Sequence[Mapping[str, Symbol]] | None = None,
 ) -> tuple[list[EngineFacts], bool]:
     """The engines a wired program calls, in call order, with bindings and profiles read from
     its tensor metadata, and whether it is whole-graph: one engine fed by the user's tensor
     inputs in order, whose outputs are the user outputs in order, and nothing else computed.
-    Profiles come from ``iface``'s symbols (the ranges the engines were built for)."""
+    Profiles come from ``iface``'s symbols (the ranges the engines were built for), or from
+    each of ``profiles`` (profile 0, 1, ...)."""
     wired_iface, names = program.interface()
-    values = {s: iface.symbols[n] for s, n in names.items() if n in iface.symbols}
+    values = [
+        {s: symbols[n] for s, n in names.items() if n in symbols}
+        for symbols in (profiles or [iface.symbols])
+    ]
     placeholders = program.custom_objects()
     calls = []
     for node in program.graph.get("nodes", []):
@@ -185,25 +197,28 @@ def facts_from_program(
 
 
 def _binding(program: SerializedProgram, name: str, tensor: str, names: dict[str, str],
-             values: Mapping[str, Symbol], is_input: bool) -> Binding:  # fmt: skip
+             values: Sequence[Mapping[str, Symbol]], is_input: bool) -> Binding:  # fmt: skip
     meta = program.tensors.get(tensor)
     if meta is None:
         raise EngineError(f"engine binding {name!r} ({tensor}) has no tensor metadata")
     sizes = meta["sizes"]
     shape = tuple(program.dim_text(s, names) for s in sizes)
-    profile = None
-    if is_input:
+    profiles: list[tuple[tuple[int, int, int], ...]] = []
+    for symbols in values if is_input else ():
         rows: list[tuple[int, int, int]] = []
+        lows = {k: v.min for k, v in symbols.items()}
+        opts = {k: v.opt for k, v in symbols.items()}
+        highs = {k: -1 if v.max is None else v.max for k, v in symbols.items()}
         for s in sizes:
-            lo = program.evaluate(s, {k: v.min for k, v in values.items()})
-            opt = program.evaluate(s, {k: v.opt for k, v in values.items()})
-            hi = program.evaluate(s, {k: -1 if v.max is None else v.max for k, v in values.items()})
+            lo, opt, hi = (program.evaluate(s, at) for at in (lows, opts, highs))
             if lo is None or opt is None or hi is None:
                 break
             rows.append((lo, opt, hi))
         else:
-            profile = tuple(rows)
-    return Binding(name, program.dtype(meta, tensor), shape, profile)
+            profiles.append(tuple(rows))
+    return Binding(name, program.dtype(meta, tensor), shape,
+                   profiles[0] if profiles else None,
+                   tuple(profiles[1:]) if len(profiles) > 1 else None)  # fmt: skip
 
 
 # --- engine facts of a bare plan --------------------------------------------------------------

@@ -103,6 +103,15 @@ class Binding:
     dtype: str
     shape: tuple[Dim, ...]
     profile: tuple[tuple[int, int, int], ...] | None = None
+    #: the engine's optimization profiles 1, 2, ... (format 1.2); ``profile`` is profile 0
+    extra_profiles: tuple[tuple[tuple[int, int, int], ...], ...] | None = None
+
+    @property
+    def profiles(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+        """Every optimization profile of this input binding, profile 0 first."""
+        if self.profile is None:
+            return ()
+        return (self.profile, *(self.extra_profiles or ()))
 
 
 @dataclass(frozen=True)
@@ -443,31 +452,57 @@ def input_profile(
     return tuple(rows), None
 
 
+def profile_boxes(
+    engines: Sequence[EngineSpec], inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
+) -> list[dict[str, tuple[int, int | None]]]:
+    """For each optimization profile index, the range of every symbol that all the engines'
+    profiles of that index accept (a symbol not in a box is unconstrained by it). A call runs
+    on the first profile whose box holds its symbols."""
+    by_name = {i.name: i for i in inputs if i.is_tensor}
+    count = max((len(b.profiles) for e in engines for b in e.inputs), default=0)
+    boxes: list[dict[str, tuple[int, int | None]]] = []
+    for k in range(count):
+        box: dict[str, tuple[int, int | None]] = {}
+        for engine in engines:
+            for binding in engine.inputs:
+                spec, profiles = by_name.get(binding.name), binding.profiles
+                if spec is None or not profiles:
+                    continue
+                rows = profiles[min(k, len(profiles) - 1)]
+                for dim, (pmin, _, pmax) in zip(spec.shape or (), rows):
+                    if not isinstance(dim, str):
+                        continue
+                    expr = parse_dim(dim)
+                    sym = symbols[expr.symbol]
+                    lo = -(-(pmin - expr.offset) // expr.coef)  # ceil: the smallest root it takes
+                    hi = None if pmax < 0 else (pmax - expr.offset) // expr.coef
+                    cur_lo, cur_hi = box.get(expr.symbol, (sym.min, sym.max))
+                    box[expr.symbol] = (
+                        max(cur_lo, lo),
+                        cur_hi if hi is None else (hi if cur_hi is None else min(cur_hi, hi)),
+                    )
+        boxes.append(box)
+    return boxes
+
+
 def narrowed_ranges(
     engines: Sequence[EngineSpec], inputs: tuple[IOSpec, ...], symbols: Mapping[str, Symbol]
 ) -> dict[str, tuple[int, int | None]]:
     """Symbols whose exported range the engines' profiles only partly cover: the contract
-    checks calls against these when the engines run (three ways: manifest, program, profiles)."""
-    by_name = {i.name: i for i in inputs if i.is_tensor}
+    checks calls against these when the engines run (three ways: manifest, program, profiles).
+    With several profiles, a symbol's range spans them all (the contract also refuses a call
+    that falls between two)."""
     out: dict[str, tuple[int, int | None]] = {}
-    for engine in engines:
-        for binding in engine.inputs:
-            spec = by_name.get(binding.name)
-            if spec is None or binding.profile is None:
-                continue
-            for dim, (pmin, _, pmax) in zip(spec.shape or (), binding.profile):
-                if not isinstance(dim, str):
-                    continue
-                expr = parse_dim(dim)
-                sym = symbols[expr.symbol]
-                lo = -(-(pmin - expr.offset) // expr.coef)  # ceil: the smallest root it accepts
-                hi = None if pmax < 0 else (pmax - expr.offset) // expr.coef
-                cur_lo, cur_hi = out.get(expr.symbol, (sym.min, sym.max))
-                new_lo = max(cur_lo, lo)
-                new_hi = cur_hi if hi is None else (hi if cur_hi is None else min(cur_hi, hi))
-                if (new_lo, new_hi) != (sym.min, sym.max):
-                    out[expr.symbol] = (new_lo, new_hi)
-    return dict(sorted(out.items()))
+    boxes = profile_boxes(engines, inputs, symbols)
+    for name in sorted({n for box in boxes for n in box}):
+        sym = symbols[name]
+        spans = [box.get(name, (sym.min, sym.max)) for box in boxes]
+        lo = min(s[0] for s in spans)
+        his = [s[1] for s in spans]
+        hi = None if None in his else max(h for h in his if h is not None)
+        if (lo, hi) != (sym.min, sym.max):
+            out[name] = (lo, hi)
+    return out
 
 
 def whole_graph_mismatch(

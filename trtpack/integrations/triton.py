@@ -305,6 +305,8 @@ def export_triton(
             code = model_code(site_dirs)
         _scheduling(pb2, config, max_batch_size, dynamic_batching, max_queue_delay_us,
                     instances, instance_kind)  # fmt: skip
+        if backend == "tensorrt":
+            _profiles(pb2, config, info.manifest)
         text = text_format.MessageToString(config)
 
         repo.mkdir(parents=True, exist_ok=True)
@@ -394,6 +396,20 @@ def _python_config(pb2, manifest: Manifest, name: str, max_batch_size: int, wher
                 entry.reshape.SetInParent()  # shape: [] (the model sees [batch])
     config.parameters[PACK_PARAMETER].string_value = PACK_FILE
     return config
+
+
+def _profiles(pb2, config, manifest: Manifest) -> None:
+    """Engines with several optimization profiles: every instance group may use them all, and
+    Triton picks the one that fits each request's shapes (with none listed, it uses profile 0
+    only)."""
+    count = max((len(b.profiles) for v in manifest.engines if v.whole_graph
+                 for e in v.engines for b in e.inputs), default=0)  # fmt: skip
+    if count < 2:
+        return
+    if not config.instance_group:
+        config.instance_group.add(count=1, kind=pb2.ModelInstanceGroup.Kind.Value("KIND_GPU"))
+    for group in config.instance_group:
+        group.profile.extend(str(i) for i in range(count))
 
 
 def _scheduling(pb2, config, max_batch_size: int, dynamic_batching: bool,

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from servers import free_port, wait_http
 
 import trtpack
 
@@ -124,18 +123,12 @@ def test_without_mlflow_the_error_says_what_to_install(monkeypatch, keywords):
         integration.log_model(keywords[2], name="x")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_against_a_real_mlflow_server(tmp_path, keywords, monkeypatch):
     import trtpack.mlflow
 
     case, model, path = keywords
     monkeypatch.chdir(tmp_path)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -144,17 +137,7 @@ def test_against_a_real_mlflow_server(tmp_path, keywords, monkeypatch):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not start within 90 s"
-            time.sleep(0.5)
+        wait_http(f"http://127.0.0.1:{port}/health", server, 90)
         monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
         mlflow.set_registry_uri(f"http://127.0.0.1:{port}")
@@ -185,20 +168,6 @@ print("OUT", json.dumps(np.asarray(model.predict(inputs)).tolist()))
 """
 
 
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, f"the server exited ({proc.returncode})"
-        assert time.monotonic() < deadline, f"{url} not up within {seconds} s"
-        time.sleep(0.5)
-
-
 def test_fresh_process_and_mlflow_models_serve(tracking, keywords, tmp_path):
     """The logged model works from any install: a fresh process imports the trtpack copy MLflow
     stored with the model (its schema included) and predicts; ``mlflow models serve
@@ -222,7 +191,7 @@ def test_fresh_process_and_mlflow_models_serve(tracking, keywords, tmp_path):
     assert "artifacts/code/trtpack" in lines["FROM"]  # MLflow's copy, not this checkout
     np.testing.assert_allclose(np.array(json.loads(lines["OUT"])), want, rtol=1e-6)
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fresh/1",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
@@ -230,7 +199,7 @@ def test_fresh_process_and_mlflow_models_serve(tracking, keywords, tmp_path):
         env={**env, "MLFLOW_TRACKING_URI": tracking}, cwd=tmp_path,
     )  # fmt: skip
     try:
-        _wait_http(f"http://127.0.0.1:{port}/ping", server, 120)
+        wait_http(f"http://127.0.0.1:{port}/ping", server, 120)
 
         def post(body: dict) -> tuple[int, dict]:
             req = urllib.request.Request(

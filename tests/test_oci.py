@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import rtx
+from servers import free_port
 
 import trtpack
 from trtpack.format.container import PackReader
@@ -40,12 +41,6 @@ LAYOUTS = ["modelpack", "trtpack"]
 _LINE = re.compile(
     r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d+) (?P<bytes>\d+|-)'
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -77,7 +72,7 @@ class Server:
 
 
 def _serve(root: Path, auth: str = "") -> tuple[subprocess.Popen, Server]:
-    port = _free_port()
+    port = free_port()
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"
@@ -621,7 +616,7 @@ def test_credentials_from_the_docker_config(auth_registry, pack, tmp_path, monke
 
 
 def test_errors(registry, pack, tmp_path):
-    down = _free_port()
+    down = free_port()
     with pytest.raises(
         trtpack.RegistryError, match=rf"cannot reach the registry at 127.0.0.1:{down}"
     ):

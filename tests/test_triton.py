@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import rtx
+from servers import free_port
 
 import trtpack
 from trtpack.integrations.triton import export_triton
@@ -572,14 +573,6 @@ def tritonserver() -> tuple[Path, Path]:
     return server / "bin" / "tritonserver", backends
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Served:
     http: str
@@ -648,7 +641,7 @@ def served(tritonserver, case_pack, tmp_path_factory):
     (repo / "numpy_probe" / "1").mkdir(parents=True)
     (repo / "numpy_probe" / "config.pbtxt").write_text(NUMPY_PROBE_CONFIG)
     (repo / "numpy_probe" / "1" / "model.py").write_text(NUMPY_PROBE.format(dirs=here))
-    http, grpc, metrics = _free_port(), _free_port(), _free_port()
+    http, grpc, metrics = free_port(), free_port(), free_port()
     log = repo.parent / "tritonserver.log"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TRTPACK_SITE_DIRS"] = os.pathsep.join(here)

@@ -51,3 +51,13 @@ def example(seq: int = 3, past: int = 5) -> tuple[tuple, dict]:
     torch.manual_seed(0)
     kv = lambda: torch.randn(2, past, 4)  # noqa: E731
     return (torch.randn(2, seq, 4),), {"cache": Cache([kv(), kv()], [kv(), kv()])}
+
+
+class GuardedDecoder(Decoder):
+    """A cache input and shape-dependent Python (a guard beyond the ranges): the call's
+    structure must be rebuilt with the registered class when the program checks its guards."""
+
+    def forward(self, x, *, cache: Cache) -> Output:
+        if x.shape[1] % 2 == 0:
+            x = x * 2
+        return super().forward(x, cache=cache)

@@ -101,3 +101,32 @@ def test_unregistered_class_is_named_with_what_to_import(decoder_pack):
     out = subprocess.run([sys.executable, "-m", "trtpack", "inspect", str(path)],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and "kwargs['cache']['key_cache'][0]" in out.stdout
+
+
+def test_unexpressed_guards_of_a_program_with_a_cache_input(tmp_path):
+    """A guard the manifest cannot express is checked by the program's own guard code, which
+    torch builds from example inputs: those are rebuilt with torch's spec, cache class
+    included (they were rebuilt as plain tuples, and torch raised a raw ValueError — seen with
+    transformers 5.17's DynamicCache)."""
+    from test_container import rewrite
+
+    args, kwargs = pm.example(seq=4)
+    past = torch.export.Dim("past", min=1, max=64)
+    dyn = {"x": {1: torch.export.Dim.AUTO},  # AUTO: export keeps the guard instead of failing
+           "cache": [[{1: past}, {1: past}], [{1: past}, {1: past}]]}  # fmt: skip
+    ep = torch.export.export(pm.GuardedDecoder(), args, kwargs, dynamic_shapes=dyn)
+    path = trtpack.save(ep, tmp_path / "g.trtpack").path
+    assert any("% 2" in g.source for g in trtpack.inspect(path).manifest.guards)
+
+    def drop(m):  # as if the guard were outside the manifest's language
+        for g in m["guards"]:
+            if "% 2" in g["source"]:
+                del g["expr"]
+
+    bad = rewrite(path, tmp_path / "unexpressed.trtpack", edit_manifest=drop)
+    pack = trtpack.load(bad, device="cpu")
+    got, want = pack(*args, **kwargs), pm.GuardedDecoder()(*args, **kwargs)
+    torch.testing.assert_close(got.logits, want.logits)
+    odd_args, odd_kwargs = pm.example(seq=3)
+    with pytest.raises(trtpack.InputMismatchError, match="program's own guard code"):
+        pack(*odd_args, **odd_kwargs)

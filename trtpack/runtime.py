@@ -206,9 +206,11 @@ class LoadedPack:
             if ep is None:
                 raise ManifestError(f"{self.info.path}: guards the manifest cannot express "
                                     "need the program, and the pack has none")  # fmt: skip
-            from .format.pytree import unflatten_call
+            import torch.utils._pytree as pytree
 
-            ep.example_inputs = unflatten_call(self.manifest.input_tree, _opt_inputs(self.manifest))
+            # torch's own spec rebuilds the call, registered pytree classes (a cache) included
+            args, kwargs = pytree.tree_unflatten(_opt_inputs(self.manifest), ep.call_spec.in_spec)
+            ep.example_inputs = (tuple(args), dict(kwargs))
             fn = getattr(ep.module(), "_guards_fn", None)
             if fn is None:
                 raise ManifestError(f"{self.info.path}: torch built no guard check for the "

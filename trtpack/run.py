@@ -19,7 +19,7 @@ import torch
 from .errors import InputMismatchError, TrtpackError
 from .format.container import PathLike
 from .format.manifest import Manifest, parse_dim
-from .runtime import LoadedPack, load
+from .runtime import load
 
 Size = Literal["opt", "min", "max", "random"]
 
@@ -103,18 +103,6 @@ def sample_leaves(
     return leaves
 
 
-def _call_of(pack: LoadedPack, leaves: list[Any]) -> tuple[tuple, dict]:
-    program = pack.exported_program
-    if program is not None:  # torch's own spec rebuilds registered pytree classes too
-        import torch.utils._pytree as pytree
-
-        args, kwargs = pytree.tree_unflatten(leaves, program.call_spec.in_spec)
-        return tuple(args), dict(kwargs)
-    from .format.pytree import unflatten_call
-
-    return unflatten_call(pack.manifest.input_tree, leaves)
-
-
 def _flat_outputs(value: Any) -> list[Any]:
     import torch.utils._pytree as pytree
 
@@ -155,7 +143,7 @@ def run_pack(
             if inputs and spec.name in inputs:
                 value = inputs[spec.name]
                 leaves[i] = value.to(pack.device) if isinstance(value, torch.Tensor) else value
-        args, kwargs = _call_of(pack, leaves)
+        args, kwargs = pack.call_of(leaves)
         try:
             pack.check_inputs(*args, **kwargs)
             break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
@@ -163,6 +163,21 @@ class LoadedPack:
                     lambda: load_program(reader, self.manifest, device=self.device),
                 )  # fmt: skip
         return self._exported_program
+
+    def call_of(self, leaves: Sequence[Any]) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of a call from its flat leaves (manifest input order): nested by
+        the manifest's tree, or — when it holds registered pytree classes (a cache), which only
+        their Python types rebuild — by the program's own spec."""
+        from .format.pytree import custom_type_names, unflatten_call
+
+        tree = self.manifest.input_tree
+        program = self.exported_program if custom_type_names(tree) else None
+        if program is None:
+            return unflatten_call(tree, leaves)
+        import torch.utils._pytree as pytree
+
+        args, kwargs = pytree.tree_unflatten(list(leaves), program.call_spec.in_spec)
+        return tuple(args), dict(kwargs)
 
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
         """Check a call against the manifest without running it. Raises InputMismatchError."""

@@ -198,7 +198,6 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
             tensors = read_samples(reader, samples)
     tolerance = samples.tolerance_of(pack.variant if pack.backend != "exported_program" else None)
     report = CheckReport(pack.backend, pack.variant, tolerance, samples.count)
-    program = pack.exported_program
     for i in range(samples.count):
         leaves: list[Any] = []
         for spec in manifest.inputs:
@@ -211,12 +210,7 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
                 leaves.append(int(stored))
             else:
                 leaves.append(spec.value)
-        if program is not None:
-            args, kwargs = pytree.tree_unflatten(leaves, program.call_spec.in_spec)
-        else:
-            from .format.pytree import unflatten_call
-
-            args, kwargs = unflatten_call(manifest.input_tree, leaves)
+        args, kwargs = pack.call_of(leaves)
         got = pytree.tree_leaves(pack(*args, **kwargs))
         for spec, value in zip(manifest.outputs, got):
             want = tensors.get(f"sample{i}/output/{spec.name}")

@@ -11,7 +11,6 @@ import torch
 
 from ..errors import InputMismatchError
 from ..format.manifest import Manifest
-from ..format.pytree import unflatten_call
 
 
 def predict(pack: Any, model_input: Any) -> Any:
@@ -49,7 +48,7 @@ def predict(pack: Any, model_input: Any) -> Any:
         value = given[spec.name]
         t = value if torch.is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
         leaves.append(t.to(device=pack.device, dtype=getattr(torch, spec.dtype or "float32")))
-    args, kwargs = unflatten_call(manifest.input_tree, leaves)
+    args, kwargs = pack.call_of(leaves)
     with torch.no_grad():
         out = pack(*args, **kwargs)
     flat = torch.utils._pytree.tree_leaves(out)

@@ -72,7 +72,6 @@ class TritonPythonModel:
             import triton_python_backend_utils as pb_utils
 
             import trtpack
-            from trtpack.format.pytree import unflatten_call
             from trtpack.integrations.triton import PACK_FILE, PACK_PARAMETER, python_interface
         except ImportError as e:
             raise ImportError(
@@ -83,7 +82,7 @@ class TritonPythonModel:
                 f"--site-dir` or {SITE_DIRS_ENV} in the server's environment "
                 f"(sys.path: {sys.path})"
             ) from e
-        self.torch, self.pb, self.trtpack, self.unflatten = torch, pb_utils, trtpack, unflatten_call
+        self.torch, self.pb, self.trtpack = torch, pb_utils, trtpack
         params = config.get("parameters") or {}
         pack_file = (params.get(PACK_PARAMETER) or {}).get("string_value") or PACK_FILE
         path = Path(__file__).resolve().parent / pack_file
@@ -159,7 +158,7 @@ class TritonPythonModel:
                 leaves.append(value.reshape(-1)[0].item() if value.numel() == 1 else value)
             else:
                 leaves.append((value.reshape(()) if t.scalar else value).to(self.pack.device))
-        args, kwargs = self.unflatten(manifest.input_tree, leaves)
+        args, kwargs = self.pack.call_of(leaves)
         out = self.pack(*args, **kwargs)
         flat = torch.utils._pytree.tree_leaves(out, is_leaf=lambda v: v is None)
         if len(flat) != len(manifest.outputs):

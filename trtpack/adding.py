@@ -136,7 +136,7 @@ def _variants_from_pack(
                 names += [v.program.graph, v.program.weights]
             for n in names:
                 member = other.members[n]
-                reader.verify(n, member.sha256, member.size)
+                reader.verify(n, member)
                 members[n] = reader.slice(n)
             variants.append(v if name is None else _renamed(v, name, members))
         return variants, members

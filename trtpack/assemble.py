@@ -16,12 +16,20 @@ from dataclasses import dataclass, field
 
 from ._version import __version__
 from .errors import EngineError, TrtpackError
-from .format.container import MemberDigest, PathLike, Source, pack_bytes, write_pack
+from .format.container import (
+    DIGEST_CHUNK,
+    MemberDigest,
+    PathLike,
+    Source,
+    pack_bytes,
+    write_pack,
+)
 from .format.manifest import (
     FORMAT_VERSION,
     Interface,
     Manifest,
     Member,
+    MemberChunks,
     Producer,
     ProgramRef,
     Samples,
@@ -76,12 +84,17 @@ class PackParts:
             format_version=FORMAT_VERSION,
             producer=self.producer or producer(with_engines=bool(self.engines)),
             interface=self.interface,
-            members={name: Member(d.sha256, d.size) for name, d in sorted(digests.items())},
+            members={name: _member(d) for name, d in sorted(digests.items())},
             program=self.program,
             engines=self.engines,
             metadata=dict(self.metadata),
             samples=self.samples,
         )
+
+
+def _member(d: MemberDigest) -> Member:
+    chunks = None if d.chunks is None else MemberChunks(DIGEST_CHUNK, d.chunks)
+    return Member(d.sha256, d.size, chunks)
 
 
 def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackInfo:

@@ -180,5 +180,5 @@ def _program(reader: PackReader, m: Manifest) -> Any:
     """The pack's ExportedProgram, its members checked against their SHA-256 first."""
     assert m.program is not None
     for name in (m.program.graph, m.program.weights):
-        reader.verify(name, m.members[name].sha256, m.members[name].size)
+        reader.verify(name, m.members[name])
     return load_program(reader, m)

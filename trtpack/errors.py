@@ -55,7 +55,13 @@ class MissingMemberError(IntegrityError):
 
 
 class ManifestError(TrtpackError):
-    """The manifest is not valid JSON, fails the JSON Schema, or is inconsistent."""
+    """The manifest is not valid JSON, fails the JSON Schema, or is inconsistent. ``field``
+    (a JSON path), ``expected`` and ``got`` are set where one field is at fault."""
+
+    def __init__(self, *args: object, field: str | None = None, expected: object = None,
+                 got: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.field, self.expected, self.got = field, expected, got
 
 
 class UnsupportedVersionError(TrtpackError):

@@ -146,7 +146,7 @@ def verify(path: PathLike) -> PackInfo:
 
     with open_pack(path) as (reader, info):
         for name, member in info.manifest.members.items():
-            reader.verify(name, member.sha256, member.size)
+            reader.verify(name, member)
         for variant in info.manifest.engines:
             check_variant_plans(reader.view, variant, f"{reader.path}: ")
         return info

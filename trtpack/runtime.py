@@ -33,11 +33,9 @@ def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Calla
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
-    reader.verify(graph, manifest.members[graph].sha256, manifest.members[graph].size)
+    reader.verify(graph, manifest.members[graph])
     with ThreadPoolExecutor(1) as pool:
-        check = pool.submit(
-            reader.verify, weights, manifest.members[weights].sha256, manifest.members[weights].size
-        )
+        check = pool.submit(reader.verify, weights, manifest.members[weights])
         try:
             result = build()
         finally:

@@ -194,7 +194,7 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
 
         with Reader(pack.info.path) as reader:
             member = manifest.members[samples.member]
-            reader.verify(samples.member, member.sha256, member.size)
+            reader.verify(samples.member, member)
             tensors = read_samples(reader, samples)
     tolerance = samples.tolerance_of(pack.variant if pack.backend != "exported_program" else None)
     report = CheckReport(pack.backend, pack.variant, tolerance, samples.count)

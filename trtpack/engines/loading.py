@@ -75,7 +75,7 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
     if verify:
         for name in names:
             m = manifest.members[name]
-            reader.verify(name, m.sha256, m.size)
+            reader.verify(name, m)
     check_variant_plans(reader.view, v, "")
 
 

@@ -17,6 +17,8 @@ padding from the central directory; reading stays with :mod:`zipfile`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import itertools
 import mmap
@@ -25,6 +27,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,10 +43,13 @@ from ..errors import (
 from .atomic import atomic_write
 from .atomic import fsync_dir as _fsync_dir  # noqa: F401
 from .limits import MAX_MEMBERS, refuse
-from .manifest import MANIFEST_NAME
+from .manifest import MANIFEST_NAME, Member
 
 ALIGNMENT = 4096
 _CHUNK = 8 << 20
+#: members larger than this also record the SHA-256 of each piece of this size (format 1.3),
+#: so that verifying them uses every core; the manifest records the size it used
+DIGEST_CHUNK = 16 << 20
 _ZIP_VERSION = 45  # 4.5: ZIP64
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the earliest a zip can say
 _DOS_TIME = 0
@@ -62,6 +68,8 @@ class MemberDigest:
     sha256: str
     size: int
     crc32: int
+    #: SHA-256 of each DIGEST_CHUNK piece, for a member over one piece (format 1.3)
+    chunks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,37 +124,147 @@ def source_size(source: Source) -> int:
     return memoryview(source).nbytes
 
 
+def _pieces(source: Source) -> Iterator[list[memoryview]]:
+    """The member's bytes as consecutive DIGEST_CHUNK-byte pieces (the last may be shorter),
+    each a list of views: a piece of a Chunks source may span several of its buffers."""
+    piece: list[memoryview] = []
+    filled = 0
+    for view in _chunks(source):
+        while view:
+            take = min(len(view), DIGEST_CHUNK - filled)
+            piece.append(view[:take])
+            filled += take
+            view = view[take:]
+            if filled == DIGEST_CHUNK:
+                yield piece
+                piece, filled = [], 0
+    if piece:
+        yield piece
+
+
+def _piece_digest(piece: list[memoryview], with_sha: bool) -> tuple[str | None, int, int]:
+    sha = hashlib.sha256() if with_sha else None
+    crc = 0
+    for view in piece:
+        if sha is not None:
+            sha.update(view)
+        crc = zlib.crc32(view, crc)
+    return (sha.hexdigest() if sha is not None else None), crc, sum(len(v) for v in piece)
+
+
 class _Hasher:
-    """SHA-256 on a worker thread, CRC-32 on the caller's: both release the GIL, so hashing
-    overlaps with writing and the two hashes overlap with each other."""
+    """A member's digests, computed while it is written. The whole member's SHA-256 is
+    sequential by construction, so it runs on a thread of its own; each piece's CRC-32 (and,
+    for a member over one DIGEST_CHUNK, its SHA-256) runs on a pool, and the CRCs are
+    combined. hashlib and zlib release the GIL: hashing uses every core and overlaps with
+    the write."""
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self._pool = pool
+    def __init__(self, pools: _Pools, size: int) -> None:
+        self._pools = pools
+        self._chunked = size > DIGEST_CHUNK
         self._sha = hashlib.sha256()
-        self._pending: list[Future[None]] = []
-        self.crc = 0
-        self.size = 0
+        self._whole: deque[Future[None]] = deque()
+        self._pieces: list[Future[tuple[str | None, int, int]]] = []
+        self._in_flight: deque[Future[tuple[str | None, int, int]]] = deque()
 
-    def update(self, chunk: memoryview) -> None:
-        self._pending.append(self._pool.submit(self._sha.update, chunk))
-        if len(self._pending) > 4:  # bound the chunks in flight
-            self._pending.pop(0).result()
-        self.crc = zlib.crc32(chunk, self.crc)
-        self.size += len(chunk)
+    def update(self, piece: list[memoryview]) -> None:
+        for view in piece:
+            self._whole.append(self._pools.whole.submit(self._sha.update, view))
+        job = self._pools.pieces.submit(_piece_digest, piece, self._chunked)
+        self._pieces.append(job)
+        self._in_flight.append(job)
+        # bound the bytes in flight (a FileSlice reads a fresh buffer per piece)
+        while len(self._in_flight) > 2 * self._pools.workers:
+            self._in_flight.popleft().result()
+        while len(self._whole) > 8 * self._pools.workers:
+            self._whole.popleft().result()
 
     def result(self) -> MemberDigest:
-        for f in self._pending:
+        for f in self._whole:
             f.result()
-        return MemberDigest(self._sha.hexdigest(), self.size, self.crc)
+        crc, size, chunks = 0, 0, []
+        for job in self._pieces:
+            sha, piece_crc, n = job.result()
+            crc = crc32_combine(crc, piece_crc, n) if size else piece_crc
+            size += n
+            chunks.append(sha)
+        return MemberDigest(
+            self._sha.hexdigest(),
+            size,
+            crc,
+            tuple(c for c in chunks if c is not None) if self._chunked else None,
+        )
+
+
+@dataclass
+class _Pools:
+    """The hashing threads of one write: one for whole-member SHA-256s (in order), the rest
+    for pieces."""
+
+    whole: ThreadPoolExecutor
+    pieces: ThreadPoolExecutor
+    workers: int
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls) -> Iterator[_Pools]:
+        workers = max(1, os.cpu_count() or 1)
+        with ThreadPoolExecutor(1) as whole, ThreadPoolExecutor(workers) as pieces:
+            yield cls(whole, pieces, workers)
 
 
 def digest(source: Source) -> MemberDigest:
-    """SHA-256, size and CRC-32 of a member's bytes, in one pass."""
-    with ThreadPoolExecutor(1) as pool:
-        h = _Hasher(pool)
-        for chunk in _chunks(source):
-            h.update(chunk)
+    """SHA-256 (whole and per piece), size and CRC-32 of a member's bytes, in one pass."""
+    with _Pools.open() as pools:
+        h = _Hasher(pools, source_size(source))
+        for piece in _pieces(source):
+            h.update(piece)
         return h.result()
+
+
+def piece_count(size: int) -> int:
+    """How many DIGEST_CHUNK pieces a member of ``size`` bytes has digests for (0: none,
+    a member of at most one piece is covered by its whole SHA-256)."""
+    return -(-size // DIGEST_CHUNK) if size > DIGEST_CHUNK else 0
+
+
+# --- CRC-32 of concatenated pieces (zlib's crc32_combine, which Python's zlib lacks) ---------
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    out, i = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+def _gf2_compose(a: list[int], b: list[int]) -> list[int]:
+    """The operator ``a`` after ``b``."""
+    return [_gf2_times(a, column) for column in b]
+
+
+@functools.lru_cache(maxsize=16)
+def _append_zeros(nbytes: int) -> list[int]:
+    """The linear operator on a CRC-32 register that appends ``nbytes`` zero bytes."""
+    op = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    for _ in range(3):
+        op = _gf2_compose(op, op)  # eight bits: one byte
+    result = [1 << n for n in range(32)]  # identity
+    while nbytes:
+        if nbytes & 1:
+            result = _gf2_compose(op, result)
+        nbytes >>= 1
+        if nbytes:
+            op = _gf2_compose(op, op)
+    return result
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)``."""
+    return _gf2_times(_append_zeros(len2), crc1) ^ crc2 if len2 else crc1
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -200,9 +318,9 @@ class _ZipWriter:
     """Writes entries in one pass over their bytes. The CRC-32 sits in the local header, before
     the data, so each header is written with a zero CRC and patched once the data is hashed."""
 
-    def __init__(self, fp: BinaryIO, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, fp: BinaryIO, pools: _Pools) -> None:
         self.fp = fp
-        self.pool = pool
+        self.pools = pools
         self.pos = 0
         self.entries: list[_Entry] = []
 
@@ -226,10 +344,11 @@ class _ZipWriter:
         size = source_size(source)
         entry, extra = self._header(name, size, align)
         self._write(_local_header(entry.name, entry.flags, 0, extra) + extra)
-        h = _Hasher(self.pool)
-        for chunk in _chunks(source):
-            self._write(chunk)
-            h.update(chunk)
+        h = _Hasher(self.pools, size)
+        for piece in _pieces(source):
+            for view in piece:
+                self._write(view)
+            h.update(piece)
         entry.digest = h.result()
         if entry.digest.size != size:
             raise IntegrityError(f"member {name!r} changed size while being written")
@@ -315,6 +434,12 @@ class _ZipWriter:
 
 
 _PLACEHOLDER = "0" * 64
+
+
+def _placeholder_chunks(size: int) -> tuple[str, ...] | None:
+    return (_PLACEHOLDER,) * piece_count(size) if size > DIGEST_CHUNK else None
+
+
 #: directory bytes per entry that the cap on entries allows (46-byte header, a long name,
 #: ZIP64 and alignment extras)
 _MAX_ENTRY_BYTES = 512
@@ -396,9 +521,11 @@ def _write_zip(
     make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
 ) -> dict[str, MemberDigest]:
     sizes = {name: source_size(src) for name, src in members.items()}
-    draft = make_manifest({n: MemberDigest(_PLACEHOLDER, s, 0) for n, s in sizes.items()})
-    with ThreadPoolExecutor(1) as pool:
-        w = _ZipWriter(f, pool)
+    draft = make_manifest(
+        {n: MemberDigest(_PLACEHOLDER, s, 0, _placeholder_chunks(s)) for n, s in sizes.items()}
+    )
+    with _Pools.open() as pools:
+        w = _ZipWriter(f, pools)
         slot = w.reserve(MANIFEST_NAME, len(draft))
         digests = {name: w.add(name, members[name], align=ALIGNMENT) for name in sorted(members)}
         final = make_manifest(digests)
@@ -698,20 +825,40 @@ class PackReader:
             return self.view(name)
         return FileSlice(self.path, info.offset, info.size)
 
-    def verify(self, name: str, sha256: str, size: int) -> None:
-        """Check a member against its recorded SHA-256 and size; raise IntegrityError if not."""
+    def verify(self, name: str, member: Member) -> None:
+        """Check a member against the manifest's record of it (size, and the SHA-256 of each
+        piece when recorded, else of the whole); raise IntegrityError naming what differs.
+        Pieces are hashed in place (the map is not copied), on every core."""
         info = self.info(name)
-        if info.size != size:
+        if info.size != member.size:
             raise IntegrityError(
-                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says {size}"
-            )
-        sha = hashlib.sha256()
+                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says "
+                f"{member.size}",
+                member=name, field="size", expected=member.size, got=info.size,
+            )  # fmt: skip
         view = self.view(name)
-        for start in range(0, len(view), _CHUNK):  # hashed in place: the map is not copied
-            sha.update(view[start : start + _CHUNK])
-        got = sha.hexdigest()
-        if got != sha256:
-            raise IntegrityError(
-                f"{self.path}: member {name!r} is corrupt: SHA-256 {got[:16]}… does not match "
-                f"the manifest's {sha256[:16]}…"
+        if member.chunks is None:
+            sha = hashlib.sha256()
+            for start in range(0, len(view), _CHUNK):
+                sha.update(view[start : start + _CHUNK])
+            self._compare(name, "sha256", member.sha256, sha.hexdigest())
+            return
+        step = member.chunks.size
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+            got = list(
+                pool.map(
+                    lambda start: hashlib.sha256(view[start : start + step]).hexdigest(),
+                    range(0, len(view), step),
+                )
             )
+        for index, (expected, actual) in enumerate(zip(member.chunks.sha256, got, strict=True)):
+            where = f" (bytes {index * step}..{min((index + 1) * step, len(view))})"
+            self._compare(name, f"chunks.sha256[{index}]", expected, actual, where)
+
+    def _compare(self, name: str, field: str, expected: str, got: str, where: str = "") -> None:
+        if got != expected:
+            raise IntegrityError(
+                f"{self.path}: member {name!r} is corrupt{where}: SHA-256 {got[:16]}… does not "
+                f"match the manifest's {expected[:16]}…",
+                member=name, field=field, expected=expected, got=got,
+            )  # fmt: skip

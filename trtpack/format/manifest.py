@@ -24,7 +24,7 @@ from ..errors import ArgumentTypeError, ManifestError, UnsupportedVersionError
 
 FORMAT_NAME = "trtpack"
 #: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
-FORMAT_VERSION: tuple[int, int] = (1, 2)
+FORMAT_VERSION: tuple[int, int] = (1, 3)
 #: The name of the first member of every pack.
 MANIFEST_NAME = "manifest.json"
 
@@ -81,9 +81,23 @@ class Symbol:
 
 
 @dataclass(frozen=True)
+class MemberChunks:
+    """The SHA-256 of each ``size``-byte piece of a member, in order, the last possibly
+    shorter (format 1.3): verifying them uses every core, where one SHA-256 of the whole
+    member is sequential."""
+
+    size: int
+    sha256: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Member:
+    """A member's size and SHA-256 (of its whole bytes: what OCI layer digests and
+    model_signing's file digests are); ``chunks`` for members over one piece."""
+
     sha256: str
     size: int
+    chunks: MemberChunks | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,8 @@ class Target:
     hardware_compatibility: str
     version_compatible: bool
     future_gpus: bool | None = None
+    #: a version-compatible plan that carries the lean runtime: host code (format 1.3)
+    embeds_lean_runtime: bool | None = None
     platform: str | None = None
     cuda_runtime: str | None = None
 
@@ -407,6 +423,14 @@ class Manifest:
         for member in referenced:
             if member not in self.members:
                 raise ManifestError(f"{member!r} is referenced but not listed in members")
+        for name, m in self.members.items():
+            if m.chunks is not None and len(m.chunks.sha256) != -(-m.size // m.chunks.size):
+                raise ManifestError(
+                    f"member {name!r}: {len(m.chunks.sha256)} chunk digests, but {m.size} bytes "
+                    f"in pieces of {m.chunks.size} make {-(-m.size // m.chunks.size)}",
+                    field=f"members/{name}/chunks", expected=-(-m.size // m.chunks.size),
+                    got=len(m.chunks.sha256),
+                )  # fmt: skip
 
     def _check_paths(self) -> None:
         """Each input's and output's ``path`` is the one its position in the tree gives, and

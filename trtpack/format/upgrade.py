@@ -53,6 +53,13 @@ def _v1_1_to_v1_2(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v1_2_to_v1_3(data: dict[str, Any]) -> dict[str, Any]:
+    # 1.3 adds two optional fields: members' per-piece digests (a 1.2 member is verified by its
+    # whole SHA-256, as before) and whether a version-compatible plan embeds the lean runtime
+    # (not recorded in 1.2: such a variant is loaded without host code allowed, see SPEC).
+    return data
+
+
 #: every step, keyed by the version it starts from
 STEPS: dict[Version, Step] = {
     (1, 0): Step(
@@ -60,6 +67,9 @@ STEPS: dict[Version, Step] = {
     ),
     (1, 1): Step(
         (1, 1), (1, 2), _v1_1_to_v1_2, summary="no reference samples; bare plans marked described"
+    ),
+    (1, 2): Step(
+        (1, 2), (1, 3), _v1_2_to_v1_3, summary="members verified whole (no piece digests)"
     ),
 }
 

@@ -316,12 +316,12 @@ def export_triton(
             (staging / "config.pbtxt").write_text(text)
             for fname, member in files.items():
                 m = info.manifest.members[member]
-                reader.verify(member, m.sha256, m.size)
+                reader.verify(member, m)
                 with open(staging / "1" / fname, "wb") as f:
                     f.write(reader.view(member))
             if backend == "python":
                 for member, m in info.manifest.members.items():
-                    reader.verify(member, m.sha256, m.size)  # a corrupt pack is not published
+                    reader.verify(member, m)  # a corrupt pack is not published
                 shutil.copyfile(info.path, staging / "1" / PACK_FILE)
                 (staging / "1" / "model.py").write_text(code)
             _move_into_place(staging, target)

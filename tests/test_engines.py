@@ -18,6 +18,7 @@ from trtpack.engines.plan import parse_plan
 from trtpack.engines.select import Environment, choose, why_not
 from trtpack.format.container import PackReader
 from trtpack.format.manifest import Target
+from trtpack.info import render
 
 pytest.importorskip("tensorrt_rtx")
 
@@ -469,3 +470,159 @@ def test_calls_outside_the_profile_route_to_the_program_when_asked(exported, tmp
     )  # fmt: skip
     with pytest.raises(trtpack.InputMismatchError, match="outside the optimization profile"):
         strict(x, mask=mask, bias=bias)
+
+
+# --- version-compatible plans: the lean runtime and host code (format 1.3) -------------------
+
+VC = Target("tensorrt", "10.13.3.9", ("9.0",), "none", True, platform="linux_x86_64",
+            embeds_lean_runtime=False)  # fmt: skip
+VC_HOST = Target("tensorrt", "10.13.3.9", ("9.0",), "none", True, platform="linux_x86_64",
+                 embeds_lean_runtime=True)  # fmt: skip
+ENV_LEAN = Environment(gpu=(9, 0), lean_runtime="11.4.0.106", platform="linux_x86_64",
+                       torch_tensorrt_problem="torch_tensorrt is not installed")  # fmt: skip
+ENV_LEAN_TRUSTED = Environment(**{**ENV_LEAN.__dict__, "host_code_allowed": True})
+ENV_BOTH = Environment(**{**ENV_TRT_SM90.__dict__, "lean_runtime": "11.4.0.106"})
+
+
+@pytest.mark.parametrize(
+    ("target", "env", "whole_graph", "reason", "runtime"),
+    [
+        # the lean runtime runs a version-compatible whole-graph engine, by the support matrix
+        (VC, ENV_LEAN, True, None, "tensorrt_lean"),
+        (VC, ENV_LEAN, False, "the lean runtime runs whole-graph engines only", None),
+        (Target("tensorrt", "8.6.1.6", ("9.0",), "none", True), ENV_LEAN, True,
+         "not on this runtime 11.4.0.106", None),
+        (TRT, ENV_LEAN, True, "torch_tensorrt is not installed", None),  # not version-compatible
+        (RTX, Environment(**{**ENV_LEAN.__dict__, "gpu": (8, 6)}), True,
+         "torch_tensorrt is not installed", None),
+        # torch_tensorrt first where it runs the engine
+        (VC, ENV_BOTH, True, None, "torch_tensorrt"),
+        # an embedded lean runtime is host code: only when allowed, and only on the lean runtime
+        (VC_HOST, ENV_LEAN, True, "lean runtime, which is host code", None),
+        (VC_HOST, ENV_BOTH, True, "lean runtime, which is host code", None),
+        (VC_HOST, ENV_LEAN_TRUSTED, True, None, "tensorrt_lean"),
+        (VC_HOST, Environment(**{**ENV_TRT_SM90.__dict__, "host_code_allowed": True}), True,
+         "torch_tensorrt cannot run plans with host code", None),
+        (VC_HOST, Environment(**{**ENV_LEAN_TRUSTED.__dict__, "gpu": (8, 0)}), True,
+         "this GPU is 8.0", None),  # facts about the GPU still come first
+    ],
+)  # fmt: skip
+def test_lean_runtime_and_host_code_rules(target, env, whole_graph, reason, runtime):
+    from trtpack.engines.select import runtime_for
+
+    got = why_not(target, env, whole_graph=whole_graph)
+    if reason is None:
+        assert got is None and runtime_for(target, env, whole_graph=whole_graph) == runtime
+    else:
+        assert got is not None and reason in got, got
+
+
+def _standard_plan(tmp_path, names=(b"x", b"out")):
+    """A standard TensorRT 10.13 plan header (the only part trtpack reads without a GPU)."""
+    path = tmp_path / "vc.plan"
+    header = b"ftrt" + struct.pack("<I", 0) + bytes(16) + bytes([10, 13, 3, 9]) + bytes(36)
+    path.write_bytes(header + b"\0".join(names) + bytes(64))
+    return path
+
+
+def test_a_version_compatible_bare_plan_is_recorded_as_built(tmp_path):
+    from trtpack.cli import main
+
+    plan, out = _standard_plan(tmp_path), tmp_path / "vc.trtpack"
+    assert main(["pack", str(plan), "--input-spec", "x:float32[batch=1..8@4,16]",
+                 "--output-spec", "out:float32[batch,4]", "--version-compatible", "lean-embedded",
+                 "-o", str(out)]) == 0  # fmt: skip
+    (v,) = trtpack.inspect(out).manifest.engines
+    assert v.target.version_compatible and v.target.embeds_lean_runtime and v.described
+    assert "lean runtime embedded (host code" in render(trtpack.inspect(out))
+    excluded = trtpack.migrate(
+        plan,
+        tmp_path / "x.trtpack",
+        inputs=["x:float32[1..8@4,16]"],
+        outputs=["out:float32[1]"],
+        version_compatible="lean_excluded",
+    )
+    assert excluded.manifest.engines[0].target.embeds_lean_runtime is False
+    with pytest.raises(trtpack.MigrationError, match="not a bare plan"):
+        trtpack.migrate(out, tmp_path / "y.trtpack", version_compatible="lean_embedded")
+
+
+def test_version_compatible_is_refused_for_rtx_plans(program_pack, plans):
+    with pytest.raises(trtpack.EngineError, match="only standard TensorRT builds") as e:
+        trtpack.add_engine(program_pack, plans["sm80"], version_compatible="lean_embedded")
+    assert (e.value.field, e.value.got) == ("version_compatible", "tensorrt_rtx")
+    with pytest.raises(trtpack.EngineError, match="must be one of"):
+        trtpack.add_engine(program_pack, plans["sm80"], version_compatible="yes")
+
+
+def test_host_code_is_gated_before_any_runtime_sees_the_plan(tmp_path):
+    """The real load path with a GPU machine's facts: an embedded lean runtime is refused
+    unless trusted; trusted, the plan goes to the lean runner (tensorrt_lean is not installed
+    in this environment: its import is what stops it, as a named reason)."""
+    plan = _standard_plan(tmp_path)
+    pack = trtpack.migrate(
+        plan,
+        tmp_path / "vc.trtpack",
+        inputs=["x:float32[1..8@4,16]"],
+        outputs=["out:float32[1]"],
+        version_compatible="lean_embedded",
+    ).path
+    manifest = trtpack.inspect(pack).manifest
+    with PackReader(pack) as reader:
+        refused = load_engines(
+            reader,
+            manifest,
+            torch.device("cuda", 0),
+            verify=True,
+            require_engine=False,
+            variant=None,
+            environment=ENV_LEAN,
+        )
+        trusted = load_engines(reader, manifest, torch.device("cuda", 0), verify=True,
+                               require_engine=False, variant=None, environment=ENV_LEAN,
+                               host_code_allowed=True)  # fmt: skip
+    assert refused.runner is None and "require_signature" in refused.reason
+    assert trusted.runner is None and "tensorrt_lean" in trusted.reason, trusted.reason
+
+
+@pytest.mark.engine
+def test_lean_runtime_runs_a_version_compatible_engine(tmp_path):
+    """Live: the full TensorRT builder makes a version-compatible plan (lean runtime embedded)
+    of y = x @ W; trtpack packs it, loads it on the lean runtime from a trusted pack, and the
+    result matches torch. Needs a CUDA GPU, tensorrt (the builder) and tensorrt_lean."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    trt = pytest.importorskip(
+        "tensorrt", reason="the full TensorRT builder is not installable here"
+    )
+    pytest.importorskip("tensorrt_lean")
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    x = network.add_input("x", trt.float32, (-1, 16))
+    weights = network.add_constant((16, 4), trt.Weights(w))
+    mm = network.add_matrix_multiply(x, trt.MatrixOperation.NONE, weights.get_output(0),
+                                     trt.MatrixOperation.NONE)  # fmt: skip
+    mm.get_output(0).name = "out"
+    network.mark_output(mm.get_output(0))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 16), (4, 16), (8, 16))
+    config.add_optimization_profile(profile)
+    plan = tmp_path / "vc.plan"
+    plan.write_bytes(bytes(builder.build_serialized_network(network, config)))
+    pack = trtpack.migrate(
+        plan,
+        tmp_path / "vc.trtpack",
+        inputs=["x:float32[batch=1..8@4,16]"],
+        outputs=["out:float32[batch,4]"],
+        version_compatible="lean_embedded",
+    ).path
+    with pytest.raises(trtpack.NoUsableEngineError, match="host code"):
+        trtpack.load(pack, require_engine=True)
+    m = trtpack.load(pack, require_engine=True, trust_engine_host_code=True)
+    xs = torch.randn(3, 16, device="cuda")
+    torch.testing.assert_close(m(xs), xs @ torch.from_numpy(w).cuda())

@@ -26,15 +26,31 @@ def add_engine(
     *,
     variant: str | None = None,
     out: PathLike | None = None,
+    version_compatible: str | None = None,
 ) -> PackInfo:
     """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place).
 
     ``source`` is another .trtpack of the same model (its variants are taken), a bare plan
     file (a whole-graph engine whose bindings are the manifest's inputs and outputs), or a
     module from ``trtpack.compile``. The pack's other members are copied byte for byte.
+    ``version_compatible`` (a bare TensorRT plan): ``"lean_embedded"`` or ``"lean_excluded"``,
+    as the plan was built (its header does not say; an embedded lean runtime is host code).
     """
 
-    return add_variants(pack, lambda _reader, m: _variants_from(source, m, variant), out=out)
+    def make(_reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
+        variants, members = _variants_from(source, m, variant)
+        if version_compatible is not None:
+            from .engines.variants import declare_version_compatible
+
+            if not all(v.described for v in variants):  # described: exactly the bare plans
+                raise EngineError(f"version_compatible describes a bare plan; {source!r} is not "
+                                  "one", field="version_compatible")  # fmt: skip
+            where = str(source) if isinstance(source, (str, Path)) else "engine"
+            variants = [declare_version_compatible(v, version_compatible, where=where)
+                        for v in variants]  # fmt: skip
+        return variants, members
+
+    return add_variants(pack, make, out=out)
 
 
 #: (the pack's reader, its manifest) -> the new variants and their members

@@ -125,7 +125,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         inputs += more_in
         outputs += more_out
     info = migrate(args.engine, args.output, overwrite=args.force, inputs=inputs,
-                   outputs=outputs, variant=args.variant)  # fmt: skip
+                   outputs=outputs, variant=args.variant,
+                   version_compatible=_vc(args.version_compatible))  # fmt: skip
     line = f"{info.path}: engine variant {info.manifest.engines[0].name}  {info.digest}"
     return _report(args, _written(info), line)
 
@@ -167,7 +168,8 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
         from .errors import OutputExistsError
 
         raise OutputExistsError(args.output)
-    info = add_engine(args.pack, args.source, variant=args.variant, out=args.output)
+    info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
+                      version_compatible=_vc(args.version_compatible))  # fmt: skip
     names = ", ".join(v.name for v in info.manifest.engines)
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
@@ -386,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pack", help="the .trtpack to add to (replaced atomically unless -o)")
     p.add_argument("source", help="a .plan (whole-graph engine) or a .trtpack with variants")
     p.add_argument("--variant", help="name of the new variant (default: from its target GPUs)")
+    _version_compatible_option(p)
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -441,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an output, same form (dims: N or a dim name)")  # fmt: skip
     p.add_argument("--inputs-json", help='a JSON file {"inputs": [...], "outputs": [...]}')
     p.add_argument("--variant", help="name of the engine variant (default: from its GPUs)")
+    _version_compatible_option(p)
     p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -590,3 +594,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+def _version_compatible_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--version-compatible",
+        choices=["lean-embedded", "lean-excluded"],
+        help="the plan was built version-compatible (a standard TensorRT plan's header does not "
+        "say), with the lean runtime embedded (host code: loaded only from a signed or trusted "
+        "pack) or excluded (--excludeLeanRuntime)",
+    )
+
+
+def _vc(option: str | None) -> str | None:
+    return option.replace("-", "_") if option else None

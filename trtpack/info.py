@@ -211,6 +211,9 @@ def _engine_lines(m: Manifest) -> list[str]:
             gpus += " and newer"
         flags = [f"hardware-compatible: {t.hardware_compatibility}"]
         flags.append("version-compatible" if t.version_compatible else "not version-compatible")
+        if t.embeds_lean_runtime is not None:
+            flags.append("lean runtime embedded (host code: loads only signed or trusted)"
+                         if t.embeds_lean_runtime else "lean runtime excluded")  # fmt: skip
         if t.platform:
             flags.append(t.platform)
         if t.cuda_runtime:

@@ -287,6 +287,7 @@ def load(
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,
     check: bool = False,
+    trust_engine_host_code: bool = False,
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -303,6 +304,10 @@ def load(
     ``PATH.sig``) must verify with it before any member but the manifest is read
     (SignatureError / UnsignedPackError otherwise).
 
+    ``trust_engine_host_code``: let TensorRT run host code a plan carries (a
+    version-compatible plan with the lean runtime embedded, as the manifest records). Without
+    it such a variant is used only when ``require_signature`` verified the pack.
+
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
     ``pack.check_report``.
@@ -312,7 +317,8 @@ def load(
     """
     pack = _load(path, device=device, verify=verify, require_engine=require_engine,
                  variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
-                 require_signature=require_signature, signature=signature)  # fmt: skip
+                 require_signature=require_signature, signature=signature,
+                 trust_engine_host_code=trust_engine_host_code)  # fmt: skip
     if check:
         from .samples import check as check_samples
 
@@ -331,6 +337,7 @@ def _load(
     inference_mode: bool,
     require_signature: PathLike | None,
     signature: PathLike | None,
+    trust_engine_host_code: bool,
 ) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
@@ -346,8 +353,11 @@ def _load(
         if manifest.engines or require_engine or variant is not None:
             from .engines.loading import load_engines
 
+            # host code runs only from a pack whose signature was just verified, or if trusted
+            trusted = trust_engine_host_code or require_signature is not None
             loaded = load_engines(reader, manifest, dev, verify=verify,
-                                  require_engine=require_engine, variant=variant)  # fmt: skip
+                                  require_engine=require_engine, variant=variant,
+                                  host_code_allowed=trusted)  # fmt: skip
             if loaded.runner is not None and loaded.variant is not None:
                 v = loaded.variant
                 return LoadedPack(

@@ -3,6 +3,7 @@ and build the runner — or say, in one line, why the ExportedProgram runs inste
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from ..errors import EngineError, NoUsableEngineError, TrtpackError
 from ..format.container import PackReader
 from ..format.manifest import Manifest, Variant
 from .plan import check_variant_plans
-from .select import Choice, Environment, choose
+from .select import TENSORRT_LEAN, Choice, Environment, choose, runtime_for
 
 
 @dataclass
@@ -31,8 +32,10 @@ def load_engines(
     require_engine: bool,
     variant: str | None,
     environment: Environment | None = None,
+    host_code_allowed: bool = False,
 ) -> EngineLoad:
-    """Try the fitting variants, best first; the first that builds wins."""
+    """Try the fitting variants, best first; the first that builds wins. ``host_code_allowed``:
+    the pack's signature was verified, or the caller trusts it (see select.HOST_CODE_REFUSED)."""
     if variant is not None and variant not in {v.name for v in manifest.engines}:
         names = ", ".join(v.name for v in manifest.engines) or "none"
         raise NoUsableEngineError(
@@ -47,12 +50,13 @@ def load_engines(
             from .torchtrt import probe_environment
 
             environment = probe_environment()
+        environment = dataclasses.replace(environment, host_code_allowed=host_code_allowed)
         choice = choose(manifest.engines, environment, only=variant)
         refused = dict(choice.refused)
         for candidate in choice.fitting:
             try:
                 _check_members(reader, manifest, candidate, verify)
-                runner = _build(reader, manifest, candidate, device)
+                runner = _build(reader, manifest, candidate, device, environment)
                 return EngineLoad(runner, candidate, None)
             except TrtpackError as e:
                 refused[candidate.name] = str(e)
@@ -79,8 +83,19 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
     check_variant_plans(reader.view, v, "")
 
 
-def _build(reader: PackReader, manifest: Manifest, v: Variant, device: torch.device) -> Any:
+def _build(
+    reader: PackReader, manifest: Manifest, v: Variant, device: torch.device, env: Environment
+) -> Any:
     from ..program import load_program, runnable
+
+    if runtime_for(v.target, env, whole_graph=v.whole_graph) == TENSORRT_LEAN:
+        from .lean import LeanEngineRunner
+
+        (e,) = v.engines  # a whole-graph variant (select.py): its bindings are checked inside
+        allowed = env.host_code_allowed and bool(v.target.embeds_lean_runtime)
+        runner = LeanEngineRunner(bytes(reader.view(e.member)), e, device,
+                                  host_code_allowed=allowed)  # fmt: skip
+        return WholeGraphRunner(runner, manifest, [b.name for b in e.inputs])
     from .torchtrt import engine_io, engine_module
 
     if v.described:  # bindings from a description: confirm them before the first call

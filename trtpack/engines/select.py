@@ -28,6 +28,13 @@ class Environment:
     torch_tensorrt_problem: str | None = None
     cuda_runtime: str | None = None
     platform: str = ""
+    #: the standard TensorRT lean runtime's version (``tensorrt_lean``), when installed: it
+    #: runs version-compatible whole-graph engines without torch_tensorrt
+    lean_runtime: str | None = None
+    #: whether TensorRT may run host code embedded in a plan (a version-compatible plan that
+    #: carries the lean runtime): only for a pack whose signature was verified at load, or
+    #: when the caller trusts the pack explicitly (``load(trust_engine_host_code=True)``)
+    host_code_allowed: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,9 +100,54 @@ def _cc(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def why_not(target: Target, env: Environment) -> str | None:
+#: why a plan with host code is not loaded (the remedy included)
+HOST_CODE_REFUSED = (
+    "its plans embed TensorRT's lean runtime, which is host code; trtpack lets TensorRT run it "
+    "only for a pack whose signature is verified at load (require_signature=) or with "
+    "trust_engine_host_code=True"
+)
+
+#: the runtimes that run engines, best first
+TORCH_TENSORRT, TENSORRT_LEAN = "torch_tensorrt", "tensorrt_lean"
+
+
+def why_not(target: Target, env: Environment, *, whole_graph: bool = False) -> str | None:
     """None if engines built for ``target`` can run in ``env``, else the first reason why not.
     Facts about the engines and the GPU come first: they hold whatever is installed."""
+    problem = _engine_problem(target, env)
+    if problem is not None:
+        return problem
+    via_torch_tensorrt = _torch_tensorrt_problem(target, env)
+    if via_torch_tensorrt is None:
+        return _cuda_problem(target, env)
+    via_lean = _lean_problem(target, env, whole_graph)
+    if via_lean is None:
+        return _cuda_problem(target, env)
+    return f"{via_torch_tensorrt}; {via_lean}" if target.version_compatible else via_torch_tensorrt
+
+
+def runtime_for(target: Target, env: Environment, *, whole_graph: bool) -> str:
+    """Which runtime runs a fitting variant: torch_tensorrt where it can, else the lean
+    runtime (a version-compatible whole-graph engine: no program to wire it into)."""
+    if _torch_tensorrt_problem(target, env) is None:
+        return TORCH_TENSORRT
+    return TENSORRT_LEAN
+
+
+def _lean_problem(target: Target, env: Environment, whole_graph: bool) -> str | None:
+    """None if the standard lean runtime runs these engines: version-compatible TensorRT
+    plans, by the support matrix's rules, one whole-graph engine (a wired program calls its
+    engines through torch_tensorrt's op)."""
+    if env.lean_runtime is None:
+        return "the TensorRT lean runtime is not installed"
+    if target.flavor != "tensorrt" or not target.version_compatible:
+        return "the lean runtime runs version-compatible TensorRT engines only"
+    if not whole_graph:
+        return "the lean runtime runs whole-graph engines only (this variant wires a program)"
+    return version_compatible_runtime_problem(target.trt_version, env.lean_runtime)
+
+
+def _engine_problem(target: Target, env: Environment) -> str | None:
     if env.gpu is None:
         return "no CUDA GPU on this machine"
     if env.platform and target.platform and target.platform != env.platform:
@@ -107,6 +159,14 @@ def why_not(target: Target, env: Environment) -> str | None:
             return f"built hardware-compatible for Ampere and newer; this GPU is {gpu}"
     elif ccs and gpu not in ccs and not (target.future_gpus and env.gpu > max(map(_cc, ccs))):
         return f"built for compute capability {', '.join(ccs)}; this GPU is {gpu}"
+    if target.embeds_lean_runtime and not env.host_code_allowed:
+        return HOST_CODE_REFUSED
+    return None
+
+
+def _torch_tensorrt_problem(target: Target, env: Environment) -> str | None:
+    if target.embeds_lean_runtime:  # torch_tensorrt 2.14 never sets engine_host_code_allowed
+        return "torch_tensorrt cannot run plans with host code (the lean runtime can)"
     if env.torch_tensorrt is None:
         return env.torch_tensorrt_problem or "torch_tensorrt is not installed"
     if env.torch_tensorrt_flavor and env.torch_tensorrt_flavor != target.flavor:
@@ -127,6 +187,10 @@ def why_not(target: Target, env: Environment) -> str | None:
             return problem
     elif built[:3] != have[:3]:
         return f"built with TensorRT {target.trt_version}, this runtime is {runtime}"
+    return None
+
+
+def _cuda_problem(target: Target, env: Environment) -> str | None:
     if target.cuda_runtime and env.cuda_runtime:
         if _version(env.cuda_runtime) < _version(target.cuda_runtime):
             return f"needs CUDA runtime {target.cuda_runtime}, this one is {env.cuda_runtime}"
@@ -137,7 +201,7 @@ def _rank(target: Target, env: Environment) -> tuple[int, int]:
     """Lower is better: an exact compute-capability match before a hardware-compatible one,
     an exact TensorRT version before a version-compatible one."""
     exact_gpu = env.gpu is not None and f"{env.gpu[0]}.{env.gpu[1]}" in target.compute_capabilities
-    runtime = env.runtimes.get(target.flavor, "")
+    runtime = env.runtimes.get(target.flavor) or env.lean_runtime or ""
     exact_version = _version(runtime)[:3] == _version(target.trt_version)[:3]
     return (0 if exact_gpu else 1, 0 if exact_version else 1)
 
@@ -149,7 +213,7 @@ def choose(variants: tuple[Variant, ...], env: Environment, *, only: str | None 
     for variant in variants:
         if only is not None and variant.name != only:
             continue
-        reason = why_not(variant.target, env)
+        reason = why_not(variant.target, env, whole_graph=variant.whole_graph)
         if reason is None:
             fitting.append(variant)
         else:

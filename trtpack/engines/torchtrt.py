@@ -64,10 +64,12 @@ def probe_environment() -> Environment:
     plat = current_platform()
     if not torch.cuda.is_available():
         return Environment(platform=plat)
+    from .lean import lean_runtime_version
+
     gpu = torch.cuda.get_device_capability()
     name = torch.cuda.get_device_name()
     base: dict[str, Any] = {"gpu": gpu, "gpu_name": name, "cuda_runtime": torch.version.cuda,
-                            "platform": plat}  # fmt: skip
+                            "platform": plat, "lean_runtime": lean_runtime_version()}  # fmt: skip
     try:
         tt = import_torch_tensorrt()
     except MissingDependencyError as e:

@@ -15,6 +15,7 @@ narrowed ranges are written once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -289,6 +290,9 @@ def target_of(plans: list[PlanInfo], packed: list[PackedEngine] | None = None) -
         future_gpus=plan.future_gpus or None,
         hardware_compatibility=hardware,
         version_compatible=version_compatible,
+        # torch_tensorrt sets EXCLUDE_LEAN_RUNTIME with VERSION_COMPATIBLE (_TRTInterpreter):
+        # its version-compatible plans carry no host code; a bare plan's is not recorded
+        embeds_lean_runtime=False if version_compatible and packed else None,
         platform=platforms.pop() if len(platforms) == 1 else None,
         cuda_runtime=plan.cuda_runtime,
     )
@@ -320,3 +324,31 @@ def engine_settings(packed: PackedEngine) -> dict[str, Any]:
             "build_device": list(packed.device) if packed.device else None,
         },
     }
+
+
+#: how a bare standard-TensorRT plan was built version-compatible, which its header does not
+#: say: with TensorRT's lean runtime embedded (the builder's default; host code) or with
+#: BuilderFlag.EXCLUDE_LEAN_RUNTIME
+VERSION_COMPATIBLE_BUILDS: dict[str, bool] = {"lean_embedded": True, "lean_excluded": False}
+
+
+def declare_version_compatible(v: Variant, how: str | None, *, where: str) -> Variant:
+    """A bare plan's variant, marked version-compatible as its builder made it (``how``: a
+    key of VERSION_COMPATIBLE_BUILDS; None leaves the variant as it is)."""
+    if how is None:
+        return v
+    if how not in VERSION_COMPATIBLE_BUILDS:
+        raise EngineError(
+            f"version_compatible must be one of {sorted(VERSION_COMPATIBLE_BUILDS)}, not {how!r}",
+            field="version_compatible", expected=sorted(VERSION_COMPATIBLE_BUILDS), got=how,
+        )  # fmt: skip
+    if v.target.flavor != "tensorrt":
+        raise EngineError(
+            f"{where} is a {v.target.flavor} plan; only standard TensorRT builds "
+            "version-compatible engines",
+            member=where, field="version_compatible", expected="tensorrt", got=v.target.flavor,
+        )  # fmt: skip
+    target = dataclasses.replace(
+        v.target, version_compatible=True, embeds_lean_runtime=VERSION_COMPATIBLE_BUILDS[how]
+    )
+    return dataclasses.replace(v, target=target)

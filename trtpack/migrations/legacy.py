@@ -76,12 +76,16 @@ def convert(
     inputs: Sequence[str | dict] | None = None,
     outputs: Sequence[str | dict] = (),
     variant: str | None = None,
+    version_compatible: str | None = None,
 ) -> PackParts:
-    """Read any known artifact as the pieces of a current-format pack."""
+    """Read any known artifact as the pieces of a current-format pack. ``version_compatible``
+    (a bare TensorRT plan only): ``"lean_embedded"`` or ``"lean_excluded"``, as it was built."""
     p = Path(path)
     kind = detect(p)
     if kind == ENGINE:
-        return _convert_engine(p, inputs, outputs, variant)
+        return _convert_engine(p, inputs, outputs, variant, version_compatible)
+    if version_compatible is not None:
+        raise MigrationError(f"{p} is not a bare plan; version_compatible describes bare plans")
     if inputs is not None:
         raise MigrationError(
             f"{p} describes its own inputs; an input description is for bare engines"
@@ -129,8 +133,9 @@ def _convert_engine(
     inputs: Sequence[str | dict] | None,
     outputs: Sequence[str | dict],
     variant: str | None,
+    version_compatible: str | None,
 ) -> PackParts:
-    from ..engines.variants import build_variant, facts_from_plan
+    from ..engines.variants import build_variant, declare_version_compatible, facts_from_plan
     from .engine_file import parse_description
 
     if not inputs:
@@ -150,6 +155,7 @@ def _convert_engine(
                             output_names=[o.name for o in iface.outputs])  # fmt: skip
     v, members = build_variant([facts], iface, wiring=None, name=variant)
     v = dataclasses.replace(v, described=True)  # only a GPU runtime can confirm the bindings
+    v = declare_version_compatible(v, version_compatible, where=str(path))
     return PackParts(iface, dict(members), None, (v,), producer=Producer(trtpack="-", python="-"),
                      kind=f"bare {v.target.flavor} {v.target.trt_version} engine")  # fmt: skip
 
@@ -257,6 +263,7 @@ def migrate(
     inputs: Sequence[str | dict] | None = None,
     outputs: Sequence[str | dict] = (),
     variant: str | None = None,
+    version_compatible: str | None = None,
 ) -> PackInfo:
     """Write ``src`` (any known artifact, or a pack of an older format) as a current pack at
     ``dst``, atomically. Never in place unless ``in_place=True``; an existing ``dst`` is
@@ -269,5 +276,6 @@ def migrate(
         )
     if d.exists() and not (overwrite or same):
         raise OutputExistsError(dst)
-    converted = convert(s, inputs=inputs, outputs=outputs, variant=variant)
+    converted = convert(s, inputs=inputs, outputs=outputs, variant=variant,
+                        version_compatible=version_compatible)  # fmt: skip
     return to_pack(converted, d, overwrite=True)

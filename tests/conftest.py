@@ -62,3 +62,39 @@ def small_pack(tmp_path_factory, exported):
     path = tmp_path_factory.mktemp("packs") / "keywords.trtpack"
     trtpack.save(ep, path, metadata={"model": "keywords"})
     return path
+
+
+# --- the generated schema validator, checked against jsonschema on everything the suite reads
+
+_cross_checked = 0
+
+
+def pytest_sessionstart(session):
+    """Every manifest the suite validates (saved, loaded, migrated, fuzzed, ...) is also
+    validated by jsonschema, the schema's reference implementation: the generated validator
+    (trtpack/format/schema_check.py) must find the same errors, at the same paths, with the
+    same messages (tests/test_schema_check.py adds thousands of mutated manifests). Only
+    the manifests validated in this process are seen, not those of subprocesses."""
+    import schema_reference
+
+    from trtpack.format import schema_check
+
+    generated = schema_check.errors
+
+    def errors(data, lenient=False):
+        global _cross_checked
+        got = generated(data, lenient)
+        schema_reference.assert_same(got, data, lenient)
+        _cross_checked += 1
+        return got
+
+    errors.__wrapped__ = generated  # type: ignore[attr-defined]
+    schema_check.errors = errors
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _cross_checked:
+        terminalreporter.write_line(
+            f"schema cross-check: {_cross_checked} manifests validated in these tests by the "
+            "generated validator and by jsonschema, with the same errors"
+        )

@@ -360,3 +360,18 @@ def test_errors_are_manifest_errors_with_paths_and_jsonschema_messages():
     mf.validate(lenient, lenient=True)  # a newer minor's unknown field: allowed
     with pytest.raises(trtpack.ManifestError, match="'future_field' was unexpected"):
         mf.validate(lenient)
+
+
+def test_reading_a_manifest_never_imports_jsonschema():
+    code = (
+        "import sys; sys.modules['jsonschema'] = None\n"
+        "import trtpack\nfrom trtpack.cli import main\n"
+        f"trtpack.verify({str(LATEST / 'keywords_engines.trtpack')!r})\n"
+        f"info = trtpack.inspect({str(FIXTURES / 'v1.0' / 'keywords.trtpack')!r})\n"
+        "trtpack.Manifest.from_json(info.manifest.to_json())\n"
+        f"assert main(['inspect', {str(LATEST / 'guarded.trtpack')!r}]) == 0\n"
+        "print('NO-JSONSCHEMA OK')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "NO-JSONSCHEMA OK" in out.stdout

@@ -228,7 +228,7 @@ def test_requirements_name_what_the_variants_need(keywords):
     from trtpack.integrations.mlflow import requirements
 
     plain = requirements(trtpack.inspect(keywords[2]).manifest)
-    assert [r.split("==")[0] for r in plain] == ["torch", "jsonschema", "numpy"]
+    assert [r.split("==")[0] for r in plain] == ["torch", "numpy"]
     engines = requirements(trtpack.inspect(FIXTURES / "v1.1" / "keywords_engines.trtpack").manifest)
     assert "tensorrt-rtx==1.6.1.120" in engines
     assert any(r.startswith("torch-tensorrt-rtx") for r in engines)

@@ -124,8 +124,8 @@ def _staged_package(folder: Path) -> Path:
 
 
 def requirements(manifest: Manifest) -> list[str]:
-    """What serving the pack needs: torch (the program), numpy, jsonschema, and for engine
-    variants the torch_tensorrt and TensorRT builds that made them (at their versions)."""
+    """What serving the pack needs: torch (the program), numpy, and for engine variants the
+    torch_tensorrt and TensorRT builds that made them (at their versions)."""
     import importlib.metadata as md
 
     def pinned(dist: str, version: str | None = None) -> str:
@@ -136,7 +136,7 @@ def requirements(manifest: Manifest) -> list[str]:
                 return dist
         return f"{dist}=={version}"
 
-    out = [pinned("torch"), pinned("jsonschema"), pinned("numpy")]
+    out = [pinned("torch"), pinned("numpy")]
     made = manifest.producer
     flavors = {v.target.flavor: v.target.trt_version for v in manifest.engines}
     if "tensorrt" in flavors:

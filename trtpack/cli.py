@@ -331,60 +331,50 @@ def _inspect_oci(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trtpack",
-        description="Self-describing TensorRT deployment artifacts (.trtpack).",
+def _registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None:
+    """push, pull and inspect oci://: how to reach the registry (and show progress)."""
+    p.add_argument(
+        "--plain-http",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="HTTP without TLS (default: only for localhost/127.0.0.0/8)",
     )
-    parser.add_argument("--version", action="version", version=f"trtpack {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None:
-        """push, pull and inspect oci://: how to reach the registry (and show progress)."""
-        p.add_argument(
-            "--plain-http",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="HTTP without TLS (default: only for localhost/127.0.0.0/8)",
+    p.add_argument(
+        "--registry-config",
+        metavar="PATH",
+        help="a Docker config.json with credentials (besides ~/.docker/)",
+    )
+    if transfer:
+        shown = p.add_mutually_exclusive_group()
+        shown.add_argument(
+            "--progress",
+            action="store_true",
+            help="progress on stderr even when it is not a terminal",
         )
-        p.add_argument(
-            "--registry-config",
-            metavar="PATH",
-            help="a Docker config.json with credentials (besides ~/.docker/)",
-        )
-        if transfer:
-            shown = p.add_mutually_exclusive_group()
-            shown.add_argument(
-                "--progress",
-                action="store_true",
-                help="progress on stderr even when it is not a terminal",
-            )
-            shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
+        shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
 
-    p = sub.add_parser("inspect", help="show a pack's inputs, outputs, engines and members")
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="path to a .trtpack file, or oci://HOST/REPOSITORY:TAG")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    registry_options(p, transfer=False)
-    p.set_defaults(func=_cmd_inspect)
+    _registry_options(p, transfer=False)
 
-    p = sub.add_parser("verify", help="check every member's SHA-256 against the manifest")
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="path to a .trtpack file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--key", help="the signer's PEM public key: check the signature first")
     p.add_argument("--signature", help="the signature bundle (default: PACK.sig)")
-    p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("sign", help="sign a pack's manifest (OpenSSF model-signing bundle)")
+
+def _sign_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="path to a .trtpack file")
     p.add_argument("--key", required=True, help="an elliptic-curve private key (PEM)")
     p.add_argument("--signature", help="where to write the bundle (default: PACK.sig)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_sign)
 
-    p = sub.add_parser(
-        "add-engine",
-        help="add a TensorRT engine variant to a pack (other members are copied byte for byte)",
-    )
+
+def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to add to (replaced atomically unless -o)")
     p.add_argument("source", help="a .plan (whole-graph engine) or a .trtpack with variants")
     p.add_argument("--variant", help="name of the new variant (default: from its target GPUs)")
@@ -392,13 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_add_engine)
 
-    p = sub.add_parser(
-        "build",
-        help="build a TensorRT-RTX engine variant from the pack's program, for named GPUs "
-        "(on this machine: no GPU needed)",
-    )
+
+def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to build from and add to (replaced unless -o)")
     p.add_argument(
         "--target",
@@ -417,21 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_build)
 
-    p = sub.add_parser(
-        "migrate",
-        help="write a torch.export / torch_tensorrt file, or an older pack, as a current .trtpack",
-    )
+
+def _migrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="a .pt2/.ep file, or a .trtpack of an older format")
     p.add_argument("output", help="the .trtpack to write (atomically)")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be INPUT")
     p.add_argument("--variant", help="name for the engine variant of a torch_tensorrt file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_migrate)
 
-    p = sub.add_parser("pack", help="pack a bare TensorRT engine with a description of its inputs")
+
+def _pack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine", help="a serialized TensorRT / TensorRT-RTX engine (.plan)")
     p.add_argument(
         "--input-spec",
@@ -448,21 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_pack)
 
-    p = sub.add_parser(
-        "check", help="run the pack's reference samples on this machine's backend, compare"
-    )
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack saved with samples=")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="check this engine variant")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser(
-        "run",
-        help="run a pack on sample (or given) inputs, on its engines and its program, and compare",
-    )
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
         "--input",
@@ -481,11 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="run this engine variant")
     p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser(
-        "export-triton", help="write a Triton model repository (TensorRT or Python backend)"
-    )
+
+def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack")
     p.add_argument("repository", help="the model repository folder")
     p.add_argument("--name", help="the model's name (default: the pack's file name)")
@@ -524,9 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_export_triton)
 
-    p = sub.add_parser("push", help="push a pack to an OCI registry (one layer per member)")
+
+def _push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to push")
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG")
     p.add_argument(
@@ -536,11 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="modelpack (default): CNCF ModelPack, listed by ModelPack tools; trtpack: "
         "artifactType application/vnd.trtpack.v1, the pack's manifest.json as config",
     )
-    registry_options(p)
+    _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_push)
 
-    p = sub.add_parser("pull", help="pull a pack from an OCI registry")
+
+def _pull_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG (or @sha256:...)")
     p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
@@ -558,9 +534,93 @@ def build_parser() -> argparse.ArgumentParser:
         help="all (default): the pack as pushed, byte for byte; auto: the variants that can "
         "run on this machine; none: the program only",
     )
-    registry_options(p)
+    _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_pull)
+
+
+#: a command: its help line, what defines its arguments, what runs it
+_Command = tuple[
+    str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]
+_COMMANDS: dict[str, _Command] = {
+    "inspect": (
+        "show a pack's inputs, outputs, engines and members",
+        _inspect_arguments,
+        _cmd_inspect,
+    ),
+    "verify": (
+        "check every member's SHA-256 against the manifest",
+        _verify_arguments,
+        _cmd_verify,
+    ),
+    "sign": (
+        "sign a pack's manifest (OpenSSF model-signing bundle)",
+        _sign_arguments,
+        _cmd_sign,
+    ),
+    "add-engine": (
+        "add a TensorRT engine variant to a pack (other members are copied byte for byte)",
+        _add_engine_arguments,
+        _cmd_add_engine,
+    ),
+    "build": (
+        "build a TensorRT-RTX engine variant from the pack's program, for named GPUs "
+        "(on this machine: no GPU needed)",
+        _build_arguments,
+        _cmd_build,
+    ),
+    "migrate": (
+        "write a torch.export / torch_tensorrt file, or an older pack, as a current .trtpack",
+        _migrate_arguments,
+        _cmd_migrate,
+    ),
+    "pack": (
+        "pack a bare TensorRT engine with a description of its inputs",
+        _pack_arguments,
+        _cmd_pack,
+    ),
+    "check": (
+        "run the pack's reference samples on this machine's backend, compare",
+        _check_arguments,
+        _cmd_check,
+    ),
+    "run": (
+        "run a pack on sample (or given) inputs, on its engines and its program, and compare",
+        _run_arguments,
+        _cmd_run,
+    ),
+    "export-triton": (
+        "write a Triton model repository (TensorRT or Python backend)",
+        _export_triton_arguments,
+        _cmd_export_triton,
+    ),
+    "push": (
+        "push a pack to an OCI registry (one layer per member)",
+        _push_arguments,
+        _cmd_push,
+    ),
+    "pull": (
+        "pull a pack from an OCI registry",
+        _pull_arguments,
+        _cmd_pull,
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The trtpack command's parser; with ``command``, that subcommand's arguments alone
+    (``main`` passes the one it runs: defining them all took longer than reading a pack)."""
+    parser = argparse.ArgumentParser(
+        prog="trtpack",
+        description="Self-describing TensorRT deployment artifacts (.trtpack).",
+    )
+    parser.add_argument("--version", action="version", version=f"trtpack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, arguments, run) in _COMMANDS.items():
+        if command is None or name == command:
+            p = sub.add_parser(name, help=summary)
+            arguments(p)
+            p.set_defaults(func=run)
     return parser
 
 
@@ -580,7 +640,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in _COMMANDS else None  # else: all, for help/errors
+    args = build_parser(command).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     shown = warnings.showwarning
     warnings.showwarning = _show_warning

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,13 @@ CRASH_OFFSET = int(_off) if _off else 0
 
 def _at(step: str) -> None:
     if step == CRASH_STEP:
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill_self()
+
+
+def _kill_self() -> None:
+    import signal  # the crash-test hook alone needs it
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _CrashingFile:
@@ -46,7 +50,7 @@ class _CrashingFile:
         if self._n + len(view) >= CRASH_OFFSET:
             self._f.write(view[: CRASH_OFFSET - self._n])
             self._f.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            _kill_self()
         self._n += len(view)
         return self._f.write(view)
 
@@ -90,7 +94,7 @@ def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator
         raise OutputExistsError(target)
     directory = target.parent if str(target.parent) else Path(".")
     remove_stale_temps(target)
-    tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{SUFFIX}"
+    tmp = directory / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{SUFFIX}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:

@@ -29,10 +29,9 @@ import zipfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import (
     IntegrityError,
@@ -44,6 +43,9 @@ from .atomic import atomic_write
 from .atomic import fsync_dir as _fsync_dir  # noqa: F401
 from .limits import MAX_MEMBERS, refuse
 from .manifest import MANIFEST_NAME, Member
+
+if TYPE_CHECKING:  # the threads are for writing and hashing: reading a manifest needs none
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 ALIGNMENT = 4096
 _CHUNK = 8 << 20
@@ -208,6 +210,8 @@ class _Pools:
     @classmethod
     @contextlib.contextmanager
     def open(cls) -> Iterator[_Pools]:
+        from concurrent.futures import ThreadPoolExecutor
+
         workers = max(1, os.cpu_count() or 1)
         with ThreadPoolExecutor(1) as whole, ThreadPoolExecutor(workers) as pieces:
             yield cls(whole, pieces, workers)
@@ -843,6 +847,8 @@ class PackReader:
                 sha.update(view[start : start + _CHUNK])
             self._compare(name, "sha256", member.sha256, sha.hexdigest())
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         step = member.chunks.size
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
             got = list(

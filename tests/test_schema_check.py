@@ -41,8 +41,8 @@ GENERATED = getattr(schema_check.errors, "__wrapped__", schema_check.errors)
 
 
 def assert_agree(data) -> list:
-    """Both validators, strict and lenient, give the same errors; returns jsonschema's
-    strict errors (empty: valid)."""
+    """Both validators, strict and lenient, give the same errors (path, message, keyword,
+    expected, got); returns jsonschema's strict errors (empty: valid)."""
     strict = schema_reference.assert_same(GENERATED(data, False), data, False)
     schema_reference.assert_same(GENERATED(data, True), data, True)
     return strict
@@ -110,7 +110,13 @@ def test_regenerating_after_a_new_optional_field_is_one_command(tmp_path):
     data = manifest_of(LATEST / "keywords.trtpack")
     assert module["errors"](data) == []
     assert module["errors"]({**data, "signature": "md5:x"}) == [
-        (("signature",), "'md5:x' does not match '^sha256:[0-9a-f]{64}$'")
+        (
+            ("signature",),
+            "'md5:x' does not match '^sha256:[0-9a-f]{64}$'",
+            "pattern",
+            "^sha256:[0-9a-f]{64}$",
+            "md5:x",
+        )
     ]
 
 
@@ -315,7 +321,7 @@ def test_every_place_and_every_kind_of_error_agree():
             variants += [replaced(doc, path, [*target, target[-1] if target else 0]),
                          replaced(doc, path, target[:-1])]  # fmt: skip
         for v in variants:
-            failed |= {e.validator for e in assert_agree(v)}
+            failed |= {e[2] for e in assert_agree(v)}
             cases += 1
     can_fail = {"type", "enum", "const", "pattern", "minLength", "maxLength", "minimum",
                 "minItems", "required", "additionalProperties", "items", "oneOf", "not"}  # fmt: skip
@@ -330,11 +336,11 @@ def test_each_definition_agrees_on_any_json(name, value):
     schema = {**mf.load_schema(), "$ref": f"#/$defs/{name}"}
     schema = {k: v for k, v in schema.items() if k not in ("properties", "required", "type",
                                                            "additionalProperties")}  # fmt: skip
-    want = [(tuple(e.absolute_path), e.message)
+    want = [(tuple(e.absolute_path), e.message, e.validator, e.validator_value, e.instance)
             for e in jsonschema.Draft202012Validator(schema).iter_errors(value)]  # fmt: skip
     got: list = []
     schema_check.DEFINITIONS[name](value, (), got, False)
-    assert schema_reference.by_path(got) == schema_reference.by_path(want)
+    assert schema_reference.comparable(got) == schema_reference.comparable(want)
 
 
 # --- what trtpack raises -------------------------------------------------------------------
@@ -356,6 +362,16 @@ def test_errors_are_manifest_errors_with_paths_and_jsonschema_messages():
         "'complex64', 'complex128']\n"
         "  at symbols: '1x' does not match '^[A-Za-z_][A-Za-z0-9_]*$'"
     )
+    assert (e.value.field, e.value.expected, e.value.got) == (
+        "",
+        {"additionalProperties": False},
+        data,
+    )
+    del data["extra"]
+    with pytest.raises(trtpack.ManifestError) as e:
+        mf.validate(data)
+    assert (e.value.field, e.value.got) == ("inputs/0/dtype", "float33")
+    assert e.value.expected == {"enum": tuple(mf.load_schema()["$defs"]["dtype"]["enum"])}
     lenient = {**manifest_of(LATEST / "keywords.trtpack"), "future_field": 1}
     mf.validate(lenient, lenient=True)  # a newer minor's unknown field: allowed
     with pytest.raises(trtpack.ManifestError, match="'future_field' was unexpected"):

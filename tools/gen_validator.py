@@ -103,6 +103,8 @@ def py(value: Any) -> str:
     """A Python literal for a JSON value (strings in double quotes, unless single quotes need
     fewer escapes)."""
     if isinstance(value, str):
+        if value.count('"') > value.count("'"):  # fewer escapes in single quotes (as ruff)
+            return repr(value)
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\x7f")
     if isinstance(value, (bool, int, float)) or value is None:
         return repr(value)
@@ -149,6 +151,13 @@ def call(fn: str, args: list[str], indent: int) -> list[str]:
     if len(inner) <= WIDTH:
         return [f"{pad}{fn}(", inner, f"{pad})"]
     return [f"{pad}{fn}(", *(f"{pad}    {a}," for a in args), f"{pad})"]
+
+
+def report(message: str, keyword: str, expected: str) -> str:
+    """The line that records one error: its path, message (an expression), the keyword that
+    failed, what the schema expected there (an expression: the keyword's value) and the
+    value found."""
+    return f"e.append((p, {message}, {py(keyword)}, {expected}, x))"
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -255,14 +264,16 @@ class Generator:
         self.constants += assign(name, value)
         return name
 
-    def quoted(self, schema: Any, hint: str) -> str:
-        """An expression for ``repr(schema)`` as jsonschema sees it, strict or lenient."""
-        strict, lenient = repr(schema), repr(lenient_schema(schema))
+    def subschema(self, schema: Any, hint: str) -> str:
+        """An expression for a subschema as jsonschema sees it, strict or lenient (quoted in
+        messages and reported as what was expected; kept as JSON text, parsed on an error)."""
+        strict = json.dumps(schema, ensure_ascii=False)
+        lenient = json.dumps(lenient_schema(schema), ensure_ascii=False)
         if strict == lenient:
-            return self.string_constant(f"{hint}_schema", strict)
+            return f"_schema({self.string_constant(f'{hint}_schema', strict)})"
         return (
-            f"({self.string_constant(f'{hint}_lenient_schema', lenient)} if lenient else "
-            f"{self.string_constant(f'{hint}_schema', strict)})"
+            f"_schema({self.string_constant(f'{hint}_lenient_schema', lenient)} if lenient "
+            f"else {self.string_constant(f'{hint}_schema', strict)})"
         )
 
     def string_constant(self, hint: str, text: str) -> str:
@@ -340,24 +351,25 @@ class Generator:
             return [
                 (
                     f"not ({test})" if len(types) > 1 else NEGATED.get(test, f"not {test}"),
-                    [f'e.append((p, f"{{x!r}} is not of type {shown}"))'],
+                    [report(f'f"{{x!r}} is not of type {shown}"', key, py(value))],
                 )
             ]
         if key == "enum":
             if not isinstance(value, list) or not value:
                 raise SchemaError(f"{where}: enum must be a non-empty array")
-            values = self.constant(f"{hint}_enum", value)
+            values = self.constant(f"{hint}_enum", tuple(value))  # constants are immutable
             if all(isinstance(v, str) for v in value):
                 test = f"not (isinstance(x, str) and x in {values})"
             else:
                 test = f"not any(_equal(v, x) for v in {values})"
-            return [(test, [f'e.append((p, f"{{x!r}} is not one of {{{values}!r}}"))'])]
+            message = f'f"{{x!r}} is not one of {{list({values})!r}}"'
+            return [(test, [report(message, key, values)])]
         if key == "const":
             if isinstance(value, str):
                 test = f"not (isinstance(x, str) and x == {py(value)})"
             else:
                 test = f"not _equal(x, {py(value)})"
-            return [(test, [f"e.append((p, {py(f'{value!r} was expected')}))"])]
+            return [(test, [report(py(f"{value!r} was expected"), key, py(value))])]
         if key == "pattern":
             if not isinstance(value, str):
                 raise SchemaError(f"{where}: pattern must be a string")
@@ -370,7 +382,7 @@ class Generator:
             return [
                 (
                     f"isinstance(x, str) and not {rx}.search(x)",
-                    [f'e.append((p, f"{{x!r}} does not match {{{rx}.pattern!r}}"))'],
+                    [report(f'f"{{x!r}} does not match {{{rx}.pattern!r}}"', key, f"{rx}.pattern")],
                 )
             ]
         if key in ("minLength", "maxLength", "minItems"):
@@ -384,7 +396,7 @@ class Generator:
             return [
                 (
                     f"isinstance(x, {kind}) and len(x) {op} {value}",
-                    [f'e.append((p, f"{{x!r}} {text}"))'],
+                    [report(f'f"{{x!r}} {text}"', key, repr(value))],
                 )
             ]
         if key == "minimum":
@@ -393,20 +405,21 @@ class Generator:
             return [
                 (
                     f"_is_number(x) and x < {value!r}",
-                    [f'e.append((p, f"{{x!r}} is less than the minimum of {value!r}"))'],
+                    [report(f'f"{{x!r}} is less than the minimum of {value!r}"', key, repr(value))],
                 )
             ]
         if key == "required":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SchemaError(f"{where}: required must be an array of strings")
             names = self.constant(f"{hint}_required", tuple(value))
+            missing = report('f"{k!r} is a required property"', key, names)
             return [
                 (
                     "isinstance(x, dict)",
                     [
                         f"for k in {names}:",
                         "    if k not in x:",
-                        '        e.append((p, f"{k!r} is a required property"))',
+                        f"        {missing}",
                     ],
                 )
             ]
@@ -437,7 +450,7 @@ class Generator:
                             '    listed = ", ".join(repr(k) for k in extra)',
                             '    message = f"Additional properties are not allowed ({listed} '
                             '{were} unexpected)"',
-                            "    e.append((p, message))",
+                            f"    {report('message', key, 'False')}",
                         ],
                     )
                 ]
@@ -482,7 +495,7 @@ class Generator:
                             f"rest = x[{prefix}:] if extra != 1 else x[{prefix}]",
                             f'message = f"Expected at most {prefix} {item} but found {{extra}} '
                             'extra: {rest!r}"',
-                            "e.append((p, message))",
+                            report("message", key, "False"),
                         ],
                     )
                 ]
@@ -503,14 +516,11 @@ class Generator:
             if key == "allOf":
                 return [(None, [f"{fn}(x, p, e, lenient)" for fn in fns if fn is not None])]
             tests = [self.holds(fn) for fn in fns]
+            subschemas = self.subschema(value, f"{hint}_{key}")
+            none = '"{x!r} is not valid under any of the given schemas"'
+            each = 'f"{x!r} is valid under each of {each}"'
             if key == "anyOf":
-                return [
-                    (
-                        f"not ({' or '.join(tests)})",
-                        ['e.append((p, f"{x!r} is not valid under any of the given schemas"))'],
-                    )
-                ]
-            shown = [self.quoted(s, f"{hint}_{key}_{i}") for i, s in enumerate(value)]
+                return [(f"not ({' or '.join(tests)})", [report(f"f{none}", key, subschemas)])]
             return [
                 (
                     None,
@@ -520,22 +530,25 @@ class Generator:
                         ")",
                         "valid = [i for i, ok in enumerate(holds) if ok]",
                         "if not valid:",
-                        '    e.append((p, f"{x!r} is not valid under any of the given schemas"))',
+                        f"    {report(f'f{none}', key, subschemas)}",
                         "elif len(valid) > 1:",
-                        "    shown = (",
-                        *(f"        {s}," for s in shown),
-                        "    )",
-                        '    each = ", ".join(shown[i] for i in valid[1:] + valid[:1])',
-                        '    e.append((p, f"{x!r} is valid under each of {each}"))',
+                        f"    shown = {subschemas}",
+                        '    each = ", ".join(repr(shown[i]) for i in valid[1:] + valid[:1])',
+                        f"    {report(each, key, 'shown')}",
                     ],
                 )
             ]
         if key == "not":
             fn = self.node(value, where, f"{hint}_not")
-            message = (
-                f'f"{{x!r}} should not be valid under {{{self.quoted(value, f"{hint}_not")}}}"'
-            )
-            return [(self.holds(fn), [f"e.append((p, {message}))"])]
+            return [
+                (
+                    self.holds(fn),
+                    [
+                        f"schema = {self.subschema(value, f'{hint}_not')}",
+                        report('f"{x!r} should not be valid under {schema!r}"', key, "schema"),
+                    ],
+                )
+            ]
         if key == "if":
             base = where.rsplit("/", 1)[0]
             cond = self.node(value, where, f"{hint}_if")
@@ -574,12 +587,13 @@ HEADER = '''\
 # Regenerate with `python tools/gen_validator.py`; the tests fail while this file is stale.
 """The manifest's JSON Schema (schema/{schema}), compiled to plain Python.
 
-``errors(data, lenient)`` lists every way ``data`` fails the schema, as ``(path, message)``:
-the errors that jsonschema's ``Draft202012Validator(schema).iter_errors(data)`` yields, with
-the same ``absolute_path`` and ``message`` (tests/test_schema_check.py runs both and compares
-them sorted by path). ``lenient``: validate as a reader of a newer minor version does, with
-every ``additionalProperties: false`` lifted. Standard library only: reading a manifest
-never imports jsonschema.
+``errors(data, lenient)`` lists every way ``data`` fails the schema, as ``(path, message,
+keyword, expected, got)``: the errors that jsonschema's
+``Draft202012Validator(schema).iter_errors(data)`` yields, with the same ``absolute_path``,
+``message``, ``validator``, ``validator_value`` and ``instance`` (tests/test_schema_check.py
+runs both and compares them sorted by path). ``lenient``: validate as a reader of a newer
+minor version does, with every ``additionalProperties: false`` lifted. Standard library
+only: reading a manifest never imports jsonschema.
 
 Keywords compiled (tools/gen_validator.py refuses any other):
 {keywords}
@@ -595,14 +609,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     Path = tuple[str | int, ...]
-    Errors = list[tuple[Path, str]]
+    #: (path, message, keyword, expected: the keyword's value in the schema, got)
+    Error = tuple[Path, str, str, Any, Any]
+    Errors = list[Error]
 
 #: SHA-256 of the schema file this module was generated from
 SCHEMA_SHA256 = "{sha256}"
 
 
-def errors(data: Any, lenient: bool = False) -> list[tuple[Path, str]]:
-    """Every schema error of ``data``, as (JSON path, message)."""
+def errors(data: Any, lenient: bool = False) -> list[Error]:
+    """Every schema error of ``data``: (JSON path, message, keyword, expected, got)."""
     e: Errors = []
     _manifest(data, (), e, lenient)
     return e
@@ -615,6 +631,13 @@ def _holds(
     found: Errors = []
     check(x, p, found, lenient)
     return not found
+
+
+def _schema(text: str) -> Any:
+    """A subschema, from its JSON text (for an error's message and ``expected``)."""
+    import json
+
+    return json.loads(text)
 
 
 def _is_integer(x: Any) -> bool:

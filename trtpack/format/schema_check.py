@@ -2,12 +2,13 @@
 # Regenerate with `python tools/gen_validator.py`; the tests fail while this file is stale.
 """The manifest's JSON Schema (schema/manifest.v1.schema.json), compiled to plain Python.
 
-``errors(data, lenient)`` lists every way ``data`` fails the schema, as ``(path, message)``:
-the errors that jsonschema's ``Draft202012Validator(schema).iter_errors(data)`` yields, with
-the same ``absolute_path`` and ``message`` (tests/test_schema_check.py runs both and compares
-them sorted by path). ``lenient``: validate as a reader of a newer minor version does, with
-every ``additionalProperties: false`` lifted. Standard library only: reading a manifest
-never imports jsonschema.
+``errors(data, lenient)`` lists every way ``data`` fails the schema, as ``(path, message,
+keyword, expected, got)``: the errors that jsonschema's
+``Draft202012Validator(schema).iter_errors(data)`` yields, with the same ``absolute_path``,
+``message``, ``validator``, ``validator_value`` and ``instance`` (tests/test_schema_check.py
+runs both and compares them sorted by path). ``lenient``: validate as a reader of a newer
+minor version does, with every ``additionalProperties: false`` lifted. Standard library
+only: reading a manifest never imports jsonschema.
 
 Keywords compiled (tools/gen_validator.py refuses any other):
     additionalProperties, allOf, anyOf, const, else, enum, if, items, maxLength, minItems,
@@ -25,14 +26,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     Path = tuple[str | int, ...]
-    Errors = list[tuple[Path, str]]
+    #: (path, message, keyword, expected: the keyword's value in the schema, got)
+    Error = tuple[Path, str, str, Any, Any]
+    Errors = list[Error]
 
 #: SHA-256 of the schema file this module was generated from
 SCHEMA_SHA256 = "01eeaf7296837f57658e3fe92283e2bc781f4ddd47506402c7c4aa241d480a54"
 
 
-def errors(data: Any, lenient: bool = False) -> list[tuple[Path, str]]:
-    """Every schema error of ``data``, as (JSON path, message)."""
+def errors(data: Any, lenient: bool = False) -> list[Error]:
+    """Every schema error of ``data``: (JSON path, message, keyword, expected, got)."""
     e: Errors = []
     _manifest(data, (), e, lenient)
     return e
@@ -45,6 +48,13 @@ def _holds(
     found: Errors = []
     check(x, p, found, lenient)
     return not found
+
+
+def _schema(text: str) -> Any:
+    """A subschema, from its JSON text (for an error's message and ``expected``)."""
+    import json
+
+    return json.loads(text)
 
 
 def _is_integer(x: Any) -> bool:
@@ -112,8 +122,7 @@ _MANIFEST_REQUIRED = (
     "program",
     "engines",
 )
-_MANIFEST_PROGRAM_ONEOF_0_SCHEMA = "{'type': 'null'}"
-_MANIFEST_PROGRAM_ONEOF_1_SCHEMA = "{'$ref': '#/$defs/program'}"
+_MANIFEST_PROGRAM_ONEOF_SCHEMA = '[{"type": "null"}, {"$ref": "#/$defs/program"}]'
 _SAMPLES_PROPERTIES = ("member", "count", "tolerance", "variants")
 _SAMPLES_REQUIRED = ("member", "count", "tolerance", "variants")
 _TOLERANCE_PROPERTIES = ("atol", "rtol")
@@ -121,7 +130,7 @@ _TOLERANCE_REQUIRED = ("atol", "rtol")
 _IDENTIFIER_PATTERN = re.compile("^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256_PATTERN = re.compile("^[0-9a-f]{64}$")
 _MEMBER_NAME_PATTERN = re.compile("^(?!/)(?!.*(^|/)\\.\\.?(/|$))(?!.*//)[^\\\\\\u0000]+$")
-_DTYPE_ENUM = [
+_DTYPE_ENUM = (
     "float64",
     "float32",
     "float16",
@@ -141,36 +150,39 @@ _DTYPE_ENUM = [
     "bool",
     "complex64",
     "complex128",
-]
-_DIM_ONEOF_0_SCHEMA = "{'type': 'integer', 'minimum': 0}"
-_DIM_ONEOF_1_SCHEMA = "{'type': 'string', 'minLength': 1}"
+)
+_DIM_ONEOF_SCHEMA = '[{"type": "integer", "minimum": 0}, {"type": "string", "minLength": 1}]'
 _PRODUCER_PROPERTIES = ("trtpack", "python", "torch", "torch_tensorrt", "tensorrt")
 _PRODUCER_REQUIRED = ("trtpack", "python")
 _IO_PROPERTIES = ("name", "path", "kind", "dtype", "shape", "memory_format", "value", "symbol")
 _IO_REQUIRED = ("name", "path", "kind")
-_IO_KIND_ENUM = ["tensor", "int", "float", "bool", "str", "none"]
-_IO_MEMORY_FORMAT_ENUM = ["contiguous", "channels_last", "channels_last_3d", "strided"]
+_IO_KIND_ENUM = ("tensor", "int", "float", "bool", "str", "none")
+_IO_MEMORY_FORMAT_ENUM = ("contiguous", "channels_last", "channels_last_3d", "strided")
 _IO_ALLOF_0_THEN_REQUIRED = ("dtype", "shape")
 _IO_ALLOF_0_THEN_NOT_ANYOF_0_REQUIRED = ("value",)
 _IO_ALLOF_0_THEN_NOT_ANYOF_1_REQUIRED = ("symbol",)
-_IO_ALLOF_0_THEN_NOT_SCHEMA = "{'anyOf': [{'required': ['value']}, {'required': ['symbol']}]}"
+_IO_ALLOF_0_THEN_NOT_ANYOF_SCHEMA = '[{"required": ["value"]}, {"required": ["symbol"]}]'
+_IO_ALLOF_0_THEN_NOT_SCHEMA = '{"anyOf": [{"required": ["value"]}, {"required": ["symbol"]}]}'
 _IO_ALLOF_0_ELSE_NOT_ANYOF_0_REQUIRED = ("dtype",)
 _IO_ALLOF_0_ELSE_NOT_ANYOF_1_REQUIRED = ("shape",)
 _IO_ALLOF_0_ELSE_NOT_ANYOF_2_REQUIRED = ("memory_format",)
+_IO_ALLOF_0_ELSE_NOT_ANYOF_SCHEMA = (
+    '[{"required": ["dtype"]}, {"required": ["shape"]}, {"required": ["memory_format"]}]'
+)
 _IO_ALLOF_0_ELSE_NOT_SCHEMA = (
-    "{'anyOf': [{'required': ['dtype']}, {'required': ['shape']}, {'required': ['memory_format']}]}"
+    '{"anyOf": [{"required": ["dtype"]}, {"required": ["shape"]}, {"required": ["memory_format"]}]}'
 )
 _IO_ALLOF_1_IF_REQUIRED = ("symbol",)
 _IO_ALLOF_1_THEN_NOT_REQUIRED = ("value",)
-_IO_ALLOF_1_THEN_NOT_SCHEMA = "{'required': ['value']}"
+_IO_ALLOF_1_THEN_NOT_SCHEMA = '{"required": ["value"]}'
 _GUARD_PROPERTIES = ("source", "expr")
 _GUARD_REQUIRED = ("source",)
 _SYMBOL_PROPERTIES = ("min", "max", "opt", "opt_source")
 _SYMBOL_REQUIRED = ("min", "max", "opt", "opt_source")
-_SYMBOL_OPT_SOURCE_ENUM = ["example", "rule", "override"]
+_SYMBOL_OPT_SOURCE_ENUM = ("example", "rule", "override")
 _TREE_PROPERTIES = ("type", "children", "keys", "fields", "name", "context")
 _TREE_REQUIRED = ("type",)
-_TREE_TYPE_ENUM = ["leaf", "tuple", "list", "dict", "namedtuple", "none", "custom"]
+_TREE_TYPE_ENUM = ("leaf", "tuple", "list", "dict", "namedtuple", "none", "custom")
 _MEMBER_PROPERTIES = ("sha256", "size", "chunks")
 _MEMBER_REQUIRED = ("sha256", "size")
 _MEMBER_CHUNKS_PROPERTIES = ("size", "sha256")
@@ -179,8 +191,7 @@ _PROGRAM_PROPERTIES = ("graph", "weights", "serde_schema")
 _PROGRAM_REQUIRED = ("graph", "weights", "serde_schema")
 _VARIANT_PROPERTIES = ("name", "target", "engines", "program", "whole_graph", "described", "ranges")
 _VARIANT_REQUIRED = ("name", "target", "engines", "program", "whole_graph", "ranges")
-_VARIANT_PROGRAM_ONEOF_0_SCHEMA = "{'type': 'null'}"
-_VARIANT_PROGRAM_ONEOF_1_SCHEMA = "{'$ref': '#/$defs/program'}"
+_VARIANT_PROGRAM_ONEOF_SCHEMA = '[{"type": "null"}, {"$ref": "#/$defs/program"}]'
 _TARGET_PROPERTIES = (
     "flavor",
     "trt_version",
@@ -199,10 +210,10 @@ _TARGET_REQUIRED = (
     "hardware_compatibility",
     "version_compatible",
 )
-_TARGET_FLAVOR_ENUM = ["tensorrt", "tensorrt_rtx"]
+_TARGET_FLAVOR_ENUM = ("tensorrt", "tensorrt_rtx")
 _TARGET_TRT_VERSION_PATTERN = re.compile("^[0-9]+\\.[0-9]+\\.[0-9]+(\\.[0-9]+)?$")
 _TARGET_COMPUTE_CAPABILITIES_ITEM_PATTERN = re.compile("^[0-9]+\\.[0-9]+$")
-_TARGET_HARDWARE_COMPATIBILITY_ENUM = ["none", "ampere_plus", "same_compute_capability"]
+_TARGET_HARDWARE_COMPATIBILITY_ENUM = ("none", "ampere_plus", "same_compute_capability")
 _TARGET_CUDA_RUNTIME_PATTERN = re.compile("^[0-9]+\\.[0-9]+$")
 _ENGINE_PROPERTIES = ("name", "member", "inputs", "outputs", "abi_version", "settings")
 _ENGINE_REQUIRED = ("name", "member", "inputs", "outputs")
@@ -213,27 +224,27 @@ _BINDING_REQUIRED = ("name", "dtype", "shape")
 def _manifest_format(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/format
     if not (isinstance(x, str) and x == "trtpack"):
-        e.append((p, "'trtpack' was expected"))
+        e.append((p, "'trtpack' was expected", "const", "trtpack", x))
 
 
 def _manifest_format_version_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/format_version/prefixItems/0
     if not _equal(x, 1):
-        e.append((p, "1 was expected"))
+        e.append((p, "1 was expected", "const", 1, x))
 
 
 def _manifest_format_version_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/format_version/prefixItems/1
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _manifest_format_version(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/format_version
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         if len(x) > 0:
             _manifest_format_version_0(x[0], (*p, 0), e, lenient)
@@ -243,21 +254,21 @@ def _manifest_format_version(x: Any, p: Path, e: Errors, lenient: bool) -> None:
         extra = len(x) - 2
         rest = x[2:] if extra != 1 else x[2]
         message = f"Expected at most 2 items but found {extra} extra: {rest!r}"
-        e.append((p, message))
+        e.append((p, message, "items", False, x))
     if isinstance(x, list) and len(x) < 2:
-        e.append((p, f"{x!r} is too short"))
+        e.append((p, f"{x!r} is too short", "minItems", 2, x))
 
 
 def _manifest_metadata_value(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/metadata/additionalProperties
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _manifest_metadata(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/metadata
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if isinstance(x, dict):
         for k, v in x.items():
             _manifest_metadata_value(v, (*p, k), e, lenient)
@@ -266,7 +277,7 @@ def _manifest_metadata(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest_inputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/inputs
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_io(x[i], (*p, i), e, lenient)
@@ -275,7 +286,7 @@ def _manifest_inputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest_outputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/outputs
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_io(x[i], (*p, i), e, lenient)
@@ -284,7 +295,7 @@ def _manifest_outputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest_symbols(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/symbols
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if isinstance(x, dict):
         for k in x:
             _def_identifier(k, p, e, lenient)
@@ -295,7 +306,7 @@ def _manifest_symbols(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest_members(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/members
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if isinstance(x, dict):
         for k in x:
             _def_member_name(k, p, e, lenient)
@@ -306,7 +317,7 @@ def _manifest_members(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest_program_oneOf_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/program/oneOf/0
     if x is not None:
-        e.append((p, f"{x!r} is not of type 'null'"))
+        e.append((p, f"{x!r} is not of type 'null'", "type", "null", x))
 
 
 def _manifest_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -317,20 +328,25 @@ def _manifest_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     )
     valid = [i for i, ok in enumerate(holds) if ok]
     if not valid:
-        e.append((p, f"{x!r} is not valid under any of the given schemas"))
-    elif len(valid) > 1:
-        shown = (
-            _MANIFEST_PROGRAM_ONEOF_0_SCHEMA,
-            _MANIFEST_PROGRAM_ONEOF_1_SCHEMA,
+        e.append(
+            (
+                p,
+                f"{x!r} is not valid under any of the given schemas",
+                "oneOf",
+                _schema(_MANIFEST_PROGRAM_ONEOF_SCHEMA),
+                x,
+            )
         )
-        each = ", ".join(shown[i] for i in valid[1:] + valid[:1])
-        e.append((p, f"{x!r} is valid under each of {each}"))
+    elif len(valid) > 1:
+        shown = _schema(_MANIFEST_PROGRAM_ONEOF_SCHEMA)
+        each = ", ".join(repr(shown[i]) for i in valid[1:] + valid[:1])
+        e.append((p, f"{x!r} is valid under each of {each}", "oneOf", shown, x))
 
 
 def _manifest_engines(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/engines
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_variant(x[i], (*p, i), e, lenient)
@@ -339,7 +355,7 @@ def _manifest_engines(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest_guards(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/properties/guards
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_guard(x[i], (*p, i), e, lenient)
@@ -348,18 +364,18 @@ def _manifest_guards(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _manifest(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _MANIFEST_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _MANIFEST_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _MANIFEST_REQUIRED, x))
         if "format" in x:
             _manifest_format(x["format"], (*p, "format"), e, lenient)
         if "format_version" in x:
@@ -393,15 +409,15 @@ def _manifest(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_samples_count(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/samples/properties/count
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 1:
-        e.append((p, f"{x!r} is less than the minimum of 1"))
+        e.append((p, f"{x!r} is less than the minimum of 1", "minimum", 1, x))
 
 
 def _def_samples_variants(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/samples/properties/variants
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if isinstance(x, dict):
         for k, v in x.items():
             _def_tolerance(v, (*p, k), e, lenient)
@@ -410,18 +426,18 @@ def _def_samples_variants(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_samples(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/samples
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _SAMPLES_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _SAMPLES_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _SAMPLES_REQUIRED, x))
         if "member" in x:
             _def_member_name(x["member"], (*p, "member"), e, lenient)
         if "count" in x:
@@ -435,34 +451,34 @@ def _def_samples(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_tolerance_atol(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tolerance/properties/atol
     if not _is_number(x):
-        e.append((p, f"{x!r} is not of type 'number'"))
+        e.append((p, f"{x!r} is not of type 'number'", "type", "number", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_tolerance_rtol(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tolerance/properties/rtol
     if not _is_number(x):
-        e.append((p, f"{x!r} is not of type 'number'"))
+        e.append((p, f"{x!r} is not of type 'number'", "type", "number", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_tolerance(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tolerance
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _TOLERANCE_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _TOLERANCE_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _TOLERANCE_REQUIRED, x))
         if "atol" in x:
             _def_tolerance_atol(x["atol"], (*p, "atol"), e, lenient)
         if "rtol" in x:
@@ -472,47 +488,71 @@ def _def_tolerance(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_identifier(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/identifier
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and not _IDENTIFIER_PATTERN.search(x):
-        e.append((p, f"{x!r} does not match {_IDENTIFIER_PATTERN.pattern!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_IDENTIFIER_PATTERN.pattern!r}",
+                "pattern",
+                _IDENTIFIER_PATTERN.pattern,
+                x,
+            )
+        )
 
 
 def _def_sha256(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/sha256
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and not _SHA256_PATTERN.search(x):
-        e.append((p, f"{x!r} does not match {_SHA256_PATTERN.pattern!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_SHA256_PATTERN.pattern!r}",
+                "pattern",
+                _SHA256_PATTERN.pattern,
+                x,
+            )
+        )
 
 
 def _def_member_name(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/member_name
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and not _MEMBER_NAME_PATTERN.search(x):
-        e.append((p, f"{x!r} does not match {_MEMBER_NAME_PATTERN.pattern!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_MEMBER_NAME_PATTERN.pattern!r}",
+                "pattern",
+                _MEMBER_NAME_PATTERN.pattern,
+                x,
+            )
+        )
 
 
 def _def_dtype(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/dtype
     if not (isinstance(x, str) and x in _DTYPE_ENUM):
-        e.append((p, f"{x!r} is not one of {_DTYPE_ENUM!r}"))
+        e.append((p, f"{x!r} is not one of {list(_DTYPE_ENUM)!r}", "enum", _DTYPE_ENUM, x))
 
 
 def _def_dim_oneOf_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/dim/oneOf/0
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_dim_oneOf_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/dim/oneOf/1
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minLength", 1, x))
 
 
 def _def_dim(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -523,61 +563,66 @@ def _def_dim(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     )
     valid = [i for i, ok in enumerate(holds) if ok]
     if not valid:
-        e.append((p, f"{x!r} is not valid under any of the given schemas"))
-    elif len(valid) > 1:
-        shown = (
-            _DIM_ONEOF_0_SCHEMA,
-            _DIM_ONEOF_1_SCHEMA,
+        e.append(
+            (
+                p,
+                f"{x!r} is not valid under any of the given schemas",
+                "oneOf",
+                _schema(_DIM_ONEOF_SCHEMA),
+                x,
+            )
         )
-        each = ", ".join(shown[i] for i in valid[1:] + valid[:1])
-        e.append((p, f"{x!r} is valid under each of {each}"))
+    elif len(valid) > 1:
+        shown = _schema(_DIM_ONEOF_SCHEMA)
+        each = ", ".join(repr(shown[i]) for i in valid[1:] + valid[:1])
+        e.append((p, f"{x!r} is valid under each of {each}", "oneOf", shown, x))
 
 
 def _def_producer_trtpack(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/producer/properties/trtpack
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_producer_python(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/producer/properties/python
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_producer_torch(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/producer/properties/torch
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_producer_torch_tensorrt(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/producer/properties/torch_tensorrt
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_producer_tensorrt(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/producer/properties/tensorrt
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_producer(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/producer
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _PRODUCER_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _PRODUCER_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _PRODUCER_REQUIRED, x))
         if "trtpack" in x:
             _def_producer_trtpack(x["trtpack"], (*p, "trtpack"), e, lenient)
         if "python" in x:
@@ -593,29 +638,29 @@ def _def_producer(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_io_name(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/properties/name
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minLength", 1, x))
 
 
 def _def_io_path(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/properties/path
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minLength", 1, x))
 
 
 def _def_io_kind(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/properties/kind
     if not (isinstance(x, str) and x in _IO_KIND_ENUM):
-        e.append((p, f"{x!r} is not one of {_IO_KIND_ENUM!r}"))
+        e.append((p, f"{x!r} is not one of {list(_IO_KIND_ENUM)!r}", "enum", _IO_KIND_ENUM, x))
 
 
 def _def_io_shape(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/properties/shape
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_dim(x[i], (*p, i), e, lenient)
@@ -624,7 +669,15 @@ def _def_io_shape(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_io_memory_format(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/properties/memory_format
     if not (isinstance(x, str) and x in _IO_MEMORY_FORMAT_ENUM):
-        e.append((p, f"{x!r} is not one of {_IO_MEMORY_FORMAT_ENUM!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not one of {list(_IO_MEMORY_FORMAT_ENUM)!r}",
+                "enum",
+                _IO_MEMORY_FORMAT_ENUM,
+                x,
+            )
+        )
 
 
 def _def_io_value(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -632,21 +685,29 @@ def _def_io_value(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     if not (
         _is_integer(x) or _is_number(x) or isinstance(x, bool) or isinstance(x, str) or x is None
     ):
-        e.append((p, f"{x!r} is not of type 'integer', 'number', 'boolean', 'string', 'null'"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not of type 'integer', 'number', 'boolean', 'string', 'null'",
+                "type",
+                ["integer", "number", "boolean", "string", "null"],
+                x,
+            )
+        )
 
 
 def _def_io_symbol(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/properties/symbol
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minLength", 1, x))
 
 
 def _def_io_allOf_0_if_kind(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/allOf/0/if/properties/kind
     if not (isinstance(x, str) and x == "tensor"):
-        e.append((p, "'tensor' was expected"))
+        e.append((p, "'tensor' was expected", "const", "tensor", x))
 
 
 def _def_io_allOf_0_if(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -661,7 +722,15 @@ def _def_io_allOf_0_then_not_anyOf_0(x: Any, p: Path, e: Errors, lenient: bool) 
     if isinstance(x, dict):
         for k in _IO_ALLOF_0_THEN_NOT_ANYOF_0_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (
+                        p,
+                        f"{k!r} is a required property",
+                        "required",
+                        _IO_ALLOF_0_THEN_NOT_ANYOF_0_REQUIRED,
+                        x,
+                    )
+                )
 
 
 def _def_io_allOf_0_then_not_anyOf_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -669,7 +738,15 @@ def _def_io_allOf_0_then_not_anyOf_1(x: Any, p: Path, e: Errors, lenient: bool) 
     if isinstance(x, dict):
         for k in _IO_ALLOF_0_THEN_NOT_ANYOF_1_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (
+                        p,
+                        f"{k!r} is a required property",
+                        "required",
+                        _IO_ALLOF_0_THEN_NOT_ANYOF_1_REQUIRED,
+                        x,
+                    )
+                )
 
 
 def _def_io_allOf_0_then_not(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -678,7 +755,15 @@ def _def_io_allOf_0_then_not(x: Any, p: Path, e: Errors, lenient: bool) -> None:
         _holds(_def_io_allOf_0_then_not_anyOf_0, x, p, lenient)
         or _holds(_def_io_allOf_0_then_not_anyOf_1, x, p, lenient)
     ):
-        e.append((p, f"{x!r} is not valid under any of the given schemas"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not valid under any of the given schemas",
+                "anyOf",
+                _schema(_IO_ALLOF_0_THEN_NOT_ANYOF_SCHEMA),
+                x,
+            )
+        )
 
 
 def _def_io_allOf_0_then(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -686,9 +771,12 @@ def _def_io_allOf_0_then(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     if isinstance(x, dict):
         for k in _IO_ALLOF_0_THEN_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (p, f"{k!r} is a required property", "required", _IO_ALLOF_0_THEN_REQUIRED, x)
+                )
     if _holds(_def_io_allOf_0_then_not, x, p, lenient):
-        e.append((p, f"{x!r} should not be valid under {_IO_ALLOF_0_THEN_NOT_SCHEMA}"))
+        schema = _schema(_IO_ALLOF_0_THEN_NOT_SCHEMA)
+        e.append((p, f"{x!r} should not be valid under {schema!r}", "not", schema, x))
 
 
 def _def_io_allOf_0_else_not_anyOf_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -696,7 +784,15 @@ def _def_io_allOf_0_else_not_anyOf_0(x: Any, p: Path, e: Errors, lenient: bool) 
     if isinstance(x, dict):
         for k in _IO_ALLOF_0_ELSE_NOT_ANYOF_0_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (
+                        p,
+                        f"{k!r} is a required property",
+                        "required",
+                        _IO_ALLOF_0_ELSE_NOT_ANYOF_0_REQUIRED,
+                        x,
+                    )
+                )
 
 
 def _def_io_allOf_0_else_not_anyOf_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -704,7 +800,15 @@ def _def_io_allOf_0_else_not_anyOf_1(x: Any, p: Path, e: Errors, lenient: bool) 
     if isinstance(x, dict):
         for k in _IO_ALLOF_0_ELSE_NOT_ANYOF_1_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (
+                        p,
+                        f"{k!r} is a required property",
+                        "required",
+                        _IO_ALLOF_0_ELSE_NOT_ANYOF_1_REQUIRED,
+                        x,
+                    )
+                )
 
 
 def _def_io_allOf_0_else_not_anyOf_2(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -712,7 +816,15 @@ def _def_io_allOf_0_else_not_anyOf_2(x: Any, p: Path, e: Errors, lenient: bool) 
     if isinstance(x, dict):
         for k in _IO_ALLOF_0_ELSE_NOT_ANYOF_2_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (
+                        p,
+                        f"{k!r} is a required property",
+                        "required",
+                        _IO_ALLOF_0_ELSE_NOT_ANYOF_2_REQUIRED,
+                        x,
+                    )
+                )
 
 
 def _def_io_allOf_0_else_not(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -722,13 +834,22 @@ def _def_io_allOf_0_else_not(x: Any, p: Path, e: Errors, lenient: bool) -> None:
         or _holds(_def_io_allOf_0_else_not_anyOf_1, x, p, lenient)
         or _holds(_def_io_allOf_0_else_not_anyOf_2, x, p, lenient)
     ):
-        e.append((p, f"{x!r} is not valid under any of the given schemas"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not valid under any of the given schemas",
+                "anyOf",
+                _schema(_IO_ALLOF_0_ELSE_NOT_ANYOF_SCHEMA),
+                x,
+            )
+        )
 
 
 def _def_io_allOf_0_else(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/allOf/0/else
     if _holds(_def_io_allOf_0_else_not, x, p, lenient):
-        e.append((p, f"{x!r} should not be valid under {_IO_ALLOF_0_ELSE_NOT_SCHEMA}"))
+        schema = _schema(_IO_ALLOF_0_ELSE_NOT_SCHEMA)
+        e.append((p, f"{x!r} should not be valid under {schema!r}", "not", schema, x))
 
 
 def _def_io_allOf_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -744,13 +865,15 @@ def _def_io_allOf_1_if(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     if isinstance(x, dict):
         for k in _IO_ALLOF_1_IF_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (p, f"{k!r} is a required property", "required", _IO_ALLOF_1_IF_REQUIRED, x)
+                )
 
 
 def _def_io_allOf_1_then_kind(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io/allOf/1/then/properties/kind
     if not (isinstance(x, str) and x == "int"):
-        e.append((p, "'int' was expected"))
+        e.append((p, "'int' was expected", "const", "int", x))
 
 
 def _def_io_allOf_1_then_not(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -758,7 +881,15 @@ def _def_io_allOf_1_then_not(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     if isinstance(x, dict):
         for k in _IO_ALLOF_1_THEN_NOT_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (
+                        p,
+                        f"{k!r} is a required property",
+                        "required",
+                        _IO_ALLOF_1_THEN_NOT_REQUIRED,
+                        x,
+                    )
+                )
 
 
 def _def_io_allOf_1_then(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -767,7 +898,8 @@ def _def_io_allOf_1_then(x: Any, p: Path, e: Errors, lenient: bool) -> None:
         if "kind" in x:
             _def_io_allOf_1_then_kind(x["kind"], (*p, "kind"), e, lenient)
     if _holds(_def_io_allOf_1_then_not, x, p, lenient):
-        e.append((p, f"{x!r} should not be valid under {_IO_ALLOF_1_THEN_NOT_SCHEMA}"))
+        schema = _schema(_IO_ALLOF_1_THEN_NOT_SCHEMA)
+        e.append((p, f"{x!r} should not be valid under {schema!r}", "not", schema, x))
 
 
 def _def_io_allOf_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -779,18 +911,18 @@ def _def_io_allOf_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_io(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/io
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _IO_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _IO_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _IO_REQUIRED, x))
         if "name" in x:
             _def_io_name(x["name"], (*p, "name"), e, lenient)
         if "path" in x:
@@ -814,34 +946,34 @@ def _def_io(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_guard_source(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/guard/properties/source
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) > 10000:
-        e.append((p, f"{x!r} is too long"))
+        e.append((p, f"{x!r} is too long", "maxLength", 10000, x))
 
 
 def _def_guard_expr(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/guard/properties/expr
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) > 10000:
-        e.append((p, f"{x!r} is too long"))
+        e.append((p, f"{x!r} is too long", "maxLength", 10000, x))
 
 
 def _def_guard(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/guard
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _GUARD_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _GUARD_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _GUARD_REQUIRED, x))
         if "source" in x:
             _def_guard_source(x["source"], (*p, "source"), e, lenient)
         if "expr" in x:
@@ -851,48 +983,56 @@ def _def_guard(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_symbol_min(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/symbol/properties/min
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_symbol_max(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/symbol/properties/max
     if not (_is_integer(x) or x is None):
-        e.append((p, f"{x!r} is not of type 'integer', 'null'"))
+        e.append((p, f"{x!r} is not of type 'integer', 'null'", "type", ["integer", "null"], x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_symbol_opt(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/symbol/properties/opt
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_symbol_opt_source(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/symbol/properties/opt_source
     if not (isinstance(x, str) and x in _SYMBOL_OPT_SOURCE_ENUM):
-        e.append((p, f"{x!r} is not one of {_SYMBOL_OPT_SOURCE_ENUM!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not one of {list(_SYMBOL_OPT_SOURCE_ENUM)!r}",
+                "enum",
+                _SYMBOL_OPT_SOURCE_ENUM,
+                x,
+            )
+        )
 
 
 def _def_symbol(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/symbol
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _SYMBOL_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _SYMBOL_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _SYMBOL_REQUIRED, x))
         if "min" in x:
             _def_symbol_min(x["min"], (*p, "min"), e, lenient)
         if "max" in x:
@@ -906,13 +1046,13 @@ def _def_symbol(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_tree_type(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/type
     if not (isinstance(x, str) and x in _TREE_TYPE_ENUM):
-        e.append((p, f"{x!r} is not one of {_TREE_TYPE_ENUM!r}"))
+        e.append((p, f"{x!r} is not one of {list(_TREE_TYPE_ENUM)!r}", "enum", _TREE_TYPE_ENUM, x))
 
 
 def _def_tree_children(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/children
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_tree(x[i], (*p, i), e, lenient)
@@ -921,13 +1061,13 @@ def _def_tree_children(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_tree_keys_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/keys/items
     if not (isinstance(x, str) or _is_integer(x)):
-        e.append((p, f"{x!r} is not of type 'string', 'integer'"))
+        e.append((p, f"{x!r} is not of type 'string', 'integer'", "type", ["string", "integer"], x))
 
 
 def _def_tree_keys(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/keys
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_tree_keys_item(x[i], (*p, i), e, lenient)
@@ -936,13 +1076,13 @@ def _def_tree_keys(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_tree_fields_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/fields/items
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_tree_fields(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/fields
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_tree_fields_item(x[i], (*p, i), e, lenient)
@@ -951,30 +1091,30 @@ def _def_tree_fields(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_tree_name(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/name
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_tree_context(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree/properties/context
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_tree(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/tree
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _TREE_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _TREE_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _TREE_REQUIRED, x))
         if "type" in x:
             _def_tree_type(x["type"], (*p, "type"), e, lenient)
         if "children" in x:
@@ -992,45 +1132,47 @@ def _def_tree(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_member_size(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/member/properties/size
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 0:
-        e.append((p, f"{x!r} is less than the minimum of 0"))
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
 
 
 def _def_member_chunks_size(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/member/properties/chunks/properties/size
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
     if _is_number(x) and x < 1:
-        e.append((p, f"{x!r} is less than the minimum of 1"))
+        e.append((p, f"{x!r} is less than the minimum of 1", "minimum", 1, x))
 
 
 def _def_member_chunks_sha256(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/member/properties/chunks/properties/sha256
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_sha256(x[i], (*p, i), e, lenient)
     if isinstance(x, list) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minItems", 1, x))
 
 
 def _def_member_chunks(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/member/properties/chunks
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _MEMBER_CHUNKS_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _MEMBER_CHUNKS_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append(
+                    (p, f"{k!r} is a required property", "required", _MEMBER_CHUNKS_REQUIRED, x)
+                )
         if "size" in x:
             _def_member_chunks_size(x["size"], (*p, "size"), e, lenient)
         if "sha256" in x:
@@ -1040,18 +1182,18 @@ def _def_member_chunks(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_member(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/member
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _MEMBER_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _MEMBER_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _MEMBER_REQUIRED, x))
         if "sha256" in x:
             _def_sha256(x["sha256"], (*p, "sha256"), e, lenient)
         if "size" in x:
@@ -1063,19 +1205,19 @@ def _def_member(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_program_serde_schema_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/program/properties/serde_schema/prefixItems/0
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_program_serde_schema_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/program/properties/serde_schema/prefixItems/1
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_program_serde_schema(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/program/properties/serde_schema
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         if len(x) > 0:
             _def_program_serde_schema_0(x[0], (*p, 0), e, lenient)
@@ -1085,26 +1227,26 @@ def _def_program_serde_schema(x: Any, p: Path, e: Errors, lenient: bool) -> None
         extra = len(x) - 2
         rest = x[2:] if extra != 1 else x[2]
         message = f"Expected at most 2 items but found {extra} extra: {rest!r}"
-        e.append((p, message))
+        e.append((p, message, "items", False, x))
     if isinstance(x, list) and len(x) < 2:
-        e.append((p, f"{x!r} is too short"))
+        e.append((p, f"{x!r} is too short", "minItems", 2, x))
 
 
 def _def_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/program
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _PROGRAM_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _PROGRAM_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _PROGRAM_REQUIRED, x))
         if "graph" in x:
             _def_member_name(x["graph"], (*p, "graph"), e, lenient)
         if "weights" in x:
@@ -1116,9 +1258,9 @@ def _def_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_variant_engines(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/engines
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minItems", 1, x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_engine(x[i], (*p, i), e, lenient)
@@ -1127,7 +1269,7 @@ def _def_variant_engines(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_variant_program_oneOf_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/program/oneOf/0
     if x is not None:
-        e.append((p, f"{x!r} is not of type 'null'"))
+        e.append((p, f"{x!r} is not of type 'null'", "type", "null", x))
 
 
 def _def_variant_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -1138,44 +1280,49 @@ def _def_variant_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     )
     valid = [i for i, ok in enumerate(holds) if ok]
     if not valid:
-        e.append((p, f"{x!r} is not valid under any of the given schemas"))
-    elif len(valid) > 1:
-        shown = (
-            _VARIANT_PROGRAM_ONEOF_0_SCHEMA,
-            _VARIANT_PROGRAM_ONEOF_1_SCHEMA,
+        e.append(
+            (
+                p,
+                f"{x!r} is not valid under any of the given schemas",
+                "oneOf",
+                _schema(_VARIANT_PROGRAM_ONEOF_SCHEMA),
+                x,
+            )
         )
-        each = ", ".join(shown[i] for i in valid[1:] + valid[:1])
-        e.append((p, f"{x!r} is valid under each of {each}"))
+    elif len(valid) > 1:
+        shown = _schema(_VARIANT_PROGRAM_ONEOF_SCHEMA)
+        each = ", ".join(repr(shown[i]) for i in valid[1:] + valid[:1])
+        e.append((p, f"{x!r} is valid under each of {each}", "oneOf", shown, x))
 
 
 def _def_variant_whole_graph(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/whole_graph
     if not isinstance(x, bool):
-        e.append((p, f"{x!r} is not of type 'boolean'"))
+        e.append((p, f"{x!r} is not of type 'boolean'", "type", "boolean", x))
 
 
 def _def_variant_described(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/described
     if not isinstance(x, bool):
-        e.append((p, f"{x!r} is not of type 'boolean'"))
+        e.append((p, f"{x!r} is not of type 'boolean'", "type", "boolean", x))
 
 
 def _def_variant_ranges_value_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/ranges/additionalProperties/prefixItems/0
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_variant_ranges_value_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/ranges/additionalProperties/prefixItems/1
     if not (_is_integer(x) or x is None):
-        e.append((p, f"{x!r} is not of type 'integer', 'null'"))
+        e.append((p, f"{x!r} is not of type 'integer', 'null'", "type", ["integer", "null"], x))
 
 
 def _def_variant_ranges_value(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/ranges/additionalProperties
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         if len(x) > 0:
             _def_variant_ranges_value_0(x[0], (*p, 0), e, lenient)
@@ -1185,15 +1332,15 @@ def _def_variant_ranges_value(x: Any, p: Path, e: Errors, lenient: bool) -> None
         extra = len(x) - 2
         rest = x[2:] if extra != 1 else x[2]
         message = f"Expected at most 2 items but found {extra} extra: {rest!r}"
-        e.append((p, message))
+        e.append((p, message, "items", False, x))
     if isinstance(x, list) and len(x) < 2:
-        e.append((p, f"{x!r} is too short"))
+        e.append((p, f"{x!r} is too short", "minItems", 2, x))
 
 
 def _def_variant_ranges(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant/properties/ranges
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if isinstance(x, dict):
         for k in x:
             _def_identifier(k, p, e, lenient)
@@ -1204,18 +1351,18 @@ def _def_variant_ranges(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_variant(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/variant
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _VARIANT_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _VARIANT_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _VARIANT_REQUIRED, x))
         if "name" in x:
             _def_identifier(x["name"], (*p, "name"), e, lenient)
         if "target" in x:
@@ -1235,29 +1382,53 @@ def _def_variant(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_target_flavor(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/flavor
     if not (isinstance(x, str) and x in _TARGET_FLAVOR_ENUM):
-        e.append((p, f"{x!r} is not one of {_TARGET_FLAVOR_ENUM!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not one of {list(_TARGET_FLAVOR_ENUM)!r}",
+                "enum",
+                _TARGET_FLAVOR_ENUM,
+                x,
+            )
+        )
 
 
 def _def_target_trt_version(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/trt_version
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and not _TARGET_TRT_VERSION_PATTERN.search(x):
-        e.append((p, f"{x!r} does not match {_TARGET_TRT_VERSION_PATTERN.pattern!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_TARGET_TRT_VERSION_PATTERN.pattern!r}",
+                "pattern",
+                _TARGET_TRT_VERSION_PATTERN.pattern,
+                x,
+            )
+        )
 
 
 def _def_target_compute_capabilities_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/compute_capabilities/items
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and not _TARGET_COMPUTE_CAPABILITIES_ITEM_PATTERN.search(x):
-        e.append((p, f"{x!r} does not match {_TARGET_COMPUTE_CAPABILITIES_ITEM_PATTERN.pattern!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_TARGET_COMPUTE_CAPABILITIES_ITEM_PATTERN.pattern!r}",
+                "pattern",
+                _TARGET_COMPUTE_CAPABILITIES_ITEM_PATTERN.pattern,
+                x,
+            )
+        )
 
 
 def _def_target_compute_capabilities(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/compute_capabilities
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_target_compute_capabilities_item(x[i], (*p, i), e, lenient)
@@ -1266,56 +1437,72 @@ def _def_target_compute_capabilities(x: Any, p: Path, e: Errors, lenient: bool) 
 def _def_target_future_gpus(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/future_gpus
     if not isinstance(x, bool):
-        e.append((p, f"{x!r} is not of type 'boolean'"))
+        e.append((p, f"{x!r} is not of type 'boolean'", "type", "boolean", x))
 
 
 def _def_target_hardware_compatibility(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/hardware_compatibility
     if not (isinstance(x, str) and x in _TARGET_HARDWARE_COMPATIBILITY_ENUM):
-        e.append((p, f"{x!r} is not one of {_TARGET_HARDWARE_COMPATIBILITY_ENUM!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} is not one of {list(_TARGET_HARDWARE_COMPATIBILITY_ENUM)!r}",
+                "enum",
+                _TARGET_HARDWARE_COMPATIBILITY_ENUM,
+                x,
+            )
+        )
 
 
 def _def_target_version_compatible(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/version_compatible
     if not isinstance(x, bool):
-        e.append((p, f"{x!r} is not of type 'boolean'"))
+        e.append((p, f"{x!r} is not of type 'boolean'", "type", "boolean", x))
 
 
 def _def_target_embeds_lean_runtime(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/embeds_lean_runtime
     if not isinstance(x, bool):
-        e.append((p, f"{x!r} is not of type 'boolean'"))
+        e.append((p, f"{x!r} is not of type 'boolean'", "type", "boolean", x))
 
 
 def _def_target_platform(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/platform
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_target_cuda_runtime(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target/properties/cuda_runtime
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and not _TARGET_CUDA_RUNTIME_PATTERN.search(x):
-        e.append((p, f"{x!r} does not match {_TARGET_CUDA_RUNTIME_PATTERN.pattern!r}"))
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_TARGET_CUDA_RUNTIME_PATTERN.pattern!r}",
+                "pattern",
+                _TARGET_CUDA_RUNTIME_PATTERN.pattern,
+                x,
+            )
+        )
 
 
 def _def_target(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/target
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _TARGET_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _TARGET_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _TARGET_REQUIRED, x))
         if "flavor" in x:
             _def_target_flavor(x["flavor"], (*p, "flavor"), e, lenient)
         if "trt_version" in x:
@@ -1347,15 +1534,15 @@ def _def_target(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_engine_name(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/engine/properties/name
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minLength", 1, x))
 
 
 def _def_engine_inputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/engine/properties/inputs
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_binding(x[i], (*p, i), e, lenient)
@@ -1364,7 +1551,7 @@ def _def_engine_inputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_engine_outputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/engine/properties/outputs
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_binding(x[i], (*p, i), e, lenient)
@@ -1373,30 +1560,30 @@ def _def_engine_outputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_engine_abi_version(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/engine/properties/abi_version
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
 
 
 def _def_engine_settings(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/engine/properties/settings
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
 
 
 def _def_engine(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/engine
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _ENGINE_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _ENGINE_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _ENGINE_REQUIRED, x))
         if "name" in x:
             _def_engine_name(x["name"], (*p, "name"), e, lenient)
         if "member" in x:
@@ -1414,15 +1601,15 @@ def _def_engine(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_binding_name(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/name
     if not isinstance(x, str):
-        e.append((p, f"{x!r} is not of type 'string'"))
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
     if isinstance(x, str) and len(x) < 1:
-        e.append((p, f"{x!r} should be non-empty"))
+        e.append((p, f"{x!r} should be non-empty", "minLength", 1, x))
 
 
 def _def_binding_shape(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/shape
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_dim(x[i], (*p, i), e, lenient)
@@ -1431,25 +1618,25 @@ def _def_binding_shape(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_binding_profile_item_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/profile/items/prefixItems/0
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_binding_profile_item_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/profile/items/prefixItems/1
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_binding_profile_item_2(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/profile/items/prefixItems/2
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_binding_profile_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/profile/items
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         if len(x) > 0:
             _def_binding_profile_item_0(x[0], (*p, 0), e, lenient)
@@ -1461,15 +1648,15 @@ def _def_binding_profile_item(x: Any, p: Path, e: Errors, lenient: bool) -> None
         extra = len(x) - 3
         rest = x[3:] if extra != 1 else x[3]
         message = f"Expected at most 3 items but found {extra} extra: {rest!r}"
-        e.append((p, message))
+        e.append((p, message, "items", False, x))
     if isinstance(x, list) and len(x) < 3:
-        e.append((p, f"{x!r} is too short"))
+        e.append((p, f"{x!r} is too short", "minItems", 3, x))
 
 
 def _def_binding_profile(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/profile
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_binding_profile_item(x[i], (*p, i), e, lenient)
@@ -1478,25 +1665,25 @@ def _def_binding_profile(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 def _def_binding_extra_profiles_item_item_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/extra_profiles/items/items/prefixItems/0
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_binding_extra_profiles_item_item_1(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/extra_profiles/items/items/prefixItems/1
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_binding_extra_profiles_item_item_2(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/extra_profiles/items/items/prefixItems/2
     if not _is_integer(x):
-        e.append((p, f"{x!r} is not of type 'integer'"))
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
 
 
 def _def_binding_extra_profiles_item_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/extra_profiles/items/items
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         if len(x) > 0:
             _def_binding_extra_profiles_item_item_0(x[0], (*p, 0), e, lenient)
@@ -1508,15 +1695,15 @@ def _def_binding_extra_profiles_item_item(x: Any, p: Path, e: Errors, lenient: b
         extra = len(x) - 3
         rest = x[3:] if extra != 1 else x[3]
         message = f"Expected at most 3 items but found {extra} extra: {rest!r}"
-        e.append((p, message))
+        e.append((p, message, "items", False, x))
     if isinstance(x, list) and len(x) < 3:
-        e.append((p, f"{x!r} is too short"))
+        e.append((p, f"{x!r} is too short", "minItems", 3, x))
 
 
 def _def_binding_extra_profiles_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/extra_profiles/items
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_binding_extra_profiles_item_item(x[i], (*p, i), e, lenient)
@@ -1525,7 +1712,7 @@ def _def_binding_extra_profiles_item(x: Any, p: Path, e: Errors, lenient: bool) 
 def _def_binding_extra_profiles(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding/properties/extra_profiles
     if not isinstance(x, list):
-        e.append((p, f"{x!r} is not of type 'array'"))
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
     if isinstance(x, list):
         for i in range(len(x)):
             _def_binding_extra_profiles_item(x[i], (*p, i), e, lenient)
@@ -1534,18 +1721,18 @@ def _def_binding_extra_profiles(x: Any, p: Path, e: Errors, lenient: bool) -> No
 def _def_binding(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/binding
     if not isinstance(x, dict):
-        e.append((p, f"{x!r} is not of type 'object'"))
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
     if not lenient and isinstance(x, dict):
         extra = sorted((k for k in x if k not in _BINDING_PROPERTIES), key=str)
         if extra:
             were = "was" if len(extra) == 1 else "were"
             listed = ", ".join(repr(k) for k in extra)
             message = f"Additional properties are not allowed ({listed} {were} unexpected)"
-            e.append((p, message))
+            e.append((p, message, "additionalProperties", False, x))
     if isinstance(x, dict):
         for k in _BINDING_REQUIRED:
             if k not in x:
-                e.append((p, f"{k!r} is a required property"))
+                e.append((p, f"{k!r} is a required property", "required", _BINDING_REQUIRED, x))
         if "name" in x:
             _def_binding_name(x["name"], (*p, "name"), e, lenient)
         if "dtype" in x:

@@ -127,7 +127,7 @@ def main() -> int:
     print(f"  trtpack.load verify / torch.export.load {t_load / t_torch_load:5.2f}x")
     print(f"  trtpack.load no-verify / torch.export.load {t_load_nv / t_torch_load:5.2f}x")
     print(f"  trtpack.verify speed / raw read speed   {t_raw_read / t_verify:5.2f}  (goal >= 0.80)")
-    print(f"  (goal for save: <= 1.20x raw write + fsync)")
+    print("  (goal for save: <= 1.20x raw write + fsync)")
     return 0
 
 

@@ -168,6 +168,22 @@ def test_device_arguments_move_as_move_to_device_pass_moves_them(tmp_path):
     assert devices and set(devices) == {"meta"}
 
 
+class _ToDevice(torch.nn.Module):
+    def forward(self, x):
+        return x.to("cpu", torch.float64) + 1  # aten.to.device, its device positional
+
+
+def test_aten_to_device_is_left_to_torchs_own_pass_off_the_cpu(tmp_path):
+    """Newer torch's move_to_device_pass moves the positional device of aten.to.device, older
+    ones do not: off the CPU such a graph takes the running torch's path."""
+    ep = torch.export.export(_ToDevice(), (torch.randn(2),))
+    path = trtpack.save(ep, tmp_path / "to.trtpack").path
+    check_against_reference(path, [((torch.randn(2),), {})])  # on the CPU: nothing moves
+    graph = json.loads(raw_members(path)[GRAPH])
+    with pytest.raises(Unsupported, match="aten.to.device"):
+        build_module(graph, {}, {}, torch.device("meta"))
+
+
 def test_the_exported_program_is_built_on_first_access_from_the_same_tensors(small_pack):
     pack = trtpack.load(small_pack, device="cpu")
     assert pack._exported_program is None
@@ -294,5 +310,4 @@ def test_mutated_graphs_build_or_are_refused_never_anything_else(exported, tmp_p
             outcomes["unsupported"] += 1
         except trtpack.UnsafePackError:
             outcomes["unsafe"] += 1
-    print(outcomes)
     assert outcomes["unsupported"] > 0 and outcomes["built"] > 0, outcomes

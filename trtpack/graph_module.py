@@ -17,7 +17,7 @@ that ``ep.module(check_guards=False)`` returns, from the parsed JSON, with only 
   output, the user outputs returned through the program's own pytree specs
   (``_unlift._insert_copy_for_mutations`` and ``_get_codegen``);
 - on a non-CPU device, device arguments moved as ``torch.export.passes.move_to_device_pass``
-  moves them (every ``device=`` keyword, and the target of ``aten.to.device``).
+  moves them (every ``device=`` keyword).
 
 Whatever it does not reproduce exactly — higher-order ops and their subgraphs, custom
 objects, effect tokens, training outputs, an argument kind or target it does not know, a
@@ -475,15 +475,14 @@ class _Builder:
     # -- device --------------------------------------------------------------------------
 
     def _move(self, device: str) -> None:
-        """``move_to_device_pass``: every ``device=`` keyword (whatever its value) and the
-        device of ``aten.to.device`` become the load device, as a string like torch's."""
+        """``move_to_device_pass``: every ``device=`` keyword, whatever its value, becomes the
+        load device, as a string like torch's. (Its positional device of ``aten.to.device``
+        is moved by newer torch versions only: that op is left to the running torch's pass.)"""
         for node in self.graph.nodes:
+            if node.op == "call_function" and node.target is torch.ops.aten.to.device:
+                raise Unsupported("aten.to.device on a non-CPU load (torch versions differ)")
             if "device" in node.kwargs:
                 node.kwargs = {**node.kwargs, "device": device}
-            if node.op == "call_function" and node.target is torch.ops.aten.to.device:
-                if len(node.args) < 2:  # torch's pass fails on it (IndexError)
-                    raise Unsupported("aten.to.device with its device as a keyword")
-                node.args = (node.args[0], device, *node.args[2:])
 
 
 def _codegen(module_call_graph: list) -> _PyTreeCodeGen:

@@ -17,7 +17,7 @@ that ``ep.module(check_guards=False)`` returns, from the parsed JSON, with only 
   output, the user outputs returned through the program's own pytree specs
   (``_unlift._insert_copy_for_mutations`` and ``_get_codegen``);
 - on a non-CPU device, device arguments moved as ``torch.export.passes.move_to_device_pass``
-  moves them (every ``device=`` keyword).
+  moves them (every ``device=`` keyword, and the device of ``aten.to.device``).
 
 Whatever it does not reproduce exactly — higher-order ops and their subgraphs, custom
 objects, effect tokens, training outputs, an argument kind or target it does not know, a
@@ -289,12 +289,15 @@ class _Builder:
         return tuple(args), kwargs
 
     def _plain_inputs(self, inputs: list) -> tuple[tuple, dict]:
-        """torch's ``deserialize_hoo_inputs`` (a callable without a schema): positional
-        where recorded so or unnamed, else by keyword."""
+        """torch's ``deserialize_hoo_inputs`` (a callable without a schema): positional when
+        unnamed, else by keyword. torch 2.13 takes a named input recorded as positional
+        positionally, 2.11 by keyword; torch's serializer writes none, and none is taken."""
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         for i in inputs:
-            if i.get("kind") == _POSITIONAL or i["name"] == "":
+            if i.get("kind") == _POSITIONAL and i["name"] != "":
+                raise Unsupported(f"a positional input named {i['name']!r} of a plain callable")
+            if i["name"] == "":
                 args.append(self._arg(i["arg"]))
             else:
                 kwargs[_str(i["name"])] = self._arg(i["arg"])
@@ -475,14 +478,17 @@ class _Builder:
     # -- device --------------------------------------------------------------------------
 
     def _move(self, device: str) -> None:
-        """``move_to_device_pass``: every ``device=`` keyword, whatever its value, becomes the
-        load device, as a string like torch's. (Its positional device of ``aten.to.device``
-        is moved by newer torch versions only: that op is left to the running torch's pass.)"""
+        """``move_to_device_pass``: every ``device=`` keyword, whatever its value, and the
+        device argument of ``aten.to.device`` become the load device, as a string like
+        torch's. The pass of torch 2.11 and later moves the latter (2.11, 2.13 and 2.14 read
+        alike); an older one may not, so there such a graph takes torch's own path."""
         for node in self.graph.nodes:
-            if node.op == "call_function" and node.target is torch.ops.aten.to.device:
-                raise Unsupported("aten.to.device on a non-CPU load (torch versions differ)")
             if "device" in node.kwargs:
                 node.kwargs = {**node.kwargs, "device": device}
+            if node.op == "call_function" and node.target is torch.ops.aten.to.device:
+                if torch.__version__ < "2.11" or len(node.args) < 2:  # (torch's pass: IndexError)
+                    raise Unsupported(f"aten.to.device off the CPU, torch {torch.__version__}")
+                node.args = (node.args[0], device, *node.args[2:])
 
 
 def _codegen(module_call_graph: list) -> _PyTreeCodeGen:
@@ -528,7 +534,7 @@ def _assign(module: torch.nn.Module, target: str, register: Any) -> None:
         if sub is None:
             sub = torch.nn.Module()
             setattr(module, item, sub)
-        elif not isinstance(sub, torch.nn.Module) or isinstance(sub, torch.fx.GraphModule):
+        elif not isinstance(sub, torch.nn.Module):
             raise Unsupported(f"attribute path {target!r} runs through a non-module")
         module = sub
     if hasattr(module, field):

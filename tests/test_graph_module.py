@@ -168,6 +168,17 @@ def test_device_arguments_move_as_move_to_device_pass_moves_them(tmp_path):
     assert devices and set(devices) == {"meta"}
 
 
+def test_a_program_without_forward_arg_names(small_pack, tmp_path):
+    """Then forward() is named arg_0, ..., and the keywords of the in_spec, as torch does."""
+    graph = _graph(small_pack)
+    del graph["graph_module"]["module_call_graph"][0]["signature"]["forward_arg_names"]
+    path = rewrite(small_pack, tmp_path / "n.trtpack", replace={GRAPH: json.dumps(graph).encode()})
+    pack = check_against_reference(
+        path, [((torch.randn(3, 6),), {"mask": torch.randn(3, 6), "bias": torch.randn(6)})]
+    )
+    assert "def forward(self, arg_0, mask, bias)" in pack.module.code
+
+
 class _ToDevice(torch.nn.Module):
     def forward(self, x):
         return x.to("cpu", torch.float64) + 1  # aten.to.device, its device positional

@@ -42,6 +42,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 
+from .treespec import _children
+
 #: the torch.export serde schema major this builder follows; another one is refused (torch's
 #: own deserializer checks only the major too: minors add fields, and any kind or target a
 #: newer minor adds is refused here one by one)
@@ -514,11 +516,6 @@ def _codegen(module_call_graph: list) -> _PyTreeCodeGen:
         else:
             names = [f"arg_{i}" for i in range(len(children))]
     return _PyTreeCodeGen(_PyTreeInfo(list(names), in_spec, out_spec))
-
-
-def _children(spec: Any) -> list[Any]:
-    children = spec.children_specs  # a list, or (some torch versions) a method
-    return list(children() if callable(children) else children)
 
 
 # -- attributes ------------------------------------------------------------------------------

@@ -247,7 +247,7 @@ class _Builder:
         name = node.get("name") or None
         if target in _SYM_OPS or target is torch.ops.aten.item.default:
             if any(i.get("kind") != _POSITIONAL for i in inputs) or len(outputs) != 1:
-                raise Unsupported(f"{node['target']} in a form torch's sym-op path reads apart")
+                raise Unsupported(f"{node['target']} with a keyword input or not one result")
             kind, value = _union(outputs[0])
             if kind not in _SYM_KINDS:
                 raise Unsupported(f"{node['target']} with a result of kind {kind}")

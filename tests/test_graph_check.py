@@ -114,6 +114,46 @@ def test_symbolic_expression_with_code_refused(small_pack, tmp_path):
     _refused(lambda: trtpack.load(pack), marker, "expr_str")
 
 
+def _call_signature(graph: dict) -> dict:
+    return graph["graph_module"]["module_call_graph"][0]["signature"]
+
+
+def test_keyword_name_with_code_in_the_in_spec_refused(small_pack, tmp_path):
+    """ep.module()'s forward() quotes each keyword of the call into its source
+    (``{'mask':mask, 'bias':bias}``): a key that closes the quote ran its payload on the first
+    call, before this check (found while building the direct loader)."""
+    marker = tmp_path / "ran"
+    payload = f'exec("import pathlib; pathlib.Path({str(marker)!r}).touch()")'
+
+    def edit(raw: bytes) -> bytes:
+        graph = json.loads(raw)
+        sig = _call_signature(graph)
+        protocol, root = json.loads(sig["in_spec"])
+        kwargs = root["children_spec"][1]
+        assert json.loads(kwargs["context"]) == ["mask", "bias"]
+        kwargs["context"] = json.dumps(["mask", f"bias':({payload}),'z"])
+        sig["in_spec"] = json.dumps([protocol, root])
+        return json.dumps(graph).encode()
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    err = _refused(lambda: trtpack.load(pack), marker, "in_spec")
+    assert "kwargs key [1]" in err.field
+
+
+def test_forward_arg_name_with_code_refused(small_pack, tmp_path):
+    """forward_arg_names are the parameters of ep.module()'s generated forward()."""
+    marker = tmp_path / "ran"
+
+    def edit(raw: bytes) -> bytes:
+        graph = json.loads(raw)
+        _call_signature(graph)["forward_arg_names"][2] = f"bias={_payload(marker)}"
+        return json.dumps(graph).encode()
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    err = _refused(lambda: trtpack.load(pack), marker, "forward_arg_names")
+    assert err.field.endswith("forward_arg_names[2]")
+
+
 def _hostile_pt2(tmp_path: Path, marker: Path) -> Path:
     def edit(raw: bytes) -> bytes:
         old = _first_placeholder(json.loads(raw))

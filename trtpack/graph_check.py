@@ -87,8 +87,9 @@ _PLAIN_TARGETS = frozenset(
         )
     ]
 )
-# keys whose string values become Python identifiers in generated code
-_NAME_KEYS = frozenset(["name", "as_name", "as_names", "arg_name"])
+# keys whose string values become Python identifiers in generated code (forward_arg_names:
+# the parameters of ep.module()'s forward)
+_NAME_KEYS = frozenset(["name", "as_name", "as_names", "arg_name", "forward_arg_names"])
 # keys whose values are qualified names (getattr paths, module FQNs)
 _DOTTED_KEYS = frozenset(
     [
@@ -243,10 +244,10 @@ def safe_target(t: Any) -> bool:
     return isinstance(t, str) and (t in _PLAIN_TARGETS or bool(_OP.match(t)))
 
 
-def check_graph(data: Any, member: str) -> None:
+def check_graph(data: Any, member: str) -> Any:
     """Raise :class:`UnsafePackError` naming ``member`` and the JSON path of the first name
     or call target in ``data`` (bytes/str of JSON or the parsed object) that torch could
-    turn into code."""
+    turn into code. Returns the parsed JSON."""
     if isinstance(data, (bytes, bytearray, memoryview, str)):
         try:
             data = json.loads(bytes(data) if isinstance(data, memoryview) else data)
@@ -280,6 +281,9 @@ def check_graph(data: Any, member: str) -> None:
                     if not safe_target(v):
                         _bad(member, p, v, "a call target outside the operator allowlist")
                     continue
+                if k == "in_spec" and isinstance(v, str):
+                    _check_call_keys(member, p, v)
+                    continue
                 if k in _EXPR_KEYS and isinstance(v, str):
                     if not safe_expr(v):
                         _bad(member, p, v, "not a plain symbolic expression")
@@ -311,6 +315,25 @@ def check_graph(data: Any, member: str) -> None:
             for i, v in enumerate(obj):
                 if isinstance(v, (dict, list)):
                     stack.append((f"{path}[{i}]", v))
+    return data
+
+
+def _check_call_keys(member: str, field: str, in_spec: str) -> None:
+    """The keyword names of the call (the keys of the ``(args, kwargs)`` root's dict in the
+    serialized in_spec): ``ep.module()``'s forward() quotes each one into its source
+    (``{'mask': mask}``, torch.fx ``_PyTreeCodeGen``), so a key with a quote in it is code.
+    A spec of another shape puts no key into the source (or torch's reader refuses it)."""
+    try:
+        _protocol, root = json.loads(in_spec)
+        _args, kwargs = root["children_spec"]
+        if root["type"] != "builtins.tuple" or kwargs["type"] != "builtins.dict":
+            return
+        keys = json.loads(kwargs["context"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return
+    for i, key in enumerate(keys if isinstance(keys, list) else [keys]):
+        if not _ident(key):
+            _bad(member, f"{field}: kwargs key [{i}]", key)
 
 
 def _bad(member: str, field: str, value: Any, why: str = "not a plain Python identifier") -> None:

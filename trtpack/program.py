@@ -309,20 +309,38 @@ def load_program(
 ) -> ExportedProgram:
     """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
     whose ``engines`` are supplied as constants); on ``device`` when asked."""
-    from torch._export.serde.serialize import SerializedArtifact, deserialize
-
-    ref = ref or manifest.program
-    if ref is None:
-        raise ProgramError(f"{reader.path} holds no ExportedProgram")
-    restore_namedtuples(manifest.input_tree)
-    restore_namedtuples(manifest.output_tree)
-    _require_registered(manifest, str(reader.path))
+    ref = _program_ref(reader, manifest, ref)
     state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
     constants.update(engines or {})
     graph = reader.read(ref.graph)
     from .graph_check import check_graph
 
     check_graph(graph, ref.graph)  # before torch turns names into code
+    return deserialize_program(graph, state_dict, constants, manifest, ref, device)
+
+
+def _program_ref(reader: PackReader, manifest: Manifest, ref: ProgramRef | None) -> ProgramRef:
+    """The program to load, with the pytree types its specs name made known to torch."""
+    ref = ref or manifest.program
+    if ref is None:
+        raise ProgramError(f"{reader.path} holds no ExportedProgram")
+    restore_namedtuples(manifest.input_tree)
+    restore_namedtuples(manifest.output_tree)
+    _require_registered(manifest, str(reader.path))
+    return ref
+
+
+def deserialize_program(
+    graph: bytes,
+    state_dict: dict[str, torch.Tensor],
+    constants: dict[str, Any],
+    manifest: Manifest,
+    ref: ProgramRef,
+    device: torch.device | None,
+) -> ExportedProgram:
+    """torch's deserializer on a checked graph and the tensors ``_rebuild_state`` made."""
+    from torch._export.serde.serialize import SerializedArtifact, deserialize
+
     try:
         # torch's annotations say bytes; deserialize takes the tensors themselves too
         ep = deserialize(SerializedArtifact(graph, state_dict, constants, b""))  # type: ignore[arg-type]
@@ -340,6 +358,67 @@ def load_program(
     # saving this program again keeps the opts its manifest chose (see derive_interface)
     ep.graph_module.meta[LOADED_FROM_KEY] = manifest.interface
     return ep
+
+
+class LoadedProgram:
+    """The pack's program, loaded to run: ``module`` is what ``runnable(ep)`` would be, and
+    ``exported_program()`` the ExportedProgram itself, deserialized by torch on first call
+    when the module was built without it (from the same checked graph and the same tensors:
+    the pack is not read again, and the weights are not copied again).
+
+    ``fast_path_reason`` is None when ``module`` was built straight from the graph JSON
+    (``trtpack.graph_module``: no torch deserializer, no torch._dynamo import), else why
+    torch's deserializer built it."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        fast_path_reason: str | None,
+        exported_program: ExportedProgram | None = None,
+        source: tuple[bytes, dict[str, torch.Tensor], dict[str, Any]] | None = None,
+        manifest: Manifest,
+        ref: ProgramRef,
+        device: torch.device | None,
+    ) -> None:
+        self.module = module
+        self.fast_path_reason = fast_path_reason
+        self._ep = exported_program
+        self._source = source
+        self._manifest, self._ref, self._device = manifest, ref, device
+
+    def exported_program(self) -> ExportedProgram:
+        if self._ep is None:
+            assert self._source is not None
+            graph, state_dict, constants = self._source
+            self._ep = deserialize_program(
+                graph, state_dict, constants, self._manifest, self._ref, self._device
+            )
+            self._source = None  # the program holds the tensors now; the JSON is not needed
+        return self._ep
+
+
+def load_runnable(
+    reader: PackReader, manifest: Manifest, *, device: torch.device | None = None
+) -> LoadedProgram:
+    """The pack's program, ready to run on ``device``: built straight from its graph JSON
+    where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
+    deserializer (the reason is kept)."""
+    from .graph_check import check_graph
+    from .graph_module import Unsupported, build_module
+
+    ref = _program_ref(reader, manifest, None)
+    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
+    graph = reader.read(ref.graph)
+    parsed = check_graph(graph, ref.graph)  # before any name in it becomes code
+    try:
+        module = build_module(parsed, state_dict, constants, device)
+    except Unsupported as e:
+        ep = deserialize_program(graph, state_dict, constants, manifest, ref, device)
+        return LoadedProgram(runnable(ep), fast_path_reason=str(e), exported_program=ep,
+                             manifest=manifest, ref=ref, device=device)  # fmt: skip
+    return LoadedProgram(module, fast_path_reason=None, source=(graph, state_dict, constants),
+                         manifest=manifest, ref=ref, device=device)  # fmt: skip
 
 
 def _require_registered(manifest: Manifest, where: str) -> None:

@@ -20,7 +20,7 @@ from .errors import InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
 from .info import PackInfo, open_pack, read_info, with_program_guards
-from .program import load_program, runnable
+from .program import LoadedProgram, load_program, load_runnable, runnable
 
 T = TypeVar("T")
 
@@ -107,7 +107,9 @@ class LoadedPack:
     ``fallback_reason`` says in one line why engines are not used (None when they are, or
     when the pack has none). ``variant`` is the engine variant that runs. ``manifest``,
     ``device`` and ``info`` (path, digest, size) describe the pack; ``exported_program`` is
-    the portable program (loaded on first access when engines run).
+    the portable program, deserialized by torch on first access: the program backend runs a
+    module built straight from the pack's graph JSON when it can (``fast_path_reason`` is
+    then None; otherwise it says why torch's deserializer built the module at load).
     """
 
     def __init__(
@@ -120,7 +122,7 @@ class LoadedPack:
         backend: str,
         fallback_reason: str | None = None,
         variant: str | None = None,
-        exported_program: ExportedProgram | None = None,
+        program: LoadedProgram | None = None,
         outside_profile: str = "error",
         inference_mode: bool = True,
     ) -> None:
@@ -132,7 +134,8 @@ class LoadedPack:
         self.variant = variant
         self._module = module
         self._contract = contract
-        self._exported_program = exported_program
+        self._program = program
+        self._exported_program: ExportedProgram | None = None
         self._fallback_module: Any = None
         self._guard_fn: Callable[[list[Any]], None] | None = None
         self._outside_profile = outside_profile
@@ -150,9 +153,19 @@ class LoadedPack:
         return self._module
 
     @property
+    def fast_path_reason(self) -> str | None:
+        """Why torch's deserializer built the program's module at load (a construct the
+        direct build from the graph JSON does not reproduce); None when that build did, or
+        when engines run."""
+        return None if self._program is None else self._program.fast_path_reason
+
+    @property
     def exported_program(self) -> ExportedProgram | None:
         """The portable ExportedProgram (None for an engines-only pack)."""
-        if self._exported_program is None and self.manifest.program is not None:
+        if self._exported_program is None and self._program is not None:
+            # the loaded program's own graph and tensors (no second read, no second copy)
+            self._exported_program = self._program.exported_program()
+        elif self._exported_program is None and self.manifest.program is not None:
             with open_pack(self.info.path) as (reader, info):
                 if info.digest != self.info.digest:
                     raise ManifestError(f"{self.info.path} changed on disk since it was loaded")
@@ -169,12 +182,18 @@ class LoadedPack:
         from .format.pytree import custom_type_names, unflatten_call
 
         tree = self.manifest.input_tree
-        program = self.exported_program if custom_type_names(tree) else None
-        if program is None:
+        if not custom_type_names(tree):
+            return unflatten_call(tree, leaves)
+        # the program module's own spec (ep.module() and the direct build both keep it), so
+        # that no ExportedProgram is deserialized for it; an engine runner has none
+        spec = getattr(self._module, "_in_spec", None)
+        if spec is None and self.exported_program is not None:
+            spec = self.exported_program.call_spec.in_spec
+        if spec is None:
             return unflatten_call(tree, leaves)
         import torch.utils._pytree as pytree
 
-        args, kwargs = pytree.tree_unflatten(list(leaves), program.call_spec.in_spec)
+        args, kwargs = pytree.tree_unflatten(list(leaves), spec)
         return tuple(args), dict(kwargs)
 
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
@@ -381,16 +400,18 @@ def _load(
             raise NoUsableEngineError(
                 f"{info.path} holds engines only, and none can run here: {reason}"
             )
-        ep = _verified(reader, manifest, verify, lambda: load_program(reader, manifest, device=dev))
+        program = _verified(
+            reader, manifest, verify, lambda: load_runnable(reader, manifest, device=dev)
+        )
     if reason is not None and manifest.engines:
         warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=3)
     return LoadedPack(
         info,
         device=dev,
-        module=runnable(ep),
+        module=program.module,
         contract=Contract(manifest, device=dev),
         backend="exported_program",
         fallback_reason=reason if manifest.engines else None,
-        exported_program=ep,
+        program=program,
         inference_mode=inference_mode,
     )

@@ -26,6 +26,8 @@ class Result:
     exported: bool = True
     trtpack: str = "pass"  # "pass" or what failed
     torch_export: str = "pass"
+    #: "taken" when the program module was built straight from the graph JSON, else why not
+    fast_path: str = "-"
     calls: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -86,6 +88,22 @@ def _clone(x: Any) -> Any:
     return pytree.tree_map_only(torch.Tensor, torch.clone, x)
 
 
+def _reference(path: Path) -> Any:
+    """The module torch's deserializer and ep.module() build: what the fast path must equal."""
+    from trtpack.info import open_pack
+    from trtpack.program import load_program, runnable
+
+    with open_pack(path) as (reader, info):
+        return runnable(load_program(reader, info.manifest, device=torch.device("cpu")))
+
+
+def _equal(got: Any, want: Any) -> None:
+    g, w = pytree.tree_leaves(got), pytree.tree_leaves(want)
+    assert len(g) == len(w), f"{len(g)} outputs, torch's module has {len(w)}"
+    for a, b in zip(g, w):
+        assert torch.equal(a, b), "the fast path's output differs from torch's module"
+
+
 def run_case(name: str, build: Any, tmp: Path) -> Result:
     start = time.perf_counter()
     r = Result(name)
@@ -108,11 +126,17 @@ def run_case(name: str, build: Any, tmp: Path) -> Result:
     try:
         trtpack.save(ep, path)
         pack = trtpack.load(path, device="cpu")
+        r.fast_path = pack.fast_path_reason or "taken"
+        reference = _reference(path) if pack.fast_path_reason is None else None
         for sizes in calls:
             a, k = _at(args, kwargs, specs, sizes) if sizes else (args, kwargs)
             with torch.no_grad():
                 want = model(*_clone(a), **_clone(k))
-            _close(pack(*_clone(a), **_clone(k)), want)
+            got = pack(*_clone(a), **_clone(k))
+            _close(got, want)
+            if reference is not None:  # bit for bit what torch's path gives
+                with torch.inference_mode():
+                    _equal(got, reference(*_clone(a), **_clone(k)))
             r.calls += 1
         for d in dims:
             sym = _symbol_of(pack.manifest, d, specs, args, kwargs)

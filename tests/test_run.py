@@ -78,7 +78,8 @@ def test_cli_warnings_are_one_line(monkeypatch, capsys):
                       UserWarning, stacklevel=1)  # fmt: skip
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_verify", warns)
+    summary, arguments, _ = cli._COMMANDS["verify"]
+    monkeypatch.setitem(cli._COMMANDS, "verify", (summary, arguments, warns))
     assert cli.main(["verify", str(KEYWORDS)]) == 0
     err = capsys.readouterr().err
     assert err == "trtpack: warning: something the user should know (--variant)\n"

@@ -52,6 +52,8 @@ _CHUNK = 8 << 20
 #: members larger than this also record the SHA-256 of each piece of this size (format 1.3),
 #: so that verifying them uses every core; the manifest records the size it used
 DIGEST_CHUNK = 16 << 20
+#: how many written bytes start a background sync to disk
+_WRITEBACK = 64 << 20
 _ZIP_VERSION = 45  # 4.5: ZIP64
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the earliest a zip can say
 _DOS_TIME = 0
@@ -200,11 +202,13 @@ class _Hasher:
 
 @dataclass
 class _Pools:
-    """The hashing threads of one write: one for whole-member SHA-256s (in order), the rest
-    for pieces."""
+    """The threads of one write: one for whole-member SHA-256s (in order), the rest for
+    pieces, and one that has the kernel write finished bytes back to disk meanwhile (threads
+    start only when first used)."""
 
     whole: ThreadPoolExecutor
     pieces: ThreadPoolExecutor
+    writeback: ThreadPoolExecutor
     workers: int
 
     @classmethod
@@ -213,8 +217,12 @@ class _Pools:
         from concurrent.futures import ThreadPoolExecutor
 
         workers = max(1, os.cpu_count() or 1)
-        with ThreadPoolExecutor(1) as whole, ThreadPoolExecutor(workers) as pieces:
-            yield cls(whole, pieces, workers)
+        with (
+            ThreadPoolExecutor(1) as whole,
+            ThreadPoolExecutor(workers) as pieces,
+            ThreadPoolExecutor(1) as writeback,
+        ):
+            yield cls(whole, pieces, writeback, workers)
 
 
 def digest(source: Source) -> MemberDigest:
@@ -327,10 +335,36 @@ class _ZipWriter:
         self.pools = pools
         self.pos = 0
         self.entries: list[_Entry] = []
+        try:
+            self._fd: int | None = fp.fileno()
+        except (AttributeError, OSError, ValueError):  # in memory: nothing to write back
+            self._fd = None
+        self._unsynced = 0
+        self._writeback: Future[None] | None = None
 
     def _write(self, data: Data) -> None:
         self.fp.write(data)
-        self.pos += memoryview(data).nbytes
+        n = memoryview(data).nbytes
+        self.pos += n
+        self._unsynced += n
+        if self._fd is not None and self._unsynced >= _WRITEBACK:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """The atomic save fsyncs at the end; syncing what is written so far, on a thread,
+        while the rest is hashed and written, leaves that fsync little to wait for."""
+        if self._writeback is not None and not self._writeback.done():
+            return  # one at a time: the next one covers these bytes too
+        if self._writeback is not None:
+            self._writeback.result()  # an I/O error surfaces here, not at the end
+        self.fp.flush()
+        self._unsynced = 0
+        sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+        self._writeback = self.pools.writeback.submit(sync, self._fd)  # type: ignore[arg-type]
+
+    def wait_writeback(self) -> None:
+        if self._writeback is not None:
+            self._writeback.result()
 
     def _header(self, name: str, size: int, align: int) -> tuple[_Entry, bytes]:
         check_member_name(name)
@@ -537,6 +571,7 @@ def _write_zip(
             raise AssertionError("the manifest's length depends on more than its member sizes")
         w.fill(slot, final)
         w.finish()
+        w.wait_writeback()
     return digests
 
 

@@ -134,6 +134,9 @@ class Contract:
                                 f"(shape {list(shape)}, expected {self._expected_shape(dims)})"
                             )
                     else:
+                        seen = bound.get(expr.symbol)
+                        if seen is not None and seen[0] == size and expr.plain:
+                            continue  # a symbol seen before, with the same value: in range
                         try:
                             self._bind(expr, size, label, i, bound)
                         except InputMismatchError as e:
@@ -291,7 +294,7 @@ class Contract:
                 parts.append(f"unexpected keyword input(s) {extra} (not in the exported signature)")
             raise InputMismatchError("; ".join(parts) + self._signature_hint())
         if self._simple:
-            return [*args, *(kwargs[k] for k in self._kwarg_names)]
+            return [*args, *[kwargs[k] for k in self._kwarg_names]]
         leaves: list[Any] = []
         if _flatten_fast(self._call_tree, (args, kwargs), leaves):
             return leaves

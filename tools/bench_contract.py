@@ -1,14 +1,16 @@
 """The per-call input check against the input checks of ``ep.module()``, in one run.
 
-    .venv/bin/python tools/bench_contract.py [--calls 20000]
+    .venv/bin/python tools/bench_contract.py [--calls 60000] [--rounds 15]
 
 For each model: the time per call of trtpack's contract check alone; of ep.module() with its
 guards (torch's default) and without them; their difference is what torch's own checks cost.
+The four take turns in each round and each time is the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -25,20 +27,29 @@ from trtpack.program import runnable
 
 
 def per_call(fn, calls: int) -> float:
-    for _ in range(min(200, calls)):
+    t = time.perf_counter()
+    for _ in range(calls):
         fn()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(calls):
+    return (time.perf_counter() - t) / calls
+
+
+def interleaved(fns: dict, calls: dict, rounds: int) -> dict:
+    """Median per-call time of each function, the functions taking turns in every round
+    (a noisy neighbour then slows all of them alike, not one)."""
+    for name, fn in fns.items():
+        for _ in range(min(200, calls[name])):
             fn()
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
+    times: dict = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(per_call(fn, calls[name]))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--calls", type=int, default=60000, help="check calls per model, in all")
+    ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
     print(
         f"{'model':14s} {'trtpack check':>14s} {'ep.module() guards':>19s} "
@@ -53,10 +64,16 @@ def main() -> int:
             pack = trtpack.load(path, device="cpu")
             a, k = case.args, case.kwargs
             checked, unchecked = ep.module(), runnable(ep)
-            t_check = per_call(lambda p=pack, a=a, k=k: p.check_inputs(*a, **k), args.calls)
-            t_mod = per_call(lambda m=checked, a=a, k=k: m(*a, **k), args.calls // 4)
-            t_raw = per_call(lambda m=unchecked, a=a, k=k: m(*a, **k), args.calls // 4)
-            t_pack = per_call(lambda p=pack, a=a, k=k: p(*a, **k), args.calls // 4)
+            fns = {
+                "check": lambda p=pack, a=a, k=k: p.check_inputs(*a, **k),
+                "mod": lambda m=checked, a=a, k=k: m(*a, **k),
+                "raw": lambda m=unchecked, a=a, k=k: m(*a, **k),
+                "pack": lambda p=pack, a=a, k=k: p(*a, **k),
+            }
+            n = {"check": args.calls // args.rounds, **dict.fromkeys(("mod", "raw", "pack"),
+                 args.calls // args.rounds // 4)}  # fmt: skip
+            t = interleaved(fns, n, args.rounds)
+            t_check, t_mod, t_raw, t_pack = t["check"], t["mod"], t["raw"], t["pack"]
             guards = max(t_mod - t_raw, 0.0)
             print(
                 f"{name:14s} {t_check * 1e6:11.1f} us {guards * 1e6:16.1f} us "

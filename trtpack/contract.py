@@ -53,8 +53,8 @@ class Contract:
         self._kwarg_names = tuple(kwargs_tree.get("keys", ()))
         self._kwarg_set = frozenset(self._kwarg_names)
         # (args, kwargs) as one tree: args a tuple, kwargs a dict with the exported keys
-        self._call_tree: Tree = {"type": "tuple", "children": [args_tree, {**kwargs_tree,
-                                 "type": "dict", "keys": list(self._kwarg_names)}]}  # fmt: skip
+        self._flatten_fast = compile_flattener({"type": "tuple", "children": [args_tree, {
+            **kwargs_tree, "type": "dict", "keys": list(self._kwarg_names)}]})  # fmt: skip
         self._simple = all(c["type"] == "leaf" for c in args_tree.get("children", ())) and all(
             c["type"] == "leaf" for c in kwargs_tree.get("children", ())
         )
@@ -296,7 +296,7 @@ class Contract:
         if self._simple:
             return [*args, *[kwargs[k] for k in self._kwarg_names]]
         leaves: list[Any] = []
-        if _flatten_fast(self._call_tree, (args, kwargs), leaves):
+        if self._flatten_fast((args, kwargs), leaves):
             return leaves
         # the same walk again, naming paths, to say where the structure differs
         leaves = []
@@ -314,41 +314,71 @@ class Contract:
         )
 
 
-def _flatten_fast(tree: Tree, value: Any, out: list[Any]) -> bool:
-    """``_flatten`` without building paths: False where the structure differs."""
+#: flattens one node's value onto the list of leaves; False where the structure differs
+Flattener = Callable[[Any, list[Any]], bool]
+
+
+def _leaf(value: Any, out: list[Any]) -> bool:
+    out.append(value)
+    return True
+
+
+def compile_flattener(tree: Tree) -> Flattener:
+    """``_flatten`` without building paths, as closures made once per contract: every check
+    of the tree (kind, keys, length) is decided here, not looked up again in each call, and
+    leaf children are appended in place."""
     kind = tree["type"]
     if kind == "leaf":
-        out.append(value)
-        return True
+        return _leaf
     if kind == "none":
-        return value is None
-    children = tree.get("children", ())
-    if kind == "dict":
-        keys = tree["keys"]
-        if not isinstance(value, Mapping) or len(value) != len(keys):
-            return False
-        for key, child in zip(keys, children):
-            if key not in value or not _flatten_fast(child, value[key], out):
+        return lambda value, out: value is None
+    subs = tuple(None if c["type"] == "leaf" else compile_flattener(c)
+                 for c in tree.get("children", ()))  # fmt: skip
+    count = len(subs)
+
+    def items(values: Any, out: list[Any]) -> bool:
+        for sub, item in zip(subs, values):
+            if sub is None:
+                out.append(item)
+            elif not sub(item, out):
                 return False
         return True
+
+    if kind == "dict":
+        pairs = tuple(zip(tree["keys"], subs))
+
+        def flatten_dict(value: Any, out: list[Any]) -> bool:
+            # an ABC isinstance costs more than the rest of the node: plain dicts skip it
+            if not (type(value) is dict or isinstance(value, Mapping)) or len(value) != count:
+                return False
+            for key, sub in pairs:
+                if key not in value:
+                    return False
+                if sub is None:
+                    out.append(value[key])
+                elif not sub(value[key], out):
+                    return False
+            return True
+
+        return flatten_dict
     if kind == "custom":
         cls, flatten = tree["_py"]
-        if type(value) is not cls:
-            return False
-        items, _ = flatten(value)
-        if len(items) != len(children):
-            return False
-        for child, item in zip(children, items):
-            if not _flatten_fast(child, item, out):
+
+        def flatten_custom(value: Any, out: list[Any]) -> bool:
+            if type(value) is not cls:
                 return False
-        return True
+            children, _ = flatten(value)
+            return len(children) == count and items(children, out)
+
+        return flatten_custom
     want = _CONTAINER.get(kind)
-    if want is None or not isinstance(value, want) or len(value) != len(children):
-        return False
-    for child, item in zip(children, value):
-        if not _flatten_fast(child, item, out):
-            return False
-    return True
+    if want is None:
+        return lambda value, out: False
+
+    def flatten_sequence(value: Any, out: list[Any]) -> bool:
+        return isinstance(value, want) and len(value) == count and items(value, out)
+
+    return flatten_sequence
 
 
 def _resolve_custom(tree: Tree) -> Tree:

@@ -13,4 +13,4 @@ echo "== inspect =="; $P tools/bench_inspect.py --repeat 11 --gib 1
 echo "== save / verify, 1 GiB =="; $P tools/bench_save_load.py --mb 1024 --repeat 3 --device cuda
 echo "== cold start, 1 GiB =="; $P tools/bench_cold_start.py --gib 1 --device cuda --repeat 3
 echo "== cold start, 4 GiB =="; $P tools/bench_cold_start.py --gib 4 --device cuda --repeat 3
-echo "== per-call check =="; $P tools/bench_contract.py --calls 20000
+echo "== per-call check =="; $P tools/bench_contract.py

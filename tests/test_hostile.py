@@ -394,3 +394,25 @@ def test_crafted_weights_headers(small_pack, tmp_path, edit, match):
     trtpack.verify(bad)  # consistent: the hashes match
     with pytest.raises(trtpack.IntegrityError, match=match):
         trtpack.load(bad, device="cpu")
+
+
+@pytest.mark.parametrize("edit", ["signature", "in_spec", "out_spec"])
+def test_a_program_without_its_call_signature_is_refused(tmp_path, edit):
+    """Found by tools/fuzz.py (seed 301): a consistent edit of a pre-2.7 .pt2 that nulls its
+    call signature escaped as a raw AttributeError from migrate."""
+    src = FIXTURES / "v0" / "torch_export" / "keywords_pre27.pt2"
+    with zipfile.ZipFile(src) as z:
+        name = next(n for n in z.namelist() if n.endswith("serialized_exported_program.json"))
+        doc = json.loads(z.read(name))
+        entry = doc["graph_module"]["module_call_graph"][0]
+        if edit == "signature":
+            entry["signature"] = None
+        else:
+            entry["signature"][edit] = None
+        bad = tmp_path / "bad.pt2"
+        with zipfile.ZipFile(bad, "w") as out:
+            for info in z.infolist():
+                out.writestr(info, json.dumps(doc) if info.filename == name else z.read(info))
+    with pytest.raises(trtpack.TrtpackError):
+        trtpack.migrate(bad, tmp_path / "out.trtpack")
+    assert not (tmp_path / "out.trtpack").exists()

@@ -120,7 +120,13 @@ def _shape_env_dim_names(ep: ExportedProgram) -> dict[str, list[str]]:
 def program_graph(ep: ExportedProgram) -> bytes:
     """torch.export's JSON of ``ep`` — what the pack stores and what the interface is derived
     from (the namedtuples of its call are registered for serialization first)."""
-    for spec in (ep.call_spec.in_spec, ep.call_spec.out_spec):
+    # a deserialized program whose module call graph lost its signature: torch's call_spec
+    # then fails (no signature) or holds None (no spec)
+    signature = ep.module_call_graph[0].signature if ep.module_call_graph else None
+    for what in ("in_spec", "out_spec"):
+        spec = getattr(signature, what, None)
+        if spec is None:
+            raise ProgramError(f"the program has no call signature ({what} is missing)")
         register_namedtuples(spec)
     try:
         return serialize_graph(ep)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import EngineError
 from ..format.manifest import EngineSpec
-from .plan import bindings_mismatch
+from .plan import bindings_mismatch, io_tensors
 
 
 def lean_runtime_version() -> str | None:
@@ -54,13 +54,7 @@ class LeanEngineRunner:
                 member=spec.member,
             )
         engine = self._engine
-        actual = []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            actual.append((name, is_input, str(engine.get_tensor_dtype(name)),
-                           tuple(engine.get_tensor_shape(name))))  # fmt: skip
-        problem = bindings_mismatch(spec, actual)
+        problem = bindings_mismatch(spec, io_tensors(engine, trt))
         if problem is not None:
             raise EngineError(f"engine {spec.member}: {problem}", member=spec.member,
                               field="bindings")  # fmt: skip

@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import EngineError
 from ..format.manifest import EngineSpec, Flavor, Target, Variant
@@ -206,6 +207,18 @@ TRT_DTYPES = {
     "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
     "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn",
 }  # fmt: skip
+
+
+def io_tensors(engine: Any, trt: Any) -> list[tuple[str, bool, str, tuple[int, ...]]]:
+    """A deserialized engine's I/O tensors, ``(name, is_input, TensorRT dtype, shape)``, as
+    ``bindings_mismatch`` compares them (``trt``: the TensorRT module that made ``engine``)."""
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        out.append((name, is_input, str(engine.get_tensor_dtype(name)),
+                    tuple(engine.get_tensor_shape(name))))  # fmt: skip
+    return out
 
 
 def bindings_mismatch(

@@ -29,6 +29,7 @@ from ..errors import DeriveError, EngineError, MissingDependencyError
 from ..format.manifest import Interface, IOSpec, Symbol, input_profile, parse_dim
 from ..format.pytree import unflatten_call
 from .packed_info import PackedEngine, read_packed
+from .plan import io_tensors
 from .select import Environment
 from .variants import WiredProgram
 
@@ -292,13 +293,7 @@ def engine_io(plan: bytes, flavor: str) -> list[tuple[str, bool, str, tuple[int,
     engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
     if engine is None:
         raise EngineError(f"{trt.__name__} could not deserialize the plan")
-    out = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        out.append((name, is_input, str(engine.get_tensor_dtype(name)),
-                    tuple(engine.get_tensor_shape(name))))  # fmt: skip
-    return out
+    return io_tensors(engine, trt)
 
 
 def engine_module(plan: bytes, spec_inputs: list[str], spec_outputs: list[str], *, name: str,

@@ -224,3 +224,21 @@ def test_a_namedtuple_program_saves_in_a_fresh_process(tmp_path):
                          timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-1500:]
     assert "['lo', 'hi']" in out.stdout
+
+
+@pytest.mark.parametrize("arg", [{}, {"as_tensor": 3, "as_int": 1}, "x", {"as_sym_int": 7}])
+def test_a_malformed_user_input_argument_is_a_migration_error(arg):
+    """Found by tools/fuzz.py (seed 401): an empty union as a user input's argument escaped
+    as StopIteration (RuntimeError once inside a generator)."""
+    import json
+
+    from trtpack.derive import derive_from_graph
+    from trtpack.program import program_graph
+
+    ep = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(2, 3),))
+    doc = json.loads(program_graph(ep))
+    specs = doc["graph_module"]["signature"]["input_specs"]
+    user = next(s for s in specs if "user_input" in s)
+    user["user_input"]["arg"] = arg
+    with pytest.raises(trtpack.TrtpackError):
+        derive_from_graph(json.dumps(doc).encode(), where="edited")

@@ -224,9 +224,15 @@ class SerializedProgram:
         for spec in self.signature["input_specs"]:
             if "user_input" in spec:
                 arg = spec["user_input"]["arg"]
-                name = next(iter(arg.values())).get("name") if isinstance(arg, dict) else None
+                if not isinstance(arg, dict) or len(arg) != 1:  # a union: exactly one field
+                    raise MigrationError(
+                        f"{self.where}: a user input's argument is not a one-field union: "
+                        f"{str(arg)[:80]!r}"
+                    )
+                value = next(iter(arg.values()))
+                name = value.get("name") if isinstance(value, dict) else None
                 if "as_sym_int" in arg:
-                    name = arg["as_sym_int"].get("as_name")
+                    name = value.get("as_name") if isinstance(value, dict) else None
                 out.append((name, arg))
             elif "constant_input" in spec:
                 c = spec["constant_input"]

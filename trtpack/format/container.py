@@ -9,7 +9,8 @@ temporary name beside the target, fsynced and renamed: a crash leaves the old fi
 Reading (``PackReader``): the central directory is parsed by :mod:`zipfile`; then every entry
 is checked before any member is used (names, duplicates, compression, sizes against the file,
 local headers against the central directory, overlaps). Members are served as zero-copy views
-of a private memory map, and checked against the manifest's SHA-256 on request.
+of a private memory map, and checked against the manifest's digests on request: a member's
+16 MiB pieces on every core where the manifest records them (format 1.3), else its SHA-256.
 
 We write the zip ourselves because :mod:`zipfile` cannot align data or omit the alignment
 padding from the central directory; reading stays with :mod:`zipfile`.

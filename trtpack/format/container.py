@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import (
     IntegrityError,
@@ -55,6 +55,8 @@ _CHUNK = 8 << 20
 DIGEST_CHUNK = 16 << 20
 #: how many written bytes start a background sync to disk
 _WRITEBACK = 64 << 20
+#: pieces a write may have read but not yet hashed
+_IN_FLIGHT = 8
 _ZIP_VERSION = 45  # 4.5: ZIP64
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the earliest a zip can say
 _DOS_TIME = 0
@@ -147,6 +149,11 @@ def _pieces(source: Source) -> Iterator[list[memoryview]]:
         yield piece
 
 
+def _update_all(sha: Any, piece: list[memoryview]) -> None:
+    for view in piece:
+        sha.update(view)
+
+
 def _piece_digest(piece: list[memoryview], with_sha: bool) -> tuple[str | None, int, int]:
     sha = hashlib.sha256() if with_sha else None
     crc = 0
@@ -173,15 +180,15 @@ class _Hasher:
         self._in_flight: deque[Future[tuple[str | None, int, int]]] = deque()
 
     def update(self, piece: list[memoryview]) -> None:
-        for view in piece:
-            self._whole.append(self._pools.whole.submit(self._sha.update, view))
+        self._whole.append(self._pools.whole.submit(_update_all, self._sha, piece))
         job = self._pools.pieces.submit(_piece_digest, piece, self._chunked)
         self._pieces.append(job)
         self._in_flight.append(job)
-        # bound the bytes in flight (a FileSlice reads a fresh buffer per piece)
-        while len(self._in_flight) > 2 * self._pools.workers:
+        # at most _IN_FLIGHT pieces wait to be hashed: a FileSlice reads a fresh buffer for
+        # each, so this bounds the memory a copy between packs takes (8 x 16 MiB)
+        while len(self._in_flight) > _IN_FLIGHT:
             self._in_flight.popleft().result()
-        while len(self._whole) > 8 * self._pools.workers:
+        while len(self._whole) > _IN_FLIGHT:
             self._whole.popleft().result()
 
     def result(self) -> MemberDigest:
@@ -210,7 +217,6 @@ class _Pools:
     whole: ThreadPoolExecutor
     pieces: ThreadPoolExecutor
     writeback: ThreadPoolExecutor
-    workers: int
 
     @classmethod
     @contextlib.contextmanager
@@ -223,7 +229,7 @@ class _Pools:
             ThreadPoolExecutor(workers) as pieces,
             ThreadPoolExecutor(1) as writeback,
         ):
-            yield cls(whole, pieces, writeback, workers)
+            yield cls(whole, pieces, writeback)
 
 
 def digest(source: Source) -> MemberDigest:

@@ -315,25 +315,29 @@ def load_program(
 ) -> ExportedProgram:
     """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
     whose ``engines`` are supplied as constants); on ``device`` when asked."""
-    ref = _program_ref(reader, manifest, ref)
-    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
+    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device)
     constants.update(engines or {})
-    graph = reader.read(ref.graph)
-    from .graph_check import check_graph
-
-    check_graph(graph, ref.graph)  # before torch turns names into code
     return deserialize_program(graph, state_dict, constants, manifest, ref, device)
 
 
-def _program_ref(reader: PackReader, manifest: Manifest, ref: ProgramRef | None) -> ProgramRef:
-    """The program to load, with the pytree types its specs name made known to torch."""
+def _read_program(
+    reader: PackReader, manifest: Manifest, ref: ProgramRef | None, device: torch.device | None
+) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
+    """The program to load (``ref``, default the pack's), its graph bytes and their parsed
+    JSON, checked before any name in it becomes code, and its tensors on ``device``; the
+    pytree types its specs name are made known to torch."""
+    from .graph_check import check_graph
+
     ref = ref or manifest.program
     if ref is None:
         raise ProgramError(f"{reader.path} holds no ExportedProgram")
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
     _require_registered(manifest, str(reader.path))
-    return ref
+    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
+    graph = reader.read(ref.graph)
+    parsed = check_graph(graph, ref.graph)
+    return ref, graph, parsed, state_dict, constants
 
 
 def deserialize_program(
@@ -410,13 +414,9 @@ def load_runnable(
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
     where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
     deserializer (the reason is kept)."""
-    from .graph_check import check_graph
     from .graph_module import Unsupported, build_module
 
-    ref = _program_ref(reader, manifest, None)
-    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
-    graph = reader.read(ref.graph)
-    parsed = check_graph(graph, ref.graph)  # before any name in it becomes code
+    ref, graph, parsed, state_dict, constants = _read_program(reader, manifest, None, device)
     try:
         module = build_module(parsed, state_dict, constants, device)
     except Unsupported as e:

@@ -10,7 +10,8 @@ noise hits all alike); the median and the minimum are printed, and the ratio is 
 Byte-code caching is on (PYTHONDONTWRITEBYTECODE is removed from the children's environment,
 and a first, untimed round writes the caches), as for an installed wheel. ``--source DIR``
 times the trtpack of another checkout (e.g. ``git archive main | tar -x -C DIR``) on the
-same packs. ``--torch``: also the same facts through torch.export.load (seconds).
+same packs. ``--torch``: also the same facts through torch.export.load (seconds). The
+``floor:`` rows are processes that only import standard-library modules inspect needs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ ph = {n.name: n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder"}
 print([(n, ph[n].dtype, tuple(ph[n].shape)) for n in names], ep.range_constraints)
 """
 GOAL = 2.0
+#: What any command that reads JSON pays before doing anything, timed in the same rounds: the
+#: floor under inspect on this machine (the last row is what trtpack's read path is built on).
+_FLOOR_MODULES = (("re", "json"), ("argparse", "hashlib"),
+                  ("zipfile", "dataclasses", "typing", "pathlib"))  # fmt: skip
+FLOORS = {
+    f"floor: {'+ ' if i else ''}{', '.join(group)}": "import "
+    + ", ".join(m for g in _FLOOR_MODULES[: i + 1] for m in g)
+    for i, group in enumerate(_FLOOR_MODULES)
+}
 
 
 def export(n_floats: int) -> torch.export.ExportedProgram:
@@ -114,6 +124,7 @@ def main() -> int:
             del ep
         packs["engine variant"] = fixture
         commands = {"python -c pass": [py, "-c", "pass"]}
+        commands.update({name: [py, "-c", code] for name, code in FLOORS.items()})
         for label, pack in packs.items():
             commands[f"trtpack inspect, {label}"] = [py, "-c", SCRIPT, "inspect", str(pack)]
         small = packs["4 KiB weights"]
@@ -138,7 +149,7 @@ def main() -> int:
     base = statistics.median(times["python -c pass"])
     print(f"machine: {machine()}")
     print(f"trtpack: {args.source.resolve()}; {args.repeat} rounds, median (min) of each\n")
-    print(f"{'command':40s} {'pack':>10s} {'median':>9s} {'min':>9s} {'/ pass':>7s}")
+    print(f"{'command':50s} {'pack':>10s} {'median':>9s} {'min':>9s} {'/ pass':>7s}")
     worst = 0.0
     for name, ts in times.items():
         label = name.split(", ", 1)[-1]
@@ -146,11 +157,11 @@ def main() -> int:
         ratio = statistics.median(ts) / base
         if name.startswith("trtpack inspect, "):
             worst = max(worst, ratio)
-        print(f"{name:40s} {size:>10s} {statistics.median(ts) * 1e3:6.1f} ms "
+        print(f"{name:50s} {size:>10s} {statistics.median(ts) * 1e3:6.1f} ms "
               f"{min(ts) * 1e3:6.1f} ms {ratio:6.2f}x")  # fmt: skip
     for label, ts in torch_times.items():
         name, med = f"torch.export.load, {label}", statistics.median(ts)
-        print(f"{name:40s} {'':>10s} {med * 1e3:6.0f} ms {min(ts) * 1e3:6.0f} ms "
+        print(f"{name:50s} {'':>10s} {med * 1e3:6.0f} ms {min(ts) * 1e3:6.0f} ms "
               f"{med / base:6.1f}x")  # fmt: skip
     big = statistics.median(times[f"trtpack inspect, {args.gib:g} GiB weights"])
     small_t = statistics.median(times["trtpack inspect, 4 KiB weights"])
@@ -158,6 +169,11 @@ def main() -> int:
         f"\ntrtpack inspect / python -c pass: {worst:.2f}x (the slowest pack; goal <= "
         f"{GOAL:g}x: {'met' if worst <= GOAL else 'not met'})"
     )
+    floors = ", ".join(
+        f"{name.removeprefix('floor: ')} {statistics.median(times[name]) / base:.2f}x"
+        for name in FLOORS
+    )
+    print(f"the standard library's floor on this machine, / python -c pass: {floors}")
     print(f"trtpack inspect, {args.gib:g} GiB / 4 KiB pack: {big / small_t:.2f}x (constant)")
     print(f"trtpack.inspect() in-process (this checkout), 4 KiB pack: {in_process * 1e3:.2f} ms")
     return 0

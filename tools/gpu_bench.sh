@@ -9,7 +9,7 @@ $P -m pip install -q --no-index --find-links .gpu-wheels --target /tmp/deps \
 export PYTHONPATH=$PWD:/tmp/deps
 nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 $P -c "import torch; print('torch', torch.__version__)"
-echo "== inspect =="; $P tools/bench_inspect.py --repeat 11 --gib 1
+echo "== inspect =="; $P tools/bench_inspect.py --repeat 41 --gib 1
 echo "== save / verify, 1 GiB =="; $P tools/bench_save_load.py --mb 1024 --repeat 3 --device cuda
 echo "== cold start, 1 GiB =="; $P tools/bench_cold_start.py --gib 1 --device cuda --repeat 3
 echo "== cold start, 4 GiB =="; $P tools/bench_cold_start.py --gib 4 --device cuda --repeat 3

@@ -39,3 +39,14 @@ def test_wrong_argument_types_are_type_errors(tmp_path, small_pack):
         assert isinstance(e.value, trtpack.ArgumentTypeError)
         assert e.value.argument in ("obj", "source") and e.value.got in ("str", "int")
     assert not (tmp_path / "x.trtpack").exists() and not (tmp_path / "y.trtpack").exists()
+
+
+def test_every_error_is_exported():
+    import trtpack
+    from trtpack import errors
+
+    defined = {n for n, v in vars(errors).items()
+               if isinstance(v, type) and issubclass(v, errors.TrtpackError)}  # fmt: skip
+    assert defined == set(errors.__all__)
+    assert defined <= set(trtpack.__all__)
+    assert all(getattr(trtpack, n) is getattr(errors, n) for n in defined)

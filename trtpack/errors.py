@@ -187,30 +187,6 @@ class PackLockedError(TrtpackError):
         self.timeout = timeout
 
 
-__all__ = [
-    "TrtpackError",
-    "NotAPackError",
-    "IntegrityError",
-    "UnsafePackError",
-    "MissingMemberError",
-    "ManifestError",
-    "UnsupportedVersionError",
-    "DeriveError",
-    "RangeOverrideError",
-    "ProgramError",
-    "UnregisteredPytreeError",
-    "InputMismatchError",
-    "OutsideEngineProfile",
-    "EngineError",
-    "NoUsableEngineError",
-    "MissingDependencyError",
-    "MigrationError",
-    "RegistryError",
-    "OutputExistsError",
-    "PackLockedError",
-]
-
-
 # --- signatures --------------------------------------------------------------------------
 
 
@@ -236,3 +212,32 @@ class SignatureError(IntegrityError):
 
 class UnsignedPackError(SignatureError):
     """A signature was required and the pack has none."""
+
+
+__all__ = [
+    "TrtpackError",
+    "ArgumentTypeError",
+    "NotAPackError",
+    "IntegrityError",
+    "UnsafePackError",
+    "MissingMemberError",
+    "ManifestError",
+    "UnsupportedVersionError",
+    "DeriveError",
+    "RangeOverrideError",
+    "ProgramError",
+    "UnregisteredPytreeError",
+    "InputMismatchError",
+    "OutsideEngineProfile",
+    "EngineError",
+    "NoUsableEngineError",
+    "SampleMismatchError",
+    "MissingDependencyError",
+    "MigrationError",
+    "OutputExistsError",
+    "PackWriteError",
+    "RegistryError",
+    "PackLockedError",
+    "SignatureError",
+    "UnsignedPackError",
+]

@@ -14,6 +14,7 @@ from test_container import raw_members, rewrite
 
 import trtpack
 from trtpack.format.guards import compile_guard, from_torch, sources
+from trtpack.format.manifest import IOSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -140,8 +141,12 @@ def test_format_1_0_packs_read_their_guards_from_the_program(tmp_path):
     )
 
 
+X_AND_N = (IOSpec("x", "args[0]", "tensor", "float32", ("s0", 1)),
+           IOSpec("n", "args[1]", "symint", symbol="s1"))  # fmt: skip
+
+
 def test_the_language_compiles_without_evaluating_code():
-    check, first = compile_guard("Max(x.shape[0], 2) * 2 // 3 + n % 5 >= 1", {"x": 0, "n": 1})
+    check, first = compile_guard("Max(x.shape[0], 2) * 2 // 3 + n % 5 >= 1", X_AND_N)
     assert first == ("x", 0)
     assert check([torch.zeros(4, 1), 7]) is True
     names = sources([("x", "args[0]"), ("mask", "kwargs['mask']"), ("b", "args[1]['k'][0]")],
@@ -178,3 +183,30 @@ def test_unexpressed_guards_also_hold_calls_routed_to_the_program(guarded, tmp_p
     with pytest.raises(trtpack.InputMismatchError, match="program's own guard code"):
         pack(torch.randn(5, 7), torch.randn(9, 7))  # outside the profile, breaks % 4
     assert ran == []
+
+
+@pytest.mark.parametrize(
+    "expr, used_as",
+    [("x >= 2", "a number"), ("x + 1 == n", "a number"),
+     ("n.shape[0] == 2", "a tensor"), ("n.stride[0] == 1", "a tensor"),
+     ("n.storage_offset == 0", "a tensor")],
+)  # fmt: skip
+def test_a_guard_must_use_tensors_as_tensors_and_numbers_as_numbers(expr, used_as):
+    """Found by tools/fuzz.py (seed 500): a manifest whose guard was the bare tensor input
+    ``x`` compiled, and every call then escaped as torch's "Boolean value of Tensor with more
+    than one value is ambiguous". Such a guard is now refused when the manifest is read."""
+    with pytest.raises(trtpack.ManifestError, match=f"as {used_as}") as e:
+        compile_guard(expr, X_AND_N)
+    assert e.value.field == "guards" and e.value.got in ("x", "n")
+
+
+def test_a_pack_with_a_tensor_used_as_a_number_in_a_guard_is_refused(guarded, tmp_path):
+    path, _, _ = guarded
+
+    def bare_tensor(m):
+        m["guards"][0]["expr"] = "x"
+
+    bad = rewrite(path, tmp_path / "bare.trtpack", edit_manifest=bare_tensor)
+    for read in (trtpack.inspect, lambda p: trtpack.load(p, device="cpu")):
+        with pytest.raises(trtpack.ManifestError, match="uses 'x' as a number"):
+            read(bad)

@@ -63,10 +63,9 @@ class Contract:
             self._compile(spec, path) for spec, path in zip(manifest.inputs, paths)
         )
         self._paths = dict(zip((i.name for i in manifest.inputs), paths))
-        positions = {spec.name: i for i, spec in enumerate(manifest.inputs)}
         shapes = {i.name: i.shape for i in manifest.inputs if i.shape is not None}
         self._guards = tuple(
-            (g.expr, *compile_guard(g.expr, positions))
+            (g.expr, *compile_guard(g.expr, manifest.inputs))
             for g in manifest.guards
             if g.expr and not implied(g.expr, shapes)
         )

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ManifestError, UnsafePackError
-from .manifest import Guard, parse_dim
+from .manifest import Guard, IOSpec, parse_dim
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -241,20 +241,32 @@ Compiled = Callable[[Sequence[Any]], Any]
 
 
 def compile_guard(
-    expr: str, positions: Mapping[str, int]
+    expr: str, inputs: Sequence[IOSpec]
 ) -> tuple[Compiled, tuple[str, int | None] | None]:
-    """Compile a guard of the manifest language over the flat leaves (``positions``: input
-    name -> leaf index). Returns the check and the first (input, dim) it reads, which the
-    error names. Raises ManifestError for anything outside the language."""
+    """Compile a guard of the manifest language over the flat leaves (one per input, in
+    order). Returns the check and the first (input, dim) it reads, which the error names.
+    Raises ManifestError for anything outside the language, and for a tensor input used as a
+    number or a shape read off an input that is not a tensor."""
     try:
         tree = ast.parse(expr, mode="eval").body
     except (SyntaxError, ValueError, RecursionError):
         raise ManifestError(f"guard {expr!r} is not an expression of the guard language") from None
+    positions = {spec.name: i for i, spec in enumerate(inputs)}
+    tensors = {spec.name for spec in inputs if spec.is_tensor}
     first: list[tuple[str, int | None]] = []
 
-    def leaf(name: str) -> int:
+    def leaf(name: str, *, tensor: bool) -> int:
         if name not in positions:
-            raise ManifestError(f"guard {expr!r} names {name!r}, which is not an input")
+            raise ManifestError(f"guard {expr!r} names {name!r}, which is not an input",
+                                field="guards", got=name)  # fmt: skip
+        if tensor != (name in tensors):
+            raise ManifestError(
+                f"guard {expr!r} uses {name!r} as {'a tensor' if tensor else 'a number'}, "
+                f"but it is {'not a tensor' if tensor else 'a tensor'} input",
+                field="guards",
+                expected="a tensor input" if tensor else "an int, float or bool input",
+                got=name,
+            )
         return positions[name]
 
     def simple(node: ast.expr) -> tuple[Any, ...] | None:
@@ -265,7 +277,7 @@ def compile_guard(
             and isinstance(node.value, ast.Attribute)
             and node.value.attr == "shape"
             and isinstance(node.value.value, ast.Name)
-            and node.value.value.id in positions
+            and node.value.value.id in tensors
             and isinstance(node.slice, ast.Constant)
             and type(node.slice.value) is int
         ):
@@ -284,7 +296,7 @@ def compile_guard(
             and isinstance(node.slice, ast.Constant)
             and type(node.slice.value) is int
         ):
-            k, dim = leaf(node.value.value.id), node.slice.value
+            k, dim = leaf(node.value.value.id, tensor=True), node.slice.value
             first.append((node.value.value.id, dim))
             if node.value.attr == "shape":
                 return lambda leaves: leaves[k].shape[dim]
@@ -294,11 +306,11 @@ def compile_guard(
             and node.attr == "storage_offset"
             and isinstance(node.value, ast.Name)
         ):
-            k = leaf(node.value.id)
+            k = leaf(node.value.id, tensor=True)
             first.append((node.value.id, None))
             return lambda leaves: leaves[k].storage_offset()
         if isinstance(node, ast.Name):
-            k = leaf(node.id)
+            k = leaf(node.id, tensor=False)
             first.append((node.id, None))
             return lambda leaves: leaves[k]
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:

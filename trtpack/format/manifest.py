@@ -372,10 +372,9 @@ class Manifest:
         if self.guards:
             from .guards import compile_guard
 
-            positions = {spec.name: i for i, spec in enumerate(self.inputs)}
             for g in self.guards:
                 if g.expr is not None:
-                    compile_guard(g.expr, positions)  # raises ManifestError if malformed
+                    compile_guard(g.expr, self.inputs)  # raises ManifestError if malformed
         for spec in self.inputs:
             if spec.symbol is not None and spec.symbol not in self.symbols:
                 raise ManifestError(

@@ -374,6 +374,16 @@ def _view_edit(**changes):
     return edit
 
 
+def _int_parameter_requiring_grad(header: dict) -> None:
+    """Found by tools/fuzz.py (seed 500): a parameter stored as an integer dtype that
+    requires grad escaped from load as torch's RuntimeError."""
+    layout = _layout(header)
+    name = next(n for n, e in sorted(layout.items()) if e.get("param") and "view_of" not in e)
+    header[name]["dtype"] = "I32"  # the same 4 bytes per element as F32: offsets still fit
+    layout[name]["requires_grad"] = True
+    _set_layout(header, layout)
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [
@@ -385,9 +395,13 @@ def _view_edit(**changes):
         (_view_edit(dtype="complex_thing"), "unknown dtype"),
         (_view_edit(offset=-4), "offset"),
         (_view_edit(shape=[-2]), "negative|shape"),
+        (_int_parameter_requiring_grad, "parameter of dtype int32 that requires grad"),
+        (_view_edit(dtype="int64", param=True, requires_grad=True),
+         "parameter of dtype int64 that requires grad"),
     ],
     ids=["negative-dim", "bad-dtype", "data-out-of-bounds", "view-out-of-bounds",
-         "view-of-missing", "view-bad-dtype", "view-negative-offset", "view-negative-dim"],
+         "view-of-missing", "view-bad-dtype", "view-negative-offset", "view-negative-dim",
+         "int-parameter-requires-grad", "int-view-parameter-requires-grad"],
 )  # fmt: skip
 def test_crafted_weights_headers(small_pack, tmp_path, edit, match):
     bad = _edit_weights(small_pack, tmp_path, edit)
@@ -416,3 +430,13 @@ def test_a_program_without_its_call_signature_is_refused(tmp_path, edit):
     with pytest.raises(trtpack.TrtpackError):
         trtpack.migrate(bad, tmp_path / "out.trtpack")
     assert not (tmp_path / "out.trtpack").exists()
+
+
+def test_an_engine_constant_asking_for_a_huge_unpickler_memo_is_refused():
+    """Found by tools/fuzz.py (seed 500): a torch_tensorrt engine constant whose pickle puts
+    into memo slot 2**31 - 1 escaped from migrate as a MemoryError."""
+    from trtpack.engines.packed_info import read_engine_pickle
+
+    data = b"\x80\x04]r" + struct.pack("<I", 2**31 - 1) + b"."  # [] memoized at 2**31 - 1
+    with pytest.raises(trtpack.EngineError, match="refused: MemoryError"):
+        read_engine_pickle(data, where="x.ep:engine")

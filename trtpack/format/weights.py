@@ -35,6 +35,10 @@ DTYPES: dict[str, tuple[str, int]] = {
     "uint64": ("U64", 8), "uint32": ("U32", 4), "uint16": ("U16", 2),
 }  # fmt: skip
 CODES = {code: name for name, (code, _) in DTYPES.items()}
+#: the dtypes a parameter may require grad in (torch refuses the others)
+GRAD_DTYPES = frozenset(
+    {"float64", "float32", "float16", "bfloat16", "complex64", "float8_e4m3fn", "float8_e5m2"}
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ class StoredTensor:
 
 @dataclass(frozen=True)
 class ViewEntry:
-    """One program tensor from the layout metadata; ``view_of`` is None for stored ones."""
+    """One program tensor from the layout metadata; ``view_of`` is None for stored ones, and
+    only views use ``shape``, ``stride`` and ``offset`` (``dtype`` is every entry's)."""
 
     name: str
     group: str
@@ -219,25 +224,32 @@ def parse_layout(
         if "view_of" not in e:
             if name not in stored:
                 raise bad("names no stored tensor")
-            out.append(ViewEntry(name, e["group"], param, grad))
-            continue
-        base = stored.get(e["view_of"]) if isinstance(e["view_of"], str) else None
-        if base is None:
-            raise bad(f"is a view of {e['view_of']!r}, which is not stored", f"{field}.view_of")
-        if not isinstance(e.get("dtype"), str) or e["dtype"] not in DTYPES:
-            raise bad(f"has unknown dtype {e.get('dtype')!r}", f"{field}.dtype")
-        shape = _uints(e.get("shape"), where, f"{field}.shape")
-        stride = _uints(e.get("stride"), where, f"{field}.stride")
-        (offset,) = _uints([e.get("offset")], where, f"{field}.offset")
-        if len(stride) != len(shape):
-            raise bad(f"has {len(shape)} sizes but {len(stride)} strides", f"{field}.stride")
-        itemsize = DTYPES[e["dtype"]][1]
-        last = offset + sum((s - 1) * st for s, st in zip(shape, stride)) if all(shape) else -1
-        if (last + 1) * itemsize > base.end - base.start:
-            raise bad(f"reaches element {last} of {e['view_of']!r}, past its "
-                      f"{base.end - base.start} bytes", f"{field}.offset")  # fmt: skip
-        out.append(ViewEntry(name, e["group"], param, grad, e["view_of"], e["dtype"], shape,
-                             stride, offset))  # fmt: skip
+            entry = ViewEntry(name, e["group"], param, grad, dtype=stored[name].dtype)
+        else:
+            base = stored.get(e["view_of"]) if isinstance(e["view_of"], str) else None
+            if base is None:
+                raise bad(f"is a view of {e['view_of']!r}, which is not stored", f"{field}.view_of")
+            if not isinstance(e.get("dtype"), str) or e["dtype"] not in DTYPES:
+                raise bad(f"has unknown dtype {e.get('dtype')!r}", f"{field}.dtype")
+            shape = _uints(e.get("shape"), where, f"{field}.shape")
+            stride = _uints(e.get("stride"), where, f"{field}.stride")
+            (offset,) = _uints([e.get("offset")], where, f"{field}.offset")
+            if len(stride) != len(shape):
+                raise bad(f"has {len(shape)} sizes but {len(stride)} strides", f"{field}.stride")
+            itemsize = DTYPES[e["dtype"]][1]
+            last = offset + sum((s - 1) * st for s, st in zip(shape, stride)) if all(shape) else -1
+            if (last + 1) * itemsize > base.end - base.start:
+                raise bad(f"reaches element {last} of {e['view_of']!r}, past its "
+                          f"{base.end - base.start} bytes", f"{field}.offset")  # fmt: skip
+            entry = ViewEntry(name, e["group"], param, grad, e["view_of"], e["dtype"], shape,
+                              stride, offset)  # fmt: skip
+        if param and grad and entry.dtype not in GRAD_DTYPES:
+            raise bad(
+                f"is a parameter of dtype {entry.dtype} that requires grad, which only "
+                "floating-point and complex tensors can",
+                f"{field}.requires_grad",
+            )
+        out.append(entry)
     return out
 
 

@@ -154,6 +154,22 @@ def test_forward_arg_name_with_code_refused(small_pack, tmp_path):
     assert err.field.endswith("forward_arg_names[2]")
 
 
+def test_a_forward_arg_name_given_twice_is_refused(small_pack, tmp_path):
+    """Found by tools/fuzz.py (seed 500): forward_arg_names ``['x', 'mask', 'x']`` made the
+    generated forward() a SyntaxError that escaped from load."""
+
+    def edit(raw: bytes) -> bytes:
+        graph = json.loads(raw)
+        names = _call_signature(graph)["forward_arg_names"]
+        names[2] = names[0]
+        return json.dumps(graph).encode()
+
+    pack = _hostile_pack(small_pack, tmp_path, edit)
+    with pytest.raises(trtpack.UnsafePackError, match="a parameter name given twice") as e:
+        trtpack.load(pack, device="cpu")
+    assert e.value.field.endswith("forward_arg_names[2]")
+
+
 def _hostile_pt2(tmp_path: Path, marker: Path) -> Path:
     def edit(raw: bytes) -> bytes:
         old = _first_placeholder(json.loads(raw))

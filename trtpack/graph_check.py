@@ -271,6 +271,10 @@ def check_graph(data: Any, member: str) -> Any:
                             continue  # a node argument passed positionally has no name
                         elif s is not None and not _ident(s):
                             _bad(member, p if vals is not v else f"{p}[{i}]", s)
+                        elif k == "forward_arg_names" and s in vals[:i]:
+                            # each is a parameter of the generated forward(): a repeated one
+                            # makes source that does not compile
+                            _bad(member, f"{p}[{i}]", s, "a parameter name given twice")
                     continue
                 if k in _DOTTED_KEYS:
                     if v is not None and not isinstance(v, (dict, list)):

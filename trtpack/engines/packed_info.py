@@ -287,8 +287,11 @@ def read_engine_pickle(data: bytes, *, where: str) -> PackedEngine:
     try:
         fields = _EngineListUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as e:  # fmt: skip
-        raise EngineError(f"{where}: the torch_tensorrt engine constant was refused: {e}") from None
+            IndexError, KeyError, MemoryError, OverflowError) as e:  # fmt: skip
+        # MemoryError: a memo index such as 2**31 - 1 (LONG_BINPUT) makes the unpickler
+        # allocate a memo that large
+        raise EngineError(f"{where}: the torch_tensorrt engine constant was refused: "
+                          f"{str(e) or type(e).__name__}") from None  # fmt: skip
     if not isinstance(fields, list):
         raise EngineError(
             f"{where}: not a torch_tensorrt engine constant ({type(fields).__name__})"

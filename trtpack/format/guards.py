@@ -12,10 +12,11 @@ The manifest's guard language (schema/SPEC.md §5a) names inputs by their manife
     x.shape[0] != 3        x.shape[1] % 4 == 0        x.shape[0] <= y.shape[0]
     n >= 2 * x.shape[1]    Max(x.shape[0], 8) <= 64   x.stride[1] == 1
 
-integers, ``NAME.shape[i]``, ``NAME.stride[i]``, ``NAME.storage_offset`` and (an int input)
-``NAME``; ``+ - * / // % **`` and unary minus; comparisons; ``and or not``; ``Max``, ``Min``,
-``Mod``, ``FloorDiv``, ``Abs``, ``Eq``, ``Ne``, ``Lt``, ``Le``, ``Gt``, ``Ge`` and Python's
-``round``, ``abs``, ``min``, ``max``, ``int``, ``float``. A guard is
+integers, ``NAME.shape[i]``, ``NAME.stride[i]``, ``NAME.storage_offset`` of a tensor input and
+``NAME`` of an input that is not a tensor; ``+ - * / // % **`` and unary minus;
+comparisons; ``and or not``; ``Max``, ``Min``, ``Mod``, ``FloorDiv``, ``Abs``, ``Eq``, ``Ne``,
+``Lt``, ``Le``, ``Gt``, ``Ge`` and Python's ``round``, ``abs``, ``min``, ``max``, ``int``,
+``float``. A guard is
 parsed with :mod:`ast` and compiled into closures: nothing is evaluated as code. A torch guard
 outside the language is kept as its torch text with ``expr`` null, and calls are then checked
 by the program's own guard code (``runtime.py``), never run unchecked.

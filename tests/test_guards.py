@@ -151,10 +151,14 @@ def test_the_language_compiles_without_evaluating_code():
     assert check([torch.zeros(4, 1), 7]) is True
     names = sources([("x", "args[0]"), ("mask", "kwargs['mask']"), ("b", "args[1]['k'][0]")],
                     ["x", "targets"])  # fmt: skip
+    inputs = [IOSpec(n, p, "tensor", "float32", (2, 2))
+              for n, p in [("x", "args[0]"), ("mask", "kwargs['mask']"), ("b", "args[1]['k'][0]")]]  # fmt: skip
     guards = from_torch(
-        ["L['targets']['k'][0].size()[0] == L['mask'].size()[1]", "L['x'].dim() == 2"], names
-    )
-    assert [g.expr for g in guards] == ["b.shape[0] == mask.shape[1]", None]
+        ["L['targets']['k'][0].size()[0] == L['mask'].size()[1]", "L['x'].dim() == 2",
+         "L['x'] == 2"], names, inputs,
+    )  # fmt: skip
+    # a tensor compared as a number is outside the language: the program's own check runs it
+    assert [g.expr for g in guards] == ["b.shape[0] == mask.shape[1]", None, None]
 
 
 def test_unexpressed_guards_also_hold_calls_routed_to_the_program(guarded, tmp_path):

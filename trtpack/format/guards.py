@@ -217,17 +217,24 @@ def sources(paths: Sequence[tuple[str, str]], forward_arg_names: Sequence[str]) 
 
 
 def from_torch(
-    guards_code: Sequence[str], names: Mapping[str, str], *, where: str = "guards_code"
+    guards_code: Sequence[str],
+    names: Mapping[str, str],
+    inputs: Sequence[IOSpec],
+    *,
+    where: str = "guards_code",
 ) -> tuple[Guard, ...]:
     """torch.export's guards -> manifest guards, sorted by source (torch's order depends on
-    the path the program took), duplicates dropped."""
+    the path the program took), duplicates dropped. A guard that translates into something
+    the language refuses over ``inputs`` (a tensor used as a number) stays unexpressed."""
     out: list[Guard] = []
     seen: set[str] = set()
     for i, text in enumerate(sorted(guards_code, key=str)):
         tree = check_torch_guard(text, f"{where}[{i}]")
+        expr: str | None
         try:
-            expr: str | None = ast.unparse(_translate(tree, names))
-        except _Unexpressed:
+            expr = ast.unparse(_translate(tree, names))
+            compile_guard(expr, inputs)
+        except (_Unexpressed, ManifestError):
             expr = None
         if text not in seen:
             seen.add(text)

@@ -179,6 +179,17 @@ def test_a_program_without_forward_arg_names(small_pack, tmp_path):
     assert "def forward(self, arg_0, mask, bias)" in pack.module.code
 
 
+def test_a_call_spec_torch_cannot_read_is_a_program_error(small_pack, tmp_path):
+    """Found by tools/fuzz.py (seed 600): an in_spec naming ``builtins*tuple`` escaped the
+    direct build as torch's NotImplementedError. It takes torch's path, which refuses it."""
+    graph = _graph(small_pack)
+    sig = graph["graph_module"]["module_call_graph"][0]["signature"]
+    sig["in_spec"] = sig["in_spec"].replace("builtins.tuple", "builtins*tuple", 1)
+    path = rewrite(small_pack, tmp_path / "s.trtpack", replace={GRAPH: json.dumps(graph).encode()})
+    with pytest.raises(trtpack.ProgramError, match="builtins\\*tuple in pytree is not registered"):
+        trtpack.load(path, device="cpu")
+
+
 class _ToDevice(torch.nn.Module):
     def forward(self, x):
         return x.to("cpu", torch.float64) + 1  # aten.to.device, its device positional

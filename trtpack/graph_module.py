@@ -500,8 +500,13 @@ def _codegen(module_call_graph: list) -> _PyTreeCodeGen:
     signature = entry.get("signature")
     if entry.get("fqn") != "" or not isinstance(signature, dict):
         raise Unsupported("the module call graph does not start with the root's signature")
-    in_spec = pytree.treespec_loads(signature["in_spec"])
-    out_spec = pytree.treespec_loads(signature["out_spec"])
+    try:
+        in_spec = pytree.treespec_loads(signature["in_spec"])
+        out_spec = pytree.treespec_loads(signature["out_spec"])
+    except (NotImplementedError, ValueError, TypeError, KeyError, IndexError) as e:
+        # e.g. a type name torch's pytree does not know: torch's deserializer, which reads the
+        # same specs, then says what it makes of them
+        raise Unsupported(f"the call's pytree specs cannot be read: {e}") from None
     names = signature.get("forward_arg_names") or None
     if not names:
         children = _children(in_spec)

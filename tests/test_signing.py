@@ -162,3 +162,90 @@ def test_a_format_1_0_pack_reads_no_member_before_its_signature(tmp_path):
     _, public = _keypair(tmp_path)
     with pytest.raises(trtpack.UnsignedPackError):
         trtpack.load(bad, device="cpu", require_signature=public)
+
+
+# --- issue 20: a required signature covers every byte the load uses ---------------------
+
+WEIGHTS = "program/weights.safetensors"
+
+
+def _flip_last_byte(pack: Path, member: str) -> None:
+    """One byte of ``member``'s data flipped in place: the manifest, and so the signature,
+    untouched (the attack of issue 20, item 1)."""
+    from trtpack.format.container import PackReader
+
+    with PackReader(pack) as reader:
+        info = reader.info(member)
+    with open(pack, "r+b") as f:
+        f.seek(info.offset + info.size - 1)
+        byte = f.read(1)[0]
+        f.seek(info.offset + info.size - 1)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+def test_a_required_signature_hashes_members_even_with_verify_false(signed):
+    pack, _, public = signed
+    _flip_last_byte(pack, WEIGHTS)
+    trtpack.load(pack, device="cpu", verify=False)  # unsigned, unverified: the caller's call
+    with (
+        pytest.warns(UserWarning, match="verify=False is ignored with require_signature"),
+        pytest.raises(trtpack.IntegrityError) as info,
+    ):
+        trtpack.load(pack, device="cpu", require_signature=public, verify=False)
+    assert not isinstance(info.value, trtpack.SignatureError)  # the manifest's signature holds
+    assert info.value.member == WEIGHTS and info.value.field == "sha256"
+    with pytest.raises(trtpack.IntegrityError) as info:
+        trtpack.verify(pack, key=public)  # signature and hashes, in one open
+    assert info.value.member == WEIGHTS
+    assert cli(["verify", str(pack), "--key", str(public)]) == 1
+
+
+def _weaken_guard(pack: Path, member: str) -> None:
+    """The 1.0 fixture's guard ``x.size()[0] == mask.size()[0]`` made ``>=`` in place: the
+    graph stays valid JSON, only its hash tells."""
+    data = pack.read_bytes()
+    guard = b"L['x'].size()[0] == L['mask'].size()[0]"
+    assert data.count(guard) == 1
+    pack.write_bytes(data.replace(guard, guard.replace(b"==", b">=")))
+
+
+@pytest.mark.parametrize("tamper", [_flip_last_byte, _weaken_guard])
+def test_a_signed_1_0_pack_derives_no_guard_from_unhashed_bytes(tmp_path, tamper):
+    """A 1.0 pack's guards come from its graph JSON: with a required signature that member
+    is hashed before it is parsed (a flipped byte is reported as a hash mismatch, not as
+    bad JSON), whatever ``verify`` says (a weakened guard is never used)."""
+    old = Path(__file__).parent / "fixtures" / "v1.0" / "keywords.trtpack"
+    pack = tmp_path / "old.trtpack"
+    shutil.copy(old, pack)
+    private, public = _keypair(tmp_path)
+    trtpack.sign(pack, private)
+    graph = trtpack.inspect(pack).manifest.program.graph
+    tamper(pack, graph)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(trtpack.IntegrityError) as info,
+    ):
+        trtpack.load(pack, device="cpu", require_signature=public, verify=False)
+    assert info.value.field == "sha256" and info.value.member == graph, info.value
+
+
+def test_verify_key_checks_signature_and_hashes_in_one_open(signed, tmp_path, monkeypatch, capsys):
+    """`verify --key` checked the signature on one open of the file and the hashes on a
+    second: a pack swapped in between (its own hashes consistent, unsigned) printed OK. The
+    swap is made right after the real signature check; what is hashed and reported must
+    still be the signed file."""
+    import trtpack.signing as signing
+
+    pack, _, public = signed
+    signed_digest = trtpack.inspect(pack).digest
+    other = rewrite(pack, tmp_path / "other.trtpack", replace={WEIGHTS: b"\0" * 64})
+    real = signing.verify_reader
+
+    def verify_then_swap(*args, **kwargs):
+        statement = real(*args, **kwargs)
+        other.replace(pack)  # the attacker's rename, in the window between the checks
+        return statement
+
+    monkeypatch.setattr(signing, "verify_reader", verify_then_swap)
+    assert cli(["verify", str(pack), "--key", str(public), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["digest"] == signed_digest

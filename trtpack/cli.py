@@ -133,24 +133,22 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .info import human_size, verify
+    from .signing import signature_path
 
-    if args.key is not None:
-        from .signing import signature_path
-        from .signing import verify as verify_signature
-
-        verify_signature(args.pack, args.key, args.signature)
-        sig = args.signature or signature_path(args.pack)
-        if not args.json:
-            print(f"OK  {args.pack}  signature {sig} verified with {args.key}")
-    elif args.signature is not None:
+    if args.key is None and args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
-    info = verify(args.pack)
+    # the signature and every member's hash, in one open of the file
+    info = verify(args.pack, key=args.key, signature=args.signature)
+    default_sig = signature_path(args.pack)
+    sig = str(args.signature or default_sig) if args.key is not None else None
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
     data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
-            "signature": None if args.key is None else str(args.signature or sig)}  # fmt: skip
-    return _report(args, data, f"OK  {info.path}  {n} members, {human_size(total)} verified  "
-                   f"{info.digest}")  # fmt: skip
+            "signature": sig}  # fmt: skip
+    line = f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}"
+    if sig is not None:
+        line = f"OK  {args.pack}  signature {sig} verified with {args.key}\n{line}"
+    return _report(args, data, line)
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:

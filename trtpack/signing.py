@@ -70,7 +70,7 @@ def _pae(payload: bytes) -> bytes:
 
 def _resources(reader: PackReader) -> tuple[list[dict], str]:
     """(path, sha256) of every member plus the manifest, sorted as model_signing sorts them."""
-    info = read_info(reader)  # reads manifest.json only
+    info = read_info(reader, program_guards=False)  # reads manifest.json only
     raw_digest = info.digest.removeprefix("sha256:")
     items = {name: m.sha256.removeprefix("sha256:") for name, m in info.manifest.members.items()}
     items[MANIFEST_NAME] = raw_digest

@@ -229,6 +229,75 @@ def test_a_signed_1_0_pack_derives_no_guard_from_unhashed_bytes(tmp_path, tamper
     assert info.value.field == "sha256" and info.value.member == graph, info.value
 
 
+# --- issue 20: signature bundles are bounded ------------------------------------------
+
+
+def _timed_refusal(pack: Path, public: Path) -> tuple[trtpack.SignatureError, float]:
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(trtpack.SignatureError) as info:
+        verify(pack, public)
+    return info.value, time.perf_counter() - start
+
+
+def test_a_bundle_of_200000_signatures_is_refused_in_milliseconds(signed):
+    """Issue 20, item 6: 200,000 well-formed signatures (21 MB) cost 17 s of public-key
+    checks before the refusal; the parse now stops at the 17th."""
+    from trtpack.format.limits import MAX_SIGNATURES
+
+    pack, _, public = signed
+    sig = signature_path(pack)
+    bundle = json.loads(sig.read_text())
+    one = json.dumps(bundle["dsseEnvelope"]["signatures"][0]).encode()
+    bundle["dsseEnvelope"]["signatures"] = []
+    head, tail = json.dumps(bundle).encode().split(b'"signatures": []')
+    sig.write_bytes(head + b'"signatures": [' + b", ".join([one] * 200_000) + b"]" + tail)
+    assert sig.stat().st_size > 20_000_000
+    error, seconds = _timed_refusal(pack, public)
+    assert error.expected == MAX_SIGNATURES and "signatures" in error.reason, error
+    assert error.got == f"more than {MAX_SIGNATURES}", error  # the parse stopped there
+    assert seconds < 0.5, seconds  # 0.08 s measured (reading the 21 MB file), was 17 s
+    # the same count as bare strings (no object to count while parsing): refused after it
+    bundle["dsseEnvelope"]["signatures"] = ["AAAA"] * 1_000
+    sig.write_text(json.dumps(bundle))
+    error, _ = _timed_refusal(pack, public)
+    assert error.got == 1_000 and error.expected == MAX_SIGNATURES, error
+
+
+def test_a_bundle_of_many_objects_is_refused_while_parsing(signed):
+    from trtpack.format.limits import MAX_SIGNATURE_OBJECTS
+
+    pack, _, public = signed
+    sig = signature_path(pack)
+    bundle = json.loads(sig.read_text())
+    bundle["verificationMaterial"]["tlogEntries"] = [{}] * 1_000_000
+    sig.write_text(json.dumps(bundle))
+    error, seconds = _timed_refusal(pack, public)
+    assert error.expected == MAX_SIGNATURE_OBJECTS and "objects" in error.reason, error
+    assert seconds < 0.5, seconds
+
+
+def test_a_huge_bundle_or_key_is_refused_by_its_size_unread(signed, tmp_path):
+    """A 1 GiB .sig reached 2 GiB RSS: now its size refuses it before a byte is read (the
+    files are sparse: no disk, and a read would show in the time)."""
+    from trtpack.format.limits import MAX_KEY_BYTES, MAX_SIGNATURE_BYTES
+
+    pack, _, public = signed
+    with open(signature_path(pack), "r+b") as f:
+        f.truncate(1 << 30)
+    error, seconds = _timed_refusal(pack, public)
+    assert error.expected == MAX_SIGNATURE_BYTES and error.got == 1 << 30, error
+    assert seconds < 0.5, seconds
+    assert cli(["verify", str(pack), "--key", str(public)]) == 1
+    big_key = tmp_path / "big.pub"
+    with open(big_key, "wb") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(trtpack.SignatureError) as info:
+        trtpack.sign(pack, big_key)
+    assert info.value.expected == MAX_KEY_BYTES and info.value.reason == "key too large"
+
+
 def test_verify_key_checks_signature_and_hashes_in_one_open(signed, tmp_path, monkeypatch, capsys):
     """`verify --key` checked the signature on one open of the file and the hashes on a
     second: a pack swapped in between (its own hashes consistent, unsigned) printed OK. The

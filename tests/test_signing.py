@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -296,6 +297,76 @@ def test_a_huge_bundle_or_key_is_refused_by_its_size_unread(signed, tmp_path):
     with pytest.raises(trtpack.SignatureError) as info:
         trtpack.sign(pack, big_key)
     assert info.value.expected == MAX_KEY_BYTES and info.value.reason == "key too large"
+
+
+# --- issue 20: writers over a signed pack remove its stale signature, and say so ----------
+
+
+def test_save_over_a_signed_pack_removes_its_signature(signed, exported):
+    pack, private, public = signed
+    _, _, ep = exported("keywords")
+    with pytest.warns(UserWarning, match=r"removed .*model\.trtpack\.sig.*trtpack sign"):
+        trtpack.save(ep, pack, metadata={"model": "changed"})
+    assert not signature_path(pack).exists()
+    with pytest.raises(trtpack.UnsignedPackError):
+        trtpack.load(pack, require_signature=public)
+    trtpack.sign(pack, private)  # signed again, it verifies
+    verify(pack, public)
+
+
+def _standard_plan(path: Path) -> Path:
+    """A standard TensorRT 10.13 plan header (all trtpack reads of a plan without a GPU)."""
+    header = b"ftrt" + struct.pack("<I", 0) + bytes(16) + bytes([10, 13, 3, 9]) + bytes(36)
+    path.write_bytes(header + b"x\0out" + bytes(64))
+    return path
+
+
+def test_cli_writers_over_a_signed_pack_say_they_removed_its_signature(tmp_path, capsys):
+    private, _ = _keypair(tmp_path)
+    plan, pack = _standard_plan(tmp_path / "a.plan"), tmp_path / "engine.trtpack"
+    spec = ["--input-spec", "x:float32[1..8@4,16]", "--output-spec", "out:float32[1]"]
+    assert cli(["pack", str(plan), *spec, "-o", str(pack)]) == 0
+    trtpack.sign(pack, private)
+    capsys.readouterr()
+    assert cli(["add-engine", str(pack), str(plan), "--variant", "again"]) == 0
+    err = capsys.readouterr().err
+    assert f"trtpack: warning: removed {signature_path(pack)}" in err, err
+    assert not signature_path(pack).exists()
+    # a write to -o OUT leaves the source's signature alone, and removes OUT's stale one
+    out = tmp_path / "migrated.trtpack"
+    old = Path(__file__).parent / "fixtures" / "v1.0" / "keywords.trtpack"
+    signature_path(out).write_text("{}")
+    assert cli(["migrate", str(old), str(out), "--force"]) == 0
+    assert "removed" in capsys.readouterr().err and not signature_path(out).exists()
+
+
+def test_a_failed_write_keeps_the_signature(signed, tmp_path):
+    from trtpack.format.container import FileSlice, write_pack
+
+    pack, _, public = signed
+    before = pack.read_bytes()
+    missing = FileSlice(tmp_path / "gone.bin", 0, 10)
+    with pytest.raises(OSError):
+        write_pack(pack, {"a.bin": missing}, lambda _d: b"{}")
+    assert pack.read_bytes() == before and signature_path(pack).is_file()
+    verify(pack, public)
+
+
+def test_verify_without_key_mentions_the_signature_it_did_not_check(signed, capsys):
+    pack, _, public = signed
+    assert cli(["verify", str(pack)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK") and f"signature {signature_path(pack)} NOT checked" in out
+    assert cli(["verify", str(pack), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["signature"] is None
+    assert data["unchecked_signature"] == str(signature_path(pack))
+    assert cli(["verify", str(pack), "--key", str(public), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["signature"] == str(signature_path(pack)) and data["unchecked_signature"] is None
+    signature_path(pack).unlink()
+    assert cli(["verify", str(pack)]) == 0
+    assert "signature" not in capsys.readouterr().out
 
 
 def test_verify_key_checks_signature_and_hashes_in_one_open(signed, tmp_path, monkeypatch, capsys):

@@ -141,13 +141,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     info = verify(args.pack, key=args.key, signature=args.signature)
     default_sig = signature_path(args.pack)
     sig = str(args.signature or default_sig) if args.key is not None else None
+    # a signature lying beside the pack that nobody checked: say so, never a bare OK
+    unchecked = str(default_sig) if args.key is None and default_sig.is_file() else None
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
     data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
-            "signature": sig}  # fmt: skip
+            "signature": sig, "unchecked_signature": unchecked}  # fmt: skip
     line = f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}"
     if sig is not None:
         line = f"OK  {args.pack}  signature {sig} verified with {args.key}\n{line}"
+    if unchecked is not None:
+        line += (f"\nnote: signature {unchecked} NOT checked (pass --key PUBLIC_KEY): the "
+                 "hashes show only that the pack matches its own manifest")  # fmt: skip
     return _report(args, data, line)
 
 

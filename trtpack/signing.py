@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MissingDependencyError, SignatureError, UnsignedPackError
-from .format.container import PackReader, atomic_write
+from .format.container import SIGNATURE_SUFFIX, PackReader, atomic_write
 from .format.limits import (
     MAX_KEY_BYTES,
     MAX_SIGNATURE_BYTES,
@@ -36,7 +36,6 @@ BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-SIGNATURE_SUFFIX = ".sig"
 
 
 def _require_cryptography() -> None:

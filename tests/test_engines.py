@@ -585,6 +585,34 @@ def test_host_code_is_gated_before_any_runtime_sees_the_plan(tmp_path):
     assert trusted.runner is None and "tensorrt_lean" in trusted.reason, trusted.reason
 
 
+def test_a_plan_allowed_host_code_is_hashed_even_without_verify(tmp_path):
+    """Issue 20, item 1: host-code trust (a verified signature, or trust_engine_host_code)
+    never rests on unhashed bytes. One byte of the plan flipped in place (manifest
+    untouched): with verify=False the trusted plan is still hashed, and refused as corrupt
+    before the lean runner is reached."""
+    plan = _standard_plan(tmp_path)
+    pack = trtpack.migrate(
+        plan,
+        tmp_path / "vc.trtpack",
+        inputs=["x:float32[1..8@4,16]"],
+        outputs=["out:float32[1]"],
+        version_compatible="lean_embedded",
+    ).path
+    manifest = trtpack.inspect(pack).manifest
+    member = manifest.engines[0].engines[0].member
+    with PackReader(pack) as reader:
+        end = reader.info(member).offset + reader.info(member).size
+    with open(pack, "r+b") as f:
+        f.seek(end - 1)
+        f.write(b"\x01")  # the padding after the header: only a hash notices
+    with PackReader(pack) as reader:
+        trusted = load_engines(reader, manifest, torch.device("cuda", 0), verify=False,
+                               require_engine=False, variant=None, environment=ENV_LEAN,
+                               host_code_allowed=True)  # fmt: skip
+    assert trusted.runner is None and "corrupt" in trusted.reason, trusted.reason
+    assert "tensorrt_lean" not in trusted.reason
+
+
 @pytest.mark.engine
 def test_lean_runtime_runs_a_version_compatible_engine(tmp_path):
     """Live: the full TensorRT builder makes a version-compatible plan (lean runtime embedded)

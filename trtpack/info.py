@@ -95,10 +95,12 @@ def read_info(reader: PackReader, *, program_guards: bool = True) -> PackInfo:
     return with_program_guards(reader, info) if program_guards else info
 
 
-def with_program_guards(reader: PackReader, info: PackInfo) -> PackInfo:
+def with_program_guards(reader: PackReader, info: PackInfo, *, verify: bool = False) -> PackInfo:
     """A format-1.0 manifest recorded no guards: read them from its program's JSON, so an
     upgraded pack checks every call as a 1.1 pack does. (``load`` calls this only after a
-    required signature has verified: it reads a member besides the manifest.)"""
+    required signature has verified: it reads a member besides the manifest.) ``verify``:
+    hash that member first (guards are a check on every call: never from unhashed bytes
+    when the caller asked for hashing)."""
     manifest = info.manifest
     if info.upgraded_from is None or info.upgraded_from >= (1, 1) or manifest.program is None:
         return info
@@ -107,6 +109,8 @@ def with_program_guards(reader: PackReader, info: PackInfo) -> PackInfo:
     from .graph_check import check_graph
 
     graph = manifest.program.graph
+    if verify:
+        reader.verify(graph, manifest.members[graph])
     data = loads(reader.read(graph), f"{reader.path}: {graph}", IntegrityError)
     check_graph(data, graph)
     program = SerializedProgram(data, where=f"{reader.path}: {graph}")
@@ -139,17 +143,28 @@ def inspect(path: PathLike) -> PackInfo:
         return info
 
 
-def verify(path: PathLike) -> PackInfo:
+def verify(
+    path: PathLike, *, key: PathLike | None = None, signature: PathLike | None = None
+) -> PackInfo:
     """Check every member's SHA-256 and size against the manifest, and every engine plan's
-    header against its variant's target. Raises IntegrityError or EngineError."""
+    header against its variant's target. Raises IntegrityError or EngineError.
+
+    ``key``: a PEM public key; the pack's signature (``signature``, default ``PATH.sig``)
+    must verify with it first (SignatureError / UnsignedPackError), before any member but the
+    manifest is read. Signature and hashes are checked in one open of the file, so a file
+    swapped between the two checks cannot pass."""
     from .engines.plan import check_variant_plans
 
-    with open_pack(path) as (reader, info):
+    with open_pack(path, program_guards=key is None) as (reader, info):
+        if key is not None:
+            from .signing import verify_reader
+
+            verify_reader(reader, key, signature)
         for name, member in info.manifest.members.items():
             reader.verify(name, member)
         for variant in info.manifest.engines:
             check_variant_plans(reader.view, variant, f"{reader.path}: ")
-        return info
+        return info if key is None else with_program_guards(reader, info)
 
 
 # --- the table ---------------------------------------------------------------------------

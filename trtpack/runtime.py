@@ -321,11 +321,14 @@ def load(
     autograd state); False runs calls in the caller's grad mode.
     ``require_signature``: a PEM public key; the pack's signature (``signature``, default
     ``PATH.sig``) must verify with it before any member but the manifest is read
-    (SignatureError / UnsignedPackError otherwise).
+    (SignatureError / UnsignedPackError otherwise). The signature vouches for the manifest,
+    and the manifest for each member through its SHA-256, so a required signature always
+    hashes every member the load uses: ``verify=False`` is ignored with it (with a warning).
 
     ``trust_engine_host_code``: let TensorRT run host code a plan carries (a
     version-compatible plan with the lean runtime embedded, as the manifest records). Without
-    it such a variant is used only when ``require_signature`` verified the pack.
+    it such a variant is used only when ``require_signature`` verified the pack. Either way
+    such a plan is hashed before TensorRT sees it, even with ``verify=False``.
 
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
@@ -361,19 +364,30 @@ def _load(
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
+    if require_signature is not None and not verify:
+        # A signature covers the manifest; the manifest covers a member only through its
+        # hash. Unhashed members would make the signature vouch for bytes nobody checked.
+        warnings.warn(
+            "trtpack: verify=False is ignored with require_signature=: a required signature "
+            "hashes every member the load uses",
+            stacklevel=3,
+        )
+        verify = True
     with _open_any(path) as (reader, info):
         if require_signature is not None:
             from .signing import verify_reader
 
             verify_reader(reader, require_signature, signature)
-        info = with_program_guards(reader, info)  # a 1.0 pack: its guards, from its program
+        # a 1.0 pack: its guards, from its program's graph (hashed first when verifying)
+        info = with_program_guards(reader, info, verify=verify)
         manifest = info.manifest
         reason = None
         if manifest.engines or require_engine or variant is not None:
             from .engines.loading import load_engines
 
-            # host code runs only from a pack whose signature was just verified, or if trusted
-            trusted = trust_engine_host_code or require_signature is not None
+            # host code runs only from a pack whose signature was just verified (and whose
+            # members are therefore hashed: verify is on), or if the caller trusts the pack
+            trusted = trust_engine_host_code or (require_signature is not None and verify)
             loaded = load_engines(reader, manifest, dev, verify=verify,
                                   require_engine=require_engine, variant=variant,
                                   host_code_allowed=trusted)  # fmt: skip

@@ -98,7 +98,7 @@ def test_an_unexpressed_guard_is_checked_by_the_program(guarded, tmp_path):
     with pytest.raises(trtpack.InputMismatchError, match="program's own guard code") as e:
         pack(torch.randn(4, 7), torch.randn(9, 7))
     assert "% 4" in e.value.condition
-    assert "(torch's text: checked by the program)" in trtpack.info.render(trtpack.inspect(bad))
+    assert "(torch's text: checked by the program)" in trtpack.reading.render(trtpack.inspect(bad))
 
 
 @pytest.mark.parametrize(

@@ -46,32 +46,32 @@ from .errors import (
 from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
-    from .adding import add_engine
-    from .building import build
-    from .derive import Range
     from .engines.torchtrt import compile
-    from .info import PackInfo, inspect, verify
     from .migrations.legacy import migrate
+    from .program.derive import Range
+    from .reading import PackInfo, inspect, verify
     from .runtime import LoadedPack, load
-    from .saving import save
     from .signing import sign
+    from .writing.add import add_engine
+    from .writing.build import build
+    from .writing.save import save
 
 # name -> module that defines it; imported on first access (save, load, compile, add_engine
 # and migrate import torch)
 _LAZY = {
-    "save": "saving",
+    "save": "writing.save",
     "load": "runtime",
     "LoadedPack": "runtime",
-    "Range": "derive",
+    "Range": "program.derive",
     "compile": "engines.torchtrt",
-    "add_engine": "adding",
-    "build": "building",
+    "add_engine": "writing.add",
+    "build": "writing.build",
     "migrate": "migrations.legacy",
     # torch-free, but imported on first use too, so that ``import trtpack.format`` loads nothing
     # above the format package
-    "PackInfo": "info",
-    "inspect": "info",
-    "verify": "info",
+    "PackInfo": "reading",
+    "inspect": "reading",
+    "verify": "reading",
     "sign": "signing",
 }
 

@@ -19,8 +19,8 @@ from .contract import Contract, OutsideEngineProfile
 from .errors import InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .info import PackInfo, open_pack, read_info, with_program_guards
-from .program import LoadedProgram, load_program, load_runnable, runnable
+from .program.serialize import LoadedProgram, load_program, load_runnable, runnable
+from .reading import PackInfo, open_pack, read_info, with_program_guards
 
 T = TypeVar("T")
 

@@ -78,7 +78,7 @@ def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
         return out
     if samples < 1:
         raise TrtpackError(f"samples={samples}: give at least one")
-    from .run import sample_leaves, sample_symbols
+    from .cli.run import sample_leaves, sample_symbols
 
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -112,7 +112,7 @@ def sample_members(
     entry. Each call is checked against the interface first."""
     import torch.utils._pytree as pytree
 
-    from .program import runnable, safetensors_chunks
+    from .program.serialize import runnable, safetensors_chunks
 
     calls = _leaves_of_calls(ep, iface, samples, seed)
     module = runnable(ep)
@@ -174,7 +174,7 @@ class CheckReport:
 
 
 def read_samples(reader: PackReader, samples: Samples) -> dict[str, torch.Tensor]:
-    from .program import read_safetensors
+    from .program.serialize import read_safetensors
 
     tensors, _ = read_safetensors(reader.view(samples.member), samples.member)
     return tensors

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import MissingDependencyError, SignatureError, UnsignedPackError
 from .format.container import PackReader, atomic_write
 from .format.manifest import MANIFEST_NAME
-from .info import read_info
+from .reading import read_info
 
 PathLike = str | os.PathLike
 

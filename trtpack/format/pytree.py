@@ -1,5 +1,5 @@
 """Pytree specs as manifest JSON: leaf paths, output names, calls rebuilt from leaves. No torch
-(the torch ``TreeSpec`` side is ``trtpack/treespec.py``).
+(the torch ``TreeSpec`` side is ``trtpack/program/treespec.py``).
 
 A tree is ``{"type": "leaf"}`` or a container with ``children``: ``tuple``, ``list``,
 ``dict`` (with ``keys``), ``namedtuple`` (with ``name`` and ``fields``), ``none``, or

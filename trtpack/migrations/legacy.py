@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from ..assemble import PackParts
+from ..writing.assemble import PackParts
 
 if TYPE_CHECKING:
-    from ..info import PackInfo
+    from ..reading import PackInfo
 from ..errors import MigrationError, NotAPackError, OutputExistsError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import MANIFEST_NAME, Interface, Producer
@@ -115,7 +115,7 @@ def convert(
 
 
 def _convert_pack(reader: PackReader) -> PackParts:
-    from ..info import read_info
+    from ..reading import read_info
 
     info = read_info(reader)  # upgrades an older format in memory
     m = info.manifest
@@ -164,9 +164,9 @@ def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:
     """The interface of a pre-2.7 torch.export file, read from its program JSON alone (no
     torch: the weights are pickles, which only migration reads, with torch's weights_only
     loader). Returns (kind, interface)."""
-    from ..derive import SerializedProgram
     from ..format.limits import loads
-    from ..graph_check import check_graph
+    from ..program.derive import SerializedProgram
+    from ..program.graph_check import check_graph
 
     with PackReader(path, require_stored=False, check_crc=True) as reader:
         version = reader.read("version").decode(errors="replace").strip()
@@ -191,7 +191,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     import torch
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
-    from ..program import derive_interface, program_members
+    from ..program.serialize import derive_interface, program_members
 
     def unpickle(name: str) -> Any:
         if name not in reader:
@@ -210,7 +210,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     version = reader.read("version").decode(errors="replace").strip()
     graph = reader.read("serialized_exported_program.json")
     from ..errors import UnsafePackError
-    from ..graph_check import check_graph
+    from ..program.graph_check import check_graph
 
     try:
         check_graph(graph, f"{reader.path}:serialized_exported_program.json")
@@ -243,7 +243,7 @@ def to_pack(
     import platform
 
     from .._version import __version__
-    from ..assemble import to_bytes, write
+    from ..writing.assemble import to_bytes, write
 
     # this trtpack wrote the pack; the program is the torch version's that wrote it
     made_by = Producer(__version__, platform.python_version(),

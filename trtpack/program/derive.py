@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MigrationError, RangeOverrideError
-from .format.guards import from_torch as guards_from_torch
-from .format.guards import sources as guard_sources
-from .format.manifest import (
+from ..errors import MigrationError, RangeOverrideError
+from ..format.guards import from_torch as guards_from_torch
+from ..format.guards import sources as guard_sources
+from ..format.manifest import (
     DimExpr,
     Guard,
     Interface,
@@ -36,7 +36,7 @@ from .format.manifest import (
     parse_dim,
     symbol_name,
 )
-from .format.pytree import leaf_paths, output_names
+from ..format.pytree import leaf_paths, output_names
 
 #: torch/_export/serde/schema.py ScalarType -> dtype name
 SCALAR_TYPES = {
@@ -418,7 +418,7 @@ def derive_from_graph(
 ) -> tuple[Interface, dict[str, str]]:
     """The interface of a serialized program, and torch's symbol name -> the manifest's.
     ``graph`` is torch.export's JSON (bytes, or already parsed)."""
-    from .format.limits import loads
+    from ..format.limits import loads
 
     data = loads(bytes(graph), where, MigrationError) if not isinstance(graph, dict) else graph
     return SerializedProgram(data, where=where).interface()

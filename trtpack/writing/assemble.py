@@ -14,9 +14,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ._version import __version__
-from .errors import EngineError, TrtpackError
-from .format.container import (
+from .._version import __version__
+from ..errors import EngineError, TrtpackError
+from ..format.container import (
     DIGEST_CHUNK,
     MemberDigest,
     PathLike,
@@ -24,7 +24,7 @@ from .format.container import (
     pack_bytes,
     write_pack,
 )
-from .format.manifest import (
+from ..format.manifest import (
     FORMAT_VERSION,
     Interface,
     Manifest,
@@ -35,7 +35,7 @@ from .format.manifest import (
     Samples,
     Variant,
 )
-from .info import PackInfo, inspect
+from ..reading import PackInfo, inspect
 
 
 @dataclass

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import InputMismatchError, TrtpackError
-from .format.container import PathLike
-from .format.manifest import Manifest, parse_dim
-from .runtime import load
+from ..errors import InputMismatchError, TrtpackError
+from ..format.container import PathLike
+from ..format.manifest import Manifest, parse_dim
+from ..runtime import load
 
 Size = Literal["opt", "min", "max", "random"]
 
@@ -156,7 +156,7 @@ def run_pack(
     got = _flat_outputs(pack(*args, **kwargs))
     want = None
     if pack.backend != "exported_program" and pack.exported_program is not None:
-        from .program import runnable
+        from ..program.serialize import runnable
 
         with torch.inference_mode():
             want = _flat_outputs(runnable(pack.exported_program)(*args, **kwargs))

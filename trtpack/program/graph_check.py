@@ -16,7 +16,7 @@ import keyword
 import re
 from typing import Any
 
-from .errors import IntegrityError, UnsafePackError
+from ..errors import IntegrityError, UnsafePackError
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # torch.ops namespaces a program may call: core ATen/prims, torch.export's higher-order ops,
@@ -294,7 +294,7 @@ def check_graph(data: Any, member: str) -> Any:
                     continue
                 if k == "guards_code" and not path:
                     # ep.module() turns these into a function with exec (torch/export/_unlift.py)
-                    from .format.guards import check_torch_guard
+                    from ..format.guards import check_torch_guard
 
                     if not isinstance(v, list):
                         _bad(member, p, v, "not a list of guards")

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
+from ..engines.variants import variant_from_wired
+from ..errors import ArgumentTypeError, DeriveError, TrtpackError
+from ..format.container import PathLike, Source
+from ..format.manifest import Interface, ProgramRef, Tolerance, Variant
+from ..program.derive import RangeLike, apply_ranges
+from ..program.serialize import derive_interface, dim_aliases, program_members
+from ..reading import PackInfo
 from .assemble import PackParts, write
-from .derive import RangeLike, apply_ranges
-from .engines.variants import variant_from_wired
-from .errors import ArgumentTypeError, DeriveError, TrtpackError
-from .format.container import PathLike, Source
-from .format.manifest import Interface, ProgramRef, Tolerance, Variant
-from .info import PackInfo
-from .program import derive_interface, dim_aliases, program_members
 
 
 def save(
@@ -95,7 +95,7 @@ def _with_samples(
     samples: int | Sequence[Any],
     tolerances: Mapping[str, Tolerance | tuple[float, float]],
 ) -> PackParts:
-    from .samples import sample_members
+    from ..samples import sample_members
 
     chosen = {k: v if isinstance(v, Tolerance) else Tolerance(*map(float, v))
               for k, v in tolerances.items()}  # fmt: skip
@@ -117,7 +117,7 @@ def _with_samples(
 def has_engines(ep: ExportedProgram) -> bool:
     if all(isinstance(v, torch.Tensor) for v in ep.constants.values()):
         return False
-    from .engines.torchtrt import engine_constant_names  # imports no torch_tensorrt
+    from ..engines.torchtrt import engine_constant_names  # imports no torch_tensorrt
 
     return bool(engine_constant_names(ep))
 
@@ -131,7 +131,7 @@ def _parts_of_compiled(
     """A compiled module's pack: the source program (if known) as the portable fallback, and
     the engines as one variant. The interface comes from ``trtpack.compile`` (it travels with
     the module), else from the source program, else from the wired program's own JSON."""
-    from .engines.torchtrt import engine_constant_names, wire
+    from ..engines.torchtrt import engine_constant_names, wire
 
     attached = getattr(obj, "_trtpack", None)
     if attached is not None and source is None:
@@ -164,6 +164,6 @@ def variant_of_compiled(
 ) -> tuple[Variant, dict[str, Source]]:
     """The engine variant of a compiled module, for a pack whose interface is ``iface``
     (``add_engine``)."""
-    from .engines.torchtrt import wire
+    from ..engines.torchtrt import wire
 
     return variant_from_wired(wire(obj), iface, name=name)

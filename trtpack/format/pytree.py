@@ -17,7 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import UnregisteredPytreeError
-from .manifest import Tree
+
+#: a pytree spec as manifest JSON (the manifest's ``input_tree``/``output_tree``)
+Tree = dict[str, Any]
 
 
 def leaf_paths(tree: Tree, root: str) -> list[str]:

@@ -303,7 +303,8 @@ class SerializedProgram:
             raise MigrationError(f"{self.where}: guards_code is not a list")
         arg_names = self.call.get("forward_arg_names") or []
         names = guard_sources([(i.name, i.path) for i in inputs], arg_names)
-        return guards_from_torch(codes, names, inputs, where=f"{self.where}: guards_code")
+        found = guards_from_torch(codes, names, inputs, where=f"{self.where}: guards_code")
+        return tuple(Guard(source=text, expr=expr) for text, expr in found)
 
     def _input(self, name: str, arg: dict, path: str, names: _Names, hints: dict) -> IOSpec:
         if "as_tensor" in arg:

@@ -20,7 +20,8 @@ from ..format.container import PackReader, Source
 from ..format.limits import loads
 from ..format.manifest import Producer, ProgramRef
 from ..format.weights import DTYPES, RawTensor, layout_metadata, safetensors_source
-from ..program.derive import SCALAR_TYPES, SerializedProgram
+from ..program.derive import SerializedProgram
+from ..program.serde import SCALAR_TYPES
 from ..writing.assemble import PackParts
 
 

@@ -37,14 +37,8 @@ from ..format.manifest import (
     symbol_name,
 )
 from ..format.pytree import leaf_paths, output_names
+from .serde import NOT_IN_MANIFEST, SCALAR_TYPES
 
-#: torch/_export/serde/schema.py ScalarType -> dtype name
-SCALAR_TYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-    8: "float64", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
-    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
-    34: "uint32", 35: "uint64",
-}  # fmt: skip
 _UNBOUNDED = 2**62  # torch writes int_oo as a huge int in some versions
 
 
@@ -385,7 +379,7 @@ class SerializedProgram:
     def dtype(self, meta: dict, name: str) -> str:
         code = meta.get("dtype")
         dtype = SCALAR_TYPES.get(code) if isinstance(code, int) else None
-        if dtype is None:
+        if dtype is None or dtype in NOT_IN_MANIFEST:
             raise MigrationError(
                 f"{self.where}: {name!r} has dtype code {meta.get('dtype')}, unknown"
             )

@@ -191,7 +191,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     import torch
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
-    from ..program.serialize import derive_interface, program_members
+    from ..program.describe import describe
 
     def unpickle(name: str) -> Any:
         if name not in reader:
@@ -223,10 +223,8 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
             f"{reader.path}: torch {torch.__version__} cannot read this torch.export file "
             f"(schema {version}): {type(e).__name__}: {e}"
         ) from None
-    members, ref = program_members(ep)
-    stored = members[ref.graph]
-    assert isinstance(stored, bytes)
-    return PackParts(derive_interface(ep, graph=stored), dict(members), ref,
+    described = describe(ep)
+    return PackParts(described.interface, described.members, described.ref,
                      producer=Producer(trtpack="-", python="-"),
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 

@@ -62,6 +62,15 @@ def derive_interface(
         raise ArgumentTypeError("ep", "a torch.export.ExportedProgram", ep)
     if graph is None:
         graph = program_graph(ep)
+    iface, by_torch = derive_with_names(ep, graph)
+    if ranges:
+        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
+    return iface
+
+
+def derive_with_names(ep: ExportedProgram, graph: bytes) -> tuple[Interface, dict[str, str]]:
+    """The interface derived from ``graph`` (``ep``'s JSON), and torch's symbol names -> the
+    manifest's (what ``dim_aliases`` needs to accept the user's ``Dim`` names)."""
     try:
         iface, by_torch = derive_from_graph(graph, where="the ExportedProgram")
     except MigrationError as e:
@@ -69,9 +78,7 @@ def derive_interface(
     recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     if isinstance(recorded, Interface):
         iface = keep_opts(iface, recorded)
-    if ranges:
-        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
-    return iface
+    return iface, by_torch
 
 
 def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) -> dict[str, str]:

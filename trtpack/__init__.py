@@ -15,34 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from ._version import __version__
-from .errors import (
-    ArgumentTypeError,
-    DeriveError,
-    EngineError,
-    InputMismatchError,
-    IntegrityError,
-    ManifestError,
-    MigrationError,
-    MissingDependencyError,
-    MissingMemberError,
-    NotAPackError,
-    NoUsableEngineError,
-    OutputExistsError,
-    OutsideEngineProfile,
-    PackLockedError,
-    PackWriteError,
-    ProgramError,
-    RangeOverrideError,
-    RegistryError,
-    SampleMismatchError,
-    SignatureError,
-    TrtpackError,
-    UnregisteredPytreeError,
-    UnsafePackError,
-    UnsignedPackError,
-    UnsupportedVersionError,
-)
+from .errors import *  # noqa: F403  (the error classes: errors.__all__ is their one list)
 from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
@@ -87,7 +62,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] != "torch":
             raise
-        raise MissingDependencyError(
+        raise errors.MissingDependencyError(
             f"trtpack.{name} needs PyTorch, which is not installed: pip install 'trtpack[torch]' "
             "(inspect, verify, migrate, pack, add-engine, push and pull run without it)"
         ) from e
@@ -111,30 +86,5 @@ __all__ = [
     "inspect",
     "verify",
     "sign",
-    # errors
-    "TrtpackError",
-    "ArgumentTypeError",
-    "NotAPackError",
-    "IntegrityError",
-    "UnsafePackError",
-    "MissingMemberError",
-    "ManifestError",
-    "UnsupportedVersionError",
-    "DeriveError",
-    "RangeOverrideError",
-    "ProgramError",
-    "UnregisteredPytreeError",
-    "InputMismatchError",
-    "OutsideEngineProfile",
-    "EngineError",
-    "NoUsableEngineError",
-    "MissingDependencyError",
-    "MigrationError",
-    "RegistryError",
-    "SampleMismatchError",
-    "OutputExistsError",
-    "SignatureError",
-    "UnsignedPackError",
-    "PackLockedError",
-    "PackWriteError",
 ]
+__all__ += errors.__all__

@@ -53,9 +53,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_other(args: argparse.Namespace) -> int:
-    from ..format.container import PackReader
-    from ..migrations.legacy import ENGINE, PRE_PT2, convert, detect, to_pack
-    from ..reading import read_info, render
+    from ..migrations.legacy import ENGINE, PRE_PT2, convert, detect, open_migrated
+    from ..reading import render
 
     kind = detect(args.pack)  # raises NotAPackError naming what it found
     if kind == ENGINE:
@@ -71,8 +70,8 @@ def _inspect_other(args: argparse.Namespace) -> int:
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
     converted = convert(args.pack)
-    with PackReader(args.pack, data=to_pack(converted, None)) as reader:
-        info = read_info(reader)
+    with open_migrated(converted, args.pack) as (_, info):
+        pass
     if args.json:
         sys.stdout.write(json.dumps(info.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
         return 0

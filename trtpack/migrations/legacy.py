@@ -13,11 +13,13 @@ recognized, described, converted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from ..writing.assemble import PackParts
 
@@ -229,27 +231,36 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 
-@overload
-def to_pack(c: PackParts, path: None, *, overwrite: bool = False) -> bytearray: ...
-@overload
-def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo: ...
-def to_pack(
-    c: PackParts, path: PathLike | None, *, overwrite: bool = False
-) -> PackInfo | bytearray:
-    """Write ``c`` as a current-format pack (atomically) at ``path``, or return its bytes."""
+def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo:
+    """Write ``c`` as a current-format pack (atomically) at ``path``."""
     import dataclasses
     import platform
 
     from .._version import __version__
-    from ..writing.assemble import to_bytes, write
+    from ..writing.assemble import write
 
     # this trtpack wrote the pack; the program is the torch version's that wrote it
     made_by = Producer(__version__, platform.python_version(),
                        torch=c.producer.torch if c.producer else None)  # fmt: skip
     parts = dataclasses.replace(c, producer=made_by)
-    if path is None:
-        return to_bytes(parts)
     return write(parts, path, overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def open_migrated(c: PackParts, path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
+    """``c`` (converted from the file at ``path``) as an open pack, for ``load`` and
+    ``inspect``: written to a temporary file (in ``TMPDIR``) and read like any pack, its
+    weights mapped from that file, never assembled in memory (a second full copy of them).
+    The file is removed on exit; what was mapped from it stays valid (POSIX keeps an unlinked
+    file's pages while they are mapped). Messages name ``path``."""
+    from ..reading import read_info
+
+    with tempfile.TemporaryDirectory(prefix="trtpack-migrated-") as folder:
+        staged = Path(folder) / "migrated.trtpack"
+        to_pack(c, staged)
+        with PackReader(staged) as reader:
+            reader.path = Path(path)  # opened already: from here on the path only names it
+            yield reader, read_info(reader)
 
 
 def migrate(

@@ -21,7 +21,6 @@ from ..format.container import (
     MemberDigest,
     PathLike,
     Source,
-    pack_bytes,
     write_pack,
 )
 from ..format.manifest import (
@@ -101,11 +100,6 @@ def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackIn
     """Write ``parts`` as a pack at ``path``, atomically; return what was written."""
     write_pack(path, parts.members, lambda d: parts.manifest(d).to_json(), overwrite=overwrite)
     return inspect(path)
-
-
-def to_bytes(parts: PackParts) -> bytearray:
-    """The same pack, in memory (a legacy file migrated on load, or inspected)."""
-    return pack_bytes(parts.members, lambda d: parts.manifest(d).to_json())
 
 
 def producer(*, with_engines: bool = False) -> Producer:

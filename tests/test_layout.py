@@ -183,6 +183,21 @@ def test_serde_dtypes_the_manifest_cannot_name_are_exactly_those_missing_from_th
     assert named <= set(SCALAR_TYPES.values())
 
 
+def test_every_dtype_table_names_manifest_dtypes():
+    """The tables that translate dtypes to other systems (TensorRT, safetensors, Triton) name
+    only dtypes the manifest schema has: the schema's enum is the one list of names."""
+    from trtpack.engines.build import TRT_DTYPES as BUILD
+    from trtpack.engines.plan import TRT_DTYPES as PLAN
+    from trtpack.format.weights import DTYPES as SAFETENSORS
+    from trtpack.integrations.triton import _TYPES as TRITON
+
+    schema = json.loads((ROOT / "schema" / "manifest.v1.schema.json").read_text())
+    named = set(schema["$defs"]["dtype"]["enum"])
+    for table in (set(PLAN.values()), set(BUILD), set(SAFETENSORS), set(TRITON)):
+        assert table <= named, table - named
+    assert BUILD == {dtype: trt for trt, dtype in PLAN.items()}
+
+
 def _mapped_file(address: int) -> str | None:
     """The file behind the mapping that holds ``address`` (None: anonymous memory)."""
     for line in Path("/proc/self/maps").read_text().splitlines():

@@ -14,7 +14,7 @@ The route is the one TensorRT-RTX supports for ahead-of-time builds on a CPU:
    each named GPU, ``build_serialized_network``.
 
 Everything else (which bindings, which profile, the variant, the pack) is decided by the
-caller (``adding.build``) from the manifest; this module only carries it out and reports what
+caller (``writing.build``) from the manifest; this module only carries it out and reports what
 TensorRT-RTX or the exporter refused.
 """
 

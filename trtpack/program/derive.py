@@ -5,7 +5,7 @@ torch.export writes a program as JSON (``torch/_export/serde/schema.py``): the g
 tensor metadata (dtype enum, sizes as ints or sympy expressions with example hints), the
 signature (user inputs, constants, outputs), the range constraints, the call's pytree specs
 and its guards. That is everything a manifest needs. ``save`` serializes a program
-(``program.py``) and derives from those bytes; ``migrate`` and ``inspect`` derive from the
+(``program/serialize.py``) and derives from those bytes; ``migrate`` and ``inspect`` derive from the
 JSON inside a ``torch.export.save`` file: the same function, so the same program gives the
 same manifest bytes by every route. Range overrides (``ranges=`` at save) live here too.
 """

@@ -7,7 +7,7 @@ seconds before the first inference. This module builds the same ``torch.fx.Graph
 that ``ep.module(check_guards=False)`` returns, from the parsed JSON, with only torch.fx:
 
 - placeholders for the user inputs, in flat order; parameters, buffers and tensor constants
-  as attributes (the tensors ``program._rebuild_state`` made), read by ``get_attr`` nodes at
+  as attributes (the tensors ``serialize._rebuild_state`` made), read by ``get_attr`` nodes at
   the positions of their lifted placeholders, as ``ep.module()`` unlifts them;
 - one ``call_function`` node per serialized node, its arguments mapped the way
   ``GraphModuleDeserializer.deserialize_node`` / ``deserialize_inputs`` / ``deserialize_input``

@@ -5,7 +5,7 @@ What the engine is comes from the manifest: its inputs are the tensor inputs (na
 one optimization profile from each symbol's min/opt/max), its outputs the outputs, by name.
 ``engines/build.py`` carries that out (ONNX export, TensorRT-RTX's parser and builder); the
 variant is made by the one variant builder (``engines/variants.py``) and written by
-``adding.add_variants``, as for ``add_engine``.
+``writing.add.add_variants``, as for ``add_engine``.
 """
 
 from __future__ import annotations

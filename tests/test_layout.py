@@ -6,6 +6,7 @@ function counts like any other. CONTRIBUTING.md explains the layers."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
     return found
 
 
+@functools.cache  # parsed once for the tests that read the real package
 def graph(root: Path = PACKAGE) -> dict[str, list[tuple[str, int]]]:
     mods = modules(root)
     return {name: imports(name, path, set(mods)) for name, path in mods.items()}

@@ -18,7 +18,7 @@ from trtpack.engines.plan import parse_plan
 from trtpack.engines.select import Environment, choose, why_not
 from trtpack.format.container import PackReader
 from trtpack.format.manifest import Target
-from trtpack.info import render
+from trtpack.reading import render
 
 pytest.importorskip("tensorrt_rtx")
 
@@ -414,7 +414,7 @@ def test_engine_profile_narrower_than_the_program(exported):
     profile gets a message naming both (or runs on the program, if asked)."""
     from trtpack.contract import Contract, OutsideEngineProfile
     from trtpack.format.manifest import Binding, EngineSpec, narrowed_ranges
-    from trtpack.program import derive_interface
+    from trtpack.program.serialize import derive_interface
 
     _, _, ep = exported("derived")
     iface = derive_interface(ep)  # x_dim0 in [2, 32]; x [x_dim0, 3], y [2*x_dim0, 3], z [...+1]
@@ -526,7 +526,7 @@ def _standard_plan(tmp_path, names=(b"x", b"out")):
 
 
 def test_a_version_compatible_bare_plan_is_recorded_as_built(tmp_path):
-    from trtpack.cli import main
+    from trtpack.cli.commands import main
 
     plan, out = _standard_plan(tmp_path), tmp_path / "vc.trtpack"
     assert main(["pack", str(plan), "--input-spec", "x:float32[batch=1..8@4,16]",

@@ -1,5 +1,5 @@
 """A pack or legacy file whose graph would run code when torch rebuilds it is refused before
-torch sees it (trtpack/graph_check.py). Each attack is real: the payload would create a
+torch sees it (trtpack/program/graph_check.py). Each attack is real: the payload would create a
 marker file, and the tests check that it never appears."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from test_container import raw_members, rewrite
 from test_migrate import edited_zip
 
 import trtpack
-from trtpack.cli import main as cli
-from trtpack.graph_check import check_graph, safe_expr, safe_target
+from trtpack.cli.commands import main as cli
+from trtpack.program.graph_check import check_graph, safe_expr, safe_target
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0" / "torch_export"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import trtpack
-from trtpack.cli import cli_text, main
-from trtpack.run import run_pack
+from trtpack.cli.commands import cli_text, main
+from trtpack.cli.run import run_pack
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 KEYWORDS = FIXTURES / "v1.1" / "keywords.trtpack"
@@ -71,7 +71,7 @@ def test_cli_errors_name_flags_not_python_arguments(tmp_path, capsys):
 
 
 def test_cli_warnings_are_one_line(monkeypatch, capsys):
-    import trtpack.cli as cli
+    import trtpack.cli.commands as cli
 
     def warns(args):
         warnings.warn("trtpack: something the user should know (variant=... (--variant))",

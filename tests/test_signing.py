@@ -14,7 +14,7 @@ import pytest
 from test_container import raw_members, rewrite
 
 import trtpack
-from trtpack.cli import main as cli
+from trtpack.cli.commands import main as cli
 from trtpack.signing import signature_path, verify
 
 ec = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ec")

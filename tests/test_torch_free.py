@@ -14,8 +14,9 @@ CODE = r"""
 import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
 sys.modules["jsonschema"] = None  # nor is jsonschema needed: the schema check is generated
-import trtpack, trtpack.info, trtpack.graph_check, trtpack.derive, trtpack.assemble
-import trtpack.engines.variants, trtpack.adding, trtpack.migrations.pt2
+import trtpack, trtpack.reading, trtpack.program.graph_check, trtpack.program.derive
+import trtpack.writing.assemble
+import trtpack.engines.variants, trtpack.writing.add, trtpack.migrations.pt2
 from trtpack.cli import main
 out = sys.argv[1]
 info = trtpack.migrate(sys.argv[2], out + "/m.trtpack")          # a torch.export file

@@ -72,7 +72,7 @@ def members(path):
 
 
 def test_inputs_derived_from_the_program(net_ep):
-    from trtpack.program import derive_interface
+    from trtpack.program.serialize import derive_interface
 
     _, ep = net_ep
     iface = derive_interface(ep)
@@ -355,7 +355,7 @@ def test_variant_program_deserializes_up_to_the_engines(compiled, tmp_path):
     from torch_tensorrt.dynamo.runtime._TRTEngine import EngineSerializer
 
     from trtpack.format.container import PackReader
-    from trtpack.program import load_program
+    from trtpack.program.serialize import load_program
 
     _, split = compiled
     path = tmp_path / "split.trtpack"

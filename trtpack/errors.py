@@ -39,7 +39,8 @@ class IntegrityError(TrtpackError):
 class UnsafePackError(IntegrityError):
     """The zip is built to attack its reader: a member named with ``..`` or an absolute
     path, duplicate names, overlapping members, or sizes absurd for the file; or a program
-    graph whose names or call targets torch would turn into code (trtpack/graph_check.py)."""
+    graph whose names or call targets torch would turn into code
+    (trtpack/program/graph_check.py)."""
 
     def __init__(self, *args: object, member: str | None = None, field: str | None = None,
                  value: object = None) -> None:  # fmt: skip

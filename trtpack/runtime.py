@@ -19,8 +19,8 @@ from .contract import Contract, OutsideEngineProfile
 from .errors import InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .info import PackInfo, open_pack, read_info, with_program_guards
-from .program import LoadedProgram, load_program, load_runnable, runnable
+from .program.serialize import LoadedProgram, load_program, load_runnable, runnable
+from .reading import PackInfo, open_pack, with_program_guards
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Calla
 @contextlib.contextmanager
 def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
-    from .migrations.legacy import TRTPACK, convert, detect, to_pack
+    from .migrations.legacy import TRTPACK, convert, detect, open_migrated
 
     try:
         first = _has_manifest(path)
@@ -65,14 +65,13 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
             yield reader, info
         return
     converted = convert(path)
-    data = to_pack(converted, None)
     warnings.warn(
         f"trtpack: {path} is a {converted.kind} without trtpack metadata; migrated in memory "
         f"(`trtpack migrate {path} OUT.trtpack` writes it)",
         stacklevel=4,
     )
-    with PackReader(path, data=data) as reader:
-        yield reader, read_info(reader)
+    with open_migrated(converted, path) as opened:
+        yield opened
 
 
 def _has_manifest(path: PathLike) -> bool:

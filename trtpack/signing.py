@@ -28,7 +28,7 @@ from .format.limits import (
     MAX_SIGNATURES,
 )
 from .format.manifest import MANIFEST_NAME
-from .info import read_info
+from .reading import read_info
 
 PathLike = str | os.PathLike
 

@@ -89,7 +89,7 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
 def _build(
     reader: PackReader, manifest: Manifest, v: Variant, device: torch.device, env: Environment
 ) -> Any:
-    from ..program import load_program, runnable
+    from ..program.serialize import load_program, runnable
 
     if runtime_for(v.target, env, whole_graph=v.whole_graph) == TENSORRT_LEAN:
         from .lean import LeanEngineRunner
@@ -137,7 +137,7 @@ class WholeGraphRunner:
 
     def __init__(self, module: Any, manifest: Manifest, binding_order: list[str]) -> None:
         from ..contract import Contract
-        from ..treespec import to_treespec
+        from ..program.treespec import to_treespec
 
         self.module = module
         positions = {spec.name: i for i, spec in enumerate(manifest.inputs)}

@@ -72,8 +72,8 @@ from ..format.container import (
 )
 from ..format.limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
 from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
-from ..info import PackInfo, format_shape, human_size, open_pack, render
-from ..info import inspect as inspect_pack
+from ..reading import PackInfo, format_shape, human_size, open_pack, render
+from ..reading import inspect as inspect_pack
 
 ARTIFACT_TYPE = "application/vnd.trtpack.v1"
 CONFIG_TYPE = "application/vnd.trtpack.format.manifest.v1+json"

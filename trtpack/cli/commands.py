@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._version import __version__
-from .errors import TrtpackError
+from .._version import __version__
+from ..errors import TrtpackError
 
 
 def _report(args: argparse.Namespace, data: dict, line: str) -> int:
@@ -36,8 +36,8 @@ def _written(info: object) -> dict:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .errors import NotAPackError
-    from .info import inspect, render
+    from ..errors import NotAPackError
+    from ..reading import inspect, render
 
     if args.pack.startswith("oci://"):
         return _inspect_oci(args)  # the pack's manifest from a registry, without its members
@@ -53,13 +53,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_other(args: argparse.Namespace) -> int:
-    from .format.container import PackReader
-    from .info import read_info, render
-    from .migrations.legacy import ENGINE, PRE_PT2, convert, detect, to_pack
+    from ..migrations.legacy import ENGINE, PRE_PT2, convert, detect, open_migrated
+    from ..reading import render
 
     kind = detect(args.pack)  # raises NotAPackError naming what it found
     if kind == ENGINE:
-        from .engines.plan import parse_plan
+        from ..engines.plan import parse_plan
 
         plan = parse_plan(Path(args.pack).read_bytes(), where=args.pack)
         gpus = ", ".join(plan.compute_capabilities) or "not in the header"
@@ -71,8 +70,8 @@ def _inspect_other(args: argparse.Namespace) -> int:
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
     converted = convert(args.pack)
-    with PackReader(args.pack, data=to_pack(converted, None)) as reader:
-        info = read_info(reader)
+    with open_migrated(converted, args.pack) as (_, info):
+        pass
     if args.json:
         sys.stdout.write(json.dumps(info.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
         return 0
@@ -86,9 +85,9 @@ def _inspect_other(args: argparse.Namespace) -> int:
 
 
 def _inspect_pre_pt2(args: argparse.Namespace) -> int:
-    from .format.manifest import _to_json_value
-    from .info import render_interface
-    from .migrations.legacy import describe_pre_pt2
+    from ..format.manifest import _to_json_value
+    from ..migrations.legacy import describe_pre_pt2
+    from ..reading import render_interface
 
     kind, iface = describe_pre_pt2(args.pack)
     if args.json:
@@ -105,7 +104,7 @@ def _inspect_pre_pt2(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrations.legacy import migrate
+    from ..migrations.legacy import migrate
 
     info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
                    variant=args.variant)  # fmt: skip
@@ -115,8 +114,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from .migrations.engine_file import read_description
-    from .migrations.legacy import migrate
+    from ..migrations.engine_file import read_description
+    from ..migrations.legacy import migrate
 
     inputs: list = list(args.input_spec or [])
     outputs: list = list(args.output_spec or [])
@@ -132,8 +131,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .info import human_size, verify
-    from .signing import signature_path
+    from ..reading import human_size, verify
+    from ..signing import signature_path
 
     if args.key is None and args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
@@ -157,7 +156,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    from .signing import sign
+    from ..signing import sign
 
     out = sign(args.pack, args.key, output=args.signature)
     return _report(args, {"path": str(args.pack), "signature": str(out)},
@@ -165,10 +164,10 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_engine(args: argparse.Namespace) -> int:
-    from .adding import add_engine
+    from ..writing.add import add_engine
 
     if args.output and not args.force and Path(args.output).exists():
-        from .errors import OutputExistsError
+        from ..errors import OutputExistsError
 
         raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
@@ -180,10 +179,10 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     import time
 
-    from .building import build, parse_range
+    from ..writing.build import build, parse_range
 
     if args.output and not args.force and Path(args.output).exists():
-        from .errors import OutputExistsError
+        from ..errors import OutputExistsError
 
         raise OutputExistsError(args.output)
     ranges = dict(parse_range(text) for text in args.range or ())
@@ -222,9 +221,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .errors import SampleMismatchError
-    from .runtime import load
-    from .samples import check
+    from ..errors import SampleMismatchError
+    from ..runtime import load
+    from ..samples import check
 
     pack = load(args.pack, device=args.device, variant=args.variant)
     try:
@@ -263,7 +262,7 @@ def _given_input(text: str) -> tuple[str, object]:
 
 
 def _cmd_export_triton(args: argparse.Namespace) -> int:
-    from .integrations.triton import export_triton
+    from ..integrations.triton import export_triton
 
     model = export_triton(
         args.pack, args.repository, name=args.name, backend=args.backend,
@@ -287,8 +286,8 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .info import human_size
-    from .integrations.oci import push
+    from ..integrations.oci import push
+    from ..reading import human_size
 
     pushed = push(args.pack, args.reference, layout=args.layout, plain_http=args.plain_http,
                   registry_config=args.registry_config, progress=_progress(args))  # fmt: skip
@@ -305,7 +304,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from .integrations.oci import pull
+    from ..integrations.oci import pull
 
     variants = args.variant if args.variant else args.variants
     info = pull(args.reference, args.output, overwrite=args.force, variants=variants,
@@ -323,7 +322,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _inspect_oci(args: argparse.Namespace) -> int:
-    from .integrations.oci import inspect, render_remote
+    from ..integrations.oci import inspect, render_remote
 
     remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config)
     if args.json:

@@ -104,9 +104,9 @@ def with_program_guards(reader: PackReader, info: PackInfo, *, verify: bool = Fa
     manifest = info.manifest
     if info.upgraded_from is None or info.upgraded_from >= (1, 1) or manifest.program is None:
         return info
-    from .derive import SerializedProgram
     from .format.limits import loads
-    from .graph_check import check_graph
+    from .program.derive import SerializedProgram
+    from .program.graph_check import check_graph
 
     graph = manifest.program.graph
     if verify:

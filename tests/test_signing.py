@@ -15,7 +15,8 @@ from test_container import raw_members, rewrite
 
 import trtpack
 from trtpack.cli.commands import main as cli
-from trtpack.signing import signature_path, verify
+from trtpack.signing import signature_path
+from trtpack.signing import verify_signature as verify
 
 ec = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ec")
 serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")

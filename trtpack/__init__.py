@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from .engines.torchtrt import compile
     from .migrations.legacy import migrate
     from .program.derive import Range
-    from .reading import PackInfo, inspect, verify
+    from .reading import PackInfo, inspect
     from .runtime import LoadedPack, load
-    from .signing import sign
+    from .signing import sign, verify
     from .writing.add import add_engine
     from .writing.build import build
     from .writing.save import save
@@ -46,7 +46,7 @@ _LAZY = {
     # above the format package
     "PackInfo": "reading",
     "inspect": "reading",
-    "verify": "reading",
+    "verify": "signing",
     "sign": "signing",
 }
 

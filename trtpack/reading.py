@@ -143,28 +143,24 @@ def inspect(path: PathLike) -> PackInfo:
         return info
 
 
-def verify(
-    path: PathLike, *, key: PathLike | None = None, signature: PathLike | None = None
-) -> PackInfo:
+def verify(path: PathLike) -> PackInfo:
     """Check every member's SHA-256 and size against the manifest, and every engine plan's
     header against its variant's target. Raises IntegrityError or EngineError.
+    (``trtpack.verify(path, key=...)``, in trtpack/signing.py, checks a signature first, in
+    the same open of the file.)"""
+    with open_pack(path) as (reader, info):
+        verify_members(reader, info)
+        return info
 
-    ``key``: a PEM public key; the pack's signature (``signature``, default ``PATH.sig``)
-    must verify with it first (SignatureError / UnsignedPackError), before any member but the
-    manifest is read. Signature and hashes are checked in one open of the file, so a file
-    swapped between the two checks cannot pass."""
+
+def verify_members(reader: PackReader, info: PackInfo) -> None:
+    """Every member's hash and every plan's header, of a pack already open."""
     from .engines.plan import check_variant_plans
 
-    with open_pack(path, program_guards=key is None) as (reader, info):
-        if key is not None:
-            from .signing import verify_reader
-
-            verify_reader(reader, key, signature)
-        for name, member in info.manifest.members.items():
-            reader.verify(name, member)
-        for variant in info.manifest.engines:
-            check_variant_plans(reader.view, variant, f"{reader.path}: ")
-        return info if key is None else with_program_guards(reader, info)
+    for name, member in info.manifest.members.items():
+        reader.verify(name, member)
+    for variant in info.manifest.engines:
+        check_variant_plans(reader.view, variant, f"{reader.path}: ")
 
 
 # --- the table ---------------------------------------------------------------------------

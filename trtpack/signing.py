@@ -28,7 +28,7 @@ from .format.limits import (
     MAX_SIGNATURES,
 )
 from .format.manifest import MANIFEST_NAME
-from .reading import read_info
+from .reading import PackInfo, open_pack, read_info, verify_members, with_program_guards
 
 PathLike = str | os.PathLike
 
@@ -282,7 +282,31 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
     return statement
 
 
-def verify(pack: PathLike, key: PathLike, signature: PathLike | None = None) -> dict:
+def verify_signature(
+    pack: PathLike, key: PathLike, signature: PathLike | None = None
+) -> dict:
     """Verify ``pack``'s signature (default ``PACK.sig``) with a PEM public key."""
     with PackReader(pack) as reader:
         return verify_reader(reader, key, signature)
+
+
+def verify(
+    path: PathLike, *, key: PathLike | None = None, signature: PathLike | None = None
+) -> PackInfo:
+    """``trtpack.verify``: check every member's SHA-256 and size against the manifest, and
+    every engine plan's header against its variant's target (IntegrityError, EngineError).
+
+    ``key``: a PEM public key; the pack's signature (``signature``, default ``PATH.sig``)
+    must verify with it first (SignatureError / UnsignedPackError), before any member but the
+    manifest is read. Signature and hashes are checked in one open of the file, so a file
+    swapped between the two checks cannot pass."""
+    if key is None:
+        if signature is not None:
+            raise SignatureError("a signature to check needs the signer's public key (key=)")
+        with open_pack(path) as (reader, info):
+            verify_members(reader, info)
+            return info
+    with open_pack(path, program_guards=False) as (reader, info):
+        verify_reader(reader, key, signature)
+        verify_members(reader, info)
+        return with_program_guards(reader, info)

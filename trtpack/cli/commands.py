@@ -131,8 +131,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ..reading import human_size, verify
-    from ..signing import signature_path
+    from ..reading import human_size
+    from ..signing import signature_path, verify
 
     if args.key is None and args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")

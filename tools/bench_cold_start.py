@@ -15,7 +15,8 @@ same tensors), then times, each in a fresh Python process and best of ``--repeat
   same forward written as plain ``F.linear``/``relu`` calls on those tensors; for a
   transformers model (``--model bert``: 24 layers, hidden 1024, random weights from its
   config, no download), the model built on the meta device, ``load_state_dict(assign=True)``
-  and called (transformers is imported before the clock, for the floor only).
+  and called (transformers is imported before the clock, for every loader: the outputs are
+  its pytree-registered ModelOutput classes).
 
 ``--cache``: ``warm`` (the files in the page cache), ``cold`` (each file's pages dropped
 before every run with ``posix_fadvise(DONTNEED)`` after an fsync, so the bytes come from
@@ -125,8 +126,10 @@ def _child(variant: str, files: dict, device: str, batch: int) -> None:
 
     import trtpack
 
-    if variant == "floor" and files["model"] != "mlp":
-        import transformers  # noqa: F401  (the floor needs the model's code; trtpack does not)
+    if files["model"] != "mlp":
+        # every loader needs it: the outputs are transformers' ModelOutput classes, which
+        # transformers registers with torch's pytree (and the floor needs the model's code)
+        import transformers.modeling_outputs  # noqa: F401
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.init()

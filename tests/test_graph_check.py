@@ -227,3 +227,30 @@ def test_every_test_model_passes(tmp_path):
         worst = max(worst, time.perf_counter() - start)
         trtpack.load(path, device="cpu")
     print(f"graph check: worst {worst * 1e3:.3f} ms per graph")
+
+
+def test_refusal_names_the_exact_json_path():
+    """The check keeps paths as chains and spells one out only on a refusal: the spelling is
+    the JSON path as written (keys joined by '.', list indexes in brackets)."""
+    from trtpack.program.graph_check import check_graph
+
+    graph = {"graph_module": {"graph": {"nodes": [
+        {"target": "torch.ops.aten.add.Tensor", "inputs": [{"name": "", "arg": {}}]},
+        {"target": "torch.ops.aten.mul.Tensor", "inputs": [{"name": "x", "arg": {}}],
+         "outputs": [{"as_tensor": {"name": "a b"}}]},
+    ]}}}  # fmt: skip
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        check_graph(graph, "m")
+    assert e.value.field == "graph_module.graph.nodes[1].outputs[0].as_tensor.name"
+    graph["graph_module"]["graph"]["nodes"][1]["outputs"] = []
+    graph["graph_module"]["graph"]["nodes"][0]["target"] = "os.system"
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        check_graph(graph, "m")
+    assert e.value.field == "graph_module.graph.nodes[0].target"
+    graph["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.aten.add.Tensor"
+    graph["graph_module"]["graph"]["nodes"][0]["inputs"][0]["name"] = ""  # positional: allowed
+    assert check_graph(graph, "m") is graph
+    graph["graph_module"]["graph"]["nodes"][0]["outputs"] = [{"name": ""}]  # not an input
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        check_graph(graph, "m")
+    assert e.value.field == "graph_module.graph.nodes[0].outputs[0].name"

@@ -186,6 +186,29 @@ def safe_target(t: Any) -> bool:
     return isinstance(t, str) and (t in _PLAIN_TARGETS or bool(_OP.match(t)))
 
 
+#: every key the check looks at; any other key only leads to what it holds
+_CHECKED_KEYS = _NAME_KEYS | _DOTTED_KEYS | _EXPR_KEYS | _VALUE_TABLES | {
+    "target", "in_spec", "guards_code", "range_constraints"
+}  # fmt: skip
+#: a JSON path as a chain: None at the root, else (parent, dict key or list index, is_index)
+_Chain = tuple[Any, Any, bool] | None
+
+
+def _path(chain: _Chain) -> str:
+    """The chain spelled as the check's messages spell a path: ``a.b[3].c``."""
+    keys: list[tuple[Any, bool]] = []
+    while chain is not None:
+        chain, key, is_index = chain
+        keys.append((key, is_index))
+    out = ""
+    for key, is_index in reversed(keys):
+        if is_index:
+            out = f"{out}[{key}]"
+        else:
+            out = f"{out}.{key}" if out else str(key)
+    return out
+
+
 def check_graph(data: Any, member: str) -> Any:
     """Raise :class:`UnsafePackError` naming ``member`` and the JSON path of the first name
     or call target in ``data`` (bytes/str of JSON or the parsed object) that torch could
@@ -198,46 +221,59 @@ def check_graph(data: Any, member: str) -> Any:
             raise IntegrityError(
                 f"{member}: cannot read the program: not valid JSON ({e})", member=member
             ) from None
-    stack: list[tuple[str, Any]] = [("", data)]
+    # Each container's JSON path is kept as a chain (parent, key, is_index) and spelled out
+    # only where a check or an error needs it: building every key's path string was most of
+    # the check's time on a big graph (issue 27, item 7).
+    stack: list[tuple[_Chain, Any]] = [(None, data)]
     while stack:
-        path, obj = stack.pop()
+        chain, obj = stack.pop()
         if isinstance(obj, dict):
             for k, v in obj.items():
-                p = f"{path}.{k}" if path else str(k)
+                if k not in _CHECKED_KEYS:  # most keys: nothing to check but what they hold
+                    if isinstance(v, (dict, list)):
+                        stack.append(((chain, k, False), v))
+                    continue
+                here = (chain, k, False)
                 if k in _NAME_KEYS:
                     vals = v if isinstance(v, list) else [v]
                     for i, s in enumerate(vals):
                         if isinstance(s, (dict, list)):
-                            stack.append((p, s))
-                        elif s == "" and k == "name" and re.search(r"\.inputs\[\d+\]\Z", path):
+                            stack.append((here, s))
+                        elif (
+                            s == ""
+                            and k == "name"
+                            and re.search(r"\.inputs\[\d+\]\Z", _path(chain))
+                        ):
                             continue  # a node argument passed positionally has no name
                         elif s is not None and not _ident(s):
+                            p = _path(here)
                             _bad(member, p if vals is not v else f"{p}[{i}]", s)
                         elif k == "forward_arg_names" and s in vals[:i]:
                             # each is a parameter of the generated forward(): a repeated one
                             # makes source that does not compile
-                            _bad(member, f"{p}[{i}]", s, "a parameter name given twice")
+                            _bad(member, f"{_path(here)}[{i}]", s, "a parameter name given twice")
                     continue
                 if k in _DOTTED_KEYS:
                     if v is not None and not isinstance(v, (dict, list)):
                         if not _dotted(v, allow_empty=k == "fqn"):
-                            _bad(member, p, v)
+                            _bad(member, _path(here), v)
                         continue
-                if k == "target" and path.split(".")[-1].startswith("nodes["):
+                if k == "target" and _path(chain).split(".")[-1].startswith("nodes["):
                     if not safe_target(v):
-                        _bad(member, p, v, "a call target outside the operator allowlist")
+                        _bad(member, _path(here), v, "a call target outside the operator allowlist")
                     continue
                 if k == "in_spec" and isinstance(v, str):
-                    _check_call_keys(member, p, v)
+                    _check_call_keys(member, _path(here), v)
                     continue
                 if k in _EXPR_KEYS and isinstance(v, str):
                     if not safe_expr(v):
-                        _bad(member, p, v, "not a plain symbolic expression")
+                        _bad(member, _path(here), v, "not a plain symbolic expression")
                     continue
-                if k == "guards_code" and not path:
+                if k == "guards_code" and not _path(chain):
                     # ep.module() turns these into a function with exec (torch/export/_unlift.py)
                     from ..format.guards import check_torch_guard
 
+                    p = _path(here)
                     if not isinstance(v, list):
                         _bad(member, p, v, "not a list of guards")
                     for i, text in enumerate(v):
@@ -251,16 +287,19 @@ def check_graph(data: Any, member: str) -> Any:
                 if k == "range_constraints" and isinstance(v, dict):
                     for name in v:
                         if not safe_expr(name):
-                            _bad(member, f"{p}[{name!r}]", name, "not a plain symbolic expression")
+                            _bad(
+                                member, f"{_path(here)}[{name!r}]", name,
+                                "not a plain symbolic expression",
+                            )  # fmt: skip
                 if k in _VALUE_TABLES and isinstance(v, dict):
                     for name in v:
                         if not _ident(name):
-                            _bad(member, f"{p}[{name!r}]", name)
-                stack.append((p, v))
+                            _bad(member, f"{_path(here)}[{name!r}]", name)
+                stack.append((here, v))
         elif isinstance(obj, list):
             for i, v in enumerate(obj):
                 if isinstance(v, (dict, list)):
-                    stack.append((f"{path}[{i}]", v))
+                    stack.append(((chain, i, True), v))
     return data
 
 

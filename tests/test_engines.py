@@ -3,7 +3,9 @@ add-engine, inspect, and the fallback to the ExportedProgram."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import struct
 import warnings
 import zipfile
@@ -286,7 +288,11 @@ def test_add_engine_cli_and_inspect(program_pack, plans, tmp_path):
         in r.stdout
     )
     assert "one whole-graph engine" in r.stdout and "CUDA >= " in r.stdout
-    assert "engine  151.0 KiB  sha256:" in r.stdout or "engine  " in r.stdout
+    # the engine member's line: its size and the start of its SHA-256, of the bytes added
+    size, digest = len(plans["default"]), hashlib.sha256(plans["default"]).hexdigest()
+    assert 1024 <= size < 1024**2  # shown in KiB
+    line = rf"\n\s+engines/\S+\s+{size / 1024:.1f} KiB\s+sha256:{digest[:16]}"
+    assert re.search(line, r.stdout), r.stdout
     data = json.loads(subprocess.run([*run, "inspect", "--json", str(out)], capture_output=True,
                                      text=True).stdout)  # fmt: skip
     assert data["engines"][0]["target"]["future_gpus"] is True

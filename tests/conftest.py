@@ -22,8 +22,7 @@ EXPECTED_SKIPS: dict[str, str] = {
     "refuses (an H100 is 9.0): its live engine tests cannot run there",
     r"^assumes a machine without a CUDA GPU; this one has one$": "the no_gpu tests check the "
     "fallback of a machine without a GPU; on a GPU machine their gpu/engine twins run",
-    r"^ExportDB case exportdb/\w+: torch\.export refuses it \(pinned in tests/test_corpus\.py\)":
-    "torch.export itself does not export these examples: each case is named in "
+    r"^ExportDB case exportdb/\w+: torch\.export refuses it \(pinned in tests/test_corpus\.py\)": "torch.export itself does not export these examples: each case is named in "
     "tests/test_corpus.py, and a listed case that exports fails the run",
 }
 

@@ -24,6 +24,9 @@ EXPECTED_SKIPS: dict[str, str] = {
     "fallback of a machine without a GPU; on a GPU machine their gpu/engine twins run",
     r"^ExportDB case exportdb/\w+: torch\.export refuses it \(pinned in tests/test_corpus\.py\)": "torch.export itself does not export these examples: each case is named in "
     "tests/test_corpus.py, and a listed case that exports fails the run",
+    r"^corpus case \S+: torch's serializer refuses it \(pinned in tests/test_model_corpus\.py\)":
+    "torch.export.save refuses these models' programs as trtpack.save does (an op torch "
+    "cannot serialize): each is named in tests/test_model_corpus.py",
 }
 
 

@@ -4,17 +4,20 @@
 #
 #   tools/setup.sh        .venv      torch 2.13 (CPU), trtpack (editable), TensorRT-RTX, test
 #                                    tools, MLflow, tritonclient, oras; Debian's docker-registry
-#                                    (a real OCI registry for the tests) where apt can install it
+#                                    (a real OCI registry for the tests), installed with apt when
+#                                    run as root, required either way
 #   tools/setup.sh trt    .venv-trt  torch 2.14.1 + torch-tensorrt-rtx 2.14.0 (the real
 #                                    torch_tensorrt code, built for TensorRT-RTX), test extras,
 #                                    torchvision + timm (the vision part of the model corpus)
+# It fails when any install fails or anything the tests use does not import or run, and
+# writes the stamp only for a complete environment (docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 case "${1:-core}" in
   core) VENV=.venv; TORCH=(torch==2.13.0); EXTRAS=torch,test,rtx,mlflow,triton,oci,corpus; MORE=()
-        NEEDS=(mlflow oras tritonclient.grpc tritonclient.http google.protobuf transformers) ;;
+        NEEDS=(mlflow oras tritonclient.grpc tritonclient.http google.protobuf ml_dtypes transformers) ;;
   # torchvision/timm live here: PyPI's torchvision builds match this env's CUDA torch, while
   # the CPU torch 2.13 of .venv has no matching torchvision wheel on these machines
   trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=torch,test,rtx

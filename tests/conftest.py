@@ -16,17 +16,25 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/models.py and helpers
 #: or tool cannot turn into a green run of skips. A live run (``TRTPACK_LIVE=1``,
 #: tools/live_tests.sh) accepts none of them for the tests marked ``engine``.
 EXPECTED_SKIPS: dict[str, str] = {
-    r"^no CUDA GPU on this machine\b": "CI machines have no GPU: the live engine and GPU tests "
-    "run with tools/live_tests.sh on a machine with a supported GPU",
-    r"^TensorRT-RTX does not run engines on compute capability \S+\b": "a GPU that TensorRT-RTX "
-    "refuses (an H100 is 9.0): its live engine tests cannot run there",
-    r"^assumes a machine without a CUDA GPU; this one has one$": "the no_gpu tests check the "
-    "fallback of a machine without a GPU; on a GPU machine their gpu/engine twins run",
-    r"^ExportDB case exportdb/\w+: torch\.export refuses it \(pinned in tests/test_corpus\.py\)": "torch.export itself does not export these examples: each case is named in "
-    "tests/test_corpus.py, and a listed case that exports fails the run",
-    r"^corpus case \S+: torch's serializer refuses it \(pinned in tests/test_model_corpus\.py\)":
-    "torch.export.save refuses these models' programs as trtpack.save does (an op torch "
-    "cannot serialize): each is named in tests/test_model_corpus.py",
+    r"^no CUDA GPU on this machine\b": (
+        "CI machines have no GPU: the live engine and GPU tests run with tools/live_tests.sh "
+        "on a machine with a supported GPU"
+    ),
+    r"^TensorRT-RTX does not run engines on compute capability \S+\b": (
+        "a GPU that TensorRT-RTX refuses (an H100 is 9.0): its live engine tests cannot run there"
+    ),
+    r"^assumes a machine without a CUDA GPU; this one has one$": (
+        "the no_gpu tests check the fallback of a machine without a GPU; on a GPU machine "
+        "their gpu/engine twins run"
+    ),
+    r"^ExportDB case exportdb/\w+: torch\.export refuses it \(pinned in tests/test_corpus\.py\)": (
+        "torch.export itself does not export these examples: each case is named in "
+        "tests/test_corpus.py, and a listed case that exports fails the run"
+    ),
+    r"^corpus case \S+: torch's serializer refuses it \(pinned in tests/test_model_corpus\.py\)": (
+        "torch.export.save refuses these models' programs as trtpack.save does (an op torch "
+        "cannot serialize): each is named in tests/test_model_corpus.py"
+    ),
 }
 
 

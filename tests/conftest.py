@@ -37,6 +37,29 @@ EXPECTED_SKIPS: dict[str, str] = {
     ),
 }
 
+#: Whole-file skips each environment accepts, for the other environment's files: .venv-trt
+#: (the one with torch_tensorrt) has no MLflow, oras or tritonclient, on purpose, and .venv
+#: no torch_tensorrt; each file's tests run in the other one, where such a skip fails CI.
+EXPECTED_FILE_SKIPS: dict[bool, dict[str, str]] = {
+    True: {  # .venv-trt
+        r"^could not import '(mlflow|oras|tritonclient)\b": (
+            ".venv-trt runs only the torch_tensorrt and vision tests; the integrations' tests "
+            "run in .venv"
+        ),
+    },
+    False: {  # .venv
+        r"^torch_tensorrt is not installed here \(tools/setup\.sh trt\)$": (
+            "tests/test_torch_tensorrt.py runs in .venv-trt"
+        ),
+    },
+}
+
+
+def _trt_env() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_tensorrt") is not None
+
 
 def _ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -52,14 +75,16 @@ def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
     return reason.removeprefix("Skipped: ")
 
 
-def _unexpected_skip(report: pytest.CollectReport | pytest.TestReport, engine: bool) -> None:
+def _unexpected_skip(
+    report: pytest.CollectReport | pytest.TestReport, engine: bool, expected: dict[str, str]
+) -> None:
     """Turn a skip that neither CI nor a live run expects into a failure, saying why."""
     if not report.skipped or hasattr(report, "wasxfail"):
         return  # an xfail is reported as a skip: strict xfails are checked by pytest itself
     reason = _skip_reason(report)
     if engine and _live():
         why = "a live run (TRTPACK_LIVE=1) runs every test marked engine"
-    elif _ci() and not any(re.search(p, reason) for p in EXPECTED_SKIPS):
+    elif _ci() and not any(re.search(p, reason) for p in expected):
         why = "CI=true accepts only the skips in tests/conftest.py EXPECTED_SKIPS"
     else:
         return
@@ -70,14 +95,17 @@ def _unexpected_skip(report: pytest.CollectReport | pytest.TestReport, engine: b
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    _unexpected_skip(outcome.get_result(), item.get_closest_marker("engine") is not None)
+    engine = item.get_closest_marker("engine") is not None
+    _unexpected_skip(outcome.get_result(), engine, EXPECTED_SKIPS)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     """A module-level skip (``importorskip`` of a missing package) skips a whole file."""
     outcome = yield
-    _unexpected_skip(outcome.get_result(), False)
+    _unexpected_skip(
+        outcome.get_result(), False, {**EXPECTED_SKIPS, **EXPECTED_FILE_SKIPS[_trt_env()]}
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -142,10 +142,7 @@ def test_save_and_migrate_of_the_same_program_give_the_same_interface_bytes(
     program with byte-identical manifest fields (everything but producer, members, program)."""
     _, _, ep = exported(name)
     saved = trtpack.save(ep, tmp_path / "saved.trtpack").manifest
-    try:
-        torch.export.save(ep, tmp_path / "m.pt2")
-    except Exception as e:
-        pytest.skip(f"torch.export.save fails: {type(e).__name__}")
+    torch.export.save(ep, tmp_path / "m.pt2")  # every test model saves: any failure fails
     migrated = trtpack.migrate(tmp_path / "m.pt2", tmp_path / "migrated.trtpack").manifest
 
     def described(m):

@@ -21,6 +21,7 @@ from .errors import *  # noqa: F403  (the error classes: errors.__all__ is their
 from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
+    from .checks.preflight import TargetReport, preflight
     from .engines.torchtrt import compile
     from .migrations.legacy import migrate
     from .program.derive import Range
@@ -48,6 +49,8 @@ _LAZY = {
     "inspect": "reading",
     "verify": "reading",
     "sign": "signing",
+    "preflight": "checks.preflight",
+    "TargetReport": "checks.preflight",
 }
 
 
@@ -86,5 +89,7 @@ __all__ = [
     "inspect",
     "verify",
     "sign",
+    "preflight",
+    "TargetReport",
 ]
 __all__ += errors.__all__

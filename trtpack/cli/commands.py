@@ -237,6 +237,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return _report(args, report.to_dict(), line)
 
 
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from ..checks.preflight import preflight, read_targets, render
+
+    targets = list(args.target or [])
+    for path in args.targets or ():
+        targets += read_targets(path)
+    reports = preflight(args.pack, targets)
+    if args.json:
+        data = {"pack": args.pack, "targets": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.require_engine:
+        missing = [r.target for r in reports if r.outcome != "engine"]
+        if missing:
+            print(f"trtpack: error: no engine variant would run on {len(missing)} target(s): "
+                  f"{'; '.join(missing)}", file=sys.stderr)  # fmt: skip
+            return 1
+    return 0
+
+
 def _given_input(text: str) -> tuple[str, object]:
     """``NAME=FILE.npy`` (a tensor) or ``NAME=NUMBER``."""
     name, sep, value = text.partition("=")
@@ -439,6 +460,21 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _preflight_arguments(p: argparse.ArgumentParser) -> None:
+    from ..engines.select import TARGET_KEYS
+
+    keys = "; ".join(f"{k}: {v}" for k, v in TARGET_KEYS.items())
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--target", action="append", metavar="SPEC",
+                   help="a machine as KEY=VALUE,... e.g. 'sm=8.9,trt=10.13,os=linux,"
+                   f"arch=x86_64' (repeatable). Keys: {keys}")  # fmt: skip
+    p.add_argument("--targets", action="append", metavar="FILE",
+                   help="a fleet: one SPEC per line, # comments (repeatable)")  # fmt: skip
+    p.add_argument("--require-engine", action="store_true",
+                   help="exit 1 if any target would fall back to the program")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
@@ -587,6 +623,11 @@ _COMMANDS: dict[str, _Command] = {
         "run a pack on sample (or given) inputs, on its engines and its program, and compare",
         _run_arguments,
         _cmd_run,
+    ),
+    "preflight": (
+        "which engine variant load would pick on described machines, and why not the others",
+        _preflight_arguments,
+        _cmd_preflight,
     ),
     "export-triton": (
         "write a Triton model repository (TensorRT or Python backend)",

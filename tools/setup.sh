@@ -31,7 +31,7 @@ quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" >&2 || true; }
 # torch first and pinned: on the project's machines these are local wheels.
 quiet "$VENV/bin/pip" install -q "${TORCH[@]}"
 quiet "$VENV/bin/pip" install -q -e ".[$EXTRAS]" "${MORE[@]}"
-"$VENV/bin/python" -c "import torch, trtpack, tensorrt_rtx, pytest" \
+"$VENV/bin/python" -c "import torch, trtpack, tensorrt_rtx, pytest, openapi_spec_validator" \
   || { echo "setup of $VENV failed: see the pip output above" >&2; exit 1; }
 if [ "$VENV" = .venv ] && ! command -v docker-registry >/dev/null && [ -z "${TRTPACK_NO_APT:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -23,6 +23,7 @@ from .format.manifest import FORMAT_VERSION, Manifest
 if TYPE_CHECKING:
     from .checks.preflight import TargetReport, preflight
     from .engines.torchtrt import compile
+    from .integrations.kserve import request_contract
     from .migrations.legacy import migrate
     from .program.derive import Range
     from .reading import PackInfo, inspect, verify
@@ -51,6 +52,7 @@ _LAZY = {
     "sign": "signing",
     "preflight": "checks.preflight",
     "TargetReport": "checks.preflight",
+    "request_contract": "integrations.kserve",
 }
 
 
@@ -91,5 +93,6 @@ __all__ = [
     "sign",
     "preflight",
     "TargetReport",
+    "request_contract",
 ]
 __all__ += errors.__all__

@@ -258,6 +258,21 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_contract(args: argparse.Namespace) -> int:
+    from ..integrations.kserve import request_contract
+
+    doc = request_contract(args.pack, format=args.format, name=args.name)
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        from ..format.atomic import atomic_write
+
+        with atomic_write(args.output) as f:
+            f.write(text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _given_input(text: str) -> tuple[str, object]:
     """``NAME=FILE.npy`` (a tensor) or ``NAME=NUMBER``."""
     name, sep, value = text.partition("=")
@@ -475,6 +490,15 @@ def _preflight_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _contract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--format", choices=["jsonschema", "openapi"], default="jsonschema",
+                   help="jsonschema (default): a KServe v2 / Triton inference request body; "
+                   "openapi: an OpenAPI 3.1 document for POST /v2/models/NAME/infer")  # fmt: skip
+    p.add_argument("--name", help="the model's name on the server (default: the file's stem)")
+    p.add_argument("-o", "--output", help="write the document here (default: stdout)")
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
@@ -628,6 +652,11 @@ _COMMANDS: dict[str, _Command] = {
         "which engine variant load would pick on described machines, and why not the others",
         _preflight_arguments,
         _cmd_preflight,
+    ),
+    "contract": (
+        "the request a server should accept (JSON Schema of a KServe v2 request, or OpenAPI)",
+        _contract_arguments,
+        _cmd_contract,
     ),
     "export-triton": (
         "write a Triton model repository (TensorRT or Python backend)",

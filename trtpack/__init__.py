@@ -21,6 +21,7 @@ from .errors import *  # noqa: F403  (the error classes: errors.__all__ is their
 from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
+    from .checks.audit import AuditReport, audit
     from .checks.preflight import TargetReport, preflight
     from .engines.torchtrt import compile
     from .integrations.kserve import request_contract
@@ -50,6 +51,8 @@ _LAZY = {
     "inspect": "reading",
     "verify": "reading",
     "sign": "signing",
+    "audit": "checks.audit",
+    "AuditReport": "checks.audit",
     "preflight": "checks.preflight",
     "TargetReport": "checks.preflight",
     "request_contract": "integrations.kserve",
@@ -91,6 +94,8 @@ __all__ = [
     "inspect",
     "verify",
     "sign",
+    "audit",
+    "AuditReport",
     "preflight",
     "TargetReport",
     "request_contract",

@@ -237,6 +237,24 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return _report(args, report.to_dict(), line)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ..checks.audit import SEVERITIES, audit, render, to_sarif
+
+    reports = [audit(path, key=args.key) for path in args.files]
+    if args.sarif:
+        sys.stdout.write(json.dumps(to_sarif(reports), indent=2) + "\n")
+    elif args.json:
+        data = {"files": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.fail_on == "never":
+        return 0
+    bar = SEVERITIES.index(args.fail_on)
+    worst = max((SEVERITIES.index(r.worst) for r in reports if r.worst), default=-1)
+    return 2 if worst >= bar else 0
+
+
 def _cmd_preflight(args: argparse.Namespace) -> int:
     from ..checks.preflight import preflight, read_targets, render
 
@@ -475,6 +493,18 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a .pt2 / .ep, .plan, .onnx or .trtpack (never loaded)")  # fmt: skip
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the findings as JSON")
+    shown.add_argument("--sarif", action="store_true", help="print SARIF 2.1.0 (code scanning)")
+    p.add_argument("--fail-on", choices=["info", "low", "medium", "high", "never"],
+                   default="high", help="exit 2 if a finding is this severe or worse "
+                   "(default: high)")  # fmt: skip
+    p.add_argument("--key", help="a .trtpack signer's PEM public key: check its signature")
+
+
 def _preflight_arguments(p: argparse.ArgumentParser) -> None:
     from ..engines.select import TARGET_KEYS
 
@@ -647,6 +677,11 @@ _COMMANDS: dict[str, _Command] = {
         "run a pack on sample (or given) inputs, on its engines and its program, and compare",
         _run_arguments,
         _cmd_run,
+    ),
+    "audit": (
+        "what loading a .pt2/.ep/.plan/.onnx/.trtpack would execute or trust, without loading it",
+        _audit_arguments,
+        _cmd_audit,
     ),
     "preflight": (
         "which engine variant load would pick on described machines, and why not the others",

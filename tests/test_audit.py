@@ -140,6 +140,14 @@ def test_unused_tensor_values_are_reported_quickly(pt2, tmp_path):
     assert seconds < 10, seconds  # measured ~0.5 s here; torch.export.load takes far longer
 
 
+def test_members_over_the_read_cap_are_reported_not_read(pt2, monkeypatch):
+    import trtpack.checks.audit as audit_module
+
+    monkeypatch.setattr(audit_module, "MAX_READ", 1_000)  # model.json is ~3.7 KB
+    (f,) = [f for f in audit(pt2).findings if f.rule == "oversized-member"]
+    assert f.severity == "high" and f.member.endswith("models/model.json")
+
+
 def test_torch_tensorrt_ep_engine_is_read_by_the_restricted_unpickler():
     report = audit(FIXTURES / "v0" / "torch_tensorrt" / "net_whole.ep")
     rules = {f.rule: f for f in report.findings}
@@ -267,3 +275,21 @@ def test_audit_runs_torch_free_and_errors_are_one_line(pt2, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "trtpack", "audit", str(tmp_path / "no")],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 1 and missing.stderr.startswith("trtpack: error: ")
+
+
+def test_damaged_files_give_findings_never_crashes(pt2, tmp_path):
+    """Truncations and flipped bytes anywhere: a report (often one 'refused' finding), never an
+    exception other than a trtpack error, and quickly."""
+    import random
+
+    raw = pt2.read_bytes()
+    rng = random.Random(0)
+    cuts = [rng.randrange(len(raw)) for _ in range(15)]
+    for i, cut in enumerate(cuts):
+        for data in (raw[:cut], raw[:cut] + bytes([raw[cut] ^ 0xFF]) + raw[cut + 1 :]):
+            path = tmp_path / f"d{i}.pt2"
+            path.write_bytes(data)
+            start = time.perf_counter()
+            report = audit(path)
+            assert time.perf_counter() - start < 5
+            assert all(f.severity in ("info", "low", "medium", "high") for f in report.findings)

@@ -217,6 +217,18 @@ def _audit_pt2(reader: PackReader, root: str) -> Iterator[Finding]:
     from ..migrations.pt2 import model_json
     from ..program.graph_check import check_graph
 
+    big = [n for n, i in reader.members.items() if i.size > MAX_READ and n.endswith(".json")]
+    if big:  # a deflated member can declare gigabytes: never inflate past the cap
+        yield Finding(
+            "oversized-member",
+            "high",
+            f"{len(big)} JSON member(s) over trtpack's {MAX_READ}-byte audit limit: not read "
+            "(a loader would have to)",
+            big[0],
+            {"members": big[:10]},
+        )
+        yield from _audit_zip_members(reader, "")
+        return
     member, data = model_json(reader, root)
     try:
         check_graph(data, member)

@@ -148,6 +148,22 @@ def test_members_over_the_read_cap_are_reported_not_read(pt2, monkeypatch):
     assert f.severity == "high" and f.member.endswith("models/model.json")
 
 
+def test_a_pre_27_archive_gets_the_graph_check_too(tmp_path):
+    src = FIXTURES / "v0" / "torch_export" / "keywords_pre27.pt2"
+    report = audit(src)
+    assert report.kind == "torch.export archive (before torch 2.7)"
+    assert {f.rule for f in report.findings} == {"pickle"}  # three torch.save zips
+
+    def retarget(raw: bytes) -> bytes:
+        data = json.loads(raw)
+        data["graph_module"]["graph"]["nodes"][0]["target"] = "builtins.eval"
+        return json.dumps(data).encode()
+
+    bad = _rewrite(src, tmp_path / "bad.pt2", {"serialized_exported_program.json": retarget})
+    (f,) = [f for f in audit(bad).findings if f.rule == "graph-code"]
+    assert "builtins.eval" in f.message
+
+
 def test_torch_tensorrt_ep_engine_is_read_by_the_restricted_unpickler():
     report = audit(FIXTURES / "v0" / "torch_tensorrt" / "net_whole.ep")
     rules = {f.rule: f for f in report.findings}

@@ -124,6 +124,9 @@ def audit(path: PathLike, *, key: PathLike | None = None) -> AuditReport:
                 elif (root := archive_root(reader)) is not None:
                     kind = "PT2 archive (torch.export / torch_tensorrt)"
                     findings = list(_audit_pt2(reader, root))
+                elif "serialized_exported_program.json" in reader.members:
+                    kind = "torch.export archive (before torch 2.7)"
+                    findings = list(_audit_pre_pt2(reader))
                 else:
                     kind = "zip"
                     findings = list(_audit_zip_members(reader, ""))
@@ -213,10 +216,7 @@ def _audit_zip_members(reader: PackReader, prefix: str, nested: bool = False) ->
 # --- torch.export / torch_tensorrt PT2 archives ------------------------------------------------
 
 
-def _audit_pt2(reader: PackReader, root: str) -> Iterator[Finding]:
-    from ..migrations.pt2 import model_json
-    from ..program.graph_check import check_graph
-
+def _oversized(reader: PackReader) -> Iterator[Finding]:
     big = [n for n, i in reader.members.items() if i.size > MAX_READ and n.endswith(".json")]
     if big:  # a deflated member can declare gigabytes: never inflate past the cap
         yield Finding(
@@ -227,14 +227,28 @@ def _audit_pt2(reader: PackReader, root: str) -> Iterator[Finding]:
             big[0],
             {"members": big[:10]},
         )
-        yield from _audit_zip_members(reader, "")
-        return
-    member, data = model_json(reader, root)
+
+
+def _graph_findings(data: Any, member: str, size: int) -> Iterator[Finding]:
+    from ..program.graph_check import check_graph
+
     try:
         check_graph(data, member)
     except TrtpackError as e:
         yield Finding("graph-code", "high", f"torch would turn this into code: {e}", member)
-    yield from _unused_tensor_values(data, member, reader.members[member].size)
+    yield from _unused_tensor_values(data, member, size)
+
+
+def _audit_pt2(reader: PackReader, root: str) -> Iterator[Finding]:
+    from ..migrations.pt2 import model_json
+
+    oversized = list(_oversized(reader))
+    if oversized:
+        yield from oversized
+        yield from _audit_zip_members(reader, "")
+        return
+    member, data = model_json(reader, root)
+    yield from _graph_findings(data, member, reader.members[member].size)
     yield from _unused_payloads(reader, root)
     engines = []
     for name in reader.members:
@@ -243,6 +257,17 @@ def _audit_pt2(reader: PackReader, root: str) -> Iterator[Finding]:
     yield from _audit_zip_members(reader, "")
     for name in engines:
         yield from _trt_engine(reader.read(name), name)
+
+
+def _audit_pre_pt2(reader: PackReader) -> Iterator[Finding]:
+    """torch.export.save before torch 2.7: the program JSON and three torch.save zips."""
+    member = "serialized_exported_program.json"
+    oversized = list(_oversized(reader))
+    yield from oversized
+    if not oversized:
+        data = loads(reader.read(member), f"{reader.path}: {member}")
+        yield from _graph_findings(data, member, reader.members[member].size)
+    yield from _audit_zip_members(reader, "")
 
 
 def _trt_engine(data: bytes, member: str) -> Iterator[Finding]:

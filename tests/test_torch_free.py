@@ -25,6 +25,9 @@ trtpack.verify(out + "/m.trtpack")
 assert main(["inspect", "--json", out + "/m.trtpack"]) == 0
 assert main(["inspect", sys.argv[4]]) == 0                       # pre-2.7 layout
 assert main(["verify", sys.argv[5]]) == 0                        # a 1.0 pack, upgraded
+assert main(["preflight", out + "/m.trtpack", "--target", "sm=8.6,rtx=1.6.1"]) == 0
+assert main(["audit", "--fail-on", "never", sys.argv[2], sys.argv[3], out + "/m.trtpack"]) == 0
+assert main(["contract", out + "/m.trtpack", "--format", "openapi", "-o", out + "/o.json"]) == 0
 print("TORCH-FREE OK", "torch" in sys.modules and sys.modules["torch"] is None)
 """
 

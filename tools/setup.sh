@@ -27,7 +27,7 @@ case "${1:-core}" in
 esac
 # what both environments' tests import (the test, rtx and torch extras)
 NEEDS+=(torch trtpack tensorrt_rtx onnx onnxscript pytest hypothesis jsonschema safetensors
-        cryptography model_signing OpenSSL numpy)
+        openapi_spec_validator cryptography model_signing OpenSSL numpy)
 stamp="$VENV/.setup-stamp"
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

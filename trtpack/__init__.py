@@ -21,7 +21,10 @@ from .errors import *  # noqa: F403  (the error classes: errors.__all__ is their
 from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
+    from .checks.audit import AuditReport, audit
+    from .checks.preflight import TargetReport, preflight
     from .engines.torchtrt import compile
+    from .integrations.kserve import request_contract
     from .migrations.legacy import migrate
     from .program.derive import Range
     from .reading import PackInfo, inspect
@@ -48,6 +51,11 @@ _LAZY = {
     "inspect": "reading",
     "verify": "signing",
     "sign": "signing",
+    "audit": "checks.audit",
+    "AuditReport": "checks.audit",
+    "preflight": "checks.preflight",
+    "TargetReport": "checks.preflight",
+    "request_contract": "integrations.kserve",
 }
 
 
@@ -86,5 +94,10 @@ __all__ = [
     "inspect",
     "verify",
     "sign",
+    "audit",
+    "AuditReport",
+    "preflight",
+    "TargetReport",
+    "request_contract",
 ]
 __all__ += errors.__all__

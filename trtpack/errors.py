@@ -151,6 +151,16 @@ class MissingDependencyError(TrtpackError, ImportError):
     """An optional dependency is needed for this operation and is not installed."""
 
 
+class TargetSpecError(TrtpackError, ValueError):
+    """A described target machine (``preflight --target``) does not parse: an unknown key or a
+    value of the wrong form. ``key`` names the part, ``text`` the whole description."""
+
+    def __init__(self, message: str, *, key: str | None = None, text: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.text = text
+
+
 class MigrationError(TrtpackError):
     """A legacy artifact cannot be migrated to the current format."""
 
@@ -234,6 +244,7 @@ __all__ = [
     "NoUsableEngineError",
     "SampleMismatchError",
     "MissingDependencyError",
+    "TargetSpecError",
     "MigrationError",
     "OutputExistsError",
     "PackWriteError",

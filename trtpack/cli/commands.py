@@ -240,6 +240,60 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return _report(args, report.to_dict(), line)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ..checks.audit import SEVERITIES, audit, render, to_sarif
+
+    reports = [audit(path, key=args.key) for path in args.files]
+    if args.sarif:
+        sys.stdout.write(json.dumps(to_sarif(reports), indent=2) + "\n")
+    elif args.json:
+        data = {"files": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.fail_on == "never":
+        return 0
+    bar = SEVERITIES.index(args.fail_on)
+    worst = max((SEVERITIES.index(r.worst) for r in reports if r.worst), default=-1)
+    return 2 if worst >= bar else 0
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from ..checks.preflight import preflight, read_targets, render
+
+    targets = list(args.target or [])
+    for path in args.targets or ():
+        targets += read_targets(path)
+    reports = preflight(args.pack, targets)
+    if args.json:
+        data = {"pack": args.pack, "targets": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.require_engine:
+        missing = [r.target for r in reports if r.outcome != "engine"]
+        if missing:
+            print(f"trtpack: error: no engine variant would run on {len(missing)} target(s): "
+                  f"{'; '.join(missing)}", file=sys.stderr)  # fmt: skip
+            return 1
+    return 0
+
+
+def _cmd_contract(args: argparse.Namespace) -> int:
+    from ..integrations.kserve import request_contract
+
+    doc = request_contract(args.pack, format=args.format, name=args.name)
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        from ..format.atomic import atomic_write
+
+        with atomic_write(args.output) as f:
+            f.write(text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _given_input(text: str) -> tuple[str, object]:
     """``NAME=FILE.npy`` (a tensor) or ``NAME=NUMBER``."""
     name, sep, value = text.partition("=")
@@ -442,6 +496,42 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a .pt2 / .ep, .plan, .onnx or .trtpack (never loaded)")  # fmt: skip
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the findings as JSON")
+    shown.add_argument("--sarif", action="store_true", help="print SARIF 2.1.0 (code scanning)")
+    p.add_argument("--fail-on", choices=["info", "low", "medium", "high", "never"],
+                   default="high", help="exit 2 if a finding is this severe or worse "
+                   "(default: high)")  # fmt: skip
+    p.add_argument("--key", help="a .trtpack signer's PEM public key: check its signature")
+
+
+def _preflight_arguments(p: argparse.ArgumentParser) -> None:
+    from ..engines.select import TARGET_KEYS
+
+    keys = "; ".join(f"{k}: {v}" for k, v in TARGET_KEYS.items())
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--target", action="append", metavar="SPEC",
+                   help="a machine as KEY=VALUE,... e.g. 'sm=8.9,trt=10.13,os=linux,"
+                   f"arch=x86_64' (repeatable). Keys: {keys}")  # fmt: skip
+    p.add_argument("--targets", action="append", metavar="FILE",
+                   help="a fleet: one SPEC per line, # comments (repeatable)")  # fmt: skip
+    p.add_argument("--require-engine", action="store_true",
+                   help="exit 1 if any target would fall back to the program")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _contract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--format", choices=["jsonschema", "openapi"], default="jsonschema",
+                   help="jsonschema (default): a KServe v2 / Triton inference request body; "
+                   "openapi: an OpenAPI 3.1 document for POST /v2/models/NAME/infer")  # fmt: skip
+    p.add_argument("--name", help="the model's name on the server (default: the file's stem)")
+    p.add_argument("-o", "--output", help="write the document here (default: stdout)")
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
@@ -590,6 +680,21 @@ _COMMANDS: dict[str, _Command] = {
         "run a pack on sample (or given) inputs, on its engines and its program, and compare",
         _run_arguments,
         _cmd_run,
+    ),
+    "audit": (
+        "what loading a .pt2/.ep/.plan/.onnx/.trtpack would execute or trust, without loading it",
+        _audit_arguments,
+        _cmd_audit,
+    ),
+    "preflight": (
+        "which engine variant load would pick on described machines, and why not the others",
+        _preflight_arguments,
+        _cmd_preflight,
+    ),
+    "contract": (
+        "the request a server should accept (JSON Schema of a KServe v2 request, or OpenAPI)",
+        _contract_arguments,
+        _cmd_contract,
     ),
     "export-triton": (
         "write a Triton model repository (TensorRT or Python backend)",

@@ -1459,9 +1459,9 @@ def pull(
                 members[name] = FileSlice(path, 0, member.size)
             final = raw
             write_pack(out_path, members, lambda _digests: final, overwrite=overwrite)
+        if signature and bundle is None and sig_path.exists():
+            note += f"; removed the stale {sig_path}"
         written = _place_signature(out_path, sig_path, bundle, signature)
-        if written is None and signature and sig_path.exists():
-            note += f"; removed the stale {sig_path.name}" if note else ""
         bar.close(f"{len(wanted)} member(s), {human_size(downloaded)} received")
     info = inspect_pack(out_path)
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(PackInfo)}

@@ -276,8 +276,10 @@ class _Registry:
             except requests.RequestException as e:
                 if _timed_out_cause(e):
                     raise _timed_out(self, what) from None
-                raise RegistryError(f"cannot reach the registry at {self.ref.host} to {what} "
-                                    f"({type(e).__name__})", reference=self.where) from None
+                raise RegistryError(
+                    f"cannot reach the registry at {self.ref.host} to {what} ({type(e).__name__})",
+                    reference=self.where,
+                ) from None
             location = response.headers.get("Location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location or \
                     method not in ("GET", "HEAD"):  # fmt: skip
@@ -358,14 +360,22 @@ def _timed_out(reg: _Registry, what: str) -> RegistryError:
     )  # fmt: skip
 
 
-def _chunks(reg: _Registry, response: Any, what: str, size: int) -> Iterator[bytes]:
-    """The body of ``response`` in chunks, transport failures as RegistryError."""
+def _chunks(reg: _Registry, response: Any, what: str, size: int,
+            eager: bool = False) -> Iterator[bytes]:  # fmt: skip
+    """The body of ``response`` in chunks of at most ``size`` bytes, transport failures as
+    RegistryError. ``eager``: each chunk is what has arrived (read1), so that a caller can
+    stop a body that trickles in a byte at a time; else full chunks (blobs)."""
     import requests
+    import urllib3.exceptions
 
     try:
-        yield from response.iter_content(size)
-    except requests.RequestException as e:
-        if isinstance(e, requests.exceptions.Timeout) or _timed_out_cause(e):
+        if eager:
+            while chunk := response.raw.read1(size):
+                yield chunk
+        else:
+            yield from response.iter_content(size)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        if isinstance(e, (requests.exceptions.Timeout, socket.timeout)) or _timed_out_cause(e):
             raise _timed_out(reg, f"read {what}") from None
         raise RegistryError(f"reading {what} from {reg.ref.host} failed ({type(e).__name__})",
                             reference=reg.where) from None  # fmt: skip
@@ -381,7 +391,7 @@ def _read(reg: _Registry, response: Any, cap: int, what: str, truncate: bool = F
             raise _too_large(reg, what, cap, int(declared))
         parts, got = [], 0
         deadline = time.monotonic() + reg.timeout
-        for chunk in _chunks(reg, response, what, 64 << 10):
+        for chunk in _chunks(reg, response, what, 64 << 10, eager=True):
             parts.append(chunk)
             got += len(chunk)
             if got > cap:
@@ -474,7 +484,14 @@ def _connect(ref: Reference, plain_http: bool | None, registry_config: PathLike 
     _reachable(ref, plain, seconds)
     prefix = "http" if plain else "https"
     configs = _auth_configs(registry_config)
-    session = requests.Session()
+
+    class Session(requests.Session):
+        def get_redirect_target(self, resp: Any) -> None:
+            # requests reads a redirect's whole body (even with allow_redirects=False, to
+            # prepare Response.next): an endless one never ends. _Registry._send redirects.
+            return None
+
+    session = Session()
     session.trust_env = False  # no netrc or proxy variables deciding where credentials go
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     reg = _Registry(ref, session, prefix, seconds)
@@ -887,9 +904,13 @@ def _build(info: PackInfo, raw: bytes, layout: str, created: str | datetime | No
 def _layout_of(oci: dict[str, Any], ref: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Which layout an OCI manifest has: its name, the descriptor of the pack's manifest.json
     and the layers by member name."""
-    found = oci.get("config")
-    config: dict[str, Any] = found if isinstance(found, dict) else {}
-    layers = [layer for layer in oci.get("layers") or [] if isinstance(layer, dict)]
+    found, layers = oci.get("config"), oci.get("layers", [])
+    if not isinstance(found, dict) or not isinstance(layers, list) or \
+            not all(isinstance(layer, dict) for layer in layers):  # fmt: skip
+        raise RegistryError(f"{ref} is not an OCI image manifest: its config is not a "
+                            "descriptor or its layers are not a list of descriptors",
+                            reference=ref, field="layers")  # fmt: skip
+    config: dict[str, Any] = found
 
     def path(layer: dict[str, Any], *keys: str) -> str:
         a = layer.get("annotations")
@@ -1185,7 +1206,10 @@ def push(
 
 
 def fetch_manifest(
-    ref: str, *, plain_http: bool | None = None, registry_config: PathLike | None = None,
+    ref: str,
+    *,
+    plain_http: bool | None = None,
+    registry_config: PathLike | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
     """The OCI manifest of a pushed pack (what ``oras manifest fetch`` shows), either layout;
@@ -1218,16 +1242,26 @@ def _manifest_from(raw: bytes, where: str, upgrade_old: bool = True) -> Manifest
     try:
         data = parse_manifest_json(raw, where)
         version = data.get("format_version") if isinstance(data, dict) else None
-        if upgrade_old and isinstance(version, list) and len(version) == 2 and all(
-            type(v) is int for v in version  # ["1", "0"] is for the schema check to refuse
-        ) and tuple(version) < FORMAT_VERSION:
+        if (
+            upgrade_old
+            and isinstance(version, list)
+            and len(version) == 2
+            and all(
+                type(v) is int
+                for v in version  # ["1", "0"] is for the schema check to refuse
+            )
+            and tuple(version) < FORMAT_VERSION
+        ):
             from ..format.upgrade import upgrade
 
             data, _, _ = upgrade(data)
         return Manifest.from_dict(data)
     except TrtpackError as e:
-        raise RegistryError(f"{where}: the pack's {MANIFEST_NAME} is not a valid trtpack "
-                            f"manifest: {e}", reference=where, field=MANIFEST_NAME) from e
+        raise RegistryError(
+            f"{where}: the pack's {MANIFEST_NAME} is not a valid trtpack manifest: {e}",
+            reference=where,
+            field=MANIFEST_NAME,
+        ) from e
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
         # what a reader that checks later than it reads (format.upgrade) may still raise on a
         # hand-made manifest: the registry served it, so it is the registry's answer at fault
@@ -1243,7 +1277,10 @@ def _read_pack_manifest(reg: _Registry, desc: dict[str, Any], where: str,
 
 
 def inspect(
-    ref: str, *, plain_http: bool | None = None, registry_config: PathLike | None = None,
+    ref: str,
+    *,
+    plain_http: bool | None = None,
+    registry_config: PathLike | None = None,
     timeout: float | None = None,
 ) -> RemotePack:
     """Read a pushed pack's manifest without pulling it: the OCI manifest, then the pack's

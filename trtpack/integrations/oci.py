@@ -1444,7 +1444,8 @@ def pull(
         downloaded = len(raw)
         manifest = _manifest_from(raw, ref, upgrade_old=False)
         keep, left_out = _choose(manifest, variants, environment, ref)
-        if len(keep) != len(manifest.engines):
+        subset = len(keep) != len(manifest.engines)
+        if subset:
             raw = _subset(raw, keep, ref)
             manifest = _manifest_from(raw, ref, upgrade_old=False)
         wanted = sorted(manifest.members.items())
@@ -1464,7 +1465,7 @@ def pull(
         parent = out_path.parent if str(out_path.parent) else Path(".")
         _check_space(parent, out_path, total)
         bundle: bytes | None = None
-        if signature and len(keep) == len(manifest.engines):
+        if signature and not subset:
             found = _find_signature(reg, manifest_digest)
             if found is None:
                 note = "the registry holds no signature for it"

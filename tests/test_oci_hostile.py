@@ -49,8 +49,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         self.server.registry.seen.append((self.command, path, dict(self.headers)))
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.body = self.rfile.read(length) if length else b""
         try:
             self.server.registry.answer(self, path)
         except (BrokenPipeError, ConnectionResetError):
@@ -113,6 +112,7 @@ class Registry:
     seen: list[tuple[str, str, dict]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     bearer: str | None = None  # a token the registry demands (from /token)
+    referrers_api: bool = False  # takes pushes and lists referrers (OCI 1.1), else read-only
 
     @property
     def ref(self) -> str:
@@ -129,6 +129,18 @@ class Registry:
             return h.send(200, b"{}")
         if path == "/token":
             return h.send(200, json.dumps({"token": self.bearer}).encode())
+        if self.referrers_api and h.command in ("POST", "PUT"):
+            return self.take(h, path)
+        if self.referrers_api and path.startswith(f"/v2/{REPO}/referrers/"):
+            subject = path.rsplit("/", 1)[1]
+            listed = [
+                {"mediaType": oci.OCI_MANIFEST, "digest": sha(raw), "size": len(raw),
+                 "artifactType": json.loads(raw).get("artifactType")}
+                for raw in self.manifests.values()
+                if json.loads(raw).get("subject", {}).get("digest") == subject
+            ]  # fmt: skip
+            index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": listed}
+            return h.send(200, json.dumps(index).encode(), {"Content-Type": oci.OCI_INDEX})
         kind, _, name = path.removeprefix(f"/v2/{REPO}/").partition("/")
         store = {"manifests": self.manifests, "blobs": self.blobs}.get(kind, {})
         if name in store:
@@ -136,6 +148,22 @@ class Registry:
             ctype = oci.OCI_MANIFEST if kind == "manifests" else "application/octet-stream"
             return h.send(200, body, {"Content-Type": ctype, "Docker-Content-Digest": sha(body)})
         return h.send(404, b'{"errors":[{"code":"NOT_FOUND"}]}')
+
+    def take(self, h: _Handler, path: str) -> None:
+        """Uploads: POST starts one, PUT ?digest= stores the blob; PUT of a manifest stores it
+        under its tag and its digest, answering OCI-Subject as a registry with the referrers
+        API does."""
+        if path == f"/v2/{REPO}/blobs/uploads/":
+            return h.send(202, b"", {"Location": "/upload/1"})
+        if path == "/upload/1":
+            digest = h.path.split("digest=", 1)[1]
+            assert sha(h.body) == digest.replace("%3A", ":")
+            self.blobs[sha(h.body)] = h.body
+            return h.send(201)
+        name = path.removeprefix(f"/v2/{REPO}/manifests/")
+        self.manifests[name] = self.manifests[sha(h.body)] = h.body
+        subject = json.loads(h.body).get("subject")
+        return h.send(201, b"", {"OCI-Subject": subject["digest"]} if subject else {})
 
     def serve(self, pack: Path, raw: bytes | None = None) -> dict:
         """Serve ``pack`` in the trtpack layout (``raw``: another manifest.json in its place)."""
@@ -564,3 +592,48 @@ def test_bearer_token_auth_round_trip(registry, out):
     registry.routes["/token"] = lambda h: h.send(401, b"no")
     fails(lambda: oci.inspect(registry.ref, timeout=TIMEOUT), trtpack.RegistryError,
           r"token service .* refused .*HTTP 401")  # fmt: skip
+
+
+# --- the signature through a registry with the OCI 1.1 referrers API ------------------------
+
+
+def test_a_signature_through_the_referrers_api(registry, tmp_path, out):
+    """Debian's registry (tests/test_oci.py) has no referrers API; this one answers
+    OCI-Subject and lists referrers, so no ``sha256-<hex>`` tag is written."""
+    pytest.importorskip("cryptography")
+    from test_oci import _keypair
+
+    from trtpack.signing import sign, verify
+
+    private, public = _keypair(tmp_path)
+    pack = tmp_path / "model.trtpack"
+    pack.write_bytes(PACK.read_bytes())
+    sign(pack, private)
+    registry.referrers_api = True
+    pushed = oci.push(pack, registry.ref, timeout=TIMEOUT)
+    assert pushed.referrers == "api" and pushed.signature in registry.manifests
+    assert not any(name.startswith("sha256-") for name in registry.manifests)
+    pulled = oci.pull(registry.ref, out, timeout=TIMEOUT)
+    assert pulled.signature == f"{out}.sig"
+    verify(out, public)
+    assert any("/referrers/" in p for _, p, _ in registry.seen)
+
+    # a listed referrer whose manifest names another subject is refused, nothing written
+    other = json.loads(registry.manifests[pushed.signature])
+    other["subject"]["digest"] = "sha256:" + "1" * 64
+    raw = json.dumps(other).encode()
+    registry.manifests[sha(raw)] = raw
+    index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [
+        {"mediaType": oci.OCI_MANIFEST, "digest": sha(raw), "size": len(raw),
+         "artifactType": other["artifactType"]}]}  # fmt: skip
+    listing = f"/v2/{REPO}/referrers/{pushed.manifest_digest}"
+    registry.routes[listing] = lambda h: h.send(200, json.dumps(index).encode())
+    again = tmp_path / "again" / "model.trtpack"
+    again.parent.mkdir()
+    fails(lambda: oci.pull(registry.ref, again, timeout=TIMEOUT), trtpack.RegistryError,
+          "the signature listed for .* names another subject")  # fmt: skip
+    # and one served with other bytes than its digest
+    registry.routes[f"/v2/{REPO}/manifests/{sha(raw)}"] = lambda h: h.send(200, raw + b" ")
+    fails(lambda: oci.pull(registry.ref, again, timeout=TIMEOUT), trtpack.IntegrityError,
+          "the registry served a manifest of")  # fmt: skip
+    assert list(again.parent.iterdir()) == []

@@ -492,7 +492,7 @@ def _connect(ref: Reference, plain_http: bool | None, registry_config: PathLike 
             return None
 
     session = Session()
-    session.trust_env = False  # no netrc or proxy variables deciding where credentials go
+    # trust_env stays on: HTTPS_PROXY/NO_PROXY and REQUESTS_CA_BUNDLE work as with oras-py
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     reg = _Registry(ref, session, prefix, seconds)
     # The version check every OCI client starts with: 200, or 401 saying which auth it takes.

@@ -637,3 +637,33 @@ def test_a_signature_through_the_referrers_api(registry, tmp_path, out):
     fails(lambda: oci.pull(registry.ref, again, timeout=TIMEOUT), trtpack.IntegrityError,
           "the registry served a manifest of")  # fmt: skip
     assert list(again.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["blob check", "upload stalls", "upload answer endless",
+                                   "manifest answer endless", "upload redirect loop"])  # fmt: skip
+def test_push_against_a_misbehaving_registry(registry, tmp_path, where):
+    registry.referrers_api = True  # takes uploads
+    manifest = f"/v2/{REPO}/manifests/1"
+    if where == "blob check":
+        weights = trtpack.inspect(PACK).manifest.members["program/weights.safetensors"]
+        registry.routes[f"/v2/{REPO}/blobs/sha256:{weights.sha256}"] = lambda h: h.stall()
+        match = "sent nothing for 1 s while trying to check a blob"
+    elif where == "upload stalls":
+        registry.routes["/upload/1"] = lambda h: h.stall()
+        match = "sent nothing for 1 s while trying to upload"
+    elif where == "upload answer endless":
+        registry.routes["/upload/1"] = lambda h: h.endless(201)
+        match = None  # 64 KiB of it read, then on: the upload went through
+    elif where == "manifest answer endless":
+        registry.routes[manifest] = lambda h: h.endless(201)
+        match = None
+    else:
+        loop = f"/v2/{REPO}/blobs/uploads/"
+        registry.routes[loop] = lambda h: h.send(307, b"", {"Location": loop})
+        match = "HTTP 307"  # a redirected POST is not followed: refused at once
+    if match is None:
+        start = time.monotonic()
+        oci.push(PACK, registry.ref, timeout=TIMEOUT)
+        assert time.monotonic() - start < 5
+    else:
+        fails(lambda: oci.push(PACK, registry.ref, timeout=TIMEOUT), trtpack.RegistryError, match)

@@ -809,9 +809,12 @@ def test_signature_edge_cases(registry, pack, tmp_path):
     r = cli("verify", str(out), "--key", str(public))
     assert r.returncode == 1 and "not signed" in r.stderr
 
-    # a stale PACK.sig (signed before the pack changed) is refused before anything is sent
-    sign(pack, private)
-    trtpack.add_engine(pack, rtx.keywords_plan(("8.0",)))
+    # a stale PACK.sig (signed before the pack changed, put back after add_engine removed it)
+    # is refused before anything is sent
+    old = sign(pack, private).read_bytes()
+    with pytest.warns(UserWarning, match="removed .*no longer matches"):
+        trtpack.add_engine(pack, rtx.keywords_plan(("8.0",)))
+    Path(f"{pack}.sig").write_bytes(old)
     with pytest.raises(trtpack.RegistryError, match=r"signs another manifest.json .* stale"):
         oci.push(pack, ref.replace(":1", ":stale"))
     r = cli("push", str(pack), ref.replace(":1", ":stale"))

@@ -612,7 +612,7 @@ def test_a_signature_through_the_referrers_api(registry, tmp_path, out):
     pytest.importorskip("cryptography")
     from test_oci import _keypair
 
-    from trtpack.signing import sign, verify
+    from trtpack.signing import sign, verify_signature
 
     private, public = _keypair(tmp_path)
     pack = tmp_path / "model.trtpack"
@@ -624,7 +624,7 @@ def test_a_signature_through_the_referrers_api(registry, tmp_path, out):
     assert not any(name.startswith("sha256-") for name in registry.manifests)
     pulled = oci.pull(registry.ref, out, timeout=TIMEOUT)
     assert pulled.signature == f"{out}.sig"
-    verify(out, public)
+    verify_signature(out, public)
     assert any("/referrers/" in p for _, p, _ in registry.seen)
 
     # a listed referrer whose manifest names another subject is refused, nothing written

@@ -59,6 +59,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -83,7 +84,13 @@ from ..format.container import (
     source_size,
     write_pack,
 )
-from ..format.limits import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, json_depth, parse_manifest_json
+from ..format.limits import (
+    MAX_JSON_DEPTH,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    json_depth,
+    parse_manifest_json,
+)
 from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
 from ..reading import PackInfo, format_shape, human_size, open_pack, render
 from ..reading import inspect as inspect_pack
@@ -120,8 +127,6 @@ _MAX_OCI_MANIFEST = 4 << 20
 _MAX_SMALL_BODY = 64 << 10
 #: a token service's JSON answer (a JWT is a few KiB)
 _MAX_TOKEN_BODY = 1 << 20
-#: a signature bundle (one signature over up to 10,000 members' digests is ~2 MiB)
-_MAX_SIGNATURE = 16 << 20
 #: registries redirect blob downloads to storage once; more than this is a loop
 _MAX_REDIRECTS = 5
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -967,9 +972,9 @@ def _signature_to_push(pack: PathLike, signature: PathLike | bool, digest: str
             return None
         raise RegistryError(f"signature {path} does not exist")
     size = path.stat().st_size
-    if size > _MAX_SIGNATURE:
+    if size > MAX_SIGNATURE_BYTES:
         raise RegistryError(f"signature {path} is {size} bytes, over trtpack's limit of "
-                            f"{_MAX_SIGNATURE}", field="signature", limit=_MAX_SIGNATURE,
+                            f"{MAX_SIGNATURE_BYTES}", field="signature", limit=MAX_SIGNATURE_BYTES,
                             value=size)  # fmt: skip
     bundle = path.read_bytes()
     signed = _signed_manifest(bundle)
@@ -1087,7 +1092,7 @@ def _find_signature(reg: _Registry, subject: str) -> tuple[bytes, str] | None:
             or layers[0].get("mediaType") != BUNDLE_MEDIA_TYPE:  # fmt: skip
         raise RegistryError(f"{reg.where}: the signature manifest {digest} does not hold one "
                             "signature bundle", reference=reg.where, field="layers")  # fmt: skip
-    size = _size(layers[0], "the signature", reg.where, _MAX_SIGNATURE)
+    size = _size(layers[0], "the signature", reg.where, MAX_SIGNATURE_BYTES)
     bundle = _download(reg, str(layers[0].get("digest")), size, "the signature",
                        _Progress("pull", False))  # fmt: skip
     return bundle, digest
@@ -1496,8 +1501,15 @@ def pull(
                 downloaded += member.size
                 members[name] = FileSlice(path, 0, member.size)
             final = raw
-            write_pack(out_path, members, lambda _digests: final, overwrite=overwrite)
-        if signature and bundle is None and sig_path.exists():
+            stale = signature and sig_path.exists()  # only with overwrite (checked above)
+            with warnings.catch_warnings():
+                if signature:
+                    # write_pack removes OUT.sig, which signed the bytes OUT had, and warns
+                    # "sign again"; here the registry's signature takes its place below, or
+                    # signature_note says it was removed
+                    warnings.filterwarnings("ignore", message=r"trtpack: removed .*\.sig")
+                write_pack(out_path, members, lambda _digests: final, overwrite=overwrite)
+        if stale and bundle is None:
             note += f"; removed the stale {sig_path}"
         written = _place_signature(out_path, sig_path, bundle, signature)
         bar.close(f"{len(wanted)} member(s), {human_size(downloaded)} received")

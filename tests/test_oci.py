@@ -737,8 +737,7 @@ def test_a_signed_pack_verifies_after_push_and_pull(server, pack, tmp_path, layo
     the referrers tag schema's index, ``sha256-<hex of the model manifest digest>``."""
     import requests
 
-    from trtpack.signing import BUNDLE_MEDIA_TYPE, sign
-    from trtpack.signing import verify_signature
+    from trtpack.signing import BUNDLE_MEDIA_TYPE, sign, verify_signature
 
     private, public = _keypair(tmp_path)
     sign(pack, private)

@@ -186,7 +186,16 @@ class PackWriteError(TrtpackError, OSError):
 
 
 class RegistryError(TrtpackError):
-    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
+    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed.
+    Where they apply: ``reference`` (what was asked for), ``status`` (the HTTP status),
+    ``field`` (the answer or field at fault), ``limit`` and ``value`` (a cap and what came)."""
+
+    def __init__(self, *args: object, reference: str | None = None, status: int | None = None,
+                 field: str | None = None, limit: object = None,
+                 value: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.reference, self.status, self.field = reference, status, field
+        self.limit, self.value = limit, value
 
 
 class PackLockedError(TrtpackError):

@@ -343,17 +343,21 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from ..integrations.oci import push
     from ..reading import human_size
 
+    signature = False if args.no_signature else args.signature or True
     pushed = push(args.pack, args.reference, layout=args.layout, plain_http=args.plain_http,
-                  registry_config=args.registry_config, progress=_progress(args))  # fmt: skip
+                  registry_config=args.registry_config, progress=_progress(args),
+                  signature=signature, timeout=args.timeout)  # fmt: skip
     data = {"reference": f"oci://{pushed.reference}", "manifest_digest": pushed.manifest_digest,
             "layout": pushed.layout, "uploaded": pushed.uploaded, "skipped": pushed.skipped,
-            "bytes_uploaded": pushed.bytes_uploaded}  # fmt: skip
+            "bytes_uploaded": pushed.bytes_uploaded,
+            "signature": pushed.signature}  # fmt: skip
+    signed = f", signature {pushed.signature}" if pushed.signature else ""
     return _report(
         args,
         data,
         f"{pushed.reference}  {pushed.manifest_digest}  "
         f"{len(pushed.uploaded)} member(s) uploaded, {len(pushed.skipped)} already "
-        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout)",
+        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout{signed})",
     )
 
 
@@ -363,22 +367,29 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     variants = args.variant if args.variant else args.variants
     info = pull(args.reference, args.output, overwrite=args.force, variants=variants,
                 plain_http=args.plain_http, registry_config=args.registry_config,
-                progress=_progress(args))  # fmt: skip
+                progress=_progress(args), signature=not args.no_signature,
+                max_size=args.max_size, timeout=args.timeout)  # fmt: skip
     line = f"{info.path}  {info.digest}"
     if info.left_out:
         line += f"  engine variants: {', '.join(info.variants) or 'none (the program only)'}"
         if not args.quiet and not args.json:
             for name, why in info.left_out.items():
                 print(f"trtpack: note: left out variant {name}: {why}", file=sys.stderr)
+    if info.signature:
+        line += f"  signature {info.signature}"
+    elif "removed the stale" in info.signature_note and not args.quiet and not args.json:
+        print(f"trtpack: note: no signature: {info.signature_note}", file=sys.stderr)
     data = {**_written(info), "reference": info.reference, "layout": info.layout,
-            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded}  # fmt: skip
+            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded,
+            "signature": info.signature, "signature_note": info.signature_note}  # fmt: skip
     return _report(args, data, line)
 
 
 def _inspect_oci(args: argparse.Namespace) -> int:
     from ..integrations.oci import inspect, render_remote
 
-    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config)
+    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config,
+                     timeout=args.timeout)  # fmt: skip
     if args.json:
         data = remote.info.manifest.to_dict()
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -399,6 +410,12 @@ def _registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None
         "--registry-config",
         metavar="PATH",
         help="a Docker config.json with credentials (besides ~/.docker/)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long the registry may stay silent (default: $TRTPACK_OCI_TIMEOUT, else 30)",
     )
     if transfer:
         shown = p.add_mutually_exclusive_group()
@@ -594,6 +611,16 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _size(text: str) -> int:
+    """A size in bytes: a number, optionally with K, M, G or T (powers of 1024; "iB" or "B"
+    after it are allowed)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 500M, 200G)")
+    scale = 1024 ** " KMGT".index(m[2].upper() or " ")
+    return int(float(m[1]) * scale)
+
+
 def _push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to push")
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG")
@@ -603,6 +630,15 @@ def _push_arguments(p: argparse.ArgumentParser) -> None:
         default="modelpack",
         help="modelpack (default): CNCF ModelPack, listed by ModelPack tools; trtpack: "
         "artifactType application/vnd.trtpack.v1, the pack's manifest.json as config",
+    )
+    signed = p.add_mutually_exclusive_group()
+    signed.add_argument(
+        "--signature",
+        metavar="PATH",
+        help="the signature bundle to attach (default: PACK.sig, if there is one)",
+    )
+    signed.add_argument(
+        "--no-signature", action="store_true", help="attach no signature, even if PACK.sig exists"
     )
     _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -625,6 +661,17 @@ def _pull_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help="all (default): the pack as pushed, byte for byte; auto: the variants that can "
         "run on this machine; none: the program only",
+    )
+    p.add_argument(
+        "--max-size",
+        type=_size,
+        metavar="SIZE",
+        help="refuse a pack whose members are larger (bytes, or e.g. 200G; default 64G)",
+    )
+    p.add_argument(
+        "--no-signature",
+        action="store_true",
+        help="do not fetch the signature attached in the registry (default: write OUTPUT.sig)",
     )
     _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -204,13 +204,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import render, run_pack
 
     inputs = dict(_given_input(text) for text in args.input or ())
+    # a variant the user names must run: running the program instead would be a false pass
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
-                      device=args.device, variant=args.variant)  # fmt: skip
+                      device=args.device, variant=args.variant,
+                      require_engine=args.variant is not None)  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(render(report))
     worst = report.max_abs_diff
+    if args.atol is not None and not report.compared:
+        why = report.fallback_reason or "the pack holds no engine variant"
+        print(f"trtpack: error: --atol {args.atol}: nothing was compared, only the program ran "
+              f"({why})", file=sys.stderr)  # fmt: skip
+        return 1
     if args.atol is not None and worst is not None and worst > args.atol:
         print(f"trtpack: error: max |engine - program| = {worst:.3g} > --atol "
               f"{args.atol}", file=sys.stderr)  # fmt: skip
@@ -223,7 +230,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .runtime import load
     from .samples import check
 
-    pack = load(args.pack, device=args.device, variant=args.variant)
+    # a named variant must run here: checking the program instead would be a false pass
+    pack = load(args.pack, device=args.device, variant=args.variant,
+                require_engine=args.variant is not None)  # fmt: skip
     try:
         report = check(pack)
     except SampleMismatchError as e:
@@ -433,14 +442,27 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+#: the exit statuses of every command (run and check name their own cases of 1)
+_EXIT_STATUS = "exit status: 0 done; 1 an error (one line on stderr); 2 a usage error"
+
+
 def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "exit status: 0 every sample within tolerance on the backend that ran; 1 an error, a "
+        "sample outside tolerance, or a --variant that cannot run here; 2 a usage error"
+    )
     p.add_argument("pack", help="a .trtpack saved with samples=")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
-    p.add_argument("--variant", help="check this engine variant")
+    p.add_argument("--variant", help="check this engine variant (exit 1 if it cannot run here)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "exit status: 0 ran (and with --atol: engine and program compared within it); 1 an "
+        "error, a --variant that cannot run here, engine and program differing by more than "
+        "--atol, or --atol given while no engine ran (nothing compared); 2 a usage error"
+    )
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
         "--input",
@@ -456,8 +478,12 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
-    p.add_argument("--variant", help="run this engine variant")
-    p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")
+    p.add_argument("--variant", help="run this engine variant (exit 1 if it cannot run here)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        help="exit 1 if engine and program differ by more, or if no engine ran (nothing compared)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -618,7 +644,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, arguments, run) in _COMMANDS.items():
         if command is None or name == command:
-            p = sub.add_parser(name, help=summary)
+            p = sub.add_parser(name, help=summary, epilog=_EXIT_STATUS)
             arguments(p)
             p.set_defaults(func=run)
     return parser

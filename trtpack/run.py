@@ -59,10 +59,15 @@ class RunReport:
         }  # fmt: skip
 
 
-def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[str, int]:
-    out = {}
+def sample_symbols(
+    manifest: Manifest, size: Size, rng: random.Random, fixed: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Each symbol's value at ``size``; ``fixed`` (what given inputs set) wins."""
+    out: dict[str, int] = {}
     for name, sym in manifest.symbols.items():
-        if size == "min":
+        if fixed and name in fixed:
+            out[name] = fixed[name]
+        elif size == "min":
             out[name] = sym.min
         elif size == "max":
             if sym.max is None:
@@ -73,6 +78,29 @@ def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[s
         else:
             out[name] = sym.opt
     return out
+
+
+def given_symbols(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, int]:
+    """The symbol values the given inputs fix (a tensor's dims, an int input's own symbol), so
+    that the sampled inputs share them instead of contradicting them. Dims that do not solve
+    are left to the contract, which names the input and dim at fault."""
+    fixed: dict[str, int] = {}
+    for spec in manifest.inputs:
+        if spec.name not in inputs:
+            continue
+        value = inputs[spec.name]
+        if spec.is_tensor and isinstance(value, torch.Tensor) and spec.shape is not None:
+            pairs = [(d, n) for d, n in zip(spec.shape, value.shape) if isinstance(d, str)]
+        elif spec.symbol is not None and isinstance(value, int) and not isinstance(value, bool):
+            pairs = [(spec.symbol, value)]
+        else:
+            continue
+        for dim, size in pairs:
+            expr = parse_dim(dim)
+            root = expr.solve(int(size))
+            if root is not None:
+                fixed.setdefault(expr.symbol, root)
+    return fixed
 
 
 def sample_leaves(
@@ -117,16 +145,19 @@ def run_pack(
     seed: int = 0,
     device: str | None = None,
     variant: str | None = None,
+    require_engine: bool = False,
     attempts: int = 20,
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
-    each output's largest absolute difference."""
+    each output's largest absolute difference. ``require_engine``: raise NoUsableEngineError
+    (saying why) instead of running the program alone when no engine variant (or not
+    ``variant``) can run here."""
     import warnings
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant)
+        pack = load(path, device=device, variant=variant, require_engine=require_engine)
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:
@@ -136,8 +167,10 @@ def run_pack(
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     problem: InputMismatchError | None = None
+    fixed = given_symbols(manifest, inputs or {})
     for _ in range(max(1, attempts)):
-        symbols = sample_symbols(manifest, size, rng)
+        # the given inputs' sizes win: the sampled ones share their symbols
+        symbols = sample_symbols(manifest, size, rng, fixed)
         leaves = sample_leaves(manifest, symbols, gen, pack.device)
         for i, spec in enumerate(manifest.inputs):
             if inputs and spec.name in inputs:

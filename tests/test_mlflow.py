@@ -232,3 +232,29 @@ def test_requirements_name_what_the_variants_need(keywords):
     engines = requirements(trtpack.inspect(FIXTURES / "v1.1" / "keywords_engines.trtpack").manifest)
     assert "tensorrt-rtx==1.6.1.120" in engines
     assert any(r.startswith("torch-tensorrt-rtx") for r in engines)
+
+
+class _Scaled(torch.nn.Module):
+    def forward(self, x, batch_scale):
+        return x * batch_scale
+
+
+def test_predict_takes_a_0d_input(tracking, tmp_path):
+    """A 0-d input (a scale) goes through MLflow's schema and trtpack's contract as 0-d: not
+    widened to shape (1,), which the manifest refuses and MLflow's schema refuses too."""
+    import trtpack.mlflow
+
+    x, scale = torch.randn(3, 4), torch.tensor(2.0)
+    path = tmp_path / "scaled.trtpack"
+    trtpack.save(torch.export.export(_Scaled(), (x, scale)), path)
+    info = trtpack.mlflow.log_model(path, name="scaled")
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    got = pyfunc.predict({"x": x.numpy(), "batch_scale": np.array(2.0, np.float32)})
+    np.testing.assert_allclose(got, (x * 2).numpy(), rtol=1e-6)
+    # the non-contiguous case still gets a contiguous copy
+    from trtpack.integrations.predict import predict
+
+    pack = trtpack.load(path, device="cpu")
+    wide = np.asfortranarray(np.repeat(x.numpy(), 2, axis=1)[:, ::2])
+    np.testing.assert_allclose(predict(pack, {"x": wide, "batch_scale": np.float32(3.0)}),
+                               (x * 3).numpy(), rtol=1e-6)  # fmt: skip

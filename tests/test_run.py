@@ -49,7 +49,9 @@ def test_one_given_input_sets_the_symbols_the_others_are_sampled_at(tmp_path, ca
     assert report.symbols == {"x_dim0": 3}
     assert report.inputs == {"x": (3, 6), "mask": (3, 6), "bias": (6,)}
     np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
-    assert main(["run", str(KEYWORDS), "--input", f"x={tmp_path / 'x.npy'}", "--device", "cpu"]) == 0
+    assert (
+        main(["run", str(KEYWORDS), "--input", f"x={tmp_path / 'x.npy'}", "--device", "cpu"]) == 0
+    )
     assert "symbols: x_dim0=2\n" in capsys.readouterr().out
 
 
@@ -63,8 +65,10 @@ def _with_engine(tmp_path, source=KEYWORDS):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the engine could run on a GPU machine")
 def test_a_named_variant_that_cannot_run_here_fails_run_and_check(tmp_path, capsys):
     pack = _with_engine(tmp_path, FIXTURES / "v1.3" / "keywords_samples.trtpack")
-    for command in (["run", str(pack), "--variant", "sm86", "--device", "cpu"],
-                    ["check", str(pack), "--variant", "sm86", "--device", "cpu", "--json"]):
+    for command in (
+        ["run", str(pack), "--variant", "sm86", "--device", "cpu"],
+        ["check", str(pack), "--variant", "sm86", "--device", "cpu", "--json"],
+    ):
         assert main(command) == 1, command
         out, err = capsys.readouterr()
         assert out == "" and err.startswith("trtpack: error: ") and "sm86" in err, (out, err)

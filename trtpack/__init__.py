@@ -19,6 +19,7 @@ from ._version import __version__
 from .errors import (
     ArgumentTypeError,
     DeriveError,
+    DeviceError,
     EngineError,
     InputMismatchError,
     IntegrityError,
@@ -85,12 +86,12 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(f".{module}", __name__), name)
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] != "torch":
+        from .errors import missing_dependency
+
+        missing = missing_dependency(e, f"trtpack.{name}")
+        if missing is None:
             raise
-        raise MissingDependencyError(
-            f"trtpack.{name} needs PyTorch, which is not installed: pip install 'trtpack[torch]' "
-            "(inspect, verify, migrate, pack, add-engine, push and pull run without it)"
-        ) from e
+        raise missing from e
     globals()[name] = value
     return value
 
@@ -129,6 +130,7 @@ __all__ = [
     "EngineError",
     "NoUsableEngineError",
     "MissingDependencyError",
+    "DeviceError",
     "MigrationError",
     "RegistryError",
     "SampleMismatchError",

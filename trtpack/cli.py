@@ -144,10 +144,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"OK  {args.pack}  signature {sig} verified with {args.key}")
     elif args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
-    info = verify(args.pack)
+    try:
+        info = verify(args.pack)
+    except (TrtpackError, OSError) as e:
+        if args.json:  # a script reading --json gets JSON either way; the line on stderr too
+            error = {"type": type(e).__name__, "message": str(e)}
+            error |= {k: str(getattr(e, k)) for k in ("member", "field") if getattr(e, k, None)}
+            data = {"path": str(args.pack), "ok": False, "error": error}
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        raise
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
-    data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
+    data = {"path": str(info.path), "ok": True, "digest": info.digest, "members": n, "bytes": total,
             "signature": None if args.key is None else str(args.signature or sig)}  # fmt: skip
     return _report(args, data, f"OK  {info.path}  {n} members, {human_size(total)} verified  "
                    f"{info.digest}")  # fmt: skip
@@ -676,6 +684,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except TrtpackError as e:
         print(f"trtpack: error: {cli_text(str(e))}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # an optional dependency (torch, oras...) not installed
+        from .errors import missing_dependency
+
+        missing = missing_dependency(e, f"trtpack {args.command}")
+        if missing is None:
+            raise
+        print(f"trtpack: error: {missing}", file=sys.stderr)
         return 1
     except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
         print(f"trtpack: error: {e}", file=sys.stderr)

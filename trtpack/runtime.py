@@ -16,7 +16,7 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import DeviceError, InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
 from .info import PackInfo, open_pack, read_info, with_program_guards
@@ -94,9 +94,24 @@ def default_device() -> torch.device:
 def _normalize(device: str | torch.device | None) -> torch.device:
     if device is None:
         return default_device()
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(device, str(e).splitlines()[0]) from None
+    if dev.type == "cuda":
+        # torch's own answer here is an AssertionError ("Torch not compiled with CUDA enabled")
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise DeviceError(device, f"this torch ({torch.__version__}) is a CPU-only "
+                              "build; load with device='cpu' (--device cpu) or install a CUDA "
+                              "build")  # fmt: skip
+        if not torch.cuda.is_available():
+            raise DeviceError(device, "no CUDA GPU is visible to this process; load with "
+                              "device='cpu' (--device cpu)")  # fmt: skip
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise DeviceError(device, f"this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")  # fmt: skip
     return dev
 
 

@@ -65,8 +65,17 @@ def _inspect_other(args: argparse.Namespace) -> int:
         gpus = ", ".join(plan.compute_capabilities) or "not in the header"
         if plan.future_gpus:
             gpus += " and newer"
+        from .engines.plan import quoted_tensor_names
+
+        names = quoted_tensor_names(Path(args.pack).read_bytes())
         print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs {gpus}")
-        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] -o OUT`")
+        if names:
+            print(f"tensor names  {', '.join(names)}  (the bindings, as far as its bytes tell; "
+                  "which are inputs, and their shapes, only a GPU runtime reads)")  # fmt: skip
+        else:
+            print("tensor names  not readable without a GPU (a standard TensorRT plan)")
+        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] "
+              "--output-spec NAME:DTYPE[DIMS] -o OUT`")  # fmt: skip
         return 0
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
@@ -283,12 +292,15 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         args.pack, args.repository, name=args.name, backend=args.backend,
         max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-        instance_kind=args.instance_kind, site_dirs=args.site_dirs or (), overwrite=args.force,
+        instance_kind=args.instance_kind, overwrite=args.force,
+        site_dirs=() if args.no_site_dirs else args.site_dirs,  # None: this environment's
     )  # fmt: skip
     data = {"path": str(model.path), "backend": model.backend, "plans": model.plans,
-            "config": model.config}  # fmt: skip
+            "config": model.config, "site_dirs": list(model.site_dirs)}  # fmt: skip
     if model.backend == "python":
         line = f"{model.path}: config.pbtxt and 1/ (python backend: model.py, model.trtpack)"
+        dirs = ", ".join(model.site_dirs) or "none (the server's TRTPACK_SITE_DIRS)"
+        line += f"\n  imports trtpack, torch and numpy from: {dirs}"
     else:
         plans = ", ".join(f"{cc}: {f}" for cc, f in model.plans.items())
         line = f"{model.path}: config.pbtxt and 1/ ({plans})"
@@ -523,14 +535,20 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
         choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
         help="instance_group kind: KIND_CPU, KIND_GPU or KIND_AUTO (cpu/gpu/auto work too)",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--site-dir",
         dest="site_dirs",
         action="append",
         metavar="DIR",
         help="python backend: a site-packages folder the model imports trtpack, torch and "
         "numpy from (Triton's stub ignores PYTHONPATH; TRTPACK_SITE_DIRS on the server also "
-        "works); repeatable",
+        "works); repeatable. Default: the folders this environment imports them from",
+    )
+    where.add_argument(
+        "--no-site-dirs",
+        action="store_true",
+        help="python backend: record no folder (the server's TRTPACK_SITE_DIRS names them)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -186,7 +186,8 @@ def run_pack(
                 raise
     else:
         raise TrtpackError(f"no sample within {attempts} draws satisfies the guards: {problem}")
-    got = _flat_outputs(pack(*args, **kwargs))
+    with torch.inference_mode():  # reported, never kept
+        got = _flat_outputs(pack(*args, **kwargs))
     want = None
     if pack.backend != "exported_program" and pack.exported_program is not None:
         from .program import runnable

@@ -139,7 +139,7 @@ class LoadedPack:
         variant: str | None = None,
         program: LoadedProgram | None = None,
         outside_profile: str = "error",
-        inference_mode: bool = True,
+        inference_mode: bool = False,
     ) -> None:
         self.info = info
         self.manifest: Manifest = info.manifest
@@ -216,8 +216,8 @@ class LoadedPack:
         self._contract(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # A deployed pack serves predictions: no autograd graph is built or kept on outputs
-        # unless load(..., inference_mode=False) asked for it.
+        # As ep.module(): the caller's grad mode, outputs ordinary tensors (in-place updates,
+        # autograd); load(..., inference_mode=True) runs each call in torch.inference_mode().
         if self.inference_mode:
             with torch.inference_mode():
                 return self._run(args, kwargs)
@@ -317,7 +317,7 @@ def load(
     require_engine: bool = False,
     variant: str | None = None,
     outside_profile: Literal["error", "fallback"] = "error",
-    inference_mode: bool = True,
+    inference_mode: bool = False,
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,
     check: bool = False,
@@ -332,8 +332,11 @@ def load(
     ``outside_profile``: for a call inside the exported ranges but outside the engines'
     optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
     ``"fallback"`` (run that call on the ExportedProgram).
-    ``inference_mode``: run each call under ``torch.inference_mode()`` (outputs carry no
-    autograd state); False runs calls in the caller's grad mode.
+    ``inference_mode``: False (default) runs each call in the caller's grad mode, as
+    ``ep.module()`` does: outputs are ordinary tensors (``y.add_(1)`` works, they can enter
+    autograd). True runs each call under ``torch.inference_mode()``: outputs are inference
+    tensors (no in-place update outside inference mode, no autograd), the fastest serving mode;
+    ``with torch.inference_mode():`` around the calls does the same.
     ``require_signature``: a PEM public key; the pack's signature (``signature``, default
     ``PATH.sig``) must verify with it before any member but the manifest is read
     (SignatureError / UnsignedPackError otherwise).

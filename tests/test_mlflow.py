@@ -229,9 +229,36 @@ def test_requirements_name_what_the_variants_need(keywords):
 
     plain = requirements(trtpack.inspect(keywords[2]).manifest)
     assert [r.split("==")[0] for r in plain] == ["torch", "numpy"]
+    assert "+" not in plain[0]  # no local label (2.13.0+cpu): PyPI has none
     engines = requirements(trtpack.inspect(FIXTURES / "v1.1" / "keywords_engines.trtpack").manifest)
-    assert "tensorrt-rtx==1.6.1.120" in engines
-    assert any(r.startswith("torch-tensorrt-rtx") for r in engines)
+    # the engine's TensorRT-RTX exactly; the torch-tensorrt-rtx built for it, and its torch
+    assert engines[0] == "torch==2.14.*" and engines[1].startswith("numpy==")
+    assert engines[2:] == ["torch-tensorrt-rtx==2.14.*", "tensorrt-rtx==1.6.1.120"]
+
+
+@pytest.mark.network
+def test_requirements_of_a_built_variant_resolve_together(tmp_path):
+    """pip's resolver, for real against PyPI (metadata only, --dry-run): the requirements
+    logged for a pack with a TensorRT-RTX 1.6.1.120 variant resolve to the releases made for
+    each other (before: torch==2.13.0+cpu beside an unpinned torch-tensorrt-rtx, which pip
+    "resolved" to the placeholder release 0.0.1)."""
+    import json
+
+    from trtpack.integrations.mlflow import requirements
+
+    reqs = requirements(trtpack.inspect(FIXTURES / "v1.3" / "keywords_engines.trtpack").manifest)
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                        "--quiet", "--report", str(report), *reqs],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    if r.returncode and "Failed to establish a new connection" in r.stderr:
+        pytest.skip(f"PyPI cannot be reached: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+           for i in json.loads(report.read_text())["install"]}  # fmt: skip
+    assert got["tensorrt-rtx"] == "1.6.1.120"
+    assert got["torch-tensorrt-rtx"].startswith("2.14.")
+    assert got["torch"].startswith("2.14.")
 
 
 class _Scaled(torch.nn.Module):

@@ -52,7 +52,10 @@ if TYPE_CHECKING:
     from .derive import Range
     from .engines.torchtrt import compile
     from .info import PackInfo, inspect, verify
+    from .integrations.oci import pull, push
+    from .integrations.triton import export_triton
     from .migrations.legacy import migrate
+    from .removing import engine_variants, remove_engine
     from .runtime import LoadedPack, load
     from .saving import save
     from .signing import sign
@@ -74,6 +77,12 @@ _LAZY = {
     "inspect": "info",
     "verify": "info",
     "sign": "signing",
+    "engine_variants": "removing",
+    "remove_engine": "removing",
+    # integrations: push/pull need trtpack[oci], export_triton trtpack[triton] (when called)
+    "export_triton": "integrations.triton",
+    "push": "integrations.oci",
+    "pull": "integrations.oci",
 }
 
 
@@ -112,6 +121,11 @@ __all__ = [
     "inspect",
     "verify",
     "sign",
+    "engine_variants",
+    "remove_engine",
+    "export_triton",
+    "push",
+    "pull",
     # errors
     "TrtpackError",
     "ArgumentTypeError",

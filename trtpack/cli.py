@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
 from .errors import TrtpackError
@@ -181,29 +182,55 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_add_engine(args: argparse.Namespace) -> int:
     from .adding import add_engine
 
-    if args.output and not args.force and Path(args.output).exists():
-        from .errors import OutputExistsError
-
-        raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
-                      version_compatible=_vc(args.version_compatible))  # fmt: skip
+                      version_compatible=_vc(args.version_compatible),
+                      overwrite=args.force)  # fmt: skip
     names = ", ".join(v.name for v in info.manifest.engines)
+    return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from .info import human_size, inspect
+
+    m = inspect(args.pack).manifest
+    rows: list[dict[str, Any]] = []
+    for v in m.engines:
+        size = sum(m.members[e.member].size for e in v.engines)
+        rows.append({"name": v.name, "flavor": v.target.flavor,
+                     "trt_version": v.target.trt_version,
+                     "compute_capabilities": list(v.target.compute_capabilities),
+                     "engines": len(v.engines), "engine_bytes": size,
+                     "whole_graph": v.program is None})  # fmt: skip
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        return 0
+    if not rows:
+        print(f"{args.pack}: no engine variant (the program runs everywhere)")
+    for r in rows:
+        gpus = ", ".join(r["compute_capabilities"]) or "any"
+        print(f"{r['name']}  {r['flavor']} {r['trt_version']}  GPUs {gpus}  "
+              f"{r['engines']} engine(s), {human_size(r['engine_bytes'])}")  # fmt: skip
+    return 0
+
+
+def _cmd_remove_engine(args: argparse.Namespace) -> int:
+    from .removing import remove_engine
+
+    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force)
+    names = ", ".join(v.name for v in info.manifest.engines) or "none"
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     import time
 
-    from .building import build, parse_range
+    from .building import DEFAULT_TARGETS, build, parse_range
 
-    if args.output and not args.force and Path(args.output).exists():
-        from .errors import OutputExistsError
-
-        raise OutputExistsError(args.output)
     ranges = dict(parse_range(text) for text in args.range or ())
     start = time.perf_counter()
-    info = build(args.pack, ",".join(args.target), variant=args.variant, out=args.output,
-                 ranges=ranges)  # fmt: skip
+    targets = ",".join(args.target or DEFAULT_TARGETS)  # the same default as build()
+    info = build(args.pack, targets, variant=args.variant, out=args.output, ranges=ranges,
+                 overwrite=args.force)  # fmt: skip
     seconds = time.perf_counter() - start
     v = info.manifest.engines[-1]  # the variant just added
     engine = info.manifest.members[v.engines[0].member]
@@ -413,14 +440,27 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _engines_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--json", action="store_true", help="print the variants as JSON")
+
+
+def _remove_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="the .trtpack to remove from (replaced atomically unless -o)")
+    p.add_argument("variant", help="the engine variant's name (`trtpack engines PACK` lists them)")
+    p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to build from and add to (replaced unless -o)")
     p.add_argument(
         "--target",
         action="append",
-        required=True,
         metavar="CC[,CC...]",
-        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable)",
+        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable; default 8.6,8.9, "
+        "as trtpack.build)",
     )
     p.add_argument("--variant", help="name of the new variant (default: from its targets)")
     p.add_argument(
@@ -614,6 +654,16 @@ _COMMANDS: dict[str, _Command] = {
         "add a TensorRT engine variant to a pack (other members are copied byte for byte)",
         _add_engine_arguments,
         _cmd_add_engine,
+    ),
+    "engines": (
+        "list a pack's engine variants",
+        _engines_arguments,
+        _cmd_engines,
+    ),
+    "remove-engine": (
+        "remove an engine variant from a pack (other members are copied byte for byte)",
+        _remove_engine_arguments,
+        _cmd_remove_engine,
     ),
     "build": (
         "build a TensorRT-RTX engine variant from the pack's program, for named GPUs "

@@ -157,6 +157,8 @@ class LoadedPack:
         self.inference_mode = inference_mode
         #: what ``load(..., check=True)`` found (a ``samples.CheckReport``); None otherwise
         self.check_report: Any = None
+        #: the options ``load`` was given besides ``device`` (what ``to`` loads again with)
+        self.load_options: dict[str, Any] = {}
 
     @property
     def digest(self) -> str:
@@ -210,6 +212,20 @@ class LoadedPack:
 
         args, kwargs = pytree.tree_unflatten(list(leaves), spec)
         return tuple(args), dict(kwargs)
+
+    def to(self, device: str | torch.device) -> LoadedPack:
+        """This pack on ``device`` (``"cuda:1"``, ``"cpu"``): loaded again from its file with
+        the same options, as ``load`` would there (the engine variant chosen for that device);
+        ``self`` when it is already there. The file must be the one loaded (same digest), else
+        ManifestError."""
+        dev = _normalize(device)
+        if dev == self.device:
+            return self
+        moved = load(self.info.path, device=dev, **self.load_options)
+        if moved.digest != self.digest:
+            raise ManifestError(f"{self.info.path} changed on disk since it was loaded "
+                                f"({self.digest} -> {moved.digest}); load it again")  # fmt: skip
+        return moved
 
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
         """Check a call against the manifest without running it. Raises InputMismatchError."""
@@ -352,10 +368,14 @@ def load(
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
-    pack = _load(path, device=device, verify=verify, require_engine=require_engine,
-                 variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
-                 require_signature=require_signature, signature=signature,
-                 trust_engine_host_code=trust_engine_host_code)  # fmt: skip
+    options: dict[str, Any] = dict(
+        verify=verify, require_engine=require_engine, variant=variant,
+        outside_profile=outside_profile, inference_mode=inference_mode,
+        require_signature=require_signature, signature=signature,
+        trust_engine_host_code=trust_engine_host_code,
+    )  # fmt: skip
+    pack = _load(path, device=device, **options)
+    pack.load_options = {**options, "check": check}
     if check:
         from .samples import check as check_samples
 

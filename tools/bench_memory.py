@@ -39,7 +39,7 @@ if op.startswith("save"):
     ep = torch.export.export(model, (torch.randn(2, width),))
     del model
     fn = (lambda: torch.export.save(ep, d + "/m.pt2")) if op == "save_torch" else (
-        lambda: trtpack.save(ep, d + "/m.trtpack"))
+        lambda: trtpack.save(ep, d + "/m.trtpack", overwrite=True))
 else:
     del model
     import warnings

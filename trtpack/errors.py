@@ -161,6 +161,38 @@ class TargetSpecError(TrtpackError, ValueError):
         self.text = text
 
 
+#: optional top-level modules -> the trtpack extra that installs them
+EXTRAS = {"torch": "torch", "numpy": "torch", "oras": "oci", "requests": "oci",
+          "cryptography": "sign", "mlflow": "mlflow", "tritonclient": "triton",
+          "tensorrt_rtx": "rtx"}  # fmt: skip
+
+#: what runs in the base install, without any extra (said in every "needs X" message)
+BASE_INSTALL = "inspect, verify, migrate, pack and add-engine run without any extra"
+
+
+def missing_dependency(error: ImportError, what: str) -> MissingDependencyError | None:
+    """The MissingDependencyError for ``error`` (a failed import of an optional module) met by
+    ``what`` (a command or function), naming the extra to install; None when the module is not
+    an optional dependency (a real bug, to be seen as one)."""
+    module = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    extras = f"(push and pull need [oci], sign needs [sign]; {BASE_INSTALL})"
+    return MissingDependencyError(
+        f"{what} needs {module}, which is not installed: pip install 'trtpack[{extra}]' {extras}"
+    )
+
+
+class DeviceError(TrtpackError, ValueError):
+    """The device asked for cannot be used here: ``device`` as given, ``reason`` why (no CUDA
+    build of torch, no GPU, an index beyond the GPUs present)."""
+
+    def __init__(self, device: object, reason: str) -> None:
+        self.device, self.reason = str(device), reason
+        super().__init__(f"device {self.device!r} cannot be used here: {reason}")
+
+
 class MigrationError(TrtpackError):
     """A legacy artifact cannot be migrated to the current format."""
 
@@ -254,6 +286,7 @@ __all__ = [
     "SampleMismatchError",
     "MissingDependencyError",
     "TargetSpecError",
+    "DeviceError",
     "MigrationError",
     "OutputExistsError",
     "PackWriteError",

@@ -16,7 +16,7 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import DeviceError, InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
 from .program.serialize import LoadedProgram, load_program, load_runnable, runnable
@@ -93,9 +93,24 @@ def default_device() -> torch.device:
 def _normalize(device: str | torch.device | None) -> torch.device:
     if device is None:
         return default_device()
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(device, str(e).splitlines()[0]) from None
+    if dev.type == "cuda":
+        # torch's own answer here is an AssertionError ("Torch not compiled with CUDA enabled")
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise DeviceError(device, f"this torch ({torch.__version__}) is a CPU-only "
+                              "build; load with device='cpu' (--device cpu) or install a CUDA "
+                              "build")  # fmt: skip
+        if not torch.cuda.is_available():
+            raise DeviceError(device, "no CUDA GPU is visible to this process; load with "
+                              "device='cpu' (--device cpu)")  # fmt: skip
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise DeviceError(device, f"this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")  # fmt: skip
     return dev
 
 
@@ -123,7 +138,7 @@ class LoadedPack:
         variant: str | None = None,
         program: LoadedProgram | None = None,
         outside_profile: str = "error",
-        inference_mode: bool = True,
+        inference_mode: bool = False,
     ) -> None:
         self.info = info
         self.manifest: Manifest = info.manifest
@@ -141,6 +156,8 @@ class LoadedPack:
         self.inference_mode = inference_mode
         #: what ``load(..., check=True)`` found (a ``samples.CheckReport``); None otherwise
         self.check_report: Any = None
+        #: the options ``load`` was given besides ``device`` (what ``to`` loads again with)
+        self.load_options: dict[str, Any] = {}
 
     @property
     def digest(self) -> str:
@@ -195,13 +212,27 @@ class LoadedPack:
         args, kwargs = pytree.tree_unflatten(list(leaves), spec)
         return tuple(args), dict(kwargs)
 
+    def to(self, device: str | torch.device) -> LoadedPack:
+        """This pack on ``device`` (``"cuda:1"``, ``"cpu"``): loaded again from its file with
+        the same options, as ``load`` would there (the engine variant chosen for that device);
+        ``self`` when it is already there. The file must be the one loaded (same digest), else
+        ManifestError."""
+        dev = _normalize(device)
+        if dev == self.device:
+            return self
+        moved = load(self.info.path, device=dev, **self.load_options)
+        if moved.digest != self.digest:
+            raise ManifestError(f"{self.info.path} changed on disk since it was loaded "
+                                f"({self.digest} -> {moved.digest}); load it again")  # fmt: skip
+        return moved
+
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
         """Check a call against the manifest without running it. Raises InputMismatchError."""
         self._contract(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # A deployed pack serves predictions: no autograd graph is built or kept on outputs
-        # unless load(..., inference_mode=False) asked for it.
+        # As ep.module(): the caller's grad mode, outputs ordinary tensors (in-place updates,
+        # autograd); load(..., inference_mode=True) runs each call in torch.inference_mode().
         if self.inference_mode:
             with torch.inference_mode():
                 return self._run(args, kwargs)
@@ -301,7 +332,7 @@ def load(
     require_engine: bool = False,
     variant: str | None = None,
     outside_profile: Literal["error", "fallback"] = "error",
-    inference_mode: bool = True,
+    inference_mode: bool = False,
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,
     check: bool = False,
@@ -316,8 +347,11 @@ def load(
     ``outside_profile``: for a call inside the exported ranges but outside the engines'
     optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
     ``"fallback"`` (run that call on the ExportedProgram).
-    ``inference_mode``: run each call under ``torch.inference_mode()`` (outputs carry no
-    autograd state); False runs calls in the caller's grad mode.
+    ``inference_mode``: False (default) runs each call in the caller's grad mode, as
+    ``ep.module()`` does: outputs are ordinary tensors (``y.add_(1)`` works, they can enter
+    autograd). True runs each call under ``torch.inference_mode()``: outputs are inference
+    tensors (no in-place update outside inference mode, no autograd), the fastest serving mode;
+    ``with torch.inference_mode():`` around the calls does the same.
     ``require_signature``: a PEM public key; the pack's signature (``signature``, default
     ``PATH.sig``) must verify with it before any member but the manifest is read
     (SignatureError / UnsignedPackError otherwise). The signature vouches for the manifest,
@@ -336,10 +370,14 @@ def load(
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
-    pack = _load(path, device=device, verify=verify, require_engine=require_engine,
-                 variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
-                 require_signature=require_signature, signature=signature,
-                 trust_engine_host_code=trust_engine_host_code)  # fmt: skip
+    options: dict[str, Any] = dict(
+        verify=verify, require_engine=require_engine, variant=variant,
+        outside_profile=outside_profile, inference_mode=inference_mode,
+        require_signature=require_signature, signature=signature,
+        trust_engine_host_code=trust_engine_host_code,
+    )  # fmt: skip
+    pack = _load(path, device=device, **options)
+    pack.load_options = {**options, "check": check}
     if check:
         from .samples import check as check_samples
 

@@ -53,10 +53,15 @@ def variant_tolerance(variant: Variant) -> Tolerance:
 # --- sample inputs from the manifest alone (save, and `trtpack run`) ------------------------
 
 
-def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[str, int]:
-    out = {}
+def sample_symbols(
+    manifest: Manifest, size: Size, rng: random.Random, fixed: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Each symbol's value at ``size``; ``fixed`` (what given inputs set) wins."""
+    out: dict[str, int] = {}
     for name, sym in manifest.symbols.items():
-        if size == "min":
+        if fixed and name in fixed:
+            out[name] = fixed[name]
+        elif size == "min":
             out[name] = sym.min
         elif size == "max":
             if sym.max is None:
@@ -67,6 +72,29 @@ def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[s
         else:
             out[name] = sym.opt
     return out
+
+
+def given_symbols(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, int]:
+    """The symbol values the given inputs fix (a tensor's dims, an int input's own symbol), so
+    that the sampled inputs share them instead of contradicting them. Dims that do not solve
+    are left to the contract, which names the input and dim at fault."""
+    fixed: dict[str, int] = {}
+    for spec in manifest.inputs:
+        if spec.name not in inputs:
+            continue
+        value = inputs[spec.name]
+        if spec.is_tensor and isinstance(value, torch.Tensor) and spec.shape is not None:
+            pairs = [(d, n) for d, n in zip(spec.shape, value.shape) if isinstance(d, str)]
+        elif spec.symbol is not None and isinstance(value, int) and not isinstance(value, bool):
+            pairs = [(spec.symbol, value)]
+        else:
+            continue
+        for dim, size in pairs:
+            expr = parse_dim(dim)
+            root = expr.solve(int(size))
+            if root is not None:
+                fixed.setdefault(expr.symbol, root)
+    return fixed
 
 
 def sample_leaves(
@@ -258,7 +286,8 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
             else:
                 leaves.append(spec.value)
         args, kwargs = pack.call_of(leaves)
-        got = pytree.tree_leaves(pack(*args, **kwargs))
+        with torch.inference_mode():  # compared, never kept
+            got = pytree.tree_leaves(pack(*args, **kwargs))
         for spec, value in zip(manifest.outputs, got):
             want = tensors.get(f"sample{i}/output/{spec.name}")
             if want is None or not isinstance(value, torch.Tensor):

@@ -31,7 +31,7 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     variant: str | None = None,
     source: ExportedProgram | None = None,
     output_names: Sequence[str] | Mapping[str, str] | None = None,
@@ -53,6 +53,8 @@ def save(
     of ``(args, kwargs)`` calls) with the program's outputs for them, checked later by
     ``trtpack check`` / ``load(check=True)``; ``tolerances`` maps ``"program"`` or a variant
     name to ``(atol, rtol)`` (defaults: 1e-5 for the program; by the engines' precisions).
+    ``overwrite``: replace an existing ``path`` (default: refuse with OutputExistsError, as
+    every trtpack writer does; trtpack before 0.2 replaced it silently).
     """
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise ArgumentTypeError(

@@ -49,7 +49,7 @@ def test_edits_written_elsewhere_refuse_an_existing_output(tmp_path, capsys):
 
 def test_build_and_the_cli_share_default_targets(exported, tmp_path, capsys):
     pytest.importorskip("tensorrt_rtx", reason="builds a real plan: needs tensorrt_rtx")
-    from trtpack.building import DEFAULT_TARGETS
+    from trtpack.writing.build import DEFAULT_TARGETS
 
     _, _, ep = exported("one_tensor")
     pack = trtpack.save(ep, tmp_path / "m.trtpack").path

@@ -176,7 +176,9 @@ class CheckReport:
 def read_samples(reader: PackReader, samples: Samples) -> dict[str, torch.Tensor]:
     from .program import read_safetensors
 
-    tensors, _ = read_safetensors(reader.view(samples.member), samples.member)
+    # memory of their own, the bytes the check hashed (``verify(owned=True)``): a file
+    # changed meanwhile neither kills the check (SIGBUS) nor feeds it unchecked bytes
+    tensors, _ = read_safetensors(reader.owned(samples.member), samples.member)
     return tensors
 
 
@@ -194,7 +196,7 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
 
         with Reader(pack.info.path) as reader:
             member = manifest.members[samples.member]
-            reader.verify(samples.member, member)
+            reader.verify(samples.member, member, owned=True)
             tensors = read_samples(reader, samples)
     tolerance = samples.tolerance_of(pack.variant if pack.backend != "exported_program" else None)
     report = CheckReport(pack.backend, pack.variant, tolerance, samples.count)

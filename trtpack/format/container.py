@@ -9,8 +9,10 @@ temporary name beside the target, fsynced and renamed: a crash leaves the old fi
 Reading (``PackReader``): the central directory is parsed by :mod:`zipfile`; then every entry
 is checked before any member is used (names, duplicates, compression, sizes against the file,
 local headers against the central directory, overlaps). Members are served as zero-copy views
-of a private memory map, and checked against the manifest's digests on request: a member's
-16 MiB pieces on every core where the manifest records them (format 1.3), else its SHA-256.
+of a private memory map (``view``: for work done while the file is open), or read into memory
+of their own (``owned``: what a load keeps, so that nothing later done to the file reaches
+it), and checked against the manifest's digests on request: a member's 16 MiB pieces on every
+core where the manifest records them (format 1.3), else its SHA-256.
 
 We write the zip ourselves because :mod:`zipfile` cannot align data or omit the alignment
 padding from the central directory; reading stays with :mod:`zipfile`.
@@ -26,6 +28,7 @@ import mmap
 import os
 import stat
 import struct
+import threading
 import zipfile
 import zlib
 from collections import deque
@@ -594,6 +597,10 @@ class MemberInfo:
     compressed_size: int | None = None  # None: stored
 
 
+#: the most one positional read asks for (a read past 2 GiB fails on some systems)
+_OWNED_READ = 256 << 20
+
+
 class PackReader:
     """A checked view of a zip file. Construction reads only the central directory and the
     local headers; member data is read (or mapped) on request."""
@@ -624,6 +631,9 @@ class PackReader:
             except IsADirectoryError:
                 raise NotAPackError(f"{self.path} is a directory, not a pack") from None
         self._mmap: mmap.mmap | None = None
+        #: members read by ``owned``: read once, shared by the load and the hash check
+        self._owned: dict[str, memoryview] = {}
+        self._owned_lock = threading.Lock()
         #: current member name -> name in the file, for packs of an older format version
         self.aliases: dict[str, str] = {}
         try:
@@ -639,6 +649,8 @@ class PackReader:
 
     def close(self) -> None:
         # An mmap stays valid after its file is closed; tensors viewing it keep it alive.
+        # Owned copies belong to whoever holds them now (tensors keep their buffer alive).
+        self._owned.clear()
         self._file.close()
 
     def __enter__(self) -> PackReader:
@@ -864,6 +876,49 @@ class PackReader:
         self._crc(info, view)
         return view
 
+    def owned(self, name: str) -> memoryview:
+        """A member's bytes in memory of their own: read from the file once (later calls on
+        this reader share the same buffer, so the hash check and the load see one copy), and
+        from then on untouched by anything done to the file — truncated, overwritten in place
+        or by ``cp``. A private map's pages stay backed by the file until written, so such
+        changes reach a ``view`` (truncation as SIGBUS). The buffer is a page-aligned anonymous
+        map, so data aligned in the file (tensors at 64 bytes) stays aligned; writable."""
+        with self._owned_lock:  # the hash check (a thread) and the load ask at the same time
+            got = self._owned.get(name)
+            if got is None:
+                got = self._read_owned(self.info(name))
+                self._owned[name] = got
+            return got
+
+    def _read_owned(self, info: MemberInfo) -> memoryview:
+        if info.compressed_size is not None:
+            return memoryview(bytearray(self.read(info.name)))
+        if info.size == 0:
+            self._crc(info, b"")
+            return memoryview(bytearray())
+        if self._data is not None:  # already in memory of the caller's (a migration)
+            view = memoryview(self._data)[info.offset : info.offset + info.size]
+            self._crc(info, view)
+            return view
+        buf = memoryview(mmap.mmap(-1, info.size))  # anonymous: memory of its own
+        if not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
+            buf[:] = self.view(info.name)
+            return buf
+        done = 0
+        fd = self._file.fileno()
+        while done < info.size:
+            # positional reads: the file object's position is shared with other readers of it
+            n = os.preadv(fd, [buf[done : done + _OWNED_READ]], info.offset + done)
+            if n == 0:
+                raise IntegrityError(
+                    f"{self.path}: member {info.name!r} is truncated: the file ended after "
+                    f"{done} of its {info.size} bytes (changed while being read?)",
+                    member=info.name, field="size", expected=info.size, got=done,
+                )  # fmt: skip
+            done += n
+        self._crc(info, buf)
+        return buf
+
     def slice(self, name: str) -> Source:
         """The member as a source to copy into another pack, without reading it here."""
         info = self.info(name)
@@ -871,10 +926,12 @@ class PackReader:
             return self.view(name)
         return FileSlice(self.path, info.offset, info.size)
 
-    def verify(self, name: str, member: Member) -> None:
+    def verify(self, name: str, member: Member, *, owned: bool = False) -> None:
         """Check a member against the manifest's record of it (size, and the SHA-256 of each
         piece when recorded, else of the whole); raise IntegrityError naming what differs.
-        Pieces are hashed in place (the map is not copied), on every core."""
+        Pieces are hashed in place (nothing is copied), on every core. ``owned``: hash the
+        bytes ``owned(name)`` returns (reading them if no one has yet), so that what is
+        checked is exactly what a load keeps; else the file's map."""
         info = self.info(name)
         if info.size != member.size:
             raise IntegrityError(
@@ -882,7 +939,7 @@ class PackReader:
                 f"{member.size}",
                 member=name, field="size", expected=member.size, got=info.size,
             )  # fmt: skip
-        view = self.view(name)
+        view = self.owned(name) if owned else self.view(name)
         if member.chunks is None:
             sha = hashlib.sha256()
             for start in range(0, len(view), _CHUNK):

@@ -205,7 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     inputs = dict(_given_input(text) for text in args.input or ())
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
-                      device=args.device, variant=args.variant)  # fmt: skip
+                      device=args.device, variant=args.variant,
+                      max_sample_bytes=args.max_sample_size)  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
@@ -236,6 +237,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     line = (f"OK  {args.pack}  {report.samples} reference sample(s) on {where} within atol "
             f"{tol.atol:g} rtol {tol.rtol:g}; max |error|: {worst}")  # fmt: skip
     return _report(args, report.to_dict(), line)
+
+
+def _byte_size(text: str) -> int:
+    """``1073741824``, ``512MiB``, ``4GiB``, ``500MB``, ``2G`` -> bytes."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1073741824, 4GiB)")
+    return int(float(match.group(1)) * units[match.group(2) or ""])
 
 
 def _given_input(text: str) -> tuple[str, object]:
@@ -455,6 +466,13 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         help="sampled dynamic dims: each symbol's opt (default), min, max, random",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
+    p.add_argument(
+        "--max-sample-size",
+        type=_byte_size,
+        default=256 << 20,
+        metavar="SIZE",
+        help="refuse sampled inputs larger than this in all (default 256MiB; e.g. 4GiB, 500MB)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="run this engine variant")
     p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")

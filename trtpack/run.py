@@ -16,12 +16,21 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import InputMismatchError, TrtpackError
+from .errors import InputMismatchError, SampleTooLargeError, TrtpackError
 from .format.container import PathLike
 from .format.manifest import Manifest, parse_dim
 from .runtime import load
 
 Size = Literal["opt", "min", "max", "random"]
+
+#: the most memory sample inputs made from a manifest's sizes may take (``max_sample_bytes=``,
+#: ``--max-sample-size`` raise it). A manifest is data from anyone, and a valid one may say
+#: a dim's opt is 2**28 or its max 2**31-2: the sizes are checked before anything is made.
+#: 256 MiB is far above what a smoke test or a reference sample needs (a batch of 64 RGB
+#: 512x512 images in float32 is 192 MiB, 64 prompts of 8192 int64 tokens 4 MiB), while the
+#: outputs and the program's intermediates, several times the inputs, already make that a
+#: 1-2 GiB process; drawn reference samples are also written into the pack.
+MAX_SAMPLE_BYTES = 256 << 20
 
 
 @dataclass
@@ -75,14 +84,81 @@ def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[s
     return out
 
 
+def _generation_bytes(dtype: torch.dtype) -> int:
+    """Bytes per element of the temporary ``sample_leaves`` draws a tensor of ``dtype`` in
+    (0: drawn in ``dtype`` itself)."""
+    if dtype.is_floating_point or dtype.is_complex:
+        drawn = torch.float32
+    elif dtype == torch.bool:
+        drawn = torch.float32
+    else:
+        drawn = torch.int64
+    return 0 if drawn == dtype else drawn.itemsize
+
+
+def check_sample_size(
+    manifest: Manifest, symbols: Mapping[str, int], max_bytes: int, *, what: str = "sample inputs"
+) -> int:
+    """Check the bytes ``sample_leaves`` would allocate for these sizes (every input, plus
+    the largest temporary one is drawn in), computed from the manifest alone: above
+    ``max_bytes`` a SampleTooLargeError naming the symbols, the largest inputs and the size.
+    Returns the bytes the inputs keep (the temporary is freed)."""
+    per_input: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+    used: dict[str, int] = {}  # the symbols the tensors' shapes use
+    temporary = 0
+    for spec in manifest.inputs:
+        if not spec.is_tensor:
+            continue
+        for d in spec.shape or ():
+            if isinstance(d, str):
+                name = parse_dim(d).symbol
+                used[name] = symbols[name]
+        shape = [_dim(d, symbols) for d in spec.shape or ()]
+        numel = 1
+        for d in shape:
+            numel *= max(d, 0)
+        dtype = getattr(torch, spec.dtype or "float32")
+        per_input[spec.name] = numel * dtype.itemsize
+        shapes[spec.name] = shape
+        temporary = max(temporary, numel * _generation_bytes(dtype))
+    needed = sum(per_input.values()) + temporary
+    if needed > max_bytes:
+        from .info import human_size
+
+        largest = sorted(per_input, key=lambda n: -per_input[n])[:3]
+        inputs = ", ".join(f"{n} {shapes[n]} ({human_size(per_input[n])})" for n in largest)
+        sizes = ", ".join(f"{n}={v}" for n, v in used.items()) or "all static"
+        raise SampleTooLargeError(
+            f"{what} would take {human_size(needed)} ({needed} bytes), over the limit of "
+            f"{human_size(max_bytes)}: symbols {sizes}; largest inputs {inputs}. Raise the "
+            "limit (max_sample_bytes=, --max-sample-size) or choose smaller sizes",
+            needed=needed, limit=max_bytes, symbols=dict(used), inputs=per_input,
+        )  # fmt: skip
+    return sum(per_input.values())
+
+
+def _dim(d: int | str, symbols: Mapping[str, int]) -> int:
+    if isinstance(d, int):
+        return d
+    expr = parse_dim(d)
+    return expr.value(symbols[expr.symbol])
+
+
 def sample_leaves(
-    manifest: Manifest, symbols: Mapping[str, int], gen: torch.Generator, device: torch.device
+    manifest: Manifest,
+    symbols: Mapping[str, int],
+    gen: torch.Generator,
+    device: torch.device,
+    *,
+    max_bytes: int = MAX_SAMPLE_BYTES,
 ) -> list[Any]:
+    """One call's leaves at these symbol sizes: random tensors (from ``gen``), the symbols'
+    ints, the specialized constants. Their size is checked against ``max_bytes`` first."""
+    check_sample_size(manifest, symbols, max_bytes)
+
     def dim(d: int | str) -> int:
-        if isinstance(d, int):
-            return d
-        expr = parse_dim(d)
-        return expr.value(symbols[expr.symbol])
+        return _dim(d, symbols)
 
     leaves: list[Any] = []
     for spec in manifest.inputs:
@@ -118,10 +194,12 @@ def run_pack(
     device: str | None = None,
     variant: str | None = None,
     attempts: int = 20,
+    max_sample_bytes: int = MAX_SAMPLE_BYTES,
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
-    each output's largest absolute difference."""
+    each output's largest absolute difference. Sample inputs over ``max_sample_bytes`` are
+    refused before they are made (SampleTooLargeError)."""
     import warnings
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
@@ -138,7 +216,7 @@ def run_pack(
     problem: InputMismatchError | None = None
     for _ in range(max(1, attempts)):
         symbols = sample_symbols(manifest, size, rng)
-        leaves = sample_leaves(manifest, symbols, gen, pack.device)
+        leaves = sample_leaves(manifest, symbols, gen, pack.device, max_bytes=max_sample_bytes)
         for i, spec in enumerate(manifest.inputs):
             if inputs and spec.name in inputs:
                 value = inputs[spec.name]

@@ -52,8 +52,10 @@ def variant_tolerance(variant: Variant) -> Tolerance:
 
 
 def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
-                     seed: int) -> list[list[Any]]:  # fmt: skip
-    """Each sample call's leaves in manifest order, checked by the pack's own contract."""
+                     seed: int, max_bytes: int | None = None) -> list[list[Any]]:  # fmt: skip
+    """Each sample call's leaves in manifest order, checked by the pack's own contract. Drawn
+    calls together take at most ``max_bytes`` (default ``run.MAX_SAMPLE_BYTES``), checked
+    from the sizes before each is made (SampleTooLargeError)."""
     import torch.utils._pytree as pytree
 
     from .contract import Contract
@@ -78,18 +80,25 @@ def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
         return out
     if samples < 1:
         raise TrtpackError(f"samples={samples}: give at least one")
-    from .run import sample_leaves, sample_symbols
+    from .info import human_size
+    from .run import MAX_SAMPLE_BYTES, check_sample_size, sample_leaves, sample_symbols
 
+    limit = MAX_SAMPLE_BYTES if max_bytes is None else max_bytes
+    budget = limit  # every sample is kept until the member is written: one budget for all
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in range(samples):  # the first at the symbols' opt, the others at random sizes
         for _ in range(50):
             symbols = sample_symbols(probe, "opt" if i == 0 else "random", rng)
-            leaves = sample_leaves(probe, symbols, gen, torch.device("cpu"))
+            before = f" (after {human_size(limit - budget)} for the samples before it)" if i else ""
+            need = check_sample_size(probe, symbols, budget,
+                                     what=f"samples={samples}: sample {i}'s inputs{before}")  # fmt: skip
+            leaves = sample_leaves(probe, symbols, gen, torch.device("cpu"), max_bytes=budget)
             args, kwargs = pytree.tree_unflatten(leaves, ep.call_spec.in_spec)
             try:
                 out.append(contract(tuple(args), dict(kwargs)))
+                budget -= need
                 break
             except TrtpackError:  # a guard beyond the ranges: draw again
                 continue
@@ -107,14 +116,16 @@ def sample_members(
     tolerance: Tolerance | None = None,
     variants: Sequence[Variant] = (),
     variant_tolerances: Mapping[str, Tolerance] | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, Chunks], Samples]:
     """The samples member (inputs and the program's outputs on the CPU) and its manifest
-    entry. Each call is checked against the interface first."""
+    entry. Each call is checked against the interface first; drawn calls' inputs take at
+    most ``max_bytes`` together (see ``_leaves_of_calls``)."""
     import torch.utils._pytree as pytree
 
     from .program import runnable, safetensors_chunks
 
-    calls = _leaves_of_calls(ep, iface, samples, seed)
+    calls = _leaves_of_calls(ep, iface, samples, seed, max_bytes)
     module = runnable(ep)
     tensors: dict[str, torch.Tensor] = {}
     for i, leaves in enumerate(calls):

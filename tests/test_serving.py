@@ -206,3 +206,19 @@ def test_owned_reads_the_member_once_and_hashes_that_copy(victim):
         reader.verify(WEIGHTS, info.manifest.members[WEIGHTS], owned=True)  # the copy: intact
         with pytest.raises(trtpack.IntegrityError):
             reader.verify(WEIGHTS, info.manifest.members[WEIGHTS])  # the file: changed
+
+
+def test_a_changed_member_is_caught_while_it_is_read(victim):
+    """``check_when_read``: the read hashes each piece; a mismatch raises there, and a
+    later ``verify(owned=True)`` raises it again rather than passing unchecked bytes."""
+    info = trtpack.inspect(victim)
+    member = info.manifest.members[WEIGHTS]
+    _zero_weights_in_place(victim)
+    with PackReader(victim) as reader:
+        reader.check_when_read(WEIGHTS, member)
+        with pytest.raises(trtpack.IntegrityError, match="SHA-256"):
+            reader.owned(WEIGHTS)
+        with pytest.raises(trtpack.IntegrityError, match="SHA-256"):
+            reader.verify(WEIGHTS, member, owned=True)
+    with pytest.raises(trtpack.IntegrityError):
+        trtpack.load(victim, device="cpu")

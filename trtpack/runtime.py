@@ -32,11 +32,14 @@ def _verified(
     checked first; the weights (large, never computed on while loading) are hashed on a second
     thread while the program is rebuilt, and the result is returned only once that hash has
     matched. ``owned``: the weights hashed are the copy the load keeps (``build`` reads the
-    same ``reader.owned`` buffer), so what is checked is what runs."""
+    same ``reader.owned`` buffer), so what is checked is what runs; each piece is hashed
+    while the next is read."""
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
     reader.verify(graph, manifest.members[graph])
+    if owned:  # hashed piece by piece as it is read, whichever thread reads it first
+        reader.check_when_read(weights, manifest.members[weights])
     with ThreadPoolExecutor(1) as pool:
         check = pool.submit(reader.verify, weights, manifest.members[weights], owned=owned)
         try:

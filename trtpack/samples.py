@@ -92,8 +92,8 @@ def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
         for _ in range(50):
             symbols = sample_symbols(probe, "opt" if i == 0 else "random", rng)
             before = f" (after {human_size(limit - budget)} for the samples before it)" if i else ""
-            need = check_sample_size(probe, symbols, budget,
-                                     what=f"samples={samples}: sample {i}'s inputs{before}")  # fmt: skip
+            what = f"samples={samples}: sample {i}'s inputs{before}"
+            need = check_sample_size(probe, symbols, budget, what=what)
             leaves = sample_leaves(probe, symbols, gen, torch.device("cpu"), max_bytes=budget)
             args, kwargs = pytree.tree_unflatten(leaves, ep.call_spec.in_spec)
             try:

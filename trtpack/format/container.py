@@ -634,6 +634,9 @@ class PackReader:
         #: members read by ``owned``: read once, shared by the load and the hash check
         self._owned: dict[str, memoryview] = {}
         self._owned_lock = threading.Lock()
+        #: members whose read ``owned`` checks as it goes, and those it has checked
+        self._check_on_read: dict[str, Member] = {}
+        self._owned_checked: dict[str, Member] = {}
         #: current member name -> name in the file, for packs of an older format version
         self.aliases: dict[str, str] = {}
         try:
@@ -886,11 +889,21 @@ class PackReader:
         with self._owned_lock:  # the hash check (a thread) and the load ask at the same time
             got = self._owned.get(name)
             if got is None:
-                got = self._read_owned(self.info(name))
+                member = self._check_on_read.pop(name, None)
+                got = self._read_owned(self.info(name), member)
                 self._owned[name] = got
+                if member is not None:
+                    self._owned_checked[name] = member
             return got
 
-    def _read_owned(self, info: MemberInfo) -> memoryview:
+    def check_when_read(self, name: str, member: Member) -> None:
+        """Have the read that ``owned(name)`` makes check the bytes against ``member`` as they
+        arrive: each piece is hashed on other cores while the next is read, so the check
+        costs little more than the read. ``verify(name, member, owned=True)`` then finds it
+        done (or, where the read raised, checks again and raises the same)."""
+        self._check_on_read[name] = member
+
+    def _read_owned(self, info: MemberInfo, member: Member | None) -> memoryview:
         if info.compressed_size is not None:
             return memoryview(bytearray(self.read(info.name)))
         if info.size == 0:
@@ -904,11 +917,44 @@ class PackReader:
         if not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
             buf[:] = self.view(info.name)
             return buf
-        done = 0
+        if member is None:
+            self._pread(info, buf, 0, info.size)
+            self._crc(info, buf)
+            return buf
+        self._check_size(info.name, info, member)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # pieces as the manifest records them (hashed in parallel), else the whole SHA-256
+        # in order on one thread; either way beside the read of the next piece
+        chunked = member.chunks is not None
+        step = member.chunks.size if member.chunks is not None else DIGEST_CHUNK
+        workers = max(1, os.cpu_count() or 1) if chunked else 1
+        whole = hashlib.sha256()
+        with ThreadPoolExecutor(workers) as pool:
+            jobs: list[Future[Any]] = []
+            for start in range(0, info.size, step):
+                end = min(start + step, info.size)
+                self._pread(info, buf, start, end)
+                piece = buf[start:end]
+                if chunked:
+                    jobs.append(pool.submit(lambda p: hashlib.sha256(p).hexdigest(), piece))
+                else:
+                    jobs.append(pool.submit(whole.update, piece))
+            results = [job.result() for job in jobs]
+        if chunked:
+            self._compare_pieces(info.name, member, results, info.size)
+        else:
+            self._compare(info.name, "sha256", member.sha256, whole.hexdigest())
+        self._crc(info, buf)
+        return buf
+
+    def _pread(self, info: MemberInfo, buf: memoryview, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` of the member into the same range of ``buf``, by positional
+        reads (the file object's position is shared with other readers of it)."""
         fd = self._file.fileno()
-        while done < info.size:
-            # positional reads: the file object's position is shared with other readers of it
-            n = os.preadv(fd, [buf[done : done + _OWNED_READ]], info.offset + done)
+        done = start
+        while done < end:
+            n = os.preadv(fd, [buf[done : min(end, done + _OWNED_READ)]], info.offset + done)
             if n == 0:
                 raise IntegrityError(
                     f"{self.path}: member {info.name!r} is truncated: the file ended after "
@@ -916,8 +962,6 @@ class PackReader:
                     member=info.name, field="size", expected=info.size, got=done,
                 )  # fmt: skip
             done += n
-        self._crc(info, buf)
-        return buf
 
     def slice(self, name: str) -> Source:
         """The member as a source to copy into another pack, without reading it here."""
@@ -933,13 +977,13 @@ class PackReader:
         bytes ``owned(name)`` returns (reading them if no one has yet), so that what is
         checked is exactly what a load keeps; else the file's map."""
         info = self.info(name)
-        if info.size != member.size:
-            raise IntegrityError(
-                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says "
-                f"{member.size}",
-                member=name, field="size", expected=member.size, got=info.size,
-            )  # fmt: skip
-        view = self.owned(name) if owned else self.view(name)
+        self._check_size(name, info, member)
+        if owned:
+            view = self.owned(name)
+            if self._owned_checked.get(name) == member:
+                return  # checked piece by piece as it was read (check_when_read)
+        else:
+            view = self.view(name)
         if member.chunks is None:
             sha = hashlib.sha256()
             for start in range(0, len(view), _CHUNK):
@@ -956,8 +1000,21 @@ class PackReader:
                     range(0, len(view), step),
                 )
             )
+        self._compare_pieces(name, member, got, len(view))
+
+    def _check_size(self, name: str, info: MemberInfo, member: Member) -> None:
+        if info.size != member.size:
+            raise IntegrityError(
+                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says "
+                f"{member.size}",
+                member=name, field="size", expected=member.size, got=info.size,
+            )  # fmt: skip
+
+    def _compare_pieces(self, name: str, member: Member, got: list[str], size: int) -> None:
+        assert member.chunks is not None
+        step = member.chunks.size
         for index, (expected, actual) in enumerate(zip(member.chunks.sha256, got, strict=True)):
-            where = f" (bytes {index * step}..{min((index + 1) * step, len(view))})"
+            where = f" (bytes {index * step}..{min((index + 1) * step, size)})"
             self._compare(name, f"chunks.sha256[{index}]", expected, actual, where)
 
     def _compare(self, name: str, field: str, expected: str, got: str, where: str = "") -> None:

@@ -153,4 +153,4 @@ def _validate_old(data: dict[str, Any], version: Version) -> None:
             f"format {version[0]}.{version[1]} {head.rstrip(':')} (checked before its upgrade "
             f"to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}):\n{rest}",
             field=e.field, expected=e.expected, got=e.got,
-        ) from None
+        ) from None  # fmt: skip

@@ -118,3 +118,33 @@ def test_byte_sizes():
     assert _byte_size("1.5 gib") == 3 << 29
     with pytest.raises(Exception, match="not a size"):
         _byte_size("lots")
+
+
+def test_unexpressed_guards_do_not_allocate_the_opt_sizes(exported, tmp_path):
+    """A pack whose guards torch's code must check builds that check from inputs of the
+    manifest's opt sizes: those are one element expanded, whatever the opts say."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_container import rewrite
+
+    _, model, ep = exported("guarded")
+    path = trtpack.save(ep, tmp_path / "g.trtpack").path
+
+    def huge_opts(m):
+        for g in m["guards"]:
+            if "% 4" in g["source"]:
+                del g["expr"]  # checked by the program's own guard code
+        m["symbols"]["x_dim0"]["opt"] = 2**13  # x at opt: 2**13 x 2**14 float32, 512 MiB
+        m["symbols"]["x_dim1"]["opt"] = 2**14
+        m["symbols"]["y_dim0"]["opt"] = 2**13
+
+    bad = rewrite(path, tmp_path / "huge_opts.trtpack", edit_manifest=huge_opts)
+    pack = trtpack.load(bad, device="cpu")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    a, b = torch.randn(5, 8), torch.randn(9, 8)
+    torch.testing.assert_close(pack(a, b), model(a, b), rtol=0, atol=0)
+    with pytest.raises(trtpack.InputMismatchError, match="program's own guard code"):
+        pack(torch.randn(4, 7), torch.randn(9, 7))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200

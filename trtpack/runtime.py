@@ -296,7 +296,10 @@ def _opt_inputs(manifest: Manifest) -> list[Any]:
     for spec in manifest.inputs:
         if spec.is_tensor:
             shape = [at_opt(d) for d in spec.shape or ()]
-            out.append(torch.zeros(shape, dtype=getattr(torch, spec.dtype or "float32")))
+            # one element, expanded: the manifest's opt sizes may be anything (a valid pack
+            # may say 2**28), and torch reads only the structure, sizes and dtype here
+            dtype = getattr(torch, spec.dtype or "float32")
+            out.append(torch.zeros((1,) * len(shape), dtype=dtype).expand(shape))
         elif spec.symbol is not None:
             out.append(at_opt(spec.symbol))
         else:

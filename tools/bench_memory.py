@@ -37,7 +37,7 @@ if op.startswith("save"):
 else:
     del model
     fn = (lambda: torch.export.load(d + "/m.pt2")) if op == "load_torch" else (
-        lambda: trtpack.load(d + "/m.trtpack", device="cpu"))
+        lambda: trtpack.load(d + "/m.trtpack", device="cpu", mmap=op == "load_trtpack_mmap"))
     fn()  # warm imports; the result is dropped
 import gc; gc.collect()
 base = rss(); peak = base; done = False
@@ -64,15 +64,13 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        rows = {
-            op: measure(op, args.mb, d)
-            for op in ("save_torch", "save_trtpack", "load_torch", "load_trtpack")
-        }
+        ops = ("save_torch", "save_trtpack", "load_torch", "load_trtpack", "load_trtpack_mmap")
+        rows = {op: measure(op, args.mb, d) for op in ops}
     mib = 2**20
     print(f"model: {args.mb} MiB of float32 weights; peak private memory above the start")
     for op, r in rows.items():
         print(
-            f"  {op:14s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
+            f"  {op:17s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
             f"still held after {r['retained'] / mib:8.1f} MiB"
         )
     st, sp = rows["save_torch"]["extra_peak"], rows["save_trtpack"]["extra_peak"]
@@ -80,8 +78,9 @@ def main() -> int:
     print(f"ratios: save trtpack/torch {sp / max(st, 1):.2f}x, ", end="")
     print(f"load trtpack/torch {lp / max(lt, 1):.2f}x")
     print(
-        "(trtpack.load maps the weights from the pack: file-backed pages, shared by every "
-        "process that loads the same pack)"
+        "(trtpack.load reads the weights into memory of their own, so that the process "
+        "survives anything done to the file later; load(mmap=True) maps them from the pack "
+        "instead: file-backed pages, shared by every process that maps the same pack)"
     )
     return 0
 

@@ -597,6 +597,15 @@ class MemberInfo:
     compressed_size: int | None = None  # None: stored
 
 
+def _anonymous(size: int) -> mmap.mmap:
+    """``size`` bytes of memory of this process's own, page-aligned. Private: Python's
+    default for an anonymous map is MAP_SHARED (shared memory, which a forked child would
+    write through to the parent)."""
+    if hasattr(mmap, "MAP_PRIVATE"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)  # pragma: no cover  (Windows: private memory)
+
+
 #: the most one positional read asks for (a read past 2 GiB fails on some systems)
 _OWNED_READ = 256 << 20
 
@@ -913,7 +922,7 @@ class PackReader:
             view = memoryview(self._data)[info.offset : info.offset + info.size]
             self._crc(info, view)
             return view
-        buf = memoryview(mmap.mmap(-1, info.size))  # anonymous: memory of its own
+        buf = memoryview(_anonymous(info.size))
         if not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
             buf[:] = self.view(info.name)
             return buf

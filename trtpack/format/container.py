@@ -926,33 +926,36 @@ class PackReader:
         if not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
             buf[:] = self.view(info.name)
             return buf
-        if member is None:
-            self._pread(info, buf, 0, info.size)
-            self._crc(info, buf)
-            return buf
-        self._check_size(info.name, info, member)
+        if member is not None:
+            self._check_size(info.name, info, member)
         from concurrent.futures import ThreadPoolExecutor
 
-        # pieces as the manifest records them (hashed in parallel), else the whole SHA-256
-        # in order on one thread; either way beside the read of the next piece
-        chunked = member.chunks is not None
-        step = member.chunks.size if member.chunks is not None else DIGEST_CHUNK
-        workers = max(1, os.cpu_count() or 1) if chunked else 1
-        whole = hashlib.sha256()
-        with ThreadPoolExecutor(workers) as pool:
-            jobs: list[Future[Any]] = []
-            for start in range(0, info.size, step):
-                end = min(start + step, info.size)
-                self._pread(info, buf, start, end)
-                piece = buf[start:end]
-                if chunked:
-                    jobs.append(pool.submit(lambda p: hashlib.sha256(p).hexdigest(), piece))
-                else:
-                    jobs.append(pool.submit(whole.update, piece))
-            results = [job.result() for job in jobs]
-        if chunked:
-            self._compare_pieces(info.name, member, results, info.size)
+        # Pieces as the manifest records them, each read and hashed by one worker, the pieces
+        # in parallel (reads release the GIL, as hashing does). A member verified by its
+        # whole SHA-256 is hashed in order, on one thread, beside the read of the next piece.
+        chunked = member is not None and member.chunks is not None
+        whole = hashlib.sha256() if member is not None and not chunked else None
+        step = member.chunks.size if member is not None and member.chunks else DIGEST_CHUNK
+        pieces = [(start, min(start + step, info.size)) for start in range(0, info.size, step)]
+
+        def read(span: tuple[int, int]) -> str:
+            self._pread(info, buf, *span)
+            return hashlib.sha256(buf[span[0] : span[1]]).hexdigest() if chunked else ""
+
+        if whole is None:  # unchecked, or checked by pieces
+            with ThreadPoolExecutor(max(1, min(len(pieces), os.cpu_count() or 1))) as pool:
+                results = list(pool.map(read, pieces))
+            if member is not None:
+                self._compare_pieces(info.name, member, results, info.size)
         else:
+            with ThreadPoolExecutor(1) as pool:
+                jobs: list[Future[Any]] = []
+                for start, end in pieces:
+                    self._pread(info, buf, start, end)
+                    jobs.append(pool.submit(whole.update, buf[start:end]))
+                for job in jobs:
+                    job.result()
+            assert member is not None
             self._compare(info.name, "sha256", member.sha256, whole.hexdigest())
         self._crc(info, buf)
         return buf

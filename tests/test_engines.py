@@ -3,7 +3,9 @@ add-engine, inspect, and the fallback to the ExportedProgram."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import struct
 import warnings
 import zipfile
@@ -286,7 +288,11 @@ def test_add_engine_cli_and_inspect(program_pack, plans, tmp_path):
         in r.stdout
     )
     assert "one whole-graph engine" in r.stdout and "CUDA >= " in r.stdout
-    assert "engine  151.0 KiB  sha256:" in r.stdout or "engine  " in r.stdout
+    # the engine member's line: its size and the start of its SHA-256, of the bytes added
+    size, digest = len(plans["default"]), hashlib.sha256(plans["default"]).hexdigest()
+    assert 1024 <= size < 1024**2  # shown in KiB
+    line = rf"\n\s+engines/\S+\s+{size / 1024:.1f} KiB\s+sha256:{digest[:16]}"
+    assert re.search(line, r.stdout), r.stdout
     data = json.loads(subprocess.run([*run, "inspect", "--json", str(out)], capture_output=True,
                                      text=True).stdout)  # fmt: skip
     assert data["engines"][0]["target"]["future_gpus"] is True
@@ -618,12 +624,11 @@ def test_lean_runtime_runs_a_version_compatible_engine(tmp_path):
     """Live: the full TensorRT builder makes a version-compatible plan (lean runtime embedded)
     of y = x @ W; trtpack packs it, loads it on the lean runtime from a trusted pack, and the
     result matches torch. Needs a CUDA GPU, tensorrt (the builder) and tensorrt_lean."""
+    live = "TRTPACK_LIVE_TENSORRT=1 tools/live_tests.sh on a GPU machine"
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine")
-    trt = pytest.importorskip(
-        "tensorrt", reason="the full TensorRT builder is not installable here"
-    )
-    pytest.importorskip("tensorrt_lean")
+        pytest.skip(f"no CUDA GPU on this machine (live engine test: runs with {live})")
+    trt = pytest.importorskip("tensorrt", reason=f"no TensorRT builder here: runs with {live}")
+    pytest.importorskip("tensorrt_lean", reason=f"no TensorRT lean runtime: runs with {live}")
     import numpy as np
 
     w = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)

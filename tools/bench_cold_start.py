@@ -6,7 +6,9 @@
 Writes one model three ways (a trtpack pack, torch.export.save, a safetensors file of the
 same tensors), then times, each in a fresh Python process and best of ``--repeat``:
 
-- ``trtpack.load(path, verify=True)`` and ``verify=False``, then the first call;
+- ``trtpack.load(path, verify=True)`` and ``verify=False``, then the first call; the same
+  with ``mmap=True`` (CPU weights view the file's map instead of memory of their own; on a
+  GPU both copy to the device from the map);
 - torch's own: ``torch.export.load(path)``, moved to the device with
   ``torch.export.passes.move_to_device_pass`` (which rewrites the device arguments baked into
   the graph: ``.module().to(device)`` fails on real transformers with "Tensor device
@@ -51,6 +53,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's trtpack, in this process and th
 VARIANTS = {
     "trtpack_verify": "trtpack.load verify=True",
     "trtpack_noverify": "trtpack.load verify=False",
+    "trtpack_mmap_verify": "trtpack.load mmap=True verify=True",
+    "trtpack_mmap_noverify": "trtpack.load mmap=True verify=False",
     "torch_export": "torch.export.load + move_to_device",
     "floor": "floor: safetensors load_file + forward",
 }
@@ -140,7 +144,8 @@ def _child(variant: str, files: dict, device: str, batch: int) -> None:
     start = time.perf_counter()
     try:
         if variant.startswith("trtpack"):
-            pack = trtpack.load(files["pack"], device=dev, verify=variant == "trtpack_verify")
+            pack = trtpack.load(files["pack"], device=dev, verify=variant.endswith("_verify"),
+                                mmap="_mmap" in variant)  # fmt: skip
             y = pack(*args, **kwargs)
             extra["fast_path_reason"] = pack.fast_path_reason
         elif variant == "torch_export":
@@ -287,8 +292,8 @@ def main() -> int:
         if args.model != "mlp":
             warm += ", transformers"
         subprocess.run([sys.executable, "-c", warm], env=env, check=True, cwd=ROOT)
-        own = {"trtpack_verify": "pack", "trtpack_noverify": "pack", "torch_export": "pt2",
-               "floor": "safetensors"}  # fmt: skip
+        own = {v: "pack" for v in VARIANTS if v.startswith("trtpack")}
+        own.update(torch_export="pt2", floor="safetensors")
         results: dict[str, dict[str, float]] = {}
         for cache in caches:
             if cache == "cold":
@@ -338,14 +343,14 @@ def main() -> int:
                 print(f"  {label:38} {best[variant]:7.3f} s   (runs {shown}) {notes}")
     for cache, best in results.items():
         floor, anchor = best.get("floor"), best.get("torch_export")
-        for variant in ("trtpack_verify", "trtpack_noverify"):
+        for variant in [v for v in VARIANTS if v.startswith("trtpack")]:
             if variant not in best:
                 continue
             t = best[variant]
             vs_torch = (f"/ torch.export {t / anchor:5.2f} ({anchor / t:4.1f}x faster)"
                         if anchor else "/ torch.export: it failed")  # fmt: skip
             vs_floor = f"/ floor {t / floor:5.2f}" if floor else ""
-            print(f"{cache} cache: {VARIANTS[variant]:26} {vs_torch}   {vs_floor}")
+            print(f"{cache} cache: {VARIANTS[variant]:36} {vs_torch}   {vs_floor}")
     return 0
 
 

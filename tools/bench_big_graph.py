@@ -92,11 +92,11 @@ def one(n: int, d: Path, repeat: int, with_profile: bool) -> None:
     ep = chain(n)
     export_s = time.perf_counter() - t
     pack, pt2 = d / f"g{n}.trtpack", d / f"g{n}.pt2"
-    trtpack.save(ep, pack)
+    trtpack.save(ep, pack, overwrite=True)
     torch.export.save(ep, pt2)
     trtpack.load(pack)
     torch.export.load(pt2).module()
-    save = best(lambda: trtpack.save(ep, pack), repeat)
+    save = best(lambda: trtpack.save(ep, pack, overwrite=True), repeat)
     tsave = best(lambda: torch.export.save(ep, pt2), repeat)
     load = best(lambda: trtpack.load(pack), repeat)
     tload = best(lambda: torch.export.load(pt2).module(), repeat)
@@ -120,7 +120,7 @@ def one(n: int, d: Path, repeat: int, with_profile: bool) -> None:
     print(f"  of the load: JSON decoding {decode:.3f} s, graph check {check:.3f} s; "
           f"torch.fx code generated {codegen_count(pack)} time(s) per load")  # fmt: skip
     if with_profile:
-        print(profile(lambda: trtpack.save(ep, pack)))
+        print(profile(lambda: trtpack.save(ep, pack, overwrite=True)))
         print(profile(lambda: trtpack.load(pack)))
 
 

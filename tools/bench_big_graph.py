@@ -81,7 +81,7 @@ def codegen_count(path: Path) -> int:
 
     graph_cls.python_code = counted
     try:
-        trtpack.load(path)
+        trtpack.load(path, device="cpu")
     finally:
         graph_cls.python_code = original
     return len(calls)
@@ -94,18 +94,18 @@ def one(n: int, d: Path, repeat: int, with_profile: bool) -> None:
     pack, pt2 = d / f"g{n}.trtpack", d / f"g{n}.pt2"
     trtpack.save(ep, pack, overwrite=True)
     torch.export.save(ep, pt2)
-    trtpack.load(pack)
+    trtpack.load(pack, device="cpu")
     torch.export.load(pt2).module()
     save = best(lambda: trtpack.save(ep, pack, overwrite=True), repeat)
     tsave = best(lambda: torch.export.save(ep, pt2), repeat)
-    load = best(lambda: trtpack.load(pack), repeat)
+    load = best(lambda: trtpack.load(pack, device="cpu"), repeat)
     tload = best(lambda: torch.export.load(pt2).module(), repeat)
     with PackReader(pack) as r:
         raw = r.read("program/graph.json")
     decode = best(lambda: json.loads(raw), repeat)
     parsed = json.loads(raw)
     check = best(lambda: check_graph(parsed, "program/graph.json"), repeat)
-    loaded = trtpack.load(pack)
+    loaded = trtpack.load(pack, device="cpu")
     x = torch.randn(4, 8)
     torch.testing.assert_close(loaded(x), ep.module()(x))
     how = loaded.fast_path_reason or "fast path"
@@ -121,7 +121,7 @@ def one(n: int, d: Path, repeat: int, with_profile: bool) -> None:
           f"torch.fx code generated {codegen_count(pack)} time(s) per load")  # fmt: skip
     if with_profile:
         print(profile(lambda: trtpack.save(ep, pack, overwrite=True)))
-        print(profile(lambda: trtpack.load(pack)))
+        print(profile(lambda: trtpack.load(pack, device="cpu")))
 
 
 def main() -> int:

@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from models import CASES
 from test_container import raw_members, rewrite
 from test_migrate import edited_zip
@@ -276,3 +278,28 @@ def test_refusal_names_the_exact_json_path():
     with pytest.raises(trtpack.UnsafePackError) as e:
         check_graph(graph, "m")
     assert e.value.field == "graph_module.graph.nodes[0].outputs[0].name"
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 12).map(lambda i: (i, True)),
+            st.sampled_from(["inputs", "nodes", "a.inputs", ".inputs", "", "x", "b."]).map(
+                lambda k: (k, False)
+            ),
+        ),
+        max_size=6,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_path_tests_without_spelling_agree_with_the_spelled_path(steps):
+    """The check asks "a node argument?" and "a node's target?" of a path kept as a chain;
+    the answers are those of the spelled-out path, which the check spells only on a refusal."""
+    from trtpack.program.graph_check import _last_segment, _path, _positional_input
+
+    chain = None
+    for key, is_index in steps:
+        chain = (chain, key, is_index)
+    spelled = _path(chain)
+    assert _positional_input(chain) == bool(re.search(r"\.inputs\[\d+\]\Z", spelled))
+    assert _last_segment(chain) == spelled.split(".")[-1]

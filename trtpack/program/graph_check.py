@@ -209,6 +209,35 @@ def _path(chain: _Chain) -> str:
     return out
 
 
+def _positional_input(chain: _Chain) -> bool:
+    """``_path(chain)`` ends with ``.inputs[N]`` (a node argument), without spelling the
+    path out: on torch 2.11's graphs every positional argument asks."""
+    if chain is None or not chain[2]:
+        return False
+    parent = chain[0]
+    if parent is None or parent[2] or not isinstance(parent[1], str):
+        return False
+    key = parent[1]
+    if key.endswith(".inputs"):  # a key with a dot: its own text supplies the dot
+        return True
+    # spelled with a dot before it unless all before it spells "" (an index never does)
+    above = parent[0]
+    return key == "inputs" and above is not None and (above[2] or _path(above) != "")
+
+
+def _last_segment(chain: _Chain) -> str:
+    """``_path(chain).split(".")[-1]``: the last key's text after its last dot, then the
+    indexes after it."""
+    indexes: list[str] = []
+    while chain is not None and chain[2]:
+        indexes.append(f"[{chain[1]}]")
+        chain = chain[0]
+    indexes.reverse()
+    if chain is None:
+        return "".join(indexes)
+    return str(chain[1]).rsplit(".", 1)[-1] + "".join(indexes)
+
+
 def check_graph(data: Any, member: str) -> Any:
     """Raise :class:`UnsafePackError` naming ``member`` and the JSON path of the first name
     or call target in ``data`` (bytes/str of JSON or the parsed object) that torch could
@@ -239,11 +268,7 @@ def check_graph(data: Any, member: str) -> Any:
                     for i, s in enumerate(vals):
                         if isinstance(s, (dict, list)):
                             stack.append((here, s))
-                        elif (
-                            s == ""
-                            and k == "name"
-                            and re.search(r"\.inputs\[\d+\]\Z", _path(chain))
-                        ):
+                        elif s == "" and k == "name" and _positional_input(chain):
                             continue  # a node argument passed positionally has no name
                         elif s is not None and not _ident(s):
                             p = _path(here)
@@ -258,7 +283,7 @@ def check_graph(data: Any, member: str) -> Any:
                         if not _dotted(v, allow_empty=k == "fqn"):
                             _bad(member, _path(here), v)
                         continue
-                if k == "target" and _path(chain).split(".")[-1].startswith("nodes["):
+                if k == "target" and _last_segment(chain).startswith("nodes["):
                     if not safe_target(v):
                         _bad(member, _path(here), v, "a call target outside the operator allowlist")
                     continue

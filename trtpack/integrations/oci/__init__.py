@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from ..errors import (
+from ...errors import (
     IntegrityError,
     MissingDependencyError,
     NoUsableEngineError,
@@ -76,7 +76,7 @@ from ..errors import (
     RegistryError,
     TrtpackError,
 )
-from ..format.container import (
+from ...format.container import (
     Chunks,
     FileSlice,
     PathLike,
@@ -84,16 +84,16 @@ from ..format.container import (
     source_size,
     write_pack,
 )
-from ..format.limits import (
+from ...format.limits import (
     MAX_JSON_DEPTH,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_BYTES,
     json_depth,
     parse_manifest_json,
 )
-from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
-from ..reading import PackInfo, format_shape, human_size, open_pack, render
-from ..reading import inspect as inspect_pack
+from ...format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
+from ...reading import PackInfo, format_shape, human_size, open_pack, render
+from ...reading import inspect as inspect_pack
 
 ARTIFACT_TYPE = "application/vnd.trtpack.v1"
 CONFIG_TYPE = "application/vnd.trtpack.format.manifest.v1+json"
@@ -962,7 +962,7 @@ def _signature_to_push(pack: PathLike, signature: PathLike | bool, digest: str
     """The bundle to attach: ``signature`` True: PACK.sig if there is one; False: none; a path:
     that bundle. It must be the signature of this pack's manifest.json (``digest``): a stale
     one would reach the puller as a signature that never verifies."""
-    from ..signing import signature_path
+    from ...signing import signature_path
 
     if signature is False:
         return None
@@ -1011,7 +1011,7 @@ def _attach_signature(reg: _Registry, subject: dict[str, Any], bundle: bytes,
                       bar: _Progress) -> tuple[str, str]:  # fmt: skip
     """Push ``bundle`` as a referrer of ``subject`` (a descriptor of the model manifest): its
     manifest digest, and "api" or "tag" (how the registry lists it)."""
-    from ..signing import BUNDLE_MEDIA_TYPE
+    from ...signing import BUNDLE_MEDIA_TYPE
 
     config = _descriptor(EMPTY_TYPE, "sha256:" + hashlib.sha256(_EMPTY).hexdigest(), len(_EMPTY))
     layer = _descriptor(BUNDLE_MEDIA_TYPE, "sha256:" + hashlib.sha256(bundle).hexdigest(),
@@ -1056,7 +1056,7 @@ def _find_signature(reg: _Registry, subject: str) -> tuple[bytes, str] | None:
     """The signature bundle attached to the manifest ``subject`` and the digest of the
     referrer that holds it, or None. Referrers API first; its 404 means the registry has none,
     and then the referrers tag. Several signatures: the last one listed."""
-    from ..signing import BUNDLE_MEDIA_TYPE
+    from ...signing import BUNDLE_MEDIA_TYPE
 
     url = reg.api("referrers", subject) + "?" + urlencode({"artifactType": BUNDLE_MEDIA_TYPE})
     response = reg.request("list the referrers", "GET", url, headers={"Accept": OCI_INDEX},
@@ -1257,7 +1257,7 @@ def _manifest_from(raw: bytes, where: str, upgrade_old: bool = True) -> Manifest
             )
             and tuple(version) < FORMAT_VERSION
         ):
-            from ..format.upgrade import upgrade
+            from ...format.upgrade import upgrade
 
             data, _, _ = upgrade(data)
         return Manifest.from_dict(data)
@@ -1340,10 +1340,10 @@ def _choose(manifest: Manifest, variants: str | Sequence[str] | None, environmen
     if variants == "none":
         return [], {n: "not asked for (--variants none)" for n in names}
     if variants == "auto":
-        from ..engines.select import choose
+        from ...engines.select import choose
 
         if environment is None:
-            from ..engines.torchtrt import probe_environment
+            from ...engines.torchtrt import probe_environment
 
             environment = probe_environment()
         choice = choose(manifest.engines, environment)
@@ -1427,7 +1427,7 @@ def pull(
     declaring more is refused before anything is downloaded. ``timeout``: seconds the registry
     may stay silent (default ``TRTPACK_OCI_TIMEOUT`` or DEFAULT_TIMEOUT). Nothing is written
     but ``out`` (and ``OUT.sig``), through temporary files beside it that a failure removes."""
-    from ..signing import signature_path
+    from ...signing import signature_path
 
     out_path = Path(out)
     limit = DEFAULT_MAX_SIZE if max_size is None else max_size
@@ -1540,7 +1540,7 @@ def _place_signature(out_path: Path, sig_path: Path, bundle: bytes | None,
     """Write ``bundle`` to ``sig_path`` beside the pulled pack, or remove a stale one there
     (``overwrite`` was checked before anything was downloaded). If the signature cannot be
     written, neither is the pack: it is removed, and the error says why."""
-    from ..format.atomic import atomic_write
+    from ...format.atomic import atomic_write
 
     if not signature:
         return None

@@ -22,6 +22,7 @@ import pytest
 import trtpack
 from trtpack.format.container import PackReader
 from trtpack.integrations import oci
+from trtpack.integrations.oci.layouts import _build
 from trtpack.reading import open_pack
 
 pytest.importorskip("oras")
@@ -168,7 +169,7 @@ class Registry:
         """Serve ``pack`` in the trtpack layout (``raw``: another manifest.json in its place)."""
         with open_pack(pack) as (reader, info):
             real = reader.read("manifest.json")
-            manifest, extra = oci._build(info, real, "trtpack", None)
+            manifest, extra = _build(info, real, "trtpack", None)
             for name in info.manifest.members:
                 self.blobs[f"sha256:{info.manifest.members[name].sha256}"] = reader.read(name)
         self.blobs.update(extra)

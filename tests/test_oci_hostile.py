@@ -424,10 +424,10 @@ def test_a_pack_larger_than_max_size_is_refused_before_any_blob(registry, out):
 
 def test_cli_max_size(registry, out):
     registry.serve(PACK)
-    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1K"])
+    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1KiB"])
     assert code == 1 and "over the limit of 1024 (1.0 KiB)" in err and "--max-size" in err
     nothing_written(out)
-    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1M"])
+    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1MiB"])
     assert code == 0, err
     assert trtpack.verify(out).digest == trtpack.inspect(PACK).digest
 

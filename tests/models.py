@@ -87,6 +87,13 @@ class Derived(torch.nn.Module):
         return x.repeat(2, 1) + y, z[1:].sum() + x.sum()
 
 
+class DerivedNegative(torch.nn.Module):
+    """A derived dim with a negative offset (``2*dx - 1``): srepr writes ``Integer(-1)``."""
+
+    def forward(self, x, y):
+        return x.repeat(2)[1:] + y
+
+
 class ChannelsLast(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -201,6 +208,13 @@ def cases() -> list[Case]:
             (r(4, 3), r(8, 3), r(5)),
             dynamic_shapes=({0: n}, {0: 2 * n}, {0: n + 1}),
             calls=[((r(7, 3), r(14, 3), r(8)), {})],
+        ),
+        Case(
+            "derived_negative",
+            DerivedNegative,
+            (r(4), r(7)),
+            dynamic_shapes=({0: n}, {0: 2 * n - 1}),
+            calls=[((r(9), r(17)), {})],
         ),
         Case(
             "channels_last",

@@ -39,6 +39,16 @@ def test_derived_dims_are_expressions_of_their_root(exported):
     assert iface.outputs[0].shape == ("2*x_dim0", 3)
 
 
+def test_derived_dim_with_a_negative_offset(exported, tmp_path):
+    """``2*dx - 1``: torch's srepr writes the offset as ``Integer(-1)`` (issue 22, item 4)."""
+    _, model, ep = exported("derived_negative")
+    assert shapes(derive_interface(ep)) == {"x": ("x_dim0",), "y": ("2*x_dim0-1",)}
+    trtpack.save(ep, tmp_path / "neg.trtpack")
+    pack = trtpack.load(tmp_path / "neg.trtpack", device="cpu")
+    x, y = torch.randn(9), torch.randn(17)
+    assert torch.equal(pack(x, y), ep.module()(x, y))
+
+
 def test_non_tensor_inputs_record_kind_and_specialized_value(exported):
     _, _, ep = exported("scalars")
     got = [(i.name, i.kind, i.value) for i in derive_interface(ep).inputs[1:]]

@@ -79,9 +79,10 @@ def _linear(node: ast.AST, text: str) -> Linear:
         fn, args = node.func.id, node.args
         if fn == "Symbol" and args and isinstance(args[0], ast.Constant):
             return Linear({str(args[0].value): 1}, 0, text)
-        if fn == "Integer" and args and isinstance(args[0], ast.Constant):
-            value = args[0].value
-            if isinstance(value, int):
+        if fn == "Integer" and len(args) == 1:
+            # srepr writes a negative integer as Integer(-1): a unary minus on a constant
+            value = _int_literal(args[0])
+            if value is not None:
                 return Linear({}, value, text)
         if fn in ("Add", "Mul"):
             parts = [_linear(a, text) for a in args]
@@ -98,6 +99,16 @@ def _linear(node: ast.AST, text: str) -> Linear:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return _mul([Linear({}, -1, text), _linear(node.operand, text)], text)
     return Linear(None, 0, text)
+
+
+def _int_literal(node: ast.AST) -> int | None:
+    """``3`` or ``-3`` as an int (bool is not an int here)."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        sign, node = -1, node.operand
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return sign * node.value
+    return None
 
 
 def _add(parts: list[Linear], text: str) -> Linear:

@@ -41,7 +41,7 @@ def test_derived_dims_are_expressions_of_their_root(exported):
 
 def test_derived_dim_with_a_negative_offset(exported, tmp_path):
     """``2*dx - 1``: torch's srepr writes the offset as ``Integer(-1)`` (issue 22, item 4)."""
-    _, model, ep = exported("derived_negative")
+    _, _, ep = exported("derived_negative")
     assert shapes(derive_interface(ep)) == {"x": ("x_dim0",), "y": ("2*x_dim0-1",)}
     trtpack.save(ep, tmp_path / "neg.trtpack")
     pack = trtpack.load(tmp_path / "neg.trtpack", device="cpu")

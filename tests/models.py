@@ -21,11 +21,15 @@ class Case:
     dynamic_shapes: Any = None
     #: more (args, kwargs) calls, with other sizes inside the exported ranges
     calls: list[tuple[tuple, dict]] = field(default_factory=list)
+    #: more keyword arguments of torch.export.export (preserve_module_call_signature)
+    options: dict = field(default_factory=dict)
 
     def export(self) -> tuple[torch.nn.Module, torch.export.ExportedProgram]:
         torch.manual_seed(0)
         model = self.make().eval()
-        ep = torch.export.export(model, self.args, self.kwargs, dynamic_shapes=self.dynamic_shapes)
+        ep = torch.export.export(
+            model, self.args, self.kwargs, dynamic_shapes=self.dynamic_shapes, **self.options
+        )
         return model, ep
 
 
@@ -92,6 +96,34 @@ class DerivedNegative(torch.nn.Module):
 
     def forward(self, x, y):
         return x.repeat(2)[1:] + y
+
+
+class Double(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class CalledTwice(torch.nn.Module):
+    """A submodule called twice under preserve_module_call_signature: torch names the second
+    call ``n@1`` in the module call graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = Double()
+
+    def forward(self, x):
+        return self.n(self.n(x)) + 1
+
+
+class ColonParameter(torch.nn.Module):
+    """A parameter whose name is not an identifier (``foo:bar``): torch.fx quotes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("foo:bar", torch.nn.Parameter(torch.randn(3)))
+
+    def forward(self, x):
+        return x * getattr(self, "foo:bar")
 
 
 class ChannelsLast(torch.nn.Module):
@@ -216,6 +248,15 @@ def cases() -> list[Case]:
             dynamic_shapes=({0: n}, {0: 2 * n - 1}),
             calls=[((r(9), r(17)), {})],
         ),
+        Case(
+            "called_twice",
+            CalledTwice,
+            (r(2, 3),),
+            dynamic_shapes=({0: batch},),
+            calls=[((r(5, 3),), {})],
+            options={"preserve_module_call_signature": ("n",)},
+        ),
+        Case("colon_parameter", ColonParameter, (r(2, 3),)),
         Case(
             "channels_last",
             ChannelsLast,

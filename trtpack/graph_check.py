@@ -232,12 +232,20 @@ def _ident(s: Any) -> bool:
     return isinstance(s, str) and bool(_IDENT.match(s)) and not keyword.iskeyword(s)
 
 
+# A part of a qualified name that is not an identifier reaches generated code only quoted:
+# torch.fx writes ``getattr(self, "foo:bar")`` for it (``torch.fx.graph._format_target``, for
+# get_attr and call_module targets). So it may hold any printable ASCII but the characters that
+# end or escape that literal. torch itself emits such names: a parameter registered as
+# ``foo:bar``; ``n@1``, the second call of submodule ``n`` in the module call graph.
+_QUOTABLE = re.compile(r"[ !#-&(-\[\]-~]+\Z")
+
+
 def _dotted(s: Any, allow_empty: bool) -> bool:
     if not isinstance(s, str):
         return False
     if s == "":
         return allow_empty
-    return all(_ident(p) or p.isdigit() for p in s.split("."))
+    return all(_ident(p) or bool(_QUOTABLE.match(p)) for p in s.split("."))
 
 
 def safe_target(t: Any) -> bool:

@@ -4,6 +4,7 @@ its dynamic shapes, and further calls that must match eager after a round trip."
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,32 @@ class ColonParameter(torch.nn.Module):
 
     def forward(self, x):
         return x * getattr(self, "foo:bar")
+
+
+class Resample(torch.nn.Module):
+    """Bilinear down by 0.5 and up by 2.0 under Dim.AUTO: torch's guards then read
+    ``2*math.trunc(0.5*torch.sym_float(L['x'].size()[2])) == L['y'].size()[2]``."""
+
+    def forward(self, x, y):
+        h = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear")
+        return torch.nn.functional.interpolate(h, scale_factor=2.0, mode="bilinear") + y
+
+
+@dataclasses.dataclass
+class FieldInputs:
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+torch.export.register_dataclass(FieldInputs, serialized_type_name="models.FieldInputs")
+
+
+class DataclassFields(torch.nn.Module):
+    """A registered dataclass input whose fields share a dim: torch guards
+    ``L['inputs'].a.size()[0] == L['inputs'].b.size()[0]``."""
+
+    def forward(self, inputs):
+        return inputs.a + inputs.b
 
 
 class ChannelsLast(torch.nn.Module):
@@ -257,6 +284,20 @@ def cases() -> list[Case]:
             options={"preserve_module_call_signature": ("n",)},
         ),
         Case("colon_parameter", ColonParameter, (r(2, 3),)),
+        Case(
+            "resample",
+            Resample,
+            (r(2, 3, 8, 8), r(2, 3, 8, 8)),
+            dynamic_shapes=({i: Dim.AUTO for i in range(4)}, {i: Dim.AUTO for i in range(4)}),
+            calls=[((r(3, 3, 12, 6), r(3, 3, 12, 6)), {})],
+        ),
+        Case(
+            "dataclass_fields",
+            DataclassFields,
+            (FieldInputs(r(4, 3), r(4, 3)),),
+            dynamic_shapes=([{0: Dim.AUTO}, {0: Dim.AUTO}],),
+            calls=[((FieldInputs(r(6, 3), r(6, 3)),), {})],
+        ),
         Case(
             "channels_last",
             ChannelsLast,

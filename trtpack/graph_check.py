@@ -215,6 +215,21 @@ def safe_expr(text: Any) -> bool:
                     ):
                         return False
                     allowed_strings.add(id(kw.value))
+            elif node.func.id == "Float":
+                # Float('0.5', precision=53): a float's decimal text and its precision
+                if not (
+                    len(node.args) == 1
+                    and isinstance(node.args[0], ast.Constant)
+                    and _decimal(node.args[0].value)
+                    and all(
+                        kw.arg == "precision"
+                        and isinstance(kw.value, ast.Constant)
+                        and type(kw.value.value) is int
+                        for kw in node.keywords
+                    )
+                ):
+                    return False
+                allowed_strings.add(id(node.args[0]))
             elif node.keywords:
                 return False
         elif isinstance(node, ast.Constant):
@@ -226,6 +241,16 @@ def safe_expr(text: Any) -> bool:
         elif not isinstance(node, (*_EXPR_NODES, ast.keyword)):
             return False
     return True
+
+
+_DECIMAL = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z")
+
+
+def _decimal(s: Any) -> bool:
+    """A float's text as sympy's srepr writes it (``'0.5'``, ``'1.0e-5'``); also a number."""
+    return type(s) in (int, float) or (
+        isinstance(s, str) and len(s) < 64 and bool(_DECIMAL.match(s))
+    )
 
 
 def _ident(s: Any) -> bool:

@@ -153,6 +153,28 @@ class DataclassFields(torch.nn.Module):
         return inputs.a + inputs.b
 
 
+@torch.library.custom_op("trtpack_tests::twice", mutates_args=())
+def twice(x: torch.Tensor) -> torch.Tensor:
+    """A custom operator (torch.library), registered when this module is imported."""
+    return x * 2
+
+
+@twice.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class CustomOp(torch.nn.Module):
+    """Calls a custom operator: its pack loads only with ``allow_ops`` and the op registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.ops.trtpack_tests.twice(self.lin(x)) + 1
+
+
 class ChannelsLast(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -359,6 +381,15 @@ def cases() -> list[Case]:
 
 
 CASES = {c.name: c for c in cases()}
+#: a model whose pack needs ``load(..., allow_ops=["trtpack_tests::*"])``: not in CASES, whose
+#: tests load packs with the defaults
+CUSTOM_OP = Case(
+    "custom_op",
+    CustomOp,
+    (r(2, 4),),
+    dynamic_shapes=({0: Dim("batch", min=1, max=64)},),
+    calls=[((r(5, 4),), {})],
+)
 
 
 def assert_same(got: Any, want: Any, path: str = "output") -> None:

@@ -205,7 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     inputs = dict(_given_input(text) for text in args.input or ())
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
-                      device=args.device, variant=args.variant)  # fmt: skip
+                      device=args.device, variant=args.variant,
+                      allow_ops=args.allow_op or ())  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
@@ -223,7 +224,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .runtime import load
     from .samples import check
 
-    pack = load(args.pack, device=args.device, variant=args.variant)
+    pack = load(args.pack, device=args.device, variant=args.variant,
+                allow_ops=args.allow_op or ())  # fmt: skip
     try:
         report = check(pack)
     except SampleMismatchError as e:
@@ -438,6 +440,17 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="check this engine variant")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _allow_op_argument(p)
+
+
+def _allow_op_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-op",
+        action="append",
+        metavar="NS::OP",
+        help="let the program call this custom operator (a pattern such as 'mylib::*' too); "
+        "it must be registered in this process",
+    )
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -457,6 +470,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="run this engine variant")
+    _allow_op_argument(p)
     p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 

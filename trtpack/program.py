@@ -15,14 +15,21 @@ reads only whole files by path). Tests check both against the ``safetensors`` li
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.export import ExportedProgram
 
 from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts
-from .errors import ArgumentTypeError, DeriveError, MigrationError, ProgramError
+from .errors import (
+    ArgumentTypeError,
+    DeriveError,
+    IntegrityError,
+    MigrationError,
+    ProgramError,
+)
 from .format.container import Chunks, PackReader
 from .format.manifest import Interface, Manifest, ProgramRef
 from .format.weights import (
@@ -153,8 +160,17 @@ def program_members(
         graph=f"{folder}/graph.json",
         weights=f"{folder}/weights.safetensors",
         serde_schema=serde_schema_version(),
+        custom_ops=graph_custom_ops(graph),
     )
     return {ref.graph: graph, ref.weights: weights}, ref
+
+
+def graph_custom_ops(graph: bytes | Any) -> tuple[str, ...] | None:
+    """The custom operators a program's JSON calls, as the manifest records them (None: none)."""
+    from .graph_check import custom_ops
+
+    found = custom_ops(json.loads(graph) if isinstance(graph, (bytes, str)) else graph)
+    return tuple(found) or None
 
 
 def serialize_graph(ep: ExportedProgram) -> bytes:
@@ -312,20 +328,27 @@ def load_program(
     device: torch.device | None = None,
     ref: ProgramRef | None = None,
     engines: Mapping[str, Any] | None = None,
+    allow_ops: Sequence[str] = (),
 ) -> ExportedProgram:
     """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
-    whose ``engines`` are supplied as constants); on ``device`` when asked."""
-    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device)
+    whose ``engines`` are supplied as constants); on ``device`` when asked. ``allow_ops``:
+    the custom operators it may call (``graph_check.op_allowed``)."""
+    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device, allow_ops)
     constants.update(engines or {})
     return deserialize_program(graph, state_dict, constants, manifest, ref, device)
 
 
 def _read_program(
-    reader: PackReader, manifest: Manifest, ref: ProgramRef | None, device: torch.device | None
+    reader: PackReader,
+    manifest: Manifest,
+    ref: ProgramRef | None,
+    device: torch.device | None,
+    allow_ops: Sequence[str] = (),
 ) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
     """The program to load (``ref``, default the pack's), its graph bytes and their parsed
-    JSON, checked before any name in it becomes code, and its tensors on ``device``; the
-    pytree types its specs name are made known to torch."""
+    JSON, checked before any name in it becomes code (custom operators only where
+    ``allow_ops`` covers them and this process has them registered), and its tensors on
+    ``device``; the pytree types its specs name are made known to torch."""
     from .graph_check import check_graph
 
     ref = ref or manifest.program
@@ -336,8 +359,32 @@ def _read_program(
     _require_registered(manifest, str(reader.path))
     state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
     graph = reader.read(ref.graph)
-    parsed = check_graph(graph, ref.graph)
+    parsed = check_graph(graph, ref.graph, allow_ops)
+    _require_custom_ops(parsed, ref, f"{reader.path}: {ref.graph}")
     return ref, graph, parsed, state_dict, constants
+
+
+def _require_custom_ops(parsed: Any, ref: ProgramRef, where: str) -> None:
+    """The custom operators the program calls (the user allowed them) are the ones its
+    manifest records, where it records them (format 1.4), and every one is registered in this
+    process: looked up in torch's dispatcher by name, nothing imported."""
+    from .graph_check import custom_ops
+
+    called = custom_ops(parsed)
+    if ref.custom_ops is not None and tuple(called) != ref.custom_ops:
+        raise IntegrityError(
+            f"{where}: the graph calls custom operators {called}, the manifest records "
+            f"{list(ref.custom_ops)}",
+            member=ref.graph, field="program.custom_ops", expected=list(ref.custom_ops),
+            got=called,
+        )  # fmt: skip
+    missing = [op for op in called if not torch._C._dispatch_has_kernel(op)]
+    if missing:
+        raise ProgramError(
+            f"{where}: the program calls custom operators that are not registered in this "
+            f"process: {', '.join(missing)}; import the library that defines them (its "
+            "torch.library registration) before loading"
+        )
 
 
 def deserialize_program(
@@ -409,14 +456,20 @@ class LoadedProgram:
 
 
 def load_runnable(
-    reader: PackReader, manifest: Manifest, *, device: torch.device | None = None
+    reader: PackReader,
+    manifest: Manifest,
+    *,
+    device: torch.device | None = None,
+    allow_ops: Sequence[str] = (),
 ) -> LoadedProgram:
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
     where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
     deserializer (the reason is kept)."""
     from .graph_module import Unsupported, build_module
 
-    ref, graph, parsed, state_dict, constants = _read_program(reader, manifest, None, device)
+    ref, graph, parsed, state_dict, constants = _read_program(
+        reader, manifest, None, device, allow_ops
+    )
     try:
         module = build_module(parsed, state_dict, constants, device)
     except Unsupported as e:

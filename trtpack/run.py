@@ -9,7 +9,7 @@ specialized constants as recorded. A sample the manifest's guards refuse is redr
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +118,7 @@ def run_pack(
     device: str | None = None,
     variant: str | None = None,
     attempts: int = 20,
+    allow_ops: Sequence[str] = (),
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
@@ -126,7 +127,7 @@ def run_pack(
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant)
+        pack = load(path, device=device, variant=variant, allow_ops=allow_ops)
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:

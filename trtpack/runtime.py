@@ -16,7 +16,7 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import ArgumentTypeError, InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
 from .info import PackInfo, open_pack, read_info, with_program_guards
@@ -125,8 +125,11 @@ class LoadedPack:
         program: LoadedProgram | None = None,
         outside_profile: str = "error",
         inference_mode: bool = True,
+        allow_ops: Sequence[str] = (),
     ) -> None:
         self.info = info
+        #: the custom operators ``load(allow_ops=)`` allowed (the program read later uses them)
+        self.allow_ops = tuple(allow_ops)
         self.manifest: Manifest = info.manifest
         self.device = device
         self.backend = backend
@@ -171,7 +174,8 @@ class LoadedPack:
                     raise ManifestError(f"{self.info.path} changed on disk since it was loaded")
                 self._exported_program = _verified(
                     reader, self.manifest, True,
-                    lambda: load_program(reader, self.manifest, device=self.device),
+                    lambda: load_program(reader, self.manifest, device=self.device,
+                                         allow_ops=self.allow_ops),
                 )  # fmt: skip
         return self._exported_program
 
@@ -307,6 +311,7 @@ def load(
     signature: PathLike | None = None,
     check: bool = False,
     trust_engine_host_code: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -327,6 +332,11 @@ def load(
     version-compatible plan with the lean runtime embedded, as the manifest records). Without
     it such a variant is used only when ``require_signature`` verified the pack.
 
+    ``allow_ops``: custom operators (``torch.library``) the program may call, by qualified
+    name or pattern (``["mylib::twice"]``, ``["mylib::*"]``). A program that calls one is
+    refused unless allowed here, naming the operators; an allowed one must be registered in
+    this process (import its library first): nothing is imported by name from the file.
+
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
     ``pack.check_report``.
@@ -337,7 +347,8 @@ def load(
     pack = _load(path, device=device, verify=verify, require_engine=require_engine,
                  variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
                  require_signature=require_signature, signature=signature,
-                 trust_engine_host_code=trust_engine_host_code)  # fmt: skip
+                 trust_engine_host_code=trust_engine_host_code,
+                 allow_ops=_allow_ops(allow_ops))  # fmt: skip
     if check:
         from .samples import check as check_samples
 
@@ -357,6 +368,7 @@ def _load(
     require_signature: PathLike | None,
     signature: PathLike | None,
     trust_engine_host_code: bool,
+    allow_ops: tuple[str, ...],
 ) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
@@ -401,8 +413,9 @@ def _load(
                 f"{info.path} holds engines only, and none can run here: {reason}"
             )
         program = _verified(
-            reader, manifest, verify, lambda: load_runnable(reader, manifest, device=dev)
-        )
+            reader, manifest, verify,
+            lambda: load_runnable(reader, manifest, device=dev, allow_ops=allow_ops),
+        )  # fmt: skip
     if reason is not None and manifest.engines:
         warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=3)
     return LoadedPack(
@@ -414,4 +427,16 @@ def _load(
         fallback_reason=reason if manifest.engines else None,
         program=program,
         inference_mode=inference_mode,
+        allow_ops=allow_ops,
     )
+
+
+def _allow_ops(allow_ops: Any) -> tuple[str, ...]:
+    """``allow_ops`` as a tuple of strings (a lone string is one pattern, not its letters)."""
+    if isinstance(allow_ops, str):
+        return (allow_ops,)
+    if not isinstance(allow_ops, (list, tuple, set, frozenset)) or not all(
+        isinstance(p, str) for p in allow_ops
+    ):
+        raise ArgumentTypeError("allow_ops", "a list of operator names or patterns", allow_ops)
+    return tuple(allow_ops)

@@ -16,6 +16,7 @@ reads only whole files by path). Tests check both against the ``safetensors`` li
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -412,9 +413,57 @@ def deserialize_program(
         from torch.export.passes import move_to_device_pass
 
         ep = move_to_device_pass(ep, device)  # device arguments inside the graph (arange, ...)
+    if ref == manifest.program:
+        # as torch.export.load restores them: ep.module() builds its guard check from them
+        ep.example_inputs = example_inputs(manifest, ep.call_spec.in_spec)
     # saving this program again keeps the opts its manifest chose (see derive_interface)
     ep.graph_module.meta[LOADED_FROM_KEY] = manifest.interface
     return ep
+
+
+#: example inputs larger than this many elements in all are zero-stride views of one zero:
+#: torch reads only their structure, and a manifest's opt sizes must not allocate without bound
+_EXAMPLE_ELEMENTS = 1 << 24
+
+
+def opt_inputs(manifest: Manifest) -> list[Any]:
+    """One call's leaves at the symbols' opt sizes (zeros; ``example`` opts are the sizes of
+    the inputs the program was exported with): what torch needs to know the call's
+    structure when it builds its guard check."""
+    from .format.manifest import parse_dim
+
+    def at_opt(dim: int | str) -> int:
+        if isinstance(dim, int):
+            return dim
+        expr = parse_dim(dim)
+        return expr.value(manifest.symbols[expr.symbol].opt)
+
+    shapes = {i: [at_opt(d) for d in s.shape or ()] for i, s in enumerate(manifest.inputs)
+              if s.is_tensor}  # fmt: skip
+    total = sum(math.prod(shape) for shape in shapes.values())
+    out: list[Any] = []
+    for i, spec in enumerate(manifest.inputs):
+        if spec.is_tensor:
+            dtype = getattr(torch, spec.dtype or "float32")
+            if total <= _EXAMPLE_ELEMENTS:
+                out.append(torch.zeros(shapes[i], dtype=dtype))
+            else:
+                out.append(torch.zeros((), dtype=dtype).expand(shapes[i]))
+        elif spec.symbol is not None:
+            out.append(at_opt(spec.symbol))
+        else:
+            out.append(spec.value)
+    return out
+
+
+def example_inputs(manifest: Manifest, in_spec: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for ``ep.example_inputs``: the opt-size leaves, nested by the
+    program's own spec (registered pytree classes included). Stored without pickle: they
+    are made from the manifest's shapes and dtypes."""
+    import torch.utils._pytree as pytree
+
+    args, kwargs = pytree.tree_unflatten(opt_inputs(manifest), in_spec)
+    return tuple(args), dict(kwargs)
 
 
 class LoadedProgram:

@@ -20,7 +20,7 @@ from .errors import ArgumentTypeError, InputMismatchError, ManifestError, NoUsab
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
 from .info import PackInfo, open_pack, read_info, with_program_guards
-from .program import LoadedProgram, load_program, load_runnable, runnable
+from .program import LoadedProgram, example_inputs, load_program, load_runnable, runnable
 
 T = TypeVar("T")
 
@@ -242,11 +242,8 @@ class LoadedPack:
             if ep is None:
                 raise ManifestError(f"{self.info.path}: guards the manifest cannot express "
                                     "need the program, and the pack has none")  # fmt: skip
-            import torch.utils._pytree as pytree
-
-            # torch's own spec rebuilds the call, registered pytree classes (a cache) included
-            args, kwargs = pytree.tree_unflatten(_opt_inputs(self.manifest), ep.call_spec.in_spec)
-            ep.example_inputs = (tuple(args), dict(kwargs))
+            if ep.example_inputs is None:  # a variant's program: the pack's call, rebuilt
+                ep.example_inputs = example_inputs(self.manifest, ep.call_spec.in_spec)
             fn = getattr(ep.module(), "_guards_fn", None)
             if fn is None:
                 raise ManifestError(f"{self.info.path}: torch built no guard check for the "
@@ -273,29 +270,6 @@ class LoadedPack:
             f"<LoadedPack {self.info.path.name} inputs=({names}) backend={where} "
             f"device={self.device}>"
         )
-
-
-def _opt_inputs(manifest: Manifest) -> list[Any]:
-    """One call's leaves at the symbols' opt sizes (zeros): what torch needs to know the
-    call's structure when it builds its guard check."""
-    from .format.manifest import parse_dim
-
-    def at_opt(dim: int | str) -> int:
-        if isinstance(dim, int):
-            return dim
-        expr = parse_dim(dim)
-        return expr.value(manifest.symbols[expr.symbol].opt)
-
-    out: list[Any] = []
-    for spec in manifest.inputs:
-        if spec.is_tensor:
-            shape = [at_opt(d) for d in spec.shape or ()]
-            out.append(torch.zeros(shape, dtype=getattr(torch, spec.dtype or "float32")))
-        elif spec.symbol is not None:
-            out.append(at_opt(spec.symbol))
-        else:
-            out.append(spec.value)
-    return out
 
 
 def load(

@@ -69,7 +69,7 @@ def test_range_errors_carry_fields_too(small_pack):
     with pytest.raises(trtpack.InputMismatchError) as e:
         pack(torch.randn(65, 6), mask=torch.randn(65, 6), bias=torch.randn(6))
     assert (e.value.input, e.value.path, e.value.dim, e.value.value) == ("x", "args[0]", 0, 65)
-    assert e.value.condition == "1 <= x_dim0 <= 64"
+    assert e.value.condition == "1 <= batch <= 64"
 
 
 def test_save_and_migrate_give_the_same_guards_and_digest(guarded, tmp_path):

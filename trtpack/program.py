@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts
+from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
 from .errors import (
     ArgumentTypeError,
     DeriveError,
@@ -70,24 +70,45 @@ def derive_interface(
         raise ArgumentTypeError("ep", "a torch.export.ExportedProgram", ep)
     if graph is None:
         graph = program_graph(ep)
+    recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     try:
+        # the user's Dim names, where this live program knows them (its shape environment);
+        # a program loaded from a pack keeps the names its manifest gave
         iface, by_torch = derive_from_graph(graph, where="the ExportedProgram")
+        generated = by_torch
+        if isinstance(recorded, Interface):
+            user = recorded_names(iface, by_torch, recorded)
+        else:
+            user = {t: u for u, ts in _shape_env_dim_names(ep).items() for t in ts}
+        if user:
+            iface, by_torch = derive_from_graph(graph, where="the ExportedProgram",
+                                                user_names=user)  # fmt: skip
     except MigrationError as e:
         raise DeriveError(str(e)) from None
-    recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     if isinstance(recorded, Interface):
         iface = keep_opts(iface, recorded)
     if ranges:
-        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
+        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch, generated))
     return iface
 
 
-def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The user's ``Dim`` names of ``ep`` -> the manifest's symbol names: accepted as keys of
-    ``ranges=``, never written to the manifest (torch's JSON does not keep them)."""
-    if by_torch is None:
-        by_torch = derive_from_graph(program_graph(ep), where="the ExportedProgram")[1]
-    aliases: dict[str, str] = {}
+def dim_aliases(
+    ep: ExportedProgram,
+    by_torch: Mapping[str, str] | None = None,
+    generated: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The user's ``Dim`` names of ``ep`` (the manifest's own names at save) and the generated
+    ``<input>_dim<i>`` names (what migrate writes, and what trtpack before format 1.4 wrote at
+    save) -> the manifest's symbol names: accepted as keys of ``ranges=`` and ``profiles=``.
+    ``by_torch`` / ``generated``: torch symbol -> manifest / generated name, when known."""
+    if by_torch is None or generated is None:
+        graph = program_graph(ep)
+        if generated is None:
+            generated = derive_from_graph(graph, where="the ExportedProgram")[1]
+        if by_torch is None:
+            named = {t: u for u, ts in _shape_env_dim_names(ep).items() for t in ts}
+            by_torch = derive_from_graph(graph, where="the ExportedProgram", user_names=named)[1]
+    aliases = {g: by_torch[t] for t, g in generated.items() if t in by_torch}
     for user, torch_names in _shape_env_dim_names(ep).items():
         found = next((by_torch[t] for t in torch_names if t in by_torch), None)
         if found is not None:
@@ -97,8 +118,8 @@ def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) 
 
 def _shape_env_dim_names(ep: ExportedProgram) -> dict[str, list[str]]:
     """The user's Dim name -> the torch symbols it named, from the shape environment of a
-    freshly exported program (one Dim may name several symbols before export unified them).
-    Used only to accept those names in ``ranges=``: the manifest never carries them."""
+    freshly exported program (one Dim may name several symbols before export unified them):
+    the manifest's symbol names at save and compile, and keys of ``ranges=``."""
     env = None
     for node in ep.graph.nodes:
         val = node.meta.get("val")

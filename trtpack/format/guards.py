@@ -128,7 +128,11 @@ def check_torch_guard(text: Any, where: str) -> ast.expr:
                 isinstance(node.func, ast.Name)
                 or (isinstance(node.func, ast.Attribute) and node.func.attr in _TENSOR_METHODS)
                 or _module_attr(node.func, "math")
-                or (_module_attr(node.func, "torch") and node.func.attr in _TORCH_SYM)
+                or (
+                    isinstance(node.func, ast.Attribute)
+                    and _module_attr(node.func, "torch")
+                    and node.func.attr in _TORCH_SYM
+                )
             )
         if not ok:
             raise UnsafePackError(

@@ -9,9 +9,9 @@ import torch
 from torch.export import Dim
 
 import trtpack
-from trtpack.derive import Range
 from trtpack.format.manifest import opt_rule
-from trtpack.program import derive_interface
+from trtpack.program.derive import Range
+from trtpack.program.serialize import derive_interface
 
 
 def shapes(iface):
@@ -236,7 +236,7 @@ def test_save_names_symbols_by_the_users_dims_and_migrate_generates_them(tmp_pat
     assert _normalized(saved.manifest) == _normalized(migrated.manifest)
     assert saved.manifest != migrated.manifest  # the names differ, nothing else
     # inspect and errors read the user's names
-    assert "B" in trtpack.info.render(saved)
+    assert "B" in trtpack.reading.render(saved)
     pack = trtpack.load(tmp_path / "s.trtpack", device="cpu")
     with pytest.raises(trtpack.InputMismatchError, match=r"allowed range of B: \[1, 32\]"):
         pack(torch.randn(33, 8), torch.randn(33, 8))
@@ -274,8 +274,8 @@ def test_a_malformed_user_input_argument_is_a_migration_error(arg):
     as StopIteration (RuntimeError once inside a generator)."""
     import json
 
-    from trtpack.derive import derive_from_graph
-    from trtpack.program import program_graph
+    from trtpack.program.derive import derive_from_graph
+    from trtpack.program.serialize import program_graph
 
     ep = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(2, 3),))
     doc = json.loads(program_graph(ep))

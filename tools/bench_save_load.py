@@ -21,7 +21,7 @@ import torch
 
 import trtpack
 from trtpack.format.container import Chunks, digest
-from trtpack.program import derive_interface, program_members
+from trtpack.program.serialize import derive_interface, program_members
 
 
 def best(fn, repeat: int) -> float:
@@ -86,7 +86,7 @@ def main() -> int:
         t_raw = best(lambda: raw_write(False), args.repeat)
         t_raw_sync, cpu_raw_sync = best_with_cpu(lambda: raw_write(True), args.repeat)
         t_torch_save = best(lambda: torch.export.save(ep, d / "m.pt2"), args.repeat)
-        t_save = best(lambda: trtpack.save(ep, d / "m.trtpack"), args.repeat)
+        t_save = best(lambda: trtpack.save(ep, d / "m.trtpack", overwrite=True), args.repeat)
         # where trtpack.save spends its time
         t_derive = best(lambda: derive_interface(ep), args.repeat)
         t_serialize = best(lambda: program_members(ep), args.repeat)

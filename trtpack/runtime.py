@@ -16,11 +16,23 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import ArgumentTypeError, InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import (
+    ArgumentTypeError,
+    DeviceError,
+    InputMismatchError,
+    ManifestError,
+    NoUsableEngineError,
+)
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .info import PackInfo, open_pack, read_info, with_program_guards
-from .program import LoadedProgram, example_inputs, load_program, load_runnable, runnable
+from .program.serialize import (
+    LoadedProgram,
+    example_inputs,
+    load_program,
+    load_runnable,
+    runnable,
+)
+from .reading import PackInfo, open_pack, with_program_guards
 
 T = TypeVar("T")
 
@@ -46,7 +58,7 @@ def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Calla
 @contextlib.contextmanager
 def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
-    from .migrations.legacy import TRTPACK, convert, detect, to_pack
+    from .migrations.legacy import TRTPACK, convert, detect, open_migrated
 
     try:
         first = _has_manifest(path)
@@ -65,14 +77,13 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
             yield reader, info
         return
     converted = convert(path)
-    data = to_pack(converted, None)
     warnings.warn(
         f"trtpack: {path} is a {converted.kind} without trtpack metadata; migrated in memory "
         f"(`trtpack migrate {path} OUT.trtpack` writes it)",
         stacklevel=4,
     )
-    with PackReader(path, data=data) as reader:
-        yield reader, read_info(reader)
+    with open_migrated(converted, path) as opened:
+        yield opened
 
 
 def _has_manifest(path: PathLike) -> bool:
@@ -94,9 +105,24 @@ def default_device() -> torch.device:
 def _normalize(device: str | torch.device | None) -> torch.device:
     if device is None:
         return default_device()
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(device, str(e).splitlines()[0]) from None
+    if dev.type == "cuda":
+        # torch's own answer here is an AssertionError ("Torch not compiled with CUDA enabled")
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise DeviceError(device, f"this torch ({torch.__version__}) is a CPU-only "
+                              "build; load with device='cpu' (--device cpu) or install a CUDA "
+                              "build")  # fmt: skip
+        if not torch.cuda.is_available():
+            raise DeviceError(device, "no CUDA GPU is visible to this process; load with "
+                              "device='cpu' (--device cpu)")  # fmt: skip
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise DeviceError(device, f"this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")  # fmt: skip
     return dev
 
 
@@ -124,7 +150,7 @@ class LoadedPack:
         variant: str | None = None,
         program: LoadedProgram | None = None,
         outside_profile: str = "error",
-        inference_mode: bool = True,
+        inference_mode: bool = False,
         allow_ops: Sequence[str] = (),
     ) -> None:
         self.info = info
@@ -145,6 +171,8 @@ class LoadedPack:
         self.inference_mode = inference_mode
         #: what ``load(..., check=True)`` found (a ``samples.CheckReport``); None otherwise
         self.check_report: Any = None
+        #: the options ``load`` was given besides ``device`` (what ``to`` loads again with)
+        self.load_options: dict[str, Any] = {}
 
     @property
     def digest(self) -> str:
@@ -200,13 +228,27 @@ class LoadedPack:
         args, kwargs = pytree.tree_unflatten(list(leaves), spec)
         return tuple(args), dict(kwargs)
 
+    def to(self, device: str | torch.device) -> LoadedPack:
+        """This pack on ``device`` (``"cuda:1"``, ``"cpu"``): loaded again from its file with
+        the same options, as ``load`` would there (the engine variant chosen for that device);
+        ``self`` when it is already there. The file must be the one loaded (same digest), else
+        ManifestError."""
+        dev = _normalize(device)
+        if dev == self.device:
+            return self
+        moved = load(self.info.path, device=dev, **self.load_options)
+        if moved.digest != self.digest:
+            raise ManifestError(f"{self.info.path} changed on disk since it was loaded "
+                                f"({self.digest} -> {moved.digest}); load it again")  # fmt: skip
+        return moved
+
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
         """Check a call against the manifest without running it. Raises InputMismatchError."""
         self._contract(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # A deployed pack serves predictions: no autograd graph is built or kept on outputs
-        # unless load(..., inference_mode=False) asked for it.
+        # As ep.module(): the caller's grad mode, outputs ordinary tensors (in-place updates,
+        # autograd); load(..., inference_mode=True) runs each call in torch.inference_mode().
         if self.inference_mode:
             with torch.inference_mode():
                 return self._run(args, kwargs)
@@ -280,7 +322,7 @@ def load(
     require_engine: bool = False,
     variant: str | None = None,
     outside_profile: Literal["error", "fallback"] = "error",
-    inference_mode: bool = True,
+    inference_mode: bool = False,
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,
     check: bool = False,
@@ -296,15 +338,21 @@ def load(
     ``outside_profile``: for a call inside the exported ranges but outside the engines'
     optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
     ``"fallback"`` (run that call on the ExportedProgram).
-    ``inference_mode``: run each call under ``torch.inference_mode()`` (outputs carry no
-    autograd state); False runs calls in the caller's grad mode.
+    ``inference_mode``: False (default) runs each call in the caller's grad mode, as
+    ``ep.module()`` does: outputs are ordinary tensors (``y.add_(1)`` works, they can enter
+    autograd). True runs each call under ``torch.inference_mode()``: outputs are inference
+    tensors (no in-place update outside inference mode, no autograd), the fastest serving mode;
+    ``with torch.inference_mode():`` around the calls does the same.
     ``require_signature``: a PEM public key; the pack's signature (``signature``, default
     ``PATH.sig``) must verify with it before any member but the manifest is read
-    (SignatureError / UnsignedPackError otherwise).
+    (SignatureError / UnsignedPackError otherwise). The signature vouches for the manifest,
+    and the manifest for each member through its SHA-256, so a required signature always
+    hashes every member the load uses: ``verify=False`` is ignored with it (with a warning).
 
     ``trust_engine_host_code``: let TensorRT run host code a plan carries (a
     version-compatible plan with the lean runtime embedded, as the manifest records). Without
-    it such a variant is used only when ``require_signature`` verified the pack.
+    it such a variant is used only when ``require_signature`` verified the pack. Either way
+    such a plan is hashed before TensorRT sees it, even with ``verify=False``.
 
     ``allow_ops``: custom operators (``torch.library``) the program may call, by qualified
     name or pattern (``["mylib::twice"]``, ``["mylib::*"]``). A program that calls one is
@@ -318,11 +366,14 @@ def load(
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
-    pack = _load(path, device=device, verify=verify, require_engine=require_engine,
-                 variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
-                 require_signature=require_signature, signature=signature,
-                 trust_engine_host_code=trust_engine_host_code,
-                 allow_ops=_allow_ops(allow_ops))  # fmt: skip
+    options: dict[str, Any] = dict(
+        verify=verify, require_engine=require_engine, variant=variant,
+        outside_profile=outside_profile, inference_mode=inference_mode,
+        require_signature=require_signature, signature=signature,
+        trust_engine_host_code=trust_engine_host_code, allow_ops=_allow_ops(allow_ops),
+    )  # fmt: skip
+    pack = _load(path, device=device, **options)
+    pack.load_options = {**options, "check": check}
     if check:
         from .samples import check as check_samples
 
@@ -347,19 +398,30 @@ def _load(
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
+    if require_signature is not None and not verify:
+        # A signature covers the manifest; the manifest covers a member only through its
+        # hash. Unhashed members would make the signature vouch for bytes nobody checked.
+        warnings.warn(
+            "trtpack: verify=False is ignored with require_signature=: a required signature "
+            "hashes every member the load uses",
+            stacklevel=3,
+        )
+        verify = True
     with _open_any(path) as (reader, info):
         if require_signature is not None:
             from .signing import verify_reader
 
             verify_reader(reader, require_signature, signature)
-        info = with_program_guards(reader, info)  # a 1.0 pack: its guards, from its program
+        # a 1.0 pack: its guards, from its program's graph (hashed first when verifying)
+        info = with_program_guards(reader, info, verify=verify)
         manifest = info.manifest
         reason = None
         if manifest.engines or require_engine or variant is not None:
             from .engines.loading import load_engines
 
-            # host code runs only from a pack whose signature was just verified, or if trusted
-            trusted = trust_engine_host_code or require_signature is not None
+            # host code runs only from a pack whose signature was just verified (and whose
+            # members are therefore hashed: verify is on), or if the caller trusts the pack
+            trusted = trust_engine_host_code or (require_signature is not None and verify)
             loaded = load_engines(reader, manifest, dev, verify=verify,
                                   require_engine=require_engine, variant=variant,
                                   host_code_allowed=trusted)  # fmt: skip

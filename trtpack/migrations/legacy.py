@@ -13,16 +13,18 @@ recognized, described, converted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
-from ..assemble import PackParts
+from ..writing.assemble import PackParts
 
 if TYPE_CHECKING:
-    from ..info import PackInfo
+    from ..reading import PackInfo
 from ..errors import MigrationError, NotAPackError, OutputExistsError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import MANIFEST_NAME, Interface, Producer
@@ -115,7 +117,7 @@ def convert(
 
 
 def _convert_pack(reader: PackReader) -> PackParts:
-    from ..info import read_info
+    from ..reading import read_info
 
     info = read_info(reader)  # upgrades an older format in memory
     m = info.manifest
@@ -144,11 +146,28 @@ def _convert_engine(
             "describe them (trtpack pack ENGINE --input-spec 'x:float32[1..64@8,3,224,224]', or "
             "inputs=[...] in Python)"
         )
-    iface = parse_description(inputs, outputs)
     plan = path.read_bytes()
-    from ..engines.plan import check_described_names, parse_plan
+    from ..engines.plan import check_described_names, parse_plan, quoted_tensor_names
 
-    parse_plan(plan, where=str(path))  # the header first
+    header = parse_plan(plan, where=str(path))  # the header first
+    if not outputs:
+        names = [_spec_name(s) for s in inputs]
+        others = [n for n in quoted_tensor_names(plan) if n not in names]
+        known = (
+            f"the names its bytes quote, besides the inputs, are {others}"
+            if others
+            else "its bytes name no other tensor"
+            if header.flavor == "tensorrt_rtx"
+            else "a standard TensorRT plan's bytes are not searched for names"
+        )
+        example = others[0] if others else "out"
+        raise MigrationError(
+            f"{path}: describe the engine's outputs as well, outputs=[...] (--output-spec): "
+            f"a plan's bindings cannot be read without a GPU, and {known}; e.g. "
+            f"--output-spec '{example}:{_spec_dtype(inputs)}[...]' with its dims (N, a dim name "
+            "of an input, or ? for unknown)"
+        )
+    iface = parse_description(inputs, outputs)
     check_described_names(plan, [i.name for i in iface.inputs if i.is_tensor],
                           [o.name for o in iface.outputs], where=str(path))  # fmt: skip
     facts = facts_from_plan(plan, iface, where=str(path),
@@ -160,13 +179,28 @@ def _convert_engine(
                      kind=f"bare {v.target.flavor} {v.target.trt_version} engine")  # fmt: skip
 
 
+def _spec_name(spec: str | dict) -> str:
+    """An input description's name (compact ``NAME:DTYPE[...]`` or JSON), for messages."""
+    if isinstance(spec, dict):
+        return str(spec.get("name", ""))
+    return str(spec).split(":", 1)[0].strip()
+
+
+def _spec_dtype(inputs: Sequence[str | dict]) -> str:
+    """The first input's dtype, for an example in a message."""
+    first = inputs[0]
+    if isinstance(first, dict):
+        return str(first.get("dtype", "float32"))
+    return str(first).split(":", 1)[-1].split("[", 1)[0].strip() or "float32"
+
+
 def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:
     """The interface of a pre-2.7 torch.export file, read from its program JSON alone (no
     torch: the weights are pickles, which only migration reads, with torch's weights_only
     loader). Returns (kind, interface)."""
-    from ..derive import SerializedProgram
     from ..format.limits import loads
-    from ..graph_check import check_graph
+    from ..program.derive import SerializedProgram
+    from ..program.graph_check import check_graph
 
     with PackReader(path, require_stored=False, check_crc=True) as reader:
         version = reader.read("version").decode(errors="replace").strip()
@@ -191,7 +225,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     import torch
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
-    from ..program import derive_interface, program_members
+    from ..program.describe import describe
 
     def unpickle(name: str) -> Any:
         if name not in reader:
@@ -210,7 +244,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     version = reader.read("version").decode(errors="replace").strip()
     graph = reader.read("serialized_exported_program.json")
     from ..errors import UnsafePackError
-    from ..graph_check import check_graph
+    from ..program.graph_check import check_graph
 
     try:
         check_graph(graph, f"{reader.path}:serialized_exported_program.json")
@@ -223,35 +257,42 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
             f"{reader.path}: torch {torch.__version__} cannot read this torch.export file "
             f"(schema {version}): {type(e).__name__}: {e}"
         ) from None
-    members, ref = program_members(ep)
-    stored = members[ref.graph]
-    assert isinstance(stored, bytes)
-    return PackParts(derive_interface(ep, graph=stored), dict(members), ref,
+    described = describe(ep)
+    return PackParts(described.interface, described.members, described.ref,
                      producer=Producer(trtpack="-", python="-"),
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 
-@overload
-def to_pack(c: PackParts, path: None, *, overwrite: bool = False) -> bytearray: ...
-@overload
-def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo: ...
-def to_pack(
-    c: PackParts, path: PathLike | None, *, overwrite: bool = False
-) -> PackInfo | bytearray:
-    """Write ``c`` as a current-format pack (atomically) at ``path``, or return its bytes."""
+def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo:
+    """Write ``c`` as a current-format pack (atomically) at ``path``."""
     import dataclasses
     import platform
 
     from .._version import __version__
-    from ..assemble import to_bytes, write
+    from ..writing.assemble import write
 
     # this trtpack wrote the pack; the program is the torch version's that wrote it
     made_by = Producer(__version__, platform.python_version(),
                        torch=c.producer.torch if c.producer else None)  # fmt: skip
     parts = dataclasses.replace(c, producer=made_by)
-    if path is None:
-        return to_bytes(parts)
     return write(parts, path, overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def open_migrated(c: PackParts, path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
+    """``c`` (converted from the file at ``path``) as an open pack, for ``load`` and
+    ``inspect``: written to a temporary file (in ``TMPDIR``) and read like any pack, its
+    weights mapped from that file, never assembled in memory (a second full copy of them).
+    The file is removed on exit; what was mapped from it stays valid (POSIX keeps an unlinked
+    file's pages while they are mapped). Messages name ``path``."""
+    from ..reading import read_info
+
+    with tempfile.TemporaryDirectory(prefix="trtpack-migrated-") as folder:
+        staged = Path(folder) / "migrated.trtpack"
+        to_pack(c, staged)
+        with PackReader(staged) as reader:
+            reader.path = Path(path)  # opened already: from here on the path only names it
+            yield reader, read_info(reader)
 
 
 def migrate(

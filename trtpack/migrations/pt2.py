@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..assemble import PackParts
-from ..derive import SCALAR_TYPES, SerializedProgram
 from ..engines.packed_info import PackedEngine, read_engine_pickle
 from ..engines.variants import WiredProgram, variant_from_wired
 from ..errors import MigrationError
@@ -22,6 +20,9 @@ from ..format.container import PackReader, Source
 from ..format.limits import loads
 from ..format.manifest import Producer, ProgramRef
 from ..format.weights import DTYPES, RawTensor, layout_metadata, safetensors_source
+from ..program.derive import SerializedProgram
+from ..program.serde import SCALAR_TYPES
+from ..writing.assemble import PackParts
 
 
 def archive_root(reader: PackReader) -> str | None:
@@ -75,7 +76,7 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
             f"{where} was written on a big-endian machine; trtpack reads little-endian"
         )
     graph_member, data = model_json(reader, root)
-    from ..graph_check import check_graph, custom_ops
+    from ..program.graph_check import check_graph, custom_ops
 
     # custom operators pass here: migrating runs nothing, and the pack records them; loading
     # the pack gates them (graph safety, allow_ops)

@@ -5,7 +5,7 @@ What the engine is comes from the manifest: its inputs are the tensor inputs (na
 one optimization profile from each symbol's min/opt/max), its outputs the outputs, by name.
 ``engines/build.py`` carries that out (ONNX export, TensorRT-RTX's parser and builder); the
 variant is made by the one variant builder (``engines/variants.py``) and written by
-``adding.add_variants``, as for ``add_engine``.
+``writing.add.add_variants``, as for ``add_engine``.
 """
 
 from __future__ import annotations
@@ -15,29 +15,40 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .adding import add_variants
-from .derive import Range, RangeLike, apply_ranges
-from .engines.plan import parse_plan
-from .engines.variants import EngineFacts, build_variant, default_variant_name, whole_graph_bindings
-from .errors import ArgumentTypeError, EngineError, RangeOverrideError
-from .format.container import PackReader, PathLike, Source
-from .format.manifest import Interface, Manifest, Target, Variant, parse_dim
-from .info import PackInfo
-from .program import load_program  # torch: trtpack.build without it names trtpack[torch]
+from ..engines.plan import parse_plan
+from ..engines.variants import (
+    EngineFacts,
+    build_variant,
+    default_variant_name,
+    whole_graph_bindings,
+)
+from ..errors import ArgumentTypeError, EngineError, RangeOverrideError
+from ..format.container import PackReader, PathLike, Source
+from ..format.manifest import Interface, Manifest, Target, Variant, parse_dim
+from ..program.derive import Range, RangeLike, apply_ranges
+from ..program.serialize import load_program  # torch: trtpack.build without it names trtpack[torch]
+from ..reading import PackInfo
+from .add import add_variants
+
+#: the GPUs ``build`` (and ``trtpack build`` without --target) builds for: Ampere and Ada
+DEFAULT_TARGETS = ("8.6", "8.9")
 
 
 def build(
     pack: PathLike,
-    targets: Sequence[str] | str = ("8.6", "8.9"),
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
     *,
     variant: str | None = None,
     out: PathLike | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
+    overwrite: bool = False,
 ) -> PackInfo:
     """Build a TensorRT-RTX engine of the pack's program for the GPUs ``targets`` names
     (compute capabilities: ``("8.6", "8.9", "12.0")`` or ``"8.6,8.9"``) and add it to ``pack``
     as variant ``variant`` (default: from the targets, ``rtx_sm86_sm89``), written atomically to
-    ``out`` (default: in place). Needs ``tensorrt_rtx``, ``onnx`` and ``onnxscript``
+    ``out`` (default: in place; an existing ``out`` other than ``pack`` is replaced only with
+    ``overwrite=True``). ``targets`` defaults to ``DEFAULT_TARGETS``, as ``trtpack build``
+    does without ``--target``. Needs ``tensorrt_rtx``, ``onnx`` and ``onnxscript``
     (``pip install 'trtpack[rtx]'``), not a GPU.
 
     The engine's inputs are the manifest's tensor inputs (constants torch.export specialized
@@ -47,7 +58,7 @@ def build(
     an unbounded symbol, a dynamic int input, a dtype TensorRT-RTX lacks, ops the ONNX
     exporter or TensorRT-RTX's parser cannot take (their errors are in the message).
     """
-    from .engines.build import build_plan, check_targets
+    from ..engines.build import build_plan, check_targets
 
     ccs = parse_targets(targets)
     check_targets(ccs)
@@ -85,7 +96,7 @@ def build(
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out)
+    return add_variants(pack, make, out=out, overwrite=overwrite)
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:

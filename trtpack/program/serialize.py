@@ -23,23 +23,23 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
-from .errors import (
+from ..errors import (
     ArgumentTypeError,
     DeriveError,
     IntegrityError,
     MigrationError,
     ProgramError,
 )
-from .format.container import Chunks, PackReader
-from .format.manifest import Interface, Manifest, ProgramRef
-from .format.weights import (
+from ..format.container import Chunks, PackReader
+from ..format.manifest import Interface, Manifest, ProgramRef
+from ..format.weights import (
     RawTensor,
     layout_metadata,
     parse_layout,
     parse_safetensors,
     safetensors_source,
 )
+from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
 from .treespec import register_namedtuples, restore_namedtuples
 
 
@@ -70,12 +70,22 @@ def derive_interface(
         raise ArgumentTypeError("ep", "a torch.export.ExportedProgram", ep)
     if graph is None:
         graph = program_graph(ep)
+    iface, by_torch = derive_with_names(ep, graph)
+    if ranges:
+        generated = derive_from_graph(graph, where="the ExportedProgram")[1]
+        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch, generated))
+    return iface
+
+
+def derive_with_names(ep: ExportedProgram, graph: bytes) -> tuple[Interface, dict[str, str]]:
+    """The interface derived from ``graph`` (``ep``'s JSON), and torch's symbol names -> the
+    manifest's (what ``dim_aliases`` needs to accept the user's ``Dim`` names). Symbols are
+    named by the user's ``Dim`` names where this live program knows them (issue 22.7)."""
     recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     try:
         # the user's Dim names, where this live program knows them (its shape environment);
         # a program loaded from a pack keeps the names its manifest gave
         iface, by_torch = derive_from_graph(graph, where="the ExportedProgram")
-        generated = by_torch
         if isinstance(recorded, Interface):
             user = recorded_names(iface, by_torch, recorded)
         else:
@@ -87,9 +97,7 @@ def derive_interface(
         raise DeriveError(str(e)) from None
     if isinstance(recorded, Interface):
         iface = keep_opts(iface, recorded)
-    if ranges:
-        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch, generated))
-    return iface
+    return iface, by_torch
 
 
 def dim_aliases(
@@ -451,7 +459,7 @@ def opt_inputs(manifest: Manifest) -> list[Any]:
     """One call's leaves at the symbols' opt sizes (zeros; ``example`` opts are the sizes of
     the inputs the program was exported with): what torch needs to know the call's
     structure when it builds its guard check."""
-    from .format.manifest import parse_dim
+    from ..format.manifest import parse_dim
 
     def at_opt(dim: int | str) -> int:
         if isinstance(dim, int):
@@ -494,7 +502,7 @@ class LoadedProgram:
     the pack is not read again, and the weights are not copied again).
 
     ``fast_path_reason`` is None when ``module`` was built straight from the graph JSON
-    (``trtpack.graph_module``: no torch deserializer, no torch._dynamo import), else why
+    (``trtpack.program.graph_module``: no torch deserializer, no torch._dynamo import), else why
     torch's deserializer built it."""
 
     def __init__(
@@ -555,7 +563,7 @@ def _require_registered(manifest: Manifest, where: str) -> None:
     which, and what to import (torch's own error reads like a version mismatch)."""
     import torch.utils._pytree as pytree
 
-    from .format.pytree import custom_type_names, unregistered_error
+    from ..format.pytree import custom_type_names, unregistered_error
 
     for tree in (manifest.input_tree, manifest.output_tree):
         for name in custom_type_names(tree):

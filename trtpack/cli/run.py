@@ -12,16 +12,14 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from .errors import InputMismatchError, TrtpackError
-from .format.container import PathLike
-from .format.manifest import Manifest, parse_dim
-from .runtime import load
-
-Size = Literal["opt", "min", "max", "random"]
+from ..errors import InputMismatchError, TrtpackError
+from ..format.container import PathLike
+from ..runtime import load
+from ..samples import Size, given_symbols, sample_leaves, sample_symbols
 
 
 @dataclass
@@ -59,50 +57,6 @@ class RunReport:
         }  # fmt: skip
 
 
-def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[str, int]:
-    out = {}
-    for name, sym in manifest.symbols.items():
-        if size == "min":
-            out[name] = sym.min
-        elif size == "max":
-            if sym.max is None:
-                raise TrtpackError(f"symbol {name!r} is unbounded: --size max needs a bound")
-            out[name] = sym.max
-        elif size == "random":
-            out[name] = rng.randint(sym.min, sym.max if sym.max is not None else sym.opt * 2)
-        else:
-            out[name] = sym.opt
-    return out
-
-
-def sample_leaves(
-    manifest: Manifest, symbols: Mapping[str, int], gen: torch.Generator, device: torch.device
-) -> list[Any]:
-    def dim(d: int | str) -> int:
-        if isinstance(d, int):
-            return d
-        expr = parse_dim(d)
-        return expr.value(symbols[expr.symbol])
-
-    leaves: list[Any] = []
-    for spec in manifest.inputs:
-        if spec.is_tensor:
-            shape = [dim(d) for d in spec.shape or ()]
-            dtype = getattr(torch, spec.dtype or "float32")
-            if dtype.is_floating_point or dtype.is_complex:
-                t = torch.randn(shape, generator=gen).to(dtype)
-            elif dtype == torch.bool:
-                t = torch.rand(shape, generator=gen) > 0.5
-            else:
-                t = torch.randint(0, 8, shape, generator=gen).to(dtype)
-            leaves.append(t.to(device))
-        elif spec.symbol is not None:
-            leaves.append(dim(spec.symbol))
-        else:
-            leaves.append(spec.value)
-    return leaves
-
-
 def _flat_outputs(value: Any) -> list[Any]:
     import torch.utils._pytree as pytree
 
@@ -117,17 +71,21 @@ def run_pack(
     seed: int = 0,
     device: str | None = None,
     variant: str | None = None,
+    require_engine: bool = False,
     attempts: int = 20,
     allow_ops: Sequence[str] = (),
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
-    each output's largest absolute difference."""
+    each output's largest absolute difference. ``require_engine``: raise NoUsableEngineError
+    (saying why) instead of running the program alone when no engine variant (or not
+    ``variant``) can run here."""
     import warnings
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant, allow_ops=allow_ops)
+        pack = load(path, device=device, variant=variant, require_engine=require_engine,
+                    allow_ops=allow_ops)
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:
@@ -137,8 +95,10 @@ def run_pack(
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     problem: InputMismatchError | None = None
+    fixed = given_symbols(manifest, inputs or {})
     for _ in range(max(1, attempts)):
-        symbols = sample_symbols(manifest, size, rng)
+        # the given inputs' sizes win: the sampled ones share their symbols
+        symbols = sample_symbols(manifest, size, rng, fixed)
         leaves = sample_leaves(manifest, symbols, gen, pack.device)
         for i, spec in enumerate(manifest.inputs):
             if inputs and spec.name in inputs:
@@ -154,10 +114,11 @@ def run_pack(
                 raise
     else:
         raise TrtpackError(f"no sample within {attempts} draws satisfies the guards: {problem}")
-    got = _flat_outputs(pack(*args, **kwargs))
+    with torch.inference_mode():  # reported, never kept
+        got = _flat_outputs(pack(*args, **kwargs))
     want = None
     if pack.backend != "exported_program" and pack.exported_program is not None:
-        from .program import runnable
+        from ..program.serialize import runnable
 
         with torch.inference_mode():
             want = _flat_outputs(runnable(pack.exported_program)(*args, **kwargs))

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..engines.variants import build_variant, facts_from_plan
+from ..errors import ArgumentTypeError, EngineError, OutputExistsError
+from ..format.atomic import pack_lock
+from ..format.container import PackReader, PathLike, Source
+from ..format.manifest import Manifest, ProgramRef, Variant
+from ..reading import PackInfo, open_pack
 from .assemble import PackParts, write
-from .engines.variants import build_variant, facts_from_plan
-from .errors import ArgumentTypeError, EngineError
-from .format.atomic import pack_lock
-from .format.container import PackReader, PathLike, Source
-from .format.manifest import Manifest, ProgramRef, Variant
-from .info import PackInfo, open_pack
 
 
 def add_engine(
@@ -27,8 +27,10 @@ def add_engine(
     variant: str | None = None,
     out: PathLike | None = None,
     version_compatible: str | None = None,
+    overwrite: bool = False,
 ) -> PackInfo:
-    """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place).
+    """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place; an
+    existing ``out`` other than ``pack`` is replaced only with ``overwrite=True``).
 
     ``source`` is another .trtpack of the same model (its variants are taken), a bare plan
     file (a whole-graph engine whose bindings are the manifest's inputs and outputs), or a
@@ -40,7 +42,7 @@ def add_engine(
     def make(_reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
         variants, members = _variants_from(source, m, variant)
         if version_compatible is not None:
-            from .engines.variants import declare_version_compatible
+            from ..engines.variants import declare_version_compatible
 
             if not all(v.described for v in variants):  # described: exactly the bare plans
                 raise EngineError(f"version_compatible describes a bare plan; {source!r} is not "
@@ -50,17 +52,21 @@ def add_engine(
                         for v in variants]  # fmt: skip
         return variants, members
 
-    return add_variants(pack, make, out=out)
+    return add_variants(pack, make, out=out, overwrite=overwrite)
 
 
 #: (the pack's reader, its manifest) -> the new variants and their members
 MakeVariants = Callable[[PackReader, Manifest], tuple[list[Variant], dict[str, Source]]]
 
 
-def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None) -> PackInfo:
+def add_variants(
+    pack: PathLike, make: MakeVariants, *, out: PathLike | None, overwrite: bool = False
+) -> PackInfo:
     """``pack`` with the variants ``make`` gives, written atomically to ``out`` (default: in
-    place); the other members copied byte for byte. What ``add_engine`` and ``build`` share."""
+    place); the other members copied byte for byte. What ``add_engine`` and ``build`` share.
+    An existing ``out`` that is not ``pack`` is replaced only with ``overwrite``."""
     target_path = Path(out) if out is not None else Path(pack)
+    refuse_existing(pack, out, overwrite)
     # held from before the read until after the rename: a second add_engine waits, never
     # writes a pack built from the old content (which would drop the first one's variant)
     with pack_lock(target_path), open_pack(pack) as (reader, info):
@@ -71,6 +77,17 @@ def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None) ->
         parts = parts.with_variants(new_variants, new_members, where=str(info.path))
         # written while the source is open; members are copied from it as they are written
         return write(parts, target_path, overwrite=True)
+
+
+def refuse_existing(pack: PathLike, out: PathLike | None, overwrite: bool) -> None:
+    """The writers' rule for an edit written elsewhere: ``out`` may not replace another file
+    unless ``overwrite``; editing ``pack`` itself (``out`` None or ``pack``) is what the edit
+    is for."""
+    if out is None or overwrite or not Path(out).exists():
+        return
+    if Path(out).resolve() == Path(pack).resolve():
+        return
+    raise OutputExistsError(out)
 
 
 def _variants_from(
@@ -97,7 +114,7 @@ def _variants_from(
     iface = compiled.interface
     if iface.inputs != manifest.inputs or iface.outputs != manifest.outputs:
         raise EngineError("the compiled module's inputs/outputs differ from the pack's manifest")
-    from .saving import variant_of_compiled
+    from .save import variant_of_compiled
 
     # profiles from the compiled module's symbols: the ranges its engines were built for
     v, m = variant_of_compiled(
@@ -113,7 +130,7 @@ def _plan_variant(
     be checked without a GPU: the names occur in the plan); its outputs take the pack's output
     names, or ``output<i>``, whichever the plan holds. The variant is marked ``described``:
     a GPU runtime confirms the bindings when it loads the engine."""
-    from .engines.plan import check_described_names, missing_names, parse_plan
+    from ..engines.plan import check_described_names, missing_names, parse_plan
 
     parse_plan(plan, where=where)  # the header first: not a plan, truncated, unknown version
     tensor_inputs = [i.name for i in manifest.inputs if i.is_tensor]

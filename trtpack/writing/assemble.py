@@ -15,19 +15,18 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ._version import __version__
-from .errors import EngineError, TrtpackError
-from .format.container import (
+from .._version import __version__
+from ..errors import EngineError, TrtpackError
+from ..format.container import (
     DIGEST_CHUNK,
     MemberDigest,
     PathLike,
     Source,
-    pack_bytes,
     read_head,
     source_size,
     write_pack,
 )
-from .format.manifest import (
+from ..format.manifest import (
     FORMAT_VERSION,
     Interface,
     Manifest,
@@ -38,7 +37,7 @@ from .format.manifest import (
     Samples,
     Variant,
 )
-from .info import PackInfo, inspect
+from ..reading import PackInfo, inspect
 
 
 @dataclass
@@ -119,8 +118,8 @@ def check_loadable(parts: PackParts) -> None:
     """The checks a reader runs on each program's members before torch sees them: graph
     safety (``graph_check``; custom operators pass, they are recorded and the loader gates
     them) and the weights' header and layout (``format/weights.py``). Raises their errors."""
-    from .format.weights import parse_layout, parse_safetensors
-    from .graph_check import check_graph
+    from ..format.weights import parse_layout, parse_safetensors
+    from ..program.graph_check import check_graph
 
     refs = [parts.program, *(v.program for v in parts.engines)]
     for ref in refs:
@@ -133,11 +132,6 @@ def check_loadable(parts: PackParts) -> None:
         head = read_head(weights, 8 + min(header_len, 100 << 20))
         stored, metadata = parse_safetensors(head, ref.weights, size=source_size(weights))
         parse_layout(metadata, stored, ref.weights)
-
-
-def to_bytes(parts: PackParts) -> bytearray:
-    """The same pack, in memory (a legacy file migrated on load, or inspected)."""
-    return pack_bytes(parts.members, lambda d: parts.manifest(d).to_json())
 
 
 def producer(*, with_engines: bool = False) -> Producer:

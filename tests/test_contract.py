@@ -90,9 +90,7 @@ def test_derived_dims_consistent(packs):
         t(5),
         match=r"makes n = 5, but input x \(args\[0\]\) dim 0 already set n = 4",
     )
-    refused(
-        p, t(4, 3), t(8, 3), t(6), match=r"input z \(args\[2\]\) dim 0 is 6, which makes n = 5"
-    )
+    refused(p, t(4, 3), t(8, 3), t(6), match=r"input z \(args\[2\]\) dim 0 is 6, which makes n = 5")
     refused(p, t(40, 3), t(80, 3), t(41), match=r"outside the allowed range of n: \[2, 32\]")
     refused(p, t(1, 3), t(2, 3), t(2), match=r"outside the allowed range of n: \[2, 32\]")
 

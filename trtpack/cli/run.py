@@ -84,8 +84,9 @@ def run_pack(
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant, require_engine=require_engine,
-                    allow_ops=allow_ops)
+        pack = load(
+            path, device=device, variant=variant, require_engine=require_engine, allow_ops=allow_ops
+        )
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:

@@ -254,7 +254,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
                       device=args.device, variant=args.variant,
                       require_engine=args.variant is not None,
-                      max_sample_bytes=args.max_sample_size)  # fmt: skip
+                      max_sample_bytes=args.max_sample_size,
+                      allow_ops=args.allow_op or ())  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
@@ -279,7 +280,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     # a named variant must run here: checking the program instead would be a false pass
     pack = load(args.pack, device=args.device, variant=args.variant,
-                require_engine=args.variant is not None)  # fmt: skip
+                require_engine=args.variant is not None,
+                allow_ops=args.allow_op or ())  # fmt: skip
     try:
         report = check(pack)
     except SampleMismatchError as e:
@@ -600,6 +602,17 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="check this engine variant (exit 1 if it cannot run here)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _allow_op_argument(p)
+
+
+def _allow_op_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-op",
+        action="append",
+        metavar="NS::OP",
+        help="let the program call this custom operator (a pattern such as 'mylib::*' too); "
+        "it must be registered in this process",
+    )
 
 
 def _audit_arguments(p: argparse.ArgumentParser) -> None:
@@ -667,6 +680,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="run this engine variant (exit 1 if it cannot run here)")
+    _allow_op_argument(p)
     p.add_argument(
         "--atol",
         type=float,

@@ -131,6 +131,16 @@ def _chunks(source: Source) -> Iterator[memoryview]:
             yield view[start : start + _CHUNK]
 
 
+def read_head(source: Source, n: int) -> bytes:
+    """The first ``n`` bytes of a member's source (fewer if it is shorter)."""
+    out = bytearray()
+    for view in _chunks(source):
+        out += view[: n - len(out)]
+        if len(out) >= n:
+            break
+    return bytes(out)
+
+
 def source_size(source: Source) -> int:
     if isinstance(source, FileSlice):
         return source.size

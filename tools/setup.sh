@@ -25,7 +25,7 @@ case "${1:-core}" in
   trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=torch,test,rtx
         MORE=(torch-tensorrt-rtx==2.14.0 torchvision==0.29.1 timm==1.0.31)
         NEEDS=(torch_tensorrt torchvision timm) ;;
-  demo) VENV=.venv-demo; TORCH=(torch==2.13.0); EXTRAS=torch; MORE=(); NEEDS=(torch trtpack) ;;
+  demo) VENV=.venv-demo; TORCH=(torch==2.13.0); EXTRAS=torch; MORE=(); NEEDS=(torch numpy trtpack) ;;
   *) echo "usage: tools/setup.sh [core|trt|demo]" >&2; exit 2 ;;
 esac
 if [ "$VENV" != .venv-demo ]; then

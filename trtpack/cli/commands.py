@@ -107,7 +107,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from ..migrations.legacy import migrate
 
     info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
-                   variant=args.variant)  # fmt: skip
+                   variant=args.variant, progress=_progress(args))  # fmt: skip
     major, minor = info.manifest.format_version
     line = f"{info.path}: trtpack format {major}.{minor}  {info.digest}"
     return _report(args, _written(info), line)
@@ -124,7 +124,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         inputs += more_in
         outputs += more_out
     info = migrate(args.engine, args.output, overwrite=args.force, inputs=inputs,
-                   outputs=outputs, variant=args.variant,
+                   outputs=outputs, variant=args.variant, progress=_progress(args),
                    version_compatible=_vc(args.version_compatible))  # fmt: skip
     line = f"{info.path}: engine variant {info.manifest.engines[0].name}  {info.digest}"
     return _report(args, _written(info), line)
@@ -171,7 +171,8 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
 
         raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
-                      version_compatible=_vc(args.version_compatible))  # fmt: skip
+                      version_compatible=_vc(args.version_compatible),
+                      progress=_progress(args))  # fmt: skip
     names = ", ".join(v.name for v in info.manifest.engines)
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
@@ -188,7 +189,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     ranges = dict(parse_range(text) for text in args.range or ())
     start = time.perf_counter()
     info = build(args.pack, ",".join(args.target), variant=args.variant, out=args.output,
-                 ranges=ranges)  # fmt: skip
+                 ranges=ranges, progress=_progress(args))  # fmt: skip
     seconds = time.perf_counter() - start
     v = info.manifest.engines[-1]  # the variant just added
     engine = info.manifest.members[v.engines[0].member]
@@ -347,13 +348,19 @@ def _registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None
         help="a Docker config.json with credentials (besides ~/.docker/)",
     )
     if transfer:
-        shown = p.add_mutually_exclusive_group()
-        shown.add_argument(
-            "--progress",
-            action="store_true",
-            help="progress on stderr even when it is not a terminal",
-        )
-        shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
+        _progress_options(p)
+
+
+def _progress_options(p: argparse.ArgumentParser) -> None:
+    """Every command that can take seconds: a progress line on stderr when it is a terminal
+    (trtpack.format.progress, the one mechanism), --progress forces it, --quiet silences it."""
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress on stderr even when it is not a terminal",
+    )
+    shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -383,6 +390,7 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     _version_compatible_option(p)
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -404,6 +412,7 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -413,6 +422,7 @@ def _migrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be INPUT")
     p.add_argument("--variant", help="name for the engine variant of a torch_tensorrt file")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -432,6 +442,7 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
     _version_compatible_option(p)
     p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

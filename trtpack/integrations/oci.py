@@ -43,16 +43,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 from urllib.parse import urljoin
 
 from ..errors import (
@@ -71,6 +68,8 @@ from ..format.container import (
     write_pack,
 )
 from ..format.limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
+from ..format.progress import Progress as _Progress
+from ..format.progress import ProgressArg
 from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
 from ..reading import PackInfo, format_shape, human_size, open_pack, render
 from ..reading import inspect as inspect_pack
@@ -280,74 +279,6 @@ def _call(what: str, ref: Reference, fn: Any, *args: Any, _allow: tuple[int, ...
 
 
 # --- progress --------------------------------------------------------------------------------
-
-
-class _Progress:
-    """One line on stderr, redrawn in place on a terminal; one line per blob when asked for
-    elsewhere (a log); nothing when off. ``enabled`` None: on only if the stream is a TTY."""
-
-    def __init__(self, verb: str, enabled: bool | None, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        try:
-            self.tty = self.stream.isatty()
-        except (AttributeError, ValueError):
-            self.tty = False
-        self.on = self.tty if enabled is None else enabled
-        self.verb, self.total, self.done, self.name = verb, 0, 0, ""
-        self.started = self.last = time.monotonic()
-        self.member_start = 0
-        self.drawn = False
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        if kind is not None and self.on and self.tty and self.drawn:
-            self._write("\n")  # the error message starts on a line of its own
-
-    def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
-
-    def _draw(self) -> None:
-        if not self.total:
-            return  # nothing to measure yet (the pack's manifest.json, before its size is known)
-        pct = 100 * self.done // self.total
-        rate = self.done / max(time.monotonic() - self.started, 1e-6)
-        bar = "#" * (pct // 5) + "." * (20 - pct // 5)
-        line = (f"{self.verb} [{bar}] {pct:3d}%  {human_size(self.done)} / "
-                f"{human_size(self.total)}  {human_size(int(rate))}/s  {self.name}")  # fmt: skip
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        self._write("\r" + line[:width] + "\x1b[K")
-        self.last, self.drawn = time.monotonic(), True
-
-    def begin(self, name: str) -> None:
-        self.name, self.member_start = name, self.done
-        if self.on and self.tty:
-            self._draw()
-
-    def restart(self) -> None:
-        """The body is being sent again (the library retried the request)."""
-        self.done = self.member_start
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.on and self.tty and time.monotonic() - self.last > 0.1:
-            self._draw()
-
-    def note(self, name: str, size: int, what: str) -> None:
-        if self.on and not self.tty:
-            self._write(f"{self.verb} {name}  {human_size(size)}  {what}\n")
-
-    def close(self, summary: str) -> None:
-        if not self.on:
-            return
-        if self.tty and self.drawn:
-            self.name = ""
-            self._draw()
-            self._write("\n")
-        else:  # a log, or a terminal that saw no transfer
-            self._write(f"{self.verb} {summary}\n")
 
 
 class _Body:
@@ -673,12 +604,13 @@ def push(
     layout: str = DEFAULT_LAYOUT,
     plain_http: bool | None = None,
     registry_config: PathLike | None = None,
-    progress: bool | None = None,
+    progress: ProgressArg = None,
     created: str | datetime | None = None,
 ) -> Pushed:
     """Push ``pack`` to ``ref`` in ``layout`` (``"modelpack"`` or ``"trtpack"``); blobs the
-    registry already has are not sent again. ``progress`` None: a progress line on stderr
-    only when it is a terminal. ``created``: the ModelPack creation time (default: the pack's
+    registry already has are not sent again. ``progress``: None, a progress line on stderr
+    only when it is a terminal; True, always; False, none; a callable, events
+    (``trtpack.format.progress``). ``created``: the ModelPack creation time (default: the pack's
     ``created`` metadata, else ``SOURCE_DATE_EPOCH``, else none)."""
     reference = parse_reference(ref)
     if reference.digest:
@@ -894,7 +826,7 @@ def pull(
     environment: Any = None,
     plain_http: bool | None = None,
     registry_config: PathLike | None = None,
-    progress: bool | None = None,
+    progress: ProgressArg = None,
 ) -> Pulled:
     """Fetch the pack at ``ref`` into ``out`` (atomically), every blob checked. Either layout.
 

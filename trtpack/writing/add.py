@@ -16,6 +16,7 @@ from ..errors import ArgumentTypeError, EngineError
 from ..format.atomic import pack_lock
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import Manifest, ProgramRef, Variant
+from ..format.progress import Progress, ProgressArg
 from ..reading import PackInfo, open_pack
 from .assemble import PackParts, write
 
@@ -27,6 +28,7 @@ def add_engine(
     variant: str | None = None,
     out: PathLike | None = None,
     version_compatible: str | None = None,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place).
 
@@ -35,6 +37,7 @@ def add_engine(
     module from ``trtpack.compile``. The pack's other members are copied byte for byte.
     ``version_compatible`` (a bare TensorRT plan): ``"lean_embedded"`` or ``"lean_excluded"``,
     as the plan was built (its header does not say; an embedded lean runtime is host code).
+    ``progress``: as for ``save`` (``trtpack.format.progress``).
     """
 
     def make(_reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
@@ -50,27 +53,29 @@ def add_engine(
                         for v in variants]  # fmt: skip
         return variants, members
 
-    return add_variants(pack, make, out=out)
+    return add_variants(pack, make, out=out, progress=Progress("add-engine", progress))
 
 
 #: (the pack's reader, its manifest) -> the new variants and their members
 MakeVariants = Callable[[PackReader, Manifest], tuple[list[Variant], dict[str, Source]]]
 
 
-def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None) -> PackInfo:
+def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None,
+                 progress: Progress | None = None) -> PackInfo:  # fmt: skip
     """``pack`` with the variants ``make`` gives, written atomically to ``out`` (default: in
     place); the other members copied byte for byte. What ``add_engine`` and ``build`` share."""
     target_path = Path(out) if out is not None else Path(pack)
     # held from before the read until after the rename: a second add_engine waits, never
     # writes a pack built from the old content (which would drop the first one's variant)
-    with pack_lock(target_path), open_pack(pack) as (reader, info):
+    bar = progress or Progress("add-engine", False)
+    with bar, pack_lock(target_path), open_pack(pack) as (reader, info):
         m = info.manifest
         parts = PackParts(m.interface, {n: reader.slice(n) for n in m.members}, m.program,
                           m.engines, dict(m.metadata), m.producer, samples=m.samples)  # fmt: skip
         new_variants, new_members = make(reader, m)
         parts = parts.with_variants(new_variants, new_members, where=str(info.path))
         # written while the source is open; members are copied from it as they are written
-        return write(parts, target_path, overwrite=True)
+        return write(parts, target_path, overwrite=True, progress=bar)
 
 
 def _variants_from(

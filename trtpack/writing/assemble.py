@@ -34,6 +34,7 @@ from ..format.manifest import (
     Samples,
     Variant,
 )
+from ..format.progress import Progress, human_size
 from ..reading import PackInfo, inspect
 
 
@@ -96,10 +97,17 @@ def _member(d: MemberDigest) -> Member:
     return Member(d.sha256, d.size, chunks)
 
 
-def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackInfo:
-    """Write ``parts`` as a pack at ``path``, atomically; return what was written."""
-    write_pack(path, parts.members, lambda d: parts.manifest(d).to_json(), overwrite=overwrite)
-    return inspect(path)
+def write(parts: PackParts, path: PathLike, *, overwrite: bool = True,
+          progress: Progress | None = None) -> PackInfo:  # fmt: skip
+    """Write ``parts`` as a pack at ``path``, atomically; return what was written. The bytes
+    written are counted on ``progress``, which is closed with a summary once the pack is in
+    place."""
+    write_pack(path, parts.members, lambda d: parts.manifest(d).to_json(), overwrite=overwrite,
+               progress=progress)  # fmt: skip
+    info = inspect(path)
+    if progress is not None:
+        progress.close(f"{path}  {human_size(info.file_size)} written")
+    return info
 
 
 def producer(*, with_engines: bool = False) -> Producer:

@@ -25,6 +25,7 @@ from ..engines.variants import (
 from ..errors import ArgumentTypeError, EngineError, RangeOverrideError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import Interface, Manifest, Target, Variant, parse_dim
+from ..format.progress import Progress, ProgressArg
 from ..program.derive import Range, RangeLike, apply_ranges
 from ..program.serialize import load_program  # torch: trtpack.build without it names trtpack[torch]
 from ..reading import PackInfo
@@ -38,6 +39,7 @@ def build(
     variant: str | None = None,
     out: PathLike | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """Build a TensorRT-RTX engine of the pack's program for the GPUs ``targets`` names
     (compute capabilities: ``("8.6", "8.9", "12.0")`` or ``"8.6,8.9"``) and add it to ``pack``
@@ -51,7 +53,10 @@ def build(
     be bounded so); the variant records the range it covers. Refused with an ``EngineError``:
     an unbounded symbol, a dynamic int input, a dtype TensorRT-RTX lacks, ops the ONNX
     exporter or TensorRT-RTX's parser cannot take (their errors are in the message).
+    ``progress``: as for ``save`` (``trtpack.format.progress``): the steps (load the program,
+    export ONNX and build the engine), then the bytes written.
     """
+    bar = Progress("build", progress)
     from ..engines.build import build_plan, check_targets
 
     ccs = parse_targets(targets)
@@ -72,8 +77,9 @@ def build(
                 field="variant",
                 got=name,
             )
+        bar.step("load the program")
         ep = _program(reader, m)
-        built = build_plan(ep, inputs, outputs, ccs, where=where)
+        built = build_plan(ep, inputs, outputs, ccs, where=where, progress=bar)
         header = parse_plan(built.plan, where="the built engine")
         if header.flavor != "tensorrt_rtx" or header.compute_capabilities != ccs:
             raise EngineError(
@@ -90,7 +96,7 @@ def build(
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out)
+    return add_variants(pack, make, out=out, progress=bar)
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:

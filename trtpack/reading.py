@@ -21,7 +21,6 @@ from .errors import (
     UnsafePackError,
 )
 from .format.container import PackReader, PathLike
-from .format.progress import human_size
 from .format.limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
 from .format.manifest import (
     FORMAT_VERSION,
@@ -32,6 +31,7 @@ from .format.manifest import (
     Symbol,
     parse_dim,
 )
+from .format.progress import human_size
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO, Union
+from typing import TextIO
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ProgressEvent:
 
 ProgressCallback = Callable[[ProgressEvent], None]
 #: what ``progress=`` accepts (see the module's docstring)
-ProgressArg = Union[bool, None, ProgressCallback]
+ProgressArg = bool | None | ProgressCallback
 
 _REDRAW_S = 0.1  # at most ten redraws (or callback calls for bytes) a second
 
@@ -107,7 +107,8 @@ class Progress:
             rate = self.done / max(time.monotonic() - self.started, 1e-6)
             bar = "#" * (pct // 5) + "." * (20 - pct // 5)
             line = (f"{self.verb} [{bar}] {pct:3d}%  {human_size(self.done)} / "
-                    f"{human_size(self.total)}  {human_size(int(rate))}/s  {self.name}")  # fmt: skip
+                    f"{human_size(self.total)}  {human_size(int(rate))}/s  "
+                    f"{self.name}")  # fmt: skip
         width = shutil.get_terminal_size((100, 20)).columns - 1
         self._write("\r" + line[:width] + "\x1b[K")
         self.last, self.drawn = time.monotonic(), True

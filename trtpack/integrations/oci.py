@@ -68,9 +68,9 @@ from ..format.container import (
     write_pack,
 )
 from ..format.limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
+from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
 from ..format.progress import Progress as _Progress
 from ..format.progress import ProgressArg
-from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
 from ..reading import PackInfo, format_shape, human_size, open_pack, render
 from ..reading import inspect as inspect_pack
 

@@ -85,3 +85,29 @@ def test_cli_progress_on_a_terminal_only_and_quiet_silences_it(tmp_path):
     assert _migrate_cli(tmp_path, "--quiet", tty=True) == ""
     forced = _migrate_cli(tmp_path, "--progress", tty=False)
     assert "migrate: read cli.pt2" in forced and "written" in forced and "\r" not in forced
+
+
+def test_build_names_its_steps_then_counts_the_bytes(tmp_path, exported):
+    pytest.importorskip("tensorrt_rtx")
+    _, _, ep = exported("keywords")
+    path = tmp_path / "k.trtpack"
+    trtpack.save(ep, path, progress=False)
+    events: list[ProgressEvent] = []
+    info = trtpack.build(path, "8.9", progress=events.append)
+    steps = [e.step for e in events]
+    for step in ("load the program", "export ONNX", "parse ONNX"):
+        assert step in steps
+    assert any(s.startswith("build the engine for compute capability 8.9") for s in steps)
+    _check_events(events, "build", sum(m.size for m in info.manifest.members.values()))
+
+
+def test_released_pages_read_the_file_again(small_pack):
+    from trtpack.format.container import PackReader
+
+    with PackReader(small_pack) as reader:
+        name = next(n for n in reader.members if n.endswith(".safetensors"))
+        view = reader.view(name)
+        before = bytes(view)
+        view[:4] = b"\0\0\0\0" if before[:4] != b"\0\0\0\0" else b"\1\1\1\1"  # a private write
+        reader.release_pages()
+        assert bytes(view) == before  # valid, and the file's bytes again

@@ -28,7 +28,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,11 +115,13 @@ def build_plan(
     *,
     where: str,
     progress: Progress | None = None,
+    exported: Callable[[], None] | None = None,
 ) -> BuiltPlan:
     """A serialized TensorRT-RTX plan of ``ep`` whose input bindings are ``inputs`` (in the
     program's tensor-input order, each with its profile) and whose outputs are ``outputs``,
     with kernels for each compute capability in ``targets`` ("8.6", ...). Its steps are named
-    on ``progress``."""
+    on ``progress``. ``exported`` is called once the ONNX file is written: ``ep``'s weights
+    are not read again, and the caller may release their memory before the builder runs."""
     step = progress.step if progress is not None else (lambda _name: None)
     trt = import_rtx()
     known = check_targets(targets)
@@ -138,6 +140,8 @@ def build_plan(
         step("export ONNX")
         opset = _export_onnx(ep, onnx_path, [b.name for b in inputs], [b.name for b in outputs],
                              where)  # fmt: skip
+        if exported is not None:
+            exported()
         t1 = time.perf_counter()
         step("parse ONNX")
         log = _logger_class(trt)()
@@ -199,7 +203,10 @@ def _export_onnx(
             )
             if program is None:  # only the TorchScript exporter returns None
                 raise RuntimeError("torch.onnx.export returned no ONNX program")
-            program.save(str(path))
+            # weights in a side file: saved embedded, the protobuf holds a copy of every
+            # weight and is serialized whole in memory again (peak 5.4x the weights, measured)
+            program.save(str(path), external_data=True)
+            del program
     except Exception as e:
         raise EngineError(
             f"{where}: the program cannot be exported to ONNX (torch.onnx, dynamo exporter): "

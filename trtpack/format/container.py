@@ -908,6 +908,15 @@ class PackReader:
         self._crc(info, view)
         return view
 
+    def release_pages(self) -> None:
+        """Drop the pages of the file's memory map from this process's memory (RSS). They
+        are read from the file again if touched, so views stay valid and read the file's bytes
+        (a write through a view into this private map is dropped). ``trtpack.build`` calls it
+        once the program's weights are exported to ONNX, before TensorRT-RTX's builder takes
+        several times their size."""
+        if self._mmap is not None and hasattr(mmap, "MADV_DONTNEED"):  # not on Windows
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+
     def slice(self, name: str) -> Source:
         """The member as a source to copy into another pack, without reading it here."""
         info = self.info(name)

@@ -79,7 +79,10 @@ def build(
             )
         bar.step("load the program")
         ep = _program(reader, m)
-        built = build_plan(ep, inputs, outputs, ccs, where=where, progress=bar)
+        # the pack's mapped weights leave memory once exported: peak RSS 6.1x -> 5.1x the
+        # weights (measured on a 256 MiB MLP), the builder alone takes ~3.3x
+        built = build_plan(ep, inputs, outputs, ccs, where=where, progress=bar,
+                           exported=reader.release_pages)  # fmt: skip
         header = parse_plan(built.plan, where="the built engine")
         if header.flavor != "tensorrt_rtx" or header.compute_capabilities != ccs:
             raise EngineError(

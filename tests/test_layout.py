@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("migrations", ("trtpack.migrations",)),
     ("signing", ("trtpack.signing",)),
     ("runtime", ("trtpack.runtime",)),  # load -> a callable pack
+    # answers about a file without loading it: audit, preflight (torch-free)
+    ("checks", ("trtpack.checks",)),
     ("integrations", ("trtpack.integrations",)),
     ("cli", ("trtpack.cli",)),
     ("api", ("trtpack", "trtpack.__main__", "trtpack.mlflow")),  # the public surface

@@ -25,6 +25,9 @@ trtpack.verify(out + "/m.trtpack")
 assert main(["inspect", "--json", out + "/m.trtpack"]) == 0
 assert main(["inspect", sys.argv[4]]) == 0                       # pre-2.7 layout
 assert main(["verify", sys.argv[5]]) == 0                        # a 1.0 pack, upgraded
+assert main(["preflight", out + "/m.trtpack", "--target", "sm=8.6,rtx=1.6.1"]) == 0
+assert main(["audit", "--fail-on", "never", sys.argv[2], sys.argv[3], out + "/m.trtpack"]) == 0
+assert main(["contract", out + "/m.trtpack", "--format", "openapi", "-o", out + "/o.json"]) == 0
 print("TORCH-FREE OK", "torch" in sys.modules and sys.modules["torch"] is None)
 """
 
@@ -99,3 +102,44 @@ def test_torch_free_paths_never_import_torch(tmp_path):
                          timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "TORCH-FREE OK True" in out.stdout
+
+
+CLI_CODE = r"""
+import sys
+sys.modules["torch"] = None  # the torch-free install: any import of torch raises ImportError
+from trtpack.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_torch_commands_say_what_to_install_without_a_traceback(tmp_path):
+    """run, check and build in the torch-free install: one line naming trtpack[torch] (and
+    the extras of push/pull and sign), exit 1, as every other error."""
+    pack = str(FIXTURES / "v1.3" / "keywords_samples.trtpack")
+    for command in (
+        ["run", pack],
+        ["check", pack],
+        ["build", pack, "--target", "8.6", "-o", str(tmp_path / "b.trtpack")],
+    ):
+        out = subprocess.run([sys.executable, "-c", CLI_CODE, *command], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 1, (command, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith(f"trtpack: error: trtpack {command[0]} needs torch")
+        assert "pip install 'trtpack[torch]'" in out.stderr
+        assert "push and pull need [oci], sign needs [sign]" in out.stderr
+    assert not (tmp_path / "b.trtpack").exists()
+
+
+def test_python_api_without_torch_names_the_extras():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import trtpack\n"
+        "try:\n    trtpack.load\n"
+        "except trtpack.MissingDependencyError as e:\n    print('MISSING', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("MISSING trtpack.load needs torch")
+    assert "[oci]" in out.stdout and "[sign]" in out.stdout

@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 case "${1:-core}" in
   core) VENV=.venv; TORCH=(torch==2.13.0); EXTRAS=torch,test,rtx,mlflow,triton,oci,corpus; MORE=()
-        NEEDS=(mlflow oras tritonclient.grpc tritonclient.http google.protobuf ml_dtypes transformers) ;;
+        NEEDS=(mlflow oras requests tritonclient.grpc tritonclient.http google.protobuf ml_dtypes transformers) ;;
   # torchvision/timm live here: PyPI's torchvision builds match this env's CUDA torch, while
   # the CPU torch 2.13 of .venv has no matching torchvision wheel on these machines
   trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=torch,test,rtx
@@ -31,7 +31,7 @@ esac
 if [ "$VENV" != .venv-demo ]; then
   # what both test environments' tests import (the test, rtx and torch extras)
   NEEDS+=(torch trtpack tensorrt_rtx onnx onnxscript pytest hypothesis jsonschema safetensors
-          cryptography model_signing OpenSSL numpy)
+          openapi_spec_validator cryptography model_signing OpenSSL numpy)
 fi
 stamp="$VENV/.setup-stamp"
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)

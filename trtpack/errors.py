@@ -147,8 +147,61 @@ class SampleMismatchError(TrtpackError):
         super().__init__(f"reference sample {sample}, output {output!r}: {what}")
 
 
+class SampleTooLargeError(TrtpackError):
+    """Sample inputs generated from the manifest's sizes (``trtpack run``, ``save(samples=)``)
+    would take more memory than the limit allows: nothing was allocated. ``needed`` and
+    ``limit`` are bytes, ``symbols`` the sizes drawn, ``inputs`` each input's bytes."""
+
+    def __init__(self, message: str, *, needed: int, limit: int, symbols: dict[str, int],
+                 inputs: dict[str, int]) -> None:  # fmt: skip
+        super().__init__(message)
+        self.needed, self.limit, self.symbols, self.inputs = needed, limit, symbols, inputs
+
+
 class MissingDependencyError(TrtpackError, ImportError):
     """An optional dependency is needed for this operation and is not installed."""
+
+
+class TargetSpecError(TrtpackError, ValueError):
+    """A described target machine (``preflight --target``) does not parse: an unknown key or a
+    value of the wrong form. ``key`` names the part, ``text`` the whole description."""
+
+    def __init__(self, message: str, *, key: str | None = None, text: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.text = text
+
+
+#: optional top-level modules -> the trtpack extra that installs them
+EXTRAS = {"torch": "torch", "numpy": "torch", "oras": "oci", "requests": "oci",
+          "cryptography": "sign", "mlflow": "mlflow", "tritonclient": "triton",
+          "tensorrt_rtx": "rtx"}  # fmt: skip
+
+#: what runs in the base install, without any extra (said in every "needs X" message)
+BASE_INSTALL = "inspect, verify, migrate, pack and add-engine run without any extra"
+
+
+def missing_dependency(error: ImportError, what: str) -> MissingDependencyError | None:
+    """The MissingDependencyError for ``error`` (a failed import of an optional module) met by
+    ``what`` (a command or function), naming the extra to install; None when the module is not
+    an optional dependency (a real bug, to be seen as one)."""
+    module = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    extras = f"(push and pull need [oci], sign needs [sign]; {BASE_INSTALL})"
+    return MissingDependencyError(
+        f"{what} needs {module}, which is not installed: pip install 'trtpack[{extra}]' {extras}"
+    )
+
+
+class DeviceError(TrtpackError, ValueError):
+    """The device asked for cannot be used here: ``device`` as given, ``reason`` why (no CUDA
+    build of torch, no GPU, an index beyond the GPUs present)."""
+
+    def __init__(self, device: object, reason: str) -> None:
+        self.device, self.reason = str(device), reason
+        super().__init__(f"device {self.device!r} cannot be used here: {reason}")
 
 
 class MigrationError(TrtpackError):
@@ -176,7 +229,16 @@ class PackWriteError(TrtpackError, OSError):
 
 
 class RegistryError(TrtpackError):
-    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
+    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed.
+    Where they apply: ``reference`` (what was asked for), ``status`` (the HTTP status),
+    ``field`` (the answer or field at fault), ``limit`` and ``value`` (a cap and what came)."""
+
+    def __init__(self, *args: object, reference: str | None = None, status: int | None = None,
+                 field: str | None = None, limit: object = None,
+                 value: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.reference, self.status, self.field = reference, status, field
+        self.limit, self.value = limit, value
 
 
 class PackLockedError(TrtpackError):
@@ -233,7 +295,10 @@ __all__ = [
     "EngineError",
     "NoUsableEngineError",
     "SampleMismatchError",
+    "SampleTooLargeError",
     "MissingDependencyError",
+    "TargetSpecError",
+    "DeviceError",
     "MigrationError",
     "OutputExistsError",
     "PackWriteError",

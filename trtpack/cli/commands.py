@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._version import __version__
 from ..errors import TrtpackError
@@ -64,8 +65,17 @@ def _inspect_other(args: argparse.Namespace) -> int:
         gpus = ", ".join(plan.compute_capabilities) or "not in the header"
         if plan.future_gpus:
             gpus += " and newer"
+        from ..engines.plan import quoted_tensor_names
+
+        names = quoted_tensor_names(Path(args.pack).read_bytes())
         print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs {gpus}")
-        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] -o OUT`")
+        if names:
+            print(f"tensor names  {', '.join(names)}  (the bindings, as far as its bytes tell; "
+                  "which are inputs, and their shapes, only a GPU runtime reads)")  # fmt: skip
+        else:
+            print("tensor names  not readable without a GPU (a standard TensorRT plan)")
+        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] "
+              "--output-spec NAME:DTYPE[DIMS] -o OUT`")  # fmt: skip
         return 0
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
@@ -137,15 +147,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.key is None and args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
     # the signature and every member's hash, in one open of the file
-    info = verify(args.pack, key=args.key, signature=args.signature)
+    try:
+        info = verify(args.pack, key=args.key, signature=args.signature)
+    except (TrtpackError, OSError) as e:
+        if args.json:  # a script reading --json gets JSON either way; the line on stderr too
+            error = {"type": type(e).__name__, "message": str(e)}
+            error |= {k: str(getattr(e, k)) for k in ("member", "field") if getattr(e, k, None)}
+            data = {"path": str(args.pack), "ok": False, "error": error}
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        raise
     default_sig = signature_path(args.pack)
     sig = str(args.signature or default_sig) if args.key is not None else None
     # a signature lying beside the pack that nobody checked: say so, never a bare OK
     unchecked = str(default_sig) if args.key is None and default_sig.is_file() else None
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
-    data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
-            "signature": sig, "unchecked_signature": unchecked}  # fmt: skip
+    data = {"path": str(info.path), "ok": True, "digest": info.digest, "members": n,
+            "bytes": total, "signature": sig, "unchecked_signature": unchecked}  # fmt: skip
     line = f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}"
     if sig is not None:
         line = f"OK  {args.pack}  signature {sig} verified with {args.key}\n{line}"
@@ -166,30 +184,55 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_add_engine(args: argparse.Namespace) -> int:
     from ..writing.add import add_engine
 
-    if args.output and not args.force and Path(args.output).exists():
-        from ..errors import OutputExistsError
-
-        raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
                       version_compatible=_vc(args.version_compatible),
-                      progress=_progress(args))  # fmt: skip
+                      overwrite=args.force, progress=_progress(args))  # fmt: skip
     names = ", ".join(v.name for v in info.manifest.engines)
+    return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from ..reading import human_size, inspect
+
+    m = inspect(args.pack).manifest
+    rows: list[dict[str, Any]] = []
+    for v in m.engines:
+        size = sum(m.members[e.member].size for e in v.engines)
+        rows.append({"name": v.name, "flavor": v.target.flavor,
+                     "trt_version": v.target.trt_version,
+                     "compute_capabilities": list(v.target.compute_capabilities),
+                     "engines": len(v.engines), "engine_bytes": size,
+                     "whole_graph": v.program is None})  # fmt: skip
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        return 0
+    if not rows:
+        print(f"{args.pack}: no engine variant (the program runs everywhere)")
+    for r in rows:
+        gpus = ", ".join(r["compute_capabilities"]) or "any"
+        print(f"{r['name']}  {r['flavor']} {r['trt_version']}  GPUs {gpus}  "
+              f"{r['engines']} engine(s), {human_size(r['engine_bytes'])}")  # fmt: skip
+    return 0
+
+
+def _cmd_remove_engine(args: argparse.Namespace) -> int:
+    from ..writing.remove import remove_engine
+
+    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force)
+    names = ", ".join(v.name for v in info.manifest.engines) or "none"
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     import time
 
-    from ..writing.build import build, parse_range
+    from ..writing.build import DEFAULT_TARGETS, build, parse_range
 
-    if args.output and not args.force and Path(args.output).exists():
-        from ..errors import OutputExistsError
-
-        raise OutputExistsError(args.output)
     ranges = dict(parse_range(text) for text in args.range or ())
     start = time.perf_counter()
-    info = build(args.pack, ",".join(args.target), variant=args.variant, out=args.output,
-                 ranges=ranges, progress=_progress(args))  # fmt: skip
+    targets = ",".join(args.target or DEFAULT_TARGETS)  # the same default as build()
+    info = build(args.pack, targets, variant=args.variant, out=args.output, ranges=ranges,
+                 overwrite=args.force, progress=_progress(args))  # fmt: skip
     seconds = time.perf_counter() - start
     v = info.manifest.engines[-1]  # the variant just added
     engine = info.manifest.members[v.engines[0].member]
@@ -207,13 +250,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import render, run_pack
 
     inputs = dict(_given_input(text) for text in args.input or ())
+    # a variant the user names must run: running the program instead would be a false pass
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
-                      device=args.device, variant=args.variant)  # fmt: skip
+                      device=args.device, variant=args.variant,
+                      require_engine=args.variant is not None,
+                      max_sample_bytes=args.max_sample_size)  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(render(report))
     worst = report.max_abs_diff
+    if args.atol is not None and not report.compared:
+        why = report.fallback_reason or "the pack holds no engine variant"
+        print(f"trtpack: error: --atol {args.atol}: nothing was compared, only the program ran "
+              f"({why})", file=sys.stderr)  # fmt: skip
+        return 1
     if args.atol is not None and worst is not None and worst > args.atol:
         print(f"trtpack: error: max |engine - program| = {worst:.3g} > --atol "
               f"{args.atol}", file=sys.stderr)  # fmt: skip
@@ -226,7 +277,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ..runtime import load
     from ..samples import check
 
-    pack = load(args.pack, device=args.device, variant=args.variant)
+    # a named variant must run here: checking the program instead would be a false pass
+    pack = load(args.pack, device=args.device, variant=args.variant,
+                require_engine=args.variant is not None)  # fmt: skip
     try:
         report = check(pack)
     except SampleMismatchError as e:
@@ -239,6 +292,71 @@ def _cmd_check(args: argparse.Namespace) -> int:
     line = (f"OK  {args.pack}  {report.samples} reference sample(s) on {where} within atol "
             f"{tol.atol:g} rtol {tol.rtol:g}; max |error|: {worst}")  # fmt: skip
     return _report(args, report.to_dict(), line)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ..checks.audit import SEVERITIES, audit, render, to_sarif
+
+    reports = [audit(path, key=args.key) for path in args.files]
+    if args.sarif:
+        sys.stdout.write(json.dumps(to_sarif(reports), indent=2) + "\n")
+    elif args.json:
+        data = {"files": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.fail_on == "never":
+        return 0
+    bar = SEVERITIES.index(args.fail_on)
+    worst = max((SEVERITIES.index(r.worst) for r in reports if r.worst), default=-1)
+    return 2 if worst >= bar else 0
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from ..checks.preflight import preflight, read_targets, render
+
+    targets = list(args.target or [])
+    for path in args.targets or ():
+        targets += read_targets(path)
+    reports = preflight(args.pack, targets)
+    if args.json:
+        data = {"pack": args.pack, "targets": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.require_engine:
+        missing = [r.target for r in reports if r.outcome != "engine"]
+        if missing:
+            print(f"trtpack: error: no engine variant would run on {len(missing)} target(s): "
+                  f"{'; '.join(missing)}", file=sys.stderr)  # fmt: skip
+            return 1
+    return 0
+
+
+def _cmd_contract(args: argparse.Namespace) -> int:
+    from ..integrations.kserve import request_contract
+
+    doc = request_contract(args.pack, format=args.format, name=args.name)
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        from ..format.atomic import atomic_write
+
+        with atomic_write(args.output) as f:
+            f.write(text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _byte_size(text: str) -> int:
+    """``1073741824``, ``512MiB``, ``4GiB``, ``500MB``, ``2G`` -> bytes (K, M, G, T: powers of
+    1000; Ki, Mi, Gi, Ti: powers of 1024). Every size flag of the CLI reads through it."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1073741824, 4GiB)")
+    return int(float(match.group(1)) * units[match.group(2) or ""])
 
 
 def _given_input(text: str) -> tuple[str, object]:
@@ -269,12 +387,15 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         args.pack, args.repository, name=args.name, backend=args.backend,
         max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-        instance_kind=args.instance_kind, site_dirs=args.site_dirs or (), overwrite=args.force,
+        instance_kind=args.instance_kind, overwrite=args.force,
+        site_dirs=() if args.no_site_dirs else args.site_dirs,  # None: this environment's
     )  # fmt: skip
     data = {"path": str(model.path), "backend": model.backend, "plans": model.plans,
-            "config": model.config}  # fmt: skip
+            "config": model.config, "site_dirs": list(model.site_dirs)}  # fmt: skip
     if model.backend == "python":
         line = f"{model.path}: config.pbtxt and 1/ (python backend: model.py, model.trtpack)"
+        dirs = ", ".join(model.site_dirs) or "none (the server's TRTPACK_SITE_DIRS)"
+        line += f"\n  imports trtpack, torch and numpy from: {dirs}"
     else:
         plans = ", ".join(f"{cc}: {f}" for cc, f in model.plans.items())
         line = f"{model.path}: config.pbtxt and 1/ ({plans})"
@@ -290,17 +411,21 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from ..integrations.oci import push
     from ..reading import human_size
 
+    signature = False if args.no_signature else args.signature or True
     pushed = push(args.pack, args.reference, layout=args.layout, plain_http=args.plain_http,
-                  registry_config=args.registry_config, progress=_progress(args))  # fmt: skip
+                  registry_config=args.registry_config, progress=_progress(args),
+                  signature=signature, timeout=args.timeout)  # fmt: skip
     data = {"reference": f"oci://{pushed.reference}", "manifest_digest": pushed.manifest_digest,
             "layout": pushed.layout, "uploaded": pushed.uploaded, "skipped": pushed.skipped,
-            "bytes_uploaded": pushed.bytes_uploaded}  # fmt: skip
+            "bytes_uploaded": pushed.bytes_uploaded,
+            "signature": pushed.signature}  # fmt: skip
+    signed = f", signature {pushed.signature}" if pushed.signature else ""
     return _report(
         args,
         data,
         f"{pushed.reference}  {pushed.manifest_digest}  "
         f"{len(pushed.uploaded)} member(s) uploaded, {len(pushed.skipped)} already "
-        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout)",
+        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout{signed})",
     )
 
 
@@ -310,22 +435,29 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     variants = args.variant if args.variant else args.variants
     info = pull(args.reference, args.output, overwrite=args.force, variants=variants,
                 plain_http=args.plain_http, registry_config=args.registry_config,
-                progress=_progress(args))  # fmt: skip
+                progress=_progress(args), signature=not args.no_signature,
+                max_size=args.max_size, timeout=args.timeout)  # fmt: skip
     line = f"{info.path}  {info.digest}"
     if info.left_out:
         line += f"  engine variants: {', '.join(info.variants) or 'none (the program only)'}"
         if not args.quiet and not args.json:
             for name, why in info.left_out.items():
                 print(f"trtpack: note: left out variant {name}: {why}", file=sys.stderr)
+    if info.signature:
+        line += f"  signature {info.signature}"
+    elif "removed the stale" in info.signature_note and not args.quiet and not args.json:
+        print(f"trtpack: note: no signature: {info.signature_note}", file=sys.stderr)
     data = {**_written(info), "reference": info.reference, "layout": info.layout,
-            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded}  # fmt: skip
+            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded,
+            "signature": info.signature, "signature_note": info.signature_note}  # fmt: skip
     return _report(args, data, line)
 
 
 def _inspect_oci(args: argparse.Namespace) -> int:
     from ..integrations.oci import inspect, render_remote
 
-    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config)
+    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config,
+                     timeout=args.timeout)  # fmt: skip
     if args.json:
         data = remote.info.manifest.to_dict()
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -346,6 +478,12 @@ def _registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None
         "--registry-config",
         metavar="PATH",
         help="a Docker config.json with credentials (besides ~/.docker/)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long the registry may stay silent (default: $TRTPACK_OCI_TIMEOUT, else 30)",
     )
     if transfer:
         _progress_options(p)
@@ -394,14 +532,27 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _engines_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--json", action="store_true", help="print the variants as JSON")
+
+
+def _remove_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="the .trtpack to remove from (replaced atomically unless -o)")
+    p.add_argument("variant", help="the engine variant's name (`trtpack engines PACK` lists them)")
+    p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to build from and add to (replaced unless -o)")
     p.add_argument(
         "--target",
         action="append",
-        required=True,
         metavar="CC[,CC...]",
-        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable)",
+        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable; default 8.6,8.9, "
+        "as trtpack.build)",
     )
     p.add_argument("--variant", help="name of the new variant (default: from its targets)")
     p.add_argument(
@@ -446,14 +597,63 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+#: the exit statuses of every command (run and check name their own cases of 1)
+_EXIT_STATUS = "exit status: 0 done; 1 an error (one line on stderr); 2 a usage error"
+
+
 def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "exit status: 0 every sample within tolerance on the backend that ran; 1 an error, a "
+        "sample outside tolerance, or a --variant that cannot run here; 2 a usage error"
+    )
     p.add_argument("pack", help="a .trtpack saved with samples=")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
-    p.add_argument("--variant", help="check this engine variant")
+    p.add_argument("--variant", help="check this engine variant (exit 1 if it cannot run here)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a .pt2 / .ep, .plan, .onnx or .trtpack (never loaded)")  # fmt: skip
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the findings as JSON")
+    shown.add_argument("--sarif", action="store_true", help="print SARIF 2.1.0 (code scanning)")
+    p.add_argument("--fail-on", choices=["info", "low", "medium", "high", "never"],
+                   default="high", help="exit 2 if a finding is this severe or worse "
+                   "(default: high)")  # fmt: skip
+    p.add_argument("--key", help="a .trtpack signer's PEM public key: check its signature")
+
+
+def _preflight_arguments(p: argparse.ArgumentParser) -> None:
+    from ..engines.select import TARGET_KEYS
+
+    keys = "; ".join(f"{k}: {v}" for k, v in TARGET_KEYS.items())
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--target", action="append", metavar="SPEC",
+                   help="a machine as KEY=VALUE,... e.g. 'sm=8.9,trt=10.13,os=linux,"
+                   f"arch=x86_64' (repeatable). Keys: {keys}")  # fmt: skip
+    p.add_argument("--targets", action="append", metavar="FILE",
+                   help="a fleet: one SPEC per line, # comments (repeatable)")  # fmt: skip
+    p.add_argument("--require-engine", action="store_true",
+                   help="exit 1 if any target would fall back to the program")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _contract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--format", choices=["jsonschema", "openapi"], default="jsonschema",
+                   help="jsonschema (default): a KServe v2 / Triton inference request body; "
+                   "openapi: an OpenAPI 3.1 document for POST /v2/models/NAME/infer")  # fmt: skip
+    p.add_argument("--name", help="the model's name on the server (default: the file's stem)")
+    p.add_argument("-o", "--output", help="write the document here (default: stdout)")
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "exit status: 0 ran (and with --atol: engine and program compared within it); 1 an "
+        "error, a --variant that cannot run here, engine and program differing by more than "
+        "--atol, or --atol given while no engine ran (nothing compared); 2 a usage error"
+    )
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
         "--input",
@@ -468,9 +668,20 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         help="sampled dynamic dims: each symbol's opt (default), min, max, random",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
+    p.add_argument(
+        "--max-sample-size",
+        type=_byte_size,
+        default=256 << 20,
+        metavar="SIZE",
+        help="refuse sampled inputs larger than this in all (default 256MiB; e.g. 4GiB, 500MB)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
-    p.add_argument("--variant", help="run this engine variant")
-    p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")
+    p.add_argument("--variant", help="run this engine variant (exit 1 if it cannot run here)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        help="exit 1 if engine and program differ by more, or if no engine ran (nothing compared)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -502,14 +713,20 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
         choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
         help="instance_group kind: KIND_CPU, KIND_GPU or KIND_AUTO (cpu/gpu/auto work too)",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--site-dir",
         dest="site_dirs",
         action="append",
         metavar="DIR",
         help="python backend: a site-packages folder the model imports trtpack, torch and "
         "numpy from (Triton's stub ignores PYTHONPATH; TRTPACK_SITE_DIRS on the server also "
-        "works); repeatable",
+        "works); repeatable. Default: the folders this environment imports them from",
+    )
+    where.add_argument(
+        "--no-site-dirs",
+        action="store_true",
+        help="python backend: record no folder (the server's TRTPACK_SITE_DIRS names them)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -524,6 +741,15 @@ def _push_arguments(p: argparse.ArgumentParser) -> None:
         default="modelpack",
         help="modelpack (default): CNCF ModelPack, listed by ModelPack tools; trtpack: "
         "artifactType application/vnd.trtpack.v1, the pack's manifest.json as config",
+    )
+    signed = p.add_mutually_exclusive_group()
+    signed.add_argument(
+        "--signature",
+        metavar="PATH",
+        help="the signature bundle to attach (default: PACK.sig, if there is one)",
+    )
+    signed.add_argument(
+        "--no-signature", action="store_true", help="attach no signature, even if PACK.sig exists"
     )
     _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -546,6 +772,17 @@ def _pull_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help="all (default): the pack as pushed, byte for byte; auto: the variants that can "
         "run on this machine; none: the program only",
+    )
+    p.add_argument(
+        "--max-size",
+        type=_byte_size,
+        metavar="SIZE",
+        help="refuse a pack whose members are larger (bytes, or e.g. 200GiB; default 64 GiB)",
+    )
+    p.add_argument(
+        "--no-signature",
+        action="store_true",
+        help="do not fetch the signature attached in the registry (default: write OUTPUT.sig)",
     )
     _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -576,6 +813,16 @@ _COMMANDS: dict[str, _Command] = {
         _add_engine_arguments,
         _cmd_add_engine,
     ),
+    "engines": (
+        "list a pack's engine variants",
+        _engines_arguments,
+        _cmd_engines,
+    ),
+    "remove-engine": (
+        "remove an engine variant from a pack (other members are copied byte for byte)",
+        _remove_engine_arguments,
+        _cmd_remove_engine,
+    ),
     "build": (
         "build a TensorRT-RTX engine variant from the pack's program, for named GPUs "
         "(on this machine: no GPU needed)",
@@ -601,6 +848,21 @@ _COMMANDS: dict[str, _Command] = {
         "run a pack on sample (or given) inputs, on its engines and its program, and compare",
         _run_arguments,
         _cmd_run,
+    ),
+    "audit": (
+        "what loading a .pt2/.ep/.plan/.onnx/.trtpack would execute or trust, without loading it",
+        _audit_arguments,
+        _cmd_audit,
+    ),
+    "preflight": (
+        "which engine variant load would pick on described machines, and why not the others",
+        _preflight_arguments,
+        _cmd_preflight,
+    ),
+    "contract": (
+        "the request a server should accept (JSON Schema of a KServe v2 request, or OpenAPI)",
+        _contract_arguments,
+        _cmd_contract,
     ),
     "export-triton": (
         "write a Triton model repository (TensorRT or Python backend)",
@@ -631,7 +893,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, arguments, run) in _COMMANDS.items():
         if command is None or name == command:
-            p = sub.add_parser(name, help=summary)
+            p = sub.add_parser(name, help=summary, epilog=_EXIT_STATUS)
             arguments(p)
             p.set_defaults(func=run)
     return parser
@@ -663,6 +925,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except TrtpackError as e:
         print(f"trtpack: error: {cli_text(str(e))}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # an optional dependency (torch, oras...) not installed
+        from ..errors import missing_dependency
+
+        missing = missing_dependency(e, f"trtpack {args.command}")
+        if missing is None:
+            raise
+        print(f"trtpack: error: {missing}", file=sys.stderr)
         return 1
     except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
         print(f"trtpack: error: {e}", file=sys.stderr)

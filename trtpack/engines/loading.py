@@ -13,7 +13,7 @@ from ..errors import EngineError, NoUsableEngineError, TrtpackError
 from ..format.container import PackReader
 from ..format.manifest import Manifest, Variant
 from .plan import check_variant_plans
-from .select import TENSORRT_LEAN, Choice, Environment, choose, runtime_for
+from .select import TENSORRT_LEAN, Choice, Environment, load_choice, runtime_for
 
 
 @dataclass
@@ -50,8 +50,9 @@ def load_engines(
             from .torchtrt import probe_environment
 
             environment = probe_environment()
+        choice = load_choice(manifest.engines, environment, only=variant,
+                             host_code_allowed=host_code_allowed)  # fmt: skip
         environment = dataclasses.replace(environment, host_code_allowed=host_code_allowed)
-        choice = choose(manifest.engines, environment, only=variant)
         refused = dict(choice.refused)
         for candidate in choice.fitting:
             # a plan allowed to run host code is hashed whatever ``verify`` says: trust in a

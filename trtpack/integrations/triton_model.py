@@ -92,7 +92,7 @@ class TritonPythonModel:
             device = "cpu"
         elif kind == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
-        self.pack = trtpack.load(path, device=device)
+        self.pack = trtpack.load(path, device=device, inference_mode=True)  # serving only
         self.batched = int(config.get("max_batch_size") or 0) > 0
         self.iface = python_interface(
             self.pack.manifest, int(config.get("max_batch_size") or 0), str(path)

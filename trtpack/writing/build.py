@@ -31,20 +31,26 @@ from ..program.serialize import load_program  # torch: trtpack.build without it 
 from ..reading import PackInfo
 from .add import add_variants
 
+#: the GPUs ``build`` (and ``trtpack build`` without --target) builds for: Ampere and Ada
+DEFAULT_TARGETS = ("8.6", "8.9")
+
 
 def build(
     pack: PathLike,
-    targets: Sequence[str] | str = ("8.6", "8.9"),
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
     *,
     variant: str | None = None,
     out: PathLike | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
+    overwrite: bool = False,
     progress: ProgressArg = None,
 ) -> PackInfo:
     """Build a TensorRT-RTX engine of the pack's program for the GPUs ``targets`` names
     (compute capabilities: ``("8.6", "8.9", "12.0")`` or ``"8.6,8.9"``) and add it to ``pack``
     as variant ``variant`` (default: from the targets, ``rtx_sm86_sm89``), written atomically to
-    ``out`` (default: in place). Needs ``tensorrt_rtx``, ``onnx`` and ``onnxscript``
+    ``out`` (default: in place; an existing ``out`` other than ``pack`` is replaced only with
+    ``overwrite=True``). ``targets`` defaults to ``DEFAULT_TARGETS``, as ``trtpack build``
+    does without ``--target``. Needs ``tensorrt_rtx``, ``onnx`` and ``onnxscript``
     (``pip install 'trtpack[rtx]'``), not a GPU.
 
     The engine's inputs are the manifest's tensor inputs (constants torch.export specialized
@@ -99,7 +105,7 @@ def build(
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out, progress=bar)
+    return add_variants(pack, make, out=out, overwrite=overwrite, progress=bar)
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:
@@ -195,4 +201,6 @@ def _program(reader: PackReader, m: Manifest) -> Any:
     assert m.program is not None
     for name in (m.program.graph, m.program.weights):
         reader.verify(name, m.members[name])
-    return load_program(reader, m)
+    # the file's map, not a copy of its own: read once by the ONNX export, then released
+    # (reader.release_pages) before the builder runs
+    return load_program(reader, m, mmap=True)

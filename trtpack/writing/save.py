@@ -32,12 +32,13 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     variant: str | None = None,
     source: ExportedProgram | None = None,
     output_names: Sequence[str] | Mapping[str, str] | None = None,
     samples: int | Sequence[Any] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
+    max_sample_bytes: int | None = None,
     progress: ProgressArg = None,
 ) -> PackInfo:
     """Save a model as a .trtpack file. No input description is needed: it is derived.
@@ -55,6 +56,11 @@ def save(
     of ``(args, kwargs)`` calls) with the program's outputs for them, checked later by
     ``trtpack check`` / ``load(check=True)``; ``tolerances`` maps ``"program"`` or a variant
     name to ``(atol, rtol)`` (defaults: 1e-5 for the program; by the engines' precisions).
+    ``overwrite``: replace an existing ``path`` (default: refuse with OutputExistsError, as
+    every trtpack writer does; trtpack before 0.2 replaced it silently).
+    ``max_sample_bytes``: the most memory drawn samples' inputs may take together (default
+    256 MiB, ``trtpack.samples.MAX_SAMPLE_BYTES``): sizes beyond it are refused before anything is
+    allocated (SampleTooLargeError naming the symbols and the size).
     ``progress``: None, a line on stderr while it is a terminal; True/False, always/never; a
     callable, ``ProgressEvent``s with the bytes written (``trtpack.format.progress``).
     """
@@ -87,7 +93,7 @@ def save(
                 "source= (the program the module was compiled from)"
             )
         bar.step("compute the reference samples")
-        parts = _with_samples(parts, program, samples, tolerances or {})
+        parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
     with bar:
@@ -99,6 +105,7 @@ def _with_samples(
     program: ExportedProgram,
     samples: int | Sequence[Any],
     tolerances: Mapping[str, Tolerance | tuple[float, float]],
+    max_sample_bytes: int | None = None,
 ) -> PackParts:
     from ..samples import sample_members
 
@@ -112,7 +119,7 @@ def _with_samples(
         )
     members, entry = sample_members(
         program, parts.interface, samples, tolerance=chosen.pop("program", None),
-        variants=parts.engines, variant_tolerances=chosen,
+        variants=parts.engines, variant_tolerances=chosen, max_bytes=max_sample_bytes,
     )  # fmt: skip
     parts.members.update(members)
     parts.samples = entry

@@ -55,8 +55,9 @@ def add_engine(
                         for v in variants]  # fmt: skip
         return variants, members
 
-    return add_variants(pack, make, out=out, overwrite=overwrite,
-                        progress=Progress("add-engine", progress))
+    return add_variants(
+        pack, make, out=out, overwrite=overwrite, progress=Progress("add-engine", progress)
+    )
 
 
 #: (the pack's reader, its manifest) -> the new variants and their members

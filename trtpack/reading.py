@@ -31,6 +31,7 @@ from .format.manifest import (
     Symbol,
     parse_dim,
 )
+from .format.progress import human_size
 
 
 @dataclass(frozen=True)
@@ -166,15 +167,6 @@ def verify_members(reader: PackReader, info: PackInfo) -> None:
 # --- the table ---------------------------------------------------------------------------
 
 
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def format_shape(shape: tuple, symbols: dict[str, Symbol]) -> str:
     parts = []
     for d in shape:
@@ -302,6 +294,12 @@ def render(info: PackInfo) -> str:
             f"program  ExportedProgram (torch.export schema "
             f"{m.program.serde_schema[0]}.{m.program.serde_schema[1]})"
         )
+        if m.program.custom_ops:
+            lines.append(
+                "         calls custom operators "
+                + ", ".join(m.program.custom_ops)
+                + " (not in the pack: load(..., allow_ops=...) with them registered)"
+            )
     else:
         lines.append("program  (none: engines only)")
     lines.append("engines")

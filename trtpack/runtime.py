@@ -16,10 +16,23 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import DeviceError, InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import (
+    ArgumentTypeError,
+    DeviceError,
+    InputMismatchError,
+    ManifestError,
+    NoUsableEngineError,
+)
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .program.serialize import LoadedProgram, load_program, load_runnable, runnable, weights_owned
+from .program.serialize import (
+    LoadedProgram,
+    example_inputs,
+    load_program,
+    load_runnable,
+    runnable,
+    weights_owned,
+)
 from .reading import PackInfo, open_pack, with_program_guards
 
 T = TypeVar("T")
@@ -146,9 +159,12 @@ class LoadedPack:
         outside_profile: str = "error",
         inference_mode: bool = False,
         mmap: bool = False,
+        allow_ops: Sequence[str] = (),
     ) -> None:
         self.info = info
         self._mmap = mmap
+        #: the custom operators ``load(allow_ops=)`` allowed (the program read later uses them)
+        self.allow_ops = tuple(allow_ops)
         self.manifest: Manifest = info.manifest
         self.device = device
         self.backend = backend
@@ -196,7 +212,7 @@ class LoadedPack:
                 self._exported_program = _verified(
                     reader, self.manifest, True,
                     lambda: load_program(reader, self.manifest, device=self.device,
-                                         mmap=self._mmap),
+                                         mmap=self._mmap, allow_ops=self.allow_ops),
                     owned=weights_owned(self.device, self._mmap),
                 )  # fmt: skip
         return self._exported_program
@@ -278,11 +294,8 @@ class LoadedPack:
             if ep is None:
                 raise ManifestError(f"{self.info.path}: guards the manifest cannot express "
                                     "need the program, and the pack has none")  # fmt: skip
-            import torch.utils._pytree as pytree
-
-            # torch's own spec rebuilds the call, registered pytree classes (a cache) included
-            args, kwargs = pytree.tree_unflatten(_opt_inputs(self.manifest), ep.call_spec.in_spec)
-            ep.example_inputs = (tuple(args), dict(kwargs))
+            if ep.example_inputs is None:  # a variant's program: the pack's call, rebuilt
+                ep.example_inputs = example_inputs(self.manifest, ep.call_spec.in_spec)
             fn = getattr(ep.module(), "_guards_fn", None)
             if fn is None:
                 raise ManifestError(f"{self.info.path}: torch built no guard check for the "
@@ -311,32 +324,6 @@ class LoadedPack:
         )
 
 
-def _opt_inputs(manifest: Manifest) -> list[Any]:
-    """One call's leaves at the symbols' opt sizes (zeros): what torch needs to know the
-    call's structure when it builds its guard check."""
-    from .format.manifest import parse_dim
-
-    def at_opt(dim: int | str) -> int:
-        if isinstance(dim, int):
-            return dim
-        expr = parse_dim(dim)
-        return expr.value(manifest.symbols[expr.symbol].opt)
-
-    out: list[Any] = []
-    for spec in manifest.inputs:
-        if spec.is_tensor:
-            shape = [at_opt(d) for d in spec.shape or ()]
-            # one element, expanded: the manifest's opt sizes may be anything (a valid pack
-            # may say 2**28), and torch reads only the structure, sizes and dtype here
-            dtype = getattr(torch, spec.dtype or "float32")
-            out.append(torch.zeros((1,) * len(shape), dtype=dtype).expand(shape))
-        elif spec.symbol is not None:
-            out.append(at_opt(spec.symbol))
-        else:
-            out.append(spec.value)
-    return out
-
-
 def load(
     path: PathLike,
     *,
@@ -351,6 +338,7 @@ def load(
     check: bool = False,
     trust_engine_host_code: bool = False,
     mmap: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -377,6 +365,11 @@ def load(
     it such a variant is used only when ``require_signature`` verified the pack. Either way
     such a plan is hashed before TensorRT sees it, even with ``verify=False``.
 
+    ``allow_ops``: custom operators (``torch.library``) the program may call, by qualified
+    name or pattern (``["mylib::twice"]``, ``["mylib::*"]``). A program that calls one is
+    refused unless allowed here, naming the operators; an allowed one must be registered in
+    this process (import its library first): nothing is imported by name from the file.
+
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
     ``pack.check_report``.
@@ -398,6 +391,7 @@ def load(
         outside_profile=outside_profile, inference_mode=inference_mode,
         require_signature=require_signature, signature=signature,
         trust_engine_host_code=trust_engine_host_code, mmap=mmap,
+        allow_ops=_allow_ops(allow_ops),
     )  # fmt: skip
     pack = _load(path, device=device, **options)
     pack.load_options = {**options, "check": check}
@@ -421,6 +415,7 @@ def _load(
     signature: PathLike | None,
     trust_engine_host_code: bool,
     mmap: bool,
+    allow_ops: tuple[str, ...],
 ) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
@@ -477,7 +472,7 @@ def _load(
             )
         program = _verified(
             reader, manifest, verify,
-            lambda: load_runnable(reader, manifest, device=dev, mmap=mmap),
+            lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops),
             owned=weights_owned(dev, mmap),
         )  # fmt: skip
     if reason is not None and manifest.engines:
@@ -492,4 +487,16 @@ def _load(
         program=program,
         inference_mode=inference_mode,
         mmap=mmap,
+        allow_ops=allow_ops,
     )
+
+
+def _allow_ops(allow_ops: Any) -> tuple[str, ...]:
+    """``allow_ops`` as a tuple of strings (a lone string is one pattern, not its letters)."""
+    if isinstance(allow_ops, str):
+        return (allow_ops,)
+    if not isinstance(allow_ops, (list, tuple, set, frozenset)) or not all(
+        isinstance(p, str) for p in allow_ops
+    ):
+        raise ArgumentTypeError("allow_ops", "a list of operator names or patterns", allow_ops)
+    return tuple(allow_ops)

@@ -9,7 +9,7 @@ specialized constants as recorded. A sample the manifest's guards refuse is redr
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ def run_pack(
     require_engine: bool = False,
     attempts: int = 20,
     max_sample_bytes: int = MAX_SAMPLE_BYTES,
+    allow_ops: Sequence[str] = (),
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
@@ -85,7 +86,9 @@ def run_pack(
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant, require_engine=require_engine)
+        pack = load(
+            path, device=device, variant=variant, require_engine=require_engine, allow_ops=allow_ops
+        )
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:

@@ -80,6 +80,13 @@ def _v1_2_to_v1_3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v1_3_to_v1_4(data: dict[str, Any]) -> dict[str, Any]:
+    # 1.4 adds the optional "custom_ops" of a program: a 1.3 manifest recorded none (absent:
+    # not recorded). Nothing is lost: the loader gates custom operators by the graph's own
+    # call targets (graph safety), which a 1.3 pack carries as a 1.4 pack does.
+    return data
+
+
 #: every step, keyed by the version it starts from
 STEPS: dict[Version, Step] = {
     (1, 0): Step(
@@ -91,6 +98,7 @@ STEPS: dict[Version, Step] = {
     (1, 2): Step(
         (1, 2), (1, 3), _v1_2_to_v1_3, summary="members verified whole (no piece digests)"
     ),
+    (1, 3): Step((1, 3), (1, 4), _v1_3_to_v1_4, summary="no custom operators recorded"),
 }
 
 

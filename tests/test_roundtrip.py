@@ -8,6 +8,9 @@ from models import CASES, assert_same
 
 import trtpack
 
+#: also run in .venv-trt (torch 2.14.1): tools/test.sh, issue 22.8
+pytestmark = pytest.mark.program_path
+
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_roundtrip_matches_eager(name, exported, tmp_path):

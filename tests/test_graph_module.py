@@ -316,6 +316,25 @@ def test_this_torch_writes_a_schema_minor_the_direct_build_was_tested_on(small_p
     assert _graph(small_pack)["schema_version"] == {"major": 8, "minor": SCHEMA_VERSION[1]}
 
 
+def test_the_declared_torch_range_holds_this_torch():
+    """pyproject.toml declares the torches that are tested (issue 22.8): each environment
+    tools/test.sh runs (.venv 2.13, .venv-trt 2.14.1) must lie inside it, so a torch
+    outside the range cannot pass CI unnoticed."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]["optional-dependencies"]
+    specs = {str(Requirement(r).specifier) for e in ("torch", "tensorrt") for r in extras[e]
+             if Requirement(r).name == "torch"}  # fmt: skip
+    assert len(specs) == 1, specs  # the extras agree
+    installed = Version(torch.__version__.split("+")[0])
+    assert Requirement(f"torch{specs.pop()}").specifier.contains(installed), installed
+
+
 def test_an_untested_schema_minor_takes_torchs_path_with_the_reason(small_pack, tmp_path):
     """A newer minor of the same major: torch's deserializer reads it (it checks the major
     only); the direct build does not guess what the minor added."""

@@ -4,6 +4,7 @@ its dynamic shapes, and further calls that must match eager after a round trip."
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +22,15 @@ class Case:
     dynamic_shapes: Any = None
     #: more (args, kwargs) calls, with other sizes inside the exported ranges
     calls: list[tuple[tuple, dict]] = field(default_factory=list)
+    #: more keyword arguments of torch.export.export (preserve_module_call_signature)
+    options: dict = field(default_factory=dict)
 
     def export(self) -> tuple[torch.nn.Module, torch.export.ExportedProgram]:
         torch.manual_seed(0)
         model = self.make().eval()
-        ep = torch.export.export(model, self.args, self.kwargs, dynamic_shapes=self.dynamic_shapes)
+        ep = torch.export.export(
+            model, self.args, self.kwargs, dynamic_shapes=self.dynamic_shapes, **self.options
+        )
         return model, ep
 
 
@@ -85,6 +90,89 @@ class SharedDim(torch.nn.Module):
 class Derived(torch.nn.Module):
     def forward(self, x, y, z):
         return x.repeat(2, 1) + y, z[1:].sum() + x.sum()
+
+
+class DerivedNegative(torch.nn.Module):
+    """A derived dim with a negative offset (``2*dx - 1``): srepr writes ``Integer(-1)``."""
+
+    def forward(self, x, y):
+        return x.repeat(2)[1:] + y
+
+
+class Double(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class CalledTwice(torch.nn.Module):
+    """A submodule called twice under preserve_module_call_signature: torch names the second
+    call ``n@1`` in the module call graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = Double()
+
+    def forward(self, x):
+        return self.n(self.n(x)) + 1
+
+
+class ColonParameter(torch.nn.Module):
+    """A parameter whose name is not an identifier (``foo:bar``): torch.fx quotes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_parameter("foo:bar", torch.nn.Parameter(torch.randn(3)))
+
+    def forward(self, x):
+        return x * getattr(self, "foo:bar")
+
+
+class Resample(torch.nn.Module):
+    """Bilinear down by 0.5 and up by 2.0 under Dim.AUTO: torch's guards then read
+    ``2*math.trunc(0.5*torch.sym_float(L['x'].size()[2])) == L['y'].size()[2]``."""
+
+    def forward(self, x, y):
+        h = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear")
+        return torch.nn.functional.interpolate(h, scale_factor=2.0, mode="bilinear") + y
+
+
+@dataclasses.dataclass
+class FieldInputs:
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+torch.export.register_dataclass(FieldInputs, serialized_type_name="models.FieldInputs")
+
+
+class DataclassFields(torch.nn.Module):
+    """A registered dataclass input whose fields share a dim: torch guards
+    ``L['inputs'].a.size()[0] == L['inputs'].b.size()[0]``."""
+
+    def forward(self, inputs):
+        return inputs.a + inputs.b
+
+
+@torch.library.custom_op("trtpack_tests::twice", mutates_args=())
+def twice(x: torch.Tensor) -> torch.Tensor:
+    """A custom operator (torch.library), registered when this module is imported."""
+    return x * 2
+
+
+@twice.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class CustomOp(torch.nn.Module):
+    """Calls a custom operator: its pack loads only with ``allow_ops`` and the op registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.ops.trtpack_tests.twice(self.lin(x)) + 1
 
 
 class ChannelsLast(torch.nn.Module):
@@ -203,6 +291,36 @@ def cases() -> list[Case]:
             calls=[((r(7, 3), r(14, 3), r(8)), {})],
         ),
         Case(
+            "derived_negative",
+            DerivedNegative,
+            (r(4), r(7)),
+            dynamic_shapes=({0: n}, {0: 2 * n - 1}),
+            calls=[((r(9), r(17)), {})],
+        ),
+        Case(
+            "called_twice",
+            CalledTwice,
+            (r(2, 3),),
+            dynamic_shapes=({0: batch},),
+            calls=[((r(5, 3),), {})],
+            options={"preserve_module_call_signature": ("n",)},
+        ),
+        Case("colon_parameter", ColonParameter, (r(2, 3),)),
+        Case(
+            "resample",
+            Resample,
+            (r(2, 3, 8, 8), r(2, 3, 8, 8)),
+            dynamic_shapes=({i: Dim.AUTO for i in range(4)}, {i: Dim.AUTO for i in range(4)}),
+            calls=[((r(3, 3, 12, 6), r(3, 3, 12, 6)), {})],
+        ),
+        Case(
+            "dataclass_fields",
+            DataclassFields,
+            (FieldInputs(r(4, 3), r(4, 3)),),
+            dynamic_shapes=([{0: Dim.AUTO}, {0: Dim.AUTO}],),
+            calls=[((FieldInputs(r(6, 3), r(6, 3)),), {})],
+        ),
+        Case(
             "channels_last",
             ChannelsLast,
             (r(2, 3, 16, 16).to(memory_format=torch.channels_last),),
@@ -263,6 +381,15 @@ def cases() -> list[Case]:
 
 
 CASES = {c.name: c for c in cases()}
+#: a model whose pack needs ``load(..., allow_ops=["trtpack_tests::*"])``: not in CASES, whose
+#: tests load packs with the defaults
+CUSTOM_OP = Case(
+    "custom_op",
+    CustomOp,
+    (r(2, 4),),
+    dynamic_shapes=({0: Dim("batch", min=1, max=64)},),
+    calls=[((r(5, 4),), {})],
+)
 
 
 def assert_same(got: Any, want: Any, path: str = "output") -> None:

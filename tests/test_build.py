@@ -133,7 +133,7 @@ def test_shared_dynamic_batch(exported, tmp_path):
     info = trtpack.build(path, TARGETS)
     m = info.manifest
     (engine,) = m.engines[0].engines
-    assert [b.shape for b in engine.inputs] == [("x_dim0", 2), ("x_dim0", 7)]
+    assert [b.shape for b in engine.inputs] == [("batch", 2), ("batch", 7)]
     assert [b.profile for b in engine.inputs] == [((1, 5, 64), (2, 2, 2)), ((1, 5, 64), (7, 7, 7))]
     assert parse_plan(plan_of(path, m.engines[0])).compute_capabilities == TARGETS
     trtpack.verify(path)
@@ -145,9 +145,9 @@ def test_derived_dims_constants_and_dtypes(exported, tmp_path):
     m = trtpack.build(saved(exported, "derived", tmp_path), "8.9").manifest
     (engine,) = m.engines[0].engines
     assert [(b.shape, b.profile) for b in engine.inputs] == [
-        (("x_dim0", 3), ((2, 4, 32), (3, 3, 3))),
-        (("2*x_dim0", 3), ((4, 8, 64), (3, 3, 3))),
-        (("x_dim0+1",), ((3, 5, 33),)),
+        (("n", 3), ((2, 4, 32), (3, 3, 3))),
+        (("2*n", 3), ((4, 8, 64), (3, 3, 3))),
+        (("n+1",), ((3, 5, 33),)),
     ]
     m = trtpack.build(saved(exported, "scalars", tmp_path), "8.9").manifest
     assert [b.name for b in m.engines[0].engines[0].inputs] == ["x"]  # n, alpha, ... are constants
@@ -274,13 +274,13 @@ def test_cli_build(exported, tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     # in place, a named variant, a --range; the human line
     assert main(["build", str(path), "--target", "12.0", "--variant", "blackwell",
-                 "--range", "x_dim0=1..32@8"]) == 0  # fmt: skip
+                 "--range", "batch=1..32@8"]) == 0  # fmt: skip
     line = capsys.readouterr().out
     assert line.startswith(f"{path}: built variant blackwell (TensorRT-RTX ")
     assert "compute capability 12.0" in line
     (v,) = trtpack.inspect(path).manifest.engines
-    assert v.ranges == {"x_dim0": (1, 32)} and v.engines[0].inputs[0].profile[0] == (1, 8, 32)
-    assert main(["build", str(path), "--target", "8.9", "--range", "x_dim0=1-2"]) == 1
+    assert v.ranges == {"batch": (1, 32)} and v.engines[0].inputs[0].profile[0] == (1, 8, 32)
+    assert main(["build", str(path), "--target", "8.9", "--range", "batch=1-2"]) == 1
 
 
 LIVE_PROBLEM = rtx.gpu_problem(

@@ -24,9 +24,9 @@ def test_inspect_table(small_pack, capsys):
     out = capsys.readouterr().out
     info = trtpack.inspect(small_pack)
     assert f"digest   {info.digest}" in out
-    assert "x     args[0]         float32  [x_dim0(1..64, opt 4), 6]" in out
-    assert "mask  kwargs['mask']  float32  [x_dim0(1..64, opt 4), 6]" in out
-    assert "x_dim0  min 1  max 64  opt 4  (example)" in out
+    assert "x     args[0]         float32  [batch(1..64, opt 4), 6]" in out
+    assert "mask  kwargs['mask']  float32  [batch(1..64, opt 4), 6]" in out
+    assert "batch  min 1  max 64  opt 4  (example)" in out
     assert "program/weights.safetensors" in out and "metadata model=keywords" in out
     assert "producer trtpack " in out and " torch 2." in out
 

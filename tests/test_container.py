@@ -212,10 +212,10 @@ def test_manifest_not_json(small_pack, tmp_path):
 
 def test_manifest_inconsistent_beyond_schema(small_pack, tmp_path):
     def bad_opt(m):
-        m["symbols"]["x_dim0"]["opt"] = 99
+        m["symbols"]["batch"]["opt"] = 99
 
     bad = rewrite(small_pack, tmp_path / "opt.trtpack", edit_manifest=bad_opt)
-    with pytest.raises(trtpack.ManifestError, match=r"symbol 'x_dim0': opt 99 outside \[1, 64\]"):
+    with pytest.raises(trtpack.ManifestError, match=r"symbol 'batch': opt 99 outside \[1, 64\]"):
         trtpack.inspect(bad)
 
 

@@ -35,7 +35,7 @@ def test_dynamic_dim_outside_range(packs):
         t(65, 6),
         mask=t(65, 6),
         bias=t(6),
-        match=r"^input x \(args\[0\]\) dim 0 is 65, outside the allowed range of x_dim0: \[1, 64\]$",
+        match=r"^input x \(args\[0\]\) dim 0 is 65, outside the allowed range of batch: \[1, 64\]$",
     )
     refused(packs["keywords"], t(0, 6), mask=t(0, 6), bias=t(6), match=r"dim 0 is 0, outside")
 
@@ -47,10 +47,10 @@ def test_static_dim_rank_dtype(packs):
         t(4, 5),
         mask=t(4, 6),
         bias=t(6),
-        match=r"input x \(args\[0\]\) dim 1 is 5, expected 6 \(shape \[4, 5\], expected \['x_dim0', 6\]\)",
+        match=r"input x \(args\[0\]\) dim 1 is 5, expected 6 \(shape \[4, 5\], expected \['batch', 6\]\)",
     )
     refused(
-        p, t(4), mask=t(4, 6), bias=t(6), match=r"has 1 dims \[4\], expected 2 dims \['x_dim0', 6\]"
+        p, t(4), mask=t(4, 6), bias=t(6), match=r"has 1 dims \[4\], expected 2 dims \['batch', 6\]"
     )
     refused(
         p,
@@ -68,8 +68,8 @@ def test_shared_dim_must_agree(packs):
         t(4, 6),
         mask=t(5, 6),
         bias=t(6),
-        match=r"input mask dim 0 is 5, which makes x_dim0 = 5, but input x \(args\[0\]\) dim 0 "
-        r"already set x_dim0 = 4; these dims must agree",
+        match=r"input mask dim 0 is 5, which makes batch = 5, but input x \(args\[0\]\) dim 0 "
+        r"already set batch = 4; these dims must agree",
     )
 
 
@@ -81,20 +81,18 @@ def test_derived_dims_consistent(packs):
         t(4, 3),
         t(9, 3),
         t(5),
-        match=r"dim 0 is 9, but it must be 2\*x_dim0 for an integer x_dim0",
+        match=r"dim 0 is 9, but it must be 2\*n for an integer n",
     )
     refused(
         p,
         t(4, 3),
         t(10, 3),
         t(5),
-        match=r"makes x_dim0 = 5, but input x \(args\[0\]\) dim 0 already set x_dim0 = 4",
+        match=r"makes n = 5, but input x \(args\[0\]\) dim 0 already set n = 4",
     )
-    refused(
-        p, t(4, 3), t(8, 3), t(6), match=r"input z \(args\[2\]\) dim 0 is 6, which makes x_dim0 = 5"
-    )
-    refused(p, t(40, 3), t(80, 3), t(41), match=r"outside the allowed range of x_dim0: \[2, 32\]")
-    refused(p, t(1, 3), t(2, 3), t(2), match=r"outside the allowed range of x_dim0: \[2, 32\]")
+    refused(p, t(4, 3), t(8, 3), t(6), match=r"input z \(args\[2\]\) dim 0 is 6, which makes n = 5")
+    refused(p, t(40, 3), t(80, 3), t(41), match=r"outside the allowed range of n: \[2, 32\]")
+    refused(p, t(1, 3), t(2, 3), t(2), match=r"outside the allowed range of n: \[2, 32\]")
 
 
 def test_derived_dim_reports_expression_when_it_binds_first(packs, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from corpus import cases
@@ -247,3 +249,99 @@ def _arg_names(model, n):
     import inspect as _inspect
 
     return list(_inspect.signature(model.forward).parameters)[:n]
+
+
+def _programs():
+    """Every program of the test corpora: tests/models.py (and its custom-operator model),
+    tests/pytree_models.py with every dim Dim.AUTO, ExportDB with every dim Dim.AUTO (its
+    default dims are saved and loaded by test_roundtrip_equals_eager)."""
+    import models
+    import pytree_models as pm
+
+    out = [pytest.param(c.export, id=f"models/{n}") for n, c in models.CASES.items()]
+    out.append(pytest.param(models.CUSTOM_OP.export, id="models/custom_op"))
+
+    def pytree(cls):
+        def build():
+            args, kwargs = pm.example(seq=4)
+            auto = torch.export.Dim.AUTO  # a registered class (the cache) nested in kwargs
+            dyn = {"x": {0: auto, 1: auto, 2: auto},
+                   "cache": [[{1: auto}, {1: auto}], [{1: auto}, {1: auto}]]}  # fmt: skip
+            return None, torch.export.export(cls(), args, kwargs, dynamic_shapes=dyn)
+
+        return build
+
+    out += [pytest.param(pytree(c), id=f"pytree/{c.__name__}")
+            for c in (pm.Decoder, pm.GuardedDecoder)]  # fmt: skip
+
+    def exportdb(case):
+        def build():
+            model, args, kwargs, _ = case.build()
+            dyn_args, dyn_kwargs, _ = _all_dynamic(args, kwargs)
+            dyn = dyn_args if not kwargs else {**dict(zip(_arg_names(model, len(args)),
+                                                          dyn_args)), **dyn_kwargs}  # fmt: skip
+            # a case torch.export refuses is pinned (EXPORT_REFUSED_ALL_DYNAMIC) and skips
+            return None, _export(case.name, EXPORT_REFUSED_ALL_DYNAMIC, model, args, kwargs, dyn)
+
+        return build
+
+    out += [pytest.param(exportdb(c), id=f"{c.name}/auto") for c in CASES]
+    return out
+
+
+@pytest.mark.parametrize("build", _programs())
+def test_whatever_save_accepts_load_accepts(build, tmp_path):
+    """Issue 22, item 6: save runs every check load runs (graph safety, weights layout,
+    manifest), so a program that saves also loads. The one thing load adds is the user's
+    consent to custom operators (allow_ops), which the refusal names."""
+    _, ep = build()
+    path = tmp_path / "m.trtpack"
+    try:
+        trtpack.save(ep, path)
+    except trtpack.ProgramError as e:
+        # what save refuses is a stated limit, with the reason: torch cannot serialize it
+        # either, or it holds what a pack never stores (a tensor subclass, a custom object)
+        limits = ("tensor subclass", "custom object", "torch.export could not serialize")
+        assert any(limit in str(e) for limit in limits), e
+        return
+    custom = trtpack.inspect(path).manifest.program.custom_ops
+    if custom:
+        with pytest.raises(trtpack.UnsafePackError, match="allow_ops"):
+            trtpack.load(path, device="cpu")
+    pack = trtpack.load(path, device="cpu", allow_ops=list(custom or ()))
+    assert pack.exported_program is not None
+
+
+def test_a_tensor_subclass_parameter_is_refused_at_save_with_the_reason(tmp_path):
+    """A stated limit: a pack stores plain tensors without pickle, and a subclass (here
+    torch's TwoTensor) needs its Python class to be rebuilt."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(TwoTensor(torch.randn(3), torch.randn(3)))
+
+        def forward(self, x):
+            return x + self.w
+
+    ep = torch.export.export(M(), (torch.randn(3),))
+    with pytest.raises(trtpack.ProgramError, match=r"'w' is a TwoTensor \(a tensor subclass\)"):
+        trtpack.save(ep, tmp_path / "m.trtpack")
+    assert not (tmp_path / "m.trtpack").exists()
+
+
+def test_save_refuses_what_the_graph_check_refuses_and_writes_nothing(monkeypatch, tmp_path):
+    """save calls the very checks load calls: with a stricter graph rule in this process (no
+    quoted name parts), the program with a parameter ``foo:bar`` is refused by save itself,
+    before a file exists, with load's error and fields."""
+    import models
+
+    import trtpack.program.graph_check as gc
+
+    _, ep = models.CASES["colon_parameter"].export()
+    monkeypatch.setattr(gc, "_QUOTABLE", re.compile(r"(?!)"))
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        trtpack.save(ep, tmp_path / "m.trtpack")
+    assert e.value.member == "program/graph.json" and e.value.value == "foo:bar"
+    assert not (tmp_path / "m.trtpack").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.export import Dim
@@ -20,8 +22,8 @@ def shapes(iface):
 
 
 def test_symbol_names_paths_and_shared_symbol(exported):
-    """Symbols are named ``<input>_dim<i>`` at their first appearance: torch.export's JSON
-    does not keep the user's Dim names, and save and migrate must give the same manifest."""
+    """Symbols are named by the user's Dim names where the live program knows them (else
+    ``<input>_dim<i>`` at their first appearance, as migrate names them)."""
     _, _, ep = exported("keywords")
     iface = derive_interface(ep)
     assert [(i.name, i.path) for i in iface.inputs] == [
@@ -29,17 +31,27 @@ def test_symbol_names_paths_and_shared_symbol(exported):
         ("mask", "kwargs['mask']"),
         ("bias", "kwargs['bias']"),
     ]
-    assert shapes(iface) == {"x": ("x_dim0", 6), "mask": ("x_dim0", 6), "bias": (6,)}
+    assert shapes(iface) == {"x": ("batch", 6), "mask": ("batch", 6), "bias": (6,)}
     # one symbol for the dim the two inputs share; opt is the example size seen at export
-    assert iface.symbols == {"x_dim0": trtpack.format.manifest.Symbol(1, 64, 4, "example")}
+    assert iface.symbols == {"batch": trtpack.format.manifest.Symbol(1, 64, 4, "example")}
 
 
 def test_derived_dims_are_expressions_of_their_root(exported):
     _, _, ep = exported("derived")
     iface = derive_interface(ep)
-    assert shapes(iface) == {"x": ("x_dim0", 3), "y": ("2*x_dim0", 3), "z": ("x_dim0+1",)}
-    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(2, 32, 4, "example")
-    assert iface.outputs[0].shape == ("2*x_dim0", 3)
+    assert shapes(iface) == {"x": ("n", 3), "y": ("2*n", 3), "z": ("n+1",)}
+    assert iface.symbols["n"] == trtpack.format.manifest.Symbol(2, 32, 4, "example")
+    assert iface.outputs[0].shape == ("2*n", 3)
+
+
+def test_derived_dim_with_a_negative_offset(exported, tmp_path):
+    """``2*dx - 1``: torch's srepr writes the offset as ``Integer(-1)`` (issue 22, item 4)."""
+    _, _, ep = exported("derived_negative")
+    assert shapes(derive_interface(ep)) == {"x": ("n",), "y": ("2*n-1",)}
+    trtpack.save(ep, tmp_path / "neg.trtpack")
+    pack = trtpack.load(tmp_path / "neg.trtpack", device="cpu")
+    x, y = torch.randn(9), torch.randn(17)
+    assert torch.equal(pack(x, y), ep.module()(x, y))
 
 
 def test_non_tensor_inputs_record_kind_and_specialized_value(exported):
@@ -108,7 +120,7 @@ def test_unbounded_dim_is_recorded_unbounded_with_rule_opt():
             return x * 2
 
     ep = torch.export.export(M(), (torch.randn(5, 2),), dynamic_shapes=({0: Dim("rows")},))
-    sym = derive_interface(ep).symbols["x_dim0"]
+    sym = derive_interface(ep).symbols["rows"]
     assert sym.max is None  # not invented
     assert sym.opt == 5 and sym.opt_source == "example"
     # no example and no hint: the documented rule, always inside [min, max]
@@ -125,14 +137,15 @@ def test_loaded_program_without_dim_names_falls_back_to_input_dim_names():
 
 
 def test_range_override_narrows_and_sets_opt(exported):
-    """Keyed by the user's Dim name (an alias the live program knows) or the manifest name."""
+    """Keyed by the user's Dim name (the manifest's name at save) or the generated name
+    (what migrate writes, and what earlier trtpack wrote at save)."""
     _, _, ep = exported("keywords")
     iface = derive_interface(ep, ranges={"batch": Range(2, 32, opt=16)})
-    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(2, 32, 16, "override")
+    assert iface.symbols["batch"] == trtpack.format.manifest.Symbol(2, 32, 16, "override")
     iface = derive_interface(ep, ranges={"x_dim0": (1, 3)})  # opt 4 no longer fits: the rule
-    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(1, 3, 3, "rule")
+    assert iface.symbols["batch"] == trtpack.format.manifest.Symbol(1, 3, 3, "rule")
     iface = derive_interface(ep, ranges={"batch": {"max": 8}})  # opt 4 still fits: kept
-    assert iface.symbols["x_dim0"] == trtpack.format.manifest.Symbol(1, 8, 4, "example")
+    assert iface.symbols["batch"] == trtpack.format.manifest.Symbol(1, 8, 4, "example")
 
 
 @pytest.mark.parametrize(
@@ -154,7 +167,7 @@ def test_bad_range_overrides_are_refused(exported, override, message):
 def test_override_of_unknown_symbol_names_the_known_ones(exported):
     _, _, ep = exported("keywords")
     with pytest.raises(
-        trtpack.RangeOverrideError, match=r"no symbol named 'btch' \(symbols: x_dim0\)"
+        trtpack.RangeOverrideError, match=r"no symbol named 'btch' \(symbols: batch\)"
     ):
         derive_interface(ep, ranges={"btch": (1, 2)})
 
@@ -163,10 +176,10 @@ def test_override_reaches_the_saved_manifest_and_the_contract(exported, tmp_path
     _, _, ep = exported("keywords")
     path = tmp_path / "narrow.trtpack"
     trtpack.save(ep, path, ranges={"batch": (1, 8, 8)})
-    assert trtpack.inspect(path).manifest.symbols["x_dim0"].max == 8
+    assert trtpack.inspect(path).manifest.symbols["batch"].max == 8
     pack = trtpack.load(path, device="cpu")
     with pytest.raises(
-        trtpack.InputMismatchError, match=r"outside the allowed range of x_dim0: \[1, 8\]"
+        trtpack.InputMismatchError, match=r"outside the allowed range of batch: \[1, 8\]"
     ):
         pack(torch.randn(9, 6), mask=torch.randn(9, 6), bias=torch.randn(6))
 
@@ -185,9 +198,30 @@ def test_metadata_must_be_str_to_str(exported, tmp_path):
     assert not (tmp_path / "m.trtpack").exists()
 
 
-def test_same_program_same_manifest_and_digest_by_save_and_migrate(tmp_path):
-    """Issue 9.5: save(ep) named a symbol by the user's Dim ('B'), migrate of the
-    torch.export.save file of the same program 'ids_dim0': the digests differed."""
+def _normalized(manifest, data=None) -> str:
+    """The manifest's JSON (or ``data``, a part of it) with its symbols renamed ``_s0``,
+    ``_s1``, ... in order of first appearance (input dims, then int inputs): what stays when
+    names are set aside."""
+    import re
+
+    from trtpack.format.manifest import parse_dim
+
+    order: list[str] = []
+    for spec in manifest.inputs:
+        for dim in [*(spec.shape or ()), *([spec.symbol] if spec.symbol else [])]:
+            if isinstance(dim, str) and parse_dim(dim).symbol not in order:
+                order.append(parse_dim(dim).symbol)
+    text = json.dumps(manifest.to_dict() if data is None else data)
+    rename = {name: f"_s{i}" for i, name in enumerate(order)}
+    pattern = r"\b(" + "|".join(map(re.escape, rename)) + r")\b"
+    text = re.sub(pattern, lambda m: rename[m.group(1)], text) if rename else text
+    return json.dumps(json.loads(text), sort_keys=True)  # sorted by the new names
+
+
+def test_save_names_symbols_by_the_users_dims_and_migrate_generates_them(tmp_path):
+    """Issue 22, item 7: save (the live program) names symbols by the user's Dim names,
+    migrate of the torch.export.save file (whose JSON keeps none) by ``<input>_dim<i>``; all
+    else is identical by both routes (the graph and weights members too)."""
 
     class M(torch.nn.Module):
         def forward(self, ids, mask):
@@ -199,12 +233,20 @@ def test_same_program_same_manifest_and_digest_by_save_and_migrate(tmp_path):
     saved = trtpack.save(ep, tmp_path / "s.trtpack")
     torch.export.save(ep, tmp_path / "p.pt2")
     migrated = trtpack.migrate(tmp_path / "p.pt2", tmp_path / "m.trtpack")
-    assert saved.manifest == migrated.manifest and saved.digest == migrated.digest
-    assert set(saved.manifest.symbols) == {"ids_dim0", "ids_dim1"}
-    # the user's Dim names remain usable where the live program is at hand
-    narrowed = trtpack.save(ep, tmp_path / "n.trtpack", ranges={"B": (1, 8), "ids_dim1": (2, 64)})
-    assert narrowed.manifest.symbols["ids_dim0"].max == 8
-    assert narrowed.manifest.symbols["ids_dim1"].max == 64
+    assert list(saved.manifest.symbols) == ["B", "S"]
+    assert list(migrated.manifest.symbols) == ["ids_dim0", "ids_dim1"]
+    assert saved.manifest.members == migrated.manifest.members
+    assert _normalized(saved.manifest) == _normalized(migrated.manifest)
+    assert saved.manifest != migrated.manifest  # the names differ, nothing else
+    # inspect and errors read the user's names
+    assert "B" in trtpack.reading.render(saved)
+    pack = trtpack.load(tmp_path / "s.trtpack", device="cpu")
+    with pytest.raises(trtpack.InputMismatchError, match=r"allowed range of B: \[1, 32\]"):
+        pack(torch.randn(33, 8), torch.randn(33, 8))
+    # ranges= takes the Dim names (now the manifest's)
+    narrowed = trtpack.save(ep, tmp_path / "n.trtpack", ranges={"B": (1, 8), "S": (2, 64)})
+    assert narrowed.manifest.symbols["B"].max == 8
+    assert narrowed.manifest.symbols["S"].max == 64
 
 
 def test_a_namedtuple_program_saves_in_a_fresh_process(tmp_path):

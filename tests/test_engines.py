@@ -443,28 +443,28 @@ def test_engine_profile_narrower_than_the_program(exported):
     from trtpack.program.serialize import derive_interface
 
     _, _, ep = exported("derived")
-    iface = derive_interface(ep)  # x_dim0 in [2, 32]; x [x_dim0, 3], y [2*x_dim0, 3], z [...+1]
+    iface = derive_interface(ep)  # n in [2, 32]; x [n, 3], y [2*n, 3], z [...+1]
     engine = EngineSpec("e", "engines/v/e.plan", inputs=(
-        Binding("x", "float32", ("x_dim0", 3), ((2, 4, 16), (3, 3, 3))),
-        Binding("y", "float32", ("2*x_dim0", 3), ((4, 8, 30), (3, 3, 3))),
+        Binding("x", "float32", ("n", 3), ((2, 4, 16), (3, 3, 3))),
+        Binding("y", "float32", ("2*n", 3), ((4, 8, 30), (3, 3, 3))),
     ), outputs=())  # fmt: skip
-    assert narrowed_ranges([engine], iface.inputs, iface.symbols) == {"x_dim0": (2, 15)}
+    assert narrowed_ranges([engine], iface.inputs, iface.symbols) == {"n": (2, 15)}
     manifest = trtpack.format.manifest.Manifest(
         format_version=(1, 0), producer=trtpack.format.manifest.Producer("t", "3"),
         interface=iface, members={}, program=None,
     )  # fmt: skip
-    contract = Contract(manifest, engine_ranges={"x_dim0": (2, 15)}, variant="rtx_sm80")
+    contract = Contract(manifest, engine_ranges={"n": (2, 15)}, variant="rtx_sm80")
     t = torch.zeros
     contract((t(15, 3), t(30, 3), t(16)), {})
     with pytest.raises(OutsideEngineProfile) as e:
         contract((t(20, 3), t(40, 3), t(21)), {})
     assert str(e.value) == (
-        "input x (args[0]) dim 0 makes x_dim0 = 20: inside the exported range [2, 32], but outside "
+        "input x (args[0]) dim 0 makes n = 20: inside the exported range [2, 32], but outside "
         "the optimization profile of engine variant 'rtx_sm80', [2, 15]. Load with "
         "outside_profile='fallback' to run such calls on the ExportedProgram"
     )
     with pytest.raises(
-        trtpack.InputMismatchError, match=r"outside the allowed range of x_dim0: \[2, 32\]"
+        trtpack.InputMismatchError, match=r"outside the allowed range of n: \[2, 32\]"
     ):
         contract((t(33, 3), t(66, 3), t(34)), {})
 
@@ -481,7 +481,7 @@ def test_calls_outside_the_profile_route_to_the_program_when_asked(exported, tmp
     ran = []
     pack = LoadedPack(
         info, device=torch.device("cpu"), module=lambda *a, **k: ran.append("engine"),
-        contract=Contract(info.manifest, engine_ranges={"x_dim0": (1, 8)}, variant="v"),
+        contract=Contract(info.manifest, engine_ranges={"batch": (1, 8)}, variant="v"),
         backend="tensorrt", variant="v", outside_profile="fallback",
     )  # fmt: skip
     pack(torch.zeros(8, 6), mask=torch.zeros(8, 6), bias=torch.zeros(6))
@@ -491,7 +491,7 @@ def test_calls_outside_the_profile_route_to_the_program_when_asked(exported, tmp
     assert ran == ["engine"] and pack.exported_program is not None
     strict = LoadedPack(
         info, device=torch.device("cpu"), module=lambda *a, **k: ran.append("engine"),
-        contract=Contract(info.manifest, engine_ranges={"x_dim0": (1, 8)}, variant="v"),
+        contract=Contract(info.manifest, engine_ranges={"batch": (1, 8)}, variant="v"),
         backend="tensorrt", variant="v",
     )  # fmt: skip
     with pytest.raises(trtpack.InputMismatchError, match="outside the optimization profile"):

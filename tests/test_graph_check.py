@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from models import CASES
 from test_container import raw_members, rewrite
 from test_migrate import edited_zip
@@ -33,7 +34,7 @@ def _without_the_check(monkeypatch, pack: Path) -> None:
     check stands between. Errors after the payload are expected; the marker is the result."""
     import torch
 
-    monkeypatch.setattr(check_module, "check_graph", lambda data, member: json.loads(data))
+    monkeypatch.setattr(check_module, "check_graph", lambda data, member, *_: json.loads(data))
     try:
         loaded = trtpack.load(pack, device="cpu")
         loaded.exported_program  # noqa: B018  (torch's deserializer, sympy included)
@@ -249,3 +250,38 @@ def test_every_test_model_passes(tmp_path):
         worst = max(worst, time.perf_counter() - start)
         trtpack.load(path, device="cpu")
     print(f"graph check: worst {worst * 1e3:.3f} ms per graph")
+
+
+@pytest.mark.parametrize("name", ["called_twice", "colon_parameter"])
+def test_names_torch_makes_round_trip(name, exported, tmp_path):
+    """Issue 22, item 3: ``n@1`` (a submodule called twice under
+    preserve_module_call_signature) and a parameter ``foo:bar`` are names torch emits; they
+    reach generated code only quoted (``getattr(self, "foo:bar")``), so they load."""
+    case, model, ep = exported(name)
+    graph = raw_members(trtpack.save(ep, tmp_path / "m.trtpack").path)["program/graph.json"]
+    assert (b'"n@1"' if name == "called_twice" else b'"foo:bar"') in graph
+    pack = trtpack.load(tmp_path / "m.trtpack", device="cpu")
+    for args, kwargs in [(case.args, case.kwargs), *case.calls]:
+        assert torch.equal(pack(*args, **kwargs), model(*args, **kwargs))
+    # torch's own use of the names: unflatten follows the call graph, module() the parameter
+    program = pack.exported_program
+    if name == "called_twice":
+        assert [e.fqn for e in program.module_call_graph] == ["", "n", "n@1"]
+        assert torch.equal(torch.export.unflatten(program)(*case.args), model(*case.args))
+    else:
+        assert torch.equal(program.module()(*case.args), model(*case.args))
+
+
+@pytest.mark.parametrize("field", ["parameter_name", "fqn"])
+def test_a_quoted_name_that_closes_its_quote_is_refused(exported, tmp_path, field):
+    """What reaches code quoted (``getattr(self, "<part>")``) must not end that literal: a
+    parameter name or call-graph entry with a quote or backslash in it is refused."""
+    marker = tmp_path / "ran"
+    name, old = ("colon_parameter", "foo:bar") if field == "parameter_name" else (
+        "called_twice", "n@1")  # fmt: skip
+    _, _, ep = exported(name)
+    path = trtpack.save(ep, tmp_path / "m.trtpack").path
+    hostile = f'x").__init__.__globals__["__builtins__"]["exec"]("{_payload(marker)}'
+    pack = _hostile_pack(path, tmp_path, lambda raw: _rename(raw, old, hostile))
+    err = _refused(lambda: trtpack.load(pack, device="cpu"), marker, field)
+    assert err.value == hostile

@@ -69,7 +69,7 @@ def test_range_errors_carry_fields_too(small_pack):
     with pytest.raises(trtpack.InputMismatchError) as e:
         pack(torch.randn(65, 6), mask=torch.randn(65, 6), bias=torch.randn(6))
     assert (e.value.input, e.value.path, e.value.dim, e.value.value) == ("x", "args[0]", 0, 65)
-    assert e.value.condition == "1 <= x_dim0 <= 64"
+    assert e.value.condition == "1 <= batch <= 64"
 
 
 def test_save_and_migrate_give_the_same_guards_and_digest(guarded, tmp_path):
@@ -104,7 +104,8 @@ def test_an_unexpressed_guard_is_checked_by_the_program(guarded, tmp_path):
 @pytest.mark.parametrize(
     "text",
     ["__import__('os').system('touch /tmp/pwned') == 0", "L['x'].size.__class__ == 1",
-     "(lambda: 1)() == 1", "L['x'].size()[0] == [i for i in range(3)]"],
+     "(lambda: 1)() == 1", "L['x'].size()[0] == [i for i in range(3)]",
+     "torch.load('f') == 1", "L['x'].numpy() == 1", "L['x'].a.__class__ == 1"],
 )  # fmt: skip
 def test_guard_code_that_is_not_arithmetic_is_refused_before_torch(guarded, tmp_path, text):
     """torch turns guards_code into a function with exec (ep.module()): a guard is code."""
@@ -214,3 +215,42 @@ def test_a_pack_with_a_tensor_used_as_a_number_in_a_guard_is_refused(guarded, tm
     for read in (trtpack.inspect, lambda p: trtpack.load(p, device="cpu")):
         with pytest.raises(trtpack.ManifestError, match="uses 'x' as a number"):
             read(bad)
+
+
+def test_a_guard_string_that_closes_torchs_message_literal_is_refused(guarded, tmp_path):
+    """torch execs ``torch._assert(<guard>, "Guard failed: <guard>")``: a string in a guard
+    holding a double quote ends that literal, and what follows ran on the first call whose
+    guard held (an unexpressed guard reaches the program's own guard code)."""
+    path, _, _ = guarded
+    marker = tmp_path / "ran"
+    graph = json.loads(raw_members(path)["program/graph.json"])
+    hostile = (f"L['x'].size()[0] > 0 or "
+               f"L['a\"+__import__(\"pathlib\").Path(\"{marker}\").touch()+\"']")  # fmt: skip
+    graph["guards_code"] = [*graph["guards_code"], hostile]
+    bad = rewrite(path, tmp_path / "evil.trtpack",
+                  replace={"program/graph.json": json.dumps(graph).encode()})  # fmt: skip
+    with pytest.raises(trtpack.UnsafePackError, match="guards_code"):
+        program = trtpack.load(bad, device="cpu").exported_program
+        program.module()(torch.randn(5, 8), torch.randn(9, 8))  # torch's guard check runs
+    assert not marker.exists()
+
+
+def test_torch_guards_of_ordinary_models_are_kept(exported, tmp_path):
+    """Issue 22, item 5: casts (``math.trunc(0.5*torch.sym_float(...))``) stay unexpressed and
+    are checked by the program; a dataclass field path (``L['inputs'].a``) is expressed."""
+    from models import FieldInputs
+
+    for name, bad, expected in [
+        ("resample", (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 10, 10)), "program's own"),
+        ("dataclass_fields", (FieldInputs(torch.randn(4, 3), torch.randn(5, 3)),), "agree"),
+    ]:
+        _, _, ep = exported(name)
+        pack = trtpack.load(trtpack.save(ep, tmp_path / f"{name}.trtpack").path, device="cpu")
+        guards = {g.source: g.expr for g in pack.manifest.guards}
+        if name == "resample":
+            assert guards["math.trunc(0.5*torch.sym_float(L['x'].size()[2])) >= 2"] is None
+        else:
+            assert guards == {"L['inputs'].a.size()[0] == L['inputs'].b.size()[0]":
+                              "inputs_a.shape[0] == inputs_b.shape[0]"}  # fmt: skip
+        with pytest.raises(trtpack.InputMismatchError, match=expected):
+            pack(*bad)

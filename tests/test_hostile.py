@@ -197,7 +197,7 @@ def test_variant_ranges_that_contradict_the_profiles_are_refused(small_pack, tmp
     trtpack.add_engine(pack, rtx.keywords_plan(("8.0",)), variant="sm80")
 
     def narrow(m):
-        m["engines"][0]["ranges"] = {"x_dim0": [1, 8]}
+        m["engines"][0]["ranges"] = {"batch": [1, 8]}
 
     bad = rewrite(pack, tmp_path / "ranges.trtpack", edit_manifest=narrow)
     with pytest.raises(trtpack.ManifestError, match="are not what its engines' profiles give"):

@@ -63,7 +63,7 @@ def test_log_register_load_predict(tracking, keywords):
     assert info.registered_model_version == 1
     meta = info.metadata["trtpack"]
     assert meta["digest"] == trtpack.inspect(path).digest
-    assert meta["symbols"] == {"x_dim0": {"min": 1, "max": 64, "opt": 4}}
+    assert meta["symbols"] == {"batch": {"min": 1, "max": 64, "opt": 4}}
     sig = info.signature.inputs.to_dict()
     assert [(s["name"], s["tensor-spec"]["dtype"], list(s["tensor-spec"]["shape"])) for s in sig] == [
         ("x", "float32", [-1, 6]), ("mask", "float32", [-1, 6]), ("bias", "float32", [6])
@@ -95,7 +95,7 @@ def test_predict_refuses_bad_inputs_clearly(tracking, keywords):
     inputs["x"] = np.zeros((65, 6), np.float32)
     inputs["mask"] = np.zeros((65, 6), np.float32)
     with pytest.raises(
-        Exception, match=r"dim 0 is 65, outside the allowed range of x_dim0: \[1, 64\]"
+        Exception, match=r"dim 0 is 65, outside the allowed range of batch: \[1, 64\]"
     ):
         pyfunc.predict(inputs)
 
@@ -218,7 +218,7 @@ def test_fresh_process_and_mlflow_models_serve(tracking, keywords, tmp_path):
         bad = {**inputs, "x": np.zeros((65, 6)).tolist(), "mask": np.zeros((65, 6)).tolist()}
         status, body = post({"inputs": bad})
         assert status == 400, body
-        assert "dim 0 is 65, outside the allowed range of x_dim0: [1, 64]" in body["message"]
+        assert "dim 0 is 65, outside the allowed range of batch: [1, 64]" in body["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -22,6 +22,7 @@ import pytest
 import trtpack
 from trtpack.format.container import PackReader
 from trtpack.integrations import oci
+from trtpack.integrations.oci.layouts import _build
 from trtpack.reading import open_pack
 
 pytest.importorskip("oras")
@@ -168,7 +169,7 @@ class Registry:
         """Serve ``pack`` in the trtpack layout (``raw``: another manifest.json in its place)."""
         with open_pack(pack) as (reader, info):
             real = reader.read("manifest.json")
-            manifest, extra = oci._build(info, real, "trtpack", None)
+            manifest, extra = _build(info, real, "trtpack", None)
             for name in info.manifest.members:
                 self.blobs[f"sha256:{info.manifest.members[name].sha256}"] = reader.read(name)
         self.blobs.update(extra)
@@ -423,10 +424,10 @@ def test_a_pack_larger_than_max_size_is_refused_before_any_blob(registry, out):
 
 def test_cli_max_size(registry, out):
     registry.serve(PACK)
-    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1K"])
+    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1KiB"])
     assert code == 1 and "over the limit of 1024 (1.0 KiB)" in err and "--max-size" in err
     nothing_written(out)
-    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1M"])
+    code, err, _, _ = _run(["pull", registry.ref, "-o", str(out), "--max-size", "1MiB"])
     assert code == 0, err
     assert trtpack.verify(out).digest == trtpack.inspect(PACK).digest
 

@@ -185,3 +185,46 @@ def test_shapes_spec_assumptions_are_kept(tmp_path):
             module(torch.randn(40, 4))
     with pytest.raises(trtpack.InputMismatchError, match=r"outside the allowed range"):
         pack(torch.randn(8, 4))
+
+
+class _Compare(torch.nn.Module):
+    def forward(self, x, y):
+        return x.sum() + y.sum() if x.shape[0] <= y.shape[0] else x.sum() - y.sum()
+
+
+def test_the_loaded_program_checks_guards_like_torchs(tmp_path):
+    """Issue 22, item 1: ``pack.exported_program`` comes back with example inputs (made from
+    the manifest, no pickle), so its ``module()`` builds torch's guard check as the original
+    does; without them it returned 8.0 for a call the original refuses."""
+    from torch.export import Dim
+
+    ep = torch.export.export(_Compare(), (torch.ones(3), torch.ones(5)),
+                             dynamic_shapes=({0: Dim("a")}, {0: Dim("b")}))  # fmt: skip
+    trtpack.save(ep, tmp_path / "m.trtpack")
+    loaded = trtpack.load(tmp_path / "m.trtpack", device="cpu").exported_program
+    messages = []
+    for program in (ep, loaded):
+        with pytest.raises(AssertionError, match="Guard failed") as e:
+            program.module()(torch.ones(6), torch.ones(2))
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] == "Guard failed: x.size()[0] <= y.size()[0]"
+    torch.testing.assert_close(loaded.module()(torch.ones(2), torch.ones(4)), torch.tensor(6.0))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_loaded_program_has_example_inputs_of_the_exported_structure(name, exported, tmp_path):
+    """Same pytree structure, dtypes and (where opt is the example size) shapes as torch's."""
+    _, _, ep = exported(name)
+    trtpack.save(ep, tmp_path / "m.trtpack")
+    pack = trtpack.load(tmp_path / "m.trtpack", device="cpu")
+    import torch.utils._pytree as pytree
+
+    want, want_spec = pytree.tree_flatten(ep.example_inputs)
+    got, got_spec = pytree.tree_flatten(pack.exported_program.example_inputs)
+    assert got_spec == want_spec
+    by_example = all(s.opt_source == "example" for s in pack.manifest.symbols.values())
+    for g, w in zip(got, want):
+        if isinstance(w, torch.Tensor):
+            assert g.dtype == w.dtype and (g.shape == w.shape or not by_example)
+        else:
+            assert g == w

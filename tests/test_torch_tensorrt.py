@@ -93,7 +93,7 @@ def test_unbounded_dim_is_refused_with_a_clear_message():
                              dynamic_shapes=({0: Dim("rows")},))  # fmt: skip
     with pytest.raises(
         trtpack.DeriveError,
-        match=r"symbol 'input_dim0' has no upper bound .*ranges=\{'input_dim0': \(\d+, MAX\)\}.*min x 4096",
+        match=r"symbol 'rows' has no upper bound .*ranges=\{'rows': \(\d+, MAX\)\}.*min x 4096",
     ):
         trtpack.compile(ep, **settings())
 
@@ -117,12 +117,12 @@ def test_narrowed_range_reaches_the_engine_profile(net_ep, tmp_path):
         module = trtpack.compile(ep, ranges={"batch": (1, 8)}, **settings())
     with tt_cpu.device_queries():
         info = trtpack.save(module, tmp_path / "narrow.trtpack")
-    assert info.manifest.symbols["x_dim0"].max == 8
+    assert info.manifest.symbols["batch"].max == 8
     (engine,) = info.manifest.engines[0].engines
     # torch_tensorrt raises the min of a 0/1-specialized dim to 2 ("The compiled engine's min
     # will be 2"): the pack records the engine's real profile, and the range it covers
     assert engine.inputs[0].profile[0] == (2, 4, 8)
-    assert info.manifest.engines[0].ranges == {"x_dim0": (2, 8)}
+    assert info.manifest.engines[0].ranges == {"batch": (2, 8)}
 
 
 # --- save: no inputs= -----------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_save_whole_graph_module(compiled, tmp_path):
     m = info.manifest
     assert m.program is not None and [i.name for i in m.inputs] == ["x", "bias"]
     (v,) = m.engines
-    assert v.whole_graph and v.program is None and v.ranges == {"x_dim0": (2, 32)}
+    assert v.whole_graph and v.program is None and v.ranges == {"batch": (2, 32)}
     assert v.target.flavor == "tensorrt_rtx" and v.name.startswith("rtx_")
     (e,) = v.engines
     raw = members(path)
@@ -145,8 +145,8 @@ def test_save_whole_graph_module(compiled, tmp_path):
         "output0",
         "output1",
     ]
-    assert e.inputs[0].shape == ("x_dim0", 8) and e.inputs[0].profile == ((2, 4, 32), (8, 8, 8))
-    assert e.outputs[1].shape == ("x_dim0",) and e.abi_version == torch.ops.tensorrt.ABI_VERSION()
+    assert e.inputs[0].shape == ("batch", 8) and e.inputs[0].profile == ((2, 4, 32), (8, 8, 8))
+    assert e.outputs[1].shape == ("batch",) and e.abi_version == torch.ops.tensorrt.ABI_VERSION()
     compilation = e.settings["compilation"]
     assert compilation["min_block_size"] == 1 and compilation["device"] == "GPU:0"
     json.dumps(e.settings)  # plain data, no pickle anywhere in the pack
@@ -179,7 +179,7 @@ def test_save_partitioned_module_keeps_the_wiring(compiled, tmp_path):
     assert [e.name for e in v.engines] == ["_run_on_acc_0_engine", "_run_on_acc_2_engine"]
     second = v.engines[1]
     assert [b.name for b in second.inputs] == ["relu", "bias"]
-    assert second.inputs[0].shape == ("x_dim0", 16)  # an intermediate tensor, in manifest names
+    assert second.inputs[0].shape == ("batch", 16)  # an intermediate tensor, in manifest names
     raw = members(path)
     for e in v.engines:
         assert raw[e.member] == engines_of(split)[e.name.removesuffix("_engine")].serialized_engine
@@ -207,9 +207,9 @@ def test_several_optimization_profiles_are_built_recorded_and_routed(net_ep, tmp
     (x, bias) = v.engines[0].inputs
     assert x.profiles == (((2, 4, 8), (8, 8, 8)), ((16, 24, 32), (8, 8, 8)))
     assert bias.profiles == (((2, 4, 8), (4, 4, 4)), ((16, 24, 32), (4, 4, 4)))
-    assert v.ranges == {"x_dim0": (2, 32)}
+    assert v.ranges == {"batch": (2, 32)}
     boxes = profile_boxes(v.engines, m.inputs, m.symbols)
-    assert boxes == [{"x_dim0": (2, 8)}, {"x_dim0": (16, 32)}]
+    assert boxes == [{"batch": (2, 8)}, {"batch": (16, 32)}]
     contract = Contract(m, engine_ranges=v.ranges, variant=v.name, profile_boxes=boxes)
     for n in (2, 8, 16, 32):
         contract((torch.zeros(n, 8),), {"bias": torch.zeros(n, 4)})
@@ -346,15 +346,18 @@ def test_save_and_migrate_of_torch_tensorrt_save_give_the_same_variant(compiled,
         return [(e.name, e.member, e.abi_version, e.settings, e.outputs,
                  [(i.name, i.dtype, i.shape) for i in e.inputs]) for e in variant.engines]  # fmt: skip
 
-    assert facts(a) == facts(b)
-    assert saved.manifest.inputs == migrated.manifest.inputs
-    # The engines take x_dim0 in [2, 32]: torch_tensorrt raises Dim("batch", min=1)'s min to 2
+    def named(x):  # save names the symbol by the user's Dim, migrate (no names in the file)
+        return repr(x).replace("'x_dim0'", "'batch'")  # by its first input dim (issue 22.7)
+
+    assert named(facts(a)) == named(facts(b))
+    assert named(saved.manifest.inputs) == named(migrated.manifest.inputs)
+    # The engines take batch in [2, 32]: torch_tensorrt raises Dim("batch", min=1)'s min to 2
     # (torch.export's 0/1 specialization), and both routes now record that profile. The saved
     # pack keeps the program's [1, 32] and marks the engines' part of it in ranges; the .ep
     # file's own range constraints already say [2, 32].
-    assert [e.inputs for e in a.engines] == [e.inputs for e in b.engines]
+    assert named([e.inputs for e in a.engines]) == named([e.inputs for e in b.engines])
     assert {e.inputs[0].profile[0] for e in a.engines} == {(2, 4, 32)}
-    assert saved.manifest.symbols["x_dim0"].min == 1 and a.ranges == {"x_dim0": (2, 32)}
+    assert saved.manifest.symbols["batch"].min == 1 and a.ranges == {"batch": (2, 32)}
     assert migrated.manifest.symbols["x_dim0"].min == 2 and b.ranges == {}
 
 

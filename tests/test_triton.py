@@ -298,8 +298,8 @@ def test_python_max_batch_size(case_pack, tmp_path):
     assert list(shared.output[0].reshape.shape) == []
     refusals = [
         ("keywords", 8, r"a dynamic first dim on every input and output; 'bias' is \[6\]"),
-        ("one_tensor", 65, r"takes x_dim0 in \[1, 64\], which does not cover batches 1..65"),
-        ("derived", 4, r"dynamic first dim on every input and output; 'y' is \['2\*x_dim0', 3\]"),
+        ("one_tensor", 65, r"takes batch in \[1, 64\], which does not cover batches 1..65"),
+        ("derived", 4, r"dynamic first dim on every input and output; 'y' is \['2\*n', 3\]"),
         ("dynamic_int", 4, r"every input to be a tensor .*; 'n' is a dynamic int"),
         ("many_outputs", 4, r"'output_1' is \[\]"),
         ("positional", 4, r"'a' is \[3, 5\]"),
@@ -834,7 +834,7 @@ def test_real_triton_returns_trtpacks_own_errors(served, clients):
     pack = trtpack.load(served.packs["keywords"])
     bias = r(6)
     messages = []
-    for args, kwargs in [((r(65, 6),), {"mask": r(65, 6), "bias": bias}),  # x_dim0 <= 64
+    for args, kwargs in [((r(65, 6),), {"mask": r(65, 6), "bias": bias}),  # batch <= 64
                          ((r(4, 6),), {"mask": r(5, 6), "bias": bias})]:  # fmt: skip
         with pytest.raises(trtpack.InputMismatchError) as want:
             pack(*args, **kwargs)
@@ -847,7 +847,7 @@ def test_real_triton_returns_trtpacks_own_errors(served, clients):
             status = got.value.status()
             assert status in ("400", "StatusCode.INVALID_ARGUMENT"), status
     assert (
-        messages[0] == "input x (args[0]) dim 0 is 65, outside the allowed range of x_dim0: [1, 64]"
+        messages[0] == "input x (args[0]) dim 0 is 65, outside the allowed range of batch: [1, 64]"
     )
     assert "these dims must agree" in messages[1]
 

@@ -99,6 +99,14 @@ def main() -> int:
         t_load_nv = best(
             lambda: trtpack.load(d / "m.trtpack", device=args.device, verify=False), args.repeat
         )
+        # the opt-in zero-copy CPU mode (weights view the file's map), in the same run
+        t_load_mm = best(
+            lambda: trtpack.load(d / "m.trtpack", device=args.device, mmap=True), args.repeat
+        )
+        t_load_nv_mm = best(
+            lambda: trtpack.load(d / "m.trtpack", device=args.device, verify=False, mmap=True),
+            args.repeat,
+        )
         sizes = (d / "m.pt2").stat().st_size, (d / "m.trtpack").stat().st_size
 
         def raw_read() -> None:  # the same file, from the page cache, into memory
@@ -120,6 +128,8 @@ def main() -> int:
         ("torch.export.load (warm)", t_torch_load),
         (f"trtpack.load(device={args.device!r}) verify=True (hash checked)", t_load),
         (f"trtpack.load(device={args.device!r}) verify=False", t_load_nv),
+        ("  the same with mmap=True (weights view the file), verify=True", t_load_mm),
+        ("  the same with mmap=True, verify=False", t_load_nv_mm),
         ("raw read of the pack file (page cache)", t_raw_read),
         ("trtpack.verify (every member's digests)", t_verify),
     ]
@@ -132,6 +142,8 @@ def main() -> int:
     print(f"  torch.export.save / raw write (no sync) {t_torch_save / t_raw:5.2f}x")
     print(f"  trtpack.load verify / torch.export.load {t_load / t_torch_load:5.2f}x")
     print(f"  trtpack.load no-verify / torch.export.load {t_load_nv / t_torch_load:5.2f}x")
+    print(f"  trtpack.load verify: default / mmap=True  {t_load / t_load_mm:5.2f}x")
+    print(f"  trtpack.load no-verify: default / mmap=True {t_load_nv / t_load_nv_mm:5.2f}x")
     print(f"  trtpack.verify speed / raw read speed   {t_raw_read / t_verify:5.2f}  (goal >= 0.80)")
     print("  (goal for save: <= 1.20x raw write + fsync)")
     # save must both write the bytes and hash them (SHA-256 of each member and of each piece,

@@ -100,6 +100,10 @@ def packs() -> None:
     _, ep = CASES["keywords"].export()  # reference samples (format 1.2)
     trtpack.save(ep, folder / "keywords_samples.trtpack", samples=3,
                  metadata={"fixture": f"format {version}"})  # fmt: skip
+    from models import CUSTOM_OP
+
+    _, ep = CUSTOM_OP.export()  # a custom operator, recorded in program.custom_ops (format 1.4)
+    trtpack.save(ep, folder / "custom_op.trtpack", metadata={"fixture": f"format {version}"})
     print(f"format {version} fixtures written in {folder}")
 
 

@@ -147,6 +147,17 @@ class SampleMismatchError(TrtpackError):
         super().__init__(f"reference sample {sample}, output {output!r}: {what}")
 
 
+class SampleTooLargeError(TrtpackError):
+    """Sample inputs generated from the manifest's sizes (``trtpack run``, ``save(samples=)``)
+    would take more memory than the limit allows: nothing was allocated. ``needed`` and
+    ``limit`` are bytes, ``symbols`` the sizes drawn, ``inputs`` each input's bytes."""
+
+    def __init__(self, message: str, *, needed: int, limit: int, symbols: dict[str, int],
+                 inputs: dict[str, int]) -> None:  # fmt: skip
+        super().__init__(message)
+        self.needed, self.limit, self.symbols, self.inputs = needed, limit, symbols, inputs
+
+
 class MissingDependencyError(TrtpackError, ImportError):
     """An optional dependency is needed for this operation and is not installed."""
 
@@ -284,6 +295,7 @@ __all__ = [
     "EngineError",
     "NoUsableEngineError",
     "SampleMismatchError",
+    "SampleTooLargeError",
     "MissingDependencyError",
     "TargetSpecError",
     "DeviceError",

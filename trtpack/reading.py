@@ -302,6 +302,12 @@ def render(info: PackInfo) -> str:
             f"program  ExportedProgram (torch.export schema "
             f"{m.program.serde_schema[0]}.{m.program.serde_schema[1]})"
         )
+        if m.program.custom_ops:
+            lines.append(
+                "         calls custom operators "
+                + ", ".join(m.program.custom_ops)
+                + " (not in the pack: load(..., allow_ops=...) with them registered)"
+            )
     else:
         lines.append("program  (none: engines only)")
     lines.append("engines")

@@ -16,26 +16,45 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import DeviceError, InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import (
+    ArgumentTypeError,
+    DeviceError,
+    InputMismatchError,
+    ManifestError,
+    NoUsableEngineError,
+)
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .program.serialize import LoadedProgram, load_program, load_runnable, runnable
+from .program.serialize import (
+    LoadedProgram,
+    example_inputs,
+    load_program,
+    load_runnable,
+    runnable,
+    weights_owned,
+)
 from .reading import PackInfo, open_pack, with_program_guards
 
 T = TypeVar("T")
 
 
-def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T]) -> T:
+def _verified(
+    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, owned: bool
+) -> T:
     """Run ``build`` with the program's members verified. The graph (small, and parsed) is
-    checked first; the weights (large, only mapped, never computed on while loading) are hashed
-    on a second thread while the program is rebuilt, and the result is returned only once
-    that hash has matched."""
+    checked first; the weights (large, never computed on while loading) are hashed on a second
+    thread while the program is rebuilt, and the result is returned only once that hash has
+    matched. ``owned``: the weights hashed are the copy the load keeps (``build`` reads the
+    same ``reader.owned`` buffer), so what is checked is what runs; each piece is hashed
+    while the next is read."""
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
     reader.verify(graph, manifest.members[graph])
+    if owned:  # hashed piece by piece as it is read, whichever thread reads it first
+        reader.check_when_read(weights, manifest.members[weights])
     with ThreadPoolExecutor(1) as pool:
-        check = pool.submit(reader.verify, weights, manifest.members[weights])
+        check = pool.submit(reader.verify, weights, manifest.members[weights], owned=owned)
         try:
             result = build()
         finally:
@@ -139,8 +158,13 @@ class LoadedPack:
         program: LoadedProgram | None = None,
         outside_profile: str = "error",
         inference_mode: bool = False,
+        mmap: bool = False,
+        allow_ops: Sequence[str] = (),
     ) -> None:
         self.info = info
+        self._mmap = mmap
+        #: the custom operators ``load(allow_ops=)`` allowed (the program read later uses them)
+        self.allow_ops = tuple(allow_ops)
         self.manifest: Manifest = info.manifest
         self.device = device
         self.backend = backend
@@ -187,7 +211,9 @@ class LoadedPack:
                     raise ManifestError(f"{self.info.path} changed on disk since it was loaded")
                 self._exported_program = _verified(
                     reader, self.manifest, True,
-                    lambda: load_program(reader, self.manifest, device=self.device),
+                    lambda: load_program(reader, self.manifest, device=self.device,
+                                         mmap=self._mmap, allow_ops=self.allow_ops),
+                    owned=weights_owned(self.device, self._mmap),
                 )  # fmt: skip
         return self._exported_program
 
@@ -268,11 +294,8 @@ class LoadedPack:
             if ep is None:
                 raise ManifestError(f"{self.info.path}: guards the manifest cannot express "
                                     "need the program, and the pack has none")  # fmt: skip
-            import torch.utils._pytree as pytree
-
-            # torch's own spec rebuilds the call, registered pytree classes (a cache) included
-            args, kwargs = pytree.tree_unflatten(_opt_inputs(self.manifest), ep.call_spec.in_spec)
-            ep.example_inputs = (tuple(args), dict(kwargs))
+            if ep.example_inputs is None:  # a variant's program: the pack's call, rebuilt
+                ep.example_inputs = example_inputs(self.manifest, ep.call_spec.in_spec)
             fn = getattr(ep.module(), "_guards_fn", None)
             if fn is None:
                 raise ManifestError(f"{self.info.path}: torch built no guard check for the "
@@ -301,29 +324,6 @@ class LoadedPack:
         )
 
 
-def _opt_inputs(manifest: Manifest) -> list[Any]:
-    """One call's leaves at the symbols' opt sizes (zeros): what torch needs to know the
-    call's structure when it builds its guard check."""
-    from .format.manifest import parse_dim
-
-    def at_opt(dim: int | str) -> int:
-        if isinstance(dim, int):
-            return dim
-        expr = parse_dim(dim)
-        return expr.value(manifest.symbols[expr.symbol].opt)
-
-    out: list[Any] = []
-    for spec in manifest.inputs:
-        if spec.is_tensor:
-            shape = [at_opt(d) for d in spec.shape or ()]
-            out.append(torch.zeros(shape, dtype=getattr(torch, spec.dtype or "float32")))
-        elif spec.symbol is not None:
-            out.append(at_opt(spec.symbol))
-        else:
-            out.append(spec.value)
-    return out
-
-
 def load(
     path: PathLike,
     *,
@@ -337,6 +337,8 @@ def load(
     signature: PathLike | None = None,
     check: bool = False,
     trust_engine_host_code: bool = False,
+    mmap: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -363,9 +365,23 @@ def load(
     it such a variant is used only when ``require_signature`` verified the pack. Either way
     such a plan is hashed before TensorRT sees it, even with ``verify=False``.
 
+    ``allow_ops``: custom operators (``torch.library``) the program may call, by qualified
+    name or pattern (``["mylib::twice"]``, ``["mylib::*"]``). A program that calls one is
+    refused unless allowed here, naming the operators; an allowed one must be registered in
+    this process (import its library first): nothing is imported by name from the file.
+
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
     ``pack.check_report``.
+
+    ``mmap``: on the CPU, let the weights view a private copy-on-write map of the file
+    instead of memory of their own (the default reads them once, which is what is hashed):
+    no copy at load, and pages shared with other processes mapping the same file. The risk
+    is the file's: it must not change while the pack is in use. Truncating it or copying
+    another file over it in place (``cp new.trtpack model.trtpack``) kills the process with
+    SIGBUS at its next call, and writing into it silently changes the weights (the hash
+    covered them at load only). Replace a mapped pack by renaming a new file over it (as
+    ``trtpack.save`` does). No effect on a GPU: the weights are copied there either way.
 
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
@@ -374,7 +390,8 @@ def load(
         verify=verify, require_engine=require_engine, variant=variant,
         outside_profile=outside_profile, inference_mode=inference_mode,
         require_signature=require_signature, signature=signature,
-        trust_engine_host_code=trust_engine_host_code,
+        trust_engine_host_code=trust_engine_host_code, mmap=mmap,
+        allow_ops=_allow_ops(allow_ops),
     )  # fmt: skip
     pack = _load(path, device=device, **options)
     pack.load_options = {**options, "check": check}
@@ -397,6 +414,8 @@ def _load(
     require_signature: PathLike | None,
     signature: PathLike | None,
     trust_engine_host_code: bool,
+    mmap: bool,
+    allow_ops: tuple[str, ...],
 ) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
@@ -452,8 +471,10 @@ def _load(
                 f"{info.path} holds engines only, and none can run here: {reason}"
             )
         program = _verified(
-            reader, manifest, verify, lambda: load_runnable(reader, manifest, device=dev)
-        )
+            reader, manifest, verify,
+            lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops),
+            owned=weights_owned(dev, mmap),
+        )  # fmt: skip
     if reason is not None and manifest.engines:
         warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=3)
     return LoadedPack(
@@ -465,4 +486,17 @@ def _load(
         fallback_reason=reason if manifest.engines else None,
         program=program,
         inference_mode=inference_mode,
+        mmap=mmap,
+        allow_ops=allow_ops,
     )
+
+
+def _allow_ops(allow_ops: Any) -> tuple[str, ...]:
+    """``allow_ops`` as a tuple of strings (a lone string is one pattern, not its letters)."""
+    if isinstance(allow_ops, str):
+        return (allow_ops,)
+    if not isinstance(allow_ops, (list, tuple, set, frozenset)) or not all(
+        isinstance(p, str) for p in allow_ops
+    ):
+        raise ArgumentTypeError("allow_ops", "a list of operator names or patterns", allow_ops)
+    return tuple(allow_ops)

@@ -253,7 +253,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # a variant the user names must run: running the program instead would be a false pass
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
                       device=args.device, variant=args.variant,
-                      require_engine=args.variant is not None)  # fmt: skip
+                      require_engine=args.variant is not None,
+                      max_sample_bytes=args.max_sample_size,
+                      allow_ops=args.allow_op or ())  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
@@ -278,7 +280,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     # a named variant must run here: checking the program instead would be a false pass
     pack = load(args.pack, device=args.device, variant=args.variant,
-                require_engine=args.variant is not None)  # fmt: skip
+                require_engine=args.variant is not None,
+                allow_ops=args.allow_op or ())  # fmt: skip
     try:
         report = check(pack)
     except SampleMismatchError as e:
@@ -345,6 +348,17 @@ def _cmd_contract(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _byte_size(text: str) -> int:
+    """``1073741824``, ``512MiB``, ``4GiB``, ``500MB``, ``2G`` -> bytes (K, M, G, T: powers of
+    1000; Ki, Mi, Gi, Ti: powers of 1024). Every size flag of the CLI reads through it."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1073741824, 4GiB)")
+    return int(float(match.group(1)) * units[match.group(2) or ""])
 
 
 def _given_input(text: str) -> tuple[str, object]:
@@ -588,6 +602,17 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="check this engine variant (exit 1 if it cannot run here)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _allow_op_argument(p)
+
+
+def _allow_op_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-op",
+        action="append",
+        metavar="NS::OP",
+        help="let the program call this custom operator (a pattern such as 'mylib::*' too); "
+        "it must be registered in this process",
+    )
 
 
 def _audit_arguments(p: argparse.ArgumentParser) -> None:
@@ -646,8 +671,16 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         help="sampled dynamic dims: each symbol's opt (default), min, max, random",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
+    p.add_argument(
+        "--max-sample-size",
+        type=_byte_size,
+        default=256 << 20,
+        metavar="SIZE",
+        help="refuse sampled inputs larger than this in all (default 256MiB; e.g. 4GiB, 500MB)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="run this engine variant (exit 1 if it cannot run here)")
+    _allow_op_argument(p)
     p.add_argument(
         "--atol",
         type=float,
@@ -703,16 +736,6 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _size(text: str) -> int:
-    """A size in bytes: a number, optionally with K, M, G or T (powers of 1024; "iB" or "B"
-    after it are allowed)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 500M, 200G)")
-    scale = 1024 ** " KMGT".index(m[2].upper() or " ")
-    return int(float(m[1]) * scale)
-
-
 def _push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to push")
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG")
@@ -756,9 +779,9 @@ def _pull_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-size",
-        type=_size,
+        type=_byte_size,
         metavar="SIZE",
-        help="refuse a pack whose members are larger (bytes, or e.g. 200G; default 64G)",
+        help="refuse a pack whose members are larger (bytes, or e.g. 200GiB; default 64 GiB)",
     )
     p.add_argument(
         "--no-signature",

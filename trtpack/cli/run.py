@@ -9,7 +9,7 @@ specialized constants as recorded. A sample the manifest's guards refuse is redr
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 from ..errors import InputMismatchError, TrtpackError
 from ..format.container import PathLike
 from ..runtime import load
-from ..samples import Size, given_symbols, sample_leaves, sample_symbols
+from ..samples import MAX_SAMPLE_BYTES, Size, given_symbols, sample_leaves, sample_symbols
 
 
 @dataclass
@@ -73,17 +73,22 @@ def run_pack(
     variant: str | None = None,
     require_engine: bool = False,
     attempts: int = 20,
+    max_sample_bytes: int = MAX_SAMPLE_BYTES,
+    allow_ops: Sequence[str] = (),
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
     each output's largest absolute difference. ``require_engine``: raise NoUsableEngineError
     (saying why) instead of running the program alone when no engine variant (or not
-    ``variant``) can run here."""
+    ``variant``) can run here. Sample inputs over ``max_sample_bytes`` are refused before
+    they are made (SampleTooLargeError)."""
     import warnings
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant, require_engine=require_engine)
+        pack = load(
+            path, device=device, variant=variant, require_engine=require_engine, allow_ops=allow_ops
+        )
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:
@@ -97,7 +102,7 @@ def run_pack(
     for _ in range(max(1, attempts)):
         # the given inputs' sizes win: the sampled ones share their symbols
         symbols = sample_symbols(manifest, size, rng, fixed)
-        leaves = sample_leaves(manifest, symbols, gen, pack.device)
+        leaves = sample_leaves(manifest, symbols, gen, pack.device, max_bytes=max_sample_bytes)
         for i, spec in enumerate(manifest.inputs):
             if inputs and spec.name in inputs:
                 value = inputs[spec.name]

@@ -35,7 +35,7 @@ from ..format.manifest import (
     narrowed_ranges,
     whole_graph_mismatch,
 )
-from ..program.derive import SerializedProgram
+from ..program.derive import SerializedProgram, recorded_names
 from .packed_info import PackedEngine
 from .plan import PlanInfo, parse_plan
 
@@ -145,6 +145,11 @@ def facts_from_program(
     Profiles come from ``iface``'s symbols (the ranges the engines were built for), or from
     each of ``profiles`` (profile 0, 1, ...)."""
     wired_iface, names = program.interface()
+    # the wired program's JSON keeps no Dim names: name its symbols as the pack's manifest
+    # does (the user's names at save and compile), matched by input and dim
+    aligned = recorded_names(wired_iface, names, iface)
+    if aligned:
+        wired_iface, names = program.interface(aligned)
     values = [
         {s: symbols[n] for s, n in names.items() if n in symbols}
         for symbols in (profiles or [iface.symbols])

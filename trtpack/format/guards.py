@@ -104,6 +104,10 @@ _TORCH_FUNCS = frozenset(_FUNCS) | {
     "RoundDecimal", "math",
 }  # fmt: skip
 _TENSOR_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+#: torch's symbolic casts and helpers its guards call (``torch.sym_float(L['x'].size()[2])``
+#: after an interpolation by a float factor); only these attributes of ``torch``
+_TORCH_SYM = frozenset({"sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_sqrt",
+                        "sym_ite", "sym_sum"})  # fmt: skip
 
 
 # --- torch's guard text -> the manifest's language ---------------------------------------------
@@ -128,22 +132,33 @@ def check_torch_guard(text: Any, where: str) -> ast.expr:
              ast.boolop, ast.Tuple),
         )  # fmt: skip
         if isinstance(node, ast.Constant):
+            # torch quotes the guard's text into a "..." literal of the code it execs (the
+            # failure message): a string may not end or escape it
             ok = type(node.value) in (int, float, bool, str) and (
-                not isinstance(node.value, str) or len(node.value) < 256
+                not isinstance(node.value, str)
+                or (len(node.value) < 256 and not set(node.value) & set('"\\\n\r'))
             )
         elif isinstance(node, ast.Name):
-            ok = node.id == "L" or node.id in _TORCH_FUNCS
+            ok = node.id in ("L", "torch") or node.id in _TORCH_FUNCS
         elif isinstance(node, ast.Attribute):
-            ok = node.attr in _TENSOR_METHODS or (
-                isinstance(node.value, ast.Name) and node.value.id == "math"
+            ok = (
+                node.attr in _TENSOR_METHODS
+                or _module_attr(node, "math")
+                or (_module_attr(node, "torch") and node.attr in _TORCH_SYM)
+                # a field of a registered pytree node input (a dataclass): L['inputs'].a
+                or (_source_of(node) is not None and not node.attr.startswith("_"))
             )
         elif isinstance(node, ast.Call):
             ok = not node.keywords and (
                 isinstance(node.func, ast.Name)
                 or (isinstance(node.func, ast.Attribute) and node.func.attr in _TENSOR_METHODS)
-                or (isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id == "math")
-            )  # fmt: skip
+                or _module_attr(node.func, "math")
+                or (
+                    isinstance(node.func, ast.Attribute)
+                    and _module_attr(node.func, "torch")
+                    and node.func.attr in _TORCH_SYM
+                )
+            )
         if not ok:
             raise UnsafePackError(
                 f"{where}: guard {text[:80]!r} uses {type(node).__name__}"
@@ -155,10 +170,24 @@ def check_torch_guard(text: Any, where: str) -> ast.expr:
     return tree
 
 
+def _module_attr(node: ast.AST, module: str) -> bool:
+    """``math.trunc``: an attribute of the module named ``module``."""
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == module
+    )
+
+
 def _source_of(node: ast.expr) -> str | None:
-    """``L['x']['k'][0]`` -> "L['x']['k'][0]" (the key path as torch prints it), else None."""
+    """``L['x']['k'][0]`` -> "L['x']['k'][0]", ``L['inputs'].a`` -> "L['inputs'].a" (the key
+    path as torch prints it; ``.field`` is a dataclass field), else None."""
     keys: list[str] = []
-    while isinstance(node, ast.Subscript):
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        if isinstance(node, ast.Attribute):
+            keys.append(f".{node.attr}")
+            node = node.value
+            continue
         key = node.slice
         if not isinstance(key, ast.Constant) or type(key.value) not in (int, str):
             return None

@@ -25,7 +25,7 @@ from .pytree import Tree, leaf_paths
 
 FORMAT_NAME = "trtpack"
 #: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
-FORMAT_VERSION: tuple[int, int] = (1, 3)
+FORMAT_VERSION: tuple[int, int] = (1, 4)
 #: The name of the first member of every pack.
 MANIFEST_NAME = "manifest.json"
 
@@ -107,6 +107,10 @@ class ProgramRef:
     graph: str
     weights: str
     serde_schema: tuple[int, int]
+    #: the custom operators (``mylib::twice``) the graph calls, sorted (format 1.4; written
+    #: only when there are some): code the pack does not carry, run only where the loader
+    #: allows it and its library has registered it
+    custom_ops: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     Errors = list[Error]
 
 #: SHA-256 of the schema file this module was generated from
-SCHEMA_SHA256 = "01eeaf7296837f57658e3fe92283e2bc781f4ddd47506402c7c4aa241d480a54"
+SCHEMA_SHA256 = "67172f6dc272a111c6497fd2687d2281c03cdf5ac4d8829fa2653f8db416bf60"
 
 
 def errors(data: Any, lenient: bool = False) -> list[Error]:
@@ -187,8 +187,9 @@ _MEMBER_PROPERTIES = ("sha256", "size", "chunks")
 _MEMBER_REQUIRED = ("sha256", "size")
 _MEMBER_CHUNKS_PROPERTIES = ("size", "sha256")
 _MEMBER_CHUNKS_REQUIRED = ("size", "sha256")
-_PROGRAM_PROPERTIES = ("graph", "weights", "serde_schema")
+_PROGRAM_PROPERTIES = ("graph", "weights", "serde_schema", "custom_ops")
 _PROGRAM_REQUIRED = ("graph", "weights", "serde_schema")
+_PROGRAM_CUSTOM_OPS_ITEM_PATTERN = re.compile("^[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*$")
 _VARIANT_PROPERTIES = ("name", "target", "engines", "program", "whole_graph", "described", "ranges")
 _VARIANT_REQUIRED = ("name", "target", "engines", "program", "whole_graph", "ranges")
 _VARIANT_PROGRAM_ONEOF_SCHEMA = '[{"type": "null"}, {"$ref": "#/$defs/program"}]'
@@ -1232,6 +1233,33 @@ def _def_program_serde_schema(x: Any, p: Path, e: Errors, lenient: bool) -> None
         e.append((p, f"{x!r} is too short", "minItems", 2, x))
 
 
+def _def_program_custom_ops_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/program/properties/custom_ops/items
+    if not isinstance(x, str):
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
+    if isinstance(x, str) and not _PROGRAM_CUSTOM_OPS_ITEM_PATTERN.search(x):
+        e.append(
+            (
+                p,
+                f"{x!r} does not match {_PROGRAM_CUSTOM_OPS_ITEM_PATTERN.pattern!r}",
+                "pattern",
+                _PROGRAM_CUSTOM_OPS_ITEM_PATTERN.pattern,
+                x,
+            )
+        )
+
+
+def _def_program_custom_ops(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/program/properties/custom_ops
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_program_custom_ops_item(x[i], (*p, i), e, lenient)
+    if isinstance(x, list) and len(x) < 1:
+        e.append((p, f"{x!r} should be non-empty", "minItems", 1, x))
+
+
 def _def_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #/$defs/program
     if not isinstance(x, dict):
@@ -1253,6 +1281,8 @@ def _def_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
             _def_member_name(x["weights"], (*p, "weights"), e, lenient)
         if "serde_schema" in x:
             _def_program_serde_schema(x["serde_schema"], (*p, "serde_schema"), e, lenient)
+        if "custom_ops" in x:
+            _def_program_custom_ops(x["custom_ops"], (*p, "custom_ops"), e, lenient)
 
 
 def _def_variant_engines(x: Any, p: Path, e: Errors, lenient: bool) -> None:

@@ -133,16 +133,18 @@ def _uints(value: Any, where: str, field: str) -> tuple[int, ...]:
 
 
 def parse_safetensors(
-    buf: memoryview | bytes, where: str
+    buf: memoryview | bytes, where: str, size: int | None = None
 ) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """The header of a safetensors file, bounds-checked against ``buf``: each tensor's dtype,
     shape and absolute byte range (padding entries dropped), and ``__metadata__``. Files with
-    unaligned data (trtpack 1.0) are accepted; raises :class:`IntegrityError` on any damage."""
-    size = len(buf)
-    if size < 8:
+    unaligned data (trtpack 1.0) are accepted; raises :class:`IntegrityError` on any damage.
+    ``size``: the whole file's size when ``buf`` holds only its head (the writer checks the
+    header of a member it streams from the tensors' memory)."""
+    size = len(buf) if size is None else size
+    if size < 8 or len(buf) < 8:
         raise _bad(where, f"{size} bytes, shorter than the 8-byte header length", field="header")
     (header_len,) = struct.unpack_from("<Q", buf, 0)
-    if header_len > min(size - 8, 100 << 20):
+    if header_len > min(size - 8, len(buf) - 8, 100 << 20):
         raise _bad(where, f"header length {header_len} is beyond the member ({size} bytes)",
                    field="header_length", got=header_len)  # fmt: skip
     try:

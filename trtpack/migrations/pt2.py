@@ -105,9 +105,11 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
         )
     _check_archive_version(reader, root, where)
     graph_member, data = model_json(reader, root)
-    from ..program.graph_check import check_graph
+    from ..program.graph_check import check_graph, custom_ops
 
-    check_graph(data, f"{where}:{graph_member}")
+    # custom operators pass here: migrating runs nothing, and the pack records them; loading
+    # the pack gates them (graph safety, allow_ops)
+    check_graph(data, f"{where}:{graph_member}", allow_ops=("*",))
     program = SerializedProgram(data, where=f"{where}:{graph_member}")
     iface, _ = program.interface()
 
@@ -135,7 +137,8 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
     weights = _weights(reader, tensors, where)
     producer = Producer(trtpack="-", python="-", torch=program.torch_version)
     if not engines:
-        ref = ProgramRef("program/graph.json", "program/weights.safetensors", program.schema)
+        ref = ProgramRef("program/graph.json", "program/weights.safetensors", program.schema,
+                         tuple(custom_ops(data)) or None)  # fmt: skip
         members: dict[str, Source] = {ref.graph: reader.slice(graph_member), ref.weights: weights}
         return PackParts(iface, members, ref, producer=producer,
                          kind="torch.export program (PT2 archive)")  # fmt: skip

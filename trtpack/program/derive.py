@@ -73,9 +73,10 @@ def _linear(node: ast.AST, text: str) -> Linear:
         fn, args = node.func.id, node.args
         if fn == "Symbol" and args and isinstance(args[0], ast.Constant):
             return Linear({str(args[0].value): 1}, 0, text)
-        if fn == "Integer" and args and isinstance(args[0], ast.Constant):
-            value = args[0].value
-            if isinstance(value, int):
+        if fn == "Integer" and len(args) == 1:
+            # srepr writes a negative integer as Integer(-1): a unary minus on a constant
+            value = _int_literal(args[0])
+            if value is not None:
                 return Linear({}, value, text)
         if fn in ("Add", "Mul"):
             parts = [_linear(a, text) for a in args]
@@ -92,6 +93,16 @@ def _linear(node: ast.AST, text: str) -> Linear:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return _mul([Linear({}, -1, text), _linear(node.operand, text)], text)
     return Linear(None, 0, text)
+
+
+def _int_literal(node: ast.AST) -> int | None:
+    """``3`` or ``-3`` as an int (bool is not an int here)."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        sign, node = -1, node.operand
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return sign * node.value
+    return None
 
 
 def _add(parts: list[Linear], text: str) -> Linear:
@@ -169,14 +180,18 @@ def tree_from_json(spec: Any, namedtuple_fields: dict[str, Any] | None = None) -
 
 
 class _Names:
-    """torch symbol -> manifest name: ``<input>_dim<i>`` at the symbol's first appearance."""
+    """torch symbol -> manifest name at the symbol's first appearance: the user's ``Dim``
+    name where the caller knows it (``user``: torch symbol -> name; a live program's shape
+    environment), else ``<input>_dim<i>``; unique either way."""
 
-    def __init__(self) -> None:
+    def __init__(self, user: Mapping[str, str] | None = None) -> None:
         self.names: dict[str, str] = {}
+        self.user = user or {}
 
     def name(self, sym: str, input_name: str, dim: int | None) -> str:
         if sym not in self.names:
-            self.names[sym] = symbol_name(input_name, dim, self.names.values())
+            user = self.user.get(sym)
+            self.names[sym] = symbol_name(input_name, dim, self.names.values(), user=user)
         return self.names[sym]
 
 
@@ -251,12 +266,15 @@ class SerializedProgram:
                 out[c["arg"]["name"]] = c["custom_obj_name"]
         return out
 
-    def interface(self) -> tuple[Interface, dict[str, str]]:
-        """The manifest's interface, and the torch-symbol -> manifest-name map."""
+    def interface(
+        self, user_names: Mapping[str, str] | None = None
+    ) -> tuple[Interface, dict[str, str]]:
+        """The manifest's interface, and the torch-symbol -> manifest-name map (``user_names``:
+        see :func:`derive_from_graph`)."""
         fields = self.module.get("treespec_namedtuple_fields") or {}
         input_tree = tree_from_json(self.call["in_spec"], fields)
         output_tree = tree_from_json(self.call["out_spec"], fields)
-        names = _Names()
+        names = _Names(user_names)
         hints: dict[str, int] = {}
         inputs = []
         users = self.user_inputs()
@@ -418,14 +436,38 @@ def _constant(arg: dict, where: str) -> tuple[Kind, Any]:
 
 
 def derive_from_graph(
-    graph: bytes | dict[str, Any], *, where: str
+    graph: bytes | dict[str, Any], *, where: str, user_names: Mapping[str, str] | None = None
 ) -> tuple[Interface, dict[str, str]]:
     """The interface of a serialized program, and torch's symbol name -> the manifest's.
-    ``graph`` is torch.export's JSON (bytes, or already parsed)."""
+    ``graph`` is torch.export's JSON (bytes, or already parsed). ``user_names``: torch's
+    symbol name -> the user's ``Dim`` name, where the live program knows them (save,
+    compile); the JSON does not keep them, so ``migrate`` names symbols ``<input>_dim<i>``."""
     from ..format.limits import loads
 
     data = loads(bytes(graph), where, MigrationError) if not isinstance(graph, dict) else graph
-    return SerializedProgram(data, where=where).interface()
+    return SerializedProgram(data, where=where).interface(user_names)
+
+
+def recorded_names(
+    iface: Interface, by_torch: Mapping[str, str], recorded: Interface
+) -> dict[str, str]:
+    """torch symbol -> the name a pack's manifest gave it (``recorded``: the interface of the
+    pack a program was loaded from), matched by input and dim as :func:`keep_opts` matches."""
+    kept: dict[str, str] = {}
+    old_inputs = {spec.name: spec for spec in recorded.inputs}
+    for spec in iface.inputs:
+        before = old_inputs.get(spec.name)
+        if before is None:
+            continue
+        pairs = list(zip(spec.shape or (), before.shape or ()))
+        if spec.symbol is not None and before.symbol is not None:
+            pairs.append((spec.symbol, before.symbol))
+        for now, then in pairs:
+            if isinstance(now, str) and isinstance(then, str):
+                a, b = parse_dim(now), parse_dim(then)
+                if (a.coef, a.offset) == (b.coef, b.offset):
+                    kept.setdefault(a.symbol, b.symbol)
+    return {t: kept[n] for t, n in by_torch.items() if n in kept}
 
 
 def keep_opts(iface: Interface, recorded: Interface) -> Interface:

@@ -10,10 +10,12 @@ No torch import: this runs on every load and on torch-free paths.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import functools
 import json
 import keyword
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IntegrityError, UnsafePackError
@@ -157,6 +159,21 @@ def safe_expr(text: Any) -> bool:
                     ):
                         return False
                     allowed_strings.add(id(kw.value))
+            elif node.func.id == "Float":
+                # Float('0.5', precision=53): a float's decimal text and its precision
+                if not (
+                    len(node.args) == 1
+                    and isinstance(node.args[0], ast.Constant)
+                    and _decimal(node.args[0].value)
+                    and all(
+                        kw.arg == "precision"
+                        and isinstance(kw.value, ast.Constant)
+                        and type(kw.value.value) is int
+                        for kw in node.keywords
+                    )
+                ):
+                    return False
+                allowed_strings.add(id(node.args[0]))
             elif node.keywords:
                 return False
         elif isinstance(node, ast.Constant):
@@ -170,8 +187,26 @@ def safe_expr(text: Any) -> bool:
     return True
 
 
+_DECIMAL = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z")
+
+
+def _decimal(s: Any) -> bool:
+    """A float's text as sympy's srepr writes it (``'0.5'``, ``'1.0e-5'``); also a number."""
+    return type(s) in (int, float) or (
+        isinstance(s, str) and len(s) < 64 and bool(_DECIMAL.match(s))
+    )
+
+
 def _ident(s: Any) -> bool:
     return isinstance(s, str) and bool(_IDENT.match(s)) and not keyword.iskeyword(s)
+
+
+# A part of a qualified name that is not an identifier reaches generated code only quoted:
+# torch.fx writes ``getattr(self, "foo:bar")`` for it (``torch.fx.graph._format_target``, for
+# get_attr and call_module targets). So it may hold any printable ASCII but the characters that
+# end or escape that literal. torch itself emits such names: a parameter registered as
+# ``foo:bar``; ``n@1``, the second call of submodule ``n`` in the module call graph.
+_QUOTABLE = re.compile(r"[ !#-&(-\[\]-~]+\Z")
 
 
 def _dotted(s: Any, allow_empty: bool) -> bool:
@@ -179,17 +214,60 @@ def _dotted(s: Any, allow_empty: bool) -> bool:
         return False
     if s == "":
         return allow_empty
-    return all(_ident(p) or p.isdigit() for p in s.split("."))
+    return all(_ident(p) or bool(_QUOTABLE.match(p)) for p in s.split("."))
 
 
 def safe_target(t: Any) -> bool:
     return isinstance(t, str) and (t in _PLAIN_TARGETS or bool(_OP.match(t)))
 
 
-def check_graph(data: Any, member: str) -> Any:
+# an operator of any other namespace: a custom operator (torch.library), whose kernel is code
+# the pack cannot carry; run only where the user allows it and it is registered in the process
+_CUSTOM_OP = re.compile(
+    r"torch\.ops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\Z"
+)
+
+
+def custom_op(target: Any) -> str | None:
+    """``torch.ops.mylib.twice.default`` -> ``"mylib::twice"`` (torch's qualified name), for
+    an operator outside the namespaces every torch has; else None."""
+    m = _CUSTOM_OP.match(target) if isinstance(target, str) else None
+    if m is None or m.group(1) in _OP_NAMESPACES or keyword.iskeyword(m.group(1)):
+        return None
+    return f"{m.group(1)}::{m.group(2)}"
+
+
+def op_allowed(name: str, allow_ops: Sequence[str]) -> bool:
+    """Whether ``allow_ops`` (qualified names or patterns: ``mylib::twice``, ``mylib::*``)
+    covers the custom operator ``name``."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in allow_ops)
+
+
+def custom_ops(data: Any) -> list[str]:
+    """The custom operators a checked graph calls (every node, subgraphs included), sorted."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            nodes = obj.get("nodes")
+            if isinstance(nodes, list):
+                for node in nodes:
+                    name = custom_op(node.get("target")) if isinstance(node, dict) else None
+                    if name is not None:
+                        found.add(name)
+            stack.extend(v for v in obj.values() if isinstance(v, (dict, list)))
+        elif isinstance(obj, list):
+            stack.extend(v for v in obj if isinstance(v, (dict, list)))
+    return sorted(found)
+
+
+def check_graph(data: Any, member: str, allow_ops: Sequence[str] = ()) -> Any:
     """Raise :class:`UnsafePackError` naming ``member`` and the JSON path of the first name
     or call target in ``data`` (bytes/str of JSON or the parsed object) that torch could
-    turn into code. Returns the parsed JSON."""
+    turn into code. A custom operator passes when ``allow_ops`` covers it (see
+    :func:`op_allowed`); those it does not are refused together, by name. Returns the parsed
+    JSON."""
     if isinstance(data, (bytes, bytearray, memoryview, str)):
         try:
             data = json.loads(bytes(data) if isinstance(data, memoryview) else data)
@@ -199,6 +277,7 @@ def check_graph(data: Any, member: str) -> Any:
                 f"{member}: cannot read the program: not valid JSON ({e})", member=member
             ) from None
     stack: list[tuple[str, Any]] = [("", data)]
+    refused_ops: dict[str, tuple[str, str]] = {}  # custom operator -> (first path, target)
     while stack:
         path, obj = stack.pop()
         if isinstance(obj, dict):
@@ -224,7 +303,11 @@ def check_graph(data: Any, member: str) -> Any:
                             _bad(member, p, v)
                         continue
                 if k == "target" and path.split(".")[-1].startswith("nodes["):
-                    if not safe_target(v):
+                    name = custom_op(v)
+                    if name is not None:
+                        if not op_allowed(name, allow_ops):
+                            refused_ops.setdefault(name, (p, v))
+                    elif not safe_target(v):
                         _bad(member, p, v, "a call target outside the operator allowlist")
                     continue
                 if k == "in_spec" and isinstance(v, str):
@@ -261,6 +344,18 @@ def check_graph(data: Any, member: str) -> Any:
             for i, v in enumerate(obj):
                 if isinstance(v, (dict, list)):
                     stack.append((f"{path}[{i}]", v))
+    if refused_ops:
+        names = sorted(refused_ops)
+        first, target = refused_ops[names[0]]
+        listed = ", ".join(names)
+        raise UnsafePackError(
+            f"{member}: the program calls custom operators outside the operator allowlist: "
+            f"{listed} (first at {first}). A custom operator's kernel is code the pack cannot "
+            "carry: register it in this process (import the library that defines it) and allow "
+            f"it with load(..., allow_ops={names!r}) or `--allow-op "
+            f"{' --allow-op '.join(names)}` (patterns such as 'mylib::*' work too)",
+            member=member, field=first, value=target,
+        )  # fmt: skip
     return data
 
 

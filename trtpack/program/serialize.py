@@ -11,17 +11,30 @@ handles it directly in both directions: saving streams the header and then each 
 memory into the pack (the ``safetensors`` library builds the whole file as one bytes object
 first: twice the model in RAM), and loading maps the member without copying it (the library
 reads only whole files by path). Tests check both against the ``safetensors`` library.
+
+Where the loaded tensors live: on the CPU, by default, in memory of their own, read from the
+file once (and hashed there), so that a served pack survives anything later done to its file;
+``mmap=True`` makes them view a private map of the file instead (no copy; see
+``trtpack.load``). On a GPU the map is only the staging the copy to the device reads from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.export import ExportedProgram
 
-from ..errors import ArgumentTypeError, DeriveError, MigrationError, ProgramError
+from ..errors import (
+    ArgumentTypeError,
+    DeriveError,
+    IntegrityError,
+    MigrationError,
+    ProgramError,
+)
 from ..format.container import Chunks, PackReader
 from ..format.manifest import Interface, Manifest, ProgramRef
 from ..format.weights import (
@@ -31,7 +44,7 @@ from ..format.weights import (
     parse_safetensors,
     safetensors_source,
 )
-from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts
+from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
 from .treespec import register_namedtuples, restore_namedtuples
 
 
@@ -64,29 +77,51 @@ def derive_interface(
         graph = program_graph(ep)
     iface, by_torch = derive_with_names(ep, graph)
     if ranges:
-        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
+        generated = derive_from_graph(graph, where="the ExportedProgram")[1]
+        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch, generated))
     return iface
 
 
 def derive_with_names(ep: ExportedProgram, graph: bytes) -> tuple[Interface, dict[str, str]]:
     """The interface derived from ``graph`` (``ep``'s JSON), and torch's symbol names -> the
-    manifest's (what ``dim_aliases`` needs to accept the user's ``Dim`` names)."""
+    manifest's (what ``dim_aliases`` needs to accept the user's ``Dim`` names). Symbols are
+    named by the user's ``Dim`` names where this live program knows them (issue 22.7)."""
+    recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     try:
+        # the user's Dim names, where this live program knows them (its shape environment);
+        # a program loaded from a pack keeps the names its manifest gave
         iface, by_torch = derive_from_graph(graph, where="the ExportedProgram")
+        if isinstance(recorded, Interface):
+            user = recorded_names(iface, by_torch, recorded)
+        else:
+            user = {t: u for u, ts in _shape_env_dim_names(ep).items() for t in ts}
+        if user:
+            iface, by_torch = derive_from_graph(graph, where="the ExportedProgram",
+                                                user_names=user)  # fmt: skip
     except MigrationError as e:
         raise DeriveError(str(e)) from None
-    recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     if isinstance(recorded, Interface):
         iface = keep_opts(iface, recorded)
     return iface, by_torch
 
 
-def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The user's ``Dim`` names of ``ep`` -> the manifest's symbol names: accepted as keys of
-    ``ranges=``, never written to the manifest (torch's JSON does not keep them)."""
-    if by_torch is None:
-        by_torch = derive_from_graph(program_graph(ep), where="the ExportedProgram")[1]
-    aliases: dict[str, str] = {}
+def dim_aliases(
+    ep: ExportedProgram,
+    by_torch: Mapping[str, str] | None = None,
+    generated: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The user's ``Dim`` names of ``ep`` (the manifest's own names at save) and the generated
+    ``<input>_dim<i>`` names (what migrate writes, and what trtpack before format 1.4 wrote at
+    save) -> the manifest's symbol names: accepted as keys of ``ranges=`` and ``profiles=``.
+    ``by_torch`` / ``generated``: torch symbol -> manifest / generated name, when known."""
+    if by_torch is None or generated is None:
+        graph = program_graph(ep)
+        if generated is None:
+            generated = derive_from_graph(graph, where="the ExportedProgram")[1]
+        if by_torch is None:
+            named = {t: u for u, ts in _shape_env_dim_names(ep).items() for t in ts}
+            by_torch = derive_from_graph(graph, where="the ExportedProgram", user_names=named)[1]
+    aliases = {g: by_torch[t] for t, g in generated.items() if t in by_torch}
     for user, torch_names in _shape_env_dim_names(ep).items():
         found = next((by_torch[t] for t in torch_names if t in by_torch), None)
         if found is not None:
@@ -96,8 +131,8 @@ def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) 
 
 def _shape_env_dim_names(ep: ExportedProgram) -> dict[str, list[str]]:
     """The user's Dim name -> the torch symbols it named, from the shape environment of a
-    freshly exported program (one Dim may name several symbols before export unified them).
-    Used only to accept those names in ``ranges=``: the manifest never carries them."""
+    freshly exported program (one Dim may name several symbols before export unified them):
+    the manifest's symbol names at save and compile, and keys of ``ranges=``."""
     env = None
     for node in ep.graph.nodes:
         val = node.meta.get("val")
@@ -160,8 +195,17 @@ def program_members(
         graph=f"{folder}/graph.json",
         weights=f"{folder}/weights.safetensors",
         serde_schema=serde_schema_version(),
+        custom_ops=graph_custom_ops(graph),
     )
     return {ref.graph: graph, ref.weights: weights}, ref
+
+
+def graph_custom_ops(graph: bytes | Any) -> tuple[str, ...] | None:
+    """The custom operators a program's JSON calls, as the manifest records them (None: none)."""
+    from .graph_check import custom_ops
+
+    found = custom_ops(json.loads(graph) if isinstance(graph, (bytes, str)) else graph)
+    return tuple(found) or None
 
 
 def serialize_graph(ep: ExportedProgram) -> bytes:
@@ -287,6 +331,18 @@ def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
+def weights_owned(device: torch.device | None, mmap: bool) -> bool:
+    """Whether a load reads the weights into memory of their own (``PackReader.owned``)
+    rather than viewing the file's map: on the CPU unless ``mmap`` opts out. On another
+    device the map is the staging of the one copy to it (no copy in between)."""
+    return not mmap and (device is None or device.type == "cpu")
+
+
+def _weights_buffer(reader: PackReader, name: str, device: torch.device | None,
+                    mmap: bool) -> memoryview:  # fmt: skip
+    return reader.owned(name) if weights_owned(device, mmap) else reader.view(name)
+
+
 def _rebuild_state(
     buf: memoryview, where: str, device: torch.device | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -319,20 +375,31 @@ def load_program(
     device: torch.device | None = None,
     ref: ProgramRef | None = None,
     engines: Mapping[str, Any] | None = None,
+    mmap: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> ExportedProgram:
     """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
-    whose ``engines`` are supplied as constants); on ``device`` when asked."""
-    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device)
+    whose ``engines`` are supplied as constants); on ``device`` when asked. ``mmap``: CPU
+    tensors view the file's map (see ``weights_owned``). ``allow_ops``: the custom operators
+    it may call (``graph_check.op_allowed``)."""
+    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device, mmap,
+                                                         allow_ops)  # fmt: skip
     constants.update(engines or {})
     return deserialize_program(graph, state_dict, constants, manifest, ref, device)
 
 
 def _read_program(
-    reader: PackReader, manifest: Manifest, ref: ProgramRef | None, device: torch.device | None
+    reader: PackReader,
+    manifest: Manifest,
+    ref: ProgramRef | None,
+    device: torch.device | None,
+    mmap: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
     """The program to load (``ref``, default the pack's), its graph bytes and their parsed
-    JSON, checked before any name in it becomes code, and its tensors on ``device``; the
-    pytree types its specs name are made known to torch."""
+    JSON, checked before any name in it becomes code (custom operators only where
+    ``allow_ops`` covers them and this process has them registered), and its tensors on
+    ``device``; the pytree types its specs name are made known to torch."""
     from .graph_check import check_graph
 
     ref = ref or manifest.program
@@ -341,10 +408,35 @@ def _read_program(
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
     _require_registered(manifest, str(reader.path))
-    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
+    weights = _weights_buffer(reader, ref.weights, device, mmap)
+    state_dict, constants = _rebuild_state(weights, ref.weights, device)
     graph = reader.read(ref.graph)
-    parsed = check_graph(graph, ref.graph)
+    parsed = check_graph(graph, ref.graph, allow_ops)
+    _require_custom_ops(parsed, ref, f"{reader.path}: {ref.graph}")
     return ref, graph, parsed, state_dict, constants
+
+
+def _require_custom_ops(parsed: Any, ref: ProgramRef, where: str) -> None:
+    """The custom operators the program calls (the user allowed them) are the ones its
+    manifest records, where it records them (format 1.4), and every one is registered in this
+    process: looked up in torch's dispatcher by name, nothing imported."""
+    from .graph_check import custom_ops
+
+    called = custom_ops(parsed)
+    if ref.custom_ops is not None and tuple(called) != ref.custom_ops:
+        raise IntegrityError(
+            f"{where}: the graph calls custom operators {called}, the manifest records "
+            f"{list(ref.custom_ops)}",
+            member=ref.graph, field="program.custom_ops", expected=list(ref.custom_ops),
+            got=called,
+        )  # fmt: skip
+    missing = [op for op in called if not torch._C._dispatch_has_kernel(op)]
+    if missing:
+        raise ProgramError(
+            f"{where}: the program calls custom operators that are not registered in this "
+            f"process: {', '.join(missing)}; import the library that defines them (its "
+            "torch.library registration) before loading"
+        )
 
 
 def deserialize_program(
@@ -372,9 +464,57 @@ def deserialize_program(
         from torch.export.passes import move_to_device_pass
 
         ep = move_to_device_pass(ep, device)  # device arguments inside the graph (arange, ...)
+    if ref == manifest.program:
+        # as torch.export.load restores them: ep.module() builds its guard check from them
+        ep.example_inputs = example_inputs(manifest, ep.call_spec.in_spec)
     # saving this program again keeps the opts its manifest chose (see derive_interface)
     ep.graph_module.meta[LOADED_FROM_KEY] = manifest.interface
     return ep
+
+
+#: example inputs larger than this many elements in all are zero-stride views of one zero:
+#: torch reads only their structure, and a manifest's opt sizes must not allocate without bound
+_EXAMPLE_ELEMENTS = 1 << 24
+
+
+def opt_inputs(manifest: Manifest) -> list[Any]:
+    """One call's leaves at the symbols' opt sizes (zeros; ``example`` opts are the sizes of
+    the inputs the program was exported with): what torch needs to know the call's
+    structure when it builds its guard check."""
+    from ..format.manifest import parse_dim
+
+    def at_opt(dim: int | str) -> int:
+        if isinstance(dim, int):
+            return dim
+        expr = parse_dim(dim)
+        return expr.value(manifest.symbols[expr.symbol].opt)
+
+    shapes = {i: [at_opt(d) for d in s.shape or ()] for i, s in enumerate(manifest.inputs)
+              if s.is_tensor}  # fmt: skip
+    total = sum(math.prod(shape) for shape in shapes.values())
+    out: list[Any] = []
+    for i, spec in enumerate(manifest.inputs):
+        if spec.is_tensor:
+            dtype = getattr(torch, spec.dtype or "float32")
+            if total <= _EXAMPLE_ELEMENTS:
+                out.append(torch.zeros(shapes[i], dtype=dtype))
+            else:
+                out.append(torch.zeros((), dtype=dtype).expand(shapes[i]))
+        elif spec.symbol is not None:
+            out.append(at_opt(spec.symbol))
+        else:
+            out.append(spec.value)
+    return out
+
+
+def example_inputs(manifest: Manifest, in_spec: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for ``ep.example_inputs``: the opt-size leaves, nested by the
+    program's own spec (registered pytree classes included). Stored without pickle: they
+    are made from the manifest's shapes and dtypes."""
+    import torch.utils._pytree as pytree
+
+    args, kwargs = pytree.tree_unflatten(opt_inputs(manifest), in_spec)
+    return tuple(args), dict(kwargs)
 
 
 class LoadedProgram:
@@ -416,14 +556,21 @@ class LoadedProgram:
 
 
 def load_runnable(
-    reader: PackReader, manifest: Manifest, *, device: torch.device | None = None
+    reader: PackReader,
+    manifest: Manifest,
+    *,
+    device: torch.device | None = None,
+    mmap: bool = False,
+    allow_ops: Sequence[str] = (),
 ) -> LoadedProgram:
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
     where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
-    deserializer (the reason is kept)."""
+    deserializer (the reason is kept). ``mmap``: see ``weights_owned``."""
     from .graph_module import Unsupported, build_module
 
-    ref, graph, parsed, state_dict, constants = _read_program(reader, manifest, None, device)
+    ref, graph, parsed, state_dict, constants = _read_program(
+        reader, manifest, None, device, mmap, allow_ops
+    )
     try:
         module = build_module(parsed, state_dict, constants, device)
     except Unsupported as e:

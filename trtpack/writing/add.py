@@ -190,5 +190,5 @@ def _renamed(v: Variant, name: str, members: dict[str, Source]) -> Variant:
     program = None
     if v.program is not None:
         program = ProgramRef(move(v.program.graph), move(v.program.weights),
-                             v.program.serde_schema)  # fmt: skip
+                             v.program.serde_schema, v.program.custom_ops)  # fmt: skip
     return Variant(name, v.target, engines, program, v.ranges)

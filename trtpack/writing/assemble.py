@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import struct
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from ..format.container import (
     MemberDigest,
     PathLike,
     Source,
+    read_head,
+    source_size,
     write_pack,
 )
 from ..format.manifest import (
@@ -97,9 +100,38 @@ def _member(d: MemberDigest) -> Member:
 
 
 def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackInfo:
-    """Write ``parts`` as a pack at ``path``, atomically; return what was written."""
-    write_pack(path, parts.members, lambda d: parts.manifest(d).to_json(), overwrite=overwrite)
+    """Write ``parts`` as a pack at ``path``, atomically; return what was written. Every
+    check a reader runs on the manifest and the programs' members runs first
+    (:func:`check_loadable`): what is written, loads."""
+    check_loadable(parts)
+
+    def manifest(digests: Mapping[str, MemberDigest]) -> bytes:
+        raw = parts.manifest(digests).to_json()  # the schema and the cross-field rules
+        Manifest.from_json(raw)  # and the reader's own path: size and count limits
+        return raw
+
+    write_pack(path, parts.members, manifest, overwrite=overwrite)
     return inspect(path)
+
+
+def check_loadable(parts: PackParts) -> None:
+    """The checks a reader runs on each program's members before torch sees them: graph
+    safety (``graph_check``; custom operators pass, they are recorded and the loader gates
+    them) and the weights' header and layout (``format/weights.py``). Raises their errors."""
+    from ..format.weights import parse_layout, parse_safetensors
+    from ..program.graph_check import check_graph
+
+    refs = [parts.program, *(v.program for v in parts.engines)]
+    for ref in refs:
+        if ref is None:
+            continue
+        graph = parts.members[ref.graph]
+        check_graph(read_head(graph, source_size(graph)), ref.graph, allow_ops=("*",))
+        weights = parts.members[ref.weights]
+        (header_len,) = struct.unpack("<Q", read_head(weights, 8).ljust(8, b"\0"))
+        head = read_head(weights, 8 + min(header_len, 100 << 20))
+        stored, metadata = parse_safetensors(head, ref.weights, size=source_size(weights))
+        parse_layout(metadata, stored, ref.weights)
 
 
 def producer(*, with_engines: bool = False) -> Producer:

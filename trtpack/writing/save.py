@@ -37,6 +37,7 @@ def save(
     output_names: Sequence[str] | Mapping[str, str] | None = None,
     samples: int | Sequence[Any] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
+    max_sample_bytes: int | None = None,
 ) -> PackInfo:
     """Save a model as a .trtpack file. No input description is needed: it is derived.
 
@@ -55,6 +56,9 @@ def save(
     name to ``(atol, rtol)`` (defaults: 1e-5 for the program; by the engines' precisions).
     ``overwrite``: replace an existing ``path`` (default: refuse with OutputExistsError, as
     every trtpack writer does; trtpack before 0.2 replaced it silently).
+    ``max_sample_bytes``: the most memory drawn samples' inputs may take together (default
+    256 MiB, ``trtpack.samples.MAX_SAMPLE_BYTES``): sizes beyond it are refused before anything is
+    allocated (SampleTooLargeError naming the symbols and the size).
     """
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise ArgumentTypeError(
@@ -82,7 +86,7 @@ def save(
                 "samples= needs the ExportedProgram to compute the reference outputs: pass "
                 "source= (the program the module was compiled from)"
             )
-        parts = _with_samples(parts, program, samples, tolerances or {})
+        parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
     return write(parts, path, overwrite=overwrite)
@@ -93,6 +97,7 @@ def _with_samples(
     program: ExportedProgram,
     samples: int | Sequence[Any],
     tolerances: Mapping[str, Tolerance | tuple[float, float]],
+    max_sample_bytes: int | None = None,
 ) -> PackParts:
     from ..samples import sample_members
 
@@ -106,7 +111,7 @@ def _with_samples(
         )
     members, entry = sample_members(
         program, parts.interface, samples, tolerance=chosen.pop("program", None),
-        variants=parts.engines, variant_tolerances=chosen,
+        variants=parts.engines, variant_tolerances=chosen, max_bytes=max_sample_bytes,
     )  # fmt: skip
     parts.members.update(members)
     parts.samples = entry

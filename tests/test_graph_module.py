@@ -321,7 +321,6 @@ def test_the_declared_torch_range_holds_this_torch():
     tools/test.sh runs (.venv 2.13, .venv-trt 2.14.1) must lie inside it, so a torch
     outside the range cannot pass CI unnoticed."""
     import tomllib
-
     from packaging.requirements import Requirement
     from packaging.version import Version
 

@@ -51,7 +51,7 @@ def test_the_issue_pack_is_refused_at_the_default_limit(huge, capsys):
     assert main(["run", str(huge), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     # x: 2**28 float32 (1 GiB) + y: 2**28 float16 (512 MiB) + y drawn in float32 (1 GiB)
-    assert "2.5 GiB" in err and "x_dim0=268435456" in err and "x [268435456]" in err
+    assert "2.5 GiB" in err and "n=268435456" in err and "x [268435456]" in err
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200  # refused before anything was made (a run would take > 2 GiB)
 
@@ -62,15 +62,15 @@ def test_every_size_is_checked(huge, size):
         run_pack(huge, size=size, device="cpu")
     err = e.value
     assert err.limit == MAX_SAMPLE_BYTES and err.needed > MAX_SAMPLE_BYTES
-    assert set(err.symbols) == {"x_dim0"} and err.symbols["x_dim0"] > 2**28
-    assert set(err.inputs) == {"x", "y"} and err.inputs["x"] == 4 * err.symbols["x_dim0"]
+    assert set(err.symbols) == {"n"} and err.symbols["n"] > 2**28
+    assert set(err.inputs) == {"x", "y"} and err.inputs["x"] == 4 * err.symbols["n"]
 
 
 def test_the_cli_flag_sets_the_limit(small, capsys):
     assert main(["run", str(small), "--device", "cpu", "--size", "max",
                  "--max-sample-size", "1MiB"]) == 1  # fmt: skip
     err = capsys.readouterr().err
-    assert "x_dim0=1048576" in err and "over the limit of 1.0 MiB" in err
+    assert "n=1048576" in err and "over the limit of 1.0 MiB" in err
     # raised: the same run goes through
     assert main(["run", str(small), "--device", "cpu", "--max-sample-size", "8MiB"]) == 0
 
@@ -99,7 +99,7 @@ def test_save_samples_share_one_budget(small, tmp_path):
 
 
 def test_save_samples_default_limit_refuses_the_issue_case(tmp_path):
-    with pytest.raises(SampleTooLargeError, match="x_dim0="):
+    with pytest.raises(SampleTooLargeError, match="n="):
         trtpack.save(_export(2**31 - 2), tmp_path / "s.trtpack", samples=2)
 
 
@@ -107,9 +107,9 @@ def test_the_estimate_counts_the_draw_temporary(small):
     manifest = trtpack.inspect(small).manifest
     n = 1000
     # x float32: 4n, drawn as is; y float16: 2n, drawn in float32 first (4n)
-    assert check_sample_size(manifest, {"x_dim0": n}, 10 * n) == 4 * n + 2 * n  # kept
+    assert check_sample_size(manifest, {"n": n}, 10 * n) == 4 * n + 2 * n  # kept
     with pytest.raises(SampleTooLargeError) as e:
-        check_sample_size(manifest, {"x_dim0": n}, 10 * n - 1)
+        check_sample_size(manifest, {"n": n}, 10 * n - 1)
     assert e.value.needed == 10 * n
 
 

@@ -2,6 +2,8 @@
 # Set up a virtual environment, idempotently (returns at once when pyproject.toml and this
 # script are unchanged since its last successful run).
 #
+#   tools/setup.sh demo   .venv-demo torch 2.13 (CPU) and trtpack (editable) only: what
+#                                    tools/demo.py needs, nothing of the tests
 #   tools/setup.sh        .venv      torch 2.13 (CPU), trtpack (editable), TensorRT-RTX, test
 #                                    tools, MLflow, tritonclient, oras; Debian's docker-registry
 #                                    (a real OCI registry for the tests), installed with apt when
@@ -23,17 +25,23 @@ case "${1:-core}" in
   trt)  VENV=.venv-trt; TORCH=(torch==2.14.1); EXTRAS=torch,test,rtx
         MORE=(torch-tensorrt-rtx==2.14.0 torchvision==0.29.1 timm==1.0.31)
         NEEDS=(torch_tensorrt torchvision timm) ;;
-  *) echo "usage: tools/setup.sh [core|trt]" >&2; exit 2 ;;
+  demo) VENV=.venv-demo; TORCH=(torch==2.13.0); EXTRAS=torch; MORE=(); NEEDS=(torch numpy trtpack) ;;
+  *) echo "usage: tools/setup.sh [core|trt|demo]" >&2; exit 2 ;;
 esac
-# what both environments' tests import (the test, rtx and torch extras)
-NEEDS+=(torch trtpack tensorrt_rtx onnx onnxscript pytest hypothesis jsonschema safetensors
-        openapi_spec_validator cryptography model_signing OpenSSL numpy)
+if [ "$VENV" != .venv-demo ]; then
+  # what both test environments' tests import (the test, rtx and torch extras)
+  NEEDS+=(torch trtpack tensorrt_rtx onnx onnxscript pytest hypothesis jsonschema safetensors
+          openapi_spec_validator cryptography model_signing OpenSSL numpy)
+fi
 stamp="$VENV/.setup-stamp"
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "setting up $VENV (first run: one to two minutes)" >&2
+case "$VENV" in
+  .venv-demo) echo "setting up $VENV (torch CPU + trtpack; first run: about a minute)" >&2 ;;
+  *) echo "setting up $VENV (first run: several minutes)" >&2 ;;
+esac
 "$PY" -m venv "$VENV"
 rm -f "$stamp"  # written again only when this run completes: a failed setup is retried
 fail() { echo "setup of $VENV failed: $*" >&2; exit 1; }
@@ -66,9 +74,11 @@ for name in sys.argv[1:]:
 if bad:
     sys.exit("these do not import:\n" + "\n".join(bad))
 PY
-for tool in ruff mypy; do
-  "$VENV/bin/$tool" --version >/dev/null || fail "$VENV/bin/$tool does not run"
-done
+if [ "$VENV" != .venv-demo ]; then
+  for tool in ruff mypy; do
+    "$VENV/bin/$tool" --version >/dev/null || fail "$VENV/bin/$tool does not run"
+  done
+fi
 if [ "$VENV" = .venv ] && ! command -v docker-registry >/dev/null && [ -z "${TRTPACK_NO_APT:-}" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian's docker-registry with apt (a local OCI registry for the OCI tests)" >&2

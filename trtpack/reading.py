@@ -31,6 +31,7 @@ from .format.manifest import (
     Symbol,
     parse_dim,
 )
+from .format.progress import human_size
 
 
 @dataclass(frozen=True)
@@ -164,15 +165,6 @@ def verify_members(reader: PackReader, info: PackInfo) -> None:
 
 
 # --- the table ---------------------------------------------------------------------------
-
-
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_shape(shape: tuple, symbols: dict[str, Symbol]) -> str:

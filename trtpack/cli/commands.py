@@ -117,7 +117,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from ..migrations.legacy import migrate
 
     info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
-                   variant=args.variant)  # fmt: skip
+                   variant=args.variant, progress=_progress(args))  # fmt: skip
     major, minor = info.manifest.format_version
     line = f"{info.path}: trtpack format {major}.{minor}  {info.digest}"
     return _report(args, _written(info), line)
@@ -134,7 +134,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         inputs += more_in
         outputs += more_out
     info = migrate(args.engine, args.output, overwrite=args.force, inputs=inputs,
-                   outputs=outputs, variant=args.variant,
+                   outputs=outputs, variant=args.variant, progress=_progress(args),
                    version_compatible=_vc(args.version_compatible))  # fmt: skip
     line = f"{info.path}: engine variant {info.manifest.engines[0].name}  {info.digest}"
     return _report(args, _written(info), line)
@@ -186,7 +186,7 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
 
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
                       version_compatible=_vc(args.version_compatible),
-                      overwrite=args.force)  # fmt: skip
+                      overwrite=args.force, progress=_progress(args))  # fmt: skip
     names = ", ".join(v.name for v in info.manifest.engines)
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
@@ -232,7 +232,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     targets = ",".join(args.target or DEFAULT_TARGETS)  # the same default as build()
     info = build(args.pack, targets, variant=args.variant, out=args.output, ranges=ranges,
-                 overwrite=args.force)  # fmt: skip
+                 overwrite=args.force, progress=_progress(args))  # fmt: skip
     seconds = time.perf_counter() - start
     v = info.manifest.engines[-1]  # the variant just added
     engine = info.manifest.members[v.engines[0].member]
@@ -488,13 +488,19 @@ def _registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None
         help="how long the registry may stay silent (default: $TRTPACK_OCI_TIMEOUT, else 30)",
     )
     if transfer:
-        shown = p.add_mutually_exclusive_group()
-        shown.add_argument(
-            "--progress",
-            action="store_true",
-            help="progress on stderr even when it is not a terminal",
-        )
-        shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
+        _progress_options(p)
+
+
+def _progress_options(p: argparse.ArgumentParser) -> None:
+    """Every command that can take seconds: a progress line on stderr when it is a terminal
+    (trtpack.format.progress, the one mechanism), --progress forces it, --quiet silences it."""
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress on stderr even when it is not a terminal",
+    )
+    shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -524,6 +530,7 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     _version_compatible_option(p)
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -558,6 +565,7 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -567,6 +575,7 @@ def _migrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be INPUT")
     p.add_argument("--variant", help="name for the engine variant of a torch_tensorrt file")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -586,6 +595,7 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
     _version_compatible_option(p)
     p.add_argument("-o", "--output", required=True, help="the .trtpack to write")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _progress_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -49,6 +49,7 @@ from .atomic import atomic_write
 from .atomic import fsync_dir as _fsync_dir  # noqa: F401
 from .limits import MAX_MEMBERS, refuse
 from .manifest import MANIFEST_NAME, Member
+from .progress import Progress
 
 if TYPE_CHECKING:  # the threads are for writing and hashing: reading a manifest needs none
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -403,14 +404,19 @@ class _ZipWriter:
                 extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, align) + bytes(pad - 6)
         return _Entry(raw_name, flags, self.pos), extra
 
-    def add(self, name: str, source: Source, *, align: int) -> MemberDigest:
+    def add(self, name: str, source: Source, *, align: int,
+            progress: Progress | None = None) -> MemberDigest:  # fmt: skip
         size = source_size(source)
         entry, extra = self._header(name, size, align)
         self._write(_local_header(entry.name, entry.flags, 0, extra) + extra)
         h = _Hasher(self.pools, size)
+        if progress is not None:
+            progress.begin(name)
         for piece in _pieces(source):
             for view in piece:
                 self._write(view)
+                if progress is not None:
+                    progress.advance(view.nbytes)
             h.update(piece)
         entry.digest = h.result()
         if entry.digest.size != size:
@@ -514,8 +520,9 @@ def write_pack(
     make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
     *,
     overwrite: bool = True,
+    progress: Progress | None = None,
 ) -> dict[str, MemberDigest]:
-    """Write a pack atomically, in one pass over the members' bytes.
+    """Write a pack atomically, in one pass over the members' bytes (counted on ``progress``).
 
     ``manifest.json`` comes first but records every member's SHA-256, known only once the
     member is written. So its room is reserved first — ``make_manifest`` is called with
@@ -545,7 +552,7 @@ def write_pack(
         removed.append(signature)
 
     with atomic_write(target, overwrite=overwrite, before_replace=remove_signature) as f:
-        digests = _write_zip(f, members, make_manifest)
+        digests = _write_zip(f, members, make_manifest, progress)
     if removed:
         warnings.warn(
             f"trtpack: removed {signature}: it signed the bytes {target} had before this "
@@ -610,15 +617,19 @@ def _write_zip(
     f: BinaryIO,
     members: Mapping[str, Source],
     make_manifest: Callable[[Mapping[str, MemberDigest]], bytes],
+    progress: Progress | None = None,
 ) -> dict[str, MemberDigest]:
     sizes = {name: source_size(src) for name, src in members.items()}
+    if progress is not None:
+        progress.total = progress.done + sum(sizes.values())
     draft = make_manifest(
         {n: MemberDigest(_PLACEHOLDER, s, 0, _placeholder_chunks(s)) for n, s in sizes.items()}
     )
     with _Pools.open() as pools:
         w = _ZipWriter(f, pools)
         slot = w.reserve(MANIFEST_NAME, len(draft))
-        digests = {name: w.add(name, members[name], align=ALIGNMENT) for name in sorted(members)}
+        digests = {name: w.add(name, members[name], align=ALIGNMENT, progress=progress)
+                   for name in sorted(members)}  # fmt: skip
         final = make_manifest(digests)
         if len(final) != len(draft):
             raise AssertionError("the manifest's length depends on more than its member sizes")
@@ -930,6 +941,15 @@ class PackReader:
             view = memoryview(self._mmap)[info.offset : info.offset + info.size]
         self._crc(info, view)
         return view
+
+    def release_pages(self) -> None:
+        """Drop the pages of the file's memory map from this process's memory (RSS). They
+        are read from the file again if touched, so views stay valid and read the file's bytes
+        (a write through a view into this private map is dropped). ``trtpack.build`` calls it
+        once the program's weights are exported to ONNX, before TensorRT-RTX's builder takes
+        several times their size."""
+        if self._mmap is not None and hasattr(mmap, "MADV_DONTNEED"):  # not on Windows
+            self._mmap.madvise(mmap.MADV_DONTNEED)
 
     def owned(self, name: str) -> memoryview:
         """A member's bytes in memory of their own: read from the file once (later calls on

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 from ..errors import MigrationError, NotAPackError, OutputExistsError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import MANIFEST_NAME, Interface, Producer
+from ..format.progress import Progress, ProgressArg
 from .pt2 import archive_root, convert_pt2
 
 TRTPACK, PT2, PRE_PT2, TORCHSCRIPT, ENGINE = "trtpack", "pt2", "pre_pt2", "torchscript", "engine"
@@ -263,7 +264,8 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 
-def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo:
+def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False,
+            progress: Progress | None = None) -> PackInfo:  # fmt: skip
     """Write ``c`` as a current-format pack (atomically) at ``path``."""
     import dataclasses
     import platform
@@ -275,7 +277,7 @@ def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInf
     made_by = Producer(__version__, platform.python_version(),
                        torch=c.producer.torch if c.producer else None)  # fmt: skip
     parts = dataclasses.replace(c, producer=made_by)
-    return write(parts, path, overwrite=overwrite)
+    return write(parts, path, overwrite=overwrite, progress=progress)
 
 
 @contextlib.contextmanager
@@ -305,10 +307,13 @@ def migrate(
     outputs: Sequence[str | dict] = (),
     variant: str | None = None,
     version_compatible: str | None = None,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """Write ``src`` (any known artifact, or a pack of an older format) as a current pack at
     ``dst``, atomically. Never in place unless ``in_place=True``; an existing ``dst`` is
-    replaced only with ``overwrite=True``."""
+    replaced only with ``overwrite=True``. ``progress``: as for ``save``
+    (``trtpack.format.progress``)."""
+    bar = Progress("migrate", progress)
     s, d = Path(src), Path(dst)
     same = d.exists() and s.exists() and s.resolve() == d.resolve()
     if same and not in_place:
@@ -317,6 +322,8 @@ def migrate(
         )
     if d.exists() and not (overwrite or same):
         raise OutputExistsError(dst)
-    converted = convert(s, inputs=inputs, outputs=outputs, variant=variant,
-                        version_compatible=version_compatible)  # fmt: skip
-    return to_pack(converted, d, overwrite=True)
+    with bar:
+        bar.step(f"read {s.name}")
+        converted = convert(s, inputs=inputs, outputs=outputs, variant=variant,
+                            version_compatible=version_compatible)  # fmt: skip
+        return to_pack(converted, d, overwrite=True, progress=bar)

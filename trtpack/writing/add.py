@@ -16,6 +16,7 @@ from ..errors import ArgumentTypeError, EngineError, OutputExistsError
 from ..format.atomic import pack_lock
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import Manifest, ProgramRef, Variant
+from ..format.progress import Progress, ProgressArg
 from ..reading import PackInfo, open_pack
 from .assemble import PackParts, write
 
@@ -28,6 +29,7 @@ def add_engine(
     out: PathLike | None = None,
     version_compatible: str | None = None,
     overwrite: bool = False,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place; an
     existing ``out`` other than ``pack`` is replaced only with ``overwrite=True``).
@@ -37,6 +39,7 @@ def add_engine(
     module from ``trtpack.compile``. The pack's other members are copied byte for byte.
     ``version_compatible`` (a bare TensorRT plan): ``"lean_embedded"`` or ``"lean_excluded"``,
     as the plan was built (its header does not say; an embedded lean runtime is host code).
+    ``progress``: as for ``save`` (``trtpack.format.progress``).
     """
 
     def make(_reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
@@ -52,7 +55,9 @@ def add_engine(
                         for v in variants]  # fmt: skip
         return variants, members
 
-    return add_variants(pack, make, out=out, overwrite=overwrite)
+    return add_variants(
+        pack, make, out=out, overwrite=overwrite, progress=Progress("add-engine", progress)
+    )
 
 
 #: (the pack's reader, its manifest) -> the new variants and their members
@@ -60,7 +65,12 @@ MakeVariants = Callable[[PackReader, Manifest], tuple[list[Variant], dict[str, S
 
 
 def add_variants(
-    pack: PathLike, make: MakeVariants, *, out: PathLike | None, overwrite: bool = False
+    pack: PathLike,
+    make: MakeVariants,
+    *,
+    out: PathLike | None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> PackInfo:
     """``pack`` with the variants ``make`` gives, written atomically to ``out`` (default: in
     place); the other members copied byte for byte. What ``add_engine`` and ``build`` share.
@@ -69,14 +79,15 @@ def add_variants(
     refuse_existing(pack, out, overwrite)
     # held from before the read until after the rename: a second add_engine waits, never
     # writes a pack built from the old content (which would drop the first one's variant)
-    with pack_lock(target_path), open_pack(pack) as (reader, info):
+    bar = progress or Progress("add-engine", False)
+    with bar, pack_lock(target_path), open_pack(pack) as (reader, info):
         m = info.manifest
         parts = PackParts(m.interface, {n: reader.slice(n) for n in m.members}, m.program,
                           m.engines, dict(m.metadata), m.producer, samples=m.samples)  # fmt: skip
         new_variants, new_members = make(reader, m)
         parts = parts.with_variants(new_variants, new_members, where=str(info.path))
         # written while the source is open; members are copied from it as they are written
-        return write(parts, target_path, overwrite=True)
+        return write(parts, target_path, overwrite=True, progress=bar)
 
 
 def refuse_existing(pack: PathLike, out: PathLike | None, overwrite: bool) -> None:

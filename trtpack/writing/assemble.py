@@ -37,6 +37,7 @@ from ..format.manifest import (
     Samples,
     Variant,
 )
+from ..format.progress import Progress, human_size
 from ..reading import PackInfo, inspect
 
 
@@ -99,10 +100,12 @@ def _member(d: MemberDigest) -> Member:
     return Member(d.sha256, d.size, chunks)
 
 
-def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackInfo:
+def write(parts: PackParts, path: PathLike, *, overwrite: bool = True,
+          progress: Progress | None = None) -> PackInfo:  # fmt: skip
     """Write ``parts`` as a pack at ``path``, atomically; return what was written. Every
     check a reader runs on the manifest and the programs' members runs first
-    (:func:`check_loadable`): what is written, loads."""
+    (:func:`check_loadable`): what is written, loads. The bytes written are counted on
+    ``progress``, which is closed with a summary once the pack is in place."""
     check_loadable(parts)
 
     def manifest(digests: Mapping[str, MemberDigest]) -> bytes:
@@ -110,8 +113,11 @@ def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackIn
         Manifest.from_json(raw)  # and the reader's own path: size and count limits
         return raw
 
-    write_pack(path, parts.members, manifest, overwrite=overwrite)
-    return inspect(path)
+    write_pack(path, parts.members, manifest, overwrite=overwrite, progress=progress)
+    info = inspect(path)
+    if progress is not None:
+        progress.close(f"{path}  {human_size(info.file_size)} written")
+    return info
 
 
 def check_loadable(parts: PackParts) -> None:

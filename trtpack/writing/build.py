@@ -25,6 +25,7 @@ from ..engines.variants import (
 from ..errors import ArgumentTypeError, EngineError, RangeOverrideError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import Interface, Manifest, Target, Variant, parse_dim
+from ..format.progress import Progress, ProgressArg
 from ..program.derive import Range, RangeLike, apply_ranges
 from ..program.serialize import load_program  # torch: trtpack.build without it names trtpack[torch]
 from ..reading import PackInfo
@@ -42,6 +43,7 @@ def build(
     out: PathLike | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
     overwrite: bool = False,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """Build a TensorRT-RTX engine of the pack's program for the GPUs ``targets`` names
     (compute capabilities: ``("8.6", "8.9", "12.0")`` or ``"8.6,8.9"``) and add it to ``pack``
@@ -57,7 +59,10 @@ def build(
     be bounded so); the variant records the range it covers. Refused with an ``EngineError``:
     an unbounded symbol, a dynamic int input, a dtype TensorRT-RTX lacks, ops the ONNX
     exporter or TensorRT-RTX's parser cannot take (their errors are in the message).
+    ``progress``: as for ``save`` (``trtpack.format.progress``): the steps (load the program,
+    export ONNX and build the engine), then the bytes written.
     """
+    bar = Progress("build", progress)
     from ..engines.build import build_plan, check_targets
 
     ccs = parse_targets(targets)
@@ -78,8 +83,12 @@ def build(
                 field="variant",
                 got=name,
             )
+        bar.step("load the program")
         ep = _program(reader, m)
-        built = build_plan(ep, inputs, outputs, ccs, where=where)
+        # the pack's mapped weights leave memory once exported: peak RSS 6.1x -> 5.1x the
+        # weights (measured on a 256 MiB MLP), the builder alone takes ~3.3x
+        built = build_plan(ep, inputs, outputs, ccs, where=where, progress=bar,
+                           exported=reader.release_pages)  # fmt: skip
         header = parse_plan(built.plan, where="the built engine")
         if header.flavor != "tensorrt_rtx" or header.compute_capabilities != ccs:
             raise EngineError(
@@ -96,7 +105,7 @@ def build(
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out, overwrite=overwrite)
+    return add_variants(pack, make, out=out, overwrite=overwrite, progress=bar)
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:
@@ -192,4 +201,6 @@ def _program(reader: PackReader, m: Manifest) -> Any:
     assert m.program is not None
     for name in (m.program.graph, m.program.weights):
         reader.verify(name, m.members[name])
-    return load_program(reader, m)
+    # the file's map, not a copy of its own: read once by the ONNX export, then released
+    # (reader.release_pages) before the builder runs
+    return load_program(reader, m, mmap=True)

@@ -19,6 +19,7 @@ from ..engines.variants import variant_from_wired
 from ..errors import ArgumentTypeError, DeriveError, TrtpackError
 from ..format.container import PathLike, Source
 from ..format.manifest import Interface, ProgramRef, Tolerance, Variant
+from ..format.progress import Progress, ProgressArg
 from ..program.derive import RangeLike, apply_ranges
 from ..program.describe import describe
 from ..reading import PackInfo
@@ -38,6 +39,7 @@ def save(
     samples: int | Sequence[Any] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
     max_sample_bytes: int | None = None,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """Save a model as a .trtpack file. No input description is needed: it is derived.
 
@@ -59,7 +61,10 @@ def save(
     ``max_sample_bytes``: the most memory drawn samples' inputs may take together (default
     256 MiB, ``trtpack.samples.MAX_SAMPLE_BYTES``): sizes beyond it are refused before anything is
     allocated (SampleTooLargeError naming the symbols and the size).
+    ``progress``: None, a line on stderr while it is a terminal; True/False, always/never; a
+    callable, ``ProgressEvent``s with the bytes written (``trtpack.format.progress``).
     """
+    bar = Progress("save", progress)  # checks its type before any work
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise ArgumentTypeError(
             "obj", "a torch.export.ExportedProgram or a compiled module (trtpack.compile, "
@@ -70,6 +75,7 @@ def save(
     compiled = not isinstance(obj, ExportedProgram) or has_engines(obj)
     if not compiled and (source is not None or variant is not None):
         raise TrtpackError("source= and variant= apply to compiled modules, not to a program")
+    bar.step("describe the program")
     parts = _parts_of_compiled(obj, source, ranges, variant) if compiled else None
     if parts is None:
         assert isinstance(obj, ExportedProgram)
@@ -86,10 +92,12 @@ def save(
                 "samples= needs the ExportedProgram to compute the reference outputs: pass "
                 "source= (the program the module was compiled from)"
             )
+        bar.step("compute the reference samples")
         parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
-    return write(parts, path, overwrite=overwrite)
+    with bar:
+        return write(parts, path, overwrite=overwrite, progress=bar)
 
 
 def _with_samples(

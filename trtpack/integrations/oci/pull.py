@@ -28,7 +28,7 @@ from ...reading import PackInfo, human_size, render
 from ...reading import inspect as inspect_pack
 from .blobs import _download, _get_manifest, _size
 from .layouts import _layout_of
-from .progress import _Progress
+from .progress import ProgressArg, _Progress
 from .referrers import _find_signature
 from .transport import _connect, _Registry, parse_reference
 
@@ -236,7 +236,7 @@ def pull(
     environment: Any = None,
     plain_http: bool | None = None,
     registry_config: PathLike | None = None,
-    progress: bool | None = None,
+    progress: ProgressArg = None,
     signature: bool = True,
     max_size: int | None = None,
     timeout: float | None = None,

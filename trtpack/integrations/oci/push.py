@@ -13,7 +13,7 @@ from ...format.manifest import MANIFEST_NAME
 from ...reading import human_size, open_pack
 from .blobs import _blob_exists, _put_manifest, _upload
 from .layouts import DEFAULT_LAYOUT, LAYOUTS, OCI_MANIFEST, _build, _descriptor
-from .progress import _Progress
+from .progress import ProgressArg, _Progress
 from .referrers import _attach_signature, _signature_to_push
 from .transport import _connect, parse_reference
 
@@ -43,14 +43,15 @@ def push(
     layout: str = DEFAULT_LAYOUT,
     plain_http: bool | None = None,
     registry_config: PathLike | None = None,
-    progress: bool | None = None,
+    progress: ProgressArg = None,
     created: str | datetime | None = None,
     signature: PathLike | bool = True,
     timeout: float | None = None,
 ) -> Pushed:
     """Push ``pack`` to ``ref`` in ``layout`` (``"modelpack"`` or ``"trtpack"``); blobs the
-    registry already has are not sent again. ``progress`` None: a progress line on stderr
-    only when it is a terminal. ``created``: the ModelPack creation time (default: the pack's
+    registry already has are not sent again. ``progress``: None, a progress line on stderr
+    only when it is a terminal; True, always; False, none; a callable, events
+    (``trtpack.format.progress``). ``created``: the ModelPack creation time (default: the pack's
     ``created`` metadata, else ``SOURCE_DATE_EPOCH``, else none).
 
     ``signature`` True: the pack's ``PACK.sig``, if it has one, is attached as an OCI referrer

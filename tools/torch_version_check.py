@@ -1,6 +1,7 @@
 """The program-path round trip on whatever torch is installed, with a one-screen summary.
 
     python tools/torch_version_check.py [--device cpu|cuda] [--packs DIR] [--json OUT]
+                                        [--try-this-minor]
 
 For every test model (tests/models.py): export -> trtpack.save -> trtpack.load, then
 
@@ -195,12 +196,28 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
     parser.add_argument("--packs", type=Path, help="packs written elsewhere, to load here")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--try-this-minor",
+        action="store_true",
+        help="let the direct build take this torch's serde minor for this run even if it is "
+        "not in TESTED_SCHEMA_MINORS, so its node-for-node check runs (the evidence for "
+        "adding the minor there)",
+    )
     ns = parser.parse_args()
     import torch
     from models import CASES
 
+    found = facts()  # before --try-this-minor widens the set
+    if ns.try_this_minor:
+        from torch._export.serde.schema import SCHEMA_VERSION
+
+        from trtpack.program.serde import TESTED_SCHEMA_MINORS
+
+        # the dict graph_module reads: this process only
+        TESTED_SCHEMA_MINORS.setdefault(SCHEMA_VERSION[1], "tried by this run")
+
     device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    summary: dict[str, Any] = {"facts": facts(), "device": device}
+    summary: dict[str, Any] = {"facts": found, "device": device, "tried": ns.try_this_minor}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         summary["models"] = [check_case(n, c, device, Path(tmp)) for n, c in CASES.items()]

@@ -37,7 +37,7 @@ from ..format.manifest import (
     symbol_name,
 )
 from ..format.pytree import leaf_paths, output_names
-from .serde import NOT_IN_MANIFEST, SCALAR_TYPES
+from .serde import NOT_IN_MANIFEST, SCALAR_TYPES, SCHEMA_MAJOR
 
 _UNBOUNDED = 2**62  # torch writes int_oo as a huge int in some versions
 
@@ -215,6 +215,15 @@ class SerializedProgram:
             raise MigrationError(
                 f"{where}: not a torch.export program JSON (missing {e})"
             ) from None
+        if "schema_version" in data and self.schema[0] != SCHEMA_MAJOR:
+            # a major bump removes or renames fields: read as 8.x, such a program would be
+            # described wrongly, not refused
+            raise MigrationError(
+                f"{where}: torch.export schema {self.schema[0]}.{self.schema[1]} (written by "
+                f"torch {self.torch_version or 'unknown'}): trtpack reads schema major "
+                f"{SCHEMA_MAJOR} only; export and save with a torch whose schema major is "
+                f"{SCHEMA_MAJOR}, or upgrade trtpack"
+            )
         self.ranges: dict[str, tuple[int, int | None]] = {}
         for sym, r in (data.get("range_constraints") or {}).items():
             if sym.isidentifier():

@@ -13,6 +13,9 @@ from trtpack.format.manifest import opt_rule
 from trtpack.program.derive import Range
 from trtpack.program.serialize import derive_interface
 
+#: also run in .venv-trt (torch 2.14.1): tools/test.sh, issue 22.8
+pytestmark = pytest.mark.program_path
+
 
 def shapes(iface):
     return {i.name: i.shape for i in iface.inputs if i.is_tensor}
@@ -284,3 +287,20 @@ def test_a_malformed_user_input_argument_is_a_migration_error(arg):
     user["user_input"]["arg"] = arg
     with pytest.raises(trtpack.TrtpackError):
         derive_from_graph(json.dumps(doc).encode(), where="edited")
+
+
+@pytest.mark.parametrize("major", [7, 9])
+def test_an_unknown_serde_major_is_refused_by_name(major):
+    """A major bump of torch's serde schema removes or renames fields: derive refuses it,
+    naming both majors, rather than describe it as 8.x (issue 22.8)."""
+    import json
+
+    from trtpack.program.derive import derive_from_graph
+    from trtpack.program.serialize import program_graph
+
+    ep = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(2, 3),))
+    doc = json.loads(program_graph(ep))
+    derive_from_graph(doc, where="m.json")  # 8.x: described
+    doc["schema_version"]["major"] = major
+    with pytest.raises(trtpack.MigrationError, match=f"schema {major}\\.\\d+ .*major 8 only"):
+        derive_from_graph(doc, where="m.json")

@@ -68,6 +68,26 @@ def test_plan_header_of_real_engines(plans):
     assert info.cuda_runtime is not None and info.cuda_runtime.count(".") == 1
 
 
+def test_a_plan_of_an_unknown_rtx_release_reads_its_gpus_as_unknown(plans, program_pack):
+    """The compute-capability bit map was verified on TensorRT-RTX 1.4 to 1.7; a plan of a
+    newer release (here a real 1.6 plan with 1.8 in its version bytes) reads its GPUs as
+    unknown, not as GPUs a newer map may mean otherwise (issue 22.8)."""
+    newer = bytearray(plans["default"])
+    newer[0x18:0x1A] = bytes([1, 8])
+    info = parse_plan(bytes(newer))
+    assert info.trt_version.startswith("1.8.")
+    assert (info.compute_capabilities, info.future_gpus, info.gpus_known) == ((), False, False)
+    assert parse_plan(plans["default"]).gpus_known
+    # the variant made of it names no GPUs: selection leaves the choice to the runtime
+    plan = program_pack.parent / "newer.plan"
+    plan.write_bytes(bytes(newer))
+    variant = trtpack.add_engine(program_pack, plan).manifest.engines[-1]
+    trtpack.verify(program_pack)  # the header check agrees: GPUs unknown on both sides
+    assert variant.target.compute_capabilities == () and variant.target.trt_version == (
+        info.trt_version
+    )
+
+
 def test_damaged_plans_are_refused(plans):
     good = plans["sm80"]
     for bad, message in [

@@ -23,8 +23,12 @@ from test_container import raw_members, rewrite
 import trtpack
 from trtpack.program.graph_check import check_graph
 from trtpack.program.graph_module import Unsupported, build_module
+from trtpack.program.serde import SCHEMA_MAJOR, TESTED_SCHEMA_MINORS
 from trtpack.program.serialize import _rebuild_state, load_program, runnable
 from trtpack.reading import open_pack
+
+#: also run in .venv-trt (torch 2.14.1): tools/test.sh, issue 22.8
+pytestmark = pytest.mark.program_path
 
 GRAPH = "program/graph.json"
 
@@ -321,6 +325,8 @@ def _first_arg(graph: dict) -> dict:
     "edit, reason",
     [
         (lambda g: g["schema_version"].update(major=9), "export schema major 9"),
+        (lambda g: g["schema_version"].update(minor=999), "export schema 8.999 is not one"),
+        (lambda g: g["schema_version"].update(minor="20"), "export schema 8.20 is not one"),
         (lambda g: _first_arg(g).update(arg={"as_future": 1}), "argument of kind as_future"),
         (lambda g: _first_arg(g).update(arg={"as_graph": {}}), "argument of kind as_graph"),
         (lambda g: g["graph_module"]["graph"]["nodes"][0].update(
@@ -347,6 +353,51 @@ def test_unsupported_constructs_are_refused_with_their_reason(small_pack, edit, 
     edit(graph)
     with pytest.raises(Unsupported, match=reason):
         _build(graph, small_pack)
+
+
+def test_this_torch_writes_a_schema_minor_the_direct_build_was_tested_on(small_pack):
+    """Run on every torch tools/test.sh installs (.venv 2.13, .venv-trt 2.14.1): a torch that
+    writes a minor not in TESTED_SCHEMA_MINORS fails here until the node-for-node tests have
+    run on it and the minor is added (issue 22.8)."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION[0] == SCHEMA_MAJOR
+    assert SCHEMA_VERSION[1] in TESTED_SCHEMA_MINORS, (torch.__version__, SCHEMA_VERSION)
+    assert _graph(small_pack)["schema_version"] == {"major": 8, "minor": SCHEMA_VERSION[1]}
+
+
+def test_the_declared_torch_range_holds_this_torch():
+    """pyproject.toml declares the torches that are tested (issue 22.8): each environment
+    tools/test.sh runs (.venv 2.13, .venv-trt 2.14.1) must lie inside it, so a torch
+    outside the range cannot pass CI unnoticed."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]["optional-dependencies"]
+    specs = {str(Requirement(r).specifier) for e in ("torch", "tensorrt") for r in extras[e]
+             if Requirement(r).name == "torch"}  # fmt: skip
+    assert len(specs) == 1, specs  # the extras agree
+    installed = Version(torch.__version__.split("+")[0])
+    assert Requirement(f"torch{specs.pop()}").specifier.contains(installed), installed
+
+
+def test_an_untested_schema_minor_takes_torchs_path_with_the_reason(small_pack, tmp_path):
+    """A newer minor of the same major: torch's deserializer reads it (it checks the major
+    only); the direct build does not guess what the minor added."""
+    graph = _graph(small_pack)
+    graph["schema_version"]["minor"] = 999
+    path = rewrite(small_pack, tmp_path / "m.trtpack", replace={GRAPH: json.dumps(graph).encode()})
+    pack = trtpack.load(path, device="cpu")
+    assert pack.fast_path_reason is not None
+    assert "export schema 8.999 is not one the direct build was tested on" in (
+        pack.fast_path_reason
+    )
+    args = (torch.randn(3, 6),)
+    kwargs = {"mask": torch.randn(3, 6), "bias": torch.randn(6)}
+    assert_equal(pack(*args, **kwargs), trtpack.load(small_pack, device="cpu")(*args, **kwargs))
 
 
 def test_an_unknown_argument_kind_in_a_pack_is_a_trtpack_error_and_runs_nothing(

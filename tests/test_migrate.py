@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -191,6 +192,28 @@ def test_pre_27_layout_with_a_hostile_pickle(tmp_path):
     with pytest.raises(trtpack.MigrationError, match="weights_only loader refuses"):
         trtpack.load(bad)
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "version, refused",
+    [
+        (b"0", None),
+        (b"0\n", None),
+        (b"1", "PT2 archive version 1; trtpack reads archive version 0"),
+        (b"zero", "is b'zero', not a PT2 archive version number"),
+    ],
+)
+def test_pt2_archive_version_is_checked(version, refused, tmp_path):
+    """torch writes <root>/archive_version ("0" in 2.13 and 2.14.1): a layout version
+    trtpack does not know is refused by name, not read as version 0 (issue 22.8)."""
+    src = V0 / "torch_export" / "keywords.pt2"
+    path = edited_zip(src, tmp_path / "v.pt2", "keywords/archive_version", lambda _: version)
+    if refused is None:
+        trtpack.migrate(path, tmp_path / "v.trtpack")
+        return
+    with pytest.raises(trtpack.MigrationError, match=re.escape(refused)):
+        trtpack.migrate(path, tmp_path / "v.trtpack")
+    assert not (tmp_path / "v.trtpack").exists()
 
 
 def test_truncated_legacy_file(tmp_path):

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 from trtpack.program.serialize import read_safetensors, safetensors_chunks
 
+#: also run in .venv-trt (torch 2.14.1): tools/test.sh, issue 22.8
+pytestmark = pytest.mark.program_path
+
 DTYPES = [
     torch.float32,
     torch.float16,

@@ -8,6 +8,9 @@ from models import CASES, assert_same
 
 import trtpack
 
+#: also run in .venv-trt (torch 2.14.1): tools/test.sh, issue 22.8
+pytestmark = pytest.mark.program_path
+
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_roundtrip_matches_eager(name, exported, tmp_path):
@@ -146,6 +149,42 @@ def test_cuda_on_a_cpu_only_torch_is_a_trtpack_error(small_pack):
         assert e.value.device == device
     with pytest.raises(trtpack.DeviceError, match="'gpu' cannot be used here"):
         trtpack.load(small_pack, device="gpu")
+
+
+class _Blocks(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(-1, 16, x.shape[1]).sum(1)
+
+
+def test_shapes_spec_assumptions_are_kept(tmp_path):
+    """torch's experimental shapes API (torch.fx.experimental.dynamic_spec, issue 22.8):
+    2.13 has the module but torch.export does not take a ShapesSpec (torch.compile does);
+    2.14.1's export does, making B unbacked and recording ``B % 16 == 0`` as runtime asserts
+    in the graph and ``B >= 16`` as its range. The pack keeps both: the range in the
+    manifest, the assumption in the program it runs (the direct build included)."""
+    from torch.fx.experimental.dynamic_spec import ShapesSpec, ShapeVar, TensorSpec
+
+    b = ShapeVar("B")
+    spec = ShapesSpec({"x": TensorSpec([b, None])}, assumptions=[b % 16 == 0, b >= 16])
+    args = (torch.randn(32, 4),)
+    if tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 14):
+        with pytest.raises(TypeError, match="ShapesSpec"):
+            torch.export.export(_Blocks(), args, dynamic_shapes=spec)
+        return
+    ep = torch.export.export(_Blocks(), args, dynamic_shapes=spec)
+    path = tmp_path / "blocks.trtpack"
+    trtpack.save(ep, path)
+    pack = trtpack.load(path, device="cpu")
+    assert pack.fast_path_reason is None, pack.fast_path_reason
+    (symbol,) = trtpack.inspect(path).manifest.interface.symbols.values()
+    assert (symbol.min, symbol.max) == (16, None)
+    x = torch.randn(48, 4)
+    assert torch.equal(pack(x), ep.module()(x))
+    for module in (ep.module(), pack):  # the assumption: torch's assert, in both
+        with pytest.raises(RuntimeError, match=r"Eq\(Mod\(u0, 16\), 0\)"):
+            module(torch.randn(40, 4))
+    with pytest.raises(trtpack.InputMismatchError, match=r"outside the allowed range"):
+        pack(torch.randn(8, 4))
 
 
 class _Compare(torch.nn.Module):

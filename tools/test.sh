@@ -2,7 +2,9 @@
 # Set everything up, then lint and run the whole test suite, in two environments:
 #   .venv      torch 2.13 (CPU): everything but the torch_tensorrt and vision tests
 #   .venv-trt  torch 2.14.1 + torch-tensorrt-rtx, torchvision, timm: the tests marked
-#              torch_tensorrt or vision
+#              torch_tensorrt or vision, and the program-path tests again (marked
+#              program_path: derive, the direct GraphModule build, round trip, corpus), so
+#              every torch the project installs here runs them (issue 22.8)
 # Extra arguments go to both pytest runs. A run that selects no test (pytest's exit status 5:
 # a -k or a path only the other environment's tests match) is fine when arguments were given,
 # as long as one of the two runs selected something; with no arguments it is a failure.
@@ -26,7 +28,7 @@ run_pytest() {
 }
 NARGS=$#
 run_pytest .venv/bin/python -m pytest -m "not torch_tensorrt and not vision" "$@"
-run_pytest .venv-trt/bin/python -m pytest -m "torch_tensorrt or vision" "$@"
+run_pytest .venv-trt/bin/python -m pytest -m "torch_tensorrt or vision or program_path" "$@"
 if [ "$selected" = 0 ]; then
   echo "no test selected in either environment by: $*" >&2
   exit 5

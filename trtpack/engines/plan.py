@@ -47,6 +47,10 @@ _RTX_TRAILER = 0x8B8D8B99
 # 1.4 had no 12.1). The bit after the last one means "newer GPUs" (runs, suboptimally).
 _RTX_CC_BITS = {0: "7.5", 1: "8.0", 2: "8.6", 3: "8.9", 4: "12.0", 5: "12.1"}
 _RTX_CC_BITS_1_4 = {0: "7.5", 1: "8.0", 2: "8.6", 3: "8.9", 4: "12.0"}
+#: the TensorRT-RTX releases (major, minor) whose bit map above was verified; a plan of
+#: another release reads its GPUs as unknown (a newer release may add a GPU in the middle
+#: of the map, and reading it with this one would name the wrong GPUs)
+_RTX_KNOWN_RELEASES = frozenset({(1, 4), (1, 5), (1, 6), (1, 7)})
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class PlanInfo:
     #: the CUDA runtime version the plan needs at least, e.g. "13.4"; None: unknown or no check
     cuda_runtime: str | None = None
     weights_device_bytes: int | None = None
+    #: False: the header's GPU fields were not read, as the plan comes from a TensorRT-RTX
+    #: release newer (or older) than this reader's map (compute_capabilities empty: unknown)
+    gpus_known: bool = True
 
 
 def parse_plan(data: bytes | memoryview, *, where: str = "engine") -> PlanInfo:
@@ -112,9 +119,10 @@ def _parse_rtx(view: memoryview, where: str) -> PlanInfo:
     trailer = (end + 7) // 8 * 8
     if trailer + 4 != n or struct.unpack_from("<I", view, trailer)[0] != _RTX_TRAILER:
         raise EngineError(f"{where} is damaged: the plan does not end where its sections do")
+    known = version[:2] in _RTX_KNOWN_RELEASES
     bits = _RTX_CC_BITS_1_4 if version[:2] == (1, 4) else _RTX_CC_BITS
-    ccs = tuple(cc for bit, cc in sorted(bits.items()) if mask >> bit & 1)
-    future = bool(mask >> len(bits) & 1)
+    ccs = tuple(cc for bit, cc in sorted(bits.items()) if mask >> bit & 1) if known else ()
+    future = bool(mask >> len(bits) & 1) if known else False
     return PlanInfo(
         flavor="tensorrt_rtx",
         trt_version=".".join(str(b) for b in version),
@@ -124,6 +132,7 @@ def _parse_rtx(view: memoryview, where: str) -> PlanInfo:
         if cuda_runtime
         else None,
         weights_device_bytes=weights,
+        gpus_known=known,
     )
 
 
@@ -144,7 +153,7 @@ def check_plan_target(info: PlanInfo, target: Target, member: str) -> None:
         ("flavor", target.flavor, info.flavor),
         ("trt_version", target.trt_version, info.trt_version),
     ]
-    if info.flavor == "tensorrt_rtx":
+    if info.flavor == "tensorrt_rtx" and info.gpus_known:
         checks += [
             ("compute_capabilities", tuple(target.compute_capabilities),
              info.compute_capabilities),

@@ -66,6 +66,34 @@ def _config(reader: PackReader, member: str) -> dict[str, Any]:
     return config
 
 
+#: the PT2 archive layouts this reader knows (``<root>/archive_version``, torch's
+#: ``ARCHIVE_VERSION_VALUE``): torch 2.13.0 and 2.14.1 write "0", and an archive without the
+#: file is version 0 as torch reads it (``PT2ArchiveReader.archive_version``)
+KNOWN_ARCHIVE_VERSIONS = frozenset({0})
+
+
+def _check_archive_version(reader: PackReader, root: str, where: str) -> None:
+    """Refuse a PT2 archive whose layout version this reader does not know: a newer layout
+    may move or re-encode members, which read as version 0 would convert wrongly."""
+    member = f"{root}archive_version"
+    if member not in reader:
+        return
+    raw = reader.read(member)[:32].strip()
+    try:
+        version = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise MigrationError(
+            f"{where}: {member} is {raw!r}, not a PT2 archive version number"
+        ) from None
+    if version not in KNOWN_ARCHIVE_VERSIONS:
+        known = ", ".join(str(v) for v in sorted(KNOWN_ARCHIVE_VERSIONS))
+        raise MigrationError(
+            f"{where}: PT2 archive version {version}; trtpack reads archive version {known} "
+            "(what torch.export.save writes up to torch 2.14.1 at least). Load it with the "
+            "torch that wrote it and save it with trtpack.save, or upgrade trtpack"
+        )
+
+
 def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None) -> PackParts:
     where = str(reader.path)
     root = archive_root(reader)
@@ -75,6 +103,7 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
         raise MigrationError(
             f"{where} was written on a big-endian machine; trtpack reads little-endian"
         )
+    _check_archive_version(reader, root, where)
     graph_member, data = model_json(reader, root)
     from ..program.graph_check import check_graph, custom_ops
 

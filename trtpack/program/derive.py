@@ -16,7 +16,7 @@ import ast
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from ..format.manifest import (
     symbol_name,
 )
 from ..format.pytree import leaf_paths, output_names
-from .serde import NOT_IN_MANIFEST, SCALAR_TYPES
+from .serde import NOT_IN_MANIFEST, SCALAR_TYPES, SCHEMA_MAJOR
 
 _UNBOUNDED = 2**62  # torch writes int_oo as a huge int in some versions
 
@@ -215,6 +215,15 @@ class SerializedProgram:
             raise MigrationError(
                 f"{where}: not a torch.export program JSON (missing {e})"
             ) from None
+        if "schema_version" in data and self.schema[0] != SCHEMA_MAJOR:
+            # a major bump removes or renames fields: read as 8.x, such a program would be
+            # described wrongly, not refused
+            raise MigrationError(
+                f"{where}: torch.export schema {self.schema[0]}.{self.schema[1]} (written by "
+                f"torch {self.torch_version or 'unknown'}): trtpack reads schema major "
+                f"{SCHEMA_MAJOR} only; export and save with a torch whose schema major is "
+                f"{SCHEMA_MAJOR}, or upgrade trtpack"
+            )
         self.ranges: dict[str, tuple[int, int | None]] = {}
         for sym, r in (data.get("range_constraints") or {}).items():
             if sym.isidentifier():
@@ -439,12 +448,9 @@ def derive_from_graph(
     return SerializedProgram(data, where=where).interface(user_names)
 
 
-def recorded_names(
-    iface: Interface, by_torch: Mapping[str, str], recorded: Interface
-) -> dict[str, str]:
-    """torch symbol -> the name a pack's manifest gave it (``recorded``: the interface of the
-    pack a program was loaded from), matched by input and dim as :func:`keep_opts` matches."""
-    kept: dict[str, str] = {}
+def _matched_symbols(iface: Interface, recorded: Interface) -> Iterator[tuple[str, str]]:
+    """(symbol in ``iface``, symbol in ``recorded``) for each dim of the same input at the same
+    place with the same ``a*s+b`` form: how a reloaded program's symbols meet its pack's."""
     old_inputs = {spec.name: spec for spec in recorded.inputs}
     for spec in iface.inputs:
         before = old_inputs.get(spec.name)
@@ -457,7 +463,17 @@ def recorded_names(
             if isinstance(now, str) and isinstance(then, str):
                 a, b = parse_dim(now), parse_dim(then)
                 if (a.coef, a.offset) == (b.coef, b.offset):
-                    kept.setdefault(a.symbol, b.symbol)
+                    yield a.symbol, b.symbol
+
+
+def recorded_names(
+    iface: Interface, by_torch: Mapping[str, str], recorded: Interface
+) -> dict[str, str]:
+    """torch symbol -> the name a pack's manifest gave it (``recorded``: the interface of the
+    pack a program was loaded from), matched by input and dim as :func:`keep_opts` matches."""
+    kept: dict[str, str] = {}
+    for now, then in _matched_symbols(iface, recorded):
+        kept.setdefault(now, then)
     return {t: kept[n] for t, n in by_torch.items() if n in kept}
 
 
@@ -465,19 +481,9 @@ def keep_opts(iface: Interface, recorded: Interface) -> Interface:
     """``iface`` with the opts a pack's manifest chose (``recorded``: the interface of the pack
     a program was loaded from), matched by input and dim; a kept opt must lie in the range."""
     kept: dict[str, Symbol] = {}
-    old_inputs = {spec.name: spec for spec in recorded.inputs}
-    for spec in iface.inputs:
-        before = old_inputs.get(spec.name)
-        if before is None:
-            continue
-        pairs = list(zip(spec.shape or (), before.shape or ()))
-        if spec.symbol is not None and before.symbol is not None:
-            pairs.append((spec.symbol, before.symbol))
-        for now, then in pairs:
-            if isinstance(now, str) and isinstance(then, str):
-                a, b = parse_dim(now), parse_dim(then)
-                if (a.coef, a.offset) == (b.coef, b.offset) and b.symbol in recorded.symbols:
-                    kept.setdefault(a.symbol, recorded.symbols[b.symbol])
+    for now, then in _matched_symbols(iface, recorded):
+        if then in recorded.symbols:
+            kept.setdefault(now, recorded.symbols[then])
     symbols = dict(iface.symbols)
     for name, old_sym in kept.items():
         now_sym = symbols.get(name)

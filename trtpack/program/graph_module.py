@@ -47,13 +47,17 @@ import torch
 import torch.utils._pytree as pytree
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 
-from .serde import KEYWORD, LAYOUTS, MEMORY_FORMATS, POSITIONAL, PYTHON_CALLS, SCALAR_TYPES
+from .serde import (
+    KEYWORD,
+    LAYOUTS,
+    MEMORY_FORMATS,
+    POSITIONAL,
+    PYTHON_CALLS,
+    SCALAR_TYPES,
+    SCHEMA_MAJOR,
+    TESTED_SCHEMA_MINORS,
+)
 from .treespec import _children
-
-#: the torch.export serde schema major this builder follows; another one is refused (torch's
-#: own deserializer checks only the major too: minors add fields, and any kind or target a
-#: newer minor adds is refused here one by one)
-SCHEMA_MAJOR = 8
 
 
 class Unsupported(Exception):
@@ -116,10 +120,18 @@ def build_module(
     ``program`` with these weights, on ``device``. Raises :class:`Unsupported`."""
     version = program.get("schema_version") or {}
     major = version.get("major") if isinstance(version, dict) else None
+    minor = version.get("minor") if isinstance(version, dict) else None
     if major != SCHEMA_MAJOR or schema_major() != SCHEMA_MAJOR:
         raise Unsupported(
             f"export schema major {major} (this builder follows {SCHEMA_MAJOR}, this torch "
             f"{schema_major()})"
+        )
+    if not isinstance(minor, int) or minor not in TESTED_SCHEMA_MINORS:
+        # torch's deserializer accepts any minor of its major; this builder only the ones a
+        # node-for-node test ran on (a newer minor may carry a field it would not see)
+        tested = ", ".join(f"{SCHEMA_MAJOR}.{m}" for m in sorted(TESTED_SCHEMA_MINORS))
+        raise Unsupported(
+            f"export schema {major}.{minor} is not one the direct build was tested on ({tested})"
         )
     try:
         return _Builder(state_dict, constants).build(program["graph_module"], device)

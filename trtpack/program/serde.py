@@ -6,6 +6,18 @@ GraphModule build (``graph_module``) resolves them against torch.
 
 from __future__ import annotations
 
+#: the serde schema major of torch/_export/serde/schema.py (``SCHEMA_VERSION[0]``) that the
+#: derivation and the direct GraphModule build follow; a program of another major is refused
+#: by ``derive`` (a major bump removes or renames fields) and built by torch's deserializer
+SCHEMA_MAJOR = 8
+#: the schema minors the direct build was tested on, with the torch that writes each (checked
+#: in tests/test_graph_module.py against the installed torch): a newer minor may add an
+#: argument kind or a field whose meaning the builder would not see, so the loader takes
+#: torch's deserializer for it and says why (``fast_path_reason``). torch 2.13.0 and 2.14.1
+#: both write 8.20; add a minor here only with a node-for-node run on a torch that writes it
+#: (tools/torch_version_check.py prints the installed torch's minor and the run's result).
+TESTED_SCHEMA_MINORS: dict[int, str] = {20: "torch 2.13.0, 2.14.1"}
+
 #: ScalarType -> the dtype name torch gives it (``getattr(torch, name)``)
 SCALAR_TYPES: dict[int, str] = {
     1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",

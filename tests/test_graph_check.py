@@ -304,6 +304,8 @@ def test_path_tests_without_spelling_agree_with_the_spelled_path(steps):
     spelled = _path(chain)
     assert _positional_input(chain) == bool(re.search(r"\.inputs\[\d+\]\Z", spelled))
     assert _last_segment(chain) == spelled.split(".")[-1]
+
+
 @pytest.mark.parametrize("name", ["called_twice", "colon_parameter"])
 def test_names_torch_makes_round_trip(name, exported, tmp_path):
     """Issue 22, item 3: ``n@1`` (a submodule called twice under

@@ -22,8 +22,7 @@ XFAIL: dict[str, str] = {}
 # JSON does not take higher-order ops), by the op; a listed case that takes the fast path
 # fails the run.
 FALLBACK = {
-    "exportdb/cond_closed_over_variable": "torch.ops.higher_order.cond",
-    "exportdb/cond_operands": "torch.ops.higher_order.cond",
+    # cond takes the fast path (issue 27, item 1); map's carried state does not
     "exportdb/dynamic_shape_map": "torch.ops.higher_order.map_impl",
 }
 # ExportDB examples torch.export (2.13, CI's torch) refuses: the test skips them, naming them

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from models import CASES
 from test_container import raw_members, rewrite
 from test_migrate import edited_zip
@@ -250,6 +252,58 @@ def test_every_test_model_passes(tmp_path):
         worst = max(worst, time.perf_counter() - start)
         trtpack.load(path, device="cpu")
     print(f"graph check: worst {worst * 1e3:.3f} ms per graph")
+
+
+def test_refusal_names_the_exact_json_path():
+    """The check keeps paths as chains and spells one out only on a refusal: the spelling is
+    the JSON path as written (keys joined by '.', list indexes in brackets)."""
+    from trtpack.program.graph_check import check_graph
+
+    graph = {"graph_module": {"graph": {"nodes": [
+        {"target": "torch.ops.aten.add.Tensor", "inputs": [{"name": "", "arg": {}}]},
+        {"target": "torch.ops.aten.mul.Tensor", "inputs": [{"name": "x", "arg": {}}],
+         "outputs": [{"as_tensor": {"name": "a b"}}]},
+    ]}}}  # fmt: skip
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        check_graph(graph, "m")
+    assert e.value.field == "graph_module.graph.nodes[1].outputs[0].as_tensor.name"
+    graph["graph_module"]["graph"]["nodes"][1]["outputs"] = []
+    graph["graph_module"]["graph"]["nodes"][0]["target"] = "os.system"
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        check_graph(graph, "m")
+    assert e.value.field == "graph_module.graph.nodes[0].target"
+    graph["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.aten.add.Tensor"
+    graph["graph_module"]["graph"]["nodes"][0]["inputs"][0]["name"] = ""  # positional: allowed
+    assert check_graph(graph, "m") is graph
+    graph["graph_module"]["graph"]["nodes"][0]["outputs"] = [{"name": ""}]  # not an input
+    with pytest.raises(trtpack.UnsafePackError) as e:
+        check_graph(graph, "m")
+    assert e.value.field == "graph_module.graph.nodes[0].outputs[0].name"
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 12).map(lambda i: (i, True)),
+            st.sampled_from(["inputs", "nodes", "a.inputs", ".inputs", "", "x", "b."]).map(
+                lambda k: (k, False)
+            ),
+        ),
+        max_size=6,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_path_tests_without_spelling_agree_with_the_spelled_path(steps):
+    """The check asks "a node argument?" and "a node's target?" of a path kept as a chain;
+    the answers are those of the spelled-out path, which the check spells only on a refusal."""
+    from trtpack.program.graph_check import _last_segment, _path, _positional_input
+
+    chain = None
+    for key, is_index in steps:
+        chain = (chain, key, is_index)
+    spelled = _path(chain)
+    assert _positional_input(chain) == bool(re.search(r"\.inputs\[\d+\]\Z", spelled))
+    assert _last_segment(chain) == spelled.split(".")[-1]
 
 
 @pytest.mark.parametrize("name", ["called_twice", "colon_parameter"])

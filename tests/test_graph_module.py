@@ -247,14 +247,64 @@ class _Cond(torch.nn.Module):
         return torch.cond(x.sum() > 0, lambda t: t * 2, lambda t: t - 1, (x,))
 
 
-def test_a_higher_order_op_falls_back_to_torch_with_the_reason(tmp_path):
-    ep = torch.export.export(_Cond(), (torch.randn(3),))
-    path = trtpack.save(ep, tmp_path / "cond.trtpack").path
-    pack = trtpack.load(path, device="cpu")
-    assert "torch.ops.higher_order.cond" in pack.fast_path_reason
-    x = torch.randn(3)
-    assert torch.equal(pack(x), _Cond()(x))
-    assert pack.exported_program is not None
+class _NoGrad(torch.nn.Module):
+    """What a model exported under torch.no_grad() (a transformers LLM) carries: its body in
+    wrap_with_set_grad_enabled; one inside too, and a cond with a weight inside a branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.lin(x).relu()
+        with torch.enable_grad():
+            y = y * 2 + 1
+        return torch.cond(y.sum() > 0, lambda t: self.lin(t), lambda t: t - 1, (y,)), y
+
+
+class _Autocast(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.lin(x)
+        return y.float() + 1
+
+
+def _subgraphs(gm: torch.fx.GraphModule) -> list:
+    """Each subgraph a get_attr node reads, canonical, in node order (nested ones too)."""
+    out = []
+    for n in gm.graph.nodes:
+        sub = getattr(gm, n.target, None) if n.op == "get_attr" else None
+        if isinstance(sub, torch.fx.GraphModule):
+            out.append((n.target, canonical(sub), _subgraphs(sub)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["cond", "no_grad", "autocast"])
+def test_subgraph_higher_order_ops_take_the_fast_path_and_match(name, tmp_path):
+    model = {"cond": _Cond, "no_grad": _NoGrad, "autocast": _Autocast}[name]().eval()
+    x = torch.randn(3, 4)
+    if name == "no_grad":
+        with torch.no_grad():
+            ep = torch.export.export(model, (x,))
+    else:
+        ep = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert targets & {"cond", "wrap_with_set_grad_enabled", "wrap_with_autocast"}, targets
+    path = trtpack.save(ep, tmp_path / f"{name}.trtpack").path
+    pack = check_against_reference(path, [((x,), {}), ((-x,), {}), ((x * 0,), {})])
+    assert _subgraphs(pack.module) == _subgraphs(reference(path))
+    assert "torch._dynamo" not in sys.modules or pack.exported_program is not None
+
+
+def test_other_higher_order_ops_fall_back_to_torch_with_the_reason(small_pack):
+    graph = _graph(small_pack)
+    graph["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.higher_order.map_impl"
+    with pytest.raises(Unsupported, match="call target torch.ops.higher_order.map_impl"):
+        _build(graph, small_pack)
 
 
 def _graph(small_pack: Path) -> dict:
@@ -282,7 +332,7 @@ def _first_arg(graph: dict) -> dict:
         (lambda g: g["graph_module"]["graph"]["nodes"][0].update(
             target="torch.ops.aten.no_such_op.default"), "not registered"),
         (lambda g: g["graph_module"]["graph"]["nodes"][0].update(
-            target="torch.ops.higher_order.cond"), "call target torch.ops.higher_order.cond"),
+            target="torch.ops.higher_order.scan"), "call target torch.ops.higher_order.scan"),
         # a plain callable's named input recorded as positional: torch 2.11 and 2.13 read it apart
         (lambda g: g["graph_module"]["graph"]["nodes"][0].update(target="_operator.getitem"),
          "positional input named"),

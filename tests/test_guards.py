@@ -254,3 +254,20 @@ def test_torch_guards_of_ordinary_models_are_kept(exported, tmp_path):
                               "inputs_a.shape[0] == inputs_b.shape[0]"}  # fmt: skip
         with pytest.raises(trtpack.InputMismatchError, match=expected):
             pack(*bad)
+
+
+def test_guard_parses_are_remembered_bounded_and_errors_are_not():
+    """A manifest's guards are parsed once for its check, its contract and ``implied``; the
+    memory of parses is bounded, and a guard that does not parse fails every time."""
+    from trtpack.format import guards as g
+
+    g._PARSED.clear()
+    tree = g._parse("x.shape[0] <= 64")
+    assert g._parse("x.shape[0] <= 64") is tree
+    for i in range(g._PARSED_MAX + 10):
+        g._parse(f"x.shape[0] <= {i}")
+    assert len(g._PARSED) <= g._PARSED_MAX
+    for _ in range(2):
+        with pytest.raises(SyntaxError):
+            g._parse("x.shape[0] <=")
+    assert "x.shape[0] <=" not in g._PARSED

@@ -11,10 +11,9 @@ from corpus.run import run_case
 
 # Models whose program module torch's deserializer builds (graph_module.py falls back), with
 # the construct why; a listed model that takes the fast path fails the run, so this stays true.
-FALLBACK = {
-    # LlamaRotaryEmbedding.forward is @torch.no_grad(): a wrap_with_set_grad_enabled subgraph
-    "transformers/llama_dynamic_cache": "torch.ops.higher_order.wrap_with_set_grad_enabled",
-}
+# (LlamaRotaryEmbedding.forward is @torch.no_grad(): its wrap_with_set_grad_enabled subgraph
+# takes the fast path since issue 27, item 1)
+FALLBACK: dict[str, str] = {}
 
 
 # Models whose program torch's own serializer refuses (torch.export.save fails the same way:

@@ -131,3 +131,27 @@ def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatc
     pack = trtpack.load(tmp_path / "old.trtpack", device="cpu")
     tokens = torch.randint(0, 16, (2, 5))
     torch.testing.assert_close(pack(tokens), model(tokens))
+
+
+def test_graph_serialization_skips_only_its_own_canonicalize_check(exported):
+    """torch's serializer canonicalizes a deep copy of the program it built only to test the
+    canonical form and drops it; serialize_graph skips that (most of a big graph's save) and
+    writes torch's own bytes, while any other caller of canonicalize still gets torch's."""
+    import threading
+
+    from torch._export.serde import serialize as serde
+
+    import trtpack
+
+    _, _, ep = exported("with_buffers")
+    ours = trtpack.program.serialize.serialize_graph(ep)
+    kw = {"serialize_state_dict": False, "serialize_constants": False,
+          "serialize_example_inputs": False}  # fmt: skip
+    assert serde.serialize(ep, **kw).exported_program == ours
+    program = serde.ExportedProgramSerializer().serialize(ep, **kw).exported_program
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(serde.canonicalize(program)))
+    worker.start()
+    worker.join()
+    assert results[0] is not program  # torch's canonicalize ran: a canonical copy
+    assert serde.canonicalize(program) is not program

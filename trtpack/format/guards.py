@@ -299,6 +299,29 @@ def from_torch(
 
 # --- the manifest's language -> a check ------------------------------------------------------
 
+#: parsed guards by their text: a manifest's guards are parsed when it is checked, again when
+#: a load compiles its contract, and by ``implied``; ASTs are only read, so one serves all.
+#: (One ``ast.parse`` of all guards, one per line, was measured too: 94 against 102 ms for
+#: 1,000 guards on dev, the parse itself being the cost; not worth a second way to parse.)
+_PARSED: dict[str, ast.expr] = {}
+_PARSED_MAX = 8192
+
+
+def _parse(expr: str) -> ast.expr:
+    """``ast.parse(expr, mode="eval").body``, remembered (errors are raised, not kept)."""
+    tree = _PARSED.get(expr)
+    if tree is None:
+        tree = ast.parse(expr, mode="eval").body
+        _remember(expr, tree)
+    return tree
+
+
+def _remember(expr: str, tree: ast.expr) -> None:
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()  # bounded: a new manifest's guards refill it
+    _PARSED[expr] = tree
+
+
 #: a compiled guard: leaves of the call -> value
 Compiled = Callable[[Sequence[Any]], Any]
 
@@ -311,7 +334,7 @@ def compile_guard(
     Raises ManifestError for anything outside the language, and for a tensor input used as a
     number or a shape read off an input that is not a tensor."""
     try:
-        tree = ast.parse(expr, mode="eval").body
+        tree = _parse(expr)
     except (SyntaxError, ValueError, RecursionError):
         raise ManifestError(f"guard {expr!r} is not an expression of the guard language") from None
     positions = {spec.name: i for i, spec in enumerate(inputs)}
@@ -436,7 +459,7 @@ def implied(expr: str, shapes: Mapping[str, Sequence[int | Dim | None]]) -> bool
     not compiled again (they are most of torch's guards). ``shapes`` holds each input's dims
     parsed (None for a dim that does not parse)."""
     try:
-        tree = ast.parse(expr, mode="eval").body
+        tree = _parse(expr)
     except SyntaxError:
         return False
     if not (

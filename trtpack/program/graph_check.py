@@ -221,6 +221,58 @@ def safe_target(t: Any) -> bool:
     return isinstance(t, str) and (t in _PLAIN_TARGETS or bool(_OP.match(t)))
 
 
+#: every key the check looks at; any other key only leads to what it holds
+_CHECKED_KEYS = _NAME_KEYS | _DOTTED_KEYS | _EXPR_KEYS | _VALUE_TABLES | {
+    "target", "in_spec", "guards_code", "range_constraints"
+}  # fmt: skip
+#: a JSON path as a chain: None at the root, else (parent, dict key or list index, is_index)
+_Chain = tuple[Any, Any, bool] | None
+
+
+def _path(chain: _Chain) -> str:
+    """The chain spelled as the check's messages spell a path: ``a.b[3].c``."""
+    keys: list[tuple[Any, bool]] = []
+    while chain is not None:
+        chain, key, is_index = chain
+        keys.append((key, is_index))
+    out = ""
+    for key, is_index in reversed(keys):
+        if is_index:
+            out = f"{out}[{key}]"
+        else:
+            out = f"{out}.{key}" if out else str(key)
+    return out
+
+
+def _positional_input(chain: _Chain) -> bool:
+    """``_path(chain)`` ends with ``.inputs[N]`` (a node argument), without spelling the
+    path out: on torch 2.11's graphs every positional argument asks."""
+    if chain is None or not chain[2]:
+        return False
+    parent = chain[0]
+    if parent is None or parent[2] or not isinstance(parent[1], str):
+        return False
+    key = parent[1]
+    if key.endswith(".inputs"):  # a key with a dot: its own text supplies the dot
+        return True
+    # spelled with a dot before it unless all before it spells "" (an index never does)
+    above = parent[0]
+    return key == "inputs" and above is not None and (above[2] or _path(above) != "")
+
+
+def _last_segment(chain: _Chain) -> str:
+    """``_path(chain).split(".")[-1]``: the last key's text after its last dot, then the
+    indexes after it."""
+    indexes: list[str] = []
+    while chain is not None and chain[2]:
+        indexes.append(f"[{chain[1]}]")
+        chain = chain[0]
+    indexes.reverse()
+    if chain is None:
+        return "".join(indexes)
+    return str(chain[1]).rsplit(".", 1)[-1] + "".join(indexes)
+
+
 # an operator of any other namespace: a custom operator (torch.library), whose kernel is code
 # the pack cannot carry; run only where the user allows it and it is registered in the process
 _CUSTOM_OP = re.compile(
@@ -276,51 +328,60 @@ def check_graph(data: Any, member: str, allow_ops: Sequence[str] = ()) -> Any:
             raise IntegrityError(
                 f"{member}: cannot read the program: not valid JSON ({e})", member=member
             ) from None
-    stack: list[tuple[str, Any]] = [("", data)]
+    # Each container's JSON path is kept as a chain (parent, key, is_index) and spelled out
+    # only where a check or an error needs it: building every key's path string was most of
+    # the check's time on a big graph (issue 27, item 7).
+    stack: list[tuple[_Chain, Any]] = [(None, data)]
     refused_ops: dict[str, tuple[str, str]] = {}  # custom operator -> (first path, target)
     while stack:
-        path, obj = stack.pop()
+        chain, obj = stack.pop()
         if isinstance(obj, dict):
             for k, v in obj.items():
-                p = f"{path}.{k}" if path else str(k)
+                if k not in _CHECKED_KEYS:  # most keys: nothing to check but what they hold
+                    if isinstance(v, (dict, list)):
+                        stack.append(((chain, k, False), v))
+                    continue
+                here = (chain, k, False)
                 if k in _NAME_KEYS:
                     vals = v if isinstance(v, list) else [v]
                     for i, s in enumerate(vals):
                         if isinstance(s, (dict, list)):
-                            stack.append((p, s))
-                        elif s == "" and k == "name" and re.search(r"\.inputs\[\d+\]\Z", path):
+                            stack.append((here, s))
+                        elif s == "" and k == "name" and _positional_input(chain):
                             continue  # a node argument passed positionally has no name
                         elif s is not None and not _ident(s):
+                            p = _path(here)
                             _bad(member, p if vals is not v else f"{p}[{i}]", s)
                         elif k == "forward_arg_names" and s in vals[:i]:
                             # each is a parameter of the generated forward(): a repeated one
                             # makes source that does not compile
-                            _bad(member, f"{p}[{i}]", s, "a parameter name given twice")
+                            _bad(member, f"{_path(here)}[{i}]", s, "a parameter name given twice")
                     continue
                 if k in _DOTTED_KEYS:
                     if v is not None and not isinstance(v, (dict, list)):
                         if not _dotted(v, allow_empty=k == "fqn"):
-                            _bad(member, p, v)
+                            _bad(member, _path(here), v)
                         continue
-                if k == "target" and path.split(".")[-1].startswith("nodes["):
+                if k == "target" and _last_segment(chain).startswith("nodes["):
                     name = custom_op(v)
                     if name is not None:
                         if not op_allowed(name, allow_ops):
-                            refused_ops.setdefault(name, (p, v))
+                            refused_ops.setdefault(name, (_path(here), v))
                     elif not safe_target(v):
-                        _bad(member, p, v, "a call target outside the operator allowlist")
+                        _bad(member, _path(here), v, "a call target outside the operator allowlist")
                     continue
                 if k == "in_spec" and isinstance(v, str):
-                    _check_call_keys(member, p, v)
+                    _check_call_keys(member, _path(here), v)
                     continue
                 if k in _EXPR_KEYS and isinstance(v, str):
                     if not safe_expr(v):
-                        _bad(member, p, v, "not a plain symbolic expression")
+                        _bad(member, _path(here), v, "not a plain symbolic expression")
                     continue
-                if k == "guards_code" and not path:
+                if k == "guards_code" and not _path(chain):
                     # ep.module() turns these into a function with exec (torch/export/_unlift.py)
                     from ..format.guards import check_torch_guard
 
+                    p = _path(here)
                     if not isinstance(v, list):
                         _bad(member, p, v, "not a list of guards")
                     for i, text in enumerate(v):
@@ -334,16 +395,19 @@ def check_graph(data: Any, member: str, allow_ops: Sequence[str] = ()) -> Any:
                 if k == "range_constraints" and isinstance(v, dict):
                     for name in v:
                         if not safe_expr(name):
-                            _bad(member, f"{p}[{name!r}]", name, "not a plain symbolic expression")
+                            _bad(
+                                member, f"{_path(here)}[{name!r}]", name,
+                                "not a plain symbolic expression",
+                            )  # fmt: skip
                 if k in _VALUE_TABLES and isinstance(v, dict):
                     for name in v:
                         if not _ident(name):
-                            _bad(member, f"{p}[{name!r}]", name)
-                stack.append((p, v))
+                            _bad(member, f"{_path(here)}[{name!r}]", name)
+                stack.append((here, v))
         elif isinstance(obj, list):
             for i, v in enumerate(obj):
                 if isinstance(v, (dict, list)):
-                    stack.append((f"{path}[{i}]", v))
+                    stack.append(((chain, i, True), v))
     if refused_ops:
         names = sorted(refused_ops)
         first, target = refused_ops[names[0]]

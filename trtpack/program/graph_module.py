@@ -19,7 +19,12 @@ that ``ep.module(check_guards=False)`` returns, from the parsed JSON, with only 
 - on a non-CPU device, device arguments moved as ``torch.export.passes.move_to_device_pass``
   moves them (every ``device=`` keyword, and the device of ``aten.to.device``).
 
-Whatever it does not reproduce exactly — higher-order ops and their subgraphs, custom
+Higher-order ops that only run a subgraph (``wrap_with_set_grad_enabled``, which a model
+exported under ``torch.no_grad()`` carries, ``wrap_with_autocast``, ``cond``) are built the way
+``deserialize_input`` builds an ``as_graph`` argument: the subgraph as a GraphModule of its
+own, registered on the module and read by a ``get_attr`` node.
+
+Whatever it does not reproduce exactly — other higher-order ops, custom
 objects, effect tokens, training outputs, an argument kind or target it does not know, a
 schema major it does not know — raises :class:`Unsupported` with the reason, and the loader
 takes torch's deserializer instead: this path is sometimes not taken, never different.
@@ -84,6 +89,11 @@ _SYM_OPS = frozenset(
     ]
 )  # fmt: skip
 
+#: higher-order ops built here: each only runs its subgraph(s) on its operands, under a grad
+#: mode or autocast, or picking one branch (``cond``). Others (map's and scan's carried
+#: state, effects, invoke_subgraph's caching, torch_tensorrt's engines) take torch's path.
+_HOPS = frozenset(["wrap_with_set_grad_enabled", "wrap_with_autocast", "cond"])
+
 _OP = re.compile(r"torch\.ops\.(aten|prims)\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)\Z")
 _SYM_KINDS = ("as_sym_int", "as_sym_float", "as_sym_bool")
 # multiple results: the list kinds torch's generate_getitems unpacks into a getitem of a getitem
@@ -137,12 +147,19 @@ class _Builder:
         self.graph = torch.fx.Graph()
         #: serialized value name -> the node that produces it (torch's serialized_name_to_node)
         self.values: dict[str, torch.fx.Node] = {}
+        #: the module subgraphs (a higher-order op's ``as_graph`` arguments) are registered on:
+        #: the graph module for the top graph, a fresh module for a subgraph, as torch's
+        #: ``save_graph_module`` swaps them
+        self.module = torch.nn.Module()
+        #: every subgraph built, for the device move (``move_to_device_pass`` walks them all)
+        self.subgraphs: list[torch.fx.Graph] = []
 
     def build(self, gm: Mapping[str, Any], device: torch.device | None) -> torch.fx.GraphModule:
         graph, signature = gm["graph"], gm["signature"]
         if graph.get("custom_obj_values"):
             raise Unsupported("the graph holds custom objects")
         module = torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())
+        self.module = module
         lifted, user_inputs = self._inputs(module, graph["inputs"], signature["input_specs"])
         self._constants_left(module)
         for node in graph["nodes"]:
@@ -244,11 +261,88 @@ class _Builder:
             args = tuple(self._arg(i["arg"]) for i in inputs)
             self._define(result, self._call(target, args, {}, name or result))
             return
+        if isinstance(target, torch._ops.HigherOrderOperator):
+            self._hop(node, target, name)
+            return
         if isinstance(target, torch._ops.OpOverload):
             args, kwargs = self._schema_inputs(target, inputs)
         else:
             args, kwargs = self._plain_inputs(inputs)
         self._results(self._call(target, args, kwargs, name), outputs)
+
+    def _hop(self, node: Mapping[str, Any], target: Any, name: str | None) -> None:
+        """A higher-order op of ``_HOPS`` as torch's ``deserialize_node`` builds it: inputs
+        as ``deserialize_hoo_inputs`` reads them (subgraphs built and registered on the way),
+        and the results as ``deserialize_outputs`` maps them, where a single result not
+        marked as a bare tensor is item 0 of a tuple."""
+        outputs = node["outputs"]
+        if name is None:  # torch's fallback naming depends on its version: its path instead
+            raise Unsupported(f"{node['target']} node without a name")
+        args, kwargs = self._plain_inputs(node["inputs"], self._hop_arg)
+        fx_node = self._call(target, args, kwargs, name)
+        single = node.get("is_hop_single_tensor_return")
+        if single is not None and type(single) is not bool:
+            raise Unsupported(f"{node['target']}: is_hop_single_tensor_return {single!r}")
+        if len(outputs) == 1 and not single and _union(outputs[0])[0] != "as_none":
+            kind, value = _union(outputs[0])
+            if kind == "as_tensor":
+                result = _str(value["name"])
+            elif kind in _SYM_KINDS:
+                result = _named(value)
+            else:
+                raise Unsupported(f"{node['target']} with one result of kind {kind}")
+            self._getitem(fx_node, 0, result)
+            self.values[fx_node.name] = fx_node  # torch maps the op's own name to it too
+            return
+        self._results(fx_node, outputs)
+
+    def _hop_arg(self, arg: Any) -> Any:
+        kind, value = _union(arg)
+        return self._subgraph(value) if kind == "as_graph" else self._arg(arg)
+
+    def _subgraph(self, value: Any) -> torch.fx.Node:
+        """An ``as_graph`` argument, as torch's ``deserialize_input`` builds it: the subgraph
+        in a fresh builder (its own names, its own module for nested subgraphs), a
+        GraphModule of it registered on this builder's module, read by a get_attr node."""
+        if not isinstance(value, dict):
+            raise Unsupported("an as_graph argument that is not an object")
+        name = _str(value["name"])
+        if not name.isidentifier() or hasattr(self.module, name):
+            raise Unsupported(f"subgraph name {name!r} is not a free attribute name")
+        sub = _Builder(self.state_dict, self.constants)
+        graph = sub._graph_body(value["graph"])
+        try:
+            gm = torch.fx.GraphModule(sub.module, graph)
+        except SyntaxError:  # torch keeps an uncallable module then: its path, not this one
+            raise Unsupported(f"subgraph {name!r} does not compile") from None
+        self.module.register_module(name, gm)
+        self.subgraphs += [graph, *sub.subgraphs]
+        return self.graph.create_node("get_attr", name, name=name)
+
+    def _graph_body(self, graph: Mapping[str, Any]) -> torch.fx.Graph:
+        """A subgraph: ``deserialize_graph`` (placeholders named as serialized, the nodes, one
+        output: the value itself for a single tensor return, else a tuple)."""
+        if graph.get("custom_obj_values"):
+            raise Unsupported("a subgraph holds custom objects")
+        for inp in graph["inputs"]:
+            kind, value = _union(inp)
+            if kind == "as_tensor":
+                name = _str(value["name"])
+            elif kind == "as_sym_int":
+                name = _named(value)
+            else:  # torch names a constant input of a subgraph from the top signature
+                raise Unsupported(f"a subgraph input of kind {kind}")
+            node = self.graph.placeholder(name)
+            node.name = name  # as torch: the serialized name, even one FX would avoid
+            self._define(name, node)
+        for node in graph["nodes"]:
+            self._node(node)
+        outputs = [self._graph_output(out) for out in graph["outputs"]]
+        single = graph.get("is_single_tensor_return", False)
+        if type(single) is not bool or (single and len(outputs) != 1):
+            raise Unsupported("a subgraph's is_single_tensor_return does not fit its outputs")
+        self.graph.output(outputs[0] if single else tuple(outputs))
+        return self.graph
 
     def _schema_inputs(self, op: torch._ops.OpOverload, inputs: list) -> tuple[tuple, dict]:
         """torch's ``deserialize_inputs``: each argument positional or keyword as its recorded
@@ -279,19 +373,20 @@ class _Builder:
                 kwargs[name] = actual[name]
         return tuple(args), kwargs
 
-    def _plain_inputs(self, inputs: list) -> tuple[tuple, dict]:
+    def _plain_inputs(self, inputs: list, read: Any = None) -> tuple[tuple, dict]:
         """torch's ``deserialize_hoo_inputs`` (a callable without a schema): positional when
         unnamed, else by keyword. torch 2.13 takes a named input recorded as positional
         positionally, 2.11 by keyword; torch's serializer writes none, and none is taken."""
+        read = read or self._arg
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         for i in inputs:
             if i.get("kind") == _POSITIONAL and i["name"] != "":
                 raise Unsupported(f"a positional input named {i['name']!r} of a plain callable")
             if i["name"] == "":
-                args.append(self._arg(i["arg"]))
+                args.append(read(i["arg"]))
             else:
-                kwargs[_str(i["name"])] = self._arg(i["arg"])
+                kwargs[_str(i["name"])] = read(i["arg"])
         return tuple(args), kwargs
 
     def _arg(self, arg: Any) -> Any:
@@ -332,7 +427,7 @@ class _Builder:
             "as_sym_bools": lambda v: self._sym("as_sym_bool", v),
             "as_optional_tensors": self._optional_tensor,
         }.get(kind)
-        if items is None:  # as_graph, as_custom_obj, as_operator, ...
+        if items is None:  # as_graph (outside a higher-order op), as_custom_obj, ...
             raise Unsupported(f"an argument of kind {kind}")
         if not isinstance(value, list):
             raise Unsupported(f"{kind} that is not a list")
@@ -473,6 +568,12 @@ class _Builder:
         device argument of ``aten.to.device`` become the load device, as a string like
         torch's. The pass of torch 2.11 and later moves the latter (2.11, 2.13 and 2.14 read
         alike); an older one may not, so there such a graph takes torch's own path."""
+        for sub in self.subgraphs:
+            # torch's pass edits a subgraph's nodes without regenerating its code, so what
+            # the subgraph runs keeps the old device: a device in one takes torch's path
+            for node in sub.nodes:
+                if "device" in node.kwargs or node.target is torch.ops.aten.to.device:
+                    raise Unsupported("a device argument inside a subgraph, off the CPU")
         for node in self.graph.nodes:
             if "device" in node.kwargs:
                 node.kwargs = {**node.kwargs, "device": device}
@@ -614,8 +715,14 @@ def _target(name: Any) -> Any:
         if not callable(fn):
             raise Unsupported(f"{name} does not exist in this torch")
         return fn
+    if name.startswith("torch.ops.higher_order."):
+        hop = name.removeprefix("torch.ops.higher_order.")
+        found = getattr(torch.ops.higher_order, hop, None) if hop in _HOPS else None
+        if not isinstance(found, torch._ops.HigherOrderOperator):
+            raise Unsupported(f"call target {name}")
+        return found
     m = _OP.match(name)
-    if m is None:  # higher-order ops, torch_tensorrt's engine op
+    if m is None:  # torch_tensorrt's engine op, ...
         raise Unsupported(f"call target {name}")
     namespace, op, overload = m.groups()
     try:

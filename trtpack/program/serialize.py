@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -208,10 +209,43 @@ def graph_custom_ops(graph: bytes | Any) -> tuple[str, ...] | None:
     return tuple(found) or None
 
 
+_SKIP = threading.local()
+_SKIP_LOCK = threading.Lock()
+
+
+def _install_canonicalize_skip(serde: Any) -> None:
+    """torch's serializer canonicalizes the program it has just built only to test that the
+    canonical form is well defined and then drops the result ("Test canonical form is well
+    defined"); the deep copy that starts it is most of a big graph's save (about 60% at
+    10,000 nodes). The JSON is the same without it. Skipped only in a thread inside
+    serialize_graph; any other caller of ``canonicalize`` gets torch's own."""
+    with _SKIP_LOCK:
+        original = getattr(serde, "canonicalize", None)
+        if original is None or getattr(original, "_trtpack_skip", False):
+            return
+
+        def canonicalize(ep: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(_SKIP, "active", False):
+                return ep
+            return original(ep, *args, **kwargs)
+
+        canonicalize._trtpack_skip = True  # type: ignore[attr-defined]
+        serde.canonicalize = canonicalize
+
+
 def serialize_graph(ep: ExportedProgram) -> bytes:
     """torch.export's JSON of the program, without weights, constants or example inputs."""
     from torch._export.serde import serialize as serde
 
+    _install_canonicalize_skip(serde)
+    _SKIP.active = True
+    try:
+        return _serialize_graph(serde, ep)
+    finally:
+        _SKIP.active = False
+
+
+def _serialize_graph(serde: Any, ep: ExportedProgram) -> bytes:
     try:
         return serde.serialize(
             ep,

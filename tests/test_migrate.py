@@ -334,7 +334,7 @@ def test_cli_pack_and_migrate(tmp_path):
     migrated = tmp_path / "m.trtpack"
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 0 and "trtpack format 1.3" in r.stdout
+    assert r.returncode == 0 and "trtpack format 1.4" in r.stdout
     r = subprocess.run([*run, "migrate", str(V0 / "torch_export" / "keywords.pt2"), str(migrated)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 1 and "exists; pass --force to replace it" in r.stderr

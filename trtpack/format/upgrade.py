@@ -60,6 +60,13 @@ def _v1_2_to_v1_3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v1_3_to_v1_4(data: dict[str, Any]) -> dict[str, Any]:
+    # 1.4 adds three optional fields: entry_point (absent: "forward"), entry_points (absent:
+    # one entry point) and state (absent: not declared; the loader derives what the program
+    # writes in place from its graph). A 1.3 pack is a pack with one entry point, "forward".
+    return data
+
+
 #: every step, keyed by the version it starts from
 STEPS: dict[Version, Step] = {
     (1, 0): Step(
@@ -70,6 +77,9 @@ STEPS: dict[Version, Step] = {
     ),
     (1, 2): Step(
         (1, 2), (1, 3), _v1_2_to_v1_3, summary="members verified whole (no piece digests)"
+    ),
+    (1, 3): Step(
+        (1, 3), (1, 4), _v1_3_to_v1_4, summary="one entry point, 'forward'; state not declared"
     ),
 }
 

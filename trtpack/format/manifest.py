@@ -535,9 +535,10 @@ class Manifest:
                             "state.tensors", field=f"state/entry_points/{ep_name}/{what}",
                         )  # fmt: skip
             if not set(use.mutates) <= set(use.reads):
+                missing = sorted(set(use.mutates) - set(use.reads))
                 raise ManifestError(
-                    f"state: entry point {ep_name!r} writes {sorted(set(use.mutates) - set(use.reads))}"
-                    " but does not list them in reads",
+                    f"state: entry point {ep_name!r} writes {missing} but does not list them "
+                    "in reads",
                     field=f"state/entry_points/{ep_name}/reads",
                 )  # fmt: skip
             inputs = {i.name for i in self.entry(ep_name).inputs if i.is_tensor}

@@ -26,6 +26,7 @@ from .format.container import (
 )
 from .format.manifest import (
     FORMAT_VERSION,
+    EntryPoint,
     Interface,
     Manifest,
     Member,
@@ -33,6 +34,7 @@ from .format.manifest import (
     Producer,
     ProgramRef,
     Samples,
+    State,
     Variant,
 )
 from .info import PackInfo, inspect
@@ -54,6 +56,10 @@ class PackParts:
     kind: str = "trtpack pack"
     notes: list[str] = field(default_factory=list)
     samples: Samples | None = None
+    #: format 1.4: the default entry point's name, the other entry points, the shared state
+    entry_point: str | None = None
+    entry_points: dict[str, EntryPoint] | None = None
+    state: State | None = None
 
     def with_variants(
         self, variants: Sequence[Variant], members: Mapping[str, Source], *, where: str
@@ -89,6 +95,9 @@ class PackParts:
             engines=self.engines,
             metadata=dict(self.metadata),
             samples=self.samples,
+            entry_point=self.entry_point,
+            entry_points=self.entry_points,
+            state=self.state,
         )
 
 

@@ -285,22 +285,26 @@ def render(info: PackInfo) -> str:
     ]
     if m.metadata:
         lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
-    lines.append(render_interface(m.interface).rstrip("\n"))
-    if m.program is not None:
-        lines.append(
-            f"program  ExportedProgram (torch.export schema "
-            f"{m.program.serde_schema[0]}.{m.program.serde_schema[1]})"
-        )
-    else:
-        lines.append("program  (none: engines only)")
-    lines.append("engines")
-    lines += _engine_lines(m) or ["  (none)"]
-    if m.samples is not None:
-        tol = m.samples.tolerance
-        each = [f"program atol {tol.atol:g} rtol {tol.rtol:g}"]
-        each += [f"{n} atol {t.atol:g} rtol {t.rtol:g}" for n, t in m.samples.variants.items()]
-        lines.append(f"samples  {m.samples.count} reference call(s), `trtpack check`: "
-                     + "; ".join(each))  # fmt: skip
+    if not m.entry_points:
+        lines += _program_lines(m)
+    else:  # format 1.4: each entry point as a pack of one program, then the shared state
+        for name in m.entry_point_names:
+            default = " (default: the top level)" if name == m.default_entry_point else ""
+            lines.append(f"== entry point {name}{default}")
+            lines += _program_lines(m.entry(name))
+    if m.state is not None:
+        lines.append("state    (written in place; one tensor for every entry point naming it)")
+        rows = []
+        for t, spec in sorted(m.state.tensors.items()):
+            uses = m.state.entry_points
+            reads = ",".join(n for n, u in sorted(uses.items()) if t in u.reads) or "-"
+            writes = ",".join(n for n, u in sorted(uses.items()) if t in u.mutates) or "-"
+            rows.append((t, f"{spec.dtype}{list(spec.shape)}", f"read by {reads}",
+                         f"written by {writes}"))  # fmt: skip
+        lines += _table(rows)
+        for n, u in sorted(m.state.entry_points.items()):
+            if u.mutated_inputs:
+                lines.append(f"  {n} writes its inputs {', '.join(u.mutated_inputs)} in place")
     lines.append("members")
     lines += _table(
         [
@@ -321,3 +325,24 @@ def render(info: PackInfo) -> str:
     ]
     lines.append("producer " + " · ".join(made))
     return "\n".join(lines) + "\n"
+
+
+def _program_lines(m: Manifest) -> list[str]:
+    """One program's part of ``inspect``: interface, program, engines, samples."""
+    lines = [render_interface(m.interface).rstrip("\n")]
+    if m.program is not None:
+        lines.append(
+            f"program  ExportedProgram (torch.export schema "
+            f"{m.program.serde_schema[0]}.{m.program.serde_schema[1]})"
+        )
+    else:
+        lines.append("program  (none: engines only)")
+    lines.append("engines")
+    lines += _engine_lines(m) or ["  (none)"]
+    if m.samples is not None:
+        tol = m.samples.tolerance
+        each = [f"program atol {tol.atol:g} rtol {tol.rtol:g}"]
+        each += [f"{n} atol {t.atol:g} rtol {t.rtol:g}" for n, t in m.samples.variants.items()]
+        lines.append(f"samples  {m.samples.count} reference call(s), `trtpack check`: "
+                     + "; ".join(each))  # fmt: skip
+    return lines

@@ -26,7 +26,7 @@ from .program import derive_interface, dim_aliases, program_members
 
 
 def save(
-    obj: ExportedProgram | torch.nn.Module,
+    obj: ExportedProgram | torch.nn.Module | Mapping[str, ExportedProgram],
     path: PathLike,
     *,
     metadata: Mapping[str, str] | None = None,
@@ -53,7 +53,16 @@ def save(
     of ``(args, kwargs)`` calls) with the program's outputs for them, checked later by
     ``trtpack check`` / ``load(check=True)``; ``tolerances`` maps ``"program"`` or a variant
     name to ``(atol, rtol)`` (defaults: 1e-5 for the program; by the engines' precisions).
+
+    ``obj`` may be a dict ``{name: ExportedProgram}`` (format 1.4, docs/multi-entry.md): one
+    pack of several entry points over one copy of the weights, the first the default; the
+    tensors they write in place (a KV cache) are declared and shared after load.
     """
+    if isinstance(obj, Mapping):
+        return _save_entry_points(obj, path, metadata=metadata, ranges=ranges,
+                                  overwrite=overwrite, variant=variant, source=source,
+                                  output_names=output_names, samples=samples,
+                                  tolerances=tolerances)  # fmt: skip
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise ArgumentTypeError(
             "obj", "a torch.export.ExportedProgram or a compiled module (trtpack.compile, "
@@ -86,6 +95,23 @@ def save(
         parts = _with_samples(parts, program, samples, tolerances or {})
     elif tolerances is not None:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
+    return write(parts, path, overwrite=overwrite)
+
+
+def _save_entry_points(
+    programs: Mapping[str, ExportedProgram], path: PathLike, *, metadata: Any, ranges: Any,
+    overwrite: bool, **not_yet: Any,
+) -> PackInfo:  # fmt: skip
+    from .entry_points import check_programs, parts_of_programs
+
+    given = sorted(k for k, v in not_yet.items() if v is not None)
+    if given:
+        raise TrtpackError(
+            f"{', '.join(given)}= do not apply to a multi-entry save yet (entry points are "
+            "saved as programs, with derived output names and no samples)"
+        )
+    parts, _ = parts_of_programs(check_programs(programs), ranges=ranges)
+    parts.metadata = dict(metadata or {})
     return write(parts, path, overwrite=overwrite)
 
 

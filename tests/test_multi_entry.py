@@ -1,0 +1,168 @@
+"""Multi-entry-point, stateful packs (format 1.4, issue 24): a real transformers Llama with a
+static cache as prefill + decode in one pack, weights once, state shared, reset, a fresh
+process; older packs as one entry point; declarations checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import trtpack
+from trtpack.errors import ManifestError, TrtpackError
+from trtpack.format.weights import parse_safetensors
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).parent))
+import llm
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+PROMPT, STEPS = [5, 17, 42, 7, 99], 6
+
+
+@pytest.fixture(scope="module")
+def llama_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], list]:
+    make = llm.llama()
+    programs = llm.export_entry_points(make())
+    path = tmp_path_factory.mktemp("llm") / "llm.trtpack"
+    trtpack.save(programs, path)
+    eager = make()  # a fresh cache over the same weights
+    tokens, logits = llm.generate(eager, eager, PROMPT, STEPS)
+    return path, tokens, logits
+
+
+def test_llama_generation_in_a_fresh_process_equals_eager(llama_pack, tmp_path):
+    path, tokens, logits = llama_pack
+    out = tmp_path / "out.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import llm, trtpack
+        pack = trtpack.load({str(path)!r})
+        assert pack.entry_points == ("decode", "prefill"), pack.entry_points
+        runs = [llm.generate(pack["prefill"], pack["decode"], {PROMPT!r}, {STEPS})]
+        pack.reset_state()
+        runs.append(llm.generate(pack["prefill"], pack["decode"], {PROMPT!r}, {STEPS}))
+        torch.save(runs, {str(out)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for got_tokens, got_logits in torch.load(out):
+        assert got_tokens == tokens
+        for g, w in zip(got_logits, logits, strict=True):
+            assert torch.allclose(g, w, atol=1e-4, rtol=0), (g - w).abs().max()
+
+
+def test_without_reset_decode_sees_the_previous_state(llama_pack):
+    path, tokens, _ = llama_pack
+    pack = trtpack.load(path)
+    assert llm.generate(pack["prefill"], pack["decode"], PROMPT, STEPS)[0] == tokens
+    # decode alone at position len(PROMPT) now reads prefill's cache, not zeros: a pack whose
+    # entry points did not share state would give the same logits after reset as before
+    with torch.no_grad():
+        pos, tok = torch.tensor([len(PROMPT)]), torch.tensor([[tokens[0]]])
+        seen = pack["decode"](input_ids=tok, cache_position=pos)
+        pack.reset_state()
+        fresh = pack["decode"](input_ids=tok, cache_position=pos)
+    assert not torch.allclose(seen, fresh)
+    state = pack.manifest.state
+    assert state is not None and set(state.entry_points) == {"prefill", "decode"}
+    assert state.entry_points["decode"].mutates == state.entry_points["prefill"].mutates
+    mutated = state.entry_points["decode"].mutates
+    assert len(mutated) == 4 and pack["decode"].mutates == set(mutated)
+    for name in mutated:
+        prefill_t = pack["prefill"]._program.tensors[name]
+        assert prefill_t is pack["decode"]._program.tensors[name]
+
+
+def test_weights_are_stored_once(llama_pack):
+    path, _, _ = llama_pack
+    with zipfile.ZipFile(path) as z:
+        sizes = {i.filename: i.file_size for i in z.infolist()}
+        stored, metadata = parse_safetensors(z.read("entry_points/decode/weights.safetensors"), "w")
+    layout = json.loads(metadata["trtpack.tensors"])
+    assert stored == {} and len(layout) > 20  # every tensor referenced, none stored again
+    assert sizes["entry_points/decode/weights.safetensors"] < 8192
+    assert sizes["program/weights.safetensors"] > 100_000
+    assert all(e.get("from") == "program/weights.safetensors" for e in layout.values())
+
+
+def test_a_false_state_declaration_is_refused(llama_pack, tmp_path):
+    path, _, _ = llama_pack
+    with zipfile.ZipFile(path) as z:
+        manifest = json.loads(z.read("manifest.json"))
+    manifest["state"]["entry_points"]["decode"]["mutates"].pop()
+    from trtpack.format.manifest import Manifest
+
+    m = Manifest.from_dict(manifest)  # consistent on its own; the program says otherwise
+    bad = tmp_path / "bad.trtpack"
+    from trtpack.format.container import write_pack
+
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist() if n != "manifest.json"}
+    write_pack(bad, members, lambda d: m.to_json())  # same members, same digests
+    with pytest.raises(ManifestError, match="declares that it writes"):
+        trtpack.load(bad)
+
+
+def test_entry_point_rules():
+    make = llm.llama()
+    programs = llm.export_entry_points(make())
+    other = llm.export_entry_points(make())  # another module: another cache of the same names
+    with pytest.raises(TrtpackError, match="each have their own tensor"):
+        trtpack.save({"prefill": programs["prefill"], "decode": other["decode"]}, "/dev/null")
+    with pytest.raises(TrtpackError, match="identifier"):
+        trtpack.save({"pre fill": programs["prefill"]}, "/dev/null")
+    with pytest.raises(TrtpackError, match="samples"):
+        trtpack.save(programs, "/dev/null", samples=2)
+
+
+@pytest.mark.parametrize("version", ["v1.0", "v1.3", "v1.4"])
+def test_single_program_packs_are_entry_point_forward(version):
+    with pytest.warns() if version != "v1.4" else _nothing():
+        pack = trtpack.load(FIXTURES / version / "keywords.trtpack")
+    assert pack.entry_points == ("forward",) and pack["forward"] is pack
+    with pytest.raises(ManifestError, match="no entry point 'decode'"):
+        pack["decode"]
+    pack.reset_state()  # nothing to reset: no error
+
+
+def test_fixture_of_format_1_4_multi_entry():
+    pack = trtpack.load(FIXTURES / "v1.4" / "llama_prefill_decode.trtpack")
+    assert pack.entry_points == ("decode", "prefill")
+    assert pack.manifest.format_version == (1, 4)
+    make = llm.llama()
+    eager = make()
+    tokens, logits = llm.generate(eager, eager, PROMPT, 3)
+    got_tokens, got_logits = llm.generate(pack["prefill"], pack["decode"], PROMPT, 3)
+    assert got_tokens == tokens
+    assert all(torch.allclose(g, w, atol=1e-4, rtol=0) for g, w in zip(got_logits, logits))
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_inspect_shows_entry_points_and_state():
+    r = subprocess.run(
+        [sys.executable, "-m", "trtpack", "inspect",
+         str(FIXTURES / "v1.4" / "llama_prefill_decode.trtpack")],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "== entry point decode\n" in r.stdout
+    assert "== entry point prefill (default: the top level)" in r.stdout
+    assert "lifted_tensor_0  float32[1, 2, 32, 8]  read by decode,prefill  written by " \
+        "decode,prefill" in r.stdout  # fmt: skip

@@ -11,6 +11,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,91 @@ def test_inspect_shows_entry_points_and_state():
     assert "== entry point prefill (default: the top level)" in r.stdout
     assert "lifted_tensor_0  float32[1, 2, 32, 8]  read by decode,prefill  written by " \
         "decode,prefill" in r.stdout  # fmt: skip
+
+
+def test_a_pt2_archive_of_two_programs_migrates_to_one_multi_entry_pack(tmp_path):
+    from torch.export.pt2_archive._package import package_pt2
+
+    make = llm.llama()
+    pt2 = tmp_path / "llm.pt2"
+    package_pt2(str(pt2), exported_programs=llm.export_entry_points(make()))
+    eager = make()
+    tokens, logits = llm.generate(eager, eager, PROMPT, 4)
+    out = tmp_path / "llm.trtpack"
+    r = subprocess.run([sys.executable, "-m", "trtpack", "migrate", str(pt2), str(out)],
+                       capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with pytest.warns(UserWarning, match="migrated in memory"):
+        in_memory = trtpack.load(pt2)
+    for pack in (trtpack.load(out), in_memory):
+        assert pack.entry_points == ("decode", "prefill")
+        for _ in range(2):  # again after reset_state
+            got_tokens, got_logits = llm.generate(pack["prefill"], pack["decode"], PROMPT, 4)
+            assert got_tokens == tokens
+            assert all(torch.allclose(g, w, atol=1e-4, rtol=0) for g, w in zip(got_logits, logits))
+            pack.reset_state()
+    with zipfile.ZipFile(out) as z:
+        stored, _ = parse_safetensors(z.read("entry_points/prefill/weights.safetensors"), "w")
+    assert stored == {}  # every tensor of prefill is decode's (the default: first by name)
+
+
+def test_mlflow_predict_takes_the_entry_point_as_a_param(llama_pack, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    import trtpack.mlflow
+
+    path, tokens, _ = llama_pack
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.create_experiment("me", artifact_location=(tmp_path / "a").as_uri())
+        mlflow.set_experiment("me")
+        info = trtpack.mlflow.log_model(path, name="llm")
+        assert info.metadata["trtpack"]["entry_points"] == ["decode", "prefill"]
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        n = len(PROMPT)
+        prefill = {"input_ids": np.array([PROMPT]), "cache_position": np.arange(n)}
+        logits = model.predict(prefill, params={"entry_point": "prefill"})
+        assert int(logits[0, -1].argmax()) == tokens[0]
+        decode = {"input_ids": np.array([[tokens[0]]]), "cache_position": np.array([n])}
+        logits = model.predict(decode, params={"entry_point": "decode"})  # sees prefill's cache
+        assert int(logits[0, -1].argmax()) == tokens[1]
+        with pytest.raises(mlflow.exceptions.MlflowException, match="no entry point 'nope'"):
+            model.predict(decode, params={"entry_point": "nope"})
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_triton_one_model_per_stateless_entry_point_and_shared_state_refused(
+    llama_pack, exported, tmp_path
+):
+    pytest.importorskip("tritonclient")
+    from trtpack.errors import RegistryError
+    from trtpack.integrations.triton import export_triton
+
+    path, _, _ = llama_pack
+    with pytest.raises(RegistryError, match="shares state that is written in place with decode"):
+        export_triton(path, tmp_path / "repo", entry_point="prefill")
+    with pytest.raises(RegistryError, match="no entry point 'nope'"):
+        export_triton(path, tmp_path / "repo", entry_point="nope")
+    r = subprocess.run(
+        [sys.executable, "-m", "trtpack", "export-triton", str(path), str(tmp_path / "r2"),
+         "--entry-point", "decode"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode != 0 and "shares state that is written in place" in r.stderr
+    (_, _, ep_a), (case_b, model_b, ep_b) = exported("keywords"), exported("guarded")
+    two = tmp_path / "two.trtpack"
+    trtpack.save({"keywords": ep_a, "guarded": ep_b}, two)
+    for entry, ep in (("keywords", ep_a), ("guarded", ep_b)):
+        m = export_triton(two, tmp_path / "repo", entry_point=entry)
+        config = (tmp_path / "repo" / f"two_{entry}" / "config.pbtxt").read_text()
+        assert f'string_value: "{entry}"' in config
+        inputs = [n for n in ep.graph_signature.user_inputs if isinstance(n, str)]
+        assert all(f'name: "{i}"' in config for i in inputs), (entry, m)
+    pack = trtpack.load(two)
+    assert pack.entry_points == ("guarded", "keywords") and pack.manifest.state is None
+    torch.testing.assert_close(pack["guarded"](*case_b.args, **case_b.kwargs),
+                               model_b(*case_b.args, **case_b.kwargs))  # fmt: skip

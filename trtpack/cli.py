@@ -267,6 +267,7 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
         instance_kind=args.instance_kind, site_dirs=args.site_dirs or (), overwrite=args.force,
+        entry_point=args.entry_point,
     )  # fmt: skip
     data = {"path": str(model.path), "backend": model.backend, "plans": model.plans,
             "config": model.config}  # fmt: skip
@@ -465,6 +466,10 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack")
     p.add_argument("repository", help="the model repository folder")
     p.add_argument("--name", help="the model's name (default: the pack's file name)")
+    p.add_argument("--entry-point", metavar="NAME",
+                   help="a multi-entry pack: the entry point this model serves, one model per "
+                   "entry point (default: the pack's default); one that shares state with "
+                   "another is refused")  # fmt: skip
     p.add_argument(
         "--backend",
         choices=("tensorrt", "python"),

@@ -294,7 +294,7 @@ def render(info: PackInfo) -> str:
             lines += _program_lines(m.entry(name))
     if m.state is not None:
         lines.append("state    (written in place; one tensor for every entry point naming it)")
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for t, spec in sorted(m.state.tensors.items()):
             uses = m.state.entry_points
             reads = ",".join(n for n, u in sorted(uses.items()) if t in u.reads) or "-"

@@ -255,3 +255,67 @@ def test_triton_one_model_per_stateless_entry_point_and_shared_state_refused(
     assert pack.entry_points == ("guarded", "keywords") and pack.manifest.state is None
     torch.testing.assert_close(pack["guarded"](*case_b.args, **case_b.kwargs),
                                model_b(*case_b.args, **case_b.kwargs))  # fmt: skip
+
+
+def _fixture_manifest() -> dict:
+    with zipfile.ZipFile(FIXTURES / "v1.4" / "llama_prefill_decode.trtpack") as z:
+        return json.loads(z.read("manifest.json"))
+
+
+def test_manifest_rules_of_entry_points_and_state():
+    from trtpack.errors import UnsafePackError
+    from trtpack.format.limits import parse_manifest_json
+    from trtpack.format.manifest import Manifest
+
+    m = Manifest.from_dict(_fixture_manifest())
+    assert m.entry_point_names == ("decode", "prefill") and m.default_entry_point == "prefill"
+    assert m.entry("decode").program.graph == "entry_points/decode/graph.json"
+    for edit, match in (
+        (lambda d: d["state"]["entry_points"].__setitem__("nope", d["state"]["entry_points"]
+                                                           ["decode"]), "does not have"),
+        (lambda d: d["state"]["entry_points"]["decode"]["mutates"].append("x"), "not in state"),
+        (lambda d: d["state"]["entry_points"]["decode"]["mutated_inputs"].append("y"),
+         "not one of its tensor inputs"),
+        (lambda d: d["entry_points"].__setitem__("prefill", d["entry_points"]["decode"]),
+         "is the default"),
+        (lambda d: d["entry_points"]["decode"]["program"].__setitem__("weights", "gone"),
+         "not listed in members"),
+        (lambda d: d["state"]["tensors"].__setitem__("z", {"dtype": "float32", "shape": [1]}),
+         "which no entry point writes"),
+    ):  # fmt: skip
+        data = _fixture_manifest()
+        edit(data)
+        with pytest.raises(ManifestError, match=match):
+            Manifest.from_dict(data)
+    data = _fixture_manifest()
+    data["entry_points"] = {f"e{i}": data["entry_points"]["decode"] for i in range(257)}
+    with pytest.raises(UnsafePackError, match="number of entry_points"):
+        parse_manifest_json(json.dumps(data), "m")
+
+
+def test_a_reference_to_a_member_that_is_not_the_default_weights_is_refused(tmp_path):
+    from trtpack.errors import IntegrityError
+    from trtpack.format.container import write_pack
+    from trtpack.format.manifest import Manifest
+
+    src = FIXTURES / "v1.4" / "llama_prefill_decode.trtpack"
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist() if n != "manifest.json"}
+    # decode's weights name themselves as where its tensors are: no loaded member holds them
+    raw = members["entry_points/decode/weights.safetensors"]
+    members["entry_points/decode/weights.safetensors"] = raw.replace(
+        b"program/weights.safetensors", b"program/weights.safetensorz"
+    )
+    assert members["entry_points/decode/weights.safetensors"] != raw
+    data = _fixture_manifest()
+    m = Manifest.from_dict(data)
+    bad = tmp_path / "bad.trtpack"
+
+    def manifest(digests):
+        from trtpack.assemble import _member
+
+        return m.replace(members={n: _member(d) for n, d in sorted(digests.items())}).to_json()
+
+    write_pack(bad, members, manifest)
+    with pytest.raises(IntegrityError, match="is not a loaded program's weights member"):
+        trtpack.load(bad)

@@ -258,7 +258,7 @@ def run_op(op: str, path: Path, scratch: Path) -> None:
     elif op == "load_noverify":
         trtpack.load(path, device="cpu", verify=False)
     elif op == "cli_inspect":
-        from trtpack.cli import main
+        from trtpack.cli.commands import main
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             main(["inspect", str(path)])

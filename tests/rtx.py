@@ -31,21 +31,25 @@ def trt():
 RUNS_ON = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
 
+#: where the live engine tests run: named in every reason they skip with (docs/testing.md)
+LIVE = "live engine test: runs with tools/live_tests.sh on a GPU TensorRT-RTX supports"
+
+
 def gpu_problem(*, torch_tensorrt: bool = False) -> str | None:
     """Why live TensorRT-RTX engines cannot run here (None: they can): the reason a live test
     (marked ``engine``) skips with. ``torch_tensorrt``: the test also needs it importable."""
     import torch
 
     if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
+        return f"no CUDA GPU on this machine ({LIVE})"
     cc = "{}.{}".format(*torch.cuda.get_device_capability())
     if cc not in RUNS_ON:
-        return f"TensorRT-RTX does not run engines on compute capability {cc}"
+        return f"TensorRT-RTX does not run engines on compute capability {cc} ({LIVE})"
     if torch_tensorrt:
         try:
             import torch_tensorrt as _  # noqa: F401  (runs the engines)
         except Exception as e:
-            return f"torch_tensorrt cannot be imported here: {type(e).__name__}: {e}"
+            return f"torch_tensorrt cannot be imported here: {type(e).__name__}: {e} ({LIVE})"
     return None
 
 

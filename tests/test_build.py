@@ -15,10 +15,10 @@ import rtx
 import torch
 
 import trtpack
-from trtpack.building import parse_range, parse_targets
-from trtpack.cli import main
+from trtpack.cli.commands import main
 from trtpack.engines.plan import parse_plan
 from trtpack.format.container import PackReader
+from trtpack.writing.build import parse_range, parse_targets
 
 pytest.importorskip("tensorrt_rtx")
 pytest.importorskip("onnxscript")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import trtpack
-from trtpack.cli import main
+from trtpack.cli.commands import main
 
 BIN = Path(sys.executable).parent
 

@@ -97,10 +97,21 @@ def test_derived_dims_consistent(packs):
     refused(p, t(1, 3), t(2, 3), t(2), match=r"outside the allowed range of x_dim0: \[2, 32\]")
 
 
-def test_derived_dim_reports_expression_when_it_binds_first(packs):
-    # y binds n first here only if x is consistent; make x agree and z out of range via n
+def test_derived_dim_reports_expression_when_it_binds_first(packs, tmp_path):
+    # in "derived" the plain dim binds first, so its range is what is reported
     p = packs["derived"]
     refused(p, t(33, 3), t(66, 3), t(34), match=r"x \(args\[0\]\) dim 0 is 33, outside")
+
+    # a derived dim first in the call binds the symbol: the message gives its expression
+    class YFirst(torch.nn.Module):
+        def forward(self, y, x):
+            return y[: x.shape[0]] + x.repeat(1, 1)
+
+    n = torch.export.Dim("n", min=2, max=32)
+    ep = torch.export.export(YFirst(), (t(8, 3), t(4, 3)), dynamic_shapes=({0: 2 * n}, {0: n}))
+    pack = trtpack.load(trtpack.save(ep, tmp_path / "y_first.trtpack").path)
+    refused(pack, t(66, 3), t(33, 3),
+            match=r"^input y \(args\[0\]\) dim 0 is 66 = 2\*(\w+) with \1 = 33, outside \1's range \[2, 32\]$")  # fmt: skip
 
 
 def test_call_structure(packs):
@@ -190,7 +201,24 @@ def test_wrong_device_is_named(packs):
     )
 
 
-def test_check_inputs_does_not_run(packs):
+def test_check_inputs_does_not_run(packs, tmp_path):
+    class Counts(torch.nn.Module):  # each run adds 1 to a buffer: a run is visible
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("runs", torch.zeros(()))
+
+        def forward(self, x):
+            self.runs.add_(1)
+            return x * 2
+
+    ep = torch.export.export(Counts(), (t(4, 3),))
+    counts = trtpack.load(trtpack.save(ep, tmp_path / "counts.trtpack").path)
+    runs = dict(counts.module.named_buffers())["runs"]
+    counts.check_inputs(t(4, 3))
+    assert runs.item() == 0
+    counts(t(4, 3))
+    assert runs.item() == 1  # the buffer does see a run
+
     p = packs["dtypes"]
     p.check_inputs(
         t(4, 3, dtype=torch.float16),

@@ -9,6 +9,7 @@ from corpus import cases
 import trtpack
 
 CASES = cases()
+_TORCH = ".".join(torch.__version__.split(".")[:2])
 # Cases that fail under trtpack save/load today, with the reason (none at present; a case
 # listed here that starts passing fails the run, so the list stays true).
 XFAIL: dict[str, str] = {}
@@ -19,6 +20,58 @@ FALLBACK = {
     "exportdb/cond_closed_over_variable": "torch.ops.higher_order.cond",
     "exportdb/cond_operands": "torch.ops.higher_order.cond",
     "exportdb/dynamic_shape_map": "torch.ops.higher_order.map_impl",
+}
+# ExportDB examples torch.export (2.13, CI's torch) refuses: the test skips them, naming them
+# (tests/conftest.py EXPECTED_SKIPS accepts that reason in CI); any other case that fails to
+# export fails the run, and a listed case that exports fails it too, so the lists stay true.
+EXPORT_REFUSED = {"exportdb/dynamic_shape_round": "UserError"}
+#: the same, with every dim dynamic (test_every_guard_kept_with_all_dims_dynamic)
+# (fn_with_kwargs: the dict of dims built here cannot name the entries of its **kwargs)
+EXPORT_REFUSED_ALL_DYNAMIC = {"exportdb/fn_with_kwargs": "UserError"}
+#: exported with every dim dynamic, but torch.export.save (the anchor) refuses it as trtpack does
+SAVE_REFUSED_ALL_DYNAMIC = {"exportdb/dynamic_shape_round": "SerializeError"}  # builtins.round
+# test_every_guard_kept_with_all_dims_dynamic, per case and torch (major.minor): the perturbed
+# calls (refused by ep.module() and by the pack, run by both with bit-identical results,
+# refused by the pack only because a dim is 0 or 1 where export specialized >= 2, failing in
+# the model itself). Exact: a change in any count, as a torch upgrade may bring, fails the
+# case until the table is updated (the failure prints the new counts).
+GUARD_COUNTS: dict[str, dict[str, tuple[int, int, int, int]]] = {
+    "2.13": {
+        "exportdb/assume_constant_result": (0, 5, 1, 0),
+        "exportdb/autograd_function": (0, 5, 1, 0),
+        "exportdb/class_method": (3, 3, 0, 0),
+        "exportdb/cond_branch_class_method": (0, 3, 0, 0),
+        "exportdb/cond_branch_nested_function": (0, 3, 0, 0),
+        "exportdb/cond_branch_nonlocal_variables": (0, 3, 0, 0),
+        "exportdb/cond_closed_over_variable": (0, 5, 1, 0),
+        "exportdb/cond_operands": (6, 3, 0, 0),
+        "exportdb/cond_predicate": (0, 9, 0, 0),
+        "exportdb/constrain_as_size_example": (0, 0, 0, 0),
+        "exportdb/constrain_as_value_example": (0, 6, 0, 0),
+        "exportdb/decorator": (12, 0, 0, 0),
+        "exportdb/dictionary": (0, 5, 1, 0),
+        "exportdb/dynamic_shape_assert": (1, 4, 1, 0),
+        "exportdb/dynamic_shape_constructor": (0, 5, 1, 0),
+        "exportdb/dynamic_shape_if_guard": (3, 4, 2, 0),
+        "exportdb/dynamic_shape_map": (6, 3, 0, 0),
+        "exportdb/dynamic_shape_slicing": (4, 2, 0, 0),
+        "exportdb/dynamic_shape_view": (3, 3, 0, 0),
+        "exportdb/list_contains": (5, 1, 0, 0),
+        "exportdb/list_unpack": (0, 5, 1, 0),
+        "exportdb/model_attr_mutation": (0, 5, 1, 0),
+        "exportdb/nested_function": (6, 3, 0, 0),
+        "exportdb/null_context_manager": (0, 5, 1, 0),
+        "exportdb/optional_input": (6, 0, 0, 0),
+        "exportdb/pytree_flatten": (0, 10, 2, 0),
+        "exportdb/scalar_output": (0, 5, 1, 0),
+        "exportdb/specialized_attribute": (0, 5, 1, 0),
+        "exportdb/static_for_loop": (0, 5, 1, 0),
+        "exportdb/static_if": (0, 7, 2, 0),
+        "exportdb/tensor_setattr": (0, 5, 1, 0),
+        "exportdb/type_reflection_method": (0, 6, 0, 0),
+        "exportdb/unsupported_operator": (0, 5, 1, 0),
+        "exportdb/user_input_mutation": (0, 5, 1, 0),
+    },
 }
 PARAMS = [
     pytest.param(
@@ -33,10 +86,7 @@ PARAMS = [
 @pytest.mark.parametrize("case", PARAMS)
 def test_roundtrip_equals_eager(case, tmp_path):
     model, args, kwargs, dyn = case.build()
-    try:
-        ep = torch.export.export(model, args, kwargs, dynamic_shapes=dyn, strict=False)
-    except Exception as e:  # ExportDB lists cases torch.export itself does not support
-        pytest.skip(f"torch.export fails: {type(e).__name__}")
+    ep = _export(case.name, EXPORT_REFUSED, model, args, kwargs, dyn)
 
     # each call gets fresh copies: some examples mutate their inputs in place
     def fresh():
@@ -54,6 +104,23 @@ def test_roundtrip_equals_eager(case, tmp_path):
         assert FALLBACK[case.name] in pack.fast_path_reason
     else:
         assert pack.fast_path_reason is None, pack.fast_path_reason
+
+
+def _export(name: str, refused: dict[str, str], model, args, kwargs, dyn):
+    """torch.export of the case; a case listed in ``refused`` must fail with the listed
+    exception type (ExportDB holds examples torch.export does not support) and skips."""
+    try:
+        ep = torch.export.export(model, args, kwargs, dynamic_shapes=dyn, strict=False)
+    except Exception as e:
+        if name not in refused:
+            raise
+        assert type(e).__name__ == refused[name], f"{name}: {type(e).__name__}: {e}"
+        pytest.skip(
+            f"ExportDB case {name}: torch.export refuses it (pinned in tests/test_corpus.py): "
+            f"{type(e).__name__}"
+        )
+    assert name not in refused, f"{name} exports now: remove it from the list"
+    return ep
 
 
 def _all_dynamic(args, kwargs):
@@ -112,32 +179,36 @@ def test_every_guard_kept_with_all_dims_dynamic(case, tmp_path):
     dyn_args, dyn_kwargs, _ = _all_dynamic(args, kwargs)
     dyn = dyn_args if not kwargs else {**dict(zip(_arg_names(model, len(args)), dyn_args)),
                                        **dyn_kwargs}  # fmt: skip
-    try:
-        ep = torch.export.export(model, args, kwargs, dynamic_shapes=dyn, strict=False)
-    except Exception as e:
-        pytest.skip(f"torch.export fails with every dim dynamic: {type(e).__name__}")
+    ep = _export(case.name, EXPORT_REFUSED_ALL_DYNAMIC, model, args, kwargs, dyn)
     path = tmp_path / "m.trtpack"
+    name = case.name
     try:
         trtpack.save(ep, path)
-    except trtpack.ProgramError:
-        try:
+    except trtpack.ProgramError as e:
+        if name not in SAVE_REFUSED_ALL_DYNAMIC:
+            raise
+        with pytest.raises(Exception) as anchor:  # torch's own save refuses it too
             torch.export.save(ep, tmp_path / "anchor.pt2")
-        except Exception as e:
-            pytest.skip(f"torch.export.save cannot serialize it either: {type(e).__name__}")
-        raise
+        assert type(anchor.value).__name__ == SAVE_REFUSED_ALL_DYNAMIC[name], anchor.value
+        pytest.skip(
+            f"ExportDB case {name}: torch.export refuses it (pinned in tests/test_corpus.py): "
+            f"torch.export.save raises {type(anchor.value).__name__}, trtpack.save {e!r:.60}"
+        )
+    assert name not in SAVE_REFUSED_ALL_DYNAMIC, f"{name} saves now: remove it from the list"
     pack = trtpack.load(path)
     module = ep.module()  # with torch's own guards: ep has example inputs
-    checked = 0
+    refused = matched = specialized = model_fails = 0
     for what, (a, k) in _perturbed(args, kwargs):
         clone = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, (a, k))
         try:
             want = module(*clone[0], **clone[1])
         except Exception as e:
             if not _guard_refusal(e):
-                continue  # the model itself fails at this size (an index, a view): not a guard
+                model_fails += 1  # the model itself fails at this size (an index, a view)
+                continue
             with pytest.raises(trtpack.InputMismatchError):
                 pack(*a, **k)
-            checked += 1
+            refused += 1
             continue
         clone = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, (a, k))
         try:
@@ -147,10 +218,23 @@ def test_every_guard_kept_with_all_dims_dynamic(case, tmp_path):
             # 2 (export's 0/1 specialization) be 0 or 1 at run time; the pack does not, as
             # the program was traced for >= 2 (README, "What a pack guarantees")
             assert e.value in (0, 1) and "[2," in str(e), f"{what}: {e}"
+            specialized += 1
             continue
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m, w=what: f"{w}: {m}")
-        checked += 1
-    assert checked or not list(_perturbed(args, kwargs))
+        matched += 1
+    counts = (refused, matched, specialized, model_fails)
+    assert _TORCH in GUARD_COUNTS, f"no counts pinned for torch {_TORCH}; {name}: {counts}"
+    assert counts == GUARD_COUNTS[_TORCH][name], f"{name} on torch {_TORCH}: {counts}"
+
+
+def test_guard_count_totals():
+    """The figures the README gives for ExportDB with every dim dynamic (torch 2.13): calls
+    ep.module() refuses that the pack refuses, calls both run with bit-identical results,
+    and calls the pack alone refuses (a dim of 0 or 1 where export specialized >= 2)."""
+    totals = [sum(c[i] for c in GUARD_COUNTS["2.13"].values()) for i in range(4)]
+    assert totals == [55, 143, 21, 0]
+    skipped = set(EXPORT_REFUSED_ALL_DYNAMIC) | set(SAVE_REFUSED_ALL_DYNAMIC)
+    assert set(GUARD_COUNTS["2.13"]) == {c.name for c in CASES} - skipped
 
 
 def _arg_names(model, n):

@@ -7,9 +7,9 @@ import torch
 from torch.export import Dim
 
 import trtpack
-from trtpack.derive import Range
 from trtpack.format.manifest import opt_rule
-from trtpack.program import derive_interface
+from trtpack.program.derive import Range
+from trtpack.program.serialize import derive_interface
 
 
 def shapes(iface):
@@ -232,8 +232,8 @@ def test_a_malformed_user_input_argument_is_a_migration_error(arg):
     as StopIteration (RuntimeError once inside a generator)."""
     import json
 
-    from trtpack.derive import derive_from_graph
-    from trtpack.program import program_graph
+    from trtpack.program.derive import derive_from_graph
+    from trtpack.program.serialize import program_graph
 
     ep = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(2, 3),))
     doc = json.loads(program_graph(ep))

@@ -53,7 +53,7 @@ def test_add_engine_refuses_a_plan_whose_inputs_are_not_the_packs(small_pack, tm
     assert v.described is True
     # the engine's own output name, not an invented one (the pack names its output "output")
     assert [b.name for b in v.engines[0].outputs] == ["output0"]
-    shown = trtpack.info.render(trtpack.inspect(pack))
+    shown = trtpack.reading.render(trtpack.inspect(pack))
     assert "bindings described, not recorded (a bare plan)" in shown
 
 

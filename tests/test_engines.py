@@ -3,7 +3,9 @@ add-engine, inspect, and the fallback to the ExportedProgram."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import struct
 import warnings
 import zipfile
@@ -18,7 +20,7 @@ from trtpack.engines.plan import parse_plan
 from trtpack.engines.select import Environment, choose, why_not
 from trtpack.format.container import PackReader
 from trtpack.format.manifest import Target
-from trtpack.info import render
+from trtpack.reading import render
 
 pytest.importorskip("tensorrt_rtx")
 
@@ -286,7 +288,11 @@ def test_add_engine_cli_and_inspect(program_pack, plans, tmp_path):
         in r.stdout
     )
     assert "one whole-graph engine" in r.stdout and "CUDA >= " in r.stdout
-    assert "engine  151.0 KiB  sha256:" in r.stdout or "engine  " in r.stdout
+    # the engine member's line: its size and the start of its SHA-256, of the bytes added
+    size, digest = len(plans["default"]), hashlib.sha256(plans["default"]).hexdigest()
+    assert 1024 <= size < 1024**2  # shown in KiB
+    line = rf"\n\s+engines/\S+\s+{size / 1024:.1f} KiB\s+sha256:{digest[:16]}"
+    assert re.search(line, r.stdout), r.stdout
     data = json.loads(subprocess.run([*run, "inspect", "--json", str(out)], capture_output=True,
                                      text=True).stdout)  # fmt: skip
     assert data["engines"][0]["target"]["future_gpus"] is True
@@ -414,7 +420,7 @@ def test_engine_profile_narrower_than_the_program(exported):
     profile gets a message naming both (or runs on the program, if asked)."""
     from trtpack.contract import Contract, OutsideEngineProfile
     from trtpack.format.manifest import Binding, EngineSpec, narrowed_ranges
-    from trtpack.program import derive_interface
+    from trtpack.program.serialize import derive_interface
 
     _, _, ep = exported("derived")
     iface = derive_interface(ep)  # x_dim0 in [2, 32]; x [x_dim0, 3], y [2*x_dim0, 3], z [...+1]
@@ -526,7 +532,7 @@ def _standard_plan(tmp_path, names=(b"x", b"out")):
 
 
 def test_a_version_compatible_bare_plan_is_recorded_as_built(tmp_path):
-    from trtpack.cli import main
+    from trtpack.cli.commands import main
 
     plan, out = _standard_plan(tmp_path), tmp_path / "vc.trtpack"
     assert main(["pack", str(plan), "--input-spec", "x:float32[batch=1..8@4,16]",
@@ -585,17 +591,44 @@ def test_host_code_is_gated_before_any_runtime_sees_the_plan(tmp_path):
     assert trusted.runner is None and "tensorrt_lean" in trusted.reason, trusted.reason
 
 
+def test_a_plan_allowed_host_code_is_hashed_even_without_verify(tmp_path):
+    """Issue 20, item 1: host-code trust (a verified signature, or trust_engine_host_code)
+    never rests on unhashed bytes. One byte of the plan flipped in place (manifest
+    untouched): with verify=False the trusted plan is still hashed, and refused as corrupt
+    before the lean runner is reached."""
+    plan = _standard_plan(tmp_path)
+    pack = trtpack.migrate(
+        plan,
+        tmp_path / "vc.trtpack",
+        inputs=["x:float32[1..8@4,16]"],
+        outputs=["out:float32[1]"],
+        version_compatible="lean_embedded",
+    ).path
+    manifest = trtpack.inspect(pack).manifest
+    member = manifest.engines[0].engines[0].member
+    with PackReader(pack) as reader:
+        end = reader.info(member).offset + reader.info(member).size
+    with open(pack, "r+b") as f:
+        f.seek(end - 1)
+        f.write(b"\x01")  # the padding after the header: only a hash notices
+    with PackReader(pack) as reader:
+        trusted = load_engines(reader, manifest, torch.device("cuda", 0), verify=False,
+                               require_engine=False, variant=None, environment=ENV_LEAN,
+                               host_code_allowed=True)  # fmt: skip
+    assert trusted.runner is None and "corrupt" in trusted.reason, trusted.reason
+    assert "tensorrt_lean" not in trusted.reason
+
+
 @pytest.mark.engine
 def test_lean_runtime_runs_a_version_compatible_engine(tmp_path):
     """Live: the full TensorRT builder makes a version-compatible plan (lean runtime embedded)
     of y = x @ W; trtpack packs it, loads it on the lean runtime from a trusted pack, and the
     result matches torch. Needs a CUDA GPU, tensorrt (the builder) and tensorrt_lean."""
+    live = "TRTPACK_LIVE_TENSORRT=1 tools/live_tests.sh on a GPU machine"
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine")
-    trt = pytest.importorskip(
-        "tensorrt", reason="the full TensorRT builder is not installable here"
-    )
-    pytest.importorskip("tensorrt_lean")
+        pytest.skip(f"no CUDA GPU on this machine (live engine test: runs with {live})")
+    trt = pytest.importorskip("tensorrt", reason=f"no TensorRT builder here: runs with {live}")
+    pytest.importorskip("tensorrt_lean", reason=f"no TensorRT lean runtime: runs with {live}")
     import numpy as np
 
     w = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)

@@ -1,5 +1,5 @@
 """A pack or legacy file whose graph would run code when torch rebuilds it is refused before
-torch sees it (trtpack/graph_check.py). Each attack is real: the payload would create a
+torch sees it (trtpack/program/graph_check.py). Each attack is real: the payload would create a
 marker file, and the tests check that it never appears."""
 
 from __future__ import annotations
@@ -16,14 +16,31 @@ from test_container import raw_members, rewrite
 from test_migrate import edited_zip
 
 import trtpack
-from trtpack.cli import main as cli
-from trtpack.graph_check import check_graph, safe_expr, safe_target
+from trtpack.cli.commands import main as cli
+from trtpack.program import graph_check as check_module
+from trtpack.program.graph_check import check_graph, safe_expr, safe_target
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v0" / "torch_export"
 
 
 def _payload(marker: Path) -> str:
-    return f"exec('import pathlib; pathlib.Path({str(marker)!r}).touch()')"
+    return f'exec("import pathlib; pathlib.Path({str(marker)!r}).touch()")'
+
+
+def _without_the_check(monkeypatch, pack: Path) -> None:
+    """Load ``pack`` with graph_check.check_graph reduced to parsing the JSON, call it and
+    rebuild its ExportedProgram with torch (where the attack targets either): what the
+    check stands between. Errors after the payload are expected; the marker is the result."""
+    import torch
+
+    monkeypatch.setattr(check_module, "check_graph", lambda data, member: json.loads(data))
+    try:
+        loaded = trtpack.load(pack, device="cpu")
+        loaded.exported_program  # noqa: B018  (torch's deserializer, sympy included)
+        loaded(torch.ones(4, 6), mask=torch.ones(4, 6), bias=torch.ones(6))
+    except Exception:
+        pass
+    monkeypatch.undo()
 
 
 def _first_placeholder(graph: dict) -> str:
@@ -98,7 +115,7 @@ def test_output_and_signature_names_refused(small_pack, tmp_path):
     _refused(lambda: trtpack.load(pack), marker, "name")
 
 
-def test_symbolic_expression_with_code_refused(small_pack, tmp_path):
+def test_symbolic_expression_with_code_refused(small_pack, tmp_path, monkeypatch):
     """torch hands expression strings to sympy.sympify, which evals them."""
     marker = tmp_path / "ran"
 
@@ -112,13 +129,15 @@ def test_symbolic_expression_with_code_refused(small_pack, tmp_path):
 
     pack = _hostile_pack(small_pack, tmp_path, edit)
     _refused(lambda: trtpack.load(pack), marker, "expr_str")
+    _without_the_check(monkeypatch, pack)
+    assert marker.exists(), "the payload must be one that runs when the check is removed"
 
 
 def _call_signature(graph: dict) -> dict:
     return graph["graph_module"]["module_call_graph"][0]["signature"]
 
 
-def test_keyword_name_with_code_in_the_in_spec_refused(small_pack, tmp_path):
+def test_keyword_name_with_code_in_the_in_spec_refused(small_pack, tmp_path, monkeypatch):
     """ep.module()'s forward() quotes each keyword of the call into its source
     (``{'mask':mask, 'bias':bias}``): a key that closes the quote ran its payload on the first
     call, before this check (found while building the direct loader)."""
@@ -138,6 +157,8 @@ def test_keyword_name_with_code_in_the_in_spec_refused(small_pack, tmp_path):
     pack = _hostile_pack(small_pack, tmp_path, edit)
     err = _refused(lambda: trtpack.load(pack), marker, "in_spec")
     assert "kwargs key [1]" in err.field
+    _without_the_check(monkeypatch, pack)
+    assert marker.exists(), "the payload must be one that runs when the check is removed"
 
 
 def test_forward_arg_name_with_code_refused(small_pack, tmp_path):
@@ -189,7 +210,8 @@ def test_legacy_pt2_with_code_refused_by_load_migrate_and_inspect(tmp_path, caps
     _refused(lambda: trtpack.migrate(pt2, out), marker, "name")
     assert not out.exists()
     assert cli(["inspect", str(pt2)]) != 0
-    assert "UnsafePackError" in capsys.readouterr().err or not marker.exists()
+    err = capsys.readouterr().err
+    assert "bias=" in err and "not a plain Python identifier; torch would turn it into code" in err
     assert not marker.exists()
 
 

@@ -1,5 +1,5 @@
 """Issue 13 (GPU cold start): the program backend runs a module built straight from the
-pack's torch.export JSON (trtpack/graph_module.py), not torch's deserializer + ep.module().
+pack's torch.export JSON (trtpack/program/graph_module.py), not torch's deserializer + ep.module().
 It must be that same module: the same graph, node for node, the same attributes, and
 torch.equal outputs at every size; and what it does not reproduce falls back to torch's path
 with the reason kept, never differently and never by running code from the pack."""
@@ -21,10 +21,10 @@ from models import CASES
 from test_container import raw_members, rewrite
 
 import trtpack
-from trtpack.graph_check import check_graph
-from trtpack.graph_module import Unsupported, build_module
-from trtpack.info import open_pack
-from trtpack.program import _rebuild_state, load_program, runnable
+from trtpack.program.graph_check import check_graph
+from trtpack.program.graph_module import Unsupported, build_module
+from trtpack.program.serialize import _rebuild_state, load_program, runnable
+from trtpack.reading import open_pack
 
 GRAPH = "program/graph.json"
 

@@ -98,7 +98,7 @@ def test_an_unexpressed_guard_is_checked_by_the_program(guarded, tmp_path):
     with pytest.raises(trtpack.InputMismatchError, match="program's own guard code") as e:
         pack(torch.randn(4, 7), torch.randn(9, 7))
     assert "% 4" in e.value.condition
-    assert "(torch's text: checked by the program)" in trtpack.info.render(trtpack.inspect(bad))
+    assert "(torch's text: checked by the program)" in trtpack.reading.render(trtpack.inspect(bad))
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_the_language_compiles_without_evaluating_code():
          "L['x'] == 2"], names, inputs,
     )  # fmt: skip
     # a tensor compared as a number is outside the language: the program's own check runs it
-    assert [g.expr for g in guards] == ["b.shape[0] == mask.shape[1]", None, None]
+    assert [expr for _, expr in guards] == ["b.shape[0] == mask.shape[1]", None, None]
 
 
 def test_unexpressed_guards_also_hold_calls_routed_to_the_program(guarded, tmp_path):

@@ -16,10 +16,10 @@ import torch
 from models import CASES, Pair, assert_same
 
 import trtpack
-from trtpack.derive import SerializedProgram, parse_expr
 from trtpack.format import upgrade as steps
 from trtpack.migrations.engine_file import parse_description
 from trtpack.migrations.legacy import ENGINE, PRE_PT2, PT2, TORCHSCRIPT, TRTPACK, convert, detect
+from trtpack.program.derive import SerializedProgram, parse_expr
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -123,9 +123,9 @@ def test_torch_export_file_migrates(name, tmp_path):
 
 @pytest.mark.parametrize("name", EXPORTS)
 def test_json_reading_matches_torch(name):
-    """The torch-free reading of a PT2 archive gives the manifest that trtpack.derive gives
+    """The torch-free reading of a PT2 archive gives the manifest that trtpack.program.derive gives
     for the same program loaded by torch."""
-    from trtpack.program import derive_interface
+    from trtpack.program.serialize import derive_interface
 
     path = V0 / "torch_export" / f"{name}.pt2"
     with zipfile.ZipFile(path) as z:
@@ -142,10 +142,7 @@ def test_save_and_migrate_of_the_same_program_give_the_same_interface_bytes(
     program with byte-identical manifest fields (everything but producer, members, program)."""
     _, _, ep = exported(name)
     saved = trtpack.save(ep, tmp_path / "saved.trtpack").manifest
-    try:
-        torch.export.save(ep, tmp_path / "m.pt2")
-    except Exception as e:
-        pytest.skip(f"torch.export.save fails: {type(e).__name__}")
+    torch.export.save(ep, tmp_path / "m.pt2")  # every test model saves: any failure fails
     migrated = trtpack.migrate(tmp_path / "m.pt2", tmp_path / "migrated.trtpack").manifest
 
     def described(m):
@@ -423,11 +420,11 @@ def test_the_step_chain_composes(monkeypatch, small_pack, tmp_path):
         (1, 1): steps.Step((1, 1), (1, 2), rename_graph, {"program/model.json": "program/graph.json"},
                            summary="graph member renamed"),
     }  # fmt: skip
-    import trtpack.assemble
     import trtpack.format.manifest
-    import trtpack.info
+    import trtpack.reading
+    import trtpack.writing.assemble
 
-    for module in (trtpack.format.manifest, trtpack.info, trtpack.assemble, steps):
+    for module in (trtpack.format.manifest, trtpack.reading, trtpack.writing.assemble, steps):
         monkeypatch.setattr(module, "FORMAT_VERSION", (1, 2))
     monkeypatch.setattr(steps, "STEPS", chain)
     data = json.loads(zipfile.ZipFile(small_pack).read("manifest.json"))

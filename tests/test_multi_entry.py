@@ -65,6 +65,7 @@ def test_llama_generation_in_a_fresh_process_equals_eager(llama_pack, tmp_path):
 def test_without_reset_decode_sees_the_previous_state(llama_pack):
     path, tokens, _ = llama_pack
     pack = trtpack.load(path)
+    assert pack["prefill"] is pack  # the default entry point: pack(...) calls it, as 1.3 readers
     assert llm.generate(pack["prefill"], pack["decode"], PROMPT, STEPS)[0] == tokens
     # decode alone at position len(PROMPT) now reads prefill's cache, not zeros: a pack whose
     # entry points did not share state would give the same logits after reset as before
@@ -312,7 +313,7 @@ def test_a_reference_to_a_member_that_is_not_the_default_weights_is_refused(tmp_
     bad = tmp_path / "bad.trtpack"
 
     def manifest(digests):
-        from trtpack.assemble import _member
+        from trtpack.writing.assemble import _member
 
         return m.replace(members={n: _member(d) for n, d in sorted(digests.items())}).to_json()
 

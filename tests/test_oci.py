@@ -713,3 +713,122 @@ def test_cli(registry, pack, tmp_path):
     assert data["layout"] == "modelpack" and data["digest"] == trtpack.inspect(pack).digest
     r = cli("push", str(pack), ref.replace(":1", ":t"), "--layout", "trtpack", "--json")
     assert json.loads(r.stdout)["layout"] == "trtpack" and json.loads(r.stdout)["uploaded"] == []
+
+
+# --- the signature travels as an OCI referrer -----------------------------------------------
+
+
+def _keypair(folder: Path) -> tuple[Path, Path]:
+    ec = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ec")
+    serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / "signer.key", folder / "signer.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))  # fmt: skip
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    return private, public
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_signed_pack_verifies_after_push_and_pull(server, pack, tmp_path, layout):
+    """Debian's docker-registry 2.8 has no referrers API: the signature manifest is listed in
+    the referrers tag schema's index, ``sha256-<hex of the model manifest digest>``."""
+    import requests
+
+    from trtpack.signing import BUNDLE_MEDIA_TYPE, sign, verify_signature
+
+    private, public = _keypair(tmp_path)
+    sign(pack, private)
+    ref = f"oci://{server.host}/models/signed-{layout}:1"
+    pushed = oci.push(pack, ref, layout=layout)
+    assert pushed.signature is not None and pushed.referrers == "tag"
+
+    # what any OCI 1.1 client sees: the index at the referrers tag lists the signature
+    tag = "sha256-" + pushed.manifest_digest.split(":")[1]
+    r = requests.get(f"http://{server.host}/v2/models/signed-{layout}/manifests/{tag}",
+                     headers={"Accept": oci.OCI_INDEX}, timeout=10)  # fmt: skip
+    assert r.status_code == 200, r.text
+    index = r.json()
+    assert index["mediaType"] == oci.OCI_INDEX
+    assert index["manifests"] == [{"mediaType": oci.OCI_MANIFEST, "digest": pushed.signature,
+                                   "size": index["manifests"][0]["size"],
+                                   "artifactType": BUNDLE_MEDIA_TYPE}]  # fmt: skip
+    r = requests.get(f"http://{server.host}/v2/models/signed-{layout}/manifests/{pushed.signature}",
+                     headers={"Accept": oci.OCI_MANIFEST}, timeout=10)  # fmt: skip
+    referrer = r.json()
+    assert referrer["subject"]["digest"] == pushed.manifest_digest
+    assert referrer["artifactType"] == BUNDLE_MEDIA_TYPE
+    assert referrer["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+    assert referrer["layers"][0]["digest"] == "sha256:" + sha256(Path(f"{pack}.sig"))
+
+    out = tmp_path / "pulled" / "model.trtpack"
+    out.parent.mkdir()
+    pulled = oci.pull(ref, out)
+    assert pulled.signature == f"{out}.sig"
+    assert Path(f"{out}.sig").read_bytes() == Path(f"{pack}.sig").read_bytes()
+    verify_signature(out, public)  # the pulled pack verifies
+    r = cli("verify", str(out), "--key", str(public))
+    assert r.returncode == 0 and "signature" in r.stdout and "verified" in r.stdout, r.stderr
+
+    # pushed again (another tag, same manifest): listed once
+    again = oci.push(pack, ref.replace(":1", ":2"), layout=layout)
+    assert again.signature == pushed.signature
+    r = requests.get(f"http://{server.host}/v2/models/signed-{layout}/manifests/{tag}",
+                     headers={"Accept": oci.OCI_INDEX}, timeout=10)  # fmt: skip
+    assert len(r.json()["manifests"]) == 1
+
+    # pulled by digest, and with the CLI
+    by_digest = f"oci://{server.host}/models/signed-{layout}@{pushed.manifest_digest}"
+    out2 = tmp_path / "cli.trtpack"
+    r = cli("pull", by_digest, "-o", str(out2))
+    assert r.returncode == 0 and f"signature {out2}.sig" in r.stdout, r.stderr
+    assert cli("verify", str(out2), "--key", str(public)).returncode == 0
+
+
+def test_signature_edge_cases(registry, pack, tmp_path):
+    from trtpack.signing import sign
+
+    private, public = _keypair(tmp_path)
+    ref = f"oci://{registry}/models/sig-edges:1"
+
+    # unsigned: nothing attached; a pull over a stale signature (--force) removes it
+    pushed = oci.push(pack, ref)
+    assert pushed.signature is None
+    out = tmp_path / "out.trtpack"
+    stale = Path(f"{out}.sig")
+    stale.write_text("{}")
+    with pytest.raises(trtpack.OutputExistsError, match=r"out.trtpack.sig exists"):
+        oci.pull(ref, out)  # OUT.sig is an output too
+    assert not out.exists()
+    pulled = oci.pull(ref, out, overwrite=True)
+    assert pulled.signature is None and not stale.exists()
+    assert "no signature" in pulled.signature_note and "removed the stale" in pulled.signature_note
+    r = cli("verify", str(out), "--key", str(public))
+    assert r.returncode == 1 and "not signed" in r.stderr
+
+    # a stale PACK.sig (signed before the pack changed, put back after add_engine removed it)
+    # is refused before anything is sent
+    old = sign(pack, private).read_bytes()
+    with pytest.warns(UserWarning, match="removed .*no longer matches"):
+        trtpack.add_engine(pack, rtx.keywords_plan(("8.0",)))
+    Path(f"{pack}.sig").write_bytes(old)
+    with pytest.raises(trtpack.RegistryError, match=r"signs another manifest.json .* stale"):
+        oci.push(pack, ref.replace(":1", ":stale"))
+    r = cli("push", str(pack), ref.replace(":1", ":stale"))
+    assert r.returncode == 1 and "--no-signature" in r.stderr
+    assert cli("push", str(pack), ref.replace(":1", ":stale"), "--no-signature").returncode == 0
+    sign(pack, private)
+    pushed = oci.push(pack, ref.replace(":1", ":2"))
+    assert pushed.signature
+
+    # some variants only: another manifest.json than the one signed, so no signature written
+    part = tmp_path / "part.trtpack"
+    pulled = oci.pull(ref.replace(":1", ":2"), part, variants="none")
+    assert pulled.signature is None and not Path(f"{part}.sig").exists()
+    assert "some engine variants only" in pulled.signature_note
+    # signature=False: the pull leaves OUT.sig alone
+    plain = tmp_path / "plain.trtpack"
+    assert oci.pull(ref.replace(":1", ":2"), plain, signature=False).signature is None
+    assert not Path(f"{plain}.sig").exists()

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trtpack.program import read_safetensors, safetensors_chunks
+from trtpack.program.serialize import read_safetensors, safetensors_chunks
 
 DTYPES = [
     torch.float32,
@@ -108,7 +108,7 @@ def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatc
     import trtpack
 
     _, model, ep = exported("with_buffers")
-    new_style = trtpack.program.serialize_graph(ep)
+    new_style = trtpack.program.serialize.serialize_graph(ep)
     real = serde.serialize
     pickled = []
 
@@ -122,7 +122,7 @@ def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatc
         return artifact
 
     monkeypatch.setattr(serde, "serialize", old_signature)
-    assert trtpack.program.serialize_graph(ep) == new_style
+    assert trtpack.program.serialize.serialize_graph(ep) == new_style
     assert pickled == [0]  # the weights were not pickled
     trtpack.save(ep, tmp_path / "old.trtpack")
     pack = trtpack.load(tmp_path / "old.trtpack", device="cpu")

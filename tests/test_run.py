@@ -8,11 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
+import rtx
 import torch
 
 import trtpack
-from trtpack.cli import cli_text, main
-from trtpack.run import run_pack
+from trtpack.cli.commands import cli_text, main
+from trtpack.cli.run import run_pack
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 KEYWORDS = FIXTURES / "v1.1" / "keywords.trtpack"
@@ -71,7 +72,7 @@ def test_cli_errors_name_flags_not_python_arguments(tmp_path, capsys):
 
 
 def test_cli_warnings_are_one_line(monkeypatch, capsys):
-    import trtpack.cli as cli
+    import trtpack.cli.commands as cli
 
     def warns(args):
         warnings.warn("trtpack: something the user should know (variant=... (--variant))",
@@ -101,18 +102,11 @@ def test_json_on_every_reporting_command(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["format_version"] == list(trtpack.FORMAT_VERSION)
 
 
-def _engine_gpu() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    try:
-        import torch_tensorrt  # noqa: F401
-    except Exception as e:
-        return f"torch_tensorrt cannot be imported here: {type(e).__name__}"
-    return None
+LIVE_PROBLEM = rtx.gpu_problem(torch_tensorrt=True)  # why live engines cannot run here
 
 
 @pytest.mark.engine
-@pytest.mark.skipif(_engine_gpu() is not None, reason=_engine_gpu() or "")
+@pytest.mark.skipif(LIVE_PROBLEM is not None, reason=LIVE_PROBLEM or "")
 def test_run_compares_engines_with_the_program_on_a_gpu(tmp_path):
     """Live: a compiled pack's engines and its program on the same sample inputs."""
     ep = torch.export.export(torch.nn.Linear(8, 4).cuda().eval(), (torch.randn(2, 8).cuda(),))

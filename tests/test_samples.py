@@ -68,7 +68,7 @@ def test_a_backend_off_its_samples_is_named(exported, tmp_path):
     the error, as it would for an engine that computes something else on this GPU."""
     from test_container import raw_members, rewrite
 
-    from trtpack.program import read_safetensors, safetensors_chunks
+    from trtpack.program.serialize import read_safetensors, safetensors_chunks
 
     _, _, ep = exported("keywords")
     info = trtpack.save(ep, tmp_path / "s.trtpack", samples=2)
@@ -89,7 +89,7 @@ def test_add_engine_keeps_samples_and_check_runs_what_runs_here(exported, tmp_pa
     pytest.importorskip("tensorrt_rtx", reason="builds a real plan: needs tensorrt_rtx")
     import rtx
 
-    from trtpack.cli import main
+    from trtpack.cli.commands import main
 
     _, _, ep = exported("keywords")
     info = trtpack.save(ep, tmp_path / "s.trtpack", samples=2)

@@ -14,8 +14,9 @@ CODE = r"""
 import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
 sys.modules["jsonschema"] = None  # nor is jsonschema needed: the schema check is generated
-import trtpack, trtpack.info, trtpack.graph_check, trtpack.derive, trtpack.assemble
-import trtpack.engines.variants, trtpack.adding, trtpack.migrations.pt2
+import trtpack, trtpack.reading, trtpack.program.graph_check, trtpack.program.derive
+import trtpack.writing.assemble
+import trtpack.engines.variants, trtpack.writing.add, trtpack.migrations.pt2
 from trtpack.cli import main
 out = sys.argv[1]
 info = trtpack.migrate(sys.argv[2], out + "/m.trtpack")          # a torch.export file
@@ -24,6 +25,9 @@ trtpack.verify(out + "/m.trtpack")
 assert main(["inspect", "--json", out + "/m.trtpack"]) == 0
 assert main(["inspect", sys.argv[4]]) == 0                       # pre-2.7 layout
 assert main(["verify", sys.argv[5]]) == 0                        # a 1.0 pack, upgraded
+assert main(["preflight", out + "/m.trtpack", "--target", "sm=8.6,rtx=1.6.1"]) == 0
+assert main(["audit", "--fail-on", "never", sys.argv[2], sys.argv[3], out + "/m.trtpack"]) == 0
+assert main(["contract", out + "/m.trtpack", "--format", "openapi", "-o", out + "/o.json"]) == 0
 print("TORCH-FREE OK", "torch" in sys.modules and sys.modules["torch"] is None)
 """
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from models import CASES
 
 import trtpack
-from trtpack.program import runnable
+from trtpack.program.serialize import runnable
 
 
 def per_call(fn, calls: int) -> float:

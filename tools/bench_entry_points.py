@@ -38,7 +38,9 @@ def _load_time(path: Path, repeat: int) -> dict[str, float]:
     runs = []
     for _ in range(repeat):
         r = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True,
-                           text=True, check=True)  # fmt: skip
+                           text=True)  # fmt: skip
+        if r.returncode != 0:
+            raise SystemExit(f"loading {path} failed:\n{r.stderr[-3000:]}")
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     return {k: statistics.median(run[k] for run in runs) for k in ("first", "warm")}
 

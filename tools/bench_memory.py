@@ -1,11 +1,13 @@
-"""Peak extra private memory of save and load, trtpack against torch.export, in one run.
+"""Peak extra private memory of save and load, trtpack against torch.export, in one run; and
+of loading a legacy torch.export ``.pt2`` with ``trtpack.load`` (migrated on load).
 
     .venv/bin/python tools/bench_memory.py [--mb 200]
 
 Each measurement runs in a fresh subprocess: build the model (and export or load it), note
 the resident memory, then run the operation while a thread samples /proc/self/statm every
-millisecond. Printed: the peak private (anonymous) resident memory above that starting point,
-and the ratios. File-backed pages (a memory-mapped pack) are not private: the kernel shares
+millisecond. Printed: the peak private (anonymous) resident memory above that starting point
+(and the peak of all resident memory, file-backed pages included), and the ratios.
+File-backed pages (a memory-mapped pack) are not private: the kernel shares
 them between processes that map the same file and can drop them under pressure.
 """
 
@@ -22,10 +24,14 @@ import json, os, sys, threading, time
 import torch, trtpack
 op, mb, d = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 page = os.sysconf("SC_PAGE_SIZE")
-def rss():  # private (anonymous) resident memory: resident minus file-backed pages
+def statm():
     with open("/proc/self/statm") as f:
-        fields = f.read().split()
-    return (int(fields[1]) - int(fields[2])) * page
+        return [int(x) for x in f.read().split()]
+def rss():  # private (anonymous) resident memory: resident minus file-backed pages
+    fields = statm()
+    return (fields[1] - fields[2]) * page
+def resident():  # all resident memory, file-backed pages included
+    return statm()[1] * page
 width = int((mb * 2**20 / 4 / 2) ** 0.5)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Linear(width, width))
@@ -36,19 +42,23 @@ if op.startswith("save"):
         lambda: trtpack.save(ep, d + "/m.trtpack"))
 else:
     del model
-    fn = (lambda: torch.export.load(d + "/m.pt2")) if op == "load_torch" else (
-        lambda: trtpack.load(d + "/m.trtpack", device="cpu"))
+    import warnings
+    warnings.simplefilter("ignore")  # load_legacy: the "migrated in memory" notice
+    fn = {"load_torch": lambda: torch.export.load(d + "/m.pt2"),
+          "load_legacy": lambda: trtpack.load(d + "/m.pt2", device="cpu"),
+          "load_trtpack": lambda: trtpack.load(d + "/m.trtpack", device="cpu")}[op]
     fn()  # warm imports; the result is dropped
 import gc; gc.collect()
-base = rss(); peak = base; done = False
+base, base_all = rss(), resident(); peak, peak_all = base, base_all; done = False
 def sample():
-    global peak
+    global peak, peak_all
     while not done:
-        peak = max(peak, rss()); time.sleep(0.001)
+        peak, peak_all = max(peak, rss()), max(peak_all, resident()); time.sleep(0.001)
 t = threading.Thread(target=sample); t.start()
 result = fn()
-peak = max(peak, rss()); done = True; t.join()
-print(json.dumps({"extra_peak": peak - base, "retained": rss() - base}))
+peak, peak_all = max(peak, rss()), max(peak_all, resident()); done = True; t.join()
+print(json.dumps({"extra_peak": peak - base, "retained": rss() - base,
+                  "resident_peak": peak_all - base_all}))
 """
 
 
@@ -66,14 +76,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         rows = {
             op: measure(op, args.mb, d)
-            for op in ("save_torch", "save_trtpack", "load_torch", "load_trtpack")
+            for op in ("save_torch", "save_trtpack", "load_torch", "load_trtpack", "load_legacy")
         }
     mib = 2**20
     print(f"model: {args.mb} MiB of float32 weights; peak private memory above the start")
     for op, r in rows.items():
         print(
             f"  {op:14s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
-            f"still held after {r['retained'] / mib:8.1f} MiB"
+            f"still held after {r['retained'] / mib:8.1f} MiB   "
+            f"(all resident, file pages too: peak {r['resident_peak'] / mib:8.1f} MiB)"
         )
     st, sp = rows["save_torch"]["extra_peak"], rows["save_trtpack"]["extra_peak"]
     lt, lp = rows["load_torch"]["extra_peak"], rows["load_trtpack"]["extra_peak"]

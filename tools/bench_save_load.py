@@ -21,7 +21,7 @@ import torch
 
 import trtpack
 from trtpack.format.container import Chunks, digest
-from trtpack.program import derive_interface, program_members
+from trtpack.program.serialize import derive_interface, program_members
 
 
 def best(fn, repeat: int) -> float:

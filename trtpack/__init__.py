@@ -15,64 +15,47 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from ._version import __version__
-from .errors import (
-    ArgumentTypeError,
-    DeriveError,
-    EngineError,
-    InputMismatchError,
-    IntegrityError,
-    ManifestError,
-    MigrationError,
-    MissingDependencyError,
-    MissingMemberError,
-    NotAPackError,
-    NoUsableEngineError,
-    OutputExistsError,
-    OutsideEngineProfile,
-    PackLockedError,
-    PackWriteError,
-    ProgramError,
-    RangeOverrideError,
-    RegistryError,
-    SampleMismatchError,
-    SignatureError,
-    TrtpackError,
-    UnregisteredPytreeError,
-    UnsafePackError,
-    UnsignedPackError,
-    UnsupportedVersionError,
-)
+from .errors import *  # noqa: F403  (the error classes: errors.__all__ is their one list)
 from .format.manifest import FORMAT_VERSION, Manifest
 
 if TYPE_CHECKING:
-    from .adding import add_engine
-    from .building import build
-    from .derive import Range
+    from .checks.audit import AuditReport, audit
+    from .checks.preflight import TargetReport, preflight
     from .engines.torchtrt import compile
-    from .info import PackInfo, inspect, verify
+    from .integrations.kserve import request_contract
     from .migrations.legacy import migrate
+    from .program.derive import Range
+    from .reading import PackInfo, inspect
     from .runtime import LoadedPack, load
-    from .saving import save
-    from .signing import sign
+    from .signing import sign, verify
+    from .writing.add import add_engine
+    from .writing.build import build
+    from .writing.save import save
 
 # name -> module that defines it; imported on first access (save, load, compile, add_engine
 # and migrate import torch)
 _LAZY = {
-    "save": "saving",
+    "save": "writing.save",
     "load": "runtime",
     "LoadedPack": "runtime",
-    "Range": "derive",
+    "Range": "program.derive",
     "compile": "engines.torchtrt",
-    "add_engine": "adding",
-    "build": "building",
+    "add_engine": "writing.add",
+    "build": "writing.build",
     "migrate": "migrations.legacy",
     # torch-free, but imported on first use too, so that ``import trtpack.format`` loads nothing
     # above the format package
-    "PackInfo": "info",
-    "inspect": "info",
-    "verify": "info",
+    "PackInfo": "reading",
+    "inspect": "reading",
+    "verify": "signing",
     "sign": "signing",
+    "audit": "checks.audit",
+    "AuditReport": "checks.audit",
+    "preflight": "checks.preflight",
+    "TargetReport": "checks.preflight",
+    "request_contract": "integrations.kserve",
 }
 
 
@@ -87,7 +70,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] != "torch":
             raise
-        raise MissingDependencyError(
+        raise errors.MissingDependencyError(
             f"trtpack.{name} needs PyTorch, which is not installed: pip install 'trtpack[torch]' "
             "(inspect, verify, migrate, pack, add-engine, push and pull run without it)"
         ) from e
@@ -111,30 +94,10 @@ __all__ = [
     "inspect",
     "verify",
     "sign",
-    # errors
-    "TrtpackError",
-    "ArgumentTypeError",
-    "NotAPackError",
-    "IntegrityError",
-    "UnsafePackError",
-    "MissingMemberError",
-    "ManifestError",
-    "UnsupportedVersionError",
-    "DeriveError",
-    "RangeOverrideError",
-    "ProgramError",
-    "UnregisteredPytreeError",
-    "InputMismatchError",
-    "OutsideEngineProfile",
-    "EngineError",
-    "NoUsableEngineError",
-    "MissingDependencyError",
-    "MigrationError",
-    "RegistryError",
-    "SampleMismatchError",
-    "OutputExistsError",
-    "SignatureError",
-    "UnsignedPackError",
-    "PackLockedError",
-    "PackWriteError",
+    "audit",
+    "AuditReport",
+    "preflight",
+    "TargetReport",
+    "request_contract",
 ]
+__all__ += errors.__all__

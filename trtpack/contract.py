@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputMismatchError, OutsideEngineProfile
+from .errors import InputMismatchError, ManifestError, OutsideEngineProfile
 from .format.guards import compile_guard, implied
 from .format.manifest import DimExpr, IOSpec, Manifest, Symbol, Tree, parse_dim
 from .format.pytree import leaf_paths
@@ -63,7 +63,9 @@ class Contract:
             self._compile(spec, path) for spec, path in zip(manifest.inputs, paths)
         )
         self._paths = dict(zip((i.name for i in manifest.inputs), paths))
-        shapes = {i.name: i.shape for i in manifest.inputs if i.shape is not None}
+        shapes = {
+            i.name: [_dim(d) for d in i.shape] for i in manifest.inputs if i.shape is not None
+        }
         self._guards = tuple(
             (g.expr, *compile_guard(g.expr, manifest.inputs))
             for g in manifest.guards
@@ -457,3 +459,14 @@ def _range(lo: int, hi: int | None) -> str:
 
 def _dt(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _dim(d: int | str) -> int | DimExpr | None:
+    """A dim as ``implied`` reads it: an int, or its parsed expression (None if it does not
+    parse: such a guard is then compiled, never taken as implied)."""
+    if isinstance(d, int):
+        return d
+    try:
+        return parse_dim(d)
+    except ManifestError:
+        return None

@@ -39,7 +39,8 @@ class IntegrityError(TrtpackError):
 class UnsafePackError(IntegrityError):
     """The zip is built to attack its reader: a member named with ``..`` or an absolute
     path, duplicate names, overlapping members, or sizes absurd for the file; or a program
-    graph whose names or call targets torch would turn into code (trtpack/graph_check.py)."""
+    graph whose names or call targets torch would turn into code
+    (trtpack/program/graph_check.py)."""
 
     def __init__(self, *args: object, member: str | None = None, field: str | None = None,
                  value: object = None) -> None:  # fmt: skip
@@ -150,6 +151,16 @@ class MissingDependencyError(TrtpackError, ImportError):
     """An optional dependency is needed for this operation and is not installed."""
 
 
+class TargetSpecError(TrtpackError, ValueError):
+    """A described target machine (``preflight --target``) does not parse: an unknown key or a
+    value of the wrong form. ``key`` names the part, ``text`` the whole description."""
+
+    def __init__(self, message: str, *, key: str | None = None, text: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.text = text
+
+
 class MigrationError(TrtpackError):
     """A legacy artifact cannot be migrated to the current format."""
 
@@ -175,7 +186,16 @@ class PackWriteError(TrtpackError, OSError):
 
 
 class RegistryError(TrtpackError):
-    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed."""
+    """A model registry or server (MLflow, Triton repository, OCI registry) refused or failed.
+    Where they apply: ``reference`` (what was asked for), ``status`` (the HTTP status),
+    ``field`` (the answer or field at fault), ``limit`` and ``value`` (a cap and what came)."""
+
+    def __init__(self, *args: object, reference: str | None = None, status: int | None = None,
+                 field: str | None = None, limit: object = None,
+                 value: object = None) -> None:  # fmt: skip
+        super().__init__(*args)
+        self.reference, self.status, self.field = reference, status, field
+        self.limit, self.value = limit, value
 
 
 class PackLockedError(TrtpackError):
@@ -233,6 +253,7 @@ __all__ = [
     "NoUsableEngineError",
     "SampleMismatchError",
     "MissingDependencyError",
+    "TargetSpecError",
     "MigrationError",
     "OutputExistsError",
     "PackWriteError",

@@ -20,8 +20,8 @@ from .contract import Contract, OutsideEngineProfile
 from .errors import InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .info import PackInfo, open_pack, read_info, with_program_guards
-from .program import LoadedProgram, load_program, load_runnable, runnable
+from .program.serialize import LoadedProgram, load_program, load_runnable, runnable
+from .reading import PackInfo, open_pack, with_program_guards
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Calla
 @contextlib.contextmanager
 def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
-    from .migrations.legacy import TRTPACK, convert, detect, to_pack
+    from .migrations.legacy import TRTPACK, convert, detect, open_migrated
 
     try:
         first = _has_manifest(path)
@@ -66,14 +66,13 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
             yield reader, info
         return
     converted = convert(path)
-    data = to_pack(converted, None)
     warnings.warn(
         f"trtpack: {path} is a {converted.kind} without trtpack metadata; migrated in memory "
         f"(`trtpack migrate {path} OUT.trtpack` writes it)",
         stacklevel=4,
     )
-    with PackReader(path, data=data) as reader:
-        yield reader, read_info(reader)
+    with open_migrated(converted, path) as opened:
+        yield opened
 
 
 def _has_manifest(path: PathLike) -> bool:
@@ -354,11 +353,14 @@ def load(
     autograd state); False runs calls in the caller's grad mode.
     ``require_signature``: a PEM public key; the pack's signature (``signature``, default
     ``PATH.sig``) must verify with it before any member but the manifest is read
-    (SignatureError / UnsignedPackError otherwise).
+    (SignatureError / UnsignedPackError otherwise). The signature vouches for the manifest,
+    and the manifest for each member through its SHA-256, so a required signature always
+    hashes every member the load uses: ``verify=False`` is ignored with it (with a warning).
 
     ``trust_engine_host_code``: let TensorRT run host code a plan carries (a
     version-compatible plan with the lean runtime embedded, as the manifest records). Without
-    it such a variant is used only when ``require_signature`` verified the pack.
+    it such a variant is used only when ``require_signature`` verified the pack. Either way
+    such a plan is hashed before TensorRT sees it, even with ``verify=False``.
 
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
@@ -394,12 +396,22 @@ def _load(
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
+    if require_signature is not None and not verify:
+        # A signature covers the manifest; the manifest covers a member only through its
+        # hash. Unhashed members would make the signature vouch for bytes nobody checked.
+        warnings.warn(
+            "trtpack: verify=False is ignored with require_signature=: a required signature "
+            "hashes every member the load uses",
+            stacklevel=3,
+        )
+        verify = True
     with _open_any(path) as (reader, info):
         if require_signature is not None:
             from .signing import verify_reader
 
             verify_reader(reader, require_signature, signature)
-        info = with_program_guards(reader, info)  # a 1.0 pack: its guards, from its program
+        # a 1.0 pack: its guards, from its program's graph (hashed first when verifying)
+        info = with_program_guards(reader, info, verify=verify)
         whole = info.manifest
         default = whole.default_entry_point
         names = [default, *sorted(n for n in whole.entry_points or {} if n != default)]
@@ -449,7 +461,7 @@ def _load_entry(
 ) -> LoadedPack:
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
     collects the default program's loaded tensors, which the other entry points reference."""
-    from .entry_points import check_loaded_state
+    from .writing.entry_points import check_loaded_state
 
     dev = device
     manifest = info.manifest
@@ -465,8 +477,9 @@ def _load_entry(
     elif manifest.engines or require_engine or variant is not None:
         from .engines.loading import load_engines
 
-        # host code runs only from a pack whose signature was just verified, or if trusted
-        trusted = trust_engine_host_code or require_signature is not None
+        # host code runs only from a pack whose signature was just verified (and whose
+        # members are therefore hashed: verify is on), or if the caller trusts the pack
+        trusted = trust_engine_host_code or (require_signature is not None and verify)
         loaded = load_engines(reader, manifest, dev, verify=verify,
                               require_engine=require_engine, variant=variant,
                               host_code_allowed=trusted)  # fmt: skip
@@ -519,7 +532,7 @@ def _load_entry(
 
 
 def _tensors(reader: PackReader, manifest: Manifest, device: torch.device) -> dict[str, Any]:
-    from .program import _rebuild_state
+    from .program.serialize import _rebuild_state
 
     assert manifest.program is not None
     ref = manifest.program

@@ -16,20 +16,22 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.export import ExportedProgram
 
 from .errors import ArgumentTypeError, SampleMismatchError, TrtpackError
 from .format.container import Chunks, PackReader
-from .format.manifest import Interface, Samples, Tolerance, Variant
+from .format.manifest import Interface, Manifest, Samples, Tolerance, Variant, parse_dim
 
 MEMBER = "samples/samples.safetensors"
 #: the program reproduces its own outputs up to run-to-run noise
 PROGRAM_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-5)
 
 SampleSpec = int | Sequence[Any]
+#: where in its range a sample symbol sits
+Size = Literal["opt", "min", "max", "random"]
 
 
 def variant_tolerance(variant: Variant) -> Tolerance:
@@ -46,6 +48,53 @@ def variant_tolerance(variant: Variant) -> Tolerance:
     if "half" in text or "f16" in text or "bf16" in text or "float16" in text:
         return Tolerance(1e-2, 1e-2)
     return Tolerance(1e-3, 1e-3)
+
+
+# --- sample inputs from the manifest alone (save, and `trtpack run`) ------------------------
+
+
+def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[str, int]:
+    out = {}
+    for name, sym in manifest.symbols.items():
+        if size == "min":
+            out[name] = sym.min
+        elif size == "max":
+            if sym.max is None:
+                raise TrtpackError(f"symbol {name!r} is unbounded: --size max needs a bound")
+            out[name] = sym.max
+        elif size == "random":
+            out[name] = rng.randint(sym.min, sym.max if sym.max is not None else sym.opt * 2)
+        else:
+            out[name] = sym.opt
+    return out
+
+
+def sample_leaves(
+    manifest: Manifest, symbols: Mapping[str, int], gen: torch.Generator, device: torch.device
+) -> list[Any]:
+    def dim(d: int | str) -> int:
+        if isinstance(d, int):
+            return d
+        expr = parse_dim(d)
+        return expr.value(symbols[expr.symbol])
+
+    leaves: list[Any] = []
+    for spec in manifest.inputs:
+        if spec.is_tensor:
+            shape = [dim(d) for d in spec.shape or ()]
+            dtype = getattr(torch, spec.dtype or "float32")
+            if dtype.is_floating_point or dtype.is_complex:
+                t = torch.randn(shape, generator=gen).to(dtype)
+            elif dtype == torch.bool:
+                t = torch.rand(shape, generator=gen) > 0.5
+            else:
+                t = torch.randint(0, 8, shape, generator=gen).to(dtype)
+            leaves.append(t.to(device))
+        elif spec.symbol is not None:
+            leaves.append(dim(spec.symbol))
+        else:
+            leaves.append(spec.value)
+    return leaves
 
 
 # --- at save: calls -> leaves -> the program's outputs -> one member --------------------------
@@ -78,8 +127,6 @@ def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
         return out
     if samples < 1:
         raise TrtpackError(f"samples={samples}: give at least one")
-    from .run import sample_leaves, sample_symbols
-
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -112,7 +159,7 @@ def sample_members(
     entry. Each call is checked against the interface first."""
     import torch.utils._pytree as pytree
 
-    from .program import runnable, safetensors_chunks
+    from .program.serialize import runnable, safetensors_chunks
 
     calls = _leaves_of_calls(ep, iface, samples, seed)
     module = runnable(ep)
@@ -174,7 +221,7 @@ class CheckReport:
 
 
 def read_samples(reader: PackReader, samples: Samples) -> dict[str, torch.Tensor]:
-    from .program import read_safetensors
+    from .program.serialize import read_safetensors
 
     tensors, _ = read_safetensors(reader.view(samples.member), samples.member)
     return tensors

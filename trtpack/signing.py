@@ -15,13 +15,20 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from .errors import MissingDependencyError, SignatureError, UnsignedPackError
-from .format.container import PackReader, atomic_write
+from .format.container import SIGNATURE_SUFFIX, PackReader, atomic_write
+from .format.limits import (
+    MAX_KEY_BYTES,
+    MAX_SIGNATURE_BYTES,
+    MAX_SIGNATURE_OBJECTS,
+    MAX_SIGNATURES,
+)
 from .format.manifest import MANIFEST_NAME
-from .info import read_info
+from .reading import PackInfo, open_pack, read_info, verify_members, with_program_guards
 
 PathLike = str | os.PathLike
 
@@ -29,7 +36,6 @@ BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-SIGNATURE_SUFFIX = ".sig"
 
 
 def _require_cryptography() -> None:
@@ -44,7 +50,13 @@ def _require_cryptography() -> None:
 def _load_key(key: PathLike, *, private: bool) -> object:
     from cryptography.hazmat.primitives import serialization
 
-    raw = Path(key).read_bytes()
+    raw, size = _read_capped(Path(key), MAX_KEY_BYTES)
+    if raw is None:
+        raise SignatureError(
+            f"{key} is {size} bytes, over trtpack's limit of {MAX_KEY_BYTES} for a PEM key "
+            "(schema/SPEC.md, Limits)",
+            path=str(key), reason="key too large", expected=MAX_KEY_BYTES, got=size,
+        )  # fmt: skip
     try:
         if private:
             return serialization.load_pem_private_key(raw, password=None)
@@ -54,6 +66,43 @@ def _load_key(key: PathLike, *, private: bool) -> object:
         raise SignatureError(
             f"{key} is not a PEM {kind} key: {e}", path=str(key), reason="key unreadable"
         ) from None
+
+
+def _read_capped(path: Path, limit: int) -> tuple[bytes | None, int]:
+    """``(bytes, size)``, or ``(None, size)`` when the file holds more than ``limit`` bytes:
+    a regular file is refused by its size before any read, anything else (a pipe, a device)
+    after reading ``limit + 1`` bytes. Never more than that is held in memory."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+            return None, st.st_size
+        data = f.read(limit + 1)
+    return (None, len(data)) if len(data) > limit else (data, len(data))
+
+
+class _OverLimit(Exception):
+    def __init__(self, what: str, limit: int) -> None:
+        self.what, self.limit = what, limit
+
+
+def _parse_bundle(raw: bytes) -> Any:
+    """The bundle's JSON, parsed with a budget: the parse stops at the first object past
+    the caps, so a bundle of 200,000 signatures costs microseconds, not a public-key check
+    (or a Python object) each."""
+    objects = signatures = 0
+
+    def count(obj: dict) -> dict:
+        nonlocal objects, signatures
+        objects += 1
+        if objects > MAX_SIGNATURE_OBJECTS:
+            raise _OverLimit("JSON objects", MAX_SIGNATURE_OBJECTS)
+        if "sig" in obj:
+            signatures += 1
+            if signatures > MAX_SIGNATURES:
+                raise _OverLimit("signatures", MAX_SIGNATURES)
+        return obj
+
+    return json.loads(raw, object_hook=count)
 
 
 def signature_path(pack: PathLike) -> Path:
@@ -70,7 +119,7 @@ def _pae(payload: bytes) -> bytes:
 
 def _resources(reader: PackReader) -> tuple[list[dict], str]:
     """(path, sha256) of every member plus the manifest, sorted as model_signing sorts them."""
-    info = read_info(reader)  # reads manifest.json only
+    info = read_info(reader, program_guards=False)  # reads manifest.json only
     raw_digest = info.digest.removeprefix("sha256:")
     items = {name: m.sha256.removeprefix("sha256:") for name, m in info.manifest.members.items()}
     items[MANIFEST_NAME] = raw_digest
@@ -171,12 +220,29 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
         msg = f"{path}: signature {sig_path} does not verify: {reason}"
         return SignatureError(msg, path=path, reason=reason, expected=expected, got=got)
 
+    def over(what: str, limit: int, got: object) -> SignatureError:
+        # refused before any public-key check, and before the whole bundle is in memory
+        msg = (f"{path}: signature {sig_path} holds {got} {what}, over trtpack's limit of "
+               f"{limit} (schema/SPEC.md, Limits)")  # fmt: skip
+        return SignatureError(msg, path=path, reason=f"{what} over the limit", expected=limit,
+                              got=got)  # fmt: skip
+
     try:
-        bundle = json.loads(sig_path.read_bytes())
+        raw, size = _read_capped(sig_path, MAX_SIGNATURE_BYTES)
+    except OSError as e:
+        raise fail(f"cannot read it ({e.strerror or e})") from None
+    if raw is None:
+        raise over("bytes", MAX_SIGNATURE_BYTES, size)
+    try:
+        bundle = _parse_bundle(raw)
         env = bundle["dsseEnvelope"]
+        if isinstance(env["signatures"], list) and len(env["signatures"]) > MAX_SIGNATURES:
+            raise over("signatures", MAX_SIGNATURES, len(env["signatures"]))
         payload = base64.b64decode(env["payload"], validate=True)
         sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
         payload_type = env["payloadType"]
+    except _OverLimit as e:
+        raise over(e.what, e.limit, f"more than {e.limit}") from None
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise fail(f"not a sigstore bundle with a DSSE envelope ({e})") from None
     if payload_type != PAYLOAD_TYPE:
@@ -216,7 +282,31 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
     return statement
 
 
-def verify(pack: PathLike, key: PathLike, signature: PathLike | None = None) -> dict:
+def verify_signature(
+    pack: PathLike, key: PathLike, signature: PathLike | None = None
+) -> dict:
     """Verify ``pack``'s signature (default ``PACK.sig``) with a PEM public key."""
     with PackReader(pack) as reader:
         return verify_reader(reader, key, signature)
+
+
+def verify(
+    path: PathLike, *, key: PathLike | None = None, signature: PathLike | None = None
+) -> PackInfo:
+    """``trtpack.verify``: check every member's SHA-256 and size against the manifest, and
+    every engine plan's header against its variant's target (IntegrityError, EngineError).
+
+    ``key``: a PEM public key; the pack's signature (``signature``, default ``PATH.sig``)
+    must verify with it first (SignatureError / UnsignedPackError), before any member but the
+    manifest is read. Signature and hashes are checked in one open of the file, so a file
+    swapped between the two checks cannot pass."""
+    if key is None:
+        if signature is not None:
+            raise SignatureError("a signature to check needs the signer's public key (key=)")
+        with open_pack(path) as (reader, info):
+            verify_members(reader, info)
+            return info
+    with open_pack(path, program_guards=False) as (reader, info):
+        verify_reader(reader, key, signature)
+        verify_members(reader, info)
+        return with_program_guards(reader, info)

@@ -90,8 +90,8 @@ def _clone(x: Any) -> Any:
 
 def _reference(path: Path) -> Any:
     """The module torch's deserializer and ep.module() build: what the fast path must equal."""
-    from trtpack.info import open_pack
-    from trtpack.program import load_program, runnable
+    from trtpack.program.serialize import load_program, runnable
+    from trtpack.reading import open_pack
 
     with open_pack(path) as (reader, info):
         return runnable(load_program(reader, info.manifest, device=torch.device("cpu")))

@@ -14,7 +14,7 @@ The route is the one TensorRT-RTX supports for ahead-of-time builds on a CPU:
    each named GPU, ``build_serialized_network``.
 
 Everything else (which bindings, which profile, the variant, the pack) is decided by the
-caller (``adding.build``) from the manifest; this module only carries it out and reports what
+caller (``writing.build``) from the manifest; this module only carries it out and reports what
 TensorRT-RTX or the exporter refused.
 """
 
@@ -37,21 +37,13 @@ from torch.export import ExportedProgram
 
 from ..errors import EngineError, MissingDependencyError
 from ..format.manifest import Binding
+from .plan import TRT_DTYPES as PLAN_DTYPES
 
 _RTX_HINT = "pip install 'trtpack[rtx]'"
 
-#: manifest dtype -> TensorRT-RTX DataType name, for engine inputs and outputs
-TRT_DTYPES = {
-    "float32": "FLOAT",
-    "float16": "HALF",
-    "bfloat16": "BF16",
-    "int8": "INT8",
-    "uint8": "UINT8",
-    "int32": "INT32",
-    "int64": "INT64",
-    "bool": "BOOL",
-    "float8_e4m3fn": "FP8",
-}
+#: manifest dtype -> TensorRT-RTX DataType name, for engine inputs and outputs (plan.py's
+#: table, read the other way)
+TRT_DTYPES = {dtype: trt_name for trt_name, dtype in PLAN_DTYPES.items()}
 
 
 @dataclass(frozen=True)

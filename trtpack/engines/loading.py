@@ -13,7 +13,7 @@ from ..errors import EngineError, NoUsableEngineError, TrtpackError
 from ..format.container import PackReader
 from ..format.manifest import Manifest, Variant
 from .plan import check_variant_plans
-from .select import TENSORRT_LEAN, Choice, Environment, choose, runtime_for
+from .select import TENSORRT_LEAN, Choice, Environment, load_choice, runtime_for
 
 
 @dataclass
@@ -50,12 +50,16 @@ def load_engines(
             from .torchtrt import probe_environment
 
             environment = probe_environment()
+        choice = load_choice(manifest.engines, environment, only=variant,
+                             host_code_allowed=host_code_allowed)  # fmt: skip
         environment = dataclasses.replace(environment, host_code_allowed=host_code_allowed)
-        choice = choose(manifest.engines, environment, only=variant)
         refused = dict(choice.refused)
         for candidate in choice.fitting:
+            # a plan allowed to run host code is hashed whatever ``verify`` says: trust in a
+            # pack (signed or declared) never extends to bytes nobody compared with it
+            host_code = environment.host_code_allowed and bool(candidate.target.embeds_lean_runtime)
             try:
-                _check_members(reader, manifest, candidate, verify)
+                _check_members(reader, manifest, candidate, verify or host_code)
                 runner = _build(reader, manifest, candidate, device, environment)
                 return EngineLoad(runner, candidate, None)
             except TrtpackError as e:
@@ -86,7 +90,7 @@ def _check_members(reader: PackReader, manifest: Manifest, v: Variant, verify: b
 def _build(
     reader: PackReader, manifest: Manifest, v: Variant, device: torch.device, env: Environment
 ) -> Any:
-    from ..program import load_program, runnable
+    from ..program.serialize import load_program, runnable
 
     if runtime_for(v.target, env, whole_graph=v.whole_graph) == TENSORRT_LEAN:
         from .lean import LeanEngineRunner
@@ -134,7 +138,7 @@ class WholeGraphRunner:
 
     def __init__(self, module: Any, manifest: Manifest, binding_order: list[str]) -> None:
         from ..contract import Contract
-        from ..treespec import to_treespec
+        from ..program.treespec import to_treespec
 
         self.module = module
         positions = {spec.name: i for i, spec in enumerate(manifest.inputs)}

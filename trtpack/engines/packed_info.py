@@ -297,3 +297,48 @@ def read_engine_pickle(data: bytes, *, where: str) -> PackedEngine:
             f"{where}: not a torch_tensorrt engine constant ({type(fields).__name__})"
         )
     return read_packed(fields, where=where)
+
+
+# --- what a pickle would import, without unpickling it ------------------------------------------
+
+#: opcodes read from one pickle before the scan stops (a real weights pickle has far fewer)
+MAX_PICKLE_OPCODES = 1_000_000
+
+
+def pickle_globals(data: bytes | memoryview, *, where: str = "pickle") -> list[str]:
+    """Every ``module.name`` a pickle imports (GLOBAL, INST, STACK_GLOBAL), in order, once each,
+    by walking its opcodes (``pickletools.genops``): nothing is constructed, imported or
+    called, so any input is safe and the work is linear in its size, capped at
+    MAX_PICKLE_OPCODES. A malformed pickle is an EngineError naming ``where``."""
+    import pickletools
+
+    found: dict[str, None] = {}
+    memo: dict[int, Any] = {}
+    recent: list[Any] = []  # the last values pushed, for STACK_GLOBAL's two strings
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(bytes(data))):
+            if count >= MAX_PICKLE_OPCODES:
+                raise EngineError(f"{where}: over {MAX_PICKLE_OPCODES} pickle opcodes; not read")
+            name = op.name
+            if name in ("GLOBAL", "INST"):
+                found[str(arg).replace(" ", ".", 1)] = None
+                recent.append(None)
+            elif name == "STACK_GLOBAL":
+                module, qualname = recent[-2:] if len(recent) >= 2 else (None, None)
+                plain = isinstance(module, str) and isinstance(qualname, str)
+                found[f"{module}.{qualname}" if plain else "(computed by the pickle)"] = None
+                recent.append(None)
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg or 0)] = recent[-1] if recent else None
+            elif name == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                recent.append(memo.get(int(arg or 0)))
+            elif (isinstance(arg, str) and "UNICODE" in name) or name == "STRING":
+                recent.append(arg)
+            else:
+                recent.append(None)
+            del recent[:-2]
+    except (ValueError, TypeError, IndexError, KeyError, EOFError) as e:
+        raise EngineError(f"{where}: not a readable pickle: {e}") from None
+    return list(found)

@@ -204,8 +204,8 @@ def check_described_names(
 
 #: TensorRT's DataType names (``str(trt.DataType.HALF)`` is ``DataType.HALF``) -> manifest dtypes
 TRT_DTYPES = {
-    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-    "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn",
+    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
+    "INT32": "int32", "INT64": "int64", "BOOL": "bool", "FP8": "float8_e4m3fn",
 }  # fmt: skip
 
 

@@ -7,8 +7,10 @@ TensorRT is needed to run this, so every rule is tested on any machine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import TargetSpecError
 from ..format.manifest import Target, Variant
 
 
@@ -75,7 +77,7 @@ def version_compatible_runtime_problem(built: str, runtime: str) -> str | None:
             f"{runtime})"
         )
     if b[:1] == r[:1]:
-        if r < b:
+        if r < b[: len(r)]:  # a runtime named by a prefix ("10.13", preflight) is any 10.13.x
             return (
                 f"built version-compatible with TensorRT {built}: needs TensorRT {b[0]}.x at "
                 f"least that new, this runtime is {runtime}"
@@ -93,6 +95,13 @@ def version_compatible_runtime_problem(built: str, runtime: str) -> str | None:
 
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def _same_release(built: tuple[int, ...], have: tuple[int, ...]) -> bool:
+    """major.minor.patch equal; a runtime named by a shorter prefix (a preflight target's
+    ``trt=10.13``) matches every release under it. An installed runtime has all three."""
+    n = min(3, len(have))
+    return built[:n] == have[:n]
 
 
 def _cc(text: str) -> tuple[int, int]:
@@ -179,13 +188,13 @@ def _torch_tensorrt_problem(target: Target, env: Environment) -> str | None:
         return f"built with {target.flavor} {target.trt_version}, which is not installed"
     built, have = _version(target.trt_version), _version(runtime)
     if target.flavor == "tensorrt_rtx":
-        if built[:3] != have[:3]:  # the RTX runtime compares major.minor.patch
+        if not _same_release(built, have):  # the RTX runtime compares major.minor.patch
             return f"built with TensorRT-RTX {target.trt_version}, this runtime is {runtime}"
     elif target.version_compatible:
         problem = version_compatible_runtime_problem(target.trt_version, runtime)
         if problem is not None:
             return problem
-    elif built[:3] != have[:3]:
+    elif not _same_release(built, have):
         return f"built with TensorRT {target.trt_version}, this runtime is {runtime}"
     return None
 
@@ -202,7 +211,7 @@ def _rank(target: Target, env: Environment) -> tuple[int, int]:
     an exact TensorRT version before a version-compatible one."""
     exact_gpu = env.gpu is not None and f"{env.gpu[0]}.{env.gpu[1]}" in target.compute_capabilities
     runtime = env.runtimes.get(target.flavor) or env.lean_runtime or ""
-    exact_version = _version(runtime)[:3] == _version(target.trt_version)[:3]
+    exact_version = _same_release(_version(target.trt_version), _version(runtime))
     return (0 if exact_gpu else 1, 0 if exact_version else 1)
 
 
@@ -220,3 +229,111 @@ def choose(variants: tuple[Variant, ...], env: Environment, *, only: str | None 
             refused[variant.name] = reason
     fitting.sort(key=lambda v: _rank(v.target, env))
     return Choice(tuple(fitting), refused)
+
+
+def load_choice(
+    variants: tuple[Variant, ...],
+    env: Environment,
+    *,
+    only: str | None = None,
+    host_code_allowed: bool = False,
+) -> Choice:
+    """The decision ``trtpack.load`` makes before it reads an engine member: ``env`` with the
+    pack's trust (a verified signature or ``trust_engine_host_code``) applied, the variants
+    ranked. ``load`` and ``preflight`` both call this, so the two cannot disagree."""
+    env = dataclasses.replace(env, host_code_allowed=host_code_allowed)
+    return choose(variants, env, only=only)
+
+
+# --- a described machine (preflight) ----------------------------------------------------------
+
+#: the keys of a target description, with what each sets
+TARGET_KEYS = {
+    "name": "a label for the report",
+    "sm": "the GPU's compute capability (8.9), or none",
+    "trt": "the TensorRT version installed (10.13 matches every 10.13.x)",
+    "rtx": "the TensorRT-RTX version installed",
+    "torch_tensorrt": "torch_tensorrt's version, or no (default: present if trt or rtx is given)",
+    "lean": "the standard TensorRT lean runtime's version (tensorrt_lean)",
+    "cuda": "the CUDA runtime version",
+    "os": "linux or win (with arch)",
+    "arch": "x86_64 or aarch64 (with os)",
+    "host_code": "yes: the pack is loaded signed or trusted (require_signature=), default no",
+}
+_MAX_TARGET_TEXT = 1_000
+
+
+def parse_target(text: str) -> tuple[str, Environment, bool]:
+    """``sm=8.9,trt=10.13,os=linux,arch=x86_64`` -> (name, the machine as an Environment,
+    whether host code is allowed). Unknown keys and malformed values are a TargetSpecError."""
+    if len(text) > _MAX_TARGET_TEXT:
+        raise TargetSpecError(f"a target description of {len(text)} characters is over "
+                              f"{_MAX_TARGET_TEXT}", text=text[:80])  # fmt: skip
+    values: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or key not in TARGET_KEYS:
+            known = ", ".join(TARGET_KEYS)
+            raise TargetSpecError(f"target {text!r}: {part!r} is not KEY=VALUE with a key of "
+                                  f"{known}", key=key, text=text)  # fmt: skip
+        if key in values:
+            raise TargetSpecError(f"target {text!r}: {key}= is given twice", key=key, text=text)
+        values[key] = value
+
+    def version(key: str) -> str | None:
+        v = values.get(key)
+        if v is None:
+            return None
+        if not v or not all(p.isdigit() for p in v.split(".")):
+            raise TargetSpecError(f"target {text!r}: {key}={v!r} is not a version such as "
+                                  "10.13 or 10.13.3.9", key=key, text=text)  # fmt: skip
+        return v
+
+    gpu: tuple[int, int] | None = None
+    sm = values.get("sm", "none")
+    if sm.lower() != "none":
+        major, dot, minor = sm.partition(".")
+        if len(sm) == 2 and sm.isdigit():  # sm=89
+            major, dot, minor = sm[0], ".", sm[1]
+        if not (dot and major.isdigit() and minor.isdigit()):
+            raise TargetSpecError(f"target {text!r}: sm={sm!r} is not a compute capability "
+                                  "such as 8.9 (or none)", key="sm", text=text)  # fmt: skip
+        gpu = (int(major), int(minor))
+    runtimes = {f: v for f, k in (("tensorrt", "trt"), ("tensorrt_rtx", "rtx"))
+                if (v := version(k)) is not None}  # fmt: skip
+    tt = values.get("torch_tensorrt")
+    tt_version: str | None = None
+    tt_problem: str | None = None
+    if tt is not None and tt.lower() in ("no", "none"):
+        tt_problem = "torch_tensorrt is not installed on this target"
+    elif tt is not None:
+        tt_version = version("torch_tensorrt")
+    elif runtimes:
+        tt_version = "(version not given)"
+    else:
+        tt_problem = "torch_tensorrt is not installed on this target"
+    flavor = next(iter(runtimes)) if len(runtimes) == 1 else None
+    os_, arch = values.get("os"), values.get("arch")
+    if (os_ is None) != (arch is None):
+        raise TargetSpecError(f"target {text!r}: os= and arch= go together (the platform is "
+                              "both, e.g. linux_x86_64)", key="os" if os_ is None else "arch",
+                              text=text)  # fmt: skip
+    platform = f"{os_.lower()}_{arch.lower()}" if os_ and arch else ""
+    host = values.get("host_code", "no").lower()
+    if host not in ("yes", "no"):
+        raise TargetSpecError(f"target {text!r}: host_code={host!r} is not yes or no",
+                              key="host_code", text=text)  # fmt: skip
+    env = Environment(
+        gpu=gpu,
+        runtimes=runtimes,
+        torch_tensorrt=tt_version,
+        torch_tensorrt_flavor=flavor if tt_version is not None else None,
+        torch_tensorrt_problem=tt_problem,
+        cuda_runtime=version("cuda"),
+        platform=platform,
+        lean_runtime=version("lean"),
+    )
+    return values.get("name") or text, env, host == "yes"

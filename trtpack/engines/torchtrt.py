@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from ..derive import RangeLike
 from ..errors import DeriveError, EngineError, MissingDependencyError
 from ..format.manifest import Interface, IOSpec, Symbol, input_profile, parse_dim
 from ..format.pytree import unflatten_call
+from ..program.derive import RangeLike
 from .packed_info import PackedEngine, read_packed
 from .plan import io_tensors
 from .select import Environment
@@ -163,8 +163,8 @@ def compile(
     ``profiles``: several optimization profiles, each ``{symbol: (min, max) | (min, max, opt)}``
     inside the (narrowed) exported ranges; a call runs on the first profile that covers it."""
     tt = import_torch_tensorrt()
-    from ..derive import apply_ranges
-    from ..program import derive_interface, dim_aliases
+    from ..program.derive import apply_ranges
+    from ..program.serialize import derive_interface, dim_aliases
 
     iface = derive_interface(ep, ranges=ranges)
     if profiles:
@@ -263,9 +263,9 @@ def wire(obj: Any) -> WiredProgram:
     engines left out) and each engine constant's packed facts. Everything else (bindings,
     profiles, the whole-graph rule) is read from that JSON by ``variants.py``, as for a
     ``.ep`` file."""
-    from ..derive import SerializedProgram
     from ..format.limits import loads
-    from ..program import program_members
+    from ..program.derive import SerializedProgram
+    from ..program.serialize import program_members
 
     wired = wired_program(obj)
     fqns = engine_constant_names(wired)

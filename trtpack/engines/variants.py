@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..derive import SerializedProgram
 from ..errors import EngineError
 from ..format.container import Source
 from ..format.manifest import (
@@ -36,6 +35,7 @@ from ..format.manifest import (
     narrowed_ranges,
     whole_graph_mismatch,
 )
+from ..program.derive import SerializedProgram
 from .packed_info import PackedEngine
 from .plan import PlanInfo, parse_plan
 

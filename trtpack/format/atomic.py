@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -85,10 +85,16 @@ def remove_stale_temps(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+def atomic_write(
+    path: os.PathLike | str,
+    *,
+    overwrite: bool = True,
+    before_replace: Callable[[], None] | None = None,
+) -> Iterator[BinaryIO]:
     """Write to a temporary file beside ``path``; on success fsync it, rename it over
     ``path`` and fsync the directory. On any error the temporary file is removed and
-    ``path`` is untouched."""
+    ``path`` is untouched. ``before_replace`` runs once the new bytes are safe on disk, just
+    before the rename (what must go when ``path`` changes); if it raises, nothing is renamed."""
     target = Path(path)
     if not overwrite and target.exists():
         raise OutputExistsError(target)
@@ -109,6 +115,8 @@ def atomic_write(path: os.PathLike | str, *, overwrite: bool = True) -> Iterator
             _at("after-fsync")
         if not overwrite and target.exists():
             raise OutputExistsError(target)  # it appeared while this write ran
+        if before_replace is not None:
+            before_replace()
         _at("before-rename")
         os.replace(tmp, target)
         _at("after-rename")

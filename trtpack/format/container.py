@@ -26,6 +26,7 @@ import mmap
 import os
 import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import deque
@@ -38,6 +39,7 @@ from ..errors import (
     IntegrityError,
     MissingMemberError,
     NotAPackError,
+    PackWriteError,
     UnsafePackError,
 )
 from .atomic import atomic_write
@@ -58,6 +60,9 @@ _WRITEBACK = 64 << 20
 #: pieces a write may have read but not yet hashed
 _IN_FLIGHT = 8
 _ZIP_VERSION = 45  # 4.5: ZIP64
+#: a pack's detached signature lies at ``PACK`` + this (``signing.py``); a write at ``PACK``
+#: removes it, since it signed bytes that are gone
+SIGNATURE_SUFFIX = ".sig"
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the earliest a zip can say
 _DOS_TIME = 0
 _EXTERNAL_ATTR = 0o100644 << 16  # a regular file, rw-r--r--
@@ -504,9 +509,37 @@ def write_pack(
     placeholder hashes of the final length, which gives the exact size — then the members are
     written (sorted, aligned) and hashed as they go, and finally the manifest is built with
     the real hashes and written into its room. Returns the members' digests.
+
+    A signature at ``PATH.sig`` signed the file this write replaces (or an earlier one), so
+    it no longer matches: it is removed just before the new pack is renamed into place (a
+    failed write keeps both; a crash between the two leaves the old pack unsigned, never a
+    pack with a signature of other bytes), with a warning.
     """
-    with atomic_write(path, overwrite=overwrite) as f:
-        return _write_zip(f, members, make_manifest)
+    target = Path(path)
+    signature = target.with_name(target.name + SIGNATURE_SUFFIX)
+    removed: list[Path] = []
+
+    def remove_signature() -> None:
+        try:
+            if stat.S_ISDIR(os.lstat(signature).st_mode):
+                return  # not a signature file; nothing reads it as one
+            os.unlink(signature)
+        except FileNotFoundError:
+            return
+        except OSError as e:  # the pack must not change while a signature of it stays
+            cause = OSError(e.errno, f"cannot remove its signature {signature}: {e.strerror}")
+            raise PackWriteError(target, cause) from None
+        removed.append(signature)
+
+    with atomic_write(target, overwrite=overwrite, before_replace=remove_signature) as f:
+        digests = _write_zip(f, members, make_manifest)
+    if removed:
+        warnings.warn(
+            f"trtpack: removed {signature}: it signed the bytes {target} had before this "
+            f"write, and no longer matches (sign again: `trtpack sign {target} --key KEY`)",
+            stacklevel=2,
+        )
+    return digests
 
 
 class _Memory:

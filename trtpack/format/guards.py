@@ -27,10 +27,35 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ManifestError, UnsafePackError
-from .manifest import Guard, IOSpec, parse_dim
+
+
+# The language stands below the manifest's records (manifest.check() compiles every guard), so
+# it names what it reads of them structurally instead of importing them.
+class Input(Protocol):
+    """What a guard reads of an input (a manifest ``IOSpec``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_tensor(self) -> bool: ...
+
+
+class Dim(Protocol):
+    """A parsed dim expression ``coef * symbol + offset`` (a manifest ``DimExpr``)."""
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def coef(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -219,14 +244,15 @@ def sources(paths: Sequence[tuple[str, str]], forward_arg_names: Sequence[str]) 
 def from_torch(
     guards_code: Sequence[str],
     names: Mapping[str, str],
-    inputs: Sequence[IOSpec],
+    inputs: Sequence[Input],
     *,
     where: str = "guards_code",
-) -> tuple[Guard, ...]:
-    """torch.export's guards -> manifest guards, sorted by source (torch's order depends on
-    the path the program took), duplicates dropped. A guard that translates into something
-    the language refuses over ``inputs`` (a tensor used as a number) stays unexpressed."""
-    out: list[Guard] = []
+) -> tuple[tuple[str, str | None], ...]:
+    """torch.export's guards -> manifest guards as ``(source, expr)`` pairs, sorted by source
+    (torch's order depends on the path the program took), duplicates dropped. A guard that
+    translates into something the language refuses over ``inputs`` (a tensor used as a
+    number) stays unexpressed (``expr`` None)."""
+    out: list[tuple[str, str | None]] = []
     seen: set[str] = set()
     for i, text in enumerate(sorted(guards_code, key=str)):
         tree = check_torch_guard(text, f"{where}[{i}]")
@@ -238,7 +264,7 @@ def from_torch(
             expr = None
         if text not in seen:
             seen.add(text)
-            out.append(Guard(source=text, expr=expr))
+            out.append((text, expr))
     return tuple(out)
 
 
@@ -249,7 +275,7 @@ Compiled = Callable[[Sequence[Any]], Any]
 
 
 def compile_guard(
-    expr: str, inputs: Sequence[IOSpec]
+    expr: str, inputs: Sequence[Input]
 ) -> tuple[Compiled, tuple[str, int | None] | None]:
     """Compile a guard of the manifest language over the flat leaves (one per input, in
     order). Returns the check and the first (input, dim) it reads, which the error names.
@@ -374,11 +400,12 @@ def compile_guard(
     return build(tree), (first[0] if first else None)
 
 
-def implied(expr: str, shapes: Mapping[str, Sequence[Any]]) -> bool:
+def implied(expr: str, shapes: Mapping[str, Sequence[int | Dim | None]]) -> bool:
     """Whether the per-input checks already enforce ``expr``: an equality of linear
     expressions over dims that the manifest's dim expressions make identical (a shared symbol,
     ``y.shape[0] == 2 * x.shape[0]`` for ``y: [2*n]``, equal static sizes). Such guards are
-    not compiled again (they are most of torch's guards)."""
+    not compiled again (they are most of torch's guards). ``shapes`` holds each input's dims
+    parsed (None for a dim that does not parse)."""
     try:
         tree = ast.parse(expr, mode="eval").body
     except SyntaxError:
@@ -406,11 +433,9 @@ def implied(expr: str, shapes: Mapping[str, Sequence[Any]]) -> bool:
             d = shape[node.slice.value]
             if isinstance(d, int):
                 return {"": d}
-            try:
-                e = parse_dim(d)
-            except ManifestError:
+            if d is None:
                 return None
-            return {e.symbol: e.coef, "": e.offset}
+            return {d.symbol: d.coef, "": d.offset}
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
             a, b = linear(node.left), linear(node.right)
             if a is None or b is None:

@@ -30,6 +30,17 @@ MAX_VARIANTS = 256
 MAX_ENGINES = 1_024
 #: entry points of one pack (format 1.4); each is held to the caps above
 MAX_ENTRY_POINTS = 256
+#: bytes of a signature bundle (``PACK.sig``), checked before it is read and read with this
+#: cap: the bundle trtpack signs for a pack within the caps above (its statement lists each
+#: member once, in base64) is smaller
+MAX_SIGNATURE_BYTES = 24 << 20
+#: signatures in one bundle (each costs a public-key check; trtpack writes one), and JSON
+#: objects in it, counted while it is parsed (a key-based bundle has 5, a sigstore bundle
+#: with transparency-log entries a few dozen)
+MAX_SIGNATURES = 16
+MAX_SIGNATURE_OBJECTS = 256
+#: bytes of a PEM key file given to sign or verify (an EC key is a few hundred)
+MAX_KEY_BYTES = 64 << 10
 
 
 def refuse(what: str, limit: int, got: int, where: str) -> UnsafePackError:

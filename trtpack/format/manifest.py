@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ArgumentTypeError, ManifestError, UnsupportedVersionError
+from .pytree import Tree, leaf_paths
 
 FORMAT_NAME = "trtpack"
 #: The manifest format version this trtpack writes. See schema/SPEC.md for the rules.
@@ -29,7 +30,6 @@ FORMAT_VERSION: tuple[int, int] = (1, 4)
 MANIFEST_NAME = "manifest.json"
 
 Dim = int | str
-Tree = dict[str, Any]
 #: what an input or output is (``io.kind`` in the schema)
 Kind = Literal["tensor", "int", "float", "bool", "str", "none"]
 #: which TensorRT built an engine set (``target.flavor``)
@@ -559,8 +559,6 @@ class Manifest:
     def _check_paths(self) -> None:
         """Each input's and output's ``path`` is the one its position in the tree gives, and
         names are unique: a consistent edit of either would feed the wrong tensor."""
-        from .pytree import leaf_paths
-
         for what, specs, tree, root in (
             ("input", self.inputs, self.input_tree, "call"),
             ("output", self.outputs, self.output_tree, "output"),

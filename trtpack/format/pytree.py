@@ -1,5 +1,5 @@
 """Pytree specs as manifest JSON: leaf paths, output names, calls rebuilt from leaves. No torch
-(the torch ``TreeSpec`` side is ``trtpack/treespec.py``).
+(the torch ``TreeSpec`` side is ``trtpack/program/treespec.py``).
 
 A tree is ``{"type": "leaf"}`` or a container with ``children``: ``tuple``, ``list``,
 ``dict`` (with ``keys``), ``namedtuple`` (with ``name`` and ``fields``), ``none``, or
@@ -17,7 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import UnregisteredPytreeError
-from .manifest import Tree
+
+#: a pytree spec as manifest JSON (the manifest's ``input_tree``/``output_tree``)
+Tree = dict[str, Any]
 
 
 def leaf_paths(tree: Tree, root: str) -> list[str]:

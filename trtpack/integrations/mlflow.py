@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import MissingDependencyError, RegistryError
 from ..format.manifest import Manifest
-from ..info import PackInfo, inspect
+from ..reading import PackInfo, inspect
 
 #: MLflow cannot describe bfloat16: such inputs are given as float32 and cast by predict
 _NUMPY = {"bfloat16": "float32"}

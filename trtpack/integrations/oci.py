@@ -31,16 +31,27 @@ plain HTTP as Docker treats them; ``plain_http`` (``--plain-http`` / ``--no-plai
 decides explicitly. Credentials come from the Docker config that oras-py reads
 (``~/.docker/config.json``, ``auths`` entries keyed ``HOST[:PORT]``, as ``docker login``
 writes them), from ``$DOCKER_CONFIG/config.json``, or from ``registry_config``
-(``--registry-config``). oras-py makes every request (auth, retries, manifests); trtpack
-streams the blob bodies itself, to hash them as they pass, show progress, and never hold a
-member in memory.
+(``--registry-config``); oras-py reads them (credential helpers included).
+
+Every request is trtpack's own, through requests, bounded against a registry that misbehaves:
+connect and read timeouts (``timeout``, ``--timeout``, ``TRTPACK_OCI_TIMEOUT``; DEFAULT_TIMEOUT
+by default), at most _MAX_REDIRECTS redirects, every answer that is not a blob (manifests,
+indexes, the /v2/ ping, tokens, errors) read with a cap before it is parsed, blobs streamed to
+disk up to their descriptor's size and hashed as they pass, a pull's total size under
+``max_size`` (``--max-size``). No retries: a failure is a RegistryError at once.
+
+The pack's signature (``PACK.sig``) travels as an OCI referrer of the model manifest (see
+"the signature" below); ``pull`` writes it to ``OUT.sig``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import http.cookiejar
 import json
+import math
 import os
 import re
 import shutil
@@ -48,19 +59,22 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, TextIO
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import (
     IntegrityError,
     MissingDependencyError,
     NoUsableEngineError,
     OutputExistsError,
+    PackWriteError,
     RegistryError,
+    TrtpackError,
 )
 from ..format.container import (
     Chunks,
@@ -70,10 +84,16 @@ from ..format.container import (
     source_size,
     write_pack,
 )
-from ..format.limits import MAX_MANIFEST_BYTES, parse_manifest_json, refuse
+from ..format.limits import (
+    MAX_JSON_DEPTH,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    json_depth,
+    parse_manifest_json,
+)
 from ..format.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, dumps_canonical
-from ..info import PackInfo, format_shape, human_size, open_pack, render
-from ..info import inspect as inspect_pack
+from ..reading import PackInfo, format_shape, human_size, open_pack, render
+from ..reading import inspect as inspect_pack
 
 ARTIFACT_TYPE = "application/vnd.trtpack.v1"
 CONFIG_TYPE = "application/vnd.trtpack.format.manifest.v1+json"
@@ -95,8 +115,21 @@ DEFAULT_LAYOUT = "modelpack"
 VARIANT_CHOICES = ("all", "auto", "none")
 
 _LOOPBACK = ("localhost", "::1")
+#: seconds a registry may take to accept a connection, to send the next bytes of an answer,
+#: or to send a whole answer that is not a blob (``timeout=``, ``--timeout``, or the
+#: environment variable ``TRTPACK_OCI_TIMEOUT``)
+DEFAULT_TIMEOUT = 30.0
+#: bytes of members a pull writes at most unless ``max_size`` (``--max-size``) raises it
+DEFAULT_MAX_SIZE = 64 << 30
 #: an OCI manifest is a few KiB; containerd refuses those over 4 MiB
 _MAX_OCI_MANIFEST = 4 << 20
+#: the /v2/ ping, upload answers, error bodies (only their first 200 characters are shown)
+_MAX_SMALL_BODY = 64 << 10
+#: a token service's JSON answer (a JWT is a few KiB)
+_MAX_TOKEN_BODY = 1 << 20
+#: registries redirect blob downloads to storage once; more than this is a loop
+_MAX_REDIRECTS = 5
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1 << 20
 #: what a ModelPack extract restores: a regular rw-r--r-- file dated like the pack's members
 _FILE_MODE = 0o644
@@ -145,29 +178,275 @@ def uses_plain_http(ref: Reference, plain_http: bool | None = None) -> bool:
 
 
 # --- talking to the registry -----------------------------------------------------------------
+#
+# Every request goes through _Registry.request: connect and read timeouts, redirects followed
+# by hand (at most _MAX_REDIRECTS, the body of a redirect never read, credentials never sent
+# to another origin), one bearer-token round trip on a 401, and every body that is not a blob
+# read with a cap before it is parsed. oras-py only reads the Docker config (credentials).
+
+
+def _seconds(timeout: float | None) -> float:
+    """The timeout to use: as given, else ``TRTPACK_OCI_TIMEOUT``, else DEFAULT_TIMEOUT."""
+    where = "timeout"
+    if timeout is None:
+        env = os.environ.get("TRTPACK_OCI_TIMEOUT", "").strip()
+        if not env:
+            return DEFAULT_TIMEOUT
+        where = "TRTPACK_OCI_TIMEOUT"
+        try:
+            timeout = float(env)
+        except ValueError:
+            timeout = math.nan
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+            not math.isfinite(timeout) or timeout <= 0:  # fmt: skip
+        raise RegistryError(f"{where} must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 @dataclass
 class _Registry:
     ref: Reference
-    oras: Any  # oras.provider.Registry
-    container: Any  # oras.container.Container
+    session: Any  # requests.Session
     prefix: str  # "http" or "https"
+    timeout: float
+    basic: str | None = None  # base64 "user:password" from a Docker config
+    token: str | None = None  # the bearer token the last challenge gave
+
+    @property
+    def where(self) -> str:
+        return f"oci://{self.ref.target}"
 
     def url(self, path: str) -> str:
-        return f"{self.prefix}://{path}"
+        """``path`` (``/v2/...``) on the registry."""
+        return f"{self.prefix}://{self.ref.host}{path}"
+
+    def api(self, kind: str, name: str) -> str:
+        """``/v2/REPOSITORY/KIND/NAME`` (kind: blobs, manifests, referrers)."""
+        return self.url(f"/v2/{self.ref.repository}/{kind}/{name}")
+
+    def request(self, what: str, method: str, url: str, *,
+                headers: dict[str, str] | None = None, data: Any = None,
+                allow: tuple[int, ...] = (), auth: bool = True) -> Any:  # fmt: skip
+        """One request, its body not read yet (the caller reads it with a cap, or closes it).
+        A status >= 400 not in ``allow`` is a RegistryError; 2xx and ``allow`` are returned."""
+        response = self._send(what, method, url, headers or {}, data, auth)
+        if response.status_code == 401 and auth and 401 not in allow:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.close()
+            if challenge[:6].lower() == "bearer":
+                self.token = self._bearer_token(challenge, what)
+                response = self._send(what, method, url, headers or {}, data, auth)
+        status = response.status_code
+        if status in allow or status < 300:
+            return response
+        if status in (401, 403):
+            response.close()
+            raise RegistryError(
+                f"{what} at {self.ref.target}: the registry refused (HTTP {status}); `docker "
+                f"login {self.ref.host}` or registry_config=PATH (--registry-config) give it "
+                "credentials", reference=self.where, status=status,
+            )  # fmt: skip
+        text = _read(self, response, _MAX_SMALL_BODY, f"the answer to {what}", truncate=True)
+        detail = text.decode("utf-8", "replace")[:200]
+        raise RegistryError(f"{what} at {self.ref.target} failed: HTTP {status} {detail}",
+                            reference=self.where, status=status)  # fmt: skip
+
+    def _send(self, what: str, method: str, url: str, headers: dict[str, str], data: Any,
+              auth: bool) -> Any:  # fmt: skip
+        """Send, following at most _MAX_REDIRECTS redirects of a GET or HEAD by hand (requests
+        would read each redirect's body whole)."""
+        import requests
+
+        origin = _origin(self.url("/"))
+        for _ in range(_MAX_REDIRECTS + 1):
+            sent = {"Accept-Encoding": "identity", **headers}
+            if auth and _origin(url) == origin:  # credentials go to the registry only
+                if self.token:
+                    sent["Authorization"] = f"Bearer {self.token}"
+                elif self.basic:
+                    sent["Authorization"] = f"Basic {self.basic}"
+            try:
+                response = self.session.request(method, url, headers=sent, data=data,
+                                                stream=True, allow_redirects=False,
+                                                timeout=(self.timeout, self.timeout))  # fmt: skip
+            except requests.exceptions.SSLError as e:
+                reason = str(e.args[0] if e.args else e)
+                raise RegistryError(
+                    f"TLS with the registry at {self.ref.host} failed to {what} "
+                    f"({reason[:160]}); if it serves plain HTTP, pass plain_http=True "
+                    "(--plain-http)", reference=self.where,
+                ) from None  # fmt: skip
+            except requests.exceptions.Timeout:
+                raise _timed_out(self, what) from None
+            except requests.RequestException as e:
+                if _timed_out_cause(e):
+                    raise _timed_out(self, what) from None
+                raise RegistryError(
+                    f"cannot reach the registry at {self.ref.host} to {what} ({type(e).__name__})",
+                    reference=self.where,
+                ) from None
+            location = response.headers.get("Location")
+            if response.status_code not in (301, 302, 303, 307, 308) or not location or \
+                    method not in ("GET", "HEAD"):  # fmt: skip
+                return response
+            response.close()  # its body is never read
+            url = urljoin(url, location)
+            if not url.startswith(("http://", "https://")):
+                raise RegistryError(f"{what}: the registry redirected to {location[:200]!r}, "
+                                    "not an HTTP(S) URL", reference=self.where)  # fmt: skip
+        raise RegistryError(
+            f"{what}: the registry at {self.ref.host} redirected more than {_MAX_REDIRECTS} "
+            "times (a redirect loop?)", reference=self.where,
+        )  # fmt: skip
+
+    def _bearer_token(self, challenge: str, what: str) -> str:
+        """The token a ``WWW-Authenticate: Bearer realm=...`` challenge asks for, from its realm
+        (with the Docker config's user and password when there are some; else anonymous)."""
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.get("realm", "")
+        if not realm.startswith(("http://", "https://")):
+            raise RegistryError(
+                f"{what}: the registry at {self.ref.host} asks for a token from "
+                f"{realm[:200]!r}, not an HTTP(S) URL", reference=self.where,
+            )  # fmt: skip
+        query = {k: params[k] for k in ("service", "scope") if params.get(k)}
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+        headers = {"Accept": "application/json"}
+        if self.basic:
+            headers["Authorization"] = f"Basic {self.basic}"
+        saved, self.token = self.token, None
+        try:
+            response = self._send(f"get a token to {what}", "GET", url, headers, None, False)
+        finally:
+            self.token = saved
+        raw = _read(self, response, _MAX_TOKEN_BODY, "the token service's answer")
+        if response.status_code != 200:
+            raise RegistryError(
+                f"the token service of {self.ref.host} ({realm[:200]}) refused to {what} "
+                f"(HTTP {response.status_code}); `docker login {self.ref.host}` or "
+                "registry_config=PATH (--registry-config) give it credentials",
+                reference=self.where, status=response.status_code,
+            )  # fmt: skip
+        answer = _json(self, raw, "the token service's answer")
+        token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) \
+            else None  # fmt: skip
+        if not isinstance(token, str) or not token or not token.isascii():
+            raise RegistryError(f"the token service of {self.ref.host} gave no token",
+                                reference=self.where, field="token")  # fmt: skip
+        return token
 
 
-def _reachable(ref: Reference, plain: bool) -> None:
-    """Fail fast and clearly when nothing listens (oras-py retries a dead registry for about
-    two minutes before giving up)."""
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def _timed_out_cause(e: BaseException) -> bool:
+    """Whether a requests error is, underneath, a read timeout (urllib3 wraps them)."""
+    import urllib3.exceptions
+
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (urllib3.exceptions.TimeoutError, socket.timeout)):
+            return True
+        args = getattr(seen, "args", ())
+        nested = next((a for a in args if isinstance(a, BaseException)), None)
+        seen = nested or seen.__cause__ or seen.__context__
+    return False
+
+
+def _timed_out(reg: _Registry, what: str) -> RegistryError:
+    return RegistryError(
+        f"the registry at {reg.ref.host} sent nothing for {reg.timeout:g} s while trying to "
+        f"{what}; raise the limit with timeout=SECONDS (--timeout, TRTPACK_OCI_TIMEOUT) if it "
+        "is only slow", reference=reg.where, field="timeout", limit=reg.timeout,
+    )  # fmt: skip
+
+
+def _chunks(reg: _Registry, response: Any, what: str, size: int,
+            eager: bool = False) -> Iterator[bytes]:  # fmt: skip
+    """The body of ``response`` in chunks of at most ``size`` bytes, transport failures as
+    RegistryError. ``eager``: each chunk is what has arrived (read1), so that a caller can
+    stop a body that trickles in a byte at a time; else full chunks (blobs)."""
+    import requests
+    import urllib3.exceptions
+
+    try:
+        if eager:
+            while chunk := response.raw.read1(size):
+                yield chunk
+        else:
+            yield from response.iter_content(size)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        if isinstance(e, (requests.exceptions.Timeout, socket.timeout)) or _timed_out_cause(e):
+            raise _timed_out(reg, f"read {what}") from None
+        raise RegistryError(f"reading {what} from {reg.ref.host} failed ({type(e).__name__})",
+                            reference=reg.where) from None  # fmt: skip
+
+
+def _read(reg: _Registry, response: Any, cap: int, what: str, truncate: bool = False) -> bytes:
+    """A body that is not a blob (a manifest, an index, a token, an error), at most ``cap``
+    bytes and within the timeout as a whole: over the cap it is refused (``truncate``: cut),
+    before anything is parsed."""
+    with response:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap and not truncate:
+            raise _too_large(reg, what, cap, int(declared))
+        parts, got = [], 0
+        deadline = time.monotonic() + reg.timeout
+        for chunk in _chunks(reg, response, what, 64 << 10, eager=True):
+            parts.append(chunk)
+            got += len(chunk)
+            if got > cap:
+                if truncate:
+                    break
+                raise _too_large(reg, what, cap, got, at_least=True)
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    f"{what} from {reg.ref.host} took more than {reg.timeout:g} s ({got} bytes "
+                    "so far); raise timeout=SECONDS (--timeout) if the registry is only slow",
+                    reference=reg.where, field="timeout", limit=reg.timeout,
+                )  # fmt: skip
+        return b"".join(parts)[:cap]
+
+
+def _too_large(reg: _Registry, what: str, cap: int, got: int, at_least: bool = False
+               ) -> RegistryError:  # fmt: skip
+    size = f"more than {cap}" if at_least else str(got)
+    return RegistryError(f"{reg.where}: {what} is {size} bytes, over trtpack's limit of {cap}",
+                         reference=reg.where, field=what, limit=cap, value=got)  # fmt: skip
+
+
+def _json(reg: _Registry, raw: bytes, what: str) -> Any:
+    """JSON from the registry: bad JSON, or nesting deeper than MAX_JSON_DEPTH (before the
+    parser's recursion limit), is a RegistryError."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        value, depth = None, MAX_JSON_DEPTH + 1
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RegistryError(f"{reg.where}: {what} is not JSON ({e})", reference=reg.where,
+                            field=what) from None  # fmt: skip
+    else:
+        depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise RegistryError(f"{reg.where}: {what} nests deeper than {MAX_JSON_DEPTH} levels",
+                            reference=reg.where, field=what, limit=MAX_JSON_DEPTH)  # fmt: skip
+    return value
+
+
+def _reachable(ref: Reference, plain: bool, timeout: float) -> None:
+    """Fail fast and clearly when nothing listens."""
     port = ref.host.rpartition(":")[2] if ":" in ref.host else ""
     try:
         socket.create_connection((ref.hostname, int(port or (80 if plain else 443))),
-                                 timeout=5).close()  # fmt: skip
+                                 timeout=timeout).close()  # fmt: skip
     except OSError as e:
         raise RegistryError(
-            f"cannot reach the registry at {ref.host} ({e.strerror or e})"
+            f"cannot reach the registry at {ref.host} ({e.strerror or e})",
+            reference=f"oci://{ref.target}",
         ) from None
 
 
@@ -183,100 +462,73 @@ def _auth_configs(registry_config: PathLike | None) -> list[str]:
     return [c for c in configs if Path(c).is_file()]
 
 
-def _connect(
-    ref: Reference, plain_http: bool | None, registry_config: PathLike | None
-) -> _Registry:
+def _credentials(ref: Reference, configs: list[str]) -> str | None:
+    """base64 ``user:password`` for ``ref``'s host from the Docker configs (oras-py reads them,
+    credential helpers included), or None."""
+    import oras.auth.basic
+    import oras.container
+
+    backend = oras.auth.basic.BasicAuth()
+    backend.load_configs(oras.container.Container(ref.target, registry=ref.host),
+                         configs=list(configs) or None)  # fmt: skip
+    found = getattr(backend, "_basic_auth", None)
+    return found if isinstance(found, str) and found else None
+
+
+def _connect(ref: Reference, plain_http: bool | None, registry_config: PathLike | None,
+             timeout: float | None = None) -> _Registry:  # fmt: skip
     try:
-        import oras.provider
+        import oras.auth.basic  # noqa: F401
+        import requests
     except ImportError as e:
         raise MissingDependencyError(
             f"OCI push/pull needs oras ({e}); pip install 'trtpack[oci]'"
         ) from e
+    seconds = _seconds(timeout)
     plain = uses_plain_http(ref, plain_http)
-    _reachable(ref, plain)
+    _reachable(ref, plain, seconds)
     prefix = "http" if plain else "https"
     configs = _auth_configs(registry_config)
+
+    class Session(requests.Session):
+        def get_redirect_target(self, resp: Any) -> None:
+            # requests reads a redirect's whole body (even with allow_redirects=False, to
+            # prepare Response.next): an endless one never ends. _Registry._send redirects.
+            return None
+
+    session = Session()
+    # trust_env stays on: HTTPS_PROXY/NO_PROXY and REQUESTS_CA_BUNDLE work as with oras-py
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    reg = _Registry(ref, session, prefix, seconds)
     # The version check every OCI client starts with: 200, or 401 saying which auth it takes.
-    registry = oras.provider.Registry(hostname=ref.host, insecure=plain)
-    ping = _ping(registry.session, ref, prefix)
-    challenge = ping.headers.get("WWW-Authenticate", "") if ping.status_code == 401 else ""
-    basic = challenge.lower().startswith("basic")
-    if basic:
-        registry = oras.provider.Registry(hostname=ref.host, insecure=plain, auth_backend="basic")
-    container = registry.get_container(ref.target)
-    registry.auth.load_configs(container, configs=list(configs) or None)
-    if basic:
-        if not getattr(registry.auth, "_basic_auth", None):
+    ping = reg.request("reach the registry", "GET", reg.url("/v2/"), allow=(401,), auth=False)
+    status = ping.status_code
+    challenge = ping.headers.get("WWW-Authenticate", "") if status == 401 else ""
+    _read(reg, ping, _MAX_SMALL_BODY, "the registry's answer to /v2/", truncate=True)
+    if status == 401:
+        reg.basic = _credentials(ref, configs)
+    if challenge.lower().startswith("basic"):
+        if not reg.basic:
             raise RegistryError(
                 f"the registry at {ref.host} asks for a user name and password, and no Docker "
                 f"config has them: `docker login {ref.host}` (writes ~/.docker/config.json), "
                 "or registry_config=PATH (--registry-config) naming a config.json with an "
-                f"auths entry for {ref.host}"
-            )
-        # sent with every request: a streamed upload cannot be replayed after a 401
-        registry.session.headers.update(registry.auth.get_auth_header())
-        if _ping(registry.session, ref, prefix).status_code == 401:
+                f"auths entry for {ref.host}", reference=reg.where, status=401,
+            )  # fmt: skip
+        again = reg.request("reach the registry", "GET", reg.url("/v2/"), allow=(401,))
+        _read(reg, again, _MAX_SMALL_BODY, "the registry's answer to /v2/", truncate=True)
+        if again.status_code == 401:
             raise RegistryError(
                 f"the registry at {ref.host} refused the user name and password of its "
-                "Docker config entry (`docker login` again?)"
-            )
-    elif ping.status_code not in (200, 401):
+                "Docker config entry (`docker login` again?)", reference=reg.where, status=401,
+            )  # fmt: skip
+    elif status not in (200, 401):
         raise RegistryError(
-            f"{prefix}://{ref.host}/v2/ answered HTTP {ping.status_code}: not an OCI registry"
-            + (" (an HTTPS one? then pass plain_http=False (--no-plain-http))" if plain else "")
-        )
-    return _Registry(ref, registry, container, prefix)
-
-
-def _ping(session: Any, ref: Reference, prefix: str) -> Any:
-    import requests
-
-    try:
-        return session.get(f"{prefix}://{ref.host}/v2/", timeout=30)
-    except requests.exceptions.SSLError as e:
-        reason = str(e.args[0] if e.args else e)
-        raise RegistryError(
-            f"TLS with the registry at {ref.host} failed ({reason[:160]}); if it serves plain "
-            "HTTP, pass plain_http=True (--plain-http)"
-        ) from None
-    except requests.RequestException as e:
-        raise RegistryError(f"cannot reach the registry at {ref.host} ({e})") from None
-
-
-def _call(what: str, ref: Reference, fn: Any, *args: Any, _allow: tuple[int, ...] = (),
-          **kwargs: Any) -> Any:  # fmt: skip
-    """Run one registry request, turning transport and HTTP failures into RegistryError
-    (except the statuses in ``_allow``, left to the caller)."""
-    import requests
-
-    try:
-        response = fn(*args, **kwargs)
-    except requests.exceptions.SSLError:
-        raise RegistryError(
-            f"TLS with the registry at {ref.host} failed to {what}; if it serves plain HTTP, "
-            "pass plain_http=True (--plain-http)"
-        ) from None
-    except requests.ConnectionError:
-        raise RegistryError(
-            f"cannot reach the registry at {ref.host} to {what} (is it running?)"
-        ) from None
-    except (requests.RequestException, ValueError) as e:
-        if "Not Found" in str(e):
-            raise RegistryError(
-                f"nothing at oci://{ref.target}: the registry has no such artifact"
-            ) from None
-        raise RegistryError(f"{what} at {ref.target} failed: {e}") from None
-    status = getattr(response, "status_code", 200)
-    if status in _allow:
-        return response
-    if isinstance(status, int) and status in (401, 403):
-        raise RegistryError(
-            f"{what} at {ref.target}: the registry refused (HTTP {status}); `docker login "
-            f"{ref.host}` or registry_config=PATH (--registry-config) give it credentials"
-        )
-    if isinstance(status, int) and status >= 400:
-        raise RegistryError(f"{what} at {ref.target} failed: HTTP {status} {response.text[:200]}")
-    return response
+            f"{prefix}://{ref.host}/v2/ answered HTTP {status}: not an OCI registry"
+            + (" (an HTTPS one? then pass plain_http=False (--no-plain-http))" if plain else ""),
+            reference=reg.where, status=status,
+        )  # fmt: skip
+    return reg
 
 
 # --- progress --------------------------------------------------------------------------------
@@ -379,78 +631,115 @@ class _Body:
 
 def _upload(reg: _Registry, layer: dict[str, Any], data: Source, what: str,
             progress: _Progress) -> None:  # fmt: skip
-    import oras.utils
-
     progress.begin(what)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
-    r = _call(f"start uploading {what}", reg.ref, reg.oras.do_request,
-              reg.url(reg.container.upload_blob_url()), "POST", headers=headers)  # fmt: skip
+    r = reg.request(f"start uploading {what}", "POST", reg.api("blobs", "uploads/"),
+                    headers=headers)  # fmt: skip
     location = r.headers.get("Location")
+    _read(reg, r, _MAX_SMALL_BODY, f"the answer to starting the upload of {what}", truncate=True)
     if not location:
-        raise RegistryError(f"the registry at {reg.ref.host} gave no upload location for {what}")
-    url = oras.utils.append_url_params(
-        urljoin(f"{reg.prefix}://{reg.ref.host}/", location), {"digest": layer["digest"]}
-    )
+        raise RegistryError(f"the registry at {reg.ref.host} gave no upload location for {what}",
+                            reference=reg.where)  # fmt: skip
+    url = urljoin(reg.url("/"), location)
+    if not url.startswith(("http://", "https://")):
+        raise RegistryError(f"the registry at {reg.ref.host} gave no HTTP(S) upload location "
+                            f"for {what}", reference=reg.where)  # fmt: skip
+    url += ("&" if "?" in url else "?") + urlencode({"digest": layer["digest"]})
     body = _Body(data, progress)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
-    response = _call(f"upload {what}", reg.ref, reg.oras.do_request, url, "PUT", data=body,
-                     headers=headers, _allow=(400,))  # fmt: skip
+    response = reg.request(f"upload {what}", "PUT", url, data=body, headers=headers,
+                           allow=(400,))  # fmt: skip
+    text = _read(reg, response, _MAX_SMALL_BODY, f"the answer to the upload of {what}",
+                 truncate=True)  # fmt: skip
     if response.status_code == 400:
-        if "DIGEST_INVALID" in response.text:
+        if b"DIGEST_INVALID" in text:
             raise IntegrityError(
                 f"{what}: the registry computed another SHA-256 than the manifest records "
                 f"({layer['digest']}): the pack is damaged (`trtpack verify`)",
                 member=what, field="sha256", expected=layer["digest"],
             )  # fmt: skip
         raise RegistryError(f"upload {what} at {reg.ref.target} failed: HTTP 400 "
-                            f"{response.text[:200]}")  # fmt: skip
+                            f"{text.decode('utf-8', 'replace')[:200]}", reference=reg.where,
+                            status=400)  # fmt: skip
+
+
+def _blob_exists(reg: _Registry, digest: str) -> bool:
+    response = reg.request("check a blob", "HEAD", reg.api("blobs", digest), allow=(404,))
+    response.close()
+    return bool(response.status_code == 200)
+
+
+def _put_manifest(reg: _Registry, reference: str, body: bytes, media_type: str,
+                  what: str) -> Any:  # fmt: skip
+    """PUT a manifest or index under ``reference`` (a tag or its digest); the response, its
+    (small) body read."""
+    response = reg.request(what, "PUT", reg.api("manifests", reference), data=body,
+                           headers={"Content-Type": media_type})  # fmt: skip
+    _read(reg, response, _MAX_SMALL_BODY, f"the answer to {what}", truncate=True)
+    return response
 
 
 def _download(reg: _Registry, digest: str, size: int, what: str, progress: _Progress,
-              out: IO[bytes] | None = None) -> bytes:  # fmt: skip
+              out: IO[bytes] | None = None, out_path: PathLike | None = None) -> bytes:  # fmt: skip
     """Stream one blob, checking its size and SHA-256 as it comes; its bytes (``out`` None)
-    or b"" (written to ``out``)."""
+    or b"" (written to ``out``, never more than ``size`` bytes: a longer body is refused at
+    the first byte past it)."""
+    if not _DIGEST.fullmatch(digest):
+        raise RegistryError(f"{reg.where}: {what} has no valid sha256 digest ({digest[:80]!r})",
+                            reference=reg.where, field="digest")  # fmt: skip
     progress.begin(what)
-    response = _call(f"download {what}", reg.ref, reg.oras.get_blob, reg.container, digest,
-                     stream=True)  # fmt: skip
+    response = reg.request(f"download {what}", "GET", reg.api("blobs", digest))
     sha, got, parts = hashlib.sha256(), 0, []
     with response:
-        for chunk in response.iter_content(_CHUNK):
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) != size:
+            raise IntegrityError(f"{what} from the registry is {declared} bytes, not the "
+                                 f"{size} its descriptor records", member=what, field="size",
+                                 expected=size, got=int(declared))  # fmt: skip
+        for chunk in _chunks(reg, response, what, _CHUNK):
             got += len(chunk)
             if got > size:
-                raise IntegrityError(f"{what} from the registry is larger than its {size} bytes")
+                raise IntegrityError(f"{what} from the registry is larger than its {size} bytes",
+                                     member=what, field="size", expected=size)  # fmt: skip
             sha.update(chunk)
             if out is None:
                 parts.append(chunk)
             else:
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as e:
+                    raise PackWriteError(out_path or "the output", e) from None
             progress.advance(len(chunk))
     if got != size or "sha256:" + sha.hexdigest() != digest:
-        raise IntegrityError(f"{what} from the registry does not match its digest {digest}")
+        raise IntegrityError(f"{what} from the registry does not match its digest {digest}",
+                             member=what, field="sha256", expected=digest)  # fmt: skip
     return b"".join(parts)
 
 
-def _get_manifest(reg: _Registry) -> tuple[dict[str, Any], str]:
-    """The OCI manifest and its digest (the SHA-256 of the bytes served; checked against the
-    reference's digest when it names one)."""
-    response = _call("fetch the manifest", reg.ref, reg.oras.do_request,
-                     reg.url(reg.container.manifest_url()), "GET",
-                     headers={"Accept": OCI_MANIFEST}, _allow=(404,))  # fmt: skip
+def _get_manifest(reg: _Registry, reference: str | None = None, accept: str = OCI_MANIFEST,
+                  missing_ok: bool = False) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
+    """An OCI manifest (the reference's tag or digest unless ``reference`` names another) and
+    its digest (the SHA-256 of the bytes served; checked when the reference is a digest).
+    A missing one is a RegistryError, or (None, "") when ``missing_ok``."""
+    name = reference or reg.ref.digest or reg.ref.tag or "latest"
+    where = reg.where if reference is None else f"oci://{reg.ref.host}/{reg.ref.repository}" + (
+        f"@{name}" if name.startswith("sha256:") else f":{name}")  # fmt: skip
+    response = reg.request("fetch the manifest", "GET", reg.api("manifests", name),
+                           headers={"Accept": accept}, allow=(404,))  # fmt: skip
     if response.status_code == 404:
-        raise RegistryError(f"nothing at oci://{reg.ref.target}: the registry has no such artifact")
-    raw = response.content
-    if len(raw) > _MAX_OCI_MANIFEST:
-        raise refuse("size of the OCI manifest in bytes", _MAX_OCI_MANIFEST, len(raw),
-                     f"oci://{reg.ref.target}")  # fmt: skip
+        response.close()
+        if missing_ok:
+            return None, ""
+        raise RegistryError(f"nothing at {where}: the registry has no such artifact",
+                            reference=where, status=404)  # fmt: skip
+    raw = _read(reg, response, _MAX_OCI_MANIFEST, "the OCI manifest")
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    if reg.ref.digest and digest != reg.ref.digest:
-        raise IntegrityError(f"oci://{reg.ref.target}: the registry served a manifest of {digest}")
-    try:
-        manifest = json.loads(raw)
-    except ValueError as e:
-        raise RegistryError(f"oci://{reg.ref.target}: the manifest is not JSON ({e})") from None
+    if name.startswith("sha256:") and digest != name:
+        raise IntegrityError(f"{where}: the registry served a manifest of {digest}",
+                             field="digest", expected=name, got=digest)  # fmt: skip
+    manifest = _json(reg, raw, "the OCI manifest")
     if not isinstance(manifest, dict):
-        raise RegistryError(f"oci://{reg.ref.target}: the manifest is not a JSON object")
+        raise RegistryError(f"{where}: the manifest is not a JSON object", reference=where)
     return manifest, digest
 
 
@@ -620,9 +909,13 @@ def _build(info: PackInfo, raw: bytes, layout: str, created: str | datetime | No
 def _layout_of(oci: dict[str, Any], ref: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Which layout an OCI manifest has: its name, the descriptor of the pack's manifest.json
     and the layers by member name."""
-    found = oci.get("config")
-    config: dict[str, Any] = found if isinstance(found, dict) else {}
-    layers = [layer for layer in oci.get("layers") or [] if isinstance(layer, dict)]
+    found, layers = oci.get("config"), oci.get("layers", [])
+    if not isinstance(found, dict) or not isinstance(layers, list) or \
+            not all(isinstance(layer, dict) for layer in layers):  # fmt: skip
+        raise RegistryError(f"{ref} is not an OCI image manifest: its config is not a "
+                            "descriptor or its layers are not a list of descriptors",
+                            reference=ref, field="layers")  # fmt: skip
+    config: dict[str, Any] = found
 
     def path(layer: dict[str, Any], *keys: str) -> str:
         a = layer.get("annotations")
@@ -650,6 +943,173 @@ def _layout_of(oci: dict[str, Any], ref: str) -> tuple[str, dict[str, Any], dict
     )
 
 
+# --- the signature, as an OCI referrer of the model manifest -------------------------------------
+#
+# The pack's detached signature (PACK.sig, a sigstore bundle) travels the way signing tools
+# attach signatures to images: an OCI 1.1 artifact manifest (artifactType: the bundle's media
+# type, the empty config, one layer: the bundle) whose ``subject`` is the model manifest. A
+# registry with the referrers API lists it at /v2/REPO/referrers/DIGEST; one without (Debian's
+# docker-registry 2.8) gets the distribution spec's fallback: an image index tagged
+# ``sha256-<hex of DIGEST>`` listing the referrers, which the pushing client keeps up to date.
+
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+_EMPTY = b"{}"
+
+
+def _signature_to_push(pack: PathLike, signature: PathLike | bool, digest: str
+                       ) -> bytes | None:  # fmt: skip
+    """The bundle to attach: ``signature`` True: PACK.sig if there is one; False: none; a path:
+    that bundle. It must be the signature of this pack's manifest.json (``digest``): a stale
+    one would reach the puller as a signature that never verifies."""
+    from ..signing import signature_path
+
+    if signature is False:
+        return None
+    path = signature_path(pack) if signature is True else Path(signature)
+    if not path.is_file():
+        if signature is True:
+            return None
+        raise RegistryError(f"signature {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_SIGNATURE_BYTES:
+        raise RegistryError(f"signature {path} is {size} bytes, over trtpack's limit of "
+                            f"{MAX_SIGNATURE_BYTES}", field="signature", limit=MAX_SIGNATURE_BYTES,
+                            value=size)  # fmt: skip
+    bundle = path.read_bytes()
+    signed = _signed_manifest(bundle)
+    if signed is None:
+        raise RegistryError(f"{path} is not a trtpack signature bundle (`trtpack sign`); push "
+                            "with signature=False (--no-signature) to leave it behind")  # fmt: skip
+    if f"sha256:{signed}" != digest:
+        raise RegistryError(
+            f"{path} signs another manifest.json (sha256:{signed}) than {pack}'s ({digest}): "
+            "it is stale; sign the pack again (`trtpack sign`) or push with signature=False "
+            "(--no-signature)", field="signature", value=f"sha256:{signed}",
+        )  # fmt: skip
+    return bundle
+
+
+def _signed_manifest(bundle: bytes) -> str | None:
+    """The manifest.json SHA-256 a signature bundle's statement names, unverified (push has no
+    key; the puller verifies), or None if it is not such a bundle."""
+    import base64
+
+    try:
+        envelope = json.loads(bundle)["dsseEnvelope"]
+        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        for resource in statement["predicate"]["resources"]:
+            if resource["name"] == MANIFEST_NAME:
+                digest = resource["digest"]
+                return digest if isinstance(digest, str) else None
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return None
+    return None
+
+
+def _attach_signature(reg: _Registry, subject: dict[str, Any], bundle: bytes,
+                      bar: _Progress) -> tuple[str, str]:  # fmt: skip
+    """Push ``bundle`` as a referrer of ``subject`` (a descriptor of the model manifest): its
+    manifest digest, and "api" or "tag" (how the registry lists it)."""
+    from ..signing import BUNDLE_MEDIA_TYPE
+
+    config = _descriptor(EMPTY_TYPE, "sha256:" + hashlib.sha256(_EMPTY).hexdigest(), len(_EMPTY))
+    layer = _descriptor(BUNDLE_MEDIA_TYPE, "sha256:" + hashlib.sha256(bundle).hexdigest(),
+                        len(bundle))  # fmt: skip
+    for blob, data in ((config, _EMPTY), (layer, bundle)):
+        if not _blob_exists(reg, blob["digest"]):
+            _upload(reg, blob, data, "the signature" if data is bundle else "an empty config", bar)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE_MEDIA_TYPE,
+                "config": config, "layers": [layer], "subject": subject}  # fmt: skip
+    body = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    response = _put_manifest(reg, digest, body, OCI_MANIFEST, "upload the signature manifest")
+    if response.headers.get("OCI-Subject") == subject["digest"]:
+        return digest, "api"  # the registry lists referrers itself
+    # No referrers API: keep the referrers tag schema's index up to date (distribution spec
+    # 1.1, "Pushing Manifests with Subject": pull it, 404 means empty, add once, push back).
+    tag = _referrers_tag(subject["digest"])
+    index, _ = _get_manifest(reg, tag, accept=OCI_INDEX, missing_ok=True)
+    if index is None:
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    elif index.get("mediaType") != OCI_INDEX or not isinstance(index.get("manifests"), list):
+        raise RegistryError(
+            f"{reg.where}: the referrers tag {tag} holds something other than an OCI image "
+            "index; trtpack does not overwrite it", reference=reg.where, field=tag,
+        )  # fmt: skip
+    if not any(isinstance(d, dict) and d.get("digest") == digest for d in index["manifests"]):
+        entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
+                 "artifactType": BUNDLE_MEDIA_TYPE}  # fmt: skip
+        index["manifests"].append(entry)
+        raw = json.dumps(index, separators=(",", ":")).encode()
+        _put_manifest(reg, tag, raw, OCI_INDEX, "update the referrers index")
+    return digest, "tag"
+
+
+def _referrers_tag(digest: str) -> str:
+    """The referrers tag schema: ``<alg>-<hex>``, the hex truncated to 64 characters."""
+    algorithm, _, encoded = digest.partition(":")
+    return f"{algorithm}-{encoded[:64]}"
+
+
+def _find_signature(reg: _Registry, subject: str) -> tuple[bytes, str] | None:
+    """The signature bundle attached to the manifest ``subject`` and the digest of the
+    referrer that holds it, or None. Referrers API first; its 404 means the registry has none,
+    and then the referrers tag. Several signatures: the last one listed."""
+    from ..signing import BUNDLE_MEDIA_TYPE
+
+    url = reg.api("referrers", subject) + "?" + urlencode({"artifactType": BUNDLE_MEDIA_TYPE})
+    response = reg.request("list the referrers", "GET", url, headers={"Accept": OCI_INDEX},
+                           allow=(404,))  # fmt: skip
+    if response.status_code == 404:
+        response.close()
+        index, _ = _get_manifest(reg, _referrers_tag(subject), accept=OCI_INDEX, missing_ok=True)
+    else:
+        raw = _read(reg, response, _MAX_OCI_MANIFEST, "the referrers list")
+        index = _json(reg, raw, "the referrers list")
+    if index is None:
+        return None
+    listed = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(listed, list):
+        raise RegistryError(f"{reg.where}: the referrers of {subject} are not an image index",
+                            reference=reg.where, field="manifests")  # fmt: skip
+    found = [d for d in listed if isinstance(d, dict) and d.get("artifactType") ==
+             BUNDLE_MEDIA_TYPE and isinstance(d.get("digest"), str)]  # fmt: skip
+    if not found:
+        return None
+    digest = found[-1]["digest"]
+    if not _DIGEST.fullmatch(digest):
+        raise RegistryError(f"{reg.where}: a referrer of {subject} has no valid sha256 digest",
+                            reference=reg.where, field="digest")  # fmt: skip
+    manifest, _ = _get_manifest(reg, digest)
+    assert manifest is not None
+    layers = manifest.get("layers")
+    found_subject = manifest.get("subject")
+    if not isinstance(found_subject, dict) or found_subject.get("digest") != subject:
+        raise RegistryError(f"{reg.where}: the signature listed for {subject} names another "
+                            "subject", reference=reg.where, field="subject")  # fmt: skip
+    if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict) \
+            or layers[0].get("mediaType") != BUNDLE_MEDIA_TYPE:  # fmt: skip
+        raise RegistryError(f"{reg.where}: the signature manifest {digest} does not hold one "
+                            "signature bundle", reference=reg.where, field="layers")  # fmt: skip
+    size = _size(layers[0], "the signature", reg.where, MAX_SIGNATURE_BYTES)
+    bundle = _download(reg, str(layers[0].get("digest")), size, "the signature",
+                       _Progress("pull", False))  # fmt: skip
+    return bundle, digest
+
+
+def _size(desc: dict[str, Any], what: str, where: str, limit: int) -> int:
+    """A descriptor's ``size``: an integer from 0 to ``limit``, else a RegistryError."""
+    size = desc.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise RegistryError(f"{where}: the descriptor of {what} has no size (got {size!r:.40})",
+                            reference=where, field="size", value=size)  # fmt: skip
+    if size > limit:
+        raise RegistryError(f"{where}: {what} is {size} bytes, over trtpack's limit of {limit}",
+                            reference=where, field="size", limit=limit, value=size)  # fmt: skip
+    return size
+
+
 # --- push ------------------------------------------------------------------------------------
 
 
@@ -664,6 +1124,11 @@ class Pushed:
     bytes_uploaded: int = 0
     #: bytes of blobs the registry already had
     bytes_skipped: int = 0
+    #: the digest of the referrer manifest that carries the pack's signature (None: unsigned)
+    signature: str | None = None
+    #: how the registry lists that referrer: "api" (OCI 1.1 referrers API) or "tag" (the
+    #: referrers tag schema ``sha256-<hex>``, for registries without the API)
+    referrers: str | None = None
 
 
 def push(
@@ -675,11 +1140,18 @@ def push(
     registry_config: PathLike | None = None,
     progress: bool | None = None,
     created: str | datetime | None = None,
+    signature: PathLike | bool = True,
+    timeout: float | None = None,
 ) -> Pushed:
     """Push ``pack`` to ``ref`` in ``layout`` (``"modelpack"`` or ``"trtpack"``); blobs the
     registry already has are not sent again. ``progress`` None: a progress line on stderr
     only when it is a terminal. ``created``: the ModelPack creation time (default: the pack's
-    ``created`` metadata, else ``SOURCE_DATE_EPOCH``, else none)."""
+    ``created`` metadata, else ``SOURCE_DATE_EPOCH``, else none).
+
+    ``signature`` True: the pack's ``PACK.sig``, if it has one, is attached as an OCI referrer
+    of the pushed manifest (and must be the signature of this pack's manifest); a path: that
+    bundle; False: none. ``timeout``: seconds the registry may stay silent (default
+    ``TRTPACK_OCI_TIMEOUT`` or DEFAULT_TIMEOUT)."""
     reference = parse_reference(ref)
     if reference.digest:
         raise RegistryError(f"push to a tag, not a digest: {ref}")
@@ -689,7 +1161,8 @@ def push(
     with open_pack(pack) as (reader, info):
         raw = reader.read(MANIFEST_NAME)
         manifest, extra = _build(info, raw, layout, created)
-        reg = _connect(reference, plain_http, registry_config)
+        bundle = _signature_to_push(pack, signature, info.digest)
+        reg = _connect(reference, plain_http, registry_config, timeout)
         members = {f"sha256:{m.sha256}": n for n, m in info.manifest.members.items()}
         labels = {**members, manifest["config"]["digest"]: "the ModelPack config",
                   "sha256:" + hashlib.sha256(raw).hexdigest(): MANIFEST_NAME}  # fmt: skip
@@ -697,7 +1170,7 @@ def push(
         skipped_bytes = 0
         for blob in [manifest["config"], *manifest["layers"]]:
             name = members.get(blob["digest"])
-            if _call("check a blob", reference, reg.oras.blob_exists, blob, reg.container):
+            if _blob_exists(reg, blob["digest"]):
                 skipped_bytes += blob["size"]
                 if name is not None:
                     skipped.append(name)
@@ -717,28 +1190,38 @@ def push(
                 bar.note(what, blob["size"], "sent")
                 if name is not None:
                     uploaded.append(name)
-            response = _call("upload the manifest", reference, reg.oras.upload_manifest,
-                             manifest, reg.container)  # fmt: skip
+            # json.dumps' default separators: the bytes oras-py sent before, so the same pack
+            # keeps its manifest digest across trtpack versions
+            body = json.dumps(manifest).encode()
+            _put_manifest(reg, reference.tag or "latest", body, OCI_MANIFEST,
+                          "upload the manifest")  # fmt: skip
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            signed = how = None
+            if bundle is not None:
+                subject = _descriptor(OCI_MANIFEST, digest, len(body))
+                signed, how = _attach_signature(reg, subject, bundle, bar)
+                sent += len(bundle)
             bar.close(f"{len(missing)} blob(s), {human_size(sent)} sent; "
                       f"{human_size(skipped_bytes)} already in the registry")  # fmt: skip
-    body = json.dumps(manifest).encode()  # what requests sent: its default separators
-    digest = response.headers.get("Docker-Content-Digest")
-    if not digest:
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
     return Pushed(reference.target, digest, sorted(uploaded), sorted(skipped), layout,
-                  sent + len(body), skipped_bytes)  # fmt: skip
+                  sent + len(body), skipped_bytes, signed, how)  # fmt: skip
 
 
 # --- reading ---------------------------------------------------------------------------------
 
 
 def fetch_manifest(
-    ref: str, *, plain_http: bool | None = None, registry_config: PathLike | None = None
+    ref: str,
+    *,
+    plain_http: bool | None = None,
+    registry_config: PathLike | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """The OCI manifest of a pushed pack (what ``oras manifest fetch`` shows), either layout;
     RegistryError if the artifact is not a pack."""
-    reg = _connect(parse_reference(ref), plain_http, registry_config)
+    reg = _connect(parse_reference(ref), plain_http, registry_config, timeout)
     manifest, _ = _get_manifest(reg)
+    assert manifest is not None
     _layout_of(manifest, ref)
     return manifest
 
@@ -757,36 +1240,60 @@ class RemotePack:
     bytes_downloaded: int
 
 
-def _manifest_from(raw: bytes, where: str) -> Manifest:
-    """The pack's manifest from its manifest.json bytes, upgraded in memory as ``inspect``
-    upgrades an older format."""
-    data = parse_manifest_json(raw, where)
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, list) and len(version) == 2 and tuple(version) < FORMAT_VERSION:
-        from ..format.upgrade import upgrade
+def _manifest_from(raw: bytes, where: str, upgrade_old: bool = True) -> Manifest:
+    """The pack's manifest from its manifest.json bytes (``upgrade_old``: upgraded in memory
+    as ``inspect`` upgrades an older format). Whatever is wrong with it is a RegistryError
+    (the ManifestError or UnsafePackError saying what, as its cause): the registry served it."""
+    try:
+        data = parse_manifest_json(raw, where)
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if (
+            upgrade_old
+            and isinstance(version, list)
+            and len(version) == 2
+            and all(
+                type(v) is int
+                for v in version  # ["1", "0"] is for the schema check to refuse
+            )
+            and tuple(version) < FORMAT_VERSION
+        ):
+            from ..format.upgrade import upgrade
 
-        data, _, _ = upgrade(data)
-    return Manifest.from_dict(data)
+            data, _, _ = upgrade(data)
+        return Manifest.from_dict(data)
+    except TrtpackError as e:
+        raise RegistryError(
+            f"{where}: the pack's {MANIFEST_NAME} is not a valid trtpack manifest: {e}",
+            reference=where,
+            field=MANIFEST_NAME,
+        ) from e
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        # what a reader that checks later than it reads (format.upgrade) may still raise on a
+        # hand-made manifest: the registry served it, so it is the registry's answer at fault
+        raise RegistryError(f"{where}: the pack's {MANIFEST_NAME} is not a valid trtpack "
+                            f"manifest ({type(e).__name__}: {str(e)[:200]})", reference=where,
+                            field=MANIFEST_NAME) from e  # fmt: skip
 
 
 def _read_pack_manifest(reg: _Registry, desc: dict[str, Any], where: str,
                         bar: _Progress) -> bytes:  # fmt: skip
-    size = desc.get("size")
-    if not isinstance(size, int) or size < 0:
-        raise RegistryError(f"{where}: the descriptor of {MANIFEST_NAME} has no size")
-    if size > MAX_MANIFEST_BYTES:
-        raise refuse(f"size of {MANIFEST_NAME} in bytes", MAX_MANIFEST_BYTES, size, where)
+    size = _size(desc, MANIFEST_NAME, where, MAX_MANIFEST_BYTES)
     return _download(reg, str(desc.get("digest")), size, MANIFEST_NAME, bar)
 
 
 def inspect(
-    ref: str, *, plain_http: bool | None = None, registry_config: PathLike | None = None
+    ref: str,
+    *,
+    plain_http: bool | None = None,
+    registry_config: PathLike | None = None,
+    timeout: float | None = None,
 ) -> RemotePack:
     """Read a pushed pack's manifest without pulling it: the OCI manifest, then the pack's
     ``manifest.json`` blob (a few KiB); no weights, no engines."""
     reference = parse_reference(ref)
-    reg = _connect(reference, plain_http, registry_config)
+    reg = _connect(reference, plain_http, registry_config, timeout)
     oci, digest = _get_manifest(reg)
+    assert oci is not None
     layout, desc, _ = _layout_of(oci, ref)
     raw = _read_pack_manifest(reg, desc, ref, _Progress("inspect", False))
     manifest = _manifest_from(raw, ref)
@@ -819,6 +1326,10 @@ class Pulled(PackInfo):
     left_out: dict[str, str] = field(default_factory=dict)
     #: bytes of blobs downloaded
     bytes_downloaded: int = 0
+    #: where the pack's signature was written (``OUT.sig``), or None
+    signature: str | None = None
+    #: why no signature was written, when none was
+    signature_note: str = ""
 
 
 def _choose(manifest: Manifest, variants: str | Sequence[str] | None, environment: Any,
@@ -895,51 +1406,154 @@ def pull(
     plain_http: bool | None = None,
     registry_config: PathLike | None = None,
     progress: bool | None = None,
+    signature: bool = True,
+    max_size: int | None = None,
+    timeout: float | None = None,
 ) -> Pulled:
     """Fetch the pack at ``ref`` into ``out`` (atomically), every blob checked. Either layout.
 
     ``variants`` None or ``"all"``: the pack as pushed, byte for byte. A list of names: the
     program and those engine variants only. ``"auto"``: the variants that can run on this
     machine (``trtpack.engines.select``; ``environment`` overrides what is probed). ``"none"``:
-    the program only. Blobs of variants left out are never downloaded."""
+    the program only. Blobs of variants left out are never downloaded.
+
+    ``signature``: the signature attached to the pushed manifest (an OCI referrer, as ``push``
+    attaches ``PACK.sig``) is written to ``OUT.sig``, so that ``trtpack verify --key`` checks
+    the pulled pack; ``OUT.sig`` is an output like ``out`` (``overwrite`` replaces it, and a
+    stale one is removed). A pull of some variants only has another manifest.json than the one
+    signed: no signature is written then.
+
+    ``max_size``: the most bytes of members the pull writes (default DEFAULT_MAX_SIZE): a pack
+    declaring more is refused before anything is downloaded. ``timeout``: seconds the registry
+    may stay silent (default ``TRTPACK_OCI_TIMEOUT`` or DEFAULT_TIMEOUT). Nothing is written
+    but ``out`` (and ``OUT.sig``), through temporary files beside it that a failure removes."""
+    from ..signing import signature_path
+
     out_path = Path(out)
+    limit = DEFAULT_MAX_SIZE if max_size is None else max_size
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise RegistryError(f"max_size must be a number of bytes, not {max_size!r}")
     if out_path.exists() and not overwrite:
         raise OutputExistsError(out)
+    sig_path = signature_path(out_path)
+    if signature and sig_path.exists() and not overwrite:
+        raise OutputExistsError(sig_path)
     reference = parse_reference(ref)
-    reg = _connect(reference, plain_http, registry_config)
-    oci, _ = _get_manifest(reg)
+    reg = _connect(reference, plain_http, registry_config, timeout)
+    oci, manifest_digest = _get_manifest(reg)
+    assert oci is not None
     layout, desc, layers = _layout_of(oci, ref)
+    note = ""
     with _Progress("pull", progress) as bar:
         raw = _read_pack_manifest(reg, desc, ref, bar)
         downloaded = len(raw)
-        manifest = Manifest.from_json(raw)
+        manifest = _manifest_from(raw, ref, upgrade_old=False)
         keep, left_out = _choose(manifest, variants, environment, ref)
-        if len(keep) != len(manifest.engines):
+        subset = len(keep) != len(manifest.engines)
+        if subset:
             raw = _subset(raw, keep, ref)
-            manifest = Manifest.from_json(raw)
+            manifest = _manifest_from(raw, ref, upgrade_old=False)
         wanted = sorted(manifest.members.items())
         for name, member in wanted:  # every layer is there before anything large is fetched
             layer = layers.get(name)
             if layer is None or layer.get("digest") != f"sha256:{member.sha256}" or \
                     layer.get("size") != member.size:  # fmt: skip
-                raise RegistryError(f"{ref}: no layer holds member {name!r} of its manifest")
-        bar.total = downloaded + sum(m.size for _, m in wanted)
-        bar.done = downloaded
+                raise RegistryError(f"{ref}: no layer holds member {name!r} of its manifest",
+                                    reference=ref, field=name)  # fmt: skip
+        total = sum(m.size for _, m in wanted)
+        if total > limit:
+            raise RegistryError(
+                f"{ref}: its members are {total} bytes ({human_size(total)}), over the limit of "
+                f"{limit} ({human_size(limit)}); raise it with max_size=BYTES (--max-size) if "
+                "you trust this pack", reference=ref, field="max_size", limit=limit, value=total,
+            )  # fmt: skip
         parent = out_path.parent if str(out_path.parent) else Path(".")
-        with tempfile.TemporaryDirectory(dir=parent, prefix=".trtpack-pull-") as tmp:
+        _check_space(parent, out_path, total)
+        bundle: bytes | None = None
+        if signature and not subset:
+            found = _find_signature(reg, manifest_digest)
+            if found is None:
+                note = "the registry holds no signature for it"
+            else:
+                bundle = found[0]
+                downloaded += len(bundle)
+        elif signature:
+            note = ("not written: the pulled pack holds some engine variants only, and its "
+                    "manifest.json is not the one signed")  # fmt: skip
+        bar.total = downloaded + total
+        bar.done = downloaded
+        try:
+            tmp_dir = tempfile.TemporaryDirectory(dir=parent, prefix=".trtpack-pull-")
+        except OSError as e:
+            raise PackWriteError(out_path, e) from None
+        with tmp_dir as tmp:
             members = {}
             for i, (name, member) in enumerate(wanted):
                 path = Path(tmp) / f"member{i}"
-                with open(path, "wb") as f:
-                    _download(reg, f"sha256:{member.sha256}", member.size, name, bar, f)
+                try:
+                    f = open(path, "wb")
+                except OSError as e:
+                    raise PackWriteError(out_path, e) from None
+                with f:
+                    _download(reg, f"sha256:{member.sha256}", member.size, name, bar, f,
+                              out_path)  # fmt: skip
                 bar.note(name, member.size, "received")
                 downloaded += member.size
                 members[name] = FileSlice(path, 0, member.size)
             final = raw
-            write_pack(out_path, members, lambda _digests: final, overwrite=overwrite)
+            stale = signature and sig_path.exists()  # only with overwrite (checked above)
+            with warnings.catch_warnings():
+                if signature:
+                    # write_pack removes OUT.sig, which signed the bytes OUT had, and warns
+                    # "sign again"; here the registry's signature takes its place below, or
+                    # signature_note says it was removed
+                    warnings.filterwarnings("ignore", message=r"trtpack: removed .*\.sig")
+                write_pack(out_path, members, lambda _digests: final, overwrite=overwrite)
+        if stale and bundle is None:
+            note += f"; removed the stale {sig_path}"
+        written = _place_signature(out_path, sig_path, bundle, signature)
         bar.close(f"{len(wanted)} member(s), {human_size(downloaded)} received")
     info = inspect_pack(out_path)
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(PackInfo)}
     return Pulled(**fields, reference=f"oci://{reference.target}", layout=layout,
-                  variants=tuple(keep), left_out=left_out,
-                  bytes_downloaded=downloaded)  # fmt: skip
+                  variants=tuple(keep), left_out=left_out, bytes_downloaded=downloaded,
+                  signature=None if written is None else str(written),
+                  signature_note=note)  # fmt: skip
+
+
+def _check_space(parent: Path, out_path: Path, total: int) -> None:
+    """Refuse at once when the disk cannot hold the members twice (the temporary copies and
+    the pack written from them) rather than fill it."""
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return  # the write says why, if it fails
+    need = 2 * total + (1 << 20)
+    if need > free:
+        cause = OSError(errno.ENOSPC, f"needs about {human_size(need)} (the members twice), "
+                                      f"{human_size(free)} free")  # fmt: skip
+        raise PackWriteError(out_path, cause)
+
+
+def _place_signature(out_path: Path, sig_path: Path, bundle: bytes | None,
+                     signature: bool) -> Path | None:  # fmt: skip
+    """Write ``bundle`` to ``sig_path`` beside the pulled pack, or remove a stale one there
+    (``overwrite`` was checked before anything was downloaded). If the signature cannot be
+    written, neither is the pack: it is removed, and the error says why."""
+    from ..format.atomic import atomic_write
+
+    if not signature:
+        return None
+    if bundle is None:
+        try:
+            sig_path.unlink(missing_ok=True)  # another pack's signature would never verify
+        except OSError as e:
+            raise PackWriteError(sig_path, e) from None
+        return None
+    try:
+        with atomic_write(sig_path) as f:
+            f.write(bundle)
+    except BaseException:
+        out_path.unlink(missing_ok=True)
+        raise
+    return sig_path

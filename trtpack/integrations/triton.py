@@ -39,7 +39,7 @@ from pathlib import Path
 from ..errors import MissingDependencyError, OutputExistsError, RegistryError
 from ..format.container import PathLike
 from ..format.manifest import Binding, IOSpec, Manifest, Variant, parse_dim
-from ..info import open_pack
+from ..reading import open_pack
 
 _TYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16",

@@ -13,16 +13,18 @@ recognized, described, converted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
-from ..assemble import PackParts
+from ..writing.assemble import PackParts
 
 if TYPE_CHECKING:
-    from ..info import PackInfo
+    from ..reading import PackInfo
 from ..errors import MigrationError, NotAPackError, OutputExistsError
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import MANIFEST_NAME, Interface, Producer
@@ -115,7 +117,7 @@ def convert(
 
 
 def _convert_pack(reader: PackReader) -> PackParts:
-    from ..info import read_info
+    from ..reading import read_info
 
     info = read_info(reader)  # upgrades an older format in memory
     m = info.manifest
@@ -164,9 +166,9 @@ def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:
     """The interface of a pre-2.7 torch.export file, read from its program JSON alone (no
     torch: the weights are pickles, which only migration reads, with torch's weights_only
     loader). Returns (kind, interface)."""
-    from ..derive import SerializedProgram
     from ..format.limits import loads
-    from ..graph_check import check_graph
+    from ..program.derive import SerializedProgram
+    from ..program.graph_check import check_graph
 
     with PackReader(path, require_stored=False, check_crc=True) as reader:
         version = reader.read("version").decode(errors="replace").strip()
@@ -191,7 +193,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     import torch
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
-    from ..program import derive_interface, program_members
+    from ..program.describe import describe
 
     def unpickle(name: str) -> Any:
         if name not in reader:
@@ -210,7 +212,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
     version = reader.read("version").decode(errors="replace").strip()
     graph = reader.read("serialized_exported_program.json")
     from ..errors import UnsafePackError
-    from ..graph_check import check_graph
+    from ..program.graph_check import check_graph
 
     try:
         check_graph(graph, f"{reader.path}:serialized_exported_program.json")
@@ -223,35 +225,42 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
             f"{reader.path}: torch {torch.__version__} cannot read this torch.export file "
             f"(schema {version}): {type(e).__name__}: {e}"
         ) from None
-    members, ref = program_members(ep)
-    stored = members[ref.graph]
-    assert isinstance(stored, bytes)
-    return PackParts(derive_interface(ep, graph=stored), dict(members), ref,
+    described = describe(ep)
+    return PackParts(described.interface, described.members, described.ref,
                      producer=Producer(trtpack="-", python="-"),
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 
-@overload
-def to_pack(c: PackParts, path: None, *, overwrite: bool = False) -> bytearray: ...
-@overload
-def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo: ...
-def to_pack(
-    c: PackParts, path: PathLike | None, *, overwrite: bool = False
-) -> PackInfo | bytearray:
-    """Write ``c`` as a current-format pack (atomically) at ``path``, or return its bytes."""
+def to_pack(c: PackParts, path: PathLike, *, overwrite: bool = False) -> PackInfo:
+    """Write ``c`` as a current-format pack (atomically) at ``path``."""
     import dataclasses
     import platform
 
     from .._version import __version__
-    from ..assemble import to_bytes, write
+    from ..writing.assemble import write
 
     # this trtpack wrote the pack; the program is the torch version's that wrote it
     made_by = Producer(__version__, platform.python_version(),
                        torch=c.producer.torch if c.producer else None)  # fmt: skip
     parts = dataclasses.replace(c, producer=made_by)
-    if path is None:
-        return to_bytes(parts)
     return write(parts, path, overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def open_migrated(c: PackParts, path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
+    """``c`` (converted from the file at ``path``) as an open pack, for ``load`` and
+    ``inspect``: written to a temporary file (in ``TMPDIR``) and read like any pack, its
+    weights mapped from that file, never assembled in memory (a second full copy of them).
+    The file is removed on exit; what was mapped from it stays valid (POSIX keeps an unlinked
+    file's pages while they are mapped). Messages name ``path``."""
+    from ..reading import read_info
+
+    with tempfile.TemporaryDirectory(prefix="trtpack-migrated-") as folder:
+        staged = Path(folder) / "migrated.trtpack"
+        to_pack(c, staged)
+        with PackReader(staged) as reader:
+            reader.path = Path(path)  # opened already: from here on the path only names it
+            yield reader, read_info(reader)
 
 
 def migrate(

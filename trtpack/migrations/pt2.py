@@ -15,8 +15,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..assemble import PackParts
-from ..derive import SCALAR_TYPES, SerializedProgram
 from ..engines.packed_info import PackedEngine, read_engine_pickle
 from ..engines.variants import WiredProgram, variant_from_wired
 from ..errors import MigrationError
@@ -24,6 +22,9 @@ from ..format.container import PackReader, Source
 from ..format.limits import loads
 from ..format.manifest import Producer, ProgramRef
 from ..format.weights import DTYPES, RawTensor, layout_metadata, safetensors_source
+from ..program.derive import SerializedProgram
+from ..program.serde import SCALAR_TYPES
+from ..writing.assemble import PackParts
 
 
 def archive_root(reader: PackReader) -> str | None:
@@ -78,7 +79,7 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
     if len(_models(reader, root)) > 1:
         return _convert_entry_points(reader, root)
     graph_member, data = model_json(reader, root)
-    from ..graph_check import check_graph
+    from ..program.graph_check import check_graph
 
     check_graph(data, f"{where}:{graph_member}")
     program = SerializedProgram(data, where=f"{where}:{graph_member}")
@@ -110,7 +111,7 @@ def _convert_entry_points(reader: PackReader, root: str) -> PackParts:
     programs of one archive came from one model, so equal tensors, the state they write
     included, become one tensor (as ``trtpack.save`` of the same programs shares them)."""
     from ..format.manifest import EntryPoint
-    from ..graph_check import check_graph
+    from ..program.graph_check import check_graph
 
     where = str(reader.path)
     members_json = {m[len(f"{root}models/") : -len(".json")]: m for m in _models(reader, root)}

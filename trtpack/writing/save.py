@@ -1,8 +1,8 @@
 """``save``: an ExportedProgram (or a compiled module) -> a .trtpack file. The one save
 pipeline:
 
-1. the interface, derived once from the serialized program (``program.derive_interface``);
-2. the program members: that same serialization, and the weights (``program.py``);
+1. the program members and the interface derived from those same bytes, in one call
+   (``program.describe``);
 3. the engine variants a compiled module contributes (``engines/variants.py``);
 4. all of it written once, by the one writer (``assemble.py``).
 """
@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
+from ..engines.variants import variant_from_wired
+from ..errors import ArgumentTypeError, DeriveError, TrtpackError
+from ..format.container import PathLike, Source
+from ..format.manifest import Interface, ProgramRef, Tolerance, Variant
+from ..program.derive import RangeLike, apply_ranges
+from ..program.describe import describe
+from ..reading import PackInfo
 from .assemble import PackParts, write
-from .derive import RangeLike, apply_ranges
-from .engines.variants import variant_from_wired
-from .errors import ArgumentTypeError, DeriveError, TrtpackError
-from .format.container import PathLike, Source
-from .format.manifest import Interface, ProgramRef, Tolerance, Variant
-from .info import PackInfo
-from .program import derive_interface, dim_aliases, program_members
 
 
 def save(
@@ -76,11 +76,8 @@ def save(
     parts = _parts_of_compiled(obj, source, ranges, variant) if compiled else None
     if parts is None:
         assert isinstance(obj, ExportedProgram)
-        members, ref = program_members(obj)
-        graph = members[ref.graph]
-        assert isinstance(graph, bytes)
-        iface = derive_interface(obj, ranges=ranges, graph=graph)  # from the bytes it stores
-        parts = PackParts(iface, dict(members), ref)
+        described = describe(obj, ranges=ranges)  # the interface of the bytes it stores
+        parts = PackParts(described.interface, described.members, described.ref)
     if output_names is not None:
         parts.interface = parts.interface.with_output_names(output_names)
     parts.metadata = dict(metadata or {})
@@ -121,7 +118,7 @@ def _with_samples(
     samples: int | Sequence[Any],
     tolerances: Mapping[str, Tolerance | tuple[float, float]],
 ) -> PackParts:
-    from .samples import sample_members
+    from ..samples import sample_members
 
     chosen = {k: v if isinstance(v, Tolerance) else Tolerance(*map(float, v))
               for k, v in tolerances.items()}  # fmt: skip
@@ -143,7 +140,7 @@ def _with_samples(
 def has_engines(ep: ExportedProgram) -> bool:
     if all(isinstance(v, torch.Tensor) for v in ep.constants.values()):
         return False
-    from .engines.torchtrt import engine_constant_names  # imports no torch_tensorrt
+    from ..engines.torchtrt import engine_constant_names  # imports no torch_tensorrt
 
     return bool(engine_constant_names(ep))
 
@@ -157,7 +154,7 @@ def _parts_of_compiled(
     """A compiled module's pack: the source program (if known) as the portable fallback, and
     the engines as one variant. The interface comes from ``trtpack.compile`` (it travels with
     the module), else from the source program, else from the wired program's own JSON."""
-    from .engines.torchtrt import engine_constant_names, wire
+    from ..engines.torchtrt import engine_constant_names, wire
 
     attached = getattr(obj, "_trtpack", None)
     if attached is not None and source is None:
@@ -168,17 +165,14 @@ def _parts_of_compiled(
     members: dict[str, Source] = {}
     ref: ProgramRef | None = None
     if source is not None:
-        program, ref = program_members(source)
-        members.update(program)
-        stored = program[ref.graph]
-        assert isinstance(stored, bytes)
-        iface = (
-            attached.interface if attached is not None else derive_interface(source, graph=stored)
-        )
+        given = attached.interface if attached is not None else None  # compile's own
+        described = describe(source, ranges=ranges, interface=given)
+        members.update(described.members)
+        ref, iface = described.ref, described.interface
     else:
         iface = wired.program.interface()[0]  # a torch_tensorrt program alone: its own JSON
-    if ranges:
-        iface = apply_ranges(iface, ranges, dim_aliases(source) if source is not None else {})
+        if ranges:
+            iface = apply_ranges(iface, ranges, {})
     profiles = getattr(attached, "profiles", None)  # compiled with several profiles
     variant, engine_members = variant_from_wired(wired, iface, name=name, profiles=profiles)
     members.update(engine_members)
@@ -190,6 +184,6 @@ def variant_of_compiled(
 ) -> tuple[Variant, dict[str, Source]]:
     """The engine variant of a compiled module, for a pack whose interface is ``iface``
     (``add_engine``)."""
-    from .engines.torchtrt import wire
+    from ..engines.torchtrt import wire
 
     return variant_from_wired(wire(obj), iface, name=name)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from .errors import ArgumentTypeError, ManifestError, TrtpackError
-from .format.manifest import EntryPoint, State, StateTensor, StateUse
+from ..errors import ArgumentTypeError, ManifestError, TrtpackError
+from ..format.manifest import EntryPoint, State, StateTensor, StateUse
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -158,8 +158,8 @@ def parts_of_programs(
     """The parts of a multi-entry pack: the default program's ``PackParts`` (its members,
     interface and reference) with the other entry points' members added, and the other
     entry points' records."""
+    from ..program.serialize import SharedWeights, derive_interface, program_members
     from .assemble import PackParts
-    from .program import SharedWeights, derive_interface, program_members
 
     names = list(programs)
     default = names[0]

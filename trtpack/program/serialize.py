@@ -21,17 +21,17 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts
-from .errors import ArgumentTypeError, DeriveError, IntegrityError, MigrationError, ProgramError
-from .format.container import Chunks, PackReader
-from .format.manifest import Interface, Manifest, ProgramRef
-from .format.weights import (
+from ..errors import ArgumentTypeError, DeriveError, IntegrityError, MigrationError, ProgramError
+from ..format.container import Chunks, PackReader
+from ..format.manifest import Interface, Manifest, ProgramRef
+from ..format.weights import (
     RawTensor,
     layout_metadata,
     parse_layout,
     parse_safetensors,
     safetensors_source,
 )
+from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts
 from .treespec import register_namedtuples, restore_namedtuples
 
 
@@ -62,6 +62,15 @@ def derive_interface(
         raise ArgumentTypeError("ep", "a torch.export.ExportedProgram", ep)
     if graph is None:
         graph = program_graph(ep)
+    iface, by_torch = derive_with_names(ep, graph)
+    if ranges:
+        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
+    return iface
+
+
+def derive_with_names(ep: ExportedProgram, graph: bytes) -> tuple[Interface, dict[str, str]]:
+    """The interface derived from ``graph`` (``ep``'s JSON), and torch's symbol names -> the
+    manifest's (what ``dim_aliases`` needs to accept the user's ``Dim`` names)."""
     try:
         iface, by_torch = derive_from_graph(graph, where="the ExportedProgram")
     except MigrationError as e:
@@ -69,9 +78,7 @@ def derive_interface(
     recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     if isinstance(recorded, Interface):
         iface = keep_opts(iface, recorded)
-    if ranges:
-        iface = apply_ranges(iface, ranges, dim_aliases(ep, by_torch))
-    return iface
+    return iface, by_torch
 
 
 def dim_aliases(ep: ExportedProgram, by_torch: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -456,7 +463,7 @@ class LoadedProgram:
     the pack is not read again, and the weights are not copied again).
 
     ``fast_path_reason`` is None when ``module`` was built straight from the graph JSON
-    (``trtpack.graph_module``: no torch deserializer, no torch._dynamo import), else why
+    (``trtpack.program.graph_module``: no torch deserializer, no torch._dynamo import), else why
     torch's deserializer built it."""
 
     def __init__(
@@ -526,7 +533,7 @@ def _require_registered(manifest: Manifest, where: str) -> None:
     which, and what to import (torch's own error reads like a version mismatch)."""
     import torch.utils._pytree as pytree
 
-    from .format.pytree import custom_type_names, unregistered_error
+    from ..format.pytree import custom_type_names, unregistered_error
 
     for tree in (manifest.input_tree, manifest.output_tree):
         for name in custom_type_names(tree):

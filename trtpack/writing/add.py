@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..engines.variants import build_variant, facts_from_plan
+from ..errors import ArgumentTypeError, EngineError
+from ..format.atomic import pack_lock
+from ..format.container import PackReader, PathLike, Source
+from ..format.manifest import Manifest, ProgramRef, Variant
+from ..reading import PackInfo, open_pack
 from .assemble import PackParts, write
-from .engines.variants import build_variant, facts_from_plan
-from .errors import ArgumentTypeError, EngineError
-from .format.atomic import pack_lock
-from .format.container import PackReader, PathLike, Source
-from .format.manifest import Manifest, ProgramRef, Variant
-from .info import PackInfo, open_pack
 
 
 def add_engine(
@@ -40,7 +40,7 @@ def add_engine(
     def make(_reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
         variants, members = _variants_from(source, m, variant)
         if version_compatible is not None:
-            from .engines.variants import declare_version_compatible
+            from ..engines.variants import declare_version_compatible
 
             if not all(v.described for v in variants):  # described: exactly the bare plans
                 raise EngineError(f"version_compatible describes a bare plan; {source!r} is not "
@@ -97,7 +97,7 @@ def _variants_from(
     iface = compiled.interface
     if iface.inputs != manifest.inputs or iface.outputs != manifest.outputs:
         raise EngineError("the compiled module's inputs/outputs differ from the pack's manifest")
-    from .saving import variant_of_compiled
+    from .save import variant_of_compiled
 
     # profiles from the compiled module's symbols: the ranges its engines were built for
     v, m = variant_of_compiled(
@@ -113,7 +113,7 @@ def _plan_variant(
     be checked without a GPU: the names occur in the plan); its outputs take the pack's output
     names, or ``output<i>``, whichever the plan holds. The variant is marked ``described``:
     a GPU runtime confirms the bindings when it loads the engine."""
-    from .engines.plan import check_described_names, missing_names, parse_plan
+    from ..engines.plan import check_described_names, missing_names, parse_plan
 
     parse_plan(plan, where=where)  # the header first: not a plan, truncated, unknown version
     tensor_inputs = [i.name for i in manifest.inputs if i.is_tensor]

@@ -14,8 +14,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._version import __version__
-from .errors import TrtpackError
+from .._version import __version__
+from ..errors import TrtpackError
 
 
 def _report(args: argparse.Namespace, data: dict, line: str) -> int:
@@ -36,8 +36,8 @@ def _written(info: object) -> dict:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .errors import NotAPackError
-    from .info import inspect, render
+    from ..errors import NotAPackError
+    from ..reading import inspect, render
 
     if args.pack.startswith("oci://"):
         return _inspect_oci(args)  # the pack's manifest from a registry, without its members
@@ -53,13 +53,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_other(args: argparse.Namespace) -> int:
-    from .format.container import PackReader
-    from .info import read_info, render
-    from .migrations.legacy import ENGINE, PRE_PT2, convert, detect, to_pack
+    from ..migrations.legacy import ENGINE, PRE_PT2, convert, detect, open_migrated
+    from ..reading import render
 
     kind = detect(args.pack)  # raises NotAPackError naming what it found
     if kind == ENGINE:
-        from .engines.plan import parse_plan
+        from ..engines.plan import parse_plan
 
         plan = parse_plan(Path(args.pack).read_bytes(), where=args.pack)
         gpus = ", ".join(plan.compute_capabilities) or "not in the header"
@@ -71,8 +70,8 @@ def _inspect_other(args: argparse.Namespace) -> int:
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
     converted = convert(args.pack)
-    with PackReader(args.pack, data=to_pack(converted, None)) as reader:
-        info = read_info(reader)
+    with open_migrated(converted, args.pack) as (_, info):
+        pass
     if args.json:
         sys.stdout.write(json.dumps(info.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
         return 0
@@ -86,9 +85,9 @@ def _inspect_other(args: argparse.Namespace) -> int:
 
 
 def _inspect_pre_pt2(args: argparse.Namespace) -> int:
-    from .format.manifest import _to_json_value
-    from .info import render_interface
-    from .migrations.legacy import describe_pre_pt2
+    from ..format.manifest import _to_json_value
+    from ..migrations.legacy import describe_pre_pt2
+    from ..reading import render_interface
 
     kind, iface = describe_pre_pt2(args.pack)
     if args.json:
@@ -105,7 +104,7 @@ def _inspect_pre_pt2(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrations.legacy import migrate
+    from ..migrations.legacy import migrate
 
     info = migrate(args.input, args.output, overwrite=args.force, in_place=args.in_place,
                    variant=args.variant)  # fmt: skip
@@ -115,8 +114,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from .migrations.engine_file import read_description
-    from .migrations.legacy import migrate
+    from ..migrations.engine_file import read_description
+    from ..migrations.legacy import migrate
 
     inputs: list = list(args.input_spec or [])
     outputs: list = list(args.output_spec or [])
@@ -132,29 +131,32 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .info import human_size, verify
+    from ..reading import human_size
+    from ..signing import signature_path, verify
 
-    if args.key is not None:
-        from .signing import signature_path
-        from .signing import verify as verify_signature
-
-        verify_signature(args.pack, args.key, args.signature)
-        sig = args.signature or signature_path(args.pack)
-        if not args.json:
-            print(f"OK  {args.pack}  signature {sig} verified with {args.key}")
-    elif args.signature is not None:
+    if args.key is None and args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
-    info = verify(args.pack)
+    # the signature and every member's hash, in one open of the file
+    info = verify(args.pack, key=args.key, signature=args.signature)
+    default_sig = signature_path(args.pack)
+    sig = str(args.signature or default_sig) if args.key is not None else None
+    # a signature lying beside the pack that nobody checked: say so, never a bare OK
+    unchecked = str(default_sig) if args.key is None and default_sig.is_file() else None
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
     data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
-            "signature": None if args.key is None else str(args.signature or sig)}  # fmt: skip
-    return _report(args, data, f"OK  {info.path}  {n} members, {human_size(total)} verified  "
-                   f"{info.digest}")  # fmt: skip
+            "signature": sig, "unchecked_signature": unchecked}  # fmt: skip
+    line = f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}"
+    if sig is not None:
+        line = f"OK  {args.pack}  signature {sig} verified with {args.key}\n{line}"
+    if unchecked is not None:
+        line += (f"\nnote: signature {unchecked} NOT checked (pass --key PUBLIC_KEY): the "
+                 "hashes show only that the pack matches its own manifest")  # fmt: skip
+    return _report(args, data, line)
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    from .signing import sign
+    from ..signing import sign
 
     out = sign(args.pack, args.key, output=args.signature)
     return _report(args, {"path": str(args.pack), "signature": str(out)},
@@ -162,10 +164,10 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_engine(args: argparse.Namespace) -> int:
-    from .adding import add_engine
+    from ..writing.add import add_engine
 
     if args.output and not args.force and Path(args.output).exists():
-        from .errors import OutputExistsError
+        from ..errors import OutputExistsError
 
         raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
@@ -177,10 +179,10 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     import time
 
-    from .building import build, parse_range
+    from ..writing.build import build, parse_range
 
     if args.output and not args.force and Path(args.output).exists():
-        from .errors import OutputExistsError
+        from ..errors import OutputExistsError
 
         raise OutputExistsError(args.output)
     ranges = dict(parse_range(text) for text in args.range or ())
@@ -219,9 +221,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .errors import SampleMismatchError
-    from .runtime import load
-    from .samples import check
+    from ..errors import SampleMismatchError
+    from ..runtime import load
+    from ..samples import check
 
     pack = load(args.pack, device=args.device, variant=args.variant)
     try:
@@ -236,6 +238,60 @@ def _cmd_check(args: argparse.Namespace) -> int:
     line = (f"OK  {args.pack}  {report.samples} reference sample(s) on {where} within atol "
             f"{tol.atol:g} rtol {tol.rtol:g}; max |error|: {worst}")  # fmt: skip
     return _report(args, report.to_dict(), line)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ..checks.audit import SEVERITIES, audit, render, to_sarif
+
+    reports = [audit(path, key=args.key) for path in args.files]
+    if args.sarif:
+        sys.stdout.write(json.dumps(to_sarif(reports), indent=2) + "\n")
+    elif args.json:
+        data = {"files": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.fail_on == "never":
+        return 0
+    bar = SEVERITIES.index(args.fail_on)
+    worst = max((SEVERITIES.index(r.worst) for r in reports if r.worst), default=-1)
+    return 2 if worst >= bar else 0
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from ..checks.preflight import preflight, read_targets, render
+
+    targets = list(args.target or [])
+    for path in args.targets or ():
+        targets += read_targets(path)
+    reports = preflight(args.pack, targets)
+    if args.json:
+        data = {"pack": args.pack, "targets": [r.to_dict() for r in reports]}
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(reports))
+    if args.require_engine:
+        missing = [r.target for r in reports if r.outcome != "engine"]
+        if missing:
+            print(f"trtpack: error: no engine variant would run on {len(missing)} target(s): "
+                  f"{'; '.join(missing)}", file=sys.stderr)  # fmt: skip
+            return 1
+    return 0
+
+
+def _cmd_contract(args: argparse.Namespace) -> int:
+    from ..integrations.kserve import request_contract
+
+    doc = request_contract(args.pack, format=args.format, name=args.name)
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        from ..format.atomic import atomic_write
+
+        with atomic_write(args.output) as f:
+            f.write(text.encode())
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _given_input(text: str) -> tuple[str, object]:
@@ -260,7 +316,7 @@ def _given_input(text: str) -> tuple[str, object]:
 
 
 def _cmd_export_triton(args: argparse.Namespace) -> int:
-    from .integrations.triton import export_triton
+    from ..integrations.triton import export_triton
 
     model = export_triton(
         args.pack, args.repository, name=args.name, backend=args.backend,
@@ -285,45 +341,56 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .info import human_size
-    from .integrations.oci import push
+    from ..integrations.oci import push
+    from ..reading import human_size
 
+    signature = False if args.no_signature else args.signature or True
     pushed = push(args.pack, args.reference, layout=args.layout, plain_http=args.plain_http,
-                  registry_config=args.registry_config, progress=_progress(args))  # fmt: skip
+                  registry_config=args.registry_config, progress=_progress(args),
+                  signature=signature, timeout=args.timeout)  # fmt: skip
     data = {"reference": f"oci://{pushed.reference}", "manifest_digest": pushed.manifest_digest,
             "layout": pushed.layout, "uploaded": pushed.uploaded, "skipped": pushed.skipped,
-            "bytes_uploaded": pushed.bytes_uploaded}  # fmt: skip
+            "bytes_uploaded": pushed.bytes_uploaded,
+            "signature": pushed.signature}  # fmt: skip
+    signed = f", signature {pushed.signature}" if pushed.signature else ""
     return _report(
         args,
         data,
         f"{pushed.reference}  {pushed.manifest_digest}  "
         f"{len(pushed.uploaded)} member(s) uploaded, {len(pushed.skipped)} already "
-        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout)",
+        f"there ({human_size(pushed.bytes_uploaded)} sent, {pushed.layout} layout{signed})",
     )
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from .integrations.oci import pull
+    from ..integrations.oci import pull
 
     variants = args.variant if args.variant else args.variants
     info = pull(args.reference, args.output, overwrite=args.force, variants=variants,
                 plain_http=args.plain_http, registry_config=args.registry_config,
-                progress=_progress(args))  # fmt: skip
+                progress=_progress(args), signature=not args.no_signature,
+                max_size=args.max_size, timeout=args.timeout)  # fmt: skip
     line = f"{info.path}  {info.digest}"
     if info.left_out:
         line += f"  engine variants: {', '.join(info.variants) or 'none (the program only)'}"
         if not args.quiet and not args.json:
             for name, why in info.left_out.items():
                 print(f"trtpack: note: left out variant {name}: {why}", file=sys.stderr)
+    if info.signature:
+        line += f"  signature {info.signature}"
+    elif "removed the stale" in info.signature_note and not args.quiet and not args.json:
+        print(f"trtpack: note: no signature: {info.signature_note}", file=sys.stderr)
     data = {**_written(info), "reference": info.reference, "layout": info.layout,
-            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded}  # fmt: skip
+            "left_out": info.left_out, "bytes_downloaded": info.bytes_downloaded,
+            "signature": info.signature, "signature_note": info.signature_note}  # fmt: skip
     return _report(args, data, line)
 
 
 def _inspect_oci(args: argparse.Namespace) -> int:
-    from .integrations.oci import inspect, render_remote
+    from ..integrations.oci import inspect, render_remote
 
-    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config)
+    remote = inspect(args.pack, plain_http=args.plain_http, registry_config=args.registry_config,
+                     timeout=args.timeout)  # fmt: skip
     if args.json:
         data = remote.info.manifest.to_dict()
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -344,6 +411,12 @@ def _registry_options(p: argparse.ArgumentParser, transfer: bool = True) -> None
         "--registry-config",
         metavar="PATH",
         help="a Docker config.json with credentials (besides ~/.docker/)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long the registry may stay silent (default: $TRTPACK_OCI_TIMEOUT, else 30)",
     )
     if transfer:
         shown = p.add_mutually_exclusive_group()
@@ -441,6 +514,42 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a .pt2 / .ep, .plan, .onnx or .trtpack (never loaded)")  # fmt: skip
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the findings as JSON")
+    shown.add_argument("--sarif", action="store_true", help="print SARIF 2.1.0 (code scanning)")
+    p.add_argument("--fail-on", choices=["info", "low", "medium", "high", "never"],
+                   default="high", help="exit 2 if a finding is this severe or worse "
+                   "(default: high)")  # fmt: skip
+    p.add_argument("--key", help="a .trtpack signer's PEM public key: check its signature")
+
+
+def _preflight_arguments(p: argparse.ArgumentParser) -> None:
+    from ..engines.select import TARGET_KEYS
+
+    keys = "; ".join(f"{k}: {v}" for k, v in TARGET_KEYS.items())
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--target", action="append", metavar="SPEC",
+                   help="a machine as KEY=VALUE,... e.g. 'sm=8.9,trt=10.13,os=linux,"
+                   f"arch=x86_64' (repeatable). Keys: {keys}")  # fmt: skip
+    p.add_argument("--targets", action="append", metavar="FILE",
+                   help="a fleet: one SPEC per line, # comments (repeatable)")  # fmt: skip
+    p.add_argument("--require-engine", action="store_true",
+                   help="exit 1 if any target would fall back to the program")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _contract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--format", choices=["jsonschema", "openapi"], default="jsonschema",
+                   help="jsonschema (default): a KServe v2 / Triton inference request body; "
+                   "openapi: an OpenAPI 3.1 document for POST /v2/models/NAME/infer")  # fmt: skip
+    p.add_argument("--name", help="the model's name on the server (default: the file's stem)")
+    p.add_argument("-o", "--output", help="write the document here (default: stdout)")
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
@@ -507,6 +616,16 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _size(text: str) -> int:
+    """A size in bytes: a number, optionally with K, M, G or T (powers of 1024; "iB" or "B"
+    after it are allowed)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 500M, 200G)")
+    scale = 1024 ** " KMGT".index(m[2].upper() or " ")
+    return int(float(m[1]) * scale)
+
+
 def _push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to push")
     p.add_argument("reference", help="oci://HOST[:PORT]/REPOSITORY:TAG")
@@ -516,6 +635,15 @@ def _push_arguments(p: argparse.ArgumentParser) -> None:
         default="modelpack",
         help="modelpack (default): CNCF ModelPack, listed by ModelPack tools; trtpack: "
         "artifactType application/vnd.trtpack.v1, the pack's manifest.json as config",
+    )
+    signed = p.add_mutually_exclusive_group()
+    signed.add_argument(
+        "--signature",
+        metavar="PATH",
+        help="the signature bundle to attach (default: PACK.sig, if there is one)",
+    )
+    signed.add_argument(
+        "--no-signature", action="store_true", help="attach no signature, even if PACK.sig exists"
     )
     _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -538,6 +666,17 @@ def _pull_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help="all (default): the pack as pushed, byte for byte; auto: the variants that can "
         "run on this machine; none: the program only",
+    )
+    p.add_argument(
+        "--max-size",
+        type=_size,
+        metavar="SIZE",
+        help="refuse a pack whose members are larger (bytes, or e.g. 200G; default 64G)",
+    )
+    p.add_argument(
+        "--no-signature",
+        action="store_true",
+        help="do not fetch the signature attached in the registry (default: write OUTPUT.sig)",
     )
     _registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -593,6 +732,21 @@ _COMMANDS: dict[str, _Command] = {
         "run a pack on sample (or given) inputs, on its engines and its program, and compare",
         _run_arguments,
         _cmd_run,
+    ),
+    "audit": (
+        "what loading a .pt2/.ep/.plan/.onnx/.trtpack would execute or trust, without loading it",
+        _audit_arguments,
+        _cmd_audit,
+    ),
+    "preflight": (
+        "which engine variant load would pick on described machines, and why not the others",
+        _preflight_arguments,
+        _cmd_preflight,
+    ),
+    "contract": (
+        "the request a server should accept (JSON Schema of a KServe v2 request, or OpenAPI)",
+        _contract_arguments,
+        _cmd_contract,
     ),
     "export-triton": (
         "write a Triton model repository (TensorRT or Python backend)",

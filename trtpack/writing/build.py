@@ -5,7 +5,7 @@ What the engine is comes from the manifest: its inputs are the tensor inputs (na
 one optimization profile from each symbol's min/opt/max), its outputs the outputs, by name.
 ``engines/build.py`` carries that out (ONNX export, TensorRT-RTX's parser and builder); the
 variant is made by the one variant builder (``engines/variants.py``) and written by
-``adding.add_variants``, as for ``add_engine``.
+``writing.add.add_variants``, as for ``add_engine``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,20 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .adding import add_variants
-from .derive import Range, RangeLike, apply_ranges
-from .engines.plan import parse_plan
-from .engines.variants import EngineFacts, build_variant, default_variant_name, whole_graph_bindings
-from .errors import ArgumentTypeError, EngineError, RangeOverrideError
-from .format.container import PackReader, PathLike, Source
-from .format.manifest import Interface, Manifest, Target, Variant, parse_dim
-from .info import PackInfo
-from .program import load_program  # torch: trtpack.build without it names trtpack[torch]
+from ..engines.plan import parse_plan
+from ..engines.variants import (
+    EngineFacts,
+    build_variant,
+    default_variant_name,
+    whole_graph_bindings,
+)
+from ..errors import ArgumentTypeError, EngineError, RangeOverrideError
+from ..format.container import PackReader, PathLike, Source
+from ..format.manifest import Interface, Manifest, Target, Variant, parse_dim
+from ..program.derive import Range, RangeLike, apply_ranges
+from ..program.serialize import load_program  # torch: trtpack.build without it names trtpack[torch]
+from ..reading import PackInfo
+from .add import add_variants
 
 
 def build(
@@ -47,7 +52,7 @@ def build(
     an unbounded symbol, a dynamic int input, a dtype TensorRT-RTX lacks, ops the ONNX
     exporter or TensorRT-RTX's parser cannot take (their errors are in the message).
     """
-    from .engines.build import build_plan, check_targets
+    from ..engines.build import build_plan, check_targets
 
     ccs = parse_targets(targets)
     check_targets(ccs)

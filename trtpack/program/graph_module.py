@@ -7,7 +7,7 @@ seconds before the first inference. This module builds the same ``torch.fx.Graph
 that ``ep.module(check_guards=False)`` returns, from the parsed JSON, with only torch.fx:
 
 - placeholders for the user inputs, in flat order; parameters, buffers and tensor constants
-  as attributes (the tensors ``program._rebuild_state`` made), read by ``get_attr`` nodes at
+  as attributes (the tensors ``serialize._rebuild_state`` made), read by ``get_attr`` nodes at
   the positions of their lifted placeholders, as ``ep.module()`` unlifts them;
 - one ``call_function`` node per serialized node, its arguments mapped the way
   ``GraphModuleDeserializer.deserialize_node`` / ``deserialize_inputs`` / ``deserialize_input``
@@ -42,6 +42,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 
+from .serde import KEYWORD, LAYOUTS, MEMORY_FORMATS, POSITIONAL, PYTHON_CALLS, SCALAR_TYPES
 from .treespec import _children
 
 #: the torch.export serde schema major this builder follows; another one is refused (torch's
@@ -55,40 +56,16 @@ class Unsupported(Exception):
     what); torch's deserializer builds the program instead."""
 
 
-# serde enum values (torch/_export/serde/schema.py: ScalarType, Layout, MemoryFormat) -> the
-# torch attribute their deserializer maps them to
-_DTYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-    8: "float64", 9: "complex32", 10: "complex64", 11: "complex128", 12: "bool",
-    13: "bfloat16", 28: "uint16", 29: "float8_e4m3fn", 30: "float8_e5m2",
-    31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 33: "float8_e8m0fnu", 34: "uint32",
-    35: "uint64",
-}  # fmt: skip
-_LAYOUTS = {1: "sparse_coo", 2: "sparse_csr", 3: "sparse_csc", 4: "sparse_bsr",
-            5: "sparse_bsc", 6: "_mkldnn", 7: "strided"}  # fmt: skip
-_MEMORY_FORMATS = {1: "contiguous_format", 2: "channels_last", 3: "channels_last_3d",
-                   4: "preserve_format"}  # fmt: skip
-
-_POSITIONAL, _KEYWORD = 1, 2  # serde ArgumentKind
+# serde enum values -> the torch attribute their deserializer maps them to (serde.py)
+_DTYPES, _LAYOUTS, _MEMORY_FORMATS = SCALAR_TYPES, LAYOUTS, MEMORY_FORMATS
+_POSITIONAL, _KEYWORD = POSITIONAL, KEYWORD
 
 # The Python callables a serialized program may call, by their serialized name -> (module,
 # attribute path), resolved by getattr like torch's deserializer does (which follows any
-# dotted path under torch, operator and math): the subset of graph_check's allowlist under
-# operator, math, torch.sym_*, and torch.export's wrappers for torch.vmap (transformers'
-# attention masks), which torch imports with itself.
-_FUNCTIONS = {
-    **{f"_operator.{n}": (operator, n) for n in (
-        "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
-        "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert",
-        "lshift", "rshift", "matmul")},
-    **{f"torch.{n}": (torch, n) for n in (
-        "sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt",
-        "sym_sum", "_sym_sqrt")},
-    **{f"math.{n}": (math, n) for n in ("trunc", "ceil", "floor", "sqrt")},
-    **{f"torch._functorch.predispatch.{n}": (torch, f"_functorch.predispatch.{n}") for n in (
-        "_add_batch_dim", "_remove_batch_dim", "_vmap_increment_nesting",
-        "_vmap_decrement_nesting", "lazy_load_decompositions")},
-}  # fmt: skip
+# dotted path under torch, operator and math): serde.PYTHON_CALLS, the subset of
+# graph_check's allowlist this builder reproduces.
+_MODULES = {"operator": operator, "torch": torch, "math": math}
+_FUNCTIONS = {name: (_MODULES[module], path) for name, (module, path) in PYTHON_CALLS.items()}
 
 # torch's _SYM_OPS (serialize.py): these nodes take every input positionally and name their
 # one symbolic result. Nodes of them are accepted only in that form, where torch's two code

@@ -5,7 +5,7 @@ torch.export writes a program as JSON (``torch/_export/serde/schema.py``): the g
 tensor metadata (dtype enum, sizes as ints or sympy expressions with example hints), the
 signature (user inputs, constants, outputs), the range constraints, the call's pytree specs
 and its guards. That is everything a manifest needs. ``save`` serializes a program
-(``program.py``) and derives from those bytes; ``migrate`` and ``inspect`` derive from the
+(``program/serialize.py``) and derives from those bytes; ``migrate`` and ``inspect`` derive from the
 JSON inside a ``torch.export.save`` file: the same function, so the same program gives the
 same manifest bytes by every route. Range overrides (``ranges=`` at save) live here too.
 """
@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MigrationError, RangeOverrideError
-from .format.guards import from_torch as guards_from_torch
-from .format.guards import sources as guard_sources
-from .format.manifest import (
+from ..errors import MigrationError, RangeOverrideError
+from ..format.guards import from_torch as guards_from_torch
+from ..format.guards import sources as guard_sources
+from ..format.manifest import (
     DimExpr,
     Guard,
     Interface,
@@ -36,15 +36,9 @@ from .format.manifest import (
     parse_dim,
     symbol_name,
 )
-from .format.pytree import leaf_paths, output_names
+from ..format.pytree import leaf_paths, output_names
+from .serde import NOT_IN_MANIFEST, SCALAR_TYPES
 
-#: torch/_export/serde/schema.py ScalarType -> dtype name
-SCALAR_TYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-    8: "float64", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
-    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
-    34: "uint32", 35: "uint64",
-}  # fmt: skip
 _UNBOUNDED = 2**62  # torch writes int_oo as a huge int in some versions
 
 
@@ -303,7 +297,8 @@ class SerializedProgram:
             raise MigrationError(f"{self.where}: guards_code is not a list")
         arg_names = self.call.get("forward_arg_names") or []
         names = guard_sources([(i.name, i.path) for i in inputs], arg_names)
-        return guards_from_torch(codes, names, inputs, where=f"{self.where}: guards_code")
+        found = guards_from_torch(codes, names, inputs, where=f"{self.where}: guards_code")
+        return tuple(Guard(source=text, expr=expr) for text, expr in found)
 
     def _input(self, name: str, arg: dict, path: str, names: _Names, hints: dict) -> IOSpec:
         if "as_tensor" in arg:
@@ -384,7 +379,7 @@ class SerializedProgram:
     def dtype(self, meta: dict, name: str) -> str:
         code = meta.get("dtype")
         dtype = SCALAR_TYPES.get(code) if isinstance(code, int) else None
-        if dtype is None:
+        if dtype is None or dtype in NOT_IN_MANIFEST:
             raise MigrationError(
                 f"{self.where}: {name!r} has dtype code {meta.get('dtype')}, unknown"
             )
@@ -418,7 +413,7 @@ def derive_from_graph(
 ) -> tuple[Interface, dict[str, str]]:
     """The interface of a serialized program, and torch's symbol name -> the manifest's.
     ``graph`` is torch.export's JSON (bytes, or already parsed)."""
-    from .format.limits import loads
+    from ..format.limits import loads
 
     data = loads(bytes(graph), where, MigrationError) if not isinstance(graph, dict) else graph
     return SerializedProgram(data, where=where).interface()

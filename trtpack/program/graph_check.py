@@ -16,7 +16,8 @@ import keyword
 import re
 from typing import Any
 
-from .errors import IntegrityError, UnsafePackError
+from ..errors import IntegrityError, UnsafePackError
+from .serde import CALL_TARGETS
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # torch.ops namespaces a program may call: core ATen/prims, torch.export's higher-order ops,
@@ -26,67 +27,8 @@ _OP = re.compile(
     r"torch\.ops\.(" + "|".join(_OP_NAMESPACES) + r")\.[A-Za-z_][A-Za-z0-9_]*"
     r"(\.[A-Za-z_][A-Za-z0-9_]*)?\Z"
 )
-# python callables torch.export serializes (getitem, symbolic arithmetic, sym ops)
-_PLAIN_TARGETS = frozenset(
-    [
-        f"_operator.{n}"
-        for n in (
-            "getitem",
-            "add",
-            "sub",
-            "mul",
-            "truediv",
-            "floordiv",
-            "mod",
-            "pow",
-            "neg",
-            "pos",
-            "abs",
-            "eq",
-            "ne",
-            "lt",
-            "le",
-            "gt",
-            "ge",
-            "and_",
-            "or_",
-            "xor",
-            "not_",
-            "invert",
-            "lshift",
-            "rshift",
-            "matmul",
-        )
-    ]
-    + [
-        f"torch.{n}"
-        for n in (
-            "sym_int",
-            "sym_float",
-            "sym_max",
-            "sym_min",
-            "sym_not",
-            "sym_ite",
-            "sym_sqrt",
-            "sym_sum",
-            "_sym_sqrt",
-        )
-    ]
-    + [f"math.{n}" for n in ("trunc", "ceil", "floor", "sqrt")]
-    + ["torch.sym_int", "torch._check", "torch._check_is_size"]
-    # what torch.export emits for torch.vmap in a program (transformers' attention masks): the
-    # functions its serializer names and its deserializer resolves in torch._functorch
-    + [
-        f"torch._functorch.predispatch.{n}"
-        for n in (
-            "_add_batch_dim",
-            "_remove_batch_dim",
-            "_vmap_increment_nesting",
-            "_vmap_decrement_nesting",
-            "lazy_load_decompositions",
-        )
-    ]
-)
+# python callables torch.export serializes (getitem, symbolic arithmetic, sym ops, vmap)
+_PLAIN_TARGETS = CALL_TARGETS
 # keys whose string values become Python identifiers in generated code (forward_arg_names:
 # the parameters of ep.module()'s forward)
 _NAME_KEYS = frozenset(["name", "as_name", "as_names", "arg_name", "forward_arg_names"])
@@ -294,7 +236,7 @@ def check_graph(data: Any, member: str) -> Any:
                     continue
                 if k == "guards_code" and not path:
                     # ep.module() turns these into a function with exec (torch/export/_unlift.py)
-                    from .format.guards import check_torch_guard
+                    from ..format.guards import check_torch_guard
 
                     if not isinstance(v, list):
                         _bad(member, p, v, "not a list of guards")

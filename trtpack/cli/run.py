@@ -12,16 +12,14 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from .errors import InputMismatchError, TrtpackError
-from .format.container import PathLike
-from .format.manifest import Manifest, parse_dim
-from .runtime import load
-
-Size = Literal["opt", "min", "max", "random"]
+from ..errors import InputMismatchError, TrtpackError
+from ..format.container import PathLike
+from ..runtime import load
+from ..samples import Size, sample_leaves, sample_symbols
 
 
 @dataclass
@@ -57,50 +55,6 @@ class RunReport:
                         for o in self.outputs],
             "compared": self.compared, "max_abs_diff": self.max_abs_diff,
         }  # fmt: skip
-
-
-def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[str, int]:
-    out = {}
-    for name, sym in manifest.symbols.items():
-        if size == "min":
-            out[name] = sym.min
-        elif size == "max":
-            if sym.max is None:
-                raise TrtpackError(f"symbol {name!r} is unbounded: --size max needs a bound")
-            out[name] = sym.max
-        elif size == "random":
-            out[name] = rng.randint(sym.min, sym.max if sym.max is not None else sym.opt * 2)
-        else:
-            out[name] = sym.opt
-    return out
-
-
-def sample_leaves(
-    manifest: Manifest, symbols: Mapping[str, int], gen: torch.Generator, device: torch.device
-) -> list[Any]:
-    def dim(d: int | str) -> int:
-        if isinstance(d, int):
-            return d
-        expr = parse_dim(d)
-        return expr.value(symbols[expr.symbol])
-
-    leaves: list[Any] = []
-    for spec in manifest.inputs:
-        if spec.is_tensor:
-            shape = [dim(d) for d in spec.shape or ()]
-            dtype = getattr(torch, spec.dtype or "float32")
-            if dtype.is_floating_point or dtype.is_complex:
-                t = torch.randn(shape, generator=gen).to(dtype)
-            elif dtype == torch.bool:
-                t = torch.rand(shape, generator=gen) > 0.5
-            else:
-                t = torch.randint(0, 8, shape, generator=gen).to(dtype)
-            leaves.append(t.to(device))
-        elif spec.symbol is not None:
-            leaves.append(dim(spec.symbol))
-        else:
-            leaves.append(spec.value)
-    return leaves
 
 
 def _flat_outputs(value: Any) -> list[Any]:
@@ -156,7 +110,7 @@ def run_pack(
     got = _flat_outputs(pack(*args, **kwargs))
     want = None
     if pack.backend != "exported_program" and pack.exported_program is not None:
-        from .program import runnable
+        from ..program.serialize import runnable
 
         with torch.inference_mode():
             want = _flat_outputs(runnable(pack.exported_program)(*args, **kwargs))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from .errors import DeriveError
-from .format.manifest import Tree
+from ..errors import DeriveError
+from ..format.manifest import Tree
 
 
 def to_treespec(tree: Tree) -> Any:

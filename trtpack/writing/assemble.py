@@ -14,17 +14,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ._version import __version__
-from .errors import EngineError, TrtpackError
-from .format.container import (
+from .._version import __version__
+from ..errors import EngineError, TrtpackError
+from ..format.container import (
     DIGEST_CHUNK,
     MemberDigest,
     PathLike,
     Source,
-    pack_bytes,
     write_pack,
 )
-from .format.manifest import (
+from ..format.manifest import (
     FORMAT_VERSION,
     EntryPoint,
     Interface,
@@ -37,7 +36,7 @@ from .format.manifest import (
     State,
     Variant,
 )
-from .info import PackInfo, inspect
+from ..reading import PackInfo, inspect
 
 
 @dataclass
@@ -110,11 +109,6 @@ def write(parts: PackParts, path: PathLike, *, overwrite: bool = True) -> PackIn
     """Write ``parts`` as a pack at ``path``, atomically; return what was written."""
     write_pack(path, parts.members, lambda d: parts.manifest(d).to_json(), overwrite=overwrite)
     return inspect(path)
-
-
-def to_bytes(parts: PackParts) -> bytearray:
-    """The same pack, in memory (a legacy file migrated on load, or inspected)."""
-    return pack_bytes(parts.members, lambda d: parts.manifest(d).to_json())
 
 
 def producer(*, with_engines: bool = False) -> Producer:

@@ -95,18 +95,22 @@ def read_info(reader: PackReader, *, program_guards: bool = True) -> PackInfo:
     return with_program_guards(reader, info) if program_guards else info
 
 
-def with_program_guards(reader: PackReader, info: PackInfo) -> PackInfo:
+def with_program_guards(reader: PackReader, info: PackInfo, *, verify: bool = False) -> PackInfo:
     """A format-1.0 manifest recorded no guards: read them from its program's JSON, so an
     upgraded pack checks every call as a 1.1 pack does. (``load`` calls this only after a
-    required signature has verified: it reads a member besides the manifest.)"""
+    required signature has verified: it reads a member besides the manifest.) ``verify``:
+    hash that member first (guards are a check on every call: never from unhashed bytes
+    when the caller asked for hashing)."""
     manifest = info.manifest
     if info.upgraded_from is None or info.upgraded_from >= (1, 1) or manifest.program is None:
         return info
-    from .derive import SerializedProgram
     from .format.limits import loads
-    from .graph_check import check_graph
+    from .program.derive import SerializedProgram
+    from .program.graph_check import check_graph
 
     graph = manifest.program.graph
+    if verify:
+        reader.verify(graph, manifest.members[graph])
     data = loads(reader.read(graph), f"{reader.path}: {graph}", IntegrityError)
     check_graph(data, graph)
     program = SerializedProgram(data, where=f"{reader.path}: {graph}")
@@ -141,15 +145,22 @@ def inspect(path: PathLike) -> PackInfo:
 
 def verify(path: PathLike) -> PackInfo:
     """Check every member's SHA-256 and size against the manifest, and every engine plan's
-    header against its variant's target. Raises IntegrityError or EngineError."""
+    header against its variant's target. Raises IntegrityError or EngineError.
+    (``trtpack.verify(path, key=...)``, in trtpack/signing.py, checks a signature first, in
+    the same open of the file.)"""
+    with open_pack(path) as (reader, info):
+        verify_members(reader, info)
+        return info
+
+
+def verify_members(reader: PackReader, info: PackInfo) -> None:
+    """Every member's hash and every plan's header, of a pack already open."""
     from .engines.plan import check_variant_plans
 
-    with open_pack(path) as (reader, info):
-        for name, member in info.manifest.members.items():
-            reader.verify(name, member)
-        for variant in info.manifest.engines:
-            check_variant_plans(reader.view, variant, f"{reader.path}: ")
-        return info
+    for name, member in info.manifest.members.items():
+        reader.verify(name, member)
+    for variant in info.manifest.engines:
+        check_variant_plans(reader.view, variant, f"{reader.path}: ")
 
 
 # --- the table ---------------------------------------------------------------------------

@@ -47,6 +47,14 @@ def test_verify_ok_and_corrupt(small_pack, tmp_path, capsys):
     bad.write_bytes(bytes(data))
     assert main(["verify", str(bad)]) == 1
     assert capsys.readouterr().err.startswith("trtpack: error: ")
+    assert main(["verify", str(bad), "--json"]) == 1  # --json: JSON on stdout either way
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["ok"] is False and report["path"] == str(bad)
+    assert issubclass(getattr(trtpack, report["error"]["type"]), trtpack.TrtpackError)
+    assert err.startswith("trtpack: error: ") and report["error"]["message"] in err
+    assert main(["verify", str(small_pack), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path):

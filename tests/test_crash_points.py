@@ -24,7 +24,7 @@ CHILD = r"""
 import sys, torch, trtpack
 torch.manual_seed(1)
 ep = torch.export.export(torch.nn.Linear(64, 64), (torch.randn(2, 64),))
-trtpack.save(ep, sys.argv[1])
+trtpack.save(ep, sys.argv[1], overwrite=True)
 """
 
 

@@ -107,3 +107,27 @@ def test_load_confirms_described_bindings_on_a_gpu(small_pack, tmp_path):
     trtpack.add_engine(pack, rtx.keywords_plan((cc,)), variant="here")
     loaded = trtpack.load(pack, require_engine=True)
     assert loaded.backend == "tensorrt" and loaded.variant == "here"
+
+
+def test_pack_without_outputs_names_what_the_plan_quotes(tmp_path, capsys):
+    """No invented output: the engine's outputs are described or the pack is refused, naming
+    the tensors the plan's bytes quote besides the inputs (and inspect lists them all)."""
+    from trtpack.cli import main
+    from trtpack.engines.plan import quoted_tensor_names
+
+    assert quoted_tensor_names(PLAN.read_bytes()) == ["bias", "mask", "output0", "x"]
+    assert quoted_tensor_names(b"ftrt" + bytes(60)) == []  # a standard plan: not searched
+    inputs = ["x:float32[b=1..64@4,6]", "mask:float32[b,6]", "bias:float32[6]"]
+    with pytest.raises(trtpack.MigrationError, match=r"besides the inputs, are \['output0'\]"):
+        trtpack.migrate(PLAN, tmp_path / "p.trtpack", inputs=inputs)
+    assert not (tmp_path / "p.trtpack").exists()
+    args = [a for spec in inputs for a in ("--input-spec", spec)]
+    assert main(["pack", str(PLAN), *args, "-o", str(tmp_path / "p.trtpack")]) == 1
+    err = capsys.readouterr().err
+    assert "(--output-spec)" not in err and "--output-spec 'output0:float32[...]'" in err
+    assert main(["inspect", str(PLAN)]) == 0
+    assert "tensor names  bias, mask, output0, x  (the bindings" in capsys.readouterr().out
+    assert main(["pack", str(PLAN), *args, "--output-spec", "output0:float32[b,6]",
+                 "-o", str(tmp_path / "p.trtpack")]) == 0  # fmt: skip
+    (v,) = trtpack.inspect(tmp_path / "p.trtpack").manifest.engines
+    assert [b.name for b in v.engines[0].outputs] == ["output0"]

@@ -255,14 +255,18 @@ def test_unknown_torch_tensorrt_abi(tmp_path):
 
 
 def test_input_description_compact_and_json():
+    with pytest.raises(trtpack.MigrationError, match="describe the engine's outputs too"):
+        parse_description(["x:float32[3]"])  # no invented output
     iface = parse_description(["x:float32[batch=1..64@8,3,224,224]", "mask:float32[batch,10]",
-                               "k:int64[1..16]"])  # fmt: skip
+                               "k:int64[1..16]"], ["y:float32[batch,?]"])  # fmt: skip
+    assert [(o.name, o.shape) for o in iface.outputs] == [("y", ("batch", "?"))]
     assert [i.shape for i in iface.inputs] == [("batch", 3, 224, 224), ("batch", 10), ("k_dim0",)]
     assert iface.symbols["batch"] == trtpack.format.manifest.Symbol(1, 64, 8, "override")
     assert iface.symbols["k_dim0"] == trtpack.format.manifest.Symbol(1, 16, 16, "rule")
     same = parse_description([{"name": "x", "dtype": "float32", "shape": [{"name": "batch", "min": 1, "opt": 8, "max": 64}, 3, 224, 224]},
                               {"name": "mask", "dtype": "float32", "shape": ["batch", 10]},
-                              {"name": "k", "dtype": "int64", "shape": [{"min": 1, "max": 16}]}])  # fmt: skip
+                              {"name": "k", "dtype": "int64", "shape": [{"min": 1, "max": 16}]}],
+                             [{"name": "y", "dtype": "float32", "shape": ["batch", "?"]}])  # fmt: skip
     assert same == iface
 
 
@@ -314,7 +318,8 @@ def test_cli_pack_and_migrate(tmp_path):
     out = tmp_path / "p.trtpack"
     r = subprocess.run([*run, "pack", str(V0 / "engine" / "keywords.plan"), "--input-spec",
                         "x:float32[batch=1..64@4,6]", "--input-spec", "mask:float32[batch,6]",
-                        "--input-spec", "bias:float32[6]", "-o", str(out)],
+                        "--input-spec", "bias:float32[6]", "--output-spec", "output0:float32[batch,6]",
+                        "-o", str(out)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert trtpack.inspect(out).manifest.engines[0].name == "rtx_sm86"

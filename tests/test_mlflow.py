@@ -229,6 +229,59 @@ def test_requirements_name_what_the_variants_need(keywords):
 
     plain = requirements(trtpack.inspect(keywords[2]).manifest)
     assert [r.split("==")[0] for r in plain] == ["torch", "numpy"]
+    assert "+" not in plain[0]  # no local label (2.13.0+cpu): PyPI has none
     engines = requirements(trtpack.inspect(FIXTURES / "v1.1" / "keywords_engines.trtpack").manifest)
-    assert "tensorrt-rtx==1.6.1.120" in engines
-    assert any(r.startswith("torch-tensorrt-rtx") for r in engines)
+    # the engine's TensorRT-RTX exactly; the torch-tensorrt-rtx built for it, and its torch
+    assert engines[0] == "torch==2.14.*" and engines[1].startswith("numpy==")
+    assert engines[2:] == ["torch-tensorrt-rtx==2.14.*", "tensorrt-rtx==1.6.1.120"]
+
+
+@pytest.mark.network
+def test_requirements_of_a_built_variant_resolve_together(tmp_path):
+    """pip's resolver, for real against PyPI (metadata only, --dry-run): the requirements
+    logged for a pack with a TensorRT-RTX 1.6.1.120 variant resolve to the releases made for
+    each other (before: torch==2.13.0+cpu beside an unpinned torch-tensorrt-rtx, which pip
+    "resolved" to the placeholder release 0.0.1)."""
+    import json
+
+    from trtpack.integrations.mlflow import requirements
+
+    reqs = requirements(trtpack.inspect(FIXTURES / "v1.3" / "keywords_engines.trtpack").manifest)
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                        "--quiet", "--report", str(report), *reqs],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    if r.returncode and "Failed to establish a new connection" in r.stderr:
+        pytest.skip(f"PyPI cannot be reached: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+           for i in json.loads(report.read_text())["install"]}  # fmt: skip
+    assert got["tensorrt-rtx"] == "1.6.1.120"
+    assert got["torch-tensorrt-rtx"].startswith("2.14.")
+    assert got["torch"].startswith("2.14.")
+
+
+class _Scaled(torch.nn.Module):
+    def forward(self, x, batch_scale):
+        return x * batch_scale
+
+
+def test_predict_takes_a_0d_input(tracking, tmp_path):
+    """A 0-d input (a scale) goes through MLflow's schema and trtpack's contract as 0-d: not
+    widened to shape (1,), which the manifest refuses and MLflow's schema refuses too."""
+    import trtpack.mlflow
+
+    x, scale = torch.randn(3, 4), torch.tensor(2.0)
+    path = tmp_path / "scaled.trtpack"
+    trtpack.save(torch.export.export(_Scaled(), (x, scale)), path)
+    info = trtpack.mlflow.log_model(path, name="scaled")
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    got = pyfunc.predict({"x": x.numpy(), "batch_scale": np.array(2.0, np.float32)})
+    np.testing.assert_allclose(got, (x * 2).numpy(), rtol=1e-6)
+    # the non-contiguous case still gets a contiguous copy
+    from trtpack.integrations.predict import predict
+
+    pack = trtpack.load(path, device="cpu")
+    wide = np.asfortranarray(np.repeat(x.numpy(), 2, axis=1)[:, ::2])
+    np.testing.assert_allclose(predict(pack, {"x": wide, "batch_scale": np.float32(3.0)}),
+                               (x * 3).numpy(), rtol=1e-6)  # fmt: skip

@@ -1,4 +1,5 @@
-"""What a loaded pack's outputs are: tensors free of autograd state by default."""
+"""What a loaded pack's outputs are: what ep.module()'s are, by default; inference tensors
+with load(..., inference_mode=True)."""
 
 from __future__ import annotations
 
@@ -28,20 +29,30 @@ def _pack(tmp_path: Path) -> Path:
     return path
 
 
-def test_outputs_carry_no_autograd_state_by_default(tmp_path: Path) -> None:
-    pack = trtpack.load(_pack(tmp_path), device="cpu")
+def test_outputs_are_what_ep_module_gives_by_default(tmp_path: Path) -> None:
+    """In-place updates and autograd work on the outputs, as on ep.module()'s; under
+    no_grad no autograd state is kept."""
+    path = _pack(tmp_path)
+    pack = trtpack.load(path, device="cpu")
+    module = trtpack.load(path, device="cpu").exported_program.module()
+    x = torch.randn(2, 4)
+    out, ref = pack(x), module(x)
+    for got, want in ((out["logits"], ref["logits"]), (out["best"], ref["best"])):
+        assert (got.is_inference(), got.requires_grad) == (want.is_inference(), want.requires_grad)
+    assert out["logits"].requires_grad and not out["logits"].is_inference()
+    out["best"].add_(1)  # an inference tensor refuses this outside inference mode
+    out["logits"].sum().backward()  # and autograd reaches the pack's own weights
+    with torch.no_grad():
+        assert pack(x)["logits"].requires_grad is False
+
+
+def test_inference_mode_on_gives_inference_tensors(tmp_path: Path) -> None:
+    pack = trtpack.load(_pack(tmp_path), device="cpu", inference_mode=True)
     out = pack(torch.randn(2, 4))
     assert out["logits"].requires_grad is False
     assert out["logits"].is_inference() and out["best"].is_inference()
-
-
-def test_inference_mode_off_runs_in_the_callers_grad_mode(tmp_path: Path) -> None:
-    pack = trtpack.load(_pack(tmp_path), device="cpu", inference_mode=False)
-    out = pack(torch.randn(2, 4))
-    assert out["logits"].requires_grad is True
-    assert not out["logits"].is_inference()
-    with torch.no_grad():
-        assert pack(torch.randn(2, 4))["logits"].requires_grad is False
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        out["best"].add_(1)
 
 
 class Outputs(torch.nn.Module):

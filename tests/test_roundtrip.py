@@ -135,3 +135,14 @@ def test_views_and_non_contiguous_weights_round_trip(tmp_path):
     assert sd["head"].untyped_storage().data_ptr() == sd["tail"].untyped_storage().data_ptr()
     x = torch.randn(3)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="this torch is a CUDA build")
+def test_cuda_on_a_cpu_only_torch_is_a_trtpack_error(small_pack):
+    """torch's own answer is an AssertionError ("Torch not compiled with CUDA enabled")."""
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(trtpack.DeviceError, match="CPU-only build.*device='cpu'") as e:
+            trtpack.load(small_pack, device=device)
+        assert e.value.device == device
+    with pytest.raises(trtpack.DeviceError, match="'gpu' cannot be used here"):
+        trtpack.load(small_pack, device="gpu")

@@ -38,9 +38,61 @@ def test_given_inputs_are_used_and_checked(tmp_path):
     assert main(["run", str(KEYWORDS), "--input", f"x={tmp_path / 'x.npy'}",
                  "--input", f"mask={tmp_path / 'x.npy'}", "--device", "cpu", "--json"]) == 0  # fmt: skip
     with pytest.raises(trtpack.InputMismatchError, match="x_dim0"):
-        run_pack(KEYWORDS, inputs={"x": torch.ones(3, 6)}, device="cpu")  # mask is opt-sized
+        run_pack(KEYWORDS, inputs={"x": torch.ones(3, 6), "mask": torch.ones(5, 6)}, device="cpu")
     with pytest.raises(trtpack.TrtpackError, match=r"names \['nope'\], which are not inputs"):
         run_pack(KEYWORDS, inputs={"nope": 1}, device="cpu")
+
+
+def test_one_given_input_sets_the_symbols_the_others_are_sampled_at(tmp_path, capsys):
+    """x of batch 3 given, mask sampled: mask shares x's batch (not the opt, 4), and the
+    report says 3."""
+    report = run_pack(KEYWORDS, inputs={"x": torch.ones(3, 6)}, device="cpu", size="max")
+    assert report.symbols == {"x_dim0": 3}
+    assert report.inputs == {"x": (3, 6), "mask": (3, 6), "bias": (6,)}
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    assert (
+        main(["run", str(KEYWORDS), "--input", f"x={tmp_path / 'x.npy'}", "--device", "cpu"]) == 0
+    )
+    assert "symbols: x_dim0=2\n" in capsys.readouterr().out
+
+
+def _with_engine(tmp_path, source=KEYWORDS):
+    pack = tmp_path / "e.trtpack"
+    pack.write_bytes(source.read_bytes())
+    trtpack.add_engine(pack, FIXTURES / "v0/engine/keywords.plan", variant="sm86")
+    return pack
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the engine could run on a GPU machine")
+def test_a_named_variant_that_cannot_run_here_fails_run_and_check(tmp_path, capsys):
+    pack = _with_engine(tmp_path, FIXTURES / "v1.3" / "keywords_samples.trtpack")
+    for command in (
+        ["run", str(pack), "--variant", "sm86", "--device", "cpu"],
+        ["check", str(pack), "--variant", "sm86", "--device", "cpu", "--json"],
+    ):
+        assert main(command) == 1, command
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("trtpack: error: ") and "sm86" in err, (out, err)
+    # without --variant, the program's run and check pass and say which backend ran
+    assert main(["check", str(pack), "--device", "cpu"]) == 0
+    assert "on exported_program" in capsys.readouterr().out
+
+
+def test_atol_that_compared_nothing_fails(tmp_path, capsys):
+    pack = _with_engine(tmp_path)
+    assert main(["run", str(pack), "--atol", "1e-3", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("trtpack: error: --atol 0.001: nothing was compared"), err
+    assert main(["run", str(KEYWORDS), "--atol", "1e-3", "--device", "cpu"]) == 1
+    assert "(the pack holds no engine variant)" in capsys.readouterr().err
+    assert main(["run", str(KEYWORDS), "--device", "cpu"]) == 0  # no --atol: a report only
+
+
+def test_run_and_check_help_give_the_exit_statuses(capsys):
+    for command in ("run", "check"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "exit status: 0" in " ".join(capsys.readouterr().out.split())
 
 
 def test_run_json_and_engine_fallback_reported(capsys):

@@ -307,7 +307,7 @@ def test_save_over_a_signed_pack_removes_its_signature(signed, exported):
     pack, private, public = signed
     _, _, ep = exported("keywords")
     with pytest.warns(UserWarning, match=r"removed .*model\.trtpack\.sig.*trtpack sign"):
-        trtpack.save(ep, pack, metadata={"model": "changed"})
+        trtpack.save(ep, pack, metadata={"model": "changed"}, overwrite=True)
     assert not signature_path(pack).exists()
     with pytest.raises(trtpack.UnsignedPackError):
         trtpack.load(pack, require_signature=public)

@@ -102,3 +102,44 @@ def test_torch_free_paths_never_import_torch(tmp_path):
                          timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "TORCH-FREE OK True" in out.stdout
+
+
+CLI_CODE = r"""
+import sys
+sys.modules["torch"] = None  # the torch-free install: any import of torch raises ImportError
+from trtpack.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_torch_commands_say_what_to_install_without_a_traceback(tmp_path):
+    """run, check and build in the torch-free install: one line naming trtpack[torch] (and
+    the extras of push/pull and sign), exit 1, as every other error."""
+    pack = str(FIXTURES / "v1.3" / "keywords_samples.trtpack")
+    for command in (
+        ["run", pack],
+        ["check", pack],
+        ["build", pack, "--target", "8.6", "-o", str(tmp_path / "b.trtpack")],
+    ):
+        out = subprocess.run([sys.executable, "-c", CLI_CODE, *command], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 1, (command, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith(f"trtpack: error: trtpack {command[0]} needs torch")
+        assert "pip install 'trtpack[torch]'" in out.stderr
+        assert "push and pull need [oci], sign needs [sign]" in out.stderr
+    assert not (tmp_path / "b.trtpack").exists()
+
+
+def test_python_api_without_torch_names_the_extras():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import trtpack\n"
+        "try:\n    trtpack.load\n"
+        "except trtpack.MissingDependencyError as e:\n    print('MISSING', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("MISSING trtpack.load needs torch")
+    assert "[oci]" in out.stdout and "[sign]" in out.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import rtx
+import torch
 from servers import free_port
 
 import trtpack
@@ -210,6 +211,45 @@ def test_python_model_directory(case_pack, tmp_path):
     assert "as_numpy" not in code and "pb_utils.Tensor(" not in code  # DLPack only
 
 
+def test_python_model_imports_from_the_exporting_environment_by_default(case_pack, tmp_path):
+    """No site_dirs: model.py records the folders this process imports trtpack, torch and
+    numpy from, and those alone let an isolated interpreter (as Triton's stub runs: no
+    PYTHONPATH, no site) import all three from them."""
+    import numpy
+
+    path, _ = case_pack("keywords")
+    model = export_triton(path, tmp_path / "repo", name="kw", backend="python")
+    homes = [str(Path(m.__file__).resolve().parent.parent) for m in (trtpack, torch, numpy)]
+    assert list(model.site_dirs) == list(dict.fromkeys(homes))
+    code = (model.path / "1" / "model.py").read_text()
+    assert f"SITE_DIRS: list[str] = {list(model.site_dirs)!r}" in code
+    probe = (
+        "import sys, runpy\n"
+        "ns = runpy.run_path(sys.argv[1], run_name='model')\n"  # model.py adds its SITE_DIRS
+        "import numpy, torch, trtpack\n"
+        "print(trtpack.__file__, torch.__file__, numpy.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(model.path / "1" / "model.py")],
+                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == [trtpack.__file__, torch.__file__, numpy.__file__]
+    # without the recorded folders, the same isolated interpreter has none of them
+    bare = subprocess.run([sys.executable, "-I", "-S", "-c", "import numpy"],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert bare.returncode != 0
+
+
+def test_python_default_refuses_without_torch_here(case_pack, tmp_path, monkeypatch):
+    path, _ = case_pack("keywords")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in the torch-free install
+    with pytest.raises(trtpack.MissingDependencyError, match=r"torch is not installed.*--site-dir"):
+        export_triton(path, tmp_path / "repo", name="kw", backend="python")
+    assert not (tmp_path / "repo" / "kw").exists()
+    model = export_triton(path, tmp_path / "repo", name="kw", backend="python", site_dirs=())
+    assert model.site_dirs == ()  # none recorded: the server's TRTPACK_SITE_DIRS
+
+
 def test_python_dtypes(case_pack, tmp_path):
     config = parse(export_triton(case_pack("dtypes")[0], tmp_path, backend="python").path
                    / "config.pbtxt")  # fmt: skip
@@ -314,8 +354,11 @@ def test_python_cli(case_pack, tmp_path):
                         "--site-dir", str(tmp_path / "a"), "--site-dir", str(tmp_path / "b")],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().endswith(
+    assert r.stdout.splitlines()[0].endswith(
         "one: config.pbtxt and 1/ (python backend: model.py, model.trtpack)"
+    )
+    assert r.stdout.splitlines()[1] == (
+        f"  imports trtpack, torch and numpy from: {tmp_path / 'a'}, {tmp_path / 'b'}"
     )
     config = parse(tmp_path / "repo" / "one" / "config.pbtxt")
     assert (config.backend, config.max_batch_size, config.instance_group[0].count) == (
@@ -592,7 +635,7 @@ SERVED = {  # model name -> export_triton options (besides site_dirs)
     },
     "dtypes": {},
     "many_outputs": {},
-    "scalars": {"site_dirs": None},  # no SITE_DIRS: imports through TRTPACK_SITE_DIRS
+    "scalars": {"site_dirs": ()},  # no SITE_DIRS: imports through TRTPACK_SITE_DIRS
 }
 
 

@@ -6,7 +6,9 @@ Writes one MLP of ``--gib`` GiB of float32 weights three ways (a trtpack pack,
 torch.export.save, a safetensors file of the same tensors), then times, each in a fresh
 Python process and best of ``--repeat``:
 
-- ``trtpack.load(path, verify=True)`` and ``verify=False``, then the first call;
+- ``trtpack.load(path, verify=True)`` and ``verify=False``, then the first call; the same
+  with ``mmap=True`` (CPU weights view the file's map instead of memory of their own; on a
+  GPU both copy to the device from the map);
 - ``torch.export.load(path).module().to(device)``, then the first call;
 - the floor: ``safetensors.torch.load_file(path, device=device)``, then the same forward
   written as plain ``F.linear``/``relu`` calls on those tensors.
@@ -38,6 +40,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's trtpack, in this process and th
 VARIANTS = {
     "trtpack_verify": "trtpack.load verify=True",
     "trtpack_noverify": "trtpack.load verify=False",
+    "trtpack_mmap_verify": "trtpack.load mmap=True verify=True",
+    "trtpack_mmap_noverify": "trtpack.load mmap=True verify=False",
     "torch_export": "torch.export.load + module() + .to",
     "floor": "floor: safetensors load_file + F.linear",
 }
@@ -59,7 +63,8 @@ def _child(variant: str, files: dict, device: str, batch: int) -> None:
     extra: dict = {}
     start = time.perf_counter()
     if variant.startswith("trtpack"):
-        pack = trtpack.load(files["pack"], device=dev, verify=variant == "trtpack_verify")
+        pack = trtpack.load(files["pack"], device=dev, verify=variant.endswith("_verify"),
+                            mmap="_mmap" in variant)  # fmt: skip
         y = pack(x)
         extra["fast_path_reason"] = pack.fast_path_reason
     elif variant == "torch_export":
@@ -172,9 +177,10 @@ def main() -> int:
             shown = " ".join(f"{r:.3f}" for r in runs)
             print(f"  {label:38} {best[variant]:7.3f} s   (runs {shown}) {notes}")
     floor, anchor = best["floor"], best["torch_export"]
-    for variant in ("trtpack_verify", "trtpack_noverify"):
+    for variant in ("trtpack_verify", "trtpack_noverify", "trtpack_mmap_verify",
+                    "trtpack_mmap_noverify"):  # fmt: skip
         t = best[variant]
-        print(f"{VARIANTS[variant]:26} / torch.export {t / anchor:5.2f} ({anchor / t:4.1f}x "
+        print(f"{VARIANTS[variant]:36} / torch.export {t / anchor:5.2f} ({anchor / t:4.1f}x "
               f"faster)   / floor {t / floor:5.2f}")  # fmt: skip
     return 0
 

@@ -39,14 +39,16 @@ if op.startswith("save"):
     ep = torch.export.export(model, (torch.randn(2, width),))
     del model
     fn = (lambda: torch.export.save(ep, d + "/m.pt2")) if op == "save_torch" else (
-        lambda: trtpack.save(ep, d + "/m.trtpack"))
+        lambda: trtpack.save(ep, d + "/m.trtpack", overwrite=True))
 else:
     del model
     import warnings
     warnings.simplefilter("ignore")  # load_legacy: the "migrated in memory" notice
     fn = {"load_torch": lambda: torch.export.load(d + "/m.pt2"),
           "load_legacy": lambda: trtpack.load(d + "/m.pt2", device="cpu"),
-          "load_trtpack": lambda: trtpack.load(d + "/m.trtpack", device="cpu")}[op]
+          "load_trtpack": lambda: trtpack.load(d + "/m.trtpack", device="cpu"),
+          "load_trtpack_mmap": lambda: trtpack.load(d + "/m.trtpack", device="cpu", mmap=True),
+          }[op]
     fn()  # warm imports; the result is dropped
 import gc; gc.collect()
 base, base_all = rss(), resident(); peak, peak_all = base, base_all; done = False
@@ -74,15 +76,20 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        rows = {
-            op: measure(op, args.mb, d)
-            for op in ("save_torch", "save_trtpack", "load_torch", "load_trtpack", "load_legacy")
-        }
+        ops = (
+            "save_torch",
+            "save_trtpack",
+            "load_torch",
+            "load_trtpack",
+            "load_trtpack_mmap",
+            "load_legacy",
+        )
+        rows = {op: measure(op, args.mb, d) for op in ops}
     mib = 2**20
     print(f"model: {args.mb} MiB of float32 weights; peak private memory above the start")
     for op, r in rows.items():
         print(
-            f"  {op:14s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
+            f"  {op:17s} extra peak {r['extra_peak'] / mib:8.1f} MiB   "
             f"still held after {r['retained'] / mib:8.1f} MiB   "
             f"(all resident, file pages too: peak {r['resident_peak'] / mib:8.1f} MiB)"
         )
@@ -91,8 +98,9 @@ def main() -> int:
     print(f"ratios: save trtpack/torch {sp / max(st, 1):.2f}x, ", end="")
     print(f"load trtpack/torch {lp / max(lt, 1):.2f}x")
     print(
-        "(trtpack.load maps the weights from the pack: file-backed pages, shared by every "
-        "process that loads the same pack)"
+        "(trtpack.load reads the weights into memory of their own, so that the process "
+        "survives anything done to the file later; load(mmap=True) maps them from the pack "
+        "instead: file-backed pages, shared by every process that maps the same pack)"
     )
     return 0
 

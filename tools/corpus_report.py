@@ -50,7 +50,7 @@ def _exportdb(tmp: Path) -> list:
             try:
                 a, k = fresh()
                 if tool == "trtpack":
-                    trtpack.save(ep, tmp / "m.trtpack")
+                    trtpack.save(ep, tmp / "m.trtpack", overwrite=True)
                     got = trtpack.load(tmp / "m.trtpack")(*a, **k)
                 else:
                     torch.export.save(ep, tmp / "m.pt2")

@@ -37,7 +37,7 @@ WRITERS = {
     "variant='soak')",
     "save over": "import sys, torch, trtpack\ntorch.manual_seed(0)\n"
     "ep = torch.export.export(torch.nn.Linear(256, 256), (torch.randn(2, 256),))\n"
-    "trtpack.save(ep, sys.argv[1])",
+    "trtpack.save(ep, sys.argv[1], overwrite=True)",
 }
 STEPS = ("temp-created", "before-fsync", "after-fsync", "before-rename", "after-rename",
          "before-dir-fsync", "after-dir-fsync")  # fmt: skip

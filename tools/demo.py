@@ -53,7 +53,7 @@ def main() -> int:
     )
 
     step(f"trtpack.save(ep, {path.name!r}) — no inputs argument")
-    info = trtpack.save(ep, path, metadata={"model": "detector-demo"})
+    info = trtpack.save(ep, path, metadata={"model": "detector-demo"}, overwrite=True)
     print(f"wrote {path} ({info.file_size} bytes), digest {info.digest}")
 
     step("trtpack inspect (a separate process; it does not import torch)")

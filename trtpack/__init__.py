@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .checks.preflight import TargetReport, preflight
     from .engines.torchtrt import compile
     from .integrations.kserve import request_contract
+    from .integrations.oci import pull, push
+    from .integrations.triton import export_triton
     from .migrations.legacy import migrate
     from .program.derive import Range
     from .reading import PackInfo, inspect
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .signing import sign, verify
     from .writing.add import add_engine
     from .writing.build import build
+    from .writing.remove import engine_variants, remove_engine
     from .writing.save import save
 
 # name -> module that defines it; imported on first access (save, load, compile, add_engine
@@ -56,6 +59,12 @@ _LAZY = {
     "preflight": "checks.preflight",
     "TargetReport": "checks.preflight",
     "request_contract": "integrations.kserve",
+    "engine_variants": "writing.remove",
+    "remove_engine": "writing.remove",
+    # integrations: push/pull need trtpack[oci], export_triton trtpack[triton] (when called)
+    "export_triton": "integrations.triton",
+    "push": "integrations.oci",
+    "pull": "integrations.oci",
 }
 
 
@@ -68,12 +77,12 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(f".{module}", __name__), name)
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] != "torch":
+        from .errors import missing_dependency
+
+        missing = missing_dependency(e, f"trtpack.{name}")
+        if missing is None:
             raise
-        raise errors.MissingDependencyError(
-            f"trtpack.{name} needs PyTorch, which is not installed: pip install 'trtpack[torch]' "
-            "(inspect, verify, migrate, pack, add-engine, push and pull run without it)"
-        ) from e
+        raise missing from e
     globals()[name] = value
     return value
 
@@ -99,5 +108,10 @@ __all__ = [
     "preflight",
     "TargetReport",
     "request_contract",
+    "engine_variants",
+    "remove_engine",
+    "export_triton",
+    "push",
+    "pull",
 ]
 __all__ += errors.__all__

@@ -147,6 +147,17 @@ class SampleMismatchError(TrtpackError):
         super().__init__(f"reference sample {sample}, output {output!r}: {what}")
 
 
+class SampleTooLargeError(TrtpackError):
+    """Sample inputs generated from the manifest's sizes (``trtpack run``, ``save(samples=)``)
+    would take more memory than the limit allows: nothing was allocated. ``needed`` and
+    ``limit`` are bytes, ``symbols`` the sizes drawn, ``inputs`` each input's bytes."""
+
+    def __init__(self, message: str, *, needed: int, limit: int, symbols: dict[str, int],
+                 inputs: dict[str, int]) -> None:  # fmt: skip
+        super().__init__(message)
+        self.needed, self.limit, self.symbols, self.inputs = needed, limit, symbols, inputs
+
+
 class MissingDependencyError(TrtpackError, ImportError):
     """An optional dependency is needed for this operation and is not installed."""
 
@@ -159,6 +170,38 @@ class TargetSpecError(TrtpackError, ValueError):
         super().__init__(message)
         self.key = key
         self.text = text
+
+
+#: optional top-level modules -> the trtpack extra that installs them
+EXTRAS = {"torch": "torch", "numpy": "torch", "oras": "oci", "requests": "oci",
+          "cryptography": "sign", "mlflow": "mlflow", "tritonclient": "triton",
+          "tensorrt_rtx": "rtx"}  # fmt: skip
+
+#: what runs in the base install, without any extra (said in every "needs X" message)
+BASE_INSTALL = "inspect, verify, migrate, pack and add-engine run without any extra"
+
+
+def missing_dependency(error: ImportError, what: str) -> MissingDependencyError | None:
+    """The MissingDependencyError for ``error`` (a failed import of an optional module) met by
+    ``what`` (a command or function), naming the extra to install; None when the module is not
+    an optional dependency (a real bug, to be seen as one)."""
+    module = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    extras = f"(push and pull need [oci], sign needs [sign]; {BASE_INSTALL})"
+    return MissingDependencyError(
+        f"{what} needs {module}, which is not installed: pip install 'trtpack[{extra}]' {extras}"
+    )
+
+
+class DeviceError(TrtpackError, ValueError):
+    """The device asked for cannot be used here: ``device`` as given, ``reason`` why (no CUDA
+    build of torch, no GPU, an index beyond the GPUs present)."""
+
+    def __init__(self, device: object, reason: str) -> None:
+        self.device, self.reason = str(device), reason
+        super().__init__(f"device {self.device!r} cannot be used here: {reason}")
 
 
 class MigrationError(TrtpackError):
@@ -252,8 +295,10 @@ __all__ = [
     "EngineError",
     "NoUsableEngineError",
     "SampleMismatchError",
+    "SampleTooLargeError",
     "MissingDependencyError",
     "TargetSpecError",
+    "DeviceError",
     "MigrationError",
     "OutputExistsError",
     "PackWriteError",

@@ -17,26 +17,32 @@ import torch
 from torch.export import ExportedProgram
 
 from .contract import Contract, OutsideEngineProfile
-from .errors import InputMismatchError, ManifestError, NoUsableEngineError
+from .errors import DeviceError, InputMismatchError, ManifestError, NoUsableEngineError
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
-from .program.serialize import LoadedProgram, load_program, load_runnable, runnable
+from .program.serialize import LoadedProgram, load_program, load_runnable, runnable, weights_owned
 from .reading import PackInfo, open_pack, with_program_guards
 
 T = TypeVar("T")
 
 
-def _verified(reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T]) -> T:
+def _verified(
+    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, owned: bool
+) -> T:
     """Run ``build`` with the program's members verified. The graph (small, and parsed) is
-    checked first; the weights (large, only mapped, never computed on while loading) are hashed
-    on a second thread while the program is rebuilt, and the result is returned only once
-    that hash has matched."""
+    checked first; the weights (large, never computed on while loading) are hashed on a second
+    thread while the program is rebuilt, and the result is returned only once that hash has
+    matched. ``owned``: the weights hashed are the copy the load keeps (``build`` reads the
+    same ``reader.owned`` buffer), so what is checked is what runs; each piece is hashed
+    while the next is read."""
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
     reader.verify(graph, manifest.members[graph])
+    if owned:  # hashed piece by piece as it is read, whichever thread reads it first
+        reader.check_when_read(weights, manifest.members[weights])
     with ThreadPoolExecutor(1) as pool:
-        check = pool.submit(reader.verify, weights, manifest.members[weights])
+        check = pool.submit(reader.verify, weights, manifest.members[weights], owned=owned)
         try:
             result = build()
         finally:
@@ -94,9 +100,24 @@ def default_device() -> torch.device:
 def _normalize(device: str | torch.device | None) -> torch.device:
     if device is None:
         return default_device()
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(device, str(e).splitlines()[0]) from None
+    if dev.type == "cuda":
+        # torch's own answer here is an AssertionError ("Torch not compiled with CUDA enabled")
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise DeviceError(device, f"this torch ({torch.__version__}) is a CPU-only "
+                              "build; load with device='cpu' (--device cpu) or install a CUDA "
+                              "build")  # fmt: skip
+        if not torch.cuda.is_available():
+            raise DeviceError(device, "no CUDA GPU is visible to this process; load with "
+                              "device='cpu' (--device cpu)")  # fmt: skip
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise DeviceError(device, f"this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")  # fmt: skip
     return dev
 
 
@@ -124,9 +145,11 @@ class LoadedPack:
         variant: str | None = None,
         program: LoadedProgram | None = None,
         outside_profile: str = "error",
-        inference_mode: bool = True,
+        inference_mode: bool = False,
+        mmap: bool = False,
     ) -> None:
         self.info = info
+        self._mmap = mmap
         self.manifest: Manifest = info.manifest
         self.device = device
         self.backend = backend
@@ -142,6 +165,8 @@ class LoadedPack:
         self.inference_mode = inference_mode
         #: what ``load(..., check=True)`` found (a ``samples.CheckReport``); None otherwise
         self.check_report: Any = None
+        #: the options ``load`` was given besides ``device`` (what ``to`` loads again with)
+        self.load_options: dict[str, Any] = {}
         #: format 1.4: every entry point of the pack (this one included), and the state they
         #: share: name -> (the tensor the modules use, its value at load)
         self._entries: dict[str, LoadedPack] = {}
@@ -203,7 +228,9 @@ class LoadedPack:
                     raise ManifestError(f"{self.info.path} changed on disk since it was loaded")
                 self._exported_program = _verified(
                     reader, self.manifest, True,
-                    lambda: load_program(reader, self.manifest, device=self.device),
+                    lambda: load_program(reader, self.manifest, device=self.device,
+                                         mmap=self._mmap),
+                    owned=weights_owned(self.device, self._mmap),
                 )  # fmt: skip
         return self._exported_program
 
@@ -228,13 +255,27 @@ class LoadedPack:
         args, kwargs = pytree.tree_unflatten(list(leaves), spec)
         return tuple(args), dict(kwargs)
 
+    def to(self, device: str | torch.device) -> LoadedPack:
+        """This pack on ``device`` (``"cuda:1"``, ``"cpu"``): loaded again from its file with
+        the same options, as ``load`` would there (the engine variant chosen for that device);
+        ``self`` when it is already there. The file must be the one loaded (same digest), else
+        ManifestError."""
+        dev = _normalize(device)
+        if dev == self.device:
+            return self
+        moved = load(self.info.path, device=dev, **self.load_options)
+        if moved.digest != self.digest:
+            raise ManifestError(f"{self.info.path} changed on disk since it was loaded "
+                                f"({self.digest} -> {moved.digest}); load it again")  # fmt: skip
+        return moved
+
     def check_inputs(self, *args: Any, **kwargs: Any) -> None:
         """Check a call against the manifest without running it. Raises InputMismatchError."""
         self._contract(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # A deployed pack serves predictions: no autograd graph is built or kept on outputs
-        # unless load(..., inference_mode=False) asked for it.
+        # As ep.module(): the caller's grad mode, outputs ordinary tensors (in-place updates,
+        # autograd); load(..., inference_mode=True) runs each call in torch.inference_mode().
         if self.inference_mode:
             with torch.inference_mode():
                 return self._run(args, kwargs)
@@ -318,7 +359,10 @@ def _opt_inputs(manifest: Manifest) -> list[Any]:
     for spec in manifest.inputs:
         if spec.is_tensor:
             shape = [at_opt(d) for d in spec.shape or ()]
-            out.append(torch.zeros(shape, dtype=getattr(torch, spec.dtype or "float32")))
+            # one element, expanded: the manifest's opt sizes may be anything (a valid pack
+            # may say 2**28), and torch reads only the structure, sizes and dtype here
+            dtype = getattr(torch, spec.dtype or "float32")
+            out.append(torch.zeros((1,) * len(shape), dtype=dtype).expand(shape))
         elif spec.symbol is not None:
             out.append(at_opt(spec.symbol))
         else:
@@ -334,11 +378,12 @@ def load(
     require_engine: bool = False,
     variant: str | None = None,
     outside_profile: Literal["error", "fallback"] = "error",
-    inference_mode: bool = True,
+    inference_mode: bool = False,
     require_signature: PathLike | None = None,
     signature: PathLike | None = None,
     check: bool = False,
     trust_engine_host_code: bool = False,
+    mmap: bool = False,
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -349,8 +394,11 @@ def load(
     ``outside_profile``: for a call inside the exported ranges but outside the engines'
     optimization profiles, ``"error"`` (InputMismatchError naming both ranges) or
     ``"fallback"`` (run that call on the ExportedProgram).
-    ``inference_mode``: run each call under ``torch.inference_mode()`` (outputs carry no
-    autograd state); False runs calls in the caller's grad mode.
+    ``inference_mode``: False (default) runs each call in the caller's grad mode, as
+    ``ep.module()`` does: outputs are ordinary tensors (``y.add_(1)`` works, they can enter
+    autograd). True runs each call under ``torch.inference_mode()``: outputs are inference
+    tensors (no in-place update outside inference mode, no autograd), the fastest serving mode;
+    ``with torch.inference_mode():`` around the calls does the same.
     ``require_signature``: a PEM public key; the pack's signature (``signature``, default
     ``PATH.sig``) must verify with it before any member but the manifest is read
     (SignatureError / UnsignedPackError otherwise). The signature vouches for the manifest,
@@ -366,13 +414,26 @@ def load(
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
     ``pack.check_report``.
 
+    ``mmap``: on the CPU, let the weights view a private copy-on-write map of the file
+    instead of memory of their own (the default reads them once, which is what is hashed):
+    no copy at load, and pages shared with other processes mapping the same file. The risk
+    is the file's: it must not change while the pack is in use. Truncating it or copying
+    another file over it in place (``cp new.trtpack model.trtpack``) kills the process with
+    SIGBUS at its next call, and writing into it silently changes the weights (the hash
+    covered them at load only). Replace a mapped pack by renaming a new file over it (as
+    ``trtpack.save`` does). No effect on a GPU: the weights are copied there either way.
+
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
-    pack = _load(path, device=device, verify=verify, require_engine=require_engine,
-                 variant=variant, outside_profile=outside_profile, inference_mode=inference_mode,
-                 require_signature=require_signature, signature=signature,
-                 trust_engine_host_code=trust_engine_host_code)  # fmt: skip
+    options: dict[str, Any] = dict(
+        verify=verify, require_engine=require_engine, variant=variant,
+        outside_profile=outside_profile, inference_mode=inference_mode,
+        require_signature=require_signature, signature=signature,
+        trust_engine_host_code=trust_engine_host_code, mmap=mmap,
+    )  # fmt: skip
+    pack = _load(path, device=device, **options)
+    pack.load_options = {**options, "check": check}
     if check:
         from .samples import check as check_samples
 
@@ -392,6 +453,7 @@ def _load(
     require_signature: PathLike | None,
     signature: PathLike | None,
     trust_engine_host_code: bool,
+    mmap: bool,
 ) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
@@ -425,7 +487,7 @@ def _load(
                 reader, entry_info, name, shared, len(names) > 1, device=dev, verify=verify,
                 require_engine=require_engine, variant=variant, outside_profile=outside_profile,
                 inference_mode=inference_mode, require_signature=require_signature,
-                trust_engine_host_code=trust_engine_host_code,
+                trust_engine_host_code=trust_engine_host_code, mmap=mmap,
             )  # fmt: skip
     top = packs[default]
     state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -458,6 +520,7 @@ def _load_entry(
     inference_mode: bool,
     require_signature: PathLike | None,
     trust_engine_host_code: bool,
+    mmap: bool,
 ) -> LoadedPack:
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
     collects the default program's loaded tensors, which the other entry points reference."""
@@ -488,8 +551,9 @@ def _load_entry(
             if multi and manifest.program is not None and not shared:
                 # the other entry points reference the default program's tensors
                 shared[manifest.program.weights] = _verified(
-                    reader, manifest, verify, lambda: _tensors(reader, manifest, dev)
-                )
+                    reader, manifest, verify, lambda: _tensors(reader, manifest, dev, mmap),
+                    owned=weights_owned(dev, mmap),
+                )  # fmt: skip
             return LoadedPack(
                 info,
                 device=dev,
@@ -513,7 +577,8 @@ def _load_entry(
         )
     program = _verified(
         reader, manifest, verify,
-        lambda: load_runnable(reader, manifest, device=dev, shared=shared),
+        lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, shared=shared),
+        owned=weights_owned(dev, mmap),
     )  # fmt: skip
     if not shared and manifest.program is not None:
         shared[manifest.program.weights] = program.tensors  # the default entry point's
@@ -526,15 +591,19 @@ def _load_entry(
         fallback_reason=reason if manifest.engines else None,
         program=program,
         inference_mode=inference_mode,
+        mmap=mmap,
     )
     pack.mutates = frozenset(check_loaded_state(manifest, name, program.module))
     return pack
 
 
-def _tensors(reader: PackReader, manifest: Manifest, device: torch.device) -> dict[str, Any]:
-    from .program.serialize import _rebuild_state
+def _tensors(
+    reader: PackReader, manifest: Manifest, device: torch.device, mmap: bool
+) -> dict[str, Any]:
+    from .program.serialize import _rebuild_state, _weights_buffer
 
     assert manifest.program is not None
     ref = manifest.program
-    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device)
+    weights = _weights_buffer(reader, ref.weights, device, mmap)
+    state_dict, constants = _rebuild_state(weights, ref.weights, device)
     return {**state_dict, **constants}

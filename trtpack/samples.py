@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch.export import ExportedProgram
 
-from .errors import ArgumentTypeError, SampleMismatchError, TrtpackError
+from .errors import ArgumentTypeError, SampleMismatchError, SampleTooLargeError, TrtpackError
 from .format.container import Chunks, PackReader
 from .format.manifest import Interface, Manifest, Samples, Tolerance, Variant, parse_dim
 
@@ -50,13 +50,28 @@ def variant_tolerance(variant: Variant) -> Tolerance:
     return Tolerance(1e-3, 1e-3)
 
 
+#: the most memory sample inputs made from a manifest's sizes may take (``max_sample_bytes=``,
+#: ``--max-sample-size`` raise it). A manifest is data from anyone, and a valid one may say
+#: a dim's opt is 2**28 or its max 2**31-2: the sizes are checked before anything is made.
+#: 256 MiB is far above what a smoke test or a reference sample needs (a batch of 64 RGB
+#: 512x512 images in float32 is 192 MiB, 64 prompts of 8192 int64 tokens 4 MiB), while the
+#: outputs and the program's intermediates, several times the inputs, already make that a
+#: 1-2 GiB process; drawn reference samples are also written into the pack.
+MAX_SAMPLE_BYTES = 256 << 20
+
+
 # --- sample inputs from the manifest alone (save, and `trtpack run`) ------------------------
 
 
-def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[str, int]:
-    out = {}
+def sample_symbols(
+    manifest: Manifest, size: Size, rng: random.Random, fixed: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Each symbol's value at ``size``; ``fixed`` (what given inputs set) wins."""
+    out: dict[str, int] = {}
     for name, sym in manifest.symbols.items():
-        if size == "min":
+        if fixed and name in fixed:
+            out[name] = fixed[name]
+        elif size == "min":
             out[name] = sym.min
         elif size == "max":
             if sym.max is None:
@@ -69,14 +84,104 @@ def sample_symbols(manifest: Manifest, size: Size, rng: random.Random) -> dict[s
     return out
 
 
+def given_symbols(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, int]:
+    """The symbol values the given inputs fix (a tensor's dims, an int input's own symbol), so
+    that the sampled inputs share them instead of contradicting them. Dims that do not solve
+    are left to the contract, which names the input and dim at fault."""
+    fixed: dict[str, int] = {}
+    for spec in manifest.inputs:
+        if spec.name not in inputs:
+            continue
+        value = inputs[spec.name]
+        if spec.is_tensor and isinstance(value, torch.Tensor) and spec.shape is not None:
+            pairs = [(d, n) for d, n in zip(spec.shape, value.shape) if isinstance(d, str)]
+        elif spec.symbol is not None and isinstance(value, int) and not isinstance(value, bool):
+            pairs = [(spec.symbol, value)]
+        else:
+            continue
+        for dim, size in pairs:
+            expr = parse_dim(dim)
+            root = expr.solve(int(size))
+            if root is not None:
+                fixed.setdefault(expr.symbol, root)
+    return fixed
+
+
+def _generation_bytes(dtype: torch.dtype) -> int:
+    """Bytes per element of the temporary ``sample_leaves`` draws a tensor of ``dtype`` in
+    (0: drawn in ``dtype`` itself)."""
+    if dtype.is_floating_point or dtype.is_complex:
+        drawn = torch.float32
+    elif dtype == torch.bool:
+        drawn = torch.float32
+    else:
+        drawn = torch.int64
+    return 0 if drawn == dtype else drawn.itemsize
+
+
+def check_sample_size(
+    manifest: Manifest, symbols: Mapping[str, int], max_bytes: int, *, what: str = "sample inputs"
+) -> int:
+    """Check the bytes ``sample_leaves`` would allocate for these sizes (every input, plus
+    the largest temporary one is drawn in), computed from the manifest alone: above
+    ``max_bytes`` a SampleTooLargeError naming the symbols, the largest inputs and the size.
+    Returns the bytes the inputs keep (the temporary is freed)."""
+    per_input: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+    used: dict[str, int] = {}  # the symbols the tensors' shapes use
+    temporary = 0
+    for spec in manifest.inputs:
+        if not spec.is_tensor:
+            continue
+        for d in spec.shape or ():
+            if isinstance(d, str):
+                name = parse_dim(d).symbol
+                used[name] = symbols[name]
+        shape = [_dim(d, symbols) for d in spec.shape or ()]
+        numel = 1
+        for d in shape:
+            numel *= max(d, 0)
+        dtype = getattr(torch, spec.dtype or "float32")
+        per_input[spec.name] = numel * dtype.itemsize
+        shapes[spec.name] = shape
+        temporary = max(temporary, numel * _generation_bytes(dtype))
+    needed = sum(per_input.values()) + temporary
+    if needed > max_bytes:
+        from .reading import human_size
+
+        largest = sorted(per_input, key=lambda n: -per_input[n])[:3]
+        inputs = ", ".join(f"{n} {shapes[n]} ({human_size(per_input[n])})" for n in largest)
+        sizes = ", ".join(f"{n}={v}" for n, v in used.items()) or "all static"
+        raise SampleTooLargeError(
+            f"{what} would take {human_size(needed)} ({needed} bytes), over the limit of "
+            f"{human_size(max_bytes)}: symbols {sizes}; largest inputs {inputs}. Raise the "
+            "limit (max_sample_bytes=, --max-sample-size) or choose smaller sizes",
+            needed=needed, limit=max_bytes, symbols=dict(used), inputs=per_input,
+        )  # fmt: skip
+    return sum(per_input.values())
+
+
+def _dim(d: int | str, symbols: Mapping[str, int]) -> int:
+    if isinstance(d, int):
+        return d
+    expr = parse_dim(d)
+    return expr.value(symbols[expr.symbol])
+
+
 def sample_leaves(
-    manifest: Manifest, symbols: Mapping[str, int], gen: torch.Generator, device: torch.device
+    manifest: Manifest,
+    symbols: Mapping[str, int],
+    gen: torch.Generator,
+    device: torch.device,
+    *,
+    max_bytes: int = MAX_SAMPLE_BYTES,
 ) -> list[Any]:
+    """One call's leaves at these symbol sizes: random tensors (from ``gen``), the symbols'
+    ints, the specialized constants. Their size is checked against ``max_bytes`` first."""
+    check_sample_size(manifest, symbols, max_bytes)
+
     def dim(d: int | str) -> int:
-        if isinstance(d, int):
-            return d
-        expr = parse_dim(d)
-        return expr.value(symbols[expr.symbol])
+        return _dim(d, symbols)
 
     leaves: list[Any] = []
     for spec in manifest.inputs:
@@ -101,12 +206,15 @@ def sample_leaves(
 
 
 def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
-                     seed: int) -> list[list[Any]]:  # fmt: skip
-    """Each sample call's leaves in manifest order, checked by the pack's own contract."""
+                     seed: int, max_bytes: int | None = None) -> list[list[Any]]:  # fmt: skip
+    """Each sample call's leaves in manifest order, checked by the pack's own contract. Drawn
+    calls together take at most ``max_bytes`` (default ``MAX_SAMPLE_BYTES``), checked
+    from the sizes before each is made (SampleTooLargeError)."""
     import torch.utils._pytree as pytree
 
     from .contract import Contract
     from .format.manifest import FORMAT_VERSION, Manifest, Producer
+    from .reading import human_size
 
     if isinstance(samples, (bool, str, bytes)) or not isinstance(samples, (int, Sequence)):
         raise ArgumentTypeError("samples", "a count or a list of (args, kwargs) calls", samples)
@@ -127,16 +235,22 @@ def _leaves_of_calls(ep: ExportedProgram, iface: Interface, samples: SampleSpec,
         return out
     if samples < 1:
         raise TrtpackError(f"samples={samples}: give at least one")
+    limit = MAX_SAMPLE_BYTES if max_bytes is None else max_bytes
+    budget = limit  # every sample is kept until the member is written: one budget for all
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in range(samples):  # the first at the symbols' opt, the others at random sizes
         for _ in range(50):
             symbols = sample_symbols(probe, "opt" if i == 0 else "random", rng)
-            leaves = sample_leaves(probe, symbols, gen, torch.device("cpu"))
+            before = f" (after {human_size(limit - budget)} for the samples before it)" if i else ""
+            what = f"samples={samples}: sample {i}'s inputs{before}"
+            need = check_sample_size(probe, symbols, budget, what=what)
+            leaves = sample_leaves(probe, symbols, gen, torch.device("cpu"), max_bytes=budget)
             args, kwargs = pytree.tree_unflatten(leaves, ep.call_spec.in_spec)
             try:
                 out.append(contract(tuple(args), dict(kwargs)))
+                budget -= need
                 break
             except TrtpackError:  # a guard beyond the ranges: draw again
                 continue
@@ -154,14 +268,16 @@ def sample_members(
     tolerance: Tolerance | None = None,
     variants: Sequence[Variant] = (),
     variant_tolerances: Mapping[str, Tolerance] | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, Chunks], Samples]:
     """The samples member (inputs and the program's outputs on the CPU) and its manifest
-    entry. Each call is checked against the interface first."""
+    entry. Each call is checked against the interface first; drawn calls' inputs take at
+    most ``max_bytes`` together (see ``_leaves_of_calls``)."""
     import torch.utils._pytree as pytree
 
     from .program.serialize import runnable, safetensors_chunks
 
-    calls = _leaves_of_calls(ep, iface, samples, seed)
+    calls = _leaves_of_calls(ep, iface, samples, seed, max_bytes)
     module = runnable(ep)
     tensors: dict[str, torch.Tensor] = {}
     for i, leaves in enumerate(calls):
@@ -223,7 +339,9 @@ class CheckReport:
 def read_samples(reader: PackReader, samples: Samples) -> dict[str, torch.Tensor]:
     from .program.serialize import read_safetensors
 
-    tensors, _ = read_safetensors(reader.view(samples.member), samples.member)
+    # memory of their own, the bytes the check hashed (``verify(owned=True)``): a file
+    # changed meanwhile neither kills the check (SIGBUS) nor feeds it unchecked bytes
+    tensors, _ = read_safetensors(reader.owned(samples.member), samples.member)
     return tensors
 
 
@@ -241,7 +359,7 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
 
         with Reader(pack.info.path) as reader:
             member = manifest.members[samples.member]
-            reader.verify(samples.member, member)
+            reader.verify(samples.member, member, owned=True)
             tensors = read_samples(reader, samples)
     tolerance = samples.tolerance_of(pack.variant if pack.backend != "exported_program" else None)
     report = CheckReport(pack.backend, pack.variant, tolerance, samples.count)
@@ -258,7 +376,8 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
             else:
                 leaves.append(spec.value)
         args, kwargs = pack.call_of(leaves)
-        got = pytree.tree_leaves(pack(*args, **kwargs))
+        with torch.inference_mode():  # compared, never kept
+            got = pytree.tree_leaves(pack(*args, **kwargs))
         for spec, value in zip(manifest.outputs, got):
             want = tensors.get(f"sample{i}/output/{spec.name}")
             if want is None or not isinstance(value, torch.Tensor):

@@ -282,9 +282,7 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
     return statement
 
 
-def verify_signature(
-    pack: PathLike, key: PathLike, signature: PathLike | None = None
-) -> dict:
+def verify_signature(pack: PathLike, key: PathLike, signature: PathLike | None = None) -> dict:
     """Verify ``pack``'s signature (default ``PACK.sig``) with a PEM public key."""
     with PackReader(pack) as reader:
         return verify_reader(reader, key, signature)

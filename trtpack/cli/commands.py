@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._version import __version__
 from ..errors import TrtpackError
@@ -64,8 +65,17 @@ def _inspect_other(args: argparse.Namespace) -> int:
         gpus = ", ".join(plan.compute_capabilities) or "not in the header"
         if plan.future_gpus:
             gpus += " and newer"
+        from ..engines.plan import quoted_tensor_names
+
+        names = quoted_tensor_names(Path(args.pack).read_bytes())
         print(f"{args.pack}: a bare {plan.flavor} {plan.trt_version} engine, GPUs {gpus}")
-        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] -o OUT`")
+        if names:
+            print(f"tensor names  {', '.join(names)}  (the bindings, as far as its bytes tell; "
+                  "which are inputs, and their shapes, only a GPU runtime reads)")  # fmt: skip
+        else:
+            print("tensor names  not readable without a GPU (a standard TensorRT plan)")
+        print(f"not a .trtpack: `trtpack pack {args.pack} --input-spec NAME:DTYPE[DIMS] "
+              "--output-spec NAME:DTYPE[DIMS] -o OUT`")  # fmt: skip
         return 0
     if kind == PRE_PT2:  # its weights are pickles: describe it from the program JSON alone
         return _inspect_pre_pt2(args)
@@ -137,15 +147,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.key is None and args.signature is not None:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
     # the signature and every member's hash, in one open of the file
-    info = verify(args.pack, key=args.key, signature=args.signature)
+    try:
+        info = verify(args.pack, key=args.key, signature=args.signature)
+    except (TrtpackError, OSError) as e:
+        if args.json:  # a script reading --json gets JSON either way; the line on stderr too
+            error = {"type": type(e).__name__, "message": str(e)}
+            error |= {k: str(getattr(e, k)) for k in ("member", "field") if getattr(e, k, None)}
+            data = {"path": str(args.pack), "ok": False, "error": error}
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        raise
     default_sig = signature_path(args.pack)
     sig = str(args.signature or default_sig) if args.key is not None else None
     # a signature lying beside the pack that nobody checked: say so, never a bare OK
     unchecked = str(default_sig) if args.key is None and default_sig.is_file() else None
     n = len(info.manifest.members)
     total = sum(m.size for m in info.manifest.members.values())
-    data = {"path": str(info.path), "digest": info.digest, "members": n, "bytes": total,
-            "signature": sig, "unchecked_signature": unchecked}  # fmt: skip
+    data = {"path": str(info.path), "ok": True, "digest": info.digest, "members": n,
+            "bytes": total, "signature": sig, "unchecked_signature": unchecked}  # fmt: skip
     line = f"OK  {info.path}  {n} members, {human_size(total)} verified  {info.digest}"
     if sig is not None:
         line = f"OK  {args.pack}  signature {sig} verified with {args.key}\n{line}"
@@ -166,29 +184,55 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_add_engine(args: argparse.Namespace) -> int:
     from ..writing.add import add_engine
 
-    if args.output and not args.force and Path(args.output).exists():
-        from ..errors import OutputExistsError
-
-        raise OutputExistsError(args.output)
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
-                      version_compatible=_vc(args.version_compatible))  # fmt: skip
+                      version_compatible=_vc(args.version_compatible),
+                      overwrite=args.force)  # fmt: skip
     names = ", ".join(v.name for v in info.manifest.engines)
+    return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from ..reading import human_size, inspect
+
+    m = inspect(args.pack).manifest
+    rows: list[dict[str, Any]] = []
+    for v in m.engines:
+        size = sum(m.members[e.member].size for e in v.engines)
+        rows.append({"name": v.name, "flavor": v.target.flavor,
+                     "trt_version": v.target.trt_version,
+                     "compute_capabilities": list(v.target.compute_capabilities),
+                     "engines": len(v.engines), "engine_bytes": size,
+                     "whole_graph": v.program is None})  # fmt: skip
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        return 0
+    if not rows:
+        print(f"{args.pack}: no engine variant (the program runs everywhere)")
+    for r in rows:
+        gpus = ", ".join(r["compute_capabilities"]) or "any"
+        print(f"{r['name']}  {r['flavor']} {r['trt_version']}  GPUs {gpus}  "
+              f"{r['engines']} engine(s), {human_size(r['engine_bytes'])}")  # fmt: skip
+    return 0
+
+
+def _cmd_remove_engine(args: argparse.Namespace) -> int:
+    from ..writing.remove import remove_engine
+
+    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force)
+    names = ", ".join(v.name for v in info.manifest.engines) or "none"
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     import time
 
-    from ..writing.build import build, parse_range
+    from ..writing.build import DEFAULT_TARGETS, build, parse_range
 
-    if args.output and not args.force and Path(args.output).exists():
-        from ..errors import OutputExistsError
-
-        raise OutputExistsError(args.output)
     ranges = dict(parse_range(text) for text in args.range or ())
     start = time.perf_counter()
-    info = build(args.pack, ",".join(args.target), variant=args.variant, out=args.output,
-                 ranges=ranges)  # fmt: skip
+    targets = ",".join(args.target or DEFAULT_TARGETS)  # the same default as build()
+    info = build(args.pack, targets, variant=args.variant, out=args.output, ranges=ranges,
+                 overwrite=args.force)  # fmt: skip
     seconds = time.perf_counter() - start
     v = info.manifest.engines[-1]  # the variant just added
     engine = info.manifest.members[v.engines[0].member]
@@ -206,13 +250,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import render, run_pack
 
     inputs = dict(_given_input(text) for text in args.input or ())
+    # a variant the user names must run: running the program instead would be a false pass
     report = run_pack(args.pack, inputs=inputs, size=args.size, seed=args.seed,
-                      device=args.device, variant=args.variant)  # fmt: skip
+                      device=args.device, variant=args.variant,
+                      require_engine=args.variant is not None,
+                      max_sample_bytes=args.max_sample_size)  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(render(report))
     worst = report.max_abs_diff
+    if args.atol is not None and not report.compared:
+        why = report.fallback_reason or "the pack holds no engine variant"
+        print(f"trtpack: error: --atol {args.atol}: nothing was compared, only the program ran "
+              f"({why})", file=sys.stderr)  # fmt: skip
+        return 1
     if args.atol is not None and worst is not None and worst > args.atol:
         print(f"trtpack: error: max |engine - program| = {worst:.3g} > --atol "
               f"{args.atol}", file=sys.stderr)  # fmt: skip
@@ -225,7 +277,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ..runtime import load
     from ..samples import check
 
-    pack = load(args.pack, device=args.device, variant=args.variant)
+    # a named variant must run here: checking the program instead would be a false pass
+    pack = load(args.pack, device=args.device, variant=args.variant,
+                require_engine=args.variant is not None)  # fmt: skip
     try:
         report = check(pack)
     except SampleMismatchError as e:
@@ -294,6 +348,17 @@ def _cmd_contract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """``1073741824``, ``512MiB``, ``4GiB``, ``500MB``, ``2G`` -> bytes (K, M, G, T: powers of
+    1000; Ki, Mi, Gi, Ti: powers of 1024). Every size flag of the CLI reads through it."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1073741824, 4GiB)")
+    return int(float(match.group(1)) * units[match.group(2) or ""])
+
+
 def _given_input(text: str) -> tuple[str, object]:
     """``NAME=FILE.npy`` (a tensor) or ``NAME=NUMBER``."""
     name, sep, value = text.partition("=")
@@ -322,13 +387,16 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         args.pack, args.repository, name=args.name, backend=args.backend,
         max_batch_size=args.max_batch_size, dynamic_batching=args.dynamic_batching,
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-        instance_kind=args.instance_kind, site_dirs=args.site_dirs or (), overwrite=args.force,
+        instance_kind=args.instance_kind, overwrite=args.force,
+        site_dirs=() if args.no_site_dirs else args.site_dirs,  # None: this environment's
         entry_point=args.entry_point,
     )  # fmt: skip
     data = {"path": str(model.path), "backend": model.backend, "plans": model.plans,
-            "config": model.config}  # fmt: skip
+            "config": model.config, "site_dirs": list(model.site_dirs)}  # fmt: skip
     if model.backend == "python":
         line = f"{model.path}: config.pbtxt and 1/ (python backend: model.py, model.trtpack)"
+        dirs = ", ".join(model.site_dirs) or "none (the server's TRTPACK_SITE_DIRS)"
+        line += f"\n  imports trtpack, torch and numpy from: {dirs}"
     else:
         plans = ", ".join(f"{cc}: {f}" for cc, f in model.plans.items())
         line = f"{model.path}: config.pbtxt and 1/ ({plans})"
@@ -458,14 +526,27 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _engines_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="a .trtpack")
+    p.add_argument("--json", action="store_true", help="print the variants as JSON")
+
+
+def _remove_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pack", help="the .trtpack to remove from (replaced atomically unless -o)")
+    p.add_argument("variant", help="the engine variant's name (`trtpack engines PACK` lists them)")
+    p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to build from and add to (replaced unless -o)")
     p.add_argument(
         "--target",
         action="append",
-        required=True,
         metavar="CC[,CC...]",
-        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable)",
+        help="compute capabilities to build for, e.g. 8.6,8.9,12.0 (repeatable; default 8.6,8.9, "
+        "as trtpack.build)",
     )
     p.add_argument("--variant", help="name of the new variant (default: from its targets)")
     p.add_argument(
@@ -507,10 +588,18 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+#: the exit statuses of every command (run and check name their own cases of 1)
+_EXIT_STATUS = "exit status: 0 done; 1 an error (one line on stderr); 2 a usage error"
+
+
 def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "exit status: 0 every sample within tolerance on the backend that ran; 1 an error, a "
+        "sample outside tolerance, or a --variant that cannot run here; 2 a usage error"
+    )
     p.add_argument("pack", help="a .trtpack saved with samples=")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
-    p.add_argument("--variant", help="check this engine variant")
+    p.add_argument("--variant", help="check this engine variant (exit 1 if it cannot run here)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -551,6 +640,11 @@ def _contract_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "exit status: 0 ran (and with --atol: engine and program compared within it); 1 an "
+        "error, a --variant that cannot run here, engine and program differing by more than "
+        "--atol, or --atol given while no engine ran (nothing compared); 2 a usage error"
+    )
     p.add_argument("pack", help="a .trtpack (or any file load migrates)")
     p.add_argument(
         "--input",
@@ -565,9 +659,20 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         help="sampled dynamic dims: each symbol's opt (default), min, max, random",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
+    p.add_argument(
+        "--max-sample-size",
+        type=_byte_size,
+        default=256 << 20,
+        metavar="SIZE",
+        help="refuse sampled inputs larger than this in all (default 256MiB; e.g. 4GiB, 500MB)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
-    p.add_argument("--variant", help="run this engine variant")
-    p.add_argument("--atol", type=float, help="exit 1 if engine and program differ by more")
+    p.add_argument("--variant", help="run this engine variant (exit 1 if it cannot run here)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        help="exit 1 if engine and program differ by more, or if no engine ran (nothing compared)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -603,27 +708,23 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
         choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
         help="instance_group kind: KIND_CPU, KIND_GPU or KIND_AUTO (cpu/gpu/auto work too)",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--site-dir",
         dest="site_dirs",
         action="append",
         metavar="DIR",
         help="python backend: a site-packages folder the model imports trtpack, torch and "
         "numpy from (Triton's stub ignores PYTHONPATH; TRTPACK_SITE_DIRS on the server also "
-        "works); repeatable",
+        "works); repeatable. Default: the folders this environment imports them from",
+    )
+    where.add_argument(
+        "--no-site-dirs",
+        action="store_true",
+        help="python backend: record no folder (the server's TRTPACK_SITE_DIRS names them)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _size(text: str) -> int:
-    """A size in bytes: a number, optionally with K, M, G or T (powers of 1024; "iB" or "B"
-    after it are allowed)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 500M, 200G)")
-    scale = 1024 ** " KMGT".index(m[2].upper() or " ")
-    return int(float(m[1]) * scale)
 
 
 def _push_arguments(p: argparse.ArgumentParser) -> None:
@@ -669,9 +770,9 @@ def _pull_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-size",
-        type=_size,
+        type=_byte_size,
         metavar="SIZE",
-        help="refuse a pack whose members are larger (bytes, or e.g. 200G; default 64G)",
+        help="refuse a pack whose members are larger (bytes, or e.g. 200GiB; default 64 GiB)",
     )
     p.add_argument(
         "--no-signature",
@@ -706,6 +807,16 @@ _COMMANDS: dict[str, _Command] = {
         "add a TensorRT engine variant to a pack (other members are copied byte for byte)",
         _add_engine_arguments,
         _cmd_add_engine,
+    ),
+    "engines": (
+        "list a pack's engine variants",
+        _engines_arguments,
+        _cmd_engines,
+    ),
+    "remove-engine": (
+        "remove an engine variant from a pack (other members are copied byte for byte)",
+        _remove_engine_arguments,
+        _cmd_remove_engine,
     ),
     "build": (
         "build a TensorRT-RTX engine variant from the pack's program, for named GPUs "
@@ -777,7 +888,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, arguments, run) in _COMMANDS.items():
         if command is None or name == command:
-            p = sub.add_parser(name, help=summary)
+            p = sub.add_parser(name, help=summary, epilog=_EXIT_STATUS)
             arguments(p)
             p.set_defaults(func=run)
     return parser
@@ -809,6 +920,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except TrtpackError as e:
         print(f"trtpack: error: {cli_text(str(e))}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # an optional dependency (torch, oras...) not installed
+        from ..errors import missing_dependency
+
+        missing = missing_dependency(e, f"trtpack {args.command}")
+        if missing is None:
+            raise
+        print(f"trtpack: error: {missing}", file=sys.stderr)
         return 1
     except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as e:
         print(f"trtpack: error: {e}", file=sys.stderr)

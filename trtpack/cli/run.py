@@ -19,7 +19,7 @@ import torch
 from ..errors import InputMismatchError, TrtpackError
 from ..format.container import PathLike
 from ..runtime import load
-from ..samples import Size, sample_leaves, sample_symbols
+from ..samples import MAX_SAMPLE_BYTES, Size, given_symbols, sample_leaves, sample_symbols
 
 
 @dataclass
@@ -71,16 +71,21 @@ def run_pack(
     seed: int = 0,
     device: str | None = None,
     variant: str | None = None,
+    require_engine: bool = False,
     attempts: int = 20,
+    max_sample_bytes: int = MAX_SAMPLE_BYTES,
 ) -> RunReport:
     """Run ``path`` on sample inputs (``inputs`` replaces them by input name) on the backend
     ``load`` picks; when that is an engine variant, run the ExportedProgram too and report
-    each output's largest absolute difference."""
+    each output's largest absolute difference. ``require_engine``: raise NoUsableEngineError
+    (saying why) instead of running the program alone when no engine variant (or not
+    ``variant``) can run here. Sample inputs over ``max_sample_bytes`` are refused before
+    they are made (SampleTooLargeError)."""
     import warnings
 
     with warnings.catch_warnings(record=True):  # the fallback reason is reported, not warned
         warnings.simplefilter("always")
-        pack = load(path, device=device, variant=variant)
+        pack = load(path, device=device, variant=variant, require_engine=require_engine)
     manifest = pack.manifest
     unknown = sorted(set(inputs or {}) - {i.name for i in manifest.inputs})
     if unknown:
@@ -90,9 +95,11 @@ def run_pack(
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     problem: InputMismatchError | None = None
+    fixed = given_symbols(manifest, inputs or {})
     for _ in range(max(1, attempts)):
-        symbols = sample_symbols(manifest, size, rng)
-        leaves = sample_leaves(manifest, symbols, gen, pack.device)
+        # the given inputs' sizes win: the sampled ones share their symbols
+        symbols = sample_symbols(manifest, size, rng, fixed)
+        leaves = sample_leaves(manifest, symbols, gen, pack.device, max_bytes=max_sample_bytes)
         for i, spec in enumerate(manifest.inputs):
             if inputs and spec.name in inputs:
                 value = inputs[spec.name]
@@ -107,7 +114,8 @@ def run_pack(
                 raise
     else:
         raise TrtpackError(f"no sample within {attempts} draws satisfies the guards: {problem}")
-    got = _flat_outputs(pack(*args, **kwargs))
+    with torch.inference_mode():  # reported, never kept
+        got = _flat_outputs(pack(*args, **kwargs))
     want = None
     if pack.backend != "exported_program" and pack.exported_program is not None:
         from ..program.serialize import runnable

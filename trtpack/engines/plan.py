@@ -185,6 +185,21 @@ def missing_names(plan: bytes | memoryview, names: list[str]) -> list[str]:
     return missing
 
 
+def quoted_tensor_names(plan: bytes | memoryview) -> list[str]:
+    """The tensor names a TensorRT-RTX plan quotes in its kernel descriptions as ``"NAME.N"``,
+    its internal ones (``__mye...``) left out: in the plans seen (tensorrt_rtx 1.6) exactly its
+    I/O bindings, read without a GPU; still only what the bytes suggest (a GPU runtime lists
+    the real ones, and the direction of each is not in them). Empty for a standard plan,
+    whose bytes are not searched."""
+    import re
+
+    data = bytes(plan)
+    if data[:4] != RTX_MAGIC:
+        return []
+    found = re.findall(rb'"([A-Za-z_][A-Za-z0-9_.]{0,200})\.\d+"', data)
+    return sorted({n.decode() for n in found if not n.startswith(b"__")})
+
+
 def check_described_names(
     plan: bytes | memoryview, inputs: list[str], outputs: list[str], *, where: str
 ) -> None:

@@ -9,8 +9,10 @@ temporary name beside the target, fsynced and renamed: a crash leaves the old fi
 Reading (``PackReader``): the central directory is parsed by :mod:`zipfile`; then every entry
 is checked before any member is used (names, duplicates, compression, sizes against the file,
 local headers against the central directory, overlaps). Members are served as zero-copy views
-of a private memory map, and checked against the manifest's digests on request: a member's
-16 MiB pieces on every core where the manifest records them (format 1.3), else its SHA-256.
+of a private memory map (``view``: for work done while the file is open), or read into memory
+of their own (``owned``: what a load keeps, so that nothing later done to the file reaches
+it), and checked against the manifest's digests on request: a member's 16 MiB pieces on every
+core where the manifest records them (format 1.3), else its SHA-256.
 
 We write the zip ourselves because :mod:`zipfile` cannot align data or omit the alignment
 padding from the central directory; reading stays with :mod:`zipfile`.
@@ -26,6 +28,7 @@ import mmap
 import os
 import stat
 import struct
+import threading
 import warnings
 import zipfile
 import zlib
@@ -627,6 +630,19 @@ class MemberInfo:
     compressed_size: int | None = None  # None: stored
 
 
+def _anonymous(size: int) -> mmap.mmap:
+    """``size`` bytes of memory of this process's own, page-aligned. Private: Python's
+    default for an anonymous map is MAP_SHARED (shared memory, which a forked child would
+    write through to the parent)."""
+    if hasattr(mmap, "MAP_PRIVATE"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)  # pragma: no cover  (Windows: private memory)
+
+
+#: the most one positional read asks for (a read past 2 GiB fails on some systems)
+_OWNED_READ = 256 << 20
+
+
 class PackReader:
     """A checked view of a zip file. Construction reads only the central directory and the
     local headers; member data is read (or mapped) on request."""
@@ -657,6 +673,12 @@ class PackReader:
             except IsADirectoryError:
                 raise NotAPackError(f"{self.path} is a directory, not a pack") from None
         self._mmap: mmap.mmap | None = None
+        #: members read by ``owned``: read once, shared by the load and the hash check
+        self._owned: dict[str, memoryview] = {}
+        self._owned_lock = threading.Lock()
+        #: members whose read ``owned`` checks as it goes, and those it has checked
+        self._check_on_read: dict[str, Member] = {}
+        self._owned_checked: dict[str, Member] = {}
         #: current member name -> name in the file, for packs of an older format version
         self.aliases: dict[str, str] = {}
         try:
@@ -672,6 +694,8 @@ class PackReader:
 
     def close(self) -> None:
         # An mmap stays valid after its file is closed; tensors viewing it keep it alive.
+        # Owned copies belong to whoever holds them now (tensors keep their buffer alive).
+        self._owned.clear()
         self._file.close()
 
     def __enter__(self) -> PackReader:
@@ -897,6 +921,93 @@ class PackReader:
         self._crc(info, view)
         return view
 
+    def owned(self, name: str) -> memoryview:
+        """A member's bytes in memory of their own: read from the file once (later calls on
+        this reader share the same buffer, so the hash check and the load see one copy), and
+        from then on untouched by anything done to the file — truncated, overwritten in place
+        or by ``cp``. A private map's pages stay backed by the file until written, so such
+        changes reach a ``view`` (truncation as SIGBUS). The buffer is a page-aligned anonymous
+        map, so data aligned in the file (tensors at 64 bytes) stays aligned; writable."""
+        with self._owned_lock:  # the hash check (a thread) and the load ask at the same time
+            got = self._owned.get(name)
+            if got is None:
+                member = self._check_on_read.pop(name, None)
+                got = self._read_owned(self.info(name), member)
+                self._owned[name] = got
+                if member is not None:
+                    self._owned_checked[name] = member
+            return got
+
+    def check_when_read(self, name: str, member: Member) -> None:
+        """Have the read that ``owned(name)`` makes check the bytes against ``member`` as they
+        arrive: each piece is hashed on other cores while the next is read, so the check
+        costs little more than the read. ``verify(name, member, owned=True)`` then finds it
+        done (or, where the read raised, checks again and raises the same)."""
+        self._check_on_read[name] = member
+
+    def _read_owned(self, info: MemberInfo, member: Member | None) -> memoryview:
+        if info.compressed_size is not None:
+            return memoryview(bytearray(self.read(info.name)))
+        if info.size == 0:
+            self._crc(info, b"")
+            return memoryview(bytearray())
+        if self._data is not None:  # already in memory of the caller's (a migration)
+            view = memoryview(self._data)[info.offset : info.offset + info.size]
+            self._crc(info, view)
+            return view
+        buf = memoryview(_anonymous(info.size))
+        if not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
+            buf[:] = self.view(info.name)
+            return buf
+        if member is not None:
+            self._check_size(info.name, info, member)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Pieces as the manifest records them, each read and hashed by one worker, the pieces
+        # in parallel (reads release the GIL, as hashing does). A member verified by its
+        # whole SHA-256 is hashed in order, on one thread, beside the read of the next piece.
+        chunked = member is not None and member.chunks is not None
+        whole = hashlib.sha256() if member is not None and not chunked else None
+        step = member.chunks.size if member is not None and member.chunks else DIGEST_CHUNK
+        pieces = [(start, min(start + step, info.size)) for start in range(0, info.size, step)]
+
+        def read(span: tuple[int, int]) -> str:
+            self._pread(info, buf, *span)
+            return hashlib.sha256(buf[span[0] : span[1]]).hexdigest() if chunked else ""
+
+        if whole is None:  # unchecked, or checked by pieces
+            with ThreadPoolExecutor(max(1, min(len(pieces), os.cpu_count() or 1))) as pool:
+                results = list(pool.map(read, pieces))
+            if member is not None:
+                self._compare_pieces(info.name, member, results, info.size)
+        else:
+            with ThreadPoolExecutor(1) as pool:
+                jobs: list[Future[Any]] = []
+                for start, end in pieces:
+                    self._pread(info, buf, start, end)
+                    jobs.append(pool.submit(whole.update, buf[start:end]))
+                for job in jobs:
+                    job.result()
+            assert member is not None
+            self._compare(info.name, "sha256", member.sha256, whole.hexdigest())
+        self._crc(info, buf)
+        return buf
+
+    def _pread(self, info: MemberInfo, buf: memoryview, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` of the member into the same range of ``buf``, by positional
+        reads (the file object's position is shared with other readers of it)."""
+        fd = self._file.fileno()
+        done = start
+        while done < end:
+            n = os.preadv(fd, [buf[done : min(end, done + _OWNED_READ)]], info.offset + done)
+            if n == 0:
+                raise IntegrityError(
+                    f"{self.path}: member {info.name!r} is truncated: the file ended after "
+                    f"{done} of its {info.size} bytes (changed while being read?)",
+                    member=info.name, field="size", expected=info.size, got=done,
+                )  # fmt: skip
+            done += n
+
     def slice(self, name: str) -> Source:
         """The member as a source to copy into another pack, without reading it here."""
         info = self.info(name)
@@ -904,18 +1015,20 @@ class PackReader:
             return self.view(name)
         return FileSlice(self.path, info.offset, info.size)
 
-    def verify(self, name: str, member: Member) -> None:
+    def verify(self, name: str, member: Member, *, owned: bool = False) -> None:
         """Check a member against the manifest's record of it (size, and the SHA-256 of each
         piece when recorded, else of the whole); raise IntegrityError naming what differs.
-        Pieces are hashed in place (the map is not copied), on every core."""
+        Pieces are hashed in place (nothing is copied), on every core. ``owned``: hash the
+        bytes ``owned(name)`` returns (reading them if no one has yet), so that what is
+        checked is exactly what a load keeps; else the file's map."""
         info = self.info(name)
-        if info.size != member.size:
-            raise IntegrityError(
-                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says "
-                f"{member.size}",
-                member=name, field="size", expected=member.size, got=info.size,
-            )  # fmt: skip
-        view = self.view(name)
+        self._check_size(name, info, member)
+        if owned:
+            view = self.owned(name)
+            if self._owned_checked.get(name) == member:
+                return  # checked piece by piece as it was read (check_when_read)
+        else:
+            view = self.view(name)
         if member.chunks is None:
             sha = hashlib.sha256()
             for start in range(0, len(view), _CHUNK):
@@ -932,8 +1045,21 @@ class PackReader:
                     range(0, len(view), step),
                 )
             )
+        self._compare_pieces(name, member, got, len(view))
+
+    def _check_size(self, name: str, info: MemberInfo, member: Member) -> None:
+        if info.size != member.size:
+            raise IntegrityError(
+                f"{self.path}: member {name!r} is {info.size} bytes, the manifest says "
+                f"{member.size}",
+                member=name, field="size", expected=member.size, got=info.size,
+            )  # fmt: skip
+
+    def _compare_pieces(self, name: str, member: Member, got: list[str], size: int) -> None:
+        assert member.chunks is not None
+        step = member.chunks.size
         for index, (expected, actual) in enumerate(zip(member.chunks.sha256, got, strict=True)):
-            where = f" (bytes {index * step}..{min((index + 1) * step, len(view))})"
+            where = f" (bytes {index * step}..{min((index + 1) * step, size)})"
             self._compare(name, f"chunks.sha256[{index}]", expected, actual, where)
 
     def _compare(self, name: str, field: str, expected: str, got: str, where: str = "") -> None:

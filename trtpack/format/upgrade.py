@@ -5,6 +5,12 @@ next, and may rename members (the member layout is part of the format). ``upgrad
 them from a pack's version to this trtpack's ``FORMAT_VERSION``; the reader calls it, so
 every older pack keeps loading, and ``trtpack migrate`` writes the result.
 
+A step reads the manifest of an older version before anything else has checked it, so
+``upgrade`` validates that manifest against the major version's JSON Schema first (the 1.x
+schema only ever gains optional fields, so every 1.x manifest satisfies it: the fixtures of
+each older version are checked against it), and each step also checks the type of what it
+reads: a wrong type is a :class:`ManifestError` naming its path, never a raw exception.
+
 Each format change adds a step here; ``tests/test_migrate.py::
 test_every_older_version_has_a_step_and_a_fixture`` fails until the step and a fixture of the
 older version exist (see schema/SPEC.md, "Versioning policy").
@@ -17,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MigrationError
-from .manifest import FORMAT_VERSION
+from ..errors import ManifestError, MigrationError
+from .manifest import FORMAT_VERSION, validate
 
 Version = tuple[int, int]
 
@@ -47,10 +53,24 @@ def _v1_1_to_v1_2(data: dict[str, Any]) -> dict[str, Any]:
     # 1.2 marks variants whose bindings were described rather than recorded: in 1.1 those are
     # the bare plans (add-engine PLAN, trtpack pack), whose engines carry no torch_tensorrt ABI.
     out = copy.deepcopy(data)
-    for variant in out.get("engines") or ():
-        if all(e.get("abi_version") is None for e in variant.get("engines") or ()):
+    for i, variant in enumerate(_objects(out.get("engines"), "engines")):
+        engines = _objects(variant.get("engines"), f"engines/{i}/engines")
+        if all(e.get("abi_version") is None for e in engines):
             variant["described"] = True
     return out
+
+
+def _objects(value: Any, field: str) -> list[dict[str, Any]]:
+    """``value`` as a list of JSON objects (absent: none), else a ManifestError at ``field``:
+    a step reads only what has this shape."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ManifestError(
+            f"manifest.json: {field} must be a list of objects, got {value!r:.80}",
+            field=field, expected="a list of objects", got=value,
+        )  # fmt: skip
+    return value
 
 
 def _v1_2_to_v1_3(data: dict[str, Any]) -> dict[str, Any]:
@@ -107,12 +127,22 @@ def upgrade(
 ) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """Apply the chain to a manifest dict. Returns the upgraded dict, the member renames
     (current name -> name in the file) and one note per step."""
-    version = tuple(data.get("format_version", ()))
-    if len(version) != 2:
-        raise MigrationError(f"format_version must be [major, minor], got {version!r}")
+    if not isinstance(data, dict):
+        raise ManifestError("manifest.json must hold a JSON object", got=type(data).__name__)
+    version = data.get("format_version")
+    if (
+        not isinstance(version, list)
+        or len(version) != 2
+        or not all(type(v) is int and v >= 0 for v in version)
+    ):
+        raise ManifestError(f"format_version must be [major, minor], got {version!r:.80}",
+                            field="format_version", got=version)  # fmt: skip
+    if version[0] == FORMAT_VERSION[0] and version[1] < FORMAT_VERSION[1] and steps is None:
+        # before any step reads it (a custom ``steps`` chain brings its own checks)
+        _validate_old(data, (version[0], version[1]))
     renames: dict[str, str] = {}
     notes = []
-    for step in chain((int(version[0]), int(version[1])), steps):
+    for step in chain((version[0], version[1]), steps):
         data = step.upgrade(copy.deepcopy(data))
         data["format_version"] = list(step.target)
         for new, old in step.renames.items():
@@ -120,3 +150,17 @@ def upgrade(
         notes.append(f"{step.source[0]}.{step.source[1]} -> {step.target[0]}.{step.target[1]}: "
                      f"{step.summary}")  # fmt: skip
     return data, renames, notes
+
+
+def _validate_old(data: dict[str, Any], version: Version) -> None:
+    """The manifest of an older 1.x version against the 1.x schema, before a step reads it
+    (the error says it is the file's own manifest, before any upgrade)."""
+    try:
+        validate(data)
+    except ManifestError as e:
+        head, _, rest = str(e).partition("\n")
+        raise ManifestError(
+            f"format {version[0]}.{version[1]} {head.rstrip(':')} (checked before its upgrade "
+            f"to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}):\n{rest}",
+            field=e.field, expected=e.expected, got=e.got,
+        ) from None  # fmt: skip

@@ -144,31 +144,74 @@ def _staged_package(folder: Path) -> Path:
     return staged
 
 
+#: TensorRT-RTX minor -> the torch-tensorrt-rtx release series built for it, which is also the
+#: torch series that release requires (PyPI metadata: torch-tensorrt-rtx 2.14.0 requires
+#: tensorrt_rtx>=1.6.1.120,<1.7 and torch>=2.14,<2.15; 2.13.0: tensorrt_rtx>=1.5.0.114,<1.6 and
+#: torch 2.13; 2.12.1: tensorrt_rtx>=1.4.0.76,<1.5 and torch 2.12; 2.11.0: tensorrt_rtx>=1.3)
+RTX_SERIES = {"1.3": "2.11", "1.4": "2.12", "1.5": "2.13", "1.6": "2.14"}
+
+
+def _public(version: str) -> str:
+    """A version without its local label (``2.13.0+cpu`` -> ``2.13.0``): PyPI has no local
+    versions, and ``==2.13.0`` still matches a local ``2.13.0+cpu`` wheel."""
+    return version.split("+", 1)[0]
+
+
+def _minor(version: str) -> str:
+    return ".".join(_public(version).split(".")[:2])
+
+
 def requirements(manifest: Manifest) -> list[str]:
-    """What serving the pack needs: torch (the program), numpy, and for engine variants the
-    torch_tensorrt and TensorRT builds that made them (at their versions)."""
+    """What serving the pack needs, as requirements pip can install together: torch (the
+    program) and numpy at this environment's versions; for TensorRT-RTX engine variants, the
+    engines' ``tensorrt-rtx`` exactly, the ``torch-tensorrt-rtx`` series built for that
+    TensorRT-RTX (``RTX_SERIES``) and torch in the series it requires (a program loads across
+    torch versions, an engine only with its TensorRT); for standard TensorRT variants,
+    ``torch-tensorrt`` at the version that compiled them and torch in its series."""
     import importlib.metadata as md
+    import warnings
 
-    def pinned(dist: str, version: str | None = None) -> str:
-        if version is None:
-            try:
-                version = md.version(dist)
-            except md.PackageNotFoundError:
-                return dist
-        return f"{dist}=={version}"
+    def installed(dist: str) -> str | None:
+        try:
+            return _public(md.version(dist))
+        except md.PackageNotFoundError:
+            return None
 
-    out = [pinned("torch"), pinned("numpy")]
+    torch_req = f"torch=={v}" if (v := installed("torch")) else "torch"
+    out: list[str] = []
     made = manifest.producer
-    flavors = {v.target.flavor: v.target.trt_version for v in manifest.engines}
-    if "tensorrt" in flavors:
-        out += [
-            pinned("torch-tensorrt", made.torch_tensorrt),
-            pinned("tensorrt", flavors["tensorrt"]),
-        ]
-    if "tensorrt_rtx" in flavors:
-        out += [pinned("torch-tensorrt-rtx", made.torch_tensorrt),
-                pinned("tensorrt-rtx", flavors["tensorrt_rtx"])]  # fmt: skip
-    return out
+    rtx = sorted((v.target.trt_version for v in manifest.engines
+                  if v.target.flavor == "tensorrt_rtx"),
+                 key=lambda s: tuple(int(p) for p in s.split(".") if p.isdigit()))  # fmt: skip
+    trt = [v.target.trt_version for v in manifest.engines if v.target.flavor == "tensorrt"]
+    if rtx:
+        # one tensorrt-rtx per environment: the newest variant's (older ones cannot run beside it)
+        version = rtx[-1]
+        series = RTX_SERIES.get(_minor(version))
+        if series is None:  # a release this table does not know: let pip choose, unpinned
+            warnings.warn(
+                f"trtpack: no torch-tensorrt-rtx release known for TensorRT-RTX {version}; "
+                "torch and torch-tensorrt-rtx are left unpinned",
+                stacklevel=2,
+            )
+            torch_req, tt_req = "torch", "torch-tensorrt-rtx"
+        else:
+            tt = made.torch_tensorrt
+            tt_req = (f"torch-tensorrt-rtx=={_public(tt)}" if tt and _minor(tt) == series
+                      else f"torch-tensorrt-rtx=={series}.*")  # fmt: skip
+            torch_req = f"torch=={series}.*"
+        out += [tt_req, f"tensorrt-rtx=={version}"]
+    elif trt:
+        tt = made.torch_tensorrt
+        if tt:
+            out.append(f"torch-tensorrt=={_public(tt)}")
+            torch_req = f"torch=={_minor(tt)}.*"
+        else:
+            out.append("torch-tensorrt")
+            torch_req = "torch"
+        out.append(f"tensorrt=={trt[-1]}")
+    numpy = installed("numpy")
+    return [torch_req, f"numpy=={numpy}" if numpy else "numpy", *out]
 
 
 def load_model(model_uri: str, **load_kwargs: Any) -> Any:

@@ -46,7 +46,7 @@ def predict(pack: Any, model_input: Any) -> Any:
             leaves.append(given.get(spec.name, spec.value))
             continue
         value = given[spec.name]
-        t = value if torch.is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
+        t = value if torch.is_tensor(value) else torch.from_numpy(_contiguous(value))
         leaves.append(t.to(device=pack.device, dtype=getattr(torch, spec.dtype or "float32")))
     args, kwargs = pack.call_of(leaves)
     with torch.no_grad():
@@ -54,6 +54,13 @@ def predict(pack: Any, model_input: Any) -> Any:
     flat = torch.utils._pytree.tree_leaves(out)
     result = {spec.name: _numpy(v) for spec, v in zip(manifest.outputs, flat)}
     return next(iter(result.values())) if len(result) == 1 else result
+
+
+def _contiguous(value: Any) -> np.ndarray:
+    """A C-contiguous array of the same shape: ``np.ascontiguousarray`` would turn a 0-d
+    array (a scalar input such as a scale) into shape ``(1,)``, which the manifest refuses."""
+    arr = np.asarray(value)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
 
 
 def _numpy(value: Any) -> Any:

@@ -80,6 +80,8 @@ class TritonModel:
     config: str
     plans: dict[str, str]  # compute capability (or "default") -> file name; python: empty
     backend: str = "tensorrt"
+    #: python backend: the folders model.py imports trtpack, torch and numpy from
+    site_dirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ def export_triton(
     max_queue_delay_us: int | None = None,
     instances: int | None = None,
     instance_kind: str | None = None,
-    site_dirs: Sequence[PathLike] = (),
+    site_dirs: Sequence[PathLike] | None = None,
     overwrite: bool = False,
     entry_point: str | None = None,
 ) -> TritonModel:
@@ -270,6 +272,10 @@ def export_triton(
     trtpack, torch and numpy from, recorded in model.py's ``SITE_DIRS`` (made absolute); the
     model reads them as site-packages (``.pth`` files too) and puts them first on
     ``sys.path``, because Triton's stub runs an isolated interpreter that ignores PYTHONPATH.
+    Default (None): the folders this process imports them from (see ``environment_site_dirs``),
+    so that a server on this machine, with a stub for this Python, loads the model as
+    exported; MissingDependencyError where this environment lacks one of them. ``()``: none
+    recorded (the server's ``TRTPACK_SITE_DIRS`` must name them).
     ``TRTPACK_SITE_DIRS`` in the server's environment comes before them.
     ``entry_point`` (a multi-entry pack, format 1.4; default: its default entry point): the
     one this model serves, one model per entry point (name default ``<pack>_<entry point>``).
@@ -305,6 +311,7 @@ def export_triton(
         if backend == "tensorrt":
             if site_dirs:
                 raise RegistryError("site_dirs are for the python backend; TensorRT runs no Python")
+            site_dirs = ()
             if instance_kind == "KIND_CPU":
                 raise RegistryError("Triton's TensorRT backend runs on GPUs, not KIND_CPU")
             config = _tensorrt_config(pb2, info.manifest, name, max_batch_size, where, files, plans)
@@ -318,6 +325,8 @@ def export_triton(
             config = _python_config(pb2, info.manifest, name, max_batch_size, where)
             if whole.entry_points:
                 config.parameters[ENTRY_POINT_PARAMETER].string_value = entry
+            if site_dirs is None:
+                site_dirs = environment_site_dirs()
             code = model_code(site_dirs)
         _scheduling(pb2, config, max_batch_size, dynamic_batching, max_queue_delay_us,
                     instances, instance_kind)  # fmt: skip
@@ -344,7 +353,8 @@ def export_triton(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return TritonModel(target, text, plans, backend)
+    dirs = tuple(str(Path(d).absolute()) for d in site_dirs or ())
+    return TritonModel(target, text, plans, backend, dirs)
 
 
 def _tensorrt_config(pb2, manifest: Manifest, name: str, max_batch_size: int, where: str,
@@ -389,12 +399,43 @@ def _tensorrt_config(pb2, manifest: Manifest, name: str, max_batch_size: int, wh
     return config
 
 
+#: what the python-backend model imports (numpy: Triton's own triton_python_backend_utils)
+MODEL_IMPORTS = ("trtpack", "torch", "numpy")
+
+
+def environment_site_dirs() -> list[str]:
+    """The folders this process imports trtpack, torch and numpy from (each package's parent,
+    in that order, without repeats): what model.py needs on ``sys.path`` to run in Triton's
+    stub as it runs here. Found without importing torch. Raises MissingDependencyError, naming
+    ``site_dirs=`` / ``--site-dir``, where one of them is not installed here."""
+    import importlib.util
+
+    dirs: list[str] = []
+    for module in MODEL_IMPORTS:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # ValueError: sys.modules holds None (import blocked)
+            spec = None
+        if spec is None or spec.origin is None:
+            raise MissingDependencyError(
+                f"the python-backend model imports {', '.join(MODEL_IMPORTS)}, and {module} is "
+                "not installed in this environment, so there is no folder to record: name the "
+                "site-packages folder of the server's Python that holds them with "
+                "site_dirs=[...] (--site-dir DIR), or site_dirs=() (--no-site-dirs) and "
+                "TRTPACK_SITE_DIRS in the server's environment"
+            )
+        home = str(Path(spec.origin).resolve().parent.parent)
+        if home not in dirs:
+            dirs.append(home)
+    return dirs
+
+
 def model_code(site_dirs: Sequence[PathLike] = ()) -> str:
     """``model.py``: triton_model.py, with ``site_dirs`` (made absolute) in its SITE_DIRS."""
     code = _MODEL_CODE.read_text()
     if code.count(SITE_DIRS_LINE) != 1:
         raise RegistryError(f"{_MODEL_CODE} lost its SITE_DIRS line; reinstall trtpack")
-    dirs = [str(Path(d).absolute()) for d in site_dirs]
+    dirs = [str(Path(d).absolute()) for d in site_dirs]  # TritonModel.site_dirs: the same
     return code.replace(
         SITE_DIRS_LINE, f"SITE_DIRS: list[str] = {dirs!r}  # export-triton --site-dir\n"
     )

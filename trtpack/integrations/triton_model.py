@@ -92,7 +92,7 @@ class TritonPythonModel:
             device = "cpu"
         elif kind == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
-        self.pack = trtpack.load(path, device=device)
+        self.pack = trtpack.load(path, device=device, inference_mode=True)  # serving only
         entry = (params.get("trtpack_entry_point") or {}).get("string_value")
         if entry:  # a multi-entry pack (format 1.4): the entry point this model serves
             self.pack = self.pack[entry]

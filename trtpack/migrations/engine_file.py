@@ -8,8 +8,9 @@ A plan cannot tell its inputs without a GPU, so they are described, in a compact
 
 or as JSON: ``{"inputs": [{"name": "x", "dtype": "float32", "shape": [{"name": "batch",
 "min": 1, "opt": 8, "max": 64}, 3, 224, 224]}], "outputs": [...]}``. Outputs use the same
-forms (their dims: ints or symbol names); without them the pack records one float32 output
-``output0`` of unknown shape.
+forms (their dims: ints, symbol names or ``?``, unknown). Outputs must be described too: a
+plan's bindings cannot be read without a GPU (``trtpack inspect PLAN`` shows the names its
+bytes quote).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def parse_description(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise MigrationError(f"input names must be unique, got {names}")
-    outs = [_parse_one(s, symbols, is_input=False) for s in outputs] or [
-        IOSpec(name="output0", path="output", kind="tensor", dtype="float32", shape=("?",))
-    ]
+    outs = [_parse_one(s, symbols, is_input=False) for s in outputs]
+    if not outs:  # an invented name would not be the engine's: refused before a GPU sees it
+        raise MigrationError(
+            "describe the engine's outputs too, e.g. --output-spec 'out:float32[batch,10]'"
+        )
     for i, o in enumerate(outs):
         path = "output" if len(outs) == 1 else f"output[{i}]"
         outs[i] = IOSpec(**{**o.__dict__, "path": path})

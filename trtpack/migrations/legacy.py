@@ -146,11 +146,28 @@ def _convert_engine(
             "describe them (trtpack pack ENGINE --input-spec 'x:float32[1..64@8,3,224,224]', or "
             "inputs=[...] in Python)"
         )
-    iface = parse_description(inputs, outputs)
     plan = path.read_bytes()
-    from ..engines.plan import check_described_names, parse_plan
+    from ..engines.plan import check_described_names, parse_plan, quoted_tensor_names
 
-    parse_plan(plan, where=str(path))  # the header first
+    header = parse_plan(plan, where=str(path))  # the header first
+    if not outputs:
+        names = [_spec_name(s) for s in inputs]
+        others = [n for n in quoted_tensor_names(plan) if n not in names]
+        known = (
+            f"the names its bytes quote, besides the inputs, are {others}"
+            if others
+            else "its bytes name no other tensor"
+            if header.flavor == "tensorrt_rtx"
+            else "a standard TensorRT plan's bytes are not searched for names"
+        )
+        example = others[0] if others else "out"
+        raise MigrationError(
+            f"{path}: describe the engine's outputs as well, outputs=[...] (--output-spec): "
+            f"a plan's bindings cannot be read without a GPU, and {known}; e.g. "
+            f"--output-spec '{example}:{_spec_dtype(inputs)}[...]' with its dims (N, a dim name "
+            "of an input, or ? for unknown)"
+        )
+    iface = parse_description(inputs, outputs)
     check_described_names(plan, [i.name for i in iface.inputs if i.is_tensor],
                           [o.name for o in iface.outputs], where=str(path))  # fmt: skip
     facts = facts_from_plan(plan, iface, where=str(path),
@@ -160,6 +177,21 @@ def _convert_engine(
     v = declare_version_compatible(v, version_compatible, where=str(path))
     return PackParts(iface, dict(members), None, (v,), producer=Producer(trtpack="-", python="-"),
                      kind=f"bare {v.target.flavor} {v.target.trt_version} engine")  # fmt: skip
+
+
+def _spec_name(spec: str | dict) -> str:
+    """An input description's name (compact ``NAME:DTYPE[...]`` or JSON), for messages."""
+    if isinstance(spec, dict):
+        return str(spec.get("name", ""))
+    return str(spec).split(":", 1)[0].strip()
+
+
+def _spec_dtype(inputs: Sequence[str | dict]) -> str:
+    """The first input's dtype, for an example in a message."""
+    first = inputs[0]
+    if isinstance(first, dict):
+        return str(first.get("dtype", "float32"))
+    return str(first).split(":", 1)[-1].split("[", 1)[0].strip() or "float32"
 
 
 def describe_pre_pt2(path: PathLike) -> tuple[str, Interface]:

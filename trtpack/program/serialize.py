@@ -11,6 +11,11 @@ handles it directly in both directions: saving streams the header and then each 
 memory into the pack (the ``safetensors`` library builds the whole file as one bytes object
 first: twice the model in RAM), and loading maps the member without copying it (the library
 reads only whole files by path). Tests check both against the ``safetensors`` library.
+
+Where the loaded tensors live: on the CPU, by default, in memory of their own, read from the
+file once (and hashed there), so that a served pack survives anything later done to its file;
+``mmap=True`` makes them view a private map of the file instead (no copy; see
+``trtpack.load``). On a GPU the map is only the staging the copy to the device reads from.
 """
 
 from __future__ import annotations
@@ -346,6 +351,18 @@ def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
+def weights_owned(device: torch.device | None, mmap: bool) -> bool:
+    """Whether a load reads the weights into memory of their own (``PackReader.owned``)
+    rather than viewing the file's map: on the CPU unless ``mmap`` opts out. On another
+    device the map is the staging of the one copy to it (no copy in between)."""
+    return not mmap and (device is None or device.type == "cpu")
+
+
+def _weights_buffer(reader: PackReader, name: str, device: torch.device | None,
+                    mmap: bool) -> memoryview:  # fmt: skip
+    return reader.owned(name) if weights_owned(device, mmap) else reader.view(name)
+
+
 def _rebuild_state(
     buf: memoryview,
     where: str,
@@ -394,10 +411,12 @@ def load_program(
     device: torch.device | None = None,
     ref: ProgramRef | None = None,
     engines: Mapping[str, Any] | None = None,
+    mmap: bool = False,
 ) -> ExportedProgram:
     """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
-    whose ``engines`` are supplied as constants); on ``device`` when asked."""
-    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device)
+    whose ``engines`` are supplied as constants); on ``device`` when asked. ``mmap``: CPU
+    tensors view the file's map (see ``weights_owned``)."""
+    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device, mmap)
     constants.update(engines or {})
     return deserialize_program(graph, state_dict, constants, manifest, ref, device)
 
@@ -407,6 +426,7 @@ def _read_program(
     manifest: Manifest,
     ref: ProgramRef | None,
     device: torch.device | None,
+    mmap: bool = False,
     shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
     """The program to load (``ref``, default the pack's), its graph bytes and their parsed
@@ -420,7 +440,8 @@ def _read_program(
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
     _require_registered(manifest, str(reader.path))
-    state_dict, constants = _rebuild_state(reader.view(ref.weights), ref.weights, device, shared)
+    weights = _weights_buffer(reader, ref.weights, device, mmap)
+    state_dict, constants = _rebuild_state(weights, ref.weights, device, shared)
     graph = reader.read(ref.graph)
     parsed = check_graph(graph, ref.graph)
     return ref, graph, parsed, state_dict, constants
@@ -502,17 +523,17 @@ def load_runnable(
     manifest: Manifest,
     *,
     device: torch.device | None = None,
+    mmap: bool = False,
     shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> LoadedProgram:
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
     where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
-    deserializer (the reason is kept). ``shared``: loaded weights members another entry
-    point's program references (format 1.4)."""
+    deserializer (the reason is kept). ``mmap``: see ``weights_owned``. ``shared``: loaded
+    weights members another entry point's program references (format 1.4)."""
     from .graph_module import Unsupported, build_module
 
-    ref, graph, parsed, state_dict, constants = _read_program(
-        reader, manifest, None, device, shared
-    )
+    ref, graph, parsed, state_dict, constants = _read_program(reader, manifest, None, device,
+                                                              mmap, shared)  # fmt: skip
     tensors = {**state_dict, **{k: v for k, v in constants.items() if isinstance(v, torch.Tensor)}}
     try:
         module = build_module(parsed, state_dict, constants, device)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.variants import build_variant, facts_from_plan
-from ..errors import ArgumentTypeError, EngineError
+from ..errors import ArgumentTypeError, EngineError, OutputExistsError
 from ..format.atomic import pack_lock
 from ..format.container import PackReader, PathLike, Source
 from ..format.manifest import Manifest, ProgramRef, Variant
@@ -27,8 +27,10 @@ def add_engine(
     variant: str | None = None,
     out: PathLike | None = None,
     version_compatible: str | None = None,
+    overwrite: bool = False,
 ) -> PackInfo:
-    """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place).
+    """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place; an
+    existing ``out`` other than ``pack`` is replaced only with ``overwrite=True``).
 
     ``source`` is another .trtpack of the same model (its variants are taken), a bare plan
     file (a whole-graph engine whose bindings are the manifest's inputs and outputs), or a
@@ -50,17 +52,21 @@ def add_engine(
                         for v in variants]  # fmt: skip
         return variants, members
 
-    return add_variants(pack, make, out=out)
+    return add_variants(pack, make, out=out, overwrite=overwrite)
 
 
 #: (the pack's reader, its manifest) -> the new variants and their members
 MakeVariants = Callable[[PackReader, Manifest], tuple[list[Variant], dict[str, Source]]]
 
 
-def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None) -> PackInfo:
+def add_variants(
+    pack: PathLike, make: MakeVariants, *, out: PathLike | None, overwrite: bool = False
+) -> PackInfo:
     """``pack`` with the variants ``make`` gives, written atomically to ``out`` (default: in
-    place); the other members copied byte for byte. What ``add_engine`` and ``build`` share."""
+    place); the other members copied byte for byte. What ``add_engine`` and ``build`` share.
+    An existing ``out`` that is not ``pack`` is replaced only with ``overwrite``."""
     target_path = Path(out) if out is not None else Path(pack)
+    refuse_existing(pack, out, overwrite)
     # held from before the read until after the rename: a second add_engine waits, never
     # writes a pack built from the old content (which would drop the first one's variant)
     with pack_lock(target_path), open_pack(pack) as (reader, info):
@@ -71,6 +77,17 @@ def add_variants(pack: PathLike, make: MakeVariants, *, out: PathLike | None) ->
         parts = parts.with_variants(new_variants, new_members, where=str(info.path))
         # written while the source is open; members are copied from it as they are written
         return write(parts, target_path, overwrite=True)
+
+
+def refuse_existing(pack: PathLike, out: PathLike | None, overwrite: bool) -> None:
+    """The writers' rule for an edit written elsewhere: ``out`` may not replace another file
+    unless ``overwrite``; editing ``pack`` itself (``out`` None or ``pack``) is what the edit
+    is for."""
+    if out is None or overwrite or not Path(out).exists():
+        return
+    if Path(out).resolve() == Path(pack).resolve():
+        return
+    raise OutputExistsError(out)
 
 
 def _variants_from(

@@ -30,19 +30,25 @@ from ..program.serialize import load_program  # torch: trtpack.build without it 
 from ..reading import PackInfo
 from .add import add_variants
 
+#: the GPUs ``build`` (and ``trtpack build`` without --target) builds for: Ampere and Ada
+DEFAULT_TARGETS = ("8.6", "8.9")
+
 
 def build(
     pack: PathLike,
-    targets: Sequence[str] | str = ("8.6", "8.9"),
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
     *,
     variant: str | None = None,
     out: PathLike | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
+    overwrite: bool = False,
 ) -> PackInfo:
     """Build a TensorRT-RTX engine of the pack's program for the GPUs ``targets`` names
     (compute capabilities: ``("8.6", "8.9", "12.0")`` or ``"8.6,8.9"``) and add it to ``pack``
     as variant ``variant`` (default: from the targets, ``rtx_sm86_sm89``), written atomically to
-    ``out`` (default: in place). Needs ``tensorrt_rtx``, ``onnx`` and ``onnxscript``
+    ``out`` (default: in place; an existing ``out`` other than ``pack`` is replaced only with
+    ``overwrite=True``). ``targets`` defaults to ``DEFAULT_TARGETS``, as ``trtpack build``
+    does without ``--target``. Needs ``tensorrt_rtx``, ``onnx`` and ``onnxscript``
     (``pip install 'trtpack[rtx]'``), not a GPU.
 
     The engine's inputs are the manifest's tensor inputs (constants torch.export specialized
@@ -90,7 +96,7 @@ def build(
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out)
+    return add_variants(pack, make, out=out, overwrite=overwrite)
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:

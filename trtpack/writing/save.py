@@ -31,12 +31,13 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     variant: str | None = None,
     source: ExportedProgram | None = None,
     output_names: Sequence[str] | Mapping[str, str] | None = None,
     samples: int | Sequence[Any] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
+    max_sample_bytes: int | None = None,
 ) -> PackInfo:
     """Save a model as a .trtpack file. No input description is needed: it is derived.
 
@@ -53,6 +54,11 @@ def save(
     of ``(args, kwargs)`` calls) with the program's outputs for them, checked later by
     ``trtpack check`` / ``load(check=True)``; ``tolerances`` maps ``"program"`` or a variant
     name to ``(atol, rtol)`` (defaults: 1e-5 for the program; by the engines' precisions).
+    ``overwrite``: replace an existing ``path`` (default: refuse with OutputExistsError, as
+    every trtpack writer does; trtpack before 0.2 replaced it silently).
+    ``max_sample_bytes``: the most memory drawn samples' inputs may take together (default
+    256 MiB, ``trtpack.samples.MAX_SAMPLE_BYTES``): sizes beyond it are refused before anything is
+    allocated (SampleTooLargeError naming the symbols and the size).
 
     ``obj`` may be a dict ``{name: ExportedProgram}`` (format 1.4, docs/multi-entry.md): one
     pack of several entry points over one copy of the weights, the first the default; the
@@ -89,7 +95,7 @@ def save(
                 "samples= needs the ExportedProgram to compute the reference outputs: pass "
                 "source= (the program the module was compiled from)"
             )
-        parts = _with_samples(parts, program, samples, tolerances or {})
+        parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
     return write(parts, path, overwrite=overwrite)
@@ -117,6 +123,7 @@ def _with_samples(
     program: ExportedProgram,
     samples: int | Sequence[Any],
     tolerances: Mapping[str, Tolerance | tuple[float, float]],
+    max_sample_bytes: int | None = None,
 ) -> PackParts:
     from ..samples import sample_members
 
@@ -130,7 +137,7 @@ def _with_samples(
         )
     members, entry = sample_members(
         program, parts.interface, samples, tolerance=chosen.pop("program", None),
-        variants=parts.engines, variant_tolerances=chosen,
+        variants=parts.engines, variant_tolerances=chosen, max_bytes=max_sample_bytes,
     )  # fmt: skip
     parts.members.update(members)
     parts.samples = entry

@@ -320,3 +320,68 @@ def test_a_reference_to_a_member_that_is_not_the_default_weights_is_refused(tmp_
     write_pack(bad, members, manifest)
     with pytest.raises(IntegrityError, match="is not a loaded program's weights member"):
         trtpack.load(bad)
+
+
+class _Plain(torch.nn.Module):
+    """The custom-operator model's layer without the operator: a second entry point over the
+    same weights (the same Linear object, so the same names and tensors)."""
+
+    def __init__(self, lin: torch.nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x):
+        return self.lin(x) * 3
+
+
+def test_custom_ops_and_allow_ops_are_per_entry_point(tmp_path, capsys):
+    """Format 1.4 has both: an entry point's program records its own custom operators, and
+    load(allow_ops=) / mmap= reach every entry point's program load, not only the default's."""
+    from models import CUSTOM_OP
+
+    from trtpack.cli import main as cli
+
+    model = CUSTOM_OP.make()
+    x = CUSTOM_OP.args[0]
+    plain = torch.export.export(_Plain(model.lin), (x,))
+    custom = torch.export.export(model, (x,))
+    path = tmp_path / "two.trtpack"
+    trtpack.save({"plain": plain, "custom": custom}, path)
+    m = trtpack.inspect(path).manifest
+    assert m.program.custom_ops is None
+    assert m.entry_points["custom"].program.custom_ops == ("trtpack_tests::twice",)
+    assert cli(["inspect", str(path)]) == 0
+    assert "calls custom operators trtpack_tests::twice" in capsys.readouterr().out
+    # the default entry point calls none; the refusal comes from the other one's program
+    with pytest.raises(trtpack.UnsafePackError, match="trtpack_tests::twice"):
+        trtpack.load(path, device="cpu")
+    for mmap in (False, True):
+        pack = trtpack.load(path, device="cpu", allow_ops=["trtpack_tests::*"], mmap=mmap)
+        assert pack["custom"].allow_ops == ("trtpack_tests::*",)
+        with torch.no_grad():
+            assert torch.equal(pack["custom"](x), model(x))
+            assert torch.equal(pack(x), model.lin(x) * 3)
+
+
+def test_save_checks_every_entry_points_program_as_load_would(tmp_path):
+    """writing/assemble.check_loadable (save = load) covers the entry points' members too: an
+    entry point whose graph a reader would refuse is not written."""
+    from models import CUSTOM_OP
+
+    from trtpack.writing.assemble import write
+    from trtpack.writing.entry_points import check_programs, parts_of_programs
+
+    model = CUSTOM_OP.make()
+    x = CUSTOM_OP.args[0]
+    programs = {
+        "plain": torch.export.export(_Plain(model.lin), (x,)),
+        "again": torch.export.export(_Plain(model.lin), (x,)),
+    }
+    parts, _ = parts_of_programs(check_programs(programs))
+    graph = "entry_points/again/graph.json"
+    raw = parts.members[graph]
+    assert isinstance(raw, bytes) and b"torch.ops.aten.mul.Tensor" in raw
+    parts.members[graph] = raw.replace(b"torch.ops.aten.mul.Tensor", b"os.system")
+    with pytest.raises(trtpack.UnsafePackError, match="os.system"):
+        write(parts, tmp_path / "bad.trtpack")
+    assert not (tmp_path / "bad.trtpack").exists()

@@ -385,3 +385,28 @@ def test_save_checks_every_entry_points_program_as_load_would(tmp_path):
     with pytest.raises(trtpack.UnsafePackError, match="os.system"):
         write(parts, tmp_path / "bad.trtpack")
     assert not (tmp_path / "bad.trtpack").exists()
+
+
+def test_a_pt2_archive_of_programs_with_a_custom_operator_records_it_per_entry_point(tmp_path):
+    """Migrating passes custom operators (it runs nothing) and records them on the entry point
+    whose program calls them; loading the migrated pack gates them as save's pack."""
+    from models import CUSTOM_OP
+    from torch.export.pt2_archive._package import package_pt2
+
+    model = CUSTOM_OP.make()
+    x = CUSTOM_OP.args[0]
+    pt2 = tmp_path / "two.pt2"
+    package_pt2(str(pt2), exported_programs={
+        "model": torch.export.export(_Plain(model.lin), (x,)),
+        "custom": torch.export.export(model, (x,)),
+    })  # fmt: skip
+    out = tmp_path / "two.trtpack"
+    trtpack.migrate(pt2, out)
+    m = trtpack.inspect(out).manifest
+    assert m.default_entry_point == "model" and m.program.custom_ops is None
+    assert m.entry_points["custom"].program.custom_ops == ("trtpack_tests::twice",)
+    with pytest.raises(trtpack.UnsafePackError, match="trtpack_tests::twice"):
+        trtpack.load(out, device="cpu")
+    pack = trtpack.load(out, device="cpu", allow_ops=["trtpack_tests::twice"])
+    with torch.no_grad():
+        assert torch.equal(pack["custom"](x), model(x))

@@ -88,6 +88,7 @@ def packs() -> None:
     folder = FIXTURES / f"v{version}"
     if folder.exists() and any(folder.iterdir()):
         print(f"{folder} exists: not rewritten")
+        multi_entry(folder)
         return
     folder.mkdir()
     _, ep = CASES["keywords"].export()
@@ -104,7 +105,20 @@ def packs() -> None:
 
     _, ep = CUSTOM_OP.export()  # a custom operator, recorded in program.custom_ops (format 1.4)
     trtpack.save(ep, folder / "custom_op.trtpack", metadata={"fixture": f"format {version}"})
+    multi_entry(folder)  # entry points and state (format 1.4)
     print(f"format {version} fixtures written in {folder}")
+
+
+def multi_entry(folder: Path) -> None:
+    """Format 1.4: a transformers Llama with a static cache as prefill + decode (tests/llm.py),
+    written once (a released fixture is never rewritten)."""
+    path = folder / "llama_prefill_decode.trtpack"
+    if trtpack.FORMAT_VERSION < (1, 4) or path.exists():
+        return
+    import llm
+
+    trtpack.save(llm.export_entry_points(llm.llama()()), path,
+                 metadata={"fixture": "format 1.4, two entry points"})  # fmt: skip
 
 
 def trt() -> None:

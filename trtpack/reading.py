@@ -288,7 +288,51 @@ def render(info: PackInfo) -> str:
     ]
     if m.metadata:
         lines.append("metadata " + "  ".join(f"{k}={v}" for k, v in sorted(m.metadata.items())))
-    lines.append(render_interface(m.interface).rstrip("\n"))
+    if not m.entry_points:
+        lines += _program_lines(m)
+    else:  # format 1.4: each entry point as a pack of one program, then the shared state
+        for name in m.entry_point_names:
+            default = " (default: the top level)" if name == m.default_entry_point else ""
+            lines.append(f"== entry point {name}{default}")
+            lines += _program_lines(m.entry(name))
+    if m.state is not None:
+        lines.append("state    (written in place; one tensor for every entry point naming it)")
+        rows: list[tuple[str, ...]] = []
+        for t, spec in sorted(m.state.tensors.items()):
+            uses = m.state.entry_points
+            reads = ",".join(n for n, u in sorted(uses.items()) if t in u.reads) or "-"
+            writes = ",".join(n for n, u in sorted(uses.items()) if t in u.mutates) or "-"
+            rows.append((t, f"{spec.dtype}{list(spec.shape)}", f"read by {reads}",
+                         f"written by {writes}"))  # fmt: skip
+        lines += _table(rows)
+        for n, u in sorted(m.state.entry_points.items()):
+            if u.mutated_inputs:
+                lines.append(f"  {n} writes its inputs {', '.join(u.mutated_inputs)} in place")
+    lines.append("members")
+    lines += _table(
+        [
+            (name, human_size(mem.size), f"sha256:{mem.sha256[:16]}…")
+            for name, mem in sorted(m.members.items())
+        ]
+    )
+    p = m.producer
+    made = [f"trtpack {p.trtpack}", f"python {p.python}"]
+    made += [
+        f"{k} {v}"
+        for k, v in (
+            ("torch", p.torch),
+            ("torch_tensorrt", p.torch_tensorrt),
+            ("tensorrt", p.tensorrt),
+        )
+        if v
+    ]
+    lines.append("producer " + " · ".join(made))
+    return "\n".join(lines) + "\n"
+
+
+def _program_lines(m: Manifest) -> list[str]:
+    """One program's part of ``inspect``: interface, program, engines, samples."""
+    lines = [render_interface(m.interface).rstrip("\n")]
     if m.program is not None:
         lines.append(
             f"program  ExportedProgram (torch.export schema "
@@ -310,23 +354,4 @@ def render(info: PackInfo) -> str:
         each += [f"{n} atol {t.atol:g} rtol {t.rtol:g}" for n, t in m.samples.variants.items()]
         lines.append(f"samples  {m.samples.count} reference call(s), `trtpack check`: "
                      + "; ".join(each))  # fmt: skip
-    lines.append("members")
-    lines += _table(
-        [
-            (name, human_size(mem.size), f"sha256:{mem.sha256[:16]}…")
-            for name, mem in sorted(m.members.items())
-        ]
-    )
-    p = m.producer
-    made = [f"trtpack {p.trtpack}", f"python {p.python}"]
-    made += [
-        f"{k} {v}"
-        for k, v in (
-            ("torch", p.torch),
-            ("torch_tensorrt", p.torch_tensorrt),
-            ("tensorrt", p.tensorrt),
-        )
-        if v
-    ]
-    lines.append("producer " + " · ".join(made))
-    return "\n".join(lines) + "\n"
+    return lines

@@ -7,6 +7,7 @@ the TensorRT engines where a variant fits this machine, else the ExportedProgram
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +183,38 @@ class LoadedPack:
         self.check_report: Any = None
         #: the options ``load`` was given besides ``device`` (what ``to`` loads again with)
         self.load_options: dict[str, Any] = {}
+        #: format 1.4: every entry point of the pack (this one included), and the state they
+        #: share: name -> (the tensor the modules use, its value at load)
+        self._entries: dict[str, LoadedPack] = {}
+        self._state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: the names of the tensors this entry point writes in place (derived at load)
+        self.mutates: frozenset[str] = frozenset()
+
+    # -- entry points (format 1.4) ---------------------------------------------------------
+
+    @property
+    def entry_points(self) -> tuple[str, ...]:
+        """The pack's entry point names, sorted (``("forward",)`` for a pack of one program)."""
+        return tuple(sorted(self._entries)) or (self.manifest.default_entry_point,)
+
+    def __getitem__(self, name: str) -> LoadedPack:
+        """One entry point, called like its program; it shares the pack's weights and state."""
+        if name in self._entries:
+            return self._entries[name]
+        if not self._entries and name == self.manifest.default_entry_point:
+            return self
+        raise ManifestError(
+            f"{self.info.path.name} has no entry point {name!r} (entry points: "
+            f"{list(self.entry_points)})", field="entry_points", got=name,
+            expected=list(self.entry_points),
+        )  # fmt: skip
+
+    def reset_state(self) -> None:
+        """Put every tensor an entry point writes in place (a KV cache) back to its value in
+        the pack, for every entry point (they share it)."""
+        with torch.no_grad():
+            for tensor, saved in self._state.values():
+                tensor.copy_(saved)
 
     @property
     def digest(self) -> str:
@@ -436,48 +469,117 @@ def _load(
             verify_reader(reader, require_signature, signature)
         # a 1.0 pack: its guards, from its program's graph (hashed first when verifying)
         info = with_program_guards(reader, info, verify=verify)
-        manifest = info.manifest
-        reason = None
-        if manifest.engines or require_engine or variant is not None:
-            from .engines.loading import load_engines
+        whole = info.manifest
+        default = whole.default_entry_point
+        names = [default, *sorted(n for n in whole.entry_points or {} if n != default)]
+        shared: dict[str, dict[str, torch.Tensor]] = {}
+        packs: dict[str, LoadedPack] = {}
+        for name in names:
+            entry_info = info if name == default else dataclasses.replace(
+                info, manifest=whole.entry(name)
+            )  # fmt: skip
+            packs[name] = _load_entry(
+                reader, entry_info, name, shared, len(names) > 1, device=dev, verify=verify,
+                require_engine=require_engine, variant=variant, outside_profile=outside_profile,
+                inference_mode=inference_mode, require_signature=require_signature,
+                trust_engine_host_code=trust_engine_host_code, mmap=mmap, allow_ops=allow_ops,
+            )  # fmt: skip
+    top = packs[default]
+    state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for pack in packs.values():
+        tensors = pack._program.tensors if pack._program is not None else {}
+        for t in sorted(pack.mutates):
+            if t in tensors and t not in state:
+                state[t] = (tensors[t], tensors[t].detach().clone())
+        pack._state = state
+        pack._entries = packs if len(packs) > 1 else {}
+    for pack in packs.values():
+        if pack.fallback_reason is not None:
+            warnings.warn(f"trtpack: running the ExportedProgram: {pack.fallback_reason}",
+                          stacklevel=3)  # fmt: skip
+    return top
 
-            # host code runs only from a pack whose signature was just verified (and whose
-            # members are therefore hashed: verify is on), or if the caller trusts the pack
-            trusted = trust_engine_host_code or (require_signature is not None and verify)
-            loaded = load_engines(reader, manifest, dev, verify=verify,
-                                  require_engine=require_engine, variant=variant,
-                                  host_code_allowed=trusted)  # fmt: skip
-            if loaded.runner is not None and loaded.variant is not None:
-                v = loaded.variant
-                return LoadedPack(
-                    info,
+
+def _load_entry(
+    reader: PackReader,
+    info: PackInfo,
+    name: str,
+    shared: dict[str, dict[str, torch.Tensor]],
+    multi: bool,
+    *,
+    device: torch.device,
+    verify: bool,
+    require_engine: bool,
+    variant: str | None,
+    outside_profile: Literal["error", "fallback"],
+    inference_mode: bool,
+    require_signature: PathLike | None,
+    trust_engine_host_code: bool,
+    mmap: bool,
+    allow_ops: tuple[str, ...],
+) -> LoadedPack:
+    """One entry point of a pack (the only one, for a pack of one program). ``shared``
+    collects the default program's loaded tensors, which the other entry points reference."""
+    from .writing.entry_points import check_loaded_state
+
+    dev = device
+    manifest = info.manifest
+    reason = None
+    use = manifest.state.entry_points.get(name) if manifest.state else None
+    if manifest.engines and use is not None and use.mutates:
+        reason = (
+            f"entry point {name!r} writes state in place ({', '.join(use.mutates)}), which "
+            "an engine cannot share with the other entry points"
+        )
+        if require_engine:
+            raise NoUsableEngineError(reason)
+    elif manifest.engines or require_engine or variant is not None:
+        from .engines.loading import load_engines
+
+        # host code runs only from a pack whose signature was just verified (and whose
+        # members are therefore hashed: verify is on), or if the caller trusts the pack
+        trusted = trust_engine_host_code or (require_signature is not None and verify)
+        loaded = load_engines(reader, manifest, dev, verify=verify,
+                              require_engine=require_engine, variant=variant,
+                              host_code_allowed=trusted)  # fmt: skip
+        if loaded.runner is not None and loaded.variant is not None:
+            v = loaded.variant
+            if multi and manifest.program is not None and not shared:
+                # the other entry points reference the default program's tensors
+                shared[manifest.program.weights] = _verified(
+                    reader, manifest, verify, lambda: _tensors(reader, manifest, dev, mmap),
+                    owned=weights_owned(dev, mmap),
+                )  # fmt: skip
+            return LoadedPack(
+                info,
+                device=dev,
+                module=loaded.runner,
+                contract=Contract(
+                    manifest,
                     device=dev,
-                    module=loaded.runner,
-                    contract=Contract(
-                        manifest,
-                        device=dev,
-                        engine_ranges=v.ranges,
-                        variant=v.name,
-                        profile_boxes=profile_boxes(v.engines, manifest.inputs, manifest.symbols),
-                    ),
-                    backend="tensorrt",
+                    engine_ranges=v.ranges,
                     variant=v.name,
-                    outside_profile=outside_profile,
-                    inference_mode=inference_mode,
-                )
-            reason = loaded.reason
-        if manifest.program is None:
-            raise NoUsableEngineError(
-                f"{info.path} holds engines only, and none can run here: {reason}"
+                    profile_boxes=profile_boxes(v.engines, manifest.inputs, manifest.symbols),
+                ),
+                backend="tensorrt",
+                variant=v.name,
+                outside_profile=outside_profile,
+                inference_mode=inference_mode,
             )
-        program = _verified(
-            reader, manifest, verify,
-            lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops),
-            owned=weights_owned(dev, mmap),
-        )  # fmt: skip
-    if reason is not None and manifest.engines:
-        warnings.warn(f"trtpack: running the ExportedProgram: {reason}", stacklevel=3)
-    return LoadedPack(
+        reason = loaded.reason
+    if manifest.program is None:
+        raise NoUsableEngineError(
+            f"{info.path} holds engines only, and none can run here: {reason}"
+        )
+    program = _verified(
+        reader, manifest, verify,
+        lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops,
+                              shared=shared),
+        owned=weights_owned(dev, mmap),
+    )  # fmt: skip
+    if not shared and manifest.program is not None:
+        shared[manifest.program.weights] = program.tensors  # the default entry point's
+    pack = LoadedPack(
         info,
         device=dev,
         module=program.module,
@@ -489,6 +591,20 @@ def _load(
         mmap=mmap,
         allow_ops=allow_ops,
     )
+    pack.mutates = frozenset(check_loaded_state(manifest, name, program.module))
+    return pack
+
+
+def _tensors(
+    reader: PackReader, manifest: Manifest, device: torch.device, mmap: bool
+) -> dict[str, Any]:
+    from .program.serialize import _rebuild_state, _weights_buffer
+
+    assert manifest.program is not None
+    ref = manifest.program
+    weights = _weights_buffer(reader, ref.weights, device, mmap)
+    state_dict, constants = _rebuild_state(weights, ref.weights, device)
+    return {**state_dict, **constants}
 
 
 def _allow_ops(allow_ops: Any) -> tuple[str, ...]:

@@ -391,6 +391,7 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
         instance_kind=args.instance_kind, overwrite=args.force,
         site_dirs=() if args.no_site_dirs else args.site_dirs,  # None: this environment's
+        entry_point=args.entry_point,
     )  # fmt: skip
     data = {"path": str(model.path), "backend": model.backend, "plans": model.plans,
             "config": model.config, "site_dirs": list(model.site_dirs)}  # fmt: skip
@@ -703,6 +704,10 @@ def _export_triton_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack")
     p.add_argument("repository", help="the model repository folder")
     p.add_argument("--name", help="the model's name (default: the pack's file name)")
+    p.add_argument("--entry-point", metavar="NAME",
+                   help="a multi-entry pack: the entry point this model serves, one model per "
+                   "entry point (default: the pack's default); one that shares state with "
+                   "another is refused")  # fmt: skip
     p.add_argument(
         "--backend",
         choices=("tensorrt", "python"),

@@ -28,6 +28,8 @@ MAX_SYMBOLS = 10_000
 #: engine variants, and engines in one variant
 MAX_VARIANTS = 256
 MAX_ENGINES = 1_024
+#: entry points of one pack (format 1.4); each is held to the caps above
+MAX_ENTRY_POINTS = 256
 #: bytes of a signature bundle (``PACK.sig``), checked before it is read and read with this
 #: cap: the bundle trtpack signs for a pack within the caps above (its statement lists each
 #: member once, in base64) is smaller
@@ -83,6 +85,18 @@ def check_manifest_data(data: Any, where: str) -> None:
         raise refuse("manifest nesting depth", MAX_JSON_DEPTH, depth, where)
     if not isinstance(data, dict):
         return  # the schema check says what is wrong
+    _check_program_caps(data, where)
+    entry_points = data.get("entry_points")
+    if isinstance(entry_points, dict):
+        if len(entry_points) > MAX_ENTRY_POINTS:
+            raise refuse("number of entry_points", MAX_ENTRY_POINTS, len(entry_points), where)
+        for name, entry in entry_points.items():
+            if isinstance(entry, dict):
+                _check_program_caps(entry, f"{where}: entry point {name!r}")
+
+
+def _check_program_caps(data: dict[str, Any], where: str) -> None:
+    """The caps on one program's fields (the top level, or an entry point of format 1.4)."""
     for key, limit in (
         ("members", MAX_MEMBERS),
         ("inputs", MAX_INPUTS),

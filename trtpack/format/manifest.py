@@ -265,6 +265,46 @@ class Interface:
 
 _OUTPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
+#: the name of a pack's only entry point, and of the default one when the manifest names none
+DEFAULT_ENTRY_POINT = "forward"
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """One more program of a multi-entry pack (format 1.4): what the top level of a manifest
+    says about its default program, for another one over the same weights and state."""
+
+    interface: Interface = field(metadata={"json": "inline"})
+    program: ProgramRef | None
+    engines: tuple[Variant, ...] = ()
+    samples: Samples | None = None
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """A tensor some entry point writes in place (format 1.4)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StateUse:
+    """The state one entry point reads and writes, and the inputs it writes in place."""
+
+    reads: tuple[str, ...] = ()
+    mutates: tuple[str, ...] = ()
+    mutated_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class State:
+    """A pack's mutable state (format 1.4): a tensor named by several entry points is one
+    tensor, shared by them."""
+
+    tensors: dict[str, StateTensor]
+    entry_points: dict[str, StateUse]
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -281,6 +321,39 @@ class Manifest:
     format: str = FORMAT_NAME
     #: reference samples and their tolerances (format 1.2); None: the pack has none
     samples: Samples | None = None
+    #: format 1.4: the default entry point's name (None: DEFAULT_ENTRY_POINT), the others,
+    #: and the mutable state they share
+    entry_point: str | None = None
+    entry_points: dict[str, EntryPoint] | None = None
+    state: State | None = None
+
+    # -- entry points (format 1.4) ----------------------------------------------------------
+
+    @property
+    def default_entry_point(self) -> str:
+        return self.entry_point or DEFAULT_ENTRY_POINT
+
+    @property
+    def entry_point_names(self) -> tuple[str, ...]:
+        """Every entry point's name, sorted."""
+        return tuple(sorted({self.default_entry_point, *(self.entry_points or {})}))
+
+    def entry(self, name: str) -> Manifest:
+        """The manifest of one entry point, as a single-program manifest (same members, same
+        state): what the contract, the loader and the samples check work on."""
+        if name == self.default_entry_point:
+            return self
+        ep = (self.entry_points or {}).get(name)
+        if ep is None:
+            raise ManifestError(
+                f"the pack has no entry point {name!r} (entry points: "
+                f"{list(self.entry_point_names)})",
+                field="entry_points", got=name, expected=list(self.entry_point_names),
+            )  # fmt: skip
+        return dataclasses.replace(
+            self, interface=ep.interface, program=ep.program, engines=ep.engines,
+            samples=ep.samples, entry_point=name, entry_points=None,
+        )  # fmt: skip
 
     # the interface's fields, read through (stored once, in ``interface``)
     @property
@@ -340,8 +413,9 @@ class Manifest:
 
     # -- consistency beyond what JSON Schema can say ---------------------------------------
 
-    def check(self) -> None:
-        """Cross-field rules: symbols referenced exist, ranges are ordered, members exist."""
+    def check(self, *, whole: bool = True) -> None:
+        """Cross-field rules: symbols referenced exist, ranges are ordered, members exist;
+        ``whole``: also every other entry point and the state (False: this entry point's)."""
         for name, sym in self.symbols.items():
             if sym.max is not None and sym.min > sym.max:
                 raise ManifestError(f"symbol {name!r}: min {sym.min} > max {sym.max}")
@@ -426,6 +500,8 @@ class Manifest:
         for member in referenced:
             if member not in self.members:
                 raise ManifestError(f"{member!r} is referenced but not listed in members")
+        if whole and (self.entry_points is not None or self.state is not None):
+            self._check_entry_points()
         for name, m in self.members.items():
             if m.chunks is not None and len(m.chunks.sha256) != -(-m.size // m.chunks.size):
                 raise ManifestError(
@@ -434,6 +510,55 @@ class Manifest:
                     field=f"members/{name}/chunks", expected=-(-m.size // m.chunks.size),
                     got=len(m.chunks.sha256),
                 )  # fmt: skip
+
+    def _check_entry_points(self) -> None:
+        """Each other entry point passes every rule a single program does; the state names
+        entry points and tensors that exist, and inputs of the entry point that writes them."""
+        default = self.default_entry_point
+        for name in self.entry_points or {}:
+            if name == default:
+                raise ManifestError(
+                    f"entry point {name!r} is the default (top-level) one and is listed again "
+                    "in entry_points", field=f"entry_points/{name}",
+                )  # fmt: skip
+            self.entry(name).check(whole=False)
+        if self.state is None:
+            return
+        names = set(self.entry_point_names)
+        for ep_name, use in self.state.entry_points.items():
+            if ep_name not in names:
+                raise ManifestError(
+                    f"state names entry point {ep_name!r}, which the pack does not have "
+                    f"({sorted(names)})", field=f"state/entry_points/{ep_name}",
+                )  # fmt: skip
+            for what, tensors in (("reads", use.reads), ("mutates", use.mutates)):
+                for t in tensors:
+                    if t not in self.state.tensors:
+                        raise ManifestError(
+                            f"state: entry point {ep_name!r} {what} {t!r}, which is not in "
+                            "state.tensors", field=f"state/entry_points/{ep_name}/{what}",
+                        )  # fmt: skip
+            if not set(use.mutates) <= set(use.reads):
+                missing = sorted(set(use.mutates) - set(use.reads))
+                raise ManifestError(
+                    f"state: entry point {ep_name!r} writes {missing} but does not list them "
+                    "in reads",
+                    field=f"state/entry_points/{ep_name}/reads",
+                )  # fmt: skip
+            inputs = {i.name for i in self.entry(ep_name).inputs if i.is_tensor}
+            for i in use.mutated_inputs:
+                if i not in inputs:
+                    raise ManifestError(
+                        f"state: entry point {ep_name!r} writes input {i!r}, which is not one "
+                        f"of its tensor inputs ({sorted(inputs)})",
+                        field=f"state/entry_points/{ep_name}/mutated_inputs",
+                    )  # fmt: skip
+        written = {t for use in self.state.entry_points.values() for t in use.mutates}
+        unused = sorted(set(self.state.tensors) - written)
+        if unused:
+            raise ManifestError(
+                f"state.tensors lists {unused}, which no entry point writes", field="state/tensors"
+            )
 
     def _check_paths(self) -> None:
         """Each input's and output's ``path`` is the one its position in the tree gives, and

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     Errors = list[Error]
 
 #: SHA-256 of the schema file this module was generated from
-SCHEMA_SHA256 = "67172f6dc272a111c6497fd2687d2281c03cdf5ac4d8829fa2653f8db416bf60"
+SCHEMA_SHA256 = "c323d498499c1a25dc8e6b228e637761e7294d88a4d46f56c9ce748a8842345e"
 
 
 def errors(data: Any, lenient: bool = False) -> list[Error]:
@@ -107,6 +107,9 @@ _MANIFEST_PROPERTIES = (
     "engines",
     "guards",
     "samples",
+    "entry_point",
+    "entry_points",
+    "state",
 )
 _MANIFEST_REQUIRED = (
     "format",
@@ -123,6 +126,33 @@ _MANIFEST_REQUIRED = (
     "engines",
 )
 _MANIFEST_PROGRAM_ONEOF_SCHEMA = '[{"type": "null"}, {"$ref": "#/$defs/program"}]'
+_ENTRY_POINT_PROPERTIES = (
+    "inputs",
+    "outputs",
+    "symbols",
+    "input_tree",
+    "output_tree",
+    "program",
+    "engines",
+    "guards",
+    "samples",
+)
+_ENTRY_POINT_REQUIRED = (
+    "inputs",
+    "outputs",
+    "symbols",
+    "input_tree",
+    "output_tree",
+    "program",
+    "engines",
+)
+_ENTRY_POINT_PROGRAM_ONEOF_SCHEMA = '[{"type": "null"}, {"$ref": "#/$defs/program"}]'
+_STATE_PROPERTIES = ("tensors", "entry_points")
+_STATE_REQUIRED = ("tensors", "entry_points")
+_STATE_TENSOR_PROPERTIES = ("dtype", "shape")
+_STATE_TENSOR_REQUIRED = ("dtype", "shape")
+_STATE_USE_PROPERTIES = ("reads", "mutates", "mutated_inputs")
+_STATE_USE_REQUIRED = ("reads", "mutates", "mutated_inputs")
 _SAMPLES_PROPERTIES = ("member", "count", "tolerance", "variants")
 _SAMPLES_REQUIRED = ("member", "count", "tolerance", "variants")
 _TOLERANCE_PROPERTIES = ("atol", "rtol")
@@ -362,6 +392,17 @@ def _manifest_guards(x: Any, p: Path, e: Errors, lenient: bool) -> None:
             _def_guard(x[i], (*p, i), e, lenient)
 
 
+def _manifest_entry_points(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/properties/entry_points
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if isinstance(x, dict):
+        for k in x:
+            _def_identifier(k, p, e, lenient)
+        for k, v in x.items():
+            _def_entry_point(v, (*p, k), e, lenient)
+
+
 def _manifest(x: Any, p: Path, e: Errors, lenient: bool) -> None:
     # #
     if not isinstance(x, dict):
@@ -405,6 +446,272 @@ def _manifest(x: Any, p: Path, e: Errors, lenient: bool) -> None:
             _manifest_guards(x["guards"], (*p, "guards"), e, lenient)
         if "samples" in x:
             _def_samples(x["samples"], (*p, "samples"), e, lenient)
+        if "entry_point" in x:
+            _def_identifier(x["entry_point"], (*p, "entry_point"), e, lenient)
+        if "entry_points" in x:
+            _manifest_entry_points(x["entry_points"], (*p, "entry_points"), e, lenient)
+        if "state" in x:
+            _def_state(x["state"], (*p, "state"), e, lenient)
+
+
+def _def_entry_point_inputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/inputs
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_io(x[i], (*p, i), e, lenient)
+
+
+def _def_entry_point_outputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/outputs
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_io(x[i], (*p, i), e, lenient)
+
+
+def _def_entry_point_symbols(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/symbols
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if isinstance(x, dict):
+        for k in x:
+            _def_identifier(k, p, e, lenient)
+        for k, v in x.items():
+            _def_symbol(v, (*p, k), e, lenient)
+
+
+def _def_entry_point_program_oneOf_0(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/program/oneOf/0
+    if x is not None:
+        e.append((p, f"{x!r} is not of type 'null'", "type", "null", x))
+
+
+def _def_entry_point_program(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/program
+    holds = (
+        _holds(_def_entry_point_program_oneOf_0, x, p, lenient),
+        _holds(_def_program, x, p, lenient),
+    )
+    valid = [i for i, ok in enumerate(holds) if ok]
+    if not valid:
+        e.append(
+            (
+                p,
+                f"{x!r} is not valid under any of the given schemas",
+                "oneOf",
+                _schema(_ENTRY_POINT_PROGRAM_ONEOF_SCHEMA),
+                x,
+            )
+        )
+    elif len(valid) > 1:
+        shown = _schema(_ENTRY_POINT_PROGRAM_ONEOF_SCHEMA)
+        each = ", ".join(repr(shown[i]) for i in valid[1:] + valid[:1])
+        e.append((p, f"{x!r} is valid under each of {each}", "oneOf", shown, x))
+
+
+def _def_entry_point_engines(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/engines
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_variant(x[i], (*p, i), e, lenient)
+
+
+def _def_entry_point_guards(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point/properties/guards
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_guard(x[i], (*p, i), e, lenient)
+
+
+def _def_entry_point(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/entry_point
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if not lenient and isinstance(x, dict):
+        extra = sorted((k for k in x if k not in _ENTRY_POINT_PROPERTIES), key=str)
+        if extra:
+            were = "was" if len(extra) == 1 else "were"
+            listed = ", ".join(repr(k) for k in extra)
+            message = f"Additional properties are not allowed ({listed} {were} unexpected)"
+            e.append((p, message, "additionalProperties", False, x))
+    if isinstance(x, dict):
+        for k in _ENTRY_POINT_REQUIRED:
+            if k not in x:
+                e.append((p, f"{k!r} is a required property", "required", _ENTRY_POINT_REQUIRED, x))
+        if "inputs" in x:
+            _def_entry_point_inputs(x["inputs"], (*p, "inputs"), e, lenient)
+        if "outputs" in x:
+            _def_entry_point_outputs(x["outputs"], (*p, "outputs"), e, lenient)
+        if "symbols" in x:
+            _def_entry_point_symbols(x["symbols"], (*p, "symbols"), e, lenient)
+        if "input_tree" in x:
+            _def_tree(x["input_tree"], (*p, "input_tree"), e, lenient)
+        if "output_tree" in x:
+            _def_tree(x["output_tree"], (*p, "output_tree"), e, lenient)
+        if "program" in x:
+            _def_entry_point_program(x["program"], (*p, "program"), e, lenient)
+        if "engines" in x:
+            _def_entry_point_engines(x["engines"], (*p, "engines"), e, lenient)
+        if "guards" in x:
+            _def_entry_point_guards(x["guards"], (*p, "guards"), e, lenient)
+        if "samples" in x:
+            _def_samples(x["samples"], (*p, "samples"), e, lenient)
+
+
+def _def_state_tensors(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state/properties/tensors
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if isinstance(x, dict):
+        for k, v in x.items():
+            _def_state_tensor(v, (*p, k), e, lenient)
+
+
+def _def_state_entry_points(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state/properties/entry_points
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if isinstance(x, dict):
+        for k in x:
+            _def_identifier(k, p, e, lenient)
+        for k, v in x.items():
+            _def_state_use(v, (*p, k), e, lenient)
+
+
+def _def_state(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if not lenient and isinstance(x, dict):
+        extra = sorted((k for k in x if k not in _STATE_PROPERTIES), key=str)
+        if extra:
+            were = "was" if len(extra) == 1 else "were"
+            listed = ", ".join(repr(k) for k in extra)
+            message = f"Additional properties are not allowed ({listed} {were} unexpected)"
+            e.append((p, message, "additionalProperties", False, x))
+    if isinstance(x, dict):
+        for k in _STATE_REQUIRED:
+            if k not in x:
+                e.append((p, f"{k!r} is a required property", "required", _STATE_REQUIRED, x))
+        if "tensors" in x:
+            _def_state_tensors(x["tensors"], (*p, "tensors"), e, lenient)
+        if "entry_points" in x:
+            _def_state_entry_points(x["entry_points"], (*p, "entry_points"), e, lenient)
+
+
+def _def_state_tensor_shape_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_tensor/properties/shape/items
+    if not _is_integer(x):
+        e.append((p, f"{x!r} is not of type 'integer'", "type", "integer", x))
+    if _is_number(x) and x < 0:
+        e.append((p, f"{x!r} is less than the minimum of 0", "minimum", 0, x))
+
+
+def _def_state_tensor_shape(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_tensor/properties/shape
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_state_tensor_shape_item(x[i], (*p, i), e, lenient)
+
+
+def _def_state_tensor(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_tensor
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if not lenient and isinstance(x, dict):
+        extra = sorted((k for k in x if k not in _STATE_TENSOR_PROPERTIES), key=str)
+        if extra:
+            were = "was" if len(extra) == 1 else "were"
+            listed = ", ".join(repr(k) for k in extra)
+            message = f"Additional properties are not allowed ({listed} {were} unexpected)"
+            e.append((p, message, "additionalProperties", False, x))
+    if isinstance(x, dict):
+        for k in _STATE_TENSOR_REQUIRED:
+            if k not in x:
+                e.append(
+                    (p, f"{k!r} is a required property", "required", _STATE_TENSOR_REQUIRED, x)
+                )
+        if "dtype" in x:
+            _def_dtype(x["dtype"], (*p, "dtype"), e, lenient)
+        if "shape" in x:
+            _def_state_tensor_shape(x["shape"], (*p, "shape"), e, lenient)
+
+
+def _def_state_use_reads_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use/properties/reads/items
+    if not isinstance(x, str):
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
+
+
+def _def_state_use_reads(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use/properties/reads
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_state_use_reads_item(x[i], (*p, i), e, lenient)
+
+
+def _def_state_use_mutates_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use/properties/mutates/items
+    if not isinstance(x, str):
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
+
+
+def _def_state_use_mutates(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use/properties/mutates
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_state_use_mutates_item(x[i], (*p, i), e, lenient)
+
+
+def _def_state_use_mutated_inputs_item(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use/properties/mutated_inputs/items
+    if not isinstance(x, str):
+        e.append((p, f"{x!r} is not of type 'string'", "type", "string", x))
+
+
+def _def_state_use_mutated_inputs(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use/properties/mutated_inputs
+    if not isinstance(x, list):
+        e.append((p, f"{x!r} is not of type 'array'", "type", "array", x))
+    if isinstance(x, list):
+        for i in range(len(x)):
+            _def_state_use_mutated_inputs_item(x[i], (*p, i), e, lenient)
+
+
+def _def_state_use(x: Any, p: Path, e: Errors, lenient: bool) -> None:
+    # #/$defs/state_use
+    if not isinstance(x, dict):
+        e.append((p, f"{x!r} is not of type 'object'", "type", "object", x))
+    if not lenient and isinstance(x, dict):
+        extra = sorted((k for k in x if k not in _STATE_USE_PROPERTIES), key=str)
+        if extra:
+            were = "was" if len(extra) == 1 else "were"
+            listed = ", ".join(repr(k) for k in extra)
+            message = f"Additional properties are not allowed ({listed} {were} unexpected)"
+            e.append((p, message, "additionalProperties", False, x))
+    if isinstance(x, dict):
+        for k in _STATE_USE_REQUIRED:
+            if k not in x:
+                e.append((p, f"{k!r} is a required property", "required", _STATE_USE_REQUIRED, x))
+        if "reads" in x:
+            _def_state_use_reads(x["reads"], (*p, "reads"), e, lenient)
+        if "mutates" in x:
+            _def_state_use_mutates(x["mutates"], (*p, "mutates"), e, lenient)
+        if "mutated_inputs" in x:
+            _def_state_use_mutated_inputs(x["mutated_inputs"], (*p, "mutated_inputs"), e, lenient)
 
 
 def _def_samples_count(x: Any, p: Path, e: Errors, lenient: bool) -> None:
@@ -1777,6 +2084,10 @@ def _def_binding(x: Any, p: Path, e: Errors, lenient: bool) -> None:
 
 #: each definition's check, by its name in $defs (for tests)
 DEFINITIONS = {
+    "entry_point": _def_entry_point,
+    "state": _def_state,
+    "state_tensor": _def_state_tensor,
+    "state_use": _def_state_use,
     "samples": _def_samples,
     "tolerance": _def_tolerance,
     "identifier": _def_identifier,

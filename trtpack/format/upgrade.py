@@ -81,9 +81,13 @@ def _v1_2_to_v1_3(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v1_3_to_v1_4(data: dict[str, Any]) -> dict[str, Any]:
-    # 1.4 adds the optional "custom_ops" of a program: a 1.3 manifest recorded none (absent:
-    # not recorded). Nothing is lost: the loader gates custom operators by the graph's own
-    # call targets (graph safety), which a 1.3 pack carries as a 1.4 pack does.
+    # 1.4 adds optional fields only, so the step is the identity:
+    # - a program's "custom_ops": a 1.3 manifest recorded none (absent: not recorded). Nothing
+    #   is lost: the loader gates custom operators by the graph's own call targets (graph
+    #   safety), which a 1.3 pack carries as a 1.4 pack does.
+    # - entry_point (absent: "forward"), entry_points (absent: one entry point) and state
+    #   (absent: not declared; the loader derives what the program writes in place from its
+    #   graph). A 1.3 pack is a pack with one entry point, "forward".
     return data
 
 
@@ -98,7 +102,12 @@ STEPS: dict[Version, Step] = {
     (1, 2): Step(
         (1, 2), (1, 3), _v1_2_to_v1_3, summary="members verified whole (no piece digests)"
     ),
-    (1, 3): Step((1, 3), (1, 4), _v1_3_to_v1_4, summary="no custom operators recorded"),
+    (1, 3): Step(
+        (1, 3),
+        (1, 4),
+        _v1_3_to_v1_4,
+        summary="no custom operators recorded; one entry point, 'forward'; state not declared",
+    ),
 }
 
 

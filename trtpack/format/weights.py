@@ -119,6 +119,9 @@ class ViewEntry:
     shape: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
     offset: int = 0
+    #: format 1.4: the tensor is the one of the same name in this other weights member (an
+    #: entry point's tensor stored once, by the default program)
+    from_member: str | None = None
 
 
 def _bad(where: str, what: str, **fields: Any) -> IntegrityError:
@@ -223,7 +226,12 @@ def parse_layout(
         param, grad = e.get("param", False), e.get("requires_grad", False)
         if not isinstance(param, bool) or not isinstance(grad, bool):
             raise bad("has a non-boolean param/requires_grad")
-        if "view_of" not in e:
+        if "from" in e:
+            if not isinstance(e["from"], str) or e["from"] == where or "view_of" in e:
+                raise bad(f"has 'from' {e['from']!r}, which must name another weights member "
+                          "(and no view_of)", f"{field}.from")  # fmt: skip
+            entry = ViewEntry(name, e["group"], param, grad, from_member=e["from"])
+        elif "view_of" not in e:
             if name not in stored:
                 raise bad("names no stored tensor")
             entry = ViewEntry(name, e["group"], param, grad, dtype=stored[name].dtype)
@@ -245,7 +253,7 @@ def parse_layout(
                           f"{base.end - base.start} bytes", f"{field}.offset")  # fmt: skip
             entry = ViewEntry(name, e["group"], param, grad, e["view_of"], e["dtype"], shape,
                               stride, offset)  # fmt: skip
-        if param and grad and entry.dtype not in GRAD_DTYPES:
+        if param and grad and entry.dtype and entry.dtype not in GRAD_DTYPES:
             raise bad(
                 f"is a parameter of dtype {entry.dtype} that requires grad, which only "
                 "floating-point and complex tensors can",

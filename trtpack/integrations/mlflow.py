@@ -45,13 +45,33 @@ def signature(manifest: Manifest) -> Any:
     from mlflow.models.signature import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    def spec(io: Any) -> Any:
-        shape = [d if isinstance(d, int) else -1 for d in io.shape or ()]
+    def spec(io: Any, shape: list[int]) -> Any:
         return TensorSpec(np.dtype(_NUMPY.get(io.dtype, io.dtype)), shape, io.name)
 
-    inputs = [spec(i) for i in manifest.inputs if i.is_tensor]
-    outputs = [spec(o) for o in manifest.outputs if o.is_tensor and "?" not in (o.shape or ())]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs) if outputs else None)
+    def merged(ios: list[Any]) -> list[Any]:
+        # entry points (format 1.4) that name one input alike: a dim they disagree on is -1
+        shapes: dict[str, list[int]] = {}
+        first: dict[str, Any] = {}
+        for io in ios:
+            shape = [d if isinstance(d, int) else -1 for d in io.shape or ()]
+            if io.name not in first:
+                first[io.name], shapes[io.name] = io, shape
+            elif len(shape) == len(shapes[io.name]):
+                shapes[io.name] = [a if a == b else -1 for a, b in zip(shapes[io.name], shape)]
+        return [spec(first[n], shapes[n]) for n in first]
+
+    entries = [manifest.entry(n) for n in manifest.entry_point_names]
+    inputs = merged([i for m in entries for i in m.inputs if i.is_tensor])
+    outputs = merged([o for m in entries for o in m.outputs
+                      if o.is_tensor and "?" not in (o.shape or ())])  # fmt: skip
+    extra: dict[str, Any] = {}
+    if manifest.entry_points:  # predict(..., params={"entry_point": "decode"})
+        from mlflow.types.schema import ParamSchema, ParamSpec
+
+        default = manifest.default_entry_point
+        extra["params"] = ParamSchema([ParamSpec("entry_point", "string", default)])
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs) if outputs else None,
+                          **extra)  # fmt: skip
 
 
 def model_metadata(info: PackInfo) -> dict[str, Any]:
@@ -73,6 +93,7 @@ def model_metadata(info: PackInfo) -> dict[str, Any]:
             "inputs": inputs,
             "symbols": symbols,
             "engines": [v.name for v in m.engines],
+            "entry_points": list(m.entry_point_names),
             "metadata": dict(m.metadata),
         }
     }

@@ -22,8 +22,14 @@ class TrtpackModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         import trtpack
         from trtpack.integrations.predict import predict
 
+        # a multi-entry pack (format 1.4): params={"entry_point": "decode"}; state is shared
+        name = (params or {}).get("entry_point")
         try:
-            return predict(self.pack, model_input)
+            pack = self.pack[name] if name else self.pack
+        except trtpack.ManifestError as e:  # no such entry point: the client's fault, a 400
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
+        try:
+            return predict(pack, model_input)
         except trtpack.InputMismatchError as e:  # the client's fault: a 400 with trtpack's words
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
 

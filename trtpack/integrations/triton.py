@@ -27,6 +27,7 @@ package) and printed in its text format, so a field Triton does not know cannot 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -52,6 +53,8 @@ INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
 PACK_FILE = "model.trtpack"
 #: config.pbtxt parameters read by model.py
 PACK_PARAMETER = "trtpack_pack"
+#: the config parameter naming the entry point a model serves (a multi-entry pack, format 1.4)
+ENTRY_POINT_PARAMETER = "trtpack_entry_point"
 #: the line of triton_model.py that export_triton writes the site dirs into
 SITE_DIRS_LINE = (
     "SITE_DIRS: list[str] = []  # export-triton --site-dir: the folders, written here\n"
@@ -253,6 +256,7 @@ def export_triton(
     instance_kind: str | None = None,
     site_dirs: Sequence[PathLike] | None = None,
     overwrite: bool = False,
+    entry_point: str | None = None,
 ) -> TritonModel:
     """Write ``repository/name`` for Triton, atomically: built in a temporary directory beside
     it and moved into place; an existing model directory is replaced only with ``overwrite``.
@@ -273,6 +277,10 @@ def export_triton(
     exported; MissingDependencyError where this environment lacks one of them. ``()``: none
     recorded (the server's ``TRTPACK_SITE_DIRS`` must name them).
     ``TRTPACK_SITE_DIRS`` in the server's environment comes before them.
+    ``entry_point`` (a multi-entry pack, format 1.4; default: its default entry point): the
+    one this model serves, one model per entry point (name default ``<pack>_<entry point>``).
+    An entry point that shares state with another is refused: a Triton model cannot read
+    what another model wrote.
     """
     pb2 = _model_config_pb2()
     from google.protobuf import text_format
@@ -280,7 +288,13 @@ def export_triton(
     repo = Path(repository)
     with open_pack(pack) as (reader, info):
         where = str(info.path)
-        name = name or info.path.name.split(".")[0]
+        whole = info.manifest
+        entry = entry_point or whole.default_entry_point
+        refuse_shared_state(whole, entry, where)
+        if whole.entry_points or entry_point is not None:
+            info = dataclasses.replace(info, manifest=whole.entry(entry))
+        default_name = info.path.name.split(".")[0]
+        name = name or (f"{default_name}_{entry}" if whole.entry_points else default_name)
         if not name or "/" in name or name.startswith("."):
             raise RegistryError(f"{name!r} is not a usable Triton model name")
         target = repo / name
@@ -309,6 +323,8 @@ def export_triton(
                     stacklevel=2,
                 )
             config = _python_config(pb2, info.manifest, name, max_batch_size, where)
+            if whole.entry_points:
+                config.parameters[ENTRY_POINT_PARAMETER].string_value = entry
             if site_dirs is None:
                 site_dirs = environment_site_dirs()
             code = model_code(site_dirs)
@@ -423,6 +439,35 @@ def model_code(site_dirs: Sequence[PathLike] = ()) -> str:
     return code.replace(
         SITE_DIRS_LINE, f"SITE_DIRS: list[str] = {dirs!r}  # export-triton --site-dir\n"
     )
+
+
+def refuse_shared_state(manifest: Manifest, entry: str, where: str) -> None:
+    """Refuse to serve an entry point that shares mutable state with another: each Triton
+    model loads its own copy, so what prefill writes decode would never read. (Triton's
+    sequence batcher keeps implicit state, but only for tensors a model takes and returns as
+    inputs and outputs; these programs keep their cache inside.)"""
+    if entry not in manifest.entry_point_names:
+        raise RegistryError(
+            f"{where} has no entry point {entry!r} (entry points: "
+            f"{list(manifest.entry_point_names)})"
+        )
+    state = manifest.state
+    use = state.entry_points.get(entry) if state else None
+    if state is None or use is None:
+        return
+    others = {n: set(u.reads) & set(use.reads) for n, u in state.entry_points.items()
+              if n != entry}  # fmt: skip
+    shared = sorted({t for ts in others.values() for t in ts})
+    if shared and (use.mutates or any(set(state.entry_points[n].mutates) & set(use.reads)
+                                      for n in others)):  # fmt: skip
+        with_whom = sorted(n for n, ts in others.items() if ts)
+        raise RegistryError(
+            f"{where}: entry point {entry!r} shares state that is written in place with "
+            f"{', '.join(with_whom)} ({len(shared)} tensor(s), e.g. {shared[0]}); a Triton "
+            "model cannot read what another model wrote, and sequence batching's implicit "
+            "state needs the state as the model's own inputs and outputs, which this program "
+            "keeps inside. Serve it with trtpack.load or MLflow (params={'entry_point': ...})"
+        )
 
 
 def _python_config(pb2, manifest: Manifest, name: str, max_batch_size: int, where: str):

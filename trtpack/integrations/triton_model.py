@@ -93,6 +93,9 @@ class TritonPythonModel:
         elif kind == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
         self.pack = trtpack.load(path, device=device, inference_mode=True)  # serving only
+        entry = (params.get("trtpack_entry_point") or {}).get("string_value")
+        if entry:  # a multi-entry pack (format 1.4): the entry point this model serves
+            self.pack = self.pack[entry]
         self.batched = int(config.get("max_batch_size") or 0) > 0
         self.iface = python_interface(
             self.pack.manifest, int(config.get("max_batch_size") or 0), str(path)

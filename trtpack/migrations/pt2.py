@@ -11,6 +11,8 @@ that reads the packed engine info and allows nothing else.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from ..engines.packed_info import PackedEngine, read_engine_pickle
@@ -35,17 +37,16 @@ def archive_root(reader: PackReader) -> str | None:
     return None
 
 
-def model_json(reader: PackReader, root: str) -> tuple[str, dict[str, Any]]:
-    models = sorted(
+def _models(reader: PackReader, root: str) -> list[str]:
+    return sorted(
         n for n in reader.members if n.startswith(f"{root}models/") and n.endswith(".json")
     )
+
+
+def model_json(reader: PackReader, root: str) -> tuple[str, dict[str, Any]]:
+    models = _models(reader, root)
     if not models:
         raise MigrationError(f"{reader.path}: a PT2 archive without a model under {root}models/")
-    if len(models) > 1 and f"{root}models/model.json" not in models:
-        raise MigrationError(
-            f"{reader.path} holds {len(models)} programs ({', '.join(models)}); trtpack migrates "
-            "one program per pack"
-        )
     name = f"{root}models/model.json" if f"{root}models/model.json" in models else models[0]
     return name, loads(reader.read(name), f"{reader.path}: {name}", MigrationError)
 
@@ -104,6 +105,8 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
             f"{where} was written on a big-endian machine; trtpack reads little-endian"
         )
     _check_archive_version(reader, root, where)
+    if len(_models(reader, root)) > 1:
+        return _convert_entry_points(reader, root)
     graph_member, data = model_json(reader, root)
     from ..program.graph_check import check_graph, custom_ops
 
@@ -112,28 +115,7 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
     check_graph(data, f"{where}:{graph_member}", allow_ops=("*",))
     program = SerializedProgram(data, where=f"{where}:{graph_member}")
     iface, _ = program.interface()
-
-    tensors: list[tuple[str, str, dict[str, Any]]] = []  # (group, fqn, payload meta)
-    engines: dict[str, PackedEngine] = {}
-    for group, folder in (("state_dict", "weights"), ("constants", "constants")):
-        config = _config(reader, f"{root}data/{folder}/model_{folder}_config.json")
-        for fqn, meta in config.items():
-            member = f"{root}data/{folder}/{meta['path_name']}"
-            if meta["path_name"].startswith("opaque_obj"):
-                engines[fqn] = read_engine_pickle(reader.read(member), where=f"{where}:{member}")
-            elif meta["path_name"].startswith("custom_obj"):
-                raise MigrationError(
-                    f"{where}: constant {fqn!r} is a TorchScript custom object ({member}), as "
-                    "torch_tensorrt before 2.9 stored engines; trtpack reads the engines of "
-                    "torch_tensorrt >= 2.9 .ep files. Re-save it with a current torch_tensorrt."
-                )
-            elif meta.get("use_pickle"):
-                raise MigrationError(
-                    f"{where}: tensor {fqn!r} is stored pickled (a tensor subclass); trtpack "
-                    "does not unpickle tensors"
-                )
-            else:
-                tensors.append((group, fqn, {**meta, "member": member}))
+    tensors, engines = _payloads(reader, root, "model")
     weights = _weights(reader, tensors, where)
     producer = Producer(trtpack="-", python="-", torch=program.torch_version)
     if not engines:
@@ -153,6 +135,96 @@ def convert_pt2(reader: PackReader, *, torch_tensorrt_variant: str | None = None
     )  # fmt: skip
 
 
+def _convert_entry_points(reader: PackReader, root: str) -> PackParts:
+    """A PT2 archive of several programs (``package_pt2(f, exported_programs={...})``) -> one
+    multi-entry pack (format 1.4): the program named ``model`` (else the first by name) is
+    the default entry point, the others reference its tensors of the same name and bytes.
+    The archive cannot say which tensors were one object in the exporting process; the
+    programs of one archive came from one model, so equal tensors, the state they write
+    included, become one tensor (as ``trtpack.save`` of the same programs shares them)."""
+    from ..format.manifest import EntryPoint
+    from ..program.graph_check import check_graph, custom_ops
+
+    where = str(reader.path)
+    members_json = {m[len(f"{root}models/") : -len(".json")]: m for m in _models(reader, root)}
+    default = "model" if "model" in members_json else sorted(members_json)[0]
+    names = [default, *sorted(n for n in members_json if n != default)]
+    parts: PackParts | None = None
+    shared: dict[str, tuple[str, dict[str, Any]]] = {}
+    others: dict[str, EntryPoint] = {}
+    torch_version = None
+    for name in names:
+        if not _IDENTIFIER.match(name):
+            raise MigrationError(f"{where}: program {name!r} is not a valid entry point name")
+        member = members_json[name]
+        data = loads(reader.read(member), f"{where}: {member}", MigrationError)
+        # custom operators pass, as for one program: the pack records them, load gates them
+        check_graph(data, f"{where}:{member}", allow_ops=("*",))
+        program = SerializedProgram(data, where=f"{where}:{member}")
+        ops = tuple(custom_ops(data)) or None
+        torch_version = torch_version or program.torch_version
+        iface, _ = program.interface()
+        tensors, engines = _payloads(reader, root, name)
+        if engines:
+            raise MigrationError(
+                f"{where}: program {name!r} holds torch_tensorrt engines; an archive of several "
+                "programs is migrated from programs only"
+            )
+        if parts is None:
+            ref = ProgramRef("program/graph.json", "program/weights.safetensors", program.schema,
+                             ops)  # fmt: skip
+            first = {ref.graph: reader.slice(member), ref.weights: _weights(reader, tensors, where)}
+            kind = f"torch.export archive of {len(names)} programs (PT2)"
+            parts = PackParts(iface, dict(first), ref, kind=kind)
+            shared = {fqn: (group, meta) for group, fqn, meta in tensors}
+            continue
+        folder = f"entry_points/{name}"
+        ref = ProgramRef(f"{folder}/graph.json", f"{folder}/weights.safetensors", program.schema,
+                         ops)  # fmt: skip
+        weights = _weights(reader, tensors, where, shared=(shared, "program/weights.safetensors"))
+        parts.members.update({ref.graph: reader.slice(member), ref.weights: weights})
+        others[name] = EntryPoint(iface, ref)
+    assert parts is not None
+    parts.producer = Producer(trtpack="-", python="-", torch=torch_version)
+    parts.entry_point = default
+    parts.entry_points = others or None
+    parts.notes = [f"{len(names)} programs as entry points ({', '.join(names)}), {default!r} "
+                   "the default; tensors of one name and bytes stored once and shared"]  # fmt: skip
+    return parts
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _payloads(
+    reader: PackReader, root: str, model: str
+) -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, PackedEngine]]:
+    """One program's tensors (group, fqn, payload meta with its member) and engines."""
+    where = str(reader.path)
+    tensors: list[tuple[str, str, dict[str, Any]]] = []  # (group, fqn, payload meta)
+    engines: dict[str, PackedEngine] = {}
+    for group, folder in (("state_dict", "weights"), ("constants", "constants")):
+        config = _config(reader, f"{root}data/{folder}/{model}_{folder}_config.json")
+        for fqn, meta in config.items():
+            member = f"{root}data/{folder}/{meta['path_name']}"
+            if meta["path_name"].startswith("opaque_obj"):
+                engines[fqn] = read_engine_pickle(reader.read(member), where=f"{where}:{member}")
+            elif meta["path_name"].startswith("custom_obj"):
+                raise MigrationError(
+                    f"{where}: constant {fqn!r} is a TorchScript custom object ({member}), as "
+                    "torch_tensorrt before 2.9 stored engines; trtpack reads the engines of "
+                    "torch_tensorrt >= 2.9 .ep files. Re-save it with a current torch_tensorrt."
+                )
+            elif meta.get("use_pickle"):
+                raise MigrationError(
+                    f"{where}: tensor {fqn!r} is stored pickled (a tensor subclass); trtpack "
+                    "does not unpickle tensors"
+                )
+            else:
+                tensors.append((group, fqn, {**meta, "member": member}))
+    return tensors, engines
+
+
 def _contiguous_strides(sizes: list[int]) -> list[int]:
     out, step = [], 1
     for s in reversed(sizes):
@@ -170,14 +242,49 @@ def _ints(values: list[dict], what: str) -> list[int]:
     return out
 
 
-def _weights(reader: PackReader, tensors: list[tuple[str, str, dict]], where: str) -> Source:
-    """The archive's storages -> one safetensors member; tensors sharing a storage stay views."""
+def _same_tensor(reader: PackReader, mine: tuple[str, dict], group: str, meta: dict) -> bool:
+    """The default program's tensor ``mine`` is this one: group, parameter flag, metadata
+    and payload bytes equal."""
+    their_group, their = mine
+    keys = ("dtype", "sizes", "strides", "storage_offset", "requires_grad")
+    a, b = their.get("tensor_meta") or {}, meta.get("tensor_meta") or {}
+    return (
+        their_group == group
+        and bool(their.get("is_param")) == bool(meta.get("is_param"))
+        and all(a.get(k) == b.get(k) for k in keys)
+        and (their["member"] == meta["member"] or
+             reader.view(their["member"]) == reader.view(meta["member"]))
+    )  # fmt: skip
+
+
+def _weights(
+    reader: PackReader,
+    tensors: list[tuple[str, str, dict]],
+    where: str,
+    *,
+    shared: tuple[Mapping[str, tuple[str, dict]], str] | None = None,
+) -> Source:
+    """The archive's storages -> one safetensors member; tensors sharing a storage stay views.
+    ``shared``: the default program's tensors and weights member (format 1.4): a storage all
+    of whose tensors it holds, equal, is referenced (``from``) instead of stored."""
     by_storage: dict[str, list[tuple[str, str, dict]]] = {}
     for group, fqn, meta in tensors:
         by_storage.setdefault(meta["member"], []).append((group, fqn, meta))
     stored: list[RawTensor] = []
     layout: dict[str, dict[str, Any]] = {}
     for member, entries in sorted(by_storage.items()):
+        if shared is not None and all(
+            fqn in shared[0] and _same_tensor(reader, shared[0][fqn], group, meta)
+            for group, fqn, meta in entries
+        ):
+            for group, fqn, meta in entries:
+                entry: dict[str, Any] = {"group": group, "from": shared[1]}
+                if meta.get("is_param"):
+                    entry["param"] = True
+                    tm = meta.get("tensor_meta") or {}
+                    entry["requires_grad"] = bool(tm.get("requires_grad", False))
+                layout[fqn] = entry
+            continue
         data = reader.view(member)
         described = []
         for group, fqn, meta in entries:
@@ -202,7 +309,7 @@ def _weights(reader: PackReader, tensors: list[tuple[str, str, dict]], where: st
             base = (f"__storage__.{len(stored)}", "uint8", [len(data)])
         stored.append(RawTensor(base[0], base[1], tuple(base[2]), data))
         for group, fqn, meta, dtype, sizes, strides, offset, tm in described:
-            entry: dict[str, Any] = {"group": group}
+            entry = {"group": group}
             if meta.get("is_param"):
                 entry["param"] = True
                 entry["requires_grad"] = bool(tm.get("requires_grad", False))

@@ -183,15 +183,18 @@ def program_members(
     folder: str = "program",
     engines: frozenset[str] = frozenset(),
     graph: bytes | None = None,
+    shared: SharedWeights | None = None,
 ) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
     """The members that store ``ep`` under ``folder``, and the manifest's reference to them.
     ``engines`` names constants that are TensorRT engines: the graph refers to them by name,
     and they are stored as plan members of their own, not here. ``graph``: ``ep``'s JSON when
-    the caller has it already (``save`` derives the interface from the same bytes)."""
+    the caller has it already (``save`` derives the interface from the same bytes).
+    ``shared``: another program's weights (format 1.4 entry points), whose equal tensors are
+    referenced, not stored again."""
     _refuse_unstorable(ep, engines)
     if graph is None:
         graph = program_graph(ep)
-    weights = _weights_source(ep, engines)
+    weights = _weights_source(ep, engines, shared)
     ref = ProgramRef(
         graph=f"{folder}/graph.json",
         weights=f"{folder}/weights.safetensors",
@@ -285,8 +288,53 @@ def _refuse_unstorable(ep: ExportedProgram, engines: frozenset[str]) -> None:
             )
 
 
-def _weights_source(ep: ExportedProgram, engines: frozenset[str] = frozenset()) -> Chunks:
-    """One safetensors file; storage shared between tensors is written once."""
+class SharedWeights:
+    """The default program's tensors, which another entry point's weights member references
+    by name instead of storing them again (format 1.4). A tensor is shared when it has the
+    same name, group, parameter flags, dtype, shape, layout and bytes; a tensor some entry
+    point writes in place (``mutable``) only when it is also the same storage, as it is in
+    programs exported from one module: sharing it shares the state."""
+
+    def __init__(self, ep: ExportedProgram, member: str, mutable: frozenset[str]) -> None:
+        self.member = member
+        self.mutable = mutable
+        self.tensors: dict[str, tuple[str, torch.Tensor]] = {
+            **{k: ("state_dict", v) for k, v in ep.state_dict.items()},
+            **{k: ("constants", v) for k, v in ep.constants.items() if isinstance(v, torch.Tensor)},
+        }
+
+    def holds(self, group: str, name: str, t: torch.Tensor) -> bool:
+        entry = self.tensors.get(name)
+        if entry is None or entry[0] != group:
+            return False
+        mine = entry[1]
+        if isinstance(mine, torch.nn.Parameter) != isinstance(t, torch.nn.Parameter) or (
+            isinstance(t, torch.nn.Parameter) and mine.requires_grad != t.requires_grad
+        ):
+            return False
+
+        def geometry(x: torch.Tensor) -> tuple:
+            return (x.dtype, x.shape, x.stride(), x.storage_offset(), x.device)
+
+        if geometry(mine) != geometry(t):
+            return False
+        if name in self.mutable:
+            return t.numel() == 0 or (
+                mine.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+            )
+        if mine.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            return True
+        as_bytes = [x.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for x in (mine, t)]
+        return bool(torch.equal(*as_bytes))
+
+
+def _weights_source(
+    ep: ExportedProgram,
+    engines: frozenset[str] = frozenset(),
+    shared: SharedWeights | None = None,
+) -> Chunks:
+    """One safetensors file; storage shared between tensors is written once, and tensors
+    ``shared`` holds are referenced (``from``), not written."""
     named: list[tuple[str, str, torch.Tensor]] = [
         *(("state_dict", k, v) for k, v in ep.state_dict.items()),
         *(("constants", k, v) for k, v in ep.constants.items() if k not in engines),
@@ -300,6 +348,17 @@ def _weights_source(ep: ExportedProgram, engines: frozenset[str] = frozenset()) 
 
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, dict[str, Any]] = {}
+    for key in list(groups):
+        members = groups[key]
+        # a storage is referenced only as a whole: its tensors keep sharing memory at load
+        if shared is not None and all(shared.holds(g, n, t) for g, n, t in members):
+            for group, name, t in members:
+                entry: dict[str, Any] = {"group": group, "from": shared.member}
+                if isinstance(t, torch.nn.Parameter):
+                    entry["param"] = True
+                    entry["requires_grad"] = bool(t.requires_grad)
+                layout[name] = entry
+            del groups[key]
     for members in groups.values():
         base_name, base = _complete_member(members)
         if base is None:  # no single tensor covers the storage: store the raw storage bytes
@@ -308,7 +367,7 @@ def _weights_source(ep: ExportedProgram, engines: frozenset[str] = frozenset()) 
             base = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
         tensors[base_name] = base.detach().cpu()
         for group, name, t in members:
-            entry: dict[str, Any] = {"group": group}
+            entry = {"group": group}
             if isinstance(t, torch.nn.Parameter):
                 entry["param"] = True
                 entry["requires_grad"] = bool(t.requires_grad)
@@ -378,10 +437,15 @@ def _weights_buffer(reader: PackReader, name: str, device: torch.device | None,
 
 
 def _rebuild_state(
-    buf: memoryview, where: str, device: torch.device | None
+    buf: memoryview,
+    where: str,
+    device: torch.device | None,
+    shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict and constants, on ``device``; views are rebuilt on the moved storage,
-    so tensors that shared memory in the program still share it."""
+    so tensors that shared memory in the program still share it. ``shared``: weights member
+    -> its loaded tensors, for entries that reference another member (format 1.4): those are
+    the same tensor objects, so state written by one entry point is read by the others."""
     stored, metadata = read_safetensors(buf, where)
     if device is not None and device.type != "cpu":
         stored = {name: t.to(device) for name, t in stored.items()}
@@ -389,6 +453,17 @@ def _rebuild_state(
     state_dict: dict[str, torch.Tensor] = {}
     constants: dict[str, Any] = {}
     for e in parse_layout(metadata, stored_at, where):
+        if e.from_member is not None:
+            source = (shared or {}).get(e.from_member)
+            if source is None or e.name not in source:
+                raise IntegrityError(
+                    f"{where}: tensor {e.name!r} is the one in {e.from_member!r}, which "
+                    + ("does not hold it" if source is not None else "is not a loaded program's "
+                       "weights member"),
+                    member=where, field=f"trtpack.tensors.{e.name}.from",
+                )  # fmt: skip
+            (state_dict if e.group == "state_dict" else constants)[e.name] = source[e.name]
+            continue
         if e.view_of is not None:
             base = stored[e.view_of]
             t = torch.empty(0, dtype=getattr(torch, e.dtype), device=base.device).set_(
@@ -429,6 +504,7 @@ def _read_program(
     device: torch.device | None,
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
+    shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
     """The program to load (``ref``, default the pack's), its graph bytes and their parsed
     JSON, checked before any name in it becomes code (custom operators only where
@@ -443,7 +519,7 @@ def _read_program(
     restore_namedtuples(manifest.output_tree)
     _require_registered(manifest, str(reader.path))
     weights = _weights_buffer(reader, ref.weights, device, mmap)
-    state_dict, constants = _rebuild_state(weights, ref.weights, device)
+    state_dict, constants = _rebuild_state(weights, ref.weights, device, shared)
     graph = reader.read(ref.graph)
     parsed = check_graph(graph, ref.graph, allow_ops)
     _require_custom_ops(parsed, ref, f"{reader.path}: {ref.graph}")
@@ -574,6 +650,9 @@ class LoadedProgram:
     ) -> None:
         self.module = module
         self.fast_path_reason = fast_path_reason
+        #: every parameter, buffer and constant as loaded, by name: the objects the module
+        #: uses (entry points of one pack share them; reset_state writes into them)
+        self.tensors: dict[str, Any] = {}
         self._ep = exported_program
         self._source = source
         self._manifest, self._ref, self._device = manifest, ref, device
@@ -596,23 +675,30 @@ def load_runnable(
     device: torch.device | None = None,
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
+    shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> LoadedProgram:
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
     where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
-    deserializer (the reason is kept). ``mmap``: see ``weights_owned``."""
+    deserializer (the reason is kept). ``mmap``: see ``weights_owned``. ``shared``: loaded
+    weights members another entry point's program references (format 1.4)."""
     from .graph_module import Unsupported, build_module
 
     ref, graph, parsed, state_dict, constants = _read_program(
-        reader, manifest, None, device, mmap, allow_ops
+        reader, manifest, None, device, mmap, allow_ops, shared
     )
+    tensors = {**state_dict, **{k: v for k, v in constants.items() if isinstance(v, torch.Tensor)}}
     try:
         module = build_module(parsed, state_dict, constants, device)
     except Unsupported as e:
         ep = deserialize_program(graph, state_dict, constants, manifest, ref, device)
-        return LoadedProgram(runnable(ep), fast_path_reason=str(e), exported_program=ep,
-                             manifest=manifest, ref=ref, device=device)  # fmt: skip
-    return LoadedProgram(module, fast_path_reason=None, source=(graph, state_dict, constants),
-                         manifest=manifest, ref=ref, device=device)  # fmt: skip
+        loaded = LoadedProgram(runnable(ep), fast_path_reason=str(e), exported_program=ep,
+                               manifest=manifest, ref=ref, device=device)  # fmt: skip
+    else:
+        loaded = LoadedProgram(module, fast_path_reason=None,
+                               source=(graph, state_dict, constants), manifest=manifest,
+                               ref=ref, device=device)  # fmt: skip
+    loaded.tensors = tensors
+    return loaded
 
 
 def _require_registered(manifest: Manifest, where: str) -> None:

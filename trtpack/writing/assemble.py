@@ -28,6 +28,7 @@ from ..format.container import (
 )
 from ..format.manifest import (
     FORMAT_VERSION,
+    EntryPoint,
     Interface,
     Manifest,
     Member,
@@ -35,6 +36,7 @@ from ..format.manifest import (
     Producer,
     ProgramRef,
     Samples,
+    State,
     Variant,
 )
 from ..format.progress import Progress, human_size
@@ -57,6 +59,10 @@ class PackParts:
     kind: str = "trtpack pack"
     notes: list[str] = field(default_factory=list)
     samples: Samples | None = None
+    #: format 1.4: the default entry point's name, the other entry points, the shared state
+    entry_point: str | None = None
+    entry_points: dict[str, EntryPoint] | None = None
+    state: State | None = None
 
     def with_variants(
         self, variants: Sequence[Variant], members: Mapping[str, Source], *, where: str
@@ -92,6 +98,9 @@ class PackParts:
             engines=self.engines,
             metadata=dict(self.metadata),
             samples=self.samples,
+            entry_point=self.entry_point,
+            entry_points=self.entry_points,
+            state=self.state,
         )
 
 
@@ -128,6 +137,8 @@ def check_loadable(parts: PackParts) -> None:
     from ..program.graph_check import check_graph
 
     refs = [parts.program, *(v.program for v in parts.engines)]
+    for entry in (parts.entry_points or {}).values():  # format 1.4: every entry point's too
+        refs += [entry.program, *(v.program for v in entry.engines)]
     for ref in refs:
         if ref is None:
             continue

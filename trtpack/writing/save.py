@@ -27,7 +27,7 @@ from .assemble import PackParts, write
 
 
 def save(
-    obj: ExportedProgram | torch.nn.Module,
+    obj: ExportedProgram | torch.nn.Module | Mapping[str, ExportedProgram],
     path: PathLike,
     *,
     metadata: Mapping[str, str] | None = None,
@@ -63,8 +63,18 @@ def save(
     allocated (SampleTooLargeError naming the symbols and the size).
     ``progress``: None, a line on stderr while it is a terminal; True/False, always/never; a
     callable, ``ProgressEvent``s with the bytes written (``trtpack.format.progress``).
+
+    ``obj`` may be a dict ``{name: ExportedProgram}`` (format 1.4, docs/multi-entry.md): one
+    pack of several entry points over one copy of the weights, the first the default; the
+    tensors they write in place (a KV cache) are declared and shared after load.
     """
     bar = Progress("save", progress)  # checks its type before any work
+    if isinstance(obj, Mapping):
+        return _save_entry_points(obj, path, metadata=metadata, ranges=ranges,
+                                  overwrite=overwrite, bar=bar, variant=variant, source=source,
+                                  output_names=output_names, samples=samples,
+                                  tolerances=tolerances,
+                                  max_sample_bytes=max_sample_bytes)  # fmt: skip
     if not isinstance(obj, (ExportedProgram, torch.nn.Module)):
         raise ArgumentTypeError(
             "obj", "a torch.export.ExportedProgram or a compiled module (trtpack.compile, "
@@ -96,6 +106,25 @@ def save(
         parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
+    with bar:
+        return write(parts, path, overwrite=overwrite, progress=bar)
+
+
+def _save_entry_points(
+    programs: Mapping[str, ExportedProgram], path: PathLike, *, metadata: Any, ranges: Any,
+    overwrite: bool, bar: Progress, **not_yet: Any,
+) -> PackInfo:  # fmt: skip
+    from .entry_points import check_programs, parts_of_programs
+
+    given = sorted(k for k, v in not_yet.items() if v is not None)
+    if given:
+        raise TrtpackError(
+            f"{', '.join(given)}= do not apply to a multi-entry save yet (entry points are "
+            "saved as programs, with derived output names and no samples)"
+        )
+    bar.step("describe the programs")
+    parts, _ = parts_of_programs(check_programs(programs), ranges=ranges)
+    parts.metadata = dict(metadata or {})
     with bar:
         return write(parts, path, overwrite=overwrite, progress=bar)
 

@@ -1,0 +1,412 @@
+"""Multi-entry-point, stateful packs (format 1.4, issue 24): a real transformers Llama with a
+static cache as prefill + decode in one pack, weights once, state shared, reset, a fresh
+process; older packs as one entry point; declarations checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import trtpack
+from trtpack.errors import ManifestError, TrtpackError
+from trtpack.format.weights import parse_safetensors
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).parent))
+import llm
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+PROMPT, STEPS = [5, 17, 42, 7, 99], 6
+
+
+@pytest.fixture(scope="module")
+def llama_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], list]:
+    make = llm.llama()
+    programs = llm.export_entry_points(make())
+    path = tmp_path_factory.mktemp("llm") / "llm.trtpack"
+    trtpack.save(programs, path)
+    eager = make()  # a fresh cache over the same weights
+    tokens, logits = llm.generate(eager, eager, PROMPT, STEPS)
+    return path, tokens, logits
+
+
+def test_llama_generation_in_a_fresh_process_equals_eager(llama_pack, tmp_path):
+    path, tokens, logits = llama_pack
+    out = tmp_path / "out.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import llm, trtpack
+        pack = trtpack.load({str(path)!r})
+        assert pack.entry_points == ("decode", "prefill"), pack.entry_points
+        runs = [llm.generate(pack["prefill"], pack["decode"], {PROMPT!r}, {STEPS})]
+        pack.reset_state()
+        runs.append(llm.generate(pack["prefill"], pack["decode"], {PROMPT!r}, {STEPS}))
+        torch.save(runs, {str(out)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for got_tokens, got_logits in torch.load(out):
+        assert got_tokens == tokens
+        for g, w in zip(got_logits, logits, strict=True):
+            assert torch.allclose(g, w, atol=1e-4, rtol=0), (g - w).abs().max()
+
+
+def test_without_reset_decode_sees_the_previous_state(llama_pack):
+    path, tokens, _ = llama_pack
+    pack = trtpack.load(path)
+    assert pack["prefill"] is pack  # the default entry point: pack(...) calls it, as 1.3 readers
+    assert llm.generate(pack["prefill"], pack["decode"], PROMPT, STEPS)[0] == tokens
+    # decode alone at position len(PROMPT) now reads prefill's cache, not zeros: a pack whose
+    # entry points did not share state would give the same logits after reset as before
+    with torch.no_grad():
+        pos, tok = torch.tensor([len(PROMPT)]), torch.tensor([[tokens[0]]])
+        seen = pack["decode"](input_ids=tok, cache_position=pos)
+        pack.reset_state()
+        fresh = pack["decode"](input_ids=tok, cache_position=pos)
+    assert not torch.allclose(seen, fresh)
+    state = pack.manifest.state
+    assert state is not None and set(state.entry_points) == {"prefill", "decode"}
+    assert state.entry_points["decode"].mutates == state.entry_points["prefill"].mutates
+    mutated = state.entry_points["decode"].mutates
+    assert len(mutated) == 4 and pack["decode"].mutates == set(mutated)
+    for name in mutated:
+        prefill_t = pack["prefill"]._program.tensors[name]
+        assert prefill_t is pack["decode"]._program.tensors[name]
+
+
+def test_weights_are_stored_once(llama_pack):
+    path, _, _ = llama_pack
+    with zipfile.ZipFile(path) as z:
+        sizes = {i.filename: i.file_size for i in z.infolist()}
+        stored, metadata = parse_safetensors(z.read("entry_points/decode/weights.safetensors"), "w")
+    layout = json.loads(metadata["trtpack.tensors"])
+    assert stored == {} and len(layout) > 20  # every tensor referenced, none stored again
+    assert sizes["entry_points/decode/weights.safetensors"] < 8192
+    assert sizes["program/weights.safetensors"] > 100_000
+    assert all(e.get("from") == "program/weights.safetensors" for e in layout.values())
+
+
+def test_a_false_state_declaration_is_refused(llama_pack, tmp_path):
+    path, _, _ = llama_pack
+    with zipfile.ZipFile(path) as z:
+        manifest = json.loads(z.read("manifest.json"))
+    manifest["state"]["entry_points"]["decode"]["mutates"].pop()
+    from trtpack.format.manifest import Manifest
+
+    m = Manifest.from_dict(manifest)  # consistent on its own; the program says otherwise
+    bad = tmp_path / "bad.trtpack"
+    from trtpack.format.container import write_pack
+
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist() if n != "manifest.json"}
+    write_pack(bad, members, lambda d: m.to_json())  # same members, same digests
+    with pytest.raises(ManifestError, match="declares that it writes"):
+        trtpack.load(bad)
+
+
+def test_entry_point_rules():
+    make = llm.llama()
+    programs = llm.export_entry_points(make())
+    other = llm.export_entry_points(make())  # another module: another cache of the same names
+    with pytest.raises(TrtpackError, match="each have their own tensor"):
+        trtpack.save({"prefill": programs["prefill"], "decode": other["decode"]}, "/dev/null")
+    with pytest.raises(TrtpackError, match="identifier"):
+        trtpack.save({"pre fill": programs["prefill"]}, "/dev/null")
+    with pytest.raises(TrtpackError, match="samples"):
+        trtpack.save(programs, "/dev/null", samples=2)
+
+
+@pytest.mark.parametrize("version", ["v1.0", "v1.3", "v1.4"])
+def test_single_program_packs_are_entry_point_forward(version):
+    with pytest.warns() if version != "v1.4" else _nothing():
+        pack = trtpack.load(FIXTURES / version / "keywords.trtpack")
+    assert pack.entry_points == ("forward",) and pack["forward"] is pack
+    with pytest.raises(ManifestError, match="no entry point 'decode'"):
+        pack["decode"]
+    pack.reset_state()  # nothing to reset: no error
+
+
+def test_fixture_of_format_1_4_multi_entry():
+    pack = trtpack.load(FIXTURES / "v1.4" / "llama_prefill_decode.trtpack")
+    assert pack.entry_points == ("decode", "prefill")
+    assert pack.manifest.format_version == (1, 4)
+    make = llm.llama()
+    eager = make()
+    tokens, logits = llm.generate(eager, eager, PROMPT, 3)
+    got_tokens, got_logits = llm.generate(pack["prefill"], pack["decode"], PROMPT, 3)
+    assert got_tokens == tokens
+    assert all(torch.allclose(g, w, atol=1e-4, rtol=0) for g, w in zip(got_logits, logits))
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_inspect_shows_entry_points_and_state():
+    r = subprocess.run(
+        [sys.executable, "-m", "trtpack", "inspect",
+         str(FIXTURES / "v1.4" / "llama_prefill_decode.trtpack")],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "== entry point decode\n" in r.stdout
+    assert "== entry point prefill (default: the top level)" in r.stdout
+    assert "lifted_tensor_0  float32[1, 2, 32, 8]  read by decode,prefill  written by " \
+        "decode,prefill" in r.stdout  # fmt: skip
+
+
+def test_a_pt2_archive_of_two_programs_migrates_to_one_multi_entry_pack(tmp_path):
+    from torch.export.pt2_archive._package import package_pt2
+
+    make = llm.llama()
+    pt2 = tmp_path / "llm.pt2"
+    package_pt2(str(pt2), exported_programs=llm.export_entry_points(make()))
+    eager = make()
+    tokens, logits = llm.generate(eager, eager, PROMPT, 4)
+    out = tmp_path / "llm.trtpack"
+    r = subprocess.run([sys.executable, "-m", "trtpack", "migrate", str(pt2), str(out)],
+                       capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with pytest.warns(UserWarning, match="migrated in memory"):
+        in_memory = trtpack.load(pt2)
+    for pack in (trtpack.load(out), in_memory):
+        assert pack.entry_points == ("decode", "prefill")
+        for _ in range(2):  # again after reset_state
+            got_tokens, got_logits = llm.generate(pack["prefill"], pack["decode"], PROMPT, 4)
+            assert got_tokens == tokens
+            assert all(torch.allclose(g, w, atol=1e-4, rtol=0) for g, w in zip(got_logits, logits))
+            pack.reset_state()
+    with zipfile.ZipFile(out) as z:
+        stored, _ = parse_safetensors(z.read("entry_points/prefill/weights.safetensors"), "w")
+    assert stored == {}  # every tensor of prefill is decode's (the default: first by name)
+
+
+def test_mlflow_predict_takes_the_entry_point_as_a_param(llama_pack, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    import trtpack.mlflow
+
+    path, tokens, _ = llama_pack
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.create_experiment("me", artifact_location=(tmp_path / "a").as_uri())
+        mlflow.set_experiment("me")
+        info = trtpack.mlflow.log_model(path, name="llm")
+        assert info.metadata["trtpack"]["entry_points"] == ["decode", "prefill"]
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        n = len(PROMPT)
+        prefill = {"input_ids": np.array([PROMPT]), "cache_position": np.arange(n)}
+        logits = model.predict(prefill, params={"entry_point": "prefill"})
+        assert int(logits[0, -1].argmax()) == tokens[0]
+        decode = {"input_ids": np.array([[tokens[0]]]), "cache_position": np.array([n])}
+        logits = model.predict(decode, params={"entry_point": "decode"})  # sees prefill's cache
+        assert int(logits[0, -1].argmax()) == tokens[1]
+        with pytest.raises(mlflow.exceptions.MlflowException, match="no entry point 'nope'"):
+            model.predict(decode, params={"entry_point": "nope"})
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_triton_one_model_per_stateless_entry_point_and_shared_state_refused(
+    llama_pack, exported, tmp_path
+):
+    pytest.importorskip("tritonclient")
+    from trtpack.errors import RegistryError
+    from trtpack.integrations.triton import export_triton
+
+    path, _, _ = llama_pack
+    with pytest.raises(RegistryError, match="shares state that is written in place with decode"):
+        export_triton(path, tmp_path / "repo", entry_point="prefill")
+    with pytest.raises(RegistryError, match="no entry point 'nope'"):
+        export_triton(path, tmp_path / "repo", entry_point="nope")
+    r = subprocess.run(
+        [sys.executable, "-m", "trtpack", "export-triton", str(path), str(tmp_path / "r2"),
+         "--entry-point", "decode"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode != 0 and "shares state that is written in place" in r.stderr
+    (_, _, ep_a), (case_b, model_b, ep_b) = exported("keywords"), exported("guarded")
+    two = tmp_path / "two.trtpack"
+    trtpack.save({"keywords": ep_a, "guarded": ep_b}, two)
+    for entry, ep in (("keywords", ep_a), ("guarded", ep_b)):
+        m = export_triton(two, tmp_path / "repo", entry_point=entry)
+        config = (tmp_path / "repo" / f"two_{entry}" / "config.pbtxt").read_text()
+        assert f'string_value: "{entry}"' in config
+        inputs = [n for n in ep.graph_signature.user_inputs if isinstance(n, str)]
+        assert all(f'name: "{i}"' in config for i in inputs), (entry, m)
+    pack = trtpack.load(two)
+    assert pack.entry_points == ("guarded", "keywords") and pack.manifest.state is None
+    torch.testing.assert_close(pack["guarded"](*case_b.args, **case_b.kwargs),
+                               model_b(*case_b.args, **case_b.kwargs))  # fmt: skip
+
+
+def _fixture_manifest() -> dict:
+    with zipfile.ZipFile(FIXTURES / "v1.4" / "llama_prefill_decode.trtpack") as z:
+        return json.loads(z.read("manifest.json"))
+
+
+def test_manifest_rules_of_entry_points_and_state():
+    from trtpack.errors import UnsafePackError
+    from trtpack.format.limits import parse_manifest_json
+    from trtpack.format.manifest import Manifest
+
+    m = Manifest.from_dict(_fixture_manifest())
+    assert m.entry_point_names == ("decode", "prefill") and m.default_entry_point == "prefill"
+    assert m.entry("decode").program.graph == "entry_points/decode/graph.json"
+    for edit, match in (
+        (lambda d: d["state"]["entry_points"].__setitem__("nope", d["state"]["entry_points"]
+                                                           ["decode"]), "does not have"),
+        (lambda d: d["state"]["entry_points"]["decode"]["mutates"].append("x"), "not in state"),
+        (lambda d: d["state"]["entry_points"]["decode"]["mutated_inputs"].append("y"),
+         "not one of its tensor inputs"),
+        (lambda d: d["entry_points"].__setitem__("prefill", d["entry_points"]["decode"]),
+         "is the default"),
+        (lambda d: d["entry_points"]["decode"]["program"].__setitem__("weights", "gone"),
+         "not listed in members"),
+        (lambda d: d["state"]["tensors"].__setitem__("z", {"dtype": "float32", "shape": [1]}),
+         "which no entry point writes"),
+    ):  # fmt: skip
+        data = _fixture_manifest()
+        edit(data)
+        with pytest.raises(ManifestError, match=match):
+            Manifest.from_dict(data)
+    data = _fixture_manifest()
+    data["entry_points"] = {f"e{i}": data["entry_points"]["decode"] for i in range(257)}
+    with pytest.raises(UnsafePackError, match="number of entry_points"):
+        parse_manifest_json(json.dumps(data), "m")
+
+
+def test_a_reference_to_a_member_that_is_not_the_default_weights_is_refused(tmp_path):
+    from trtpack.errors import IntegrityError
+    from trtpack.format.container import write_pack
+    from trtpack.format.manifest import Manifest
+
+    src = FIXTURES / "v1.4" / "llama_prefill_decode.trtpack"
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist() if n != "manifest.json"}
+    # decode's weights name themselves as where its tensors are: no loaded member holds them
+    raw = members["entry_points/decode/weights.safetensors"]
+    members["entry_points/decode/weights.safetensors"] = raw.replace(
+        b"program/weights.safetensors", b"program/weights.safetensorz"
+    )
+    assert members["entry_points/decode/weights.safetensors"] != raw
+    data = _fixture_manifest()
+    m = Manifest.from_dict(data)
+    bad = tmp_path / "bad.trtpack"
+
+    def manifest(digests):
+        from trtpack.writing.assemble import _member
+
+        return m.replace(members={n: _member(d) for n, d in sorted(digests.items())}).to_json()
+
+    write_pack(bad, members, manifest)
+    with pytest.raises(IntegrityError, match="is not a loaded program's weights member"):
+        trtpack.load(bad)
+
+
+class _Plain(torch.nn.Module):
+    """The custom-operator model's layer without the operator: a second entry point over the
+    same weights (the same Linear object, so the same names and tensors)."""
+
+    def __init__(self, lin: torch.nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x):
+        return self.lin(x) * 3
+
+
+def test_custom_ops_and_allow_ops_are_per_entry_point(tmp_path, capsys):
+    """Format 1.4 has both: an entry point's program records its own custom operators, and
+    load(allow_ops=) / mmap= reach every entry point's program load, not only the default's."""
+    from models import CUSTOM_OP
+
+    from trtpack.cli import main as cli
+
+    model = CUSTOM_OP.make()
+    x = CUSTOM_OP.args[0]
+    plain = torch.export.export(_Plain(model.lin), (x,))
+    custom = torch.export.export(model, (x,))
+    path = tmp_path / "two.trtpack"
+    trtpack.save({"plain": plain, "custom": custom}, path)
+    m = trtpack.inspect(path).manifest
+    assert m.program.custom_ops is None
+    assert m.entry_points["custom"].program.custom_ops == ("trtpack_tests::twice",)
+    assert cli(["inspect", str(path)]) == 0
+    assert "calls custom operators trtpack_tests::twice" in capsys.readouterr().out
+    # the default entry point calls none; the refusal comes from the other one's program
+    with pytest.raises(trtpack.UnsafePackError, match="trtpack_tests::twice"):
+        trtpack.load(path, device="cpu")
+    for mmap in (False, True):
+        pack = trtpack.load(path, device="cpu", allow_ops=["trtpack_tests::*"], mmap=mmap)
+        assert pack["custom"].allow_ops == ("trtpack_tests::*",)
+        with torch.no_grad():
+            assert torch.equal(pack["custom"](x), model(x))
+            assert torch.equal(pack(x), model.lin(x) * 3)
+
+
+def test_save_checks_every_entry_points_program_as_load_would(tmp_path):
+    """writing/assemble.check_loadable (save = load) covers the entry points' members too: an
+    entry point whose graph a reader would refuse is not written."""
+    from models import CUSTOM_OP
+
+    from trtpack.writing.assemble import write
+    from trtpack.writing.entry_points import check_programs, parts_of_programs
+
+    model = CUSTOM_OP.make()
+    x = CUSTOM_OP.args[0]
+    programs = {
+        "plain": torch.export.export(_Plain(model.lin), (x,)),
+        "again": torch.export.export(_Plain(model.lin), (x,)),
+    }
+    parts, _ = parts_of_programs(check_programs(programs))
+    graph = "entry_points/again/graph.json"
+    raw = parts.members[graph]
+    assert isinstance(raw, bytes) and b"torch.ops.aten.mul.Tensor" in raw
+    parts.members[graph] = raw.replace(b"torch.ops.aten.mul.Tensor", b"os.system")
+    with pytest.raises(trtpack.UnsafePackError, match="os.system"):
+        write(parts, tmp_path / "bad.trtpack")
+    assert not (tmp_path / "bad.trtpack").exists()
+
+
+def test_a_pt2_archive_of_programs_with_a_custom_operator_records_it_per_entry_point(tmp_path):
+    """Migrating passes custom operators (it runs nothing) and records them on the entry point
+    whose program calls them; loading the migrated pack gates them as save's pack."""
+    from models import CUSTOM_OP
+    from torch.export.pt2_archive._package import package_pt2
+
+    model = CUSTOM_OP.make()
+    x = CUSTOM_OP.args[0]
+    pt2 = tmp_path / "two.pt2"
+    package_pt2(str(pt2), exported_programs={
+        "model": torch.export.export(_Plain(model.lin), (x,)),
+        "custom": torch.export.export(model, (x,)),
+    })  # fmt: skip
+    out = tmp_path / "two.trtpack"
+    trtpack.migrate(pt2, out)
+    m = trtpack.inspect(out).manifest
+    assert m.default_entry_point == "model" and m.program.custom_ops is None
+    assert m.entry_points["custom"].program.custom_ops == ("trtpack_tests::twice",)
+    with pytest.raises(trtpack.UnsafePackError, match="trtpack_tests::twice"):
+        trtpack.load(out, device="cpu")
+    pack = trtpack.load(out, device="cpu", allow_ops=["trtpack_tests::twice"])
+    with torch.no_grad():
+        assert torch.equal(pack["custom"](x), model(x))

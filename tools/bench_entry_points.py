@@ -1,0 +1,90 @@
+"""Multi-entry packs (format 1.4): the size of one prefill+decode pack against two single
+packs, and the load time of both entry points against one.
+
+    PYTHONPATH=. .venv/bin/python tools/bench_entry_points.py [--hidden 256 --layers 4]
+
+A transformers Llama (tests/llm.py) with a static cache, exported as prefill and decode from
+the same module. Load times are measured in fresh processes (the first load in a process
+pays a fixed cost) and again warm in the same process; the median of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+MEASURE = """
+import json, sys, time
+import torch, trtpack
+path = sys.argv[1]
+out = []
+for _ in range(2):
+    t0 = time.perf_counter()
+    pack = trtpack.load(path)
+    out.append(time.perf_counter() - t0)
+print(json.dumps({"first": out[0], "warm": out[1], "entry_points": list(pack.entry_points)}))
+"""
+
+
+def _load_time(path: Path, repeat: int) -> dict[str, float]:
+    runs = []
+    for _ in range(repeat):
+        r = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True,
+                           text=True)  # fmt: skip
+        if r.returncode != 0:
+            raise SystemExit(f"loading {path} failed:\n{r.stderr[-3000:]}")
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return {k: statistics.median(run[k] for run in runs) for k in ("first", "warm")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import llm
+
+    import trtpack
+
+    programs = llm.export_entry_points(llm.llama(args.hidden, args.layers, args.vocab)())
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        both, prefill, decode = d / "llm.trtpack", d / "prefill.trtpack", d / "decode.trtpack"
+        trtpack.save(programs, both)
+        trtpack.save(programs["prefill"], prefill)
+        trtpack.save(programs["decode"], decode)
+        sizes = {p.name: p.stat().st_size for p in (both, prefill, decode)}
+        two = sizes["prefill.trtpack"] + sizes["decode.trtpack"]
+        params = sum(t.numel() for t in programs["prefill"].state_dict.values())
+        import torch
+
+        print(f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: "
+              f"{params / 1e6:.1f} M parameters; torch {torch.__version__}")  # fmt: skip
+        print(f"pack sizes: prefill+decode in one pack {sizes['llm.trtpack'] / 2**20:.2f} MiB; "
+              f"two single packs {two / 2**20:.2f} MiB "
+              f"({sizes['prefill.trtpack'] / 2**20:.2f} + {sizes['decode.trtpack'] / 2**20:.2f}); "
+              f"ratio {sizes['llm.trtpack'] / two:.2f}")  # fmt: skip
+        one = _load_time(prefill, args.repeat)
+        multi = _load_time(both, args.repeat)
+        print(
+            f"load, first in a process (median of {args.repeat}): one entry point "
+            f"{one['first'] * 1e3:.0f} ms, both entry points {multi['first'] * 1e3:.0f} ms"
+        )
+        print(f"load, warm: one entry point {one['warm'] * 1e3:.0f} ms, both entry points "
+              f"{multi['warm'] * 1e3:.0f} ms")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

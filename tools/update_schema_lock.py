@@ -5,7 +5,7 @@ Run it after a deliberate, versioned schema change (see schema/SPEC.md, "Version
     python tools/update_schema_lock.py
 
 It refuses to change the fingerprint of a version that is already recorded: a released
-version's schema never changes. Bump FORMAT_VERSION (trtpack/format/manifest.py) first.
+version's schema never changes. Bump FORMAT_VERSION (trtpack/format/schema.py) first.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> int:
     if recorded is not None:
         print(
             f"version {version} is recorded with another fingerprint: a released schema never "
-            "changes. Bump FORMAT_VERSION in trtpack/format/manifest.py (minor for a new optional "
+            "changes. Bump FORMAT_VERSION in trtpack/format/schema.py (minor for a new optional "
             "field, major otherwise) and add a migration step.",
             file=sys.stderr,
         )

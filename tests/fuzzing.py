@@ -11,6 +11,13 @@ entry point on it:
   bytes or a manifest field changed and the pack rewritten with matching SHA-256 and CRC-32,
   so the damage reaches the parsers behind the hash check.
 
+Packs of older format versions (1.0-1.2 fixtures) take the same damage, so hash-consistent
+edits reach the upgrade steps. A signed pack goes through ``verify(key=)`` and
+``load(require_signature=)`` with its pack or its ``.sig`` bundle damaged (bytes, a JSON edit
+of the bundle, or a statement edited and signed again with the signer's key); a signed entry
+point that succeeds must have been handed the signed members, byte for byte (else: a silent
+change, a finding).
+
 An entry point may succeed or raise a :class:`trtpack.TrtpackError`; anything else is a
 finding. ``tests/test_fuzz.py`` runs a few hundred iterations in CI; ``tools/fuzz.py`` runs
 the long campaign and prints iterations/s.
@@ -18,6 +25,7 @@ the long campaign and prints iterations/s.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -34,11 +42,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-OPS = ("inspect", "verify", "load", "load_noverify", "cli_inspect", "migrate", "check")
+OPS = ("inspect", "verify", "load", "load_noverify", "load_mmap", "cli_inspect", "migrate",
+       "check")  # fmt: skip
+SIGNED_OPS = ("verify_key", "load_signed", "load_signed_noverify")  # the "signed" seed's
+# packs of older format versions: every reader upgrades them in memory (format/upgrade.py)
+OLDER = {
+    "v1.0_engines": "v1.0/keywords_engines.trtpack",
+    "v1.1_guarded": "v1.1/guarded.trtpack",
+    "v1.2_samples": "v1.2/keywords_samples.trtpack",
+}
 
 
 def make_seeds(out: Path) -> dict[str, bytes]:
-    """The real files every iteration starts from (built once, in ``out``)."""
+    """The real files every iteration starts from (built once, in ``out``). Names with a dot
+    are not seeds but the signed seed's companions: its bundle and the signer's keys."""
     import rtx
     import torch
     from models import CASES
@@ -59,6 +76,10 @@ def make_seeds(out: Path) -> dict[str, bytes]:
     migrated = out / "migrated.trtpack"
     if not migrated.exists():
         trtpack.migrate(pt2, migrated)
+    signed = out / "signed.trtpack"
+    if not signed.exists():
+        trtpack.save(ep, signed, metadata={"model": "keywords"})
+        trtpack.sign(signed, _keypair(out))
     del torch
     files = {
         "program": program,
@@ -67,8 +88,27 @@ def make_seeds(out: Path) -> dict[str, bytes]:
         "pt2": pt2,
         "pre27": FIXTURES / "v0" / "torch_export" / "keywords_pre27.pt2",
         "torch_tensorrt": FIXTURES / "v0" / "torch_tensorrt" / "net_partitioned.ep",
+        **{name: FIXTURES / rel for name, rel in OLDER.items()},
+        "signed": signed,
+        "signed.sig": signed.with_name(signed.name + ".sig"),
+        "signed.key": out / "signer.key",
+        "signed.pub": out / "signer.pub",
     }
     return {name: p.read_bytes() for name, p in files.items()}
+
+
+def _keypair(out: Path) -> Path:
+    """An EC signing key pair in ``out`` (signer.key, signer.pub); returns the private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = serialization.Encoding.PEM
+    (out / "signer.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    (out / "signer.pub").write_bytes(key.public_key().public_bytes(
+        pem, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    return out / "signer.key"
 
 
 # --- mutations ---------------------------------------------------------------------------
@@ -236,6 +276,32 @@ def consistent_edit(rng: random.Random, data: bytes) -> tuple[bytes, str]:
         return _rezip_legacy(members), f"consistent (plain zip): {desc}"
 
 
+def bundle_damage(rng: random.Random, bundle: bytes, private_pem: bytes) -> tuple[bytes, str]:
+    """Damage a signature bundle: its bytes, a field of its JSON, or its statement edited and
+    signed again with the signer's key (what a signer's buggy tool could write: it verifies,
+    so the damage reaches the statement's parser and the comparison with the pack)."""
+    r = rng.random()
+    if r < 0.3:
+        return byte_damage(rng, bundle)
+    value = json.loads(bundle)
+    if r < 0.65:
+        return json.dumps(_mutate_json(rng, value)).encode(), "json edit of the bundle"
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from trtpack.signing import _pae
+
+    env = value["dsseEnvelope"]
+    statement = _mutate_json(rng, json.loads(base64.b64decode(env["payload"])))
+    payload = json.dumps(statement, sort_keys=True).encode()
+    key = serialization.load_pem_private_key(private_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    sig = key.sign(_pae(payload), ec.ECDSA(hashes.SHA256()))
+    env["payload"] = base64.b64encode(payload).decode()
+    env["signatures"] = [{"sig": base64.b64encode(sig).decode(), "keyid": ""}]
+    return json.dumps(value).encode(), "statement edited, signed again"
+
+
 def mutate(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     if rng.random() < 0.4:
         with contextlib.suppress(zipfile.BadZipFile):
@@ -257,6 +323,14 @@ def run_op(op: str, path: Path, scratch: Path) -> None:
         trtpack.load(path, device="cpu")
     elif op == "load_noverify":
         trtpack.load(path, device="cpu", verify=False)
+    elif op == "load_mmap":  # the opt-in zero-copy CPU load
+        trtpack.load(path, device="cpu", mmap=True)
+    elif op == "verify_key":
+        trtpack.verify(path, key=scratch / "signer.pub")
+    elif op == "load_signed":
+        trtpack.load(path, device="cpu", require_signature=scratch / "signer.pub")
+    elif op == "load_signed_noverify":  # verify=False must not weaken a required signature
+        trtpack.load(path, device="cpu", require_signature=scratch / "signer.pub", verify=False)
     elif op == "cli_inspect":
         from trtpack.cli.commands import main
 
@@ -271,6 +345,20 @@ def run_op(op: str, path: Path, scratch: Path) -> None:
         trtpack.migrate(path, out)
     else:
         raise ValueError(op)
+
+
+class SilentChange(Exception):
+    """A signed entry point accepted bytes that are not the signed ones."""
+
+
+def _changed_members(signed: bytes, data: bytes) -> list[str]:
+    """The members whose bytes differ from the signed pack's (as zipfile reads both)."""
+    try:
+        got = _members(data)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
+        return []  # zipfile cannot read it; trtpack's reader checked what it read
+    want = _members(signed)
+    return sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
 
 
 class Hang(BaseException):
@@ -321,27 +409,45 @@ def campaign(
     time_limit: float = 10.0,
     keep: Path | None = None,
     on_progress: Callable[[Report], None] | None = None,
+    max_seconds: float | None = None,
 ) -> Report:
-    """Run ``iterations`` damaged files through the entry points; collect what escapes."""
+    """Run ``iterations`` damaged files through the entry points (or as many as fit in
+    ``max_seconds``); collect what escapes."""
     import trtpack
 
     rng = random.Random(seed)
     report = Report()
     scratch.mkdir(parents=True, exist_ok=True)
     path = scratch / "target"
-    names = sorted(seeds)
+    names = [n for n in sorted(seeds) if "." not in n]
+    if "signed.pub" in seeds:
+        (scratch / "signer.pub").write_bytes(seeds["signed.pub"])
     start = time.perf_counter()
     for it in range(iterations):
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
         seed_name = rng.choice(names)
-        data, mutation = mutate(rng, seeds[seed_name])
-        op = rng.choice(ops)
+        sig = None
+        if seed_name == "signed" and rng.random() < 0.6:
+            data = seeds[seed_name]
+            sig, mutation = bundle_damage(rng, seeds["signed.sig"], seeds["signed.key"])
+            mutation = f"signature: {mutation}"
+        else:
+            data, mutation = mutate(rng, seeds[seed_name])
+        op = rng.choice(SIGNED_OPS if seed_name == "signed" else ops)
         suffix = ".pt2" if seed_name in ("pt2", "pre27") else ".trtpack"
         target = path.with_suffix(suffix)
         target.write_bytes(data)
+        sig_file = target.with_name(target.name + ".sig")
+        sig_file.unlink(missing_ok=True)
+        if seed_name == "signed":
+            sig_file.write_bytes(sig if sig is not None else seeds["signed.sig"])
         try:
             with warnings.catch_warnings(), _deadline(time_limit):
                 warnings.simplefilter("ignore")
                 run_op(op, target, scratch)
+            if op in SIGNED_OPS and (changed := _changed_members(seeds[seed_name], data)):
+                raise SilentChange(f"{op} accepted a pack whose {changed} differ from the signed")
             report.accepted += 1
         except trtpack.TrtpackError as e:
             report.expected += 1

@@ -31,3 +31,20 @@ def test_mutations_are_deterministic(seeds):
     a = [fuzzing.mutate(random.Random(5), seeds["program"])[1] for _ in range(3)]
     b = [fuzzing.mutate(random.Random(5), seeds["program"])[1] for _ in range(3)]
     assert a == b
+
+
+def test_signed_and_older_packs_campaign(seeds, tmp_path):
+    """The new surfaces: a signed pack through verify(key=) and load(require_signature=) with
+    its pack or bundle damaged (a success must have read the signed members), and packs of
+    format 1.0-1.2 through every reader's upgrade. Seed 1 reaches, within 400 iterations,
+    the re-signed statements whose resources raised TypeError before signing checked them."""
+    sub = {k: v for k, v in seeds.items() if k.split(".")[0] in ("signed", *fuzzing.OLDER)}
+    report = fuzzing.campaign(sub, 400, seed=1, scratch=tmp_path / "scratch")
+    found = "\n".join(f"{f.seed}/{f.op}/{f.mutation}: {f.error}" for f in report.unexpected)
+    assert not report.unexpected, found
+    assert not report.hangs, [(h.seed, h.op, h.mutation) for h in report.hangs]
+    assert report.iterations == 400
+    # refused by the signature check, the hash check and the manifest/upgrade checks
+    assert report.by_error.get("SignatureError", 0) > 100, report.by_error
+    assert {"IntegrityError", "ManifestError"} <= set(report.by_error), report.by_error
+    assert report.accepted > 50, report.accepted  # and undamaged-enough packs still load

@@ -390,3 +390,37 @@ def test_verify_key_checks_signature_and_hashes_in_one_open(signed, tmp_path, mo
     monkeypatch.setattr(signing, "verify_reader", verify_then_swap)
     assert cli(["verify", str(pack), "--key", str(public), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["digest"] == signed_digest
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [7, None, [1], [{"name": {}, "digest": "00"}], [{"name": ["a"], "digest": "00"}],
+     [{"name": "manifest.json"}], [{"name": "manifest.json", "digest": 1.5}],
+     [{"name": None, "digest": "00"}]],
+)  # fmt: skip
+def test_a_signed_statement_with_malformed_resources_is_a_signature_error(signed, resources):
+    """Found by the fuzzer (a statement edited and signed again with the signer's key): a
+    statement that verifies but whose resources are not {name, digest} strings raised
+    TypeError (not iterable, unhashable, unorderable) from verify(key=) and load."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+
+    from trtpack.signing import _pae
+
+    pack, private, public = signed
+    sig = signature_path(pack)
+    bundle = json.loads(sig.read_text())
+    env = bundle["dsseEnvelope"]
+    statement = json.loads(base64.b64decode(env["payload"]))
+    statement["predicate"]["resources"] = resources
+    payload = json.dumps(statement).encode()
+    key = serialization.load_pem_private_key(private.read_bytes(), None)
+    env["payload"] = base64.b64encode(payload).decode()
+    env["signatures"] = [{"sig": base64.b64encode(
+        key.sign(_pae(payload), ec.ECDSA(hashes.SHA256()))).decode(), "keyid": ""}]  # fmt: skip
+    sig.write_text(json.dumps(bundle))
+    with pytest.raises(trtpack.SignatureError, match="statement is malformed"):
+        trtpack.verify(pack, key=public)
+    with pytest.raises(trtpack.SignatureError, match="statement is malformed"):
+        trtpack.load(pack, device="cpu", require_signature=public)

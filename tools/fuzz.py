@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def _worker(args: tuple[int, int, str, str | None]) -> dict:
-    n, seed, seeds_dir, keep = args
+def _worker(args: tuple[int, int, str, str | None, float | None]) -> dict:
+    n, seed, seeds_dir, keep, seconds = args
     import fuzzing
 
     seeds = fuzzing.make_seeds(Path(seeds_dir))
@@ -45,6 +45,7 @@ def _worker(args: tuple[int, int, str, str | None]) -> dict:
         scratch=scratch,
         keep=Path(keep) if keep else None,
         on_progress=progress,
+        max_seconds=seconds,
     )
     return {
         "iterations": r.iterations,
@@ -63,13 +64,14 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", help="directory for the files that made something escape")
+    p.add_argument("--seconds", type=float, help="stop each worker after this long (wall time)")
     a = p.parse_args()
     seeds_dir = Path(tempfile.gettempdir()) / "trtpack-fuzz-seeds"
     import fuzzing
 
     fuzzing.make_seeds(seeds_dir)  # once, before the workers share it
     per = [a.iterations // a.workers + (i < a.iterations % a.workers) for i in range(a.workers)]
-    jobs = [(n, a.seed + i, str(seeds_dir), a.keep) for i, n in enumerate(per)]
+    jobs = [(n, a.seed + i, str(seeds_dir), a.keep, a.seconds) for i, n in enumerate(per)]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(a.workers) as pool:
         results = pool.map(_worker, jobs)

@@ -265,10 +265,18 @@ def verify_reader(reader: PackReader, key: PathLike, signature: PathLike | None 
         predicate_type = statement["predicateType"]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
         raise fail(f"the statement is malformed ({e})") from None
+    # a statement signed by the right key can still be malformed (another tool, a bug):
+    # its resources are compared and hashed below, so their shape is checked first
+    if not isinstance(signed, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("digest"), str)
+        for r in signed
+    ):
+        raise fail("the statement is malformed (predicate.resources is not a list of "
+                   "{name, digest} strings)")  # fmt: skip
     if predicate_type != PREDICATE_TYPE:
         raise fail("predicate type", PREDICATE_TYPE, predicate_type)
     actual, manifest_digest = _resources(reader)
-    want = {r["name"]: r["digest"] for r in signed if isinstance(r, dict) and "name" in r}
+    want = {r["name"]: r["digest"] for r in signed}
     got = {r["name"]: r["digest"] for r in actual}
     if want.get(MANIFEST_NAME) != manifest_digest or want != got:
         diff = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))

@@ -36,6 +36,7 @@ OLD = {
     "1.0": ["keywords_engines"],
     "1.1": ["keywords_engines", "guarded"],
     "1.2": ["keywords_engines", "keywords_samples"],
+    "1.3": ["keywords_engines", "guarded"],
 }
 
 

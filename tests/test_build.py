@@ -408,6 +408,22 @@ def test_build_and_add_engine_name_the_entry_point(tmp_path, capsys):
         assert torch.allclose(pack["forward"](x), torch.relu(lin(x)))
     assert main(["build", str(path), "--entry-point", "nope", "--target", "8.6"]) == 1
     assert "no entry point 'nope'" in capsys.readouterr().err
+    # removed from its entry point: the other entry point's variant and both programs stay
+    assert main(["remove-engine", str(out), "rtx_sm86", "--entry-point", "scaled"]) == 0
+    m = trtpack.inspect(out).manifest
+    assert m.entry_points["scaled"].engines == () and [v.name for v in m.engines] == ["rtx_sm89"]
+    assert not any(n.startswith("entry_points/scaled/engines/") for n in m.members)
+    trtpack.remove_engine(out, "rtx_sm89")
+    m = trtpack.inspect(out).manifest
+    assert m.engines == () and m.entry_point_names == ("forward", "scaled")
+    assert set(m.members) == set(trtpack.inspect(path).manifest.members) - {
+        n for n in trtpack.inspect(path).manifest.members if "/engines/" in n
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pack = trtpack.load(out)
+    with torch.no_grad():
+        assert torch.allclose(pack["scaled"](x), lin(x) * 2)
 
 
 def test_an_engine_for_an_entry_point_that_writes_state_is_refused(tmp_path):

@@ -222,8 +222,10 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 def _cmd_remove_engine(args: argparse.Namespace) -> int:
     from ..writing.remove import remove_engine
 
-    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force)
-    names = ", ".join(v.name for v in info.manifest.engines) or "none"
+    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force,
+                         entry_point=args.entry_point)  # fmt: skip
+    m = info.manifest.entry(args.entry_point or info.manifest.default_entry_point)
+    names = ", ".join(v.name for v in m.engines) or "none"
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
 
@@ -550,15 +552,17 @@ def _engines_arguments(p: argparse.ArgumentParser) -> None:
 def _remove_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to remove from (replaced atomically unless -o)")
     p.add_argument("variant", help="the engine variant's name (`trtpack engines PACK` lists them)")
+    _entry_point_option(p, adds=False)
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _entry_point_option(p: argparse.ArgumentParser) -> None:
+def _entry_point_option(p: argparse.ArgumentParser, adds: bool = True) -> None:
+    refused = "; one that writes state in place is refused" if adds else ""
     p.add_argument("--entry-point", metavar="NAME",
                    help="a multi-entry pack: the entry point the variant belongs to (default: "
-                   "the default one); one that writes state in place is refused")  # fmt: skip
+                   f"the default one){refused}")  # fmt: skip
 
 
 def _build_arguments(p: argparse.ArgumentParser) -> None:

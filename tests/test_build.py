@@ -9,6 +9,7 @@ import json
 import sys
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import rtx
@@ -336,3 +337,104 @@ def test_tensorrt_rtx_and_onnx_are_imported_in_one_module_only():
                     found.add((str(path.relative_to(root)), name.split(".")[0]))
     assert {where for where, _ in found} == {"engines/build.py", "checks/audit.py"}
     assert {name for where, name in found if where == "checks/audit.py"} == {"onnx"}
+
+
+class _Relu(torch.nn.Module):
+    def __init__(self, lin: torch.nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.lin(x))
+
+
+class _Scaled(_Relu):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * 2
+
+
+def _two_entry_pack(tmp_path):
+    """Two stateless entry points over one Linear (format 1.4): ``forward`` and ``scaled``."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4)
+    batch = torch.export.Dim("batch", min=1, max=8)
+    x = torch.randn(2, 6)
+    programs = {
+        name: torch.export.export(cls(lin), (x,), dynamic_shapes=({0: batch},))
+        for name, cls in (("forward", _Relu), ("scaled", _Scaled))
+    }
+    path = tmp_path / "two.trtpack"
+    trtpack.save(programs, path)
+    return path, lin
+
+
+def test_build_and_add_engine_name_the_entry_point(tmp_path, capsys):
+    path, lin = _two_entry_pack(tmp_path)
+    out = tmp_path / "built.trtpack"
+    args = ["build", str(path), "--entry-point", "scaled", "--target", "8.6", "-o", str(out)]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variant"] == "rtx_sm86"
+    m = trtpack.inspect(out).manifest
+    assert m.engines == () and m.entry_point_names == ("forward", "scaled")
+    (v,) = m.entry_points["scaled"].engines
+    member = v.engines[0].member
+    assert member.startswith("entry_points/scaled/engines/rtx_sm86/")
+    with PackReader(out) as reader:
+        plan = bytes(reader.read(member))
+    header = parse_plan(plan)
+    assert header.flavor == "tensorrt_rtx" and header.compute_capabilities == ("8.6",)
+    # the default entry point built too: the other entry point and its variant are kept
+    trtpack.build(out, "8.9")
+    m = trtpack.inspect(out).manifest
+    assert [v.name for v in m.engines] == ["rtx_sm89"]
+    assert [v.name for v in m.entry_points["scaled"].engines] == ["rtx_sm86"]
+    # the plan as a bare engine of the same entry point of another pack (Python API)
+    trtpack.add_engine(path, plan, entry_point="scaled", variant="bare")
+    m = trtpack.inspect(path).manifest
+    assert m.engines == () and [v.name for v in m.entry_points["scaled"].engines] == ["bare"]
+    assert (
+        m.entry_points["scaled"]
+        .engines[0]
+        .engines[0]
+        .member.startswith("entry_points/scaled/engines/bare/")
+    )
+    # no GPU here: each entry point runs its program, and still computes what it did
+    x = torch.randn(3, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pack = trtpack.load(out)
+    with torch.no_grad():
+        assert torch.allclose(pack["scaled"](x), lin(x) * 2)
+        assert torch.allclose(pack["forward"](x), torch.relu(lin(x)))
+    assert main(["build", str(path), "--entry-point", "nope", "--target", "8.6"]) == 1
+    assert "no entry point 'nope'" in capsys.readouterr().err
+    # removed from its entry point: the other entry point's variant and both programs stay
+    assert main(["remove-engine", str(out), "rtx_sm86", "--entry-point", "scaled"]) == 0
+    m = trtpack.inspect(out).manifest
+    assert m.entry_points["scaled"].engines == () and [v.name for v in m.engines] == ["rtx_sm89"]
+    assert not any(n.startswith("entry_points/scaled/engines/") for n in m.members)
+    trtpack.remove_engine(out, "rtx_sm89")
+    m = trtpack.inspect(out).manifest
+    assert m.engines == () and m.entry_point_names == ("forward", "scaled")
+    assert set(m.members) == set(trtpack.inspect(path).manifest.members) - {
+        n for n in trtpack.inspect(path).manifest.members if "/engines/" in n
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pack = trtpack.load(out)
+    with torch.no_grad():
+        assert torch.allclose(pack["scaled"](x), lin(x) * 2)
+
+
+def test_an_engine_for_an_entry_point_that_writes_state_is_refused(tmp_path):
+    from trtpack.errors import EngineError
+
+    src = Path(__file__).parent / "fixtures" / "v1.4" / "llama_prefill_decode.trtpack"
+    path = tmp_path / "llm.trtpack"
+    path.write_bytes(src.read_bytes())
+    for name in ("decode", "prefill"):
+        with pytest.raises(EngineError, match=f"entry point '{name}' writes state in place"):
+            trtpack.build(path, "8.6", entry_point=name)
+    with pytest.raises(EngineError, match="writes state in place"):
+        trtpack.add_engine(path, b"vtrt" + bytes(64), entry_point="decode")
+    assert path.read_bytes() == src.read_bytes()  # refused before anything was written

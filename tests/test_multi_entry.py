@@ -1,6 +1,7 @@
 """Multi-entry-point, stateful packs (format 1.4, issue 24): a real transformers Llama with a
 static cache as prefill + decode in one pack, weights once, state shared, reset, a fresh
-process; older packs as one entry point; declarations checked."""
+process; a T5 as stateless encoder + decoder entry points; older packs as one entry point;
+declarations checked."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from trtpack.format.weights import parse_safetensors
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).parent))
 import llm
+import seq2seq
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -410,3 +412,55 @@ def test_a_pt2_archive_of_programs_with_a_custom_operator_records_it_per_entry_p
     pack = trtpack.load(out, device="cpu", allow_ops=["trtpack_tests::twice"])
     with torch.no_grad():
         assert torch.equal(pack["custom"](x), model(x))
+
+
+SOURCE, T5_STEPS = [5, 17, 42, 7, 99], 8
+
+
+@pytest.fixture(scope="module")
+def t5_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], list]:
+    model = seq2seq.t5()
+    path = tmp_path_factory.mktemp("t5") / "t5.trtpack"
+    trtpack.save(seq2seq.export_entry_points(model), path)
+    tokens, logits = seq2seq.eager_generate(model, SOURCE, T5_STEPS)
+    return path, tokens, logits
+
+
+def test_t5_encoder_decoder_generation_in_a_fresh_process_equals_eager(t5_pack, tmp_path):
+    # stateless entry points: the decoder takes the encoder's output and the whole target prefix
+    # (no cache); the reference is transformers' own generate, which does use its cache
+    path, tokens, logits = t5_pack
+    assert len(set(tokens)) > 2  # a varied sequence, not one token repeated
+    out = tmp_path / "out.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import seq2seq, trtpack
+        pack = trtpack.load({str(path)!r})
+        assert pack.entry_points == ("decoder", "encoder"), pack.entry_points
+        assert pack.manifest.state is None  # nothing mutated: no state to declare
+        torch.save(seq2seq.generate(pack["encoder"], pack["decoder"], {SOURCE!r}, {T5_STEPS}),
+                   {str(out)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    got_tokens, got_logits = torch.load(out)
+    assert got_tokens == tokens
+    assert len(got_logits) == len(logits) == T5_STEPS
+    for g, w in zip(got_logits, logits, strict=True):
+        assert torch.allclose(g, w, atol=1e-4, rtol=0), (g - w).abs().max()
+
+
+def test_t5_weights_are_stored_once_and_shared(t5_pack):
+    path, _, _ = t5_pack
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: i.file_size for i in z.infolist()}
+    second = [n for n in members if n.startswith("entry_points/") and n.endswith(".safetensors")]
+    assert len(second) == 1 and members[second[0]] < 16384  # references, not a second copy
+    assert members["program/weights.safetensors"] > 150_000
+    pack = trtpack.load(path)
+    shared = set(pack["encoder"]._program.tensors) & set(pack["decoder"]._program.tensors)
+    assert "model.shared.weight" in shared
+    for name in shared:
+        assert pack["encoder"]._program.tensors[name] is pack["decoder"]._program.tensors[name]

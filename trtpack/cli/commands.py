@@ -186,9 +186,13 @@ def _cmd_add_engine(args: argparse.Namespace) -> int:
 
     info = add_engine(args.pack, args.source, variant=args.variant, out=args.output,
                       version_compatible=_vc(args.version_compatible),
-                      overwrite=args.force, progress=_progress(args))  # fmt: skip
-    names = ", ".join(v.name for v in info.manifest.engines)
-    return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
+                      overwrite=args.force, progress=_progress(args),
+                      entry_point=args.entry_point)  # fmt: skip
+    m = info.manifest.entry(args.entry_point or info.manifest.default_entry_point)
+    names = ", ".join(v.name for v in m.engines)
+    of = f" of entry point {args.entry_point}" if args.entry_point else ""
+    return _report(args, _written(info),
+                   f"{info.path}: engine variants{of} {names}  {info.digest}")  # fmt: skip
 
 
 def _cmd_engines(args: argparse.Namespace) -> int:
@@ -218,8 +222,10 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 def _cmd_remove_engine(args: argparse.Namespace) -> int:
     from ..writing.remove import remove_engine
 
-    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force)
-    names = ", ".join(v.name for v in info.manifest.engines) or "none"
+    info = remove_engine(args.pack, args.variant, out=args.output, overwrite=args.force,
+                         entry_point=args.entry_point)  # fmt: skip
+    m = info.manifest.entry(args.entry_point or info.manifest.default_entry_point)
+    names = ", ".join(v.name for v in m.engines) or "none"
     return _report(args, _written(info), f"{info.path}: engine variants {names}  {info.digest}")
 
 
@@ -232,9 +238,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     targets = ",".join(args.target or DEFAULT_TARGETS)  # the same default as build()
     info = build(args.pack, targets, variant=args.variant, out=args.output, ranges=ranges,
-                 overwrite=args.force, progress=_progress(args))  # fmt: skip
+                 overwrite=args.force, progress=_progress(args),
+                 entry_point=args.entry_point)  # fmt: skip
     seconds = time.perf_counter() - start
-    v = info.manifest.engines[-1]  # the variant just added
+    m = info.manifest.entry(args.entry_point or info.manifest.default_entry_point)
+    v = m.engines[-1]  # the variant just added
     engine = info.manifest.members[v.engines[0].member]
     data = {**_written(info), "variant": v.name, "flavor": v.target.flavor,
             "trt_version": v.target.trt_version,
@@ -528,6 +536,7 @@ def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to add to (replaced atomically unless -o)")
     p.add_argument("source", help="a .plan (whole-graph engine) or a .trtpack with variants")
     p.add_argument("--variant", help="name of the new variant (default: from its target GPUs)")
+    _entry_point_option(p)
     _version_compatible_option(p)
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
@@ -543,13 +552,22 @@ def _engines_arguments(p: argparse.ArgumentParser) -> None:
 def _remove_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to remove from (replaced atomically unless -o)")
     p.add_argument("variant", help="the engine variant's name (`trtpack engines PACK` lists them)")
+    _entry_point_option(p, adds=False)
     p.add_argument("-o", "--output", help="write the result here instead of replacing PACK")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _entry_point_option(p: argparse.ArgumentParser, adds: bool = True) -> None:
+    refused = "; one that writes state in place is refused" if adds else ""
+    p.add_argument("--entry-point", metavar="NAME",
+                   help="a multi-entry pack: the entry point the variant belongs to (default: "
+                   f"the default one){refused}")  # fmt: skip
+
+
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="the .trtpack to build from and add to (replaced unless -o)")
+    _entry_point_option(p)
     p.add_argument(
         "--target",
         action="append",

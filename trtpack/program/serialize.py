@@ -486,13 +486,14 @@ def load_program(
     engines: Mapping[str, Any] | None = None,
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
+    shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> ExportedProgram:
     """Rebuild the pack's ExportedProgram (or, with ``ref``, an engine variant's program,
     whose ``engines`` are supplied as constants); on ``device`` when asked. ``mmap``: CPU
     tensors view the file's map (see ``weights_owned``). ``allow_ops``: the custom operators
-    it may call (``graph_check.op_allowed``)."""
+    it may call (``graph_check.op_allowed``). ``shared``: as for ``load_runnable``."""
     ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device, mmap,
-                                                         allow_ops)  # fmt: skip
+                                                         allow_ops, shared)  # fmt: skip
     constants.update(engines or {})
     return deserialize_program(graph, state_dict, constants, manifest, ref, device)
 

@@ -30,9 +30,12 @@ def add_engine(
     version_compatible: str | None = None,
     overwrite: bool = False,
     progress: ProgressArg = None,
+    entry_point: str | None = None,
 ) -> PackInfo:
     """Add an engine variant to ``pack`` (written atomically to ``out``, default: in place; an
     existing ``out`` other than ``pack`` is replaced only with ``overwrite=True``).
+    ``entry_point``: a multi-entry pack's entry point the variant belongs to (default: the
+    default one); an entry point that writes state in place is refused (see ``add_variants``).
 
     ``source`` is another .trtpack of the same model (its variants are taken), a bare plan
     file (a whole-graph engine whose bindings are the manifest's inputs and outputs), or a
@@ -42,7 +45,9 @@ def add_engine(
     ``progress``: as for ``save`` (``trtpack.format.progress``).
     """
 
-    def make(_reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
+    def make(
+        _reader: PackReader, m: Manifest, _whole: Manifest
+    ) -> tuple[list[Variant], dict[str, Source]]:
         variants, members = _variants_from(source, m, variant)
         if version_compatible is not None:
             from ..engines.variants import declare_version_compatible
@@ -55,13 +60,13 @@ def add_engine(
                         for v in variants]  # fmt: skip
         return variants, members
 
-    return add_variants(
-        pack, make, out=out, overwrite=overwrite, progress=Progress("add-engine", progress)
-    )
+    return add_variants(pack, make, out=out, overwrite=overwrite, entry_point=entry_point,
+                        progress=Progress("add-engine", progress))  # fmt: skip
 
 
-#: (the pack's reader, its manifest) -> the new variants and their members
-MakeVariants = Callable[[PackReader, Manifest], tuple[list[Variant], dict[str, Source]]]
+#: (the pack's reader, the entry point's manifest, the whole manifest) -> the new variants
+#: and their members
+MakeVariants = Callable[[PackReader, Manifest, Manifest], tuple[list[Variant], dict[str, Source]]]
 
 
 def add_variants(
@@ -71,10 +76,17 @@ def add_variants(
     out: PathLike | None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    entry_point: str | None = None,
 ) -> PackInfo:
     """``pack`` with the variants ``make`` gives, written atomically to ``out`` (default: in
     place); the other members copied byte for byte. What ``add_engine`` and ``build`` share.
-    An existing ``out`` that is not ``pack`` is replaced only with ``overwrite``."""
+    An existing ``out`` that is not ``pack`` is replaced only with ``overwrite``.
+
+    ``entry_point`` (format 1.4): the entry point the variants belong to (default: the default
+    one). ``make`` gets that entry point's manifest; the variants of another entry point keep
+    their members under ``entry_points/<name>/``. An entry point the manifest declares as
+    writing state in place is refused: its state lives in tensors the other entry points'
+    programs read, which an engine cannot share, so the loader would never run the engine."""
     target_path = Path(out) if out is not None else Path(pack)
     refuse_existing(pack, out, overwrite)
     # held from before the read until after the rename: a second add_engine waits, never
@@ -82,10 +94,28 @@ def add_variants(
     bar = progress or Progress("add-engine", False)
     with bar, pack_lock(target_path), open_pack(pack) as (reader, info):
         m = info.manifest
+        name = m.default_entry_point if entry_point is None else entry_point
+        entry = m.entry(name)  # an unknown name: ManifestError naming the entry points
+        use = m.state.entry_points.get(name) if m.state is not None else None
+        if use is not None and use.mutates:
+            raise EngineError(
+                f"{info.path}: entry point {name!r} writes state in place "
+                f"({', '.join(use.mutates)}), which the other entry points read; an engine "
+                "cannot share it, so the pack runs this entry point's ExportedProgram. Engines "
+                "fit its stateless entry points only",
+                field="entry_point", got=name,
+            )  # fmt: skip
+        # every entry point and the state carried over: an edit of one keeps the others
         parts = PackParts(m.interface, {n: reader.slice(n) for n in m.members}, m.program,
-                          m.engines, dict(m.metadata), m.producer, samples=m.samples)  # fmt: skip
-        new_variants, new_members = make(reader, m)
-        parts = parts.with_variants(new_variants, new_members, where=str(info.path))
+                          m.engines, dict(m.metadata), m.producer, samples=m.samples,
+                          entry_point=m.entry_point, entry_points=m.entry_points,
+                          state=m.state)  # fmt: skip
+        new_variants, new_members = make(reader, entry, m)
+        if name != m.default_entry_point:
+            new_variants = [_relocated(v, f"entry_points/{name}/", new_members)
+                            for v in new_variants]  # fmt: skip
+        parts = parts.with_variants(new_variants, new_members, where=str(info.path),
+                                    entry_point=name)  # fmt: skip
         # written while the source is open; members are copied from it as they are written
         return write(parts, target_path, overwrite=True, progress=bar)
 
@@ -188,7 +218,17 @@ def _variants_from_pack(
 
 def _renamed(v: Variant, name: str, members: dict[str, Source]) -> Variant:
     """``v`` under another name: its members move to ``engines/<name>/``."""
-    old, new = f"engines/{v.name}/", f"engines/{name}/"
+    return _moved(v, name, f"engines/{v.name}/", f"engines/{name}/", members)
+
+
+def _relocated(v: Variant, folder: str, members: dict[str, Source]) -> Variant:
+    """``v`` of another entry point: its members move from ``engines/`` to
+    ``<folder>engines/`` (``entry_points/<name>/engines/``)."""
+    return _moved(v, v.name, "engines/", f"{folder}engines/", members)
+
+
+def _moved(v: Variant, name: str, old: str, new: str, members: dict[str, Source]) -> Variant:
+    """``v`` named ``name``, its members under ``old`` moved to ``new`` (in ``members`` too)."""
 
     def move(member: str) -> str:
         if not member.startswith(old):

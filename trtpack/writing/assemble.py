@@ -27,6 +27,7 @@ from ..format.container import (
     write_pack,
 )
 from ..format.manifest import (
+    DEFAULT_ENTRY_POINT,
     FORMAT_VERSION,
     EntryPoint,
     Interface,
@@ -65,10 +66,24 @@ class PackParts:
     state: State | None = None
 
     def with_variants(
-        self, variants: Sequence[Variant], members: Mapping[str, Source], *, where: str
+        self,
+        variants: Sequence[Variant],
+        members: Mapping[str, Source],
+        *,
+        where: str,
+        entry_point: str | None = None,
     ) -> PackParts:
-        """These parts with more engine variants (their names and members must be new)."""
-        taken = {v.name for v in self.engines}
+        """These parts with more engine variants (their names and members must be new), of
+        the default entry point, or of ``entry_point`` (format 1.4: another one's)."""
+        other = None
+        if entry_point is not None and entry_point != (self.entry_point or DEFAULT_ENTRY_POINT):
+            other = (self.entry_points or {}).get(entry_point)
+            if other is None:
+                raise EngineError(
+                    f"{where} has no entry point {entry_point!r}", field="entry_point",
+                    got=entry_point,
+                )  # fmt: skip
+        taken = {v.name for v in (self.engines if other is None else other.engines)}
         for v in variants:
             if v.name in taken:
                 raise EngineError(
@@ -79,6 +94,13 @@ class PackParts:
         clash = sorted(set(members) & set(self.members))
         if clash:
             raise EngineError(f"members {clash} already exist in {where}")
+        if other is not None:
+            assert entry_point is not None and self.entry_points is not None
+            entry = dataclasses.replace(other, engines=other.engines + tuple(variants))
+            return dataclasses.replace(
+                self, entry_points={**self.entry_points, entry_point: entry},
+                members={**self.members, **members},
+            )  # fmt: skip
         return dataclasses.replace(
             self, engines=self.engines + tuple(variants), members={**self.members, **members}
         )

@@ -44,6 +44,7 @@ def build(
     ranges: Mapping[str, RangeLike] | None = None,
     overwrite: bool = False,
     progress: ProgressArg = None,
+    entry_point: str | None = None,
 ) -> PackInfo:
     """Build a TensorRT-RTX engine of the pack's program for the GPUs ``targets`` names
     (compute capabilities: ``("8.6", "8.9", "12.0")`` or ``"8.6,8.9"``) and add it to ``pack``
@@ -60,7 +61,9 @@ def build(
     an unbounded symbol, a dynamic int input, a dtype TensorRT-RTX lacks, ops the ONNX
     exporter or TensorRT-RTX's parser cannot take (their errors are in the message).
     ``progress``: as for ``save`` (``trtpack.format.progress``): the steps (load the program,
-    export ONNX and build the engine), then the bytes written.
+    export ONNX and build the engine), then the bytes written. ``entry_point``: a multi-entry
+    pack's entry point to build (default: the default one); one that writes state in place is
+    refused, saying why (``add_engine``'s rule).
     """
     bar = Progress("build", progress)
     from ..engines.build import build_plan, check_targets
@@ -68,7 +71,9 @@ def build(
     ccs = parse_targets(targets)
     check_targets(ccs)
 
-    def make(reader: PackReader, m: Manifest) -> tuple[list[Variant], dict[str, Source]]:
+    def make(
+        reader: PackReader, m: Manifest, whole: Manifest
+    ) -> tuple[list[Variant], dict[str, Source]]:
         where = str(reader.path)
         iface = engine_interface(m, ranges, where=where)
         names = [o.name for o in m.outputs]
@@ -84,7 +89,7 @@ def build(
                 got=name,
             )
         bar.step("load the program")
-        ep = _program(reader, m)
+        ep = _program(reader, m, whole)
         # the pack's mapped weights leave memory once exported: peak RSS 6.1x -> 5.1x the
         # weights (measured on a 256 MiB MLP), the builder alone takes ~3.3x
         built = build_plan(ep, inputs, outputs, ccs, where=where, progress=bar,
@@ -105,7 +110,8 @@ def build(
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out, overwrite=overwrite, progress=bar)
+    return add_variants(pack, make, out=out, overwrite=overwrite, progress=bar,
+                        entry_point=entry_point)  # fmt: skip
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:
@@ -196,11 +202,25 @@ def engine_interface(
     return iface
 
 
-def _program(reader: PackReader, m: Manifest) -> Any:
-    """The pack's ExportedProgram, its members checked against their SHA-256 first."""
+def _program(reader: PackReader, m: Manifest, whole: Manifest) -> Any:
+    """The entry point's ExportedProgram (``m``: its manifest; ``whole``: the pack's), its
+    members checked against their SHA-256 first. Another entry point's program references the
+    default program's tensors (format 1.4), which are loaded for it."""
+    from ..program.serialize import _rebuild_state, _weights_buffer
+
     assert m.program is not None
-    for name in (m.program.graph, m.program.weights):
-        reader.verify(name, m.members[name])
+    refs = [m.program]
+    if whole.program is not None and whole.program != m.program:
+        refs.append(whole.program)
+    for ref in refs:
+        for name in (ref.graph, ref.weights):
+            reader.verify(name, m.members[name])
+    shared = {}
+    if len(refs) > 1:
+        default = refs[1].weights
+        state_dict, constants = _rebuild_state(_weights_buffer(reader, default, None, True),
+                                               default, None)  # fmt: skip
+        shared[default] = {**state_dict, **constants}
     # the file's map, not a copy of its own: read once by the ONNX export, then released
     # (reader.release_pages) before the builder runs
-    return load_program(reader, m, mmap=True)
+    return load_program(reader, m, mmap=True, shared=shared)

@@ -41,16 +41,20 @@ def remove_engine(
     *,
     out: PathLike | None = None,
     overwrite: bool = False,
+    entry_point: str | None = None,
 ) -> PackInfo:
     """``pack`` without engine variant ``variant`` and the members only it used, written
     atomically to ``out`` (default: in place; an existing ``out`` other than ``pack`` is
     replaced only with ``overwrite=True``). EngineError names the variants if it has none of
-    that name."""
+    that name. ``entry_point`` (format 1.4): the entry point the variant belongs to (default:
+    the default one); the other entry points and the state are kept."""
     target = Path(out) if out is not None else Path(pack)
     refuse_existing(pack, out, overwrite)
     # the lock held from before the read until after the rename, as add_engine holds it
     with pack_lock(target), open_pack(pack) as (reader, info):
-        m = info.manifest
+        whole = info.manifest
+        name = whole.default_entry_point if entry_point is None else entry_point
+        m = whole.entry(name)  # an unknown name: ManifestError naming the entry points
         names = [v.name for v in m.engines]
         if variant not in names:
             raise EngineError(
@@ -66,6 +70,14 @@ def remove_engine(
             still_used |= {m.program.graph, m.program.weights}
         if m.samples is not None:
             still_used.add(m.samples.member)
+        for other in whole.entry_point_names:  # what the other entry points use stays
+            if other != name:
+                o = whole.entry(other)
+                still_used |= set().union(*(_members_of(v) for v in o.engines))
+                if o.program is not None:
+                    still_used |= {o.program.graph, o.program.weights}
+                if o.samples is not None:
+                    still_used.add(o.samples.member)
         gone = _members_of(next(v for v in m.engines if v.name == variant)) - still_used
         if m.program is None and not kept:
             raise EngineError(
@@ -79,6 +91,15 @@ def remove_engine(
             tolerances = {k: t for k, t in samples.variants.items() if k != variant}
             samples = dataclasses.replace(samples, variants=tolerances)
         members = {n: reader.slice(n) for n in m.members if n not in gone}
-        parts = PackParts(m.interface, members, m.program, kept, dict(m.metadata), m.producer,
-                          samples=samples)  # fmt: skip
+        top, entry_points = whole, whole.entry_points
+        if name != whole.default_entry_point:  # another entry point's variant
+            assert entry_points is not None
+            entry = dataclasses.replace(entry_points[name], engines=kept, samples=samples)
+            entry_points = {**entry_points, name: entry}
+        else:
+            top = dataclasses.replace(whole, engines=kept, samples=samples)
+        # every entry point and the state carried over: an edit of one keeps the others
+        parts = PackParts(top.interface, members, top.program, top.engines, dict(top.metadata),
+                          top.producer, samples=top.samples, entry_point=top.entry_point,
+                          entry_points=entry_points, state=top.state)  # fmt: skip
         return write(parts, target, overwrite=True)

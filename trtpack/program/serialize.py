@@ -571,6 +571,7 @@ def deserialize_program(
             f"the program, written with export schema "
             f"{ref.serde_schema[0]}.{ref.serde_schema[1]}: {type(e).__name__}: {e}"
         ) from e
+    _export_order(ep)
     if device is not None and device.type != "cpu":
         from torch.export.passes import move_to_device_pass
 
@@ -581,6 +582,33 @@ def deserialize_program(
     # saving this program again keeps the opts its manifest chose (see derive_interface)
     ep.graph_module.meta[LOADED_FROM_KEY] = manifest.interface
     return ep
+
+
+def _export_order(ep: ExportedProgram) -> None:
+    """``ep.state_dict`` and ``ep.constants`` in the order torch.export made them (the order
+    ``torch.export.load`` gives back, which users see iterating them), not the weights
+    member's sorted one: the state dict in the signature's order, the constants as export
+    builds them (lifted constants, then non-persistent buffers, each in the signature's
+    order). Names the signature does not list (an engine variant's engines) keep their place
+    after those."""
+    from torch.export.graph_signature import InputKind
+
+    specs = ep.graph_signature.input_specs
+    order = {
+        "state_dict": [s.target for s in specs if s.kind == InputKind.PARAMETER
+                       or (s.kind == InputKind.BUFFER and s.persistent)],
+        "constants": [
+            *(s.target for s in specs if s.kind in (InputKind.CONSTANT_TENSOR,
+                                                    InputKind.CUSTOM_OBJ)),
+            *(s.target for s in specs if s.kind == InputKind.BUFFER and not s.persistent),
+        ],
+    }  # fmt: skip
+    for table, names in ((ep.state_dict, order["state_dict"]), (ep.constants, order["constants"])):
+        ordered = {n: table[n] for n in names if n in table}
+        ordered.update((k, v) for k, v in table.items() if k not in ordered)
+        # in place: the program holds these dicts (no private attribute is touched)
+        table.clear()
+        table.update(ordered)
 
 
 #: example inputs larger than this many elements in all are zero-stride views of one zero:

@@ -499,7 +499,10 @@ def _two_entries() -> tuple[_Step, dict]:
     torch.manual_seed(0)
     step = _Step()
     x = torch.randn(2, 4)
-    return step, {"step": torch.export.export(step, (x,)), "peek": torch.export.export(_Peek(step), (x,))}
+    return step, {
+        "step": torch.export.export(step, (x,)),
+        "peek": torch.export.export(_Peek(step), (x,)),
+    }
 
 
 def test_every_entry_point_has_its_samples_checked_from_the_saved_state(tmp_path, capsys):

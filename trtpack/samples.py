@@ -270,27 +270,25 @@ def sample_members(
     variant_tolerances: Mapping[str, Tolerance] | None = None,
     max_bytes: int | None = None,
     member: str = MEMBER,
-    reset: bool = False,
+    reset: Sequence[str] = (),
 ) -> tuple[dict[str, Chunks], Samples]:
     """The samples member (inputs and the program's outputs on the CPU) and its manifest
     entry. Each call is checked against the interface first; drawn calls' inputs take at
-    most ``max_bytes`` together (see ``_leaves_of_calls``). ``reset``: the tensors the
-    program writes in place (a KV cache) are put back to their saved values before each
-    call, and after the last (a multi-entry pack's samples run from the saved state, as
+    most ``max_bytes`` together (see ``_leaves_of_calls``). ``reset``: the tensors (by
+    name) the program writes in place (a KV cache), put back to their saved values before
+    each call, and after the last (a multi-entry pack's samples run from the saved state, as
     ``check`` runs them after ``reset_state()``)."""
     import functools
 
     import torch.utils._pytree as pytree
 
     from .program.serialize import runnable, safetensors_chunks
-    from .writing.entry_points import module_state
 
     calls = _leaves_of_calls(ep, iface, samples, seed, max_bytes)
     module = runnable(ep)
     # the module's tensors are the program's (ep.module() shares them): restoring them after
     # the last call also leaves the caller's program as it was given
-    written = sorted(module_state(module) or ()) if reset else []
-    state = {n: functools.reduce(getattr, n.split("."), module) for n in written}
+    state: dict[str, Any] = {n: functools.reduce(getattr, n.split("."), module) for n in reset}
     saved = {n: t.detach().clone() for n, t in state.items()}
     tensors: dict[str, torch.Tensor] = {}
     for i, leaves in enumerate(calls):

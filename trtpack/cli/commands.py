@@ -306,8 +306,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         worst = ", ".join(f"{k} {v:.3g}" for k, v in report.worst().items()) or "no tensor outputs"
         tol = report.tolerance
         of = f"  entry point {name}:" if multi else ""
-        lines.append(f"OK  {args.pack}{of}  {report.samples} reference sample(s) on {where} "
-                     f"within atol {tol.atol:g} rtol {tol.rtol:g}; max |error|: {worst}")  # fmt: skip
+        lines.append(f"OK  {args.pack}{of}  {report.samples} reference sample(s) on "
+                     f"{where} within atol {tol.atol:g} rtol {tol.rtol:g}; max |error|: "
+                     f"{worst}")  # fmt: skip
     # one program (or --entry-point): its report as before; several: one per entry point
     data = (next(iter(reports.values())).to_dict() if names or not multi
             else {"entry_points": {n: r.to_dict() for n, r in reports.items()}})  # fmt: skip

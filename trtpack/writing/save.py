@@ -107,6 +107,8 @@ def save(
                 "samples= needs the ExportedProgram to compute the reference outputs: pass "
                 "source= (the program the module was compiled from)"
             )
+        if isinstance(samples, Mapping):  # {entry point: ...} is for a dict of programs
+            raise ArgumentTypeError("samples", "a count or a list of (args, kwargs) calls", samples)
         bar.step("compute the reference samples")
         parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
@@ -141,7 +143,8 @@ def _save_entry_points(
     for name, spec in per_entry.items():
         # each entry point's samples run from the saved state (reset before each call), the
         # state ``check`` resets to; they are stored beside its other members
-        reset = parts.state is not None
+        use = parts.state.entry_points.get(name) if parts.state is not None else None
+        reset = use.mutates if use is not None else ()
         if name == parts.entry_point:
             _with_samples(parts, checked[name], spec, tolerances or {}, max_sample_bytes,
                           reset=reset)  # fmt: skip
@@ -184,7 +187,7 @@ def _with_samples(
     max_sample_bytes: int | None = None,
     *,
     member: str | None = None,
-    reset: bool = False,
+    reset: Sequence[str] = (),
 ) -> PackParts:
     from ..samples import MEMBER, sample_members
 

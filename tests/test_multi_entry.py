@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import trtpack
-from trtpack.errors import ManifestError, TrtpackError
+from trtpack.errors import ManifestError, SampleMismatchError, TrtpackError
 from trtpack.format.weights import parse_safetensors
 
 pytest.importorskip("transformers")
@@ -125,8 +126,8 @@ def test_entry_point_rules():
         trtpack.save({"prefill": programs["prefill"], "decode": other["decode"]}, "/dev/null")
     with pytest.raises(TrtpackError, match="identifier"):
         trtpack.save({"pre fill": programs["prefill"]}, "/dev/null")
-    with pytest.raises(TrtpackError, match="samples"):
-        trtpack.save(programs, "/dev/null", samples=2)
+    with pytest.raises(TrtpackError, match="output_names"):
+        trtpack.save(programs, "/dev/null", output_names=["logits"])
 
 
 @pytest.mark.parametrize("version", ["v1.0", "v1.3", "v1.4"])
@@ -464,3 +465,113 @@ def test_t5_weights_are_stored_once_and_shared(t5_pack):
     assert "model.shared.weight" in shared
     for name in shared:
         assert pack["encoder"]._program.tensors[name] is pack["decoder"]._program.tensors[name]
+
+
+# --- per-entry-point reference samples (issue 24): a small two-entry model, fast ----------
+
+
+class _Step(torch.nn.Module):
+    """Adds the batch's sum to a running buffer (state written in place), then reads it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.register_buffer("acc", torch.zeros(4))
+
+    def forward(self, x):
+        self.acc.add_(x.sum(0))
+        return self.lin(x) + self.acc
+
+
+class _Peek(torch.nn.Module):
+    """The same Linear and buffer (the same tensors): reads the state, writes nothing."""
+
+    def __init__(self, step: _Step) -> None:
+        super().__init__()
+        self.lin = step.lin
+        self.register_buffer("acc", step.acc)
+
+    def forward(self, x):
+        return self.lin(x) * 2 + self.acc
+
+
+def _two_entries() -> tuple[_Step, dict]:
+    torch.manual_seed(0)
+    step = _Step()
+    x = torch.randn(2, 4)
+    return step, {
+        "step": torch.export.export(step, (x,)),
+        "peek": torch.export.export(_Peek(step), (x,)),
+    }
+
+
+def test_every_entry_point_has_its_samples_checked_from_the_saved_state(tmp_path, capsys):
+    from trtpack.cli import main as cli
+    from trtpack.samples import check_entry_points
+
+    step, programs = _two_entries()
+    path = tmp_path / "two.trtpack"
+    trtpack.save(programs, path, samples=3)
+    assert torch.equal(step.acc, torch.zeros(4))  # the caller's state is as it was given
+    m = trtpack.inspect(path).manifest
+    assert m.samples.member == "samples/samples.safetensors" and m.samples.count == 3
+    peek = m.entry_points["peek"].samples
+    assert peek.member == "entry_points/peek/samples.safetensors" and peek.count == 3
+    with zipfile.ZipFile(path) as z:  # stored where the entry point's other members are
+        assert {"samples/samples.safetensors", peek.member} <= set(z.namelist())
+        stored = safetensors.torch.load(z.read("samples/samples.safetensors"))
+    # every sample of the stateful entry point ran from the saved (zero) state
+    with torch.no_grad():
+        for i in range(3):
+            x = stored[f"sample{i}/input/x"]
+            want = step.lin(x) + x.sum(0)
+            assert torch.allclose(stored[f"sample{i}/output/output"], want, atol=1e-6), i
+    pack = trtpack.load(path, device="cpu", check=True)
+    assert pack.check_report.samples == 3 and pack["peek"].check_report.samples == 3
+    # calls change the state; a check resets it before each sample and leaves it as saved
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        pack["step"](x)
+        pack["step"](x)
+    reports = check_entry_points(pack)
+    assert sorted(reports) == ["peek", "step"] and all(r.passed for r in reports.values())
+    with torch.no_grad():
+        assert torch.allclose(pack["peek"](x), step.lin(x) * 2)  # acc back to zero
+    # a broken weight (shared by both) fails the check, naming the entry point
+    pack["peek"]._program.tensors["lin.weight"].data.add_(1.0)
+    with pytest.raises(SampleMismatchError, match="entry point 'peek'") as e:
+        check_entry_points(pack, ["peek"])
+    assert e.value.entry_point == "peek"
+    # the command: every entry point, or the one named
+    assert cli(["check", str(path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "entry point peek:" in out and "entry point step:" in out
+    assert cli(["check", str(path), "--device", "cpu", "--json"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["entry_points"]) == ["peek", "step"]
+    assert cli(["check", str(path), "--device", "cpu", "--entry-point", "step", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 3
+    assert cli(["check", str(path), "--device", "cpu", "--entry-point", "nope"]) == 1
+    assert "no entry point 'nope'" in capsys.readouterr().err
+
+
+def test_samples_per_entry_point_as_a_dict(tmp_path, capsys):
+    from trtpack.cli import main as cli
+
+    _, programs = _two_entries()
+    path = tmp_path / "peek.trtpack"
+    calls = [((torch.ones(2, 4),), {})]
+    trtpack.save(programs, path, samples={"peek": calls}, tolerances={"program": (1e-4, 1e-4)})
+    m = trtpack.inspect(path).manifest
+    assert m.samples is None and m.entry_points["peek"].samples.count == 1
+    assert m.entry_points["peek"].samples.tolerance.atol == 1e-4
+    pack = trtpack.load(path, device="cpu", check=True)
+    assert pack.check_report is None and pack["peek"].check_report.passed
+    assert cli(["check", str(path), "--device", "cpu", "--entry-point", "step"]) == 1
+    assert "no reference samples for entry point 'step'" in capsys.readouterr().err
+    with pytest.raises(TrtpackError, match="not entry points"):
+        trtpack.save(programs, tmp_path / "x.trtpack", samples={"pek": 1})
+    with pytest.raises(TypeError, match="samples"):
+        trtpack.save(programs, tmp_path / "x.trtpack", samples=calls)  # whose interface?
+    with pytest.raises(TrtpackError, match="give samples too"):
+        trtpack.save(programs, tmp_path / "x.trtpack", tolerances={"program": (1, 1)})
+    assert not (tmp_path / "x.trtpack").exists()

@@ -136,15 +136,18 @@ class NoUsableEngineError(EngineError):
 
 class SampleMismatchError(TrtpackError):
     """A reference sample's output, run on this machine's backend, is outside its tolerance
-    (``sample``, ``output``, ``error``: the largest absolute error, ``tolerance``)."""
+    (``sample``, ``output``, ``error``: the largest absolute error, ``tolerance``;
+    ``entry_point``: in a multi-entry pack, the entry point whose sample it is)."""
 
     def __init__(self, *, sample: int, output: str, error: float, tolerance: object,
-                 detail: str | None = None, report: object = None) -> None:  # fmt: skip
+                 detail: str | None = None, report: object = None,
+                 entry_point: str | None = None) -> None:  # fmt: skip
         self.sample, self.output, self.error = sample, output, error
-        self.tolerance, self.report = tolerance, report
+        self.tolerance, self.report, self.entry_point = tolerance, report, entry_point
         atol, rtol = getattr(tolerance, "atol", None), getattr(tolerance, "rtol", None)
         what = detail or f"max |error| {error:.3g} exceeds atol {atol} + rtol {rtol} * |expected|"
-        super().__init__(f"reference sample {sample}, output {output!r}: {what}")
+        where = f"entry point {entry_point!r}: " if entry_point is not None else ""
+        super().__init__(f"{where}reference sample {sample}, output {output!r}: {what}")
 
 
 class SampleTooLargeError(TrtpackError):

@@ -405,7 +405,8 @@ def load(
 
     ``check``: run the pack's reference samples (``save(..., samples=)``) on the backend just
     loaded and raise SampleMismatchError if an output is outside its tolerance; the report is
-    ``pack.check_report``.
+    ``pack.check_report``. A multi-entry pack: every entry point that has samples, each from
+    the saved state, its report ``pack[name].check_report``.
 
     ``mmap``: on the CPU, let the weights view a private copy-on-write map of the file
     instead of memory of their own (the default reads them once, which is what is hashed):
@@ -428,10 +429,10 @@ def load(
     )  # fmt: skip
     pack = _load(path, device=device, **options)
     pack.load_options = {**options, "check": check}
-    if check:
-        from .samples import check as check_samples
+    if check:  # every entry point's samples (each report is that entry point's check_report)
+        from .samples import check_entry_points
 
-        pack.check_report = check_samples(pack)
+        check_entry_points(pack)
     return pack
 
 

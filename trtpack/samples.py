@@ -269,20 +269,33 @@ def sample_members(
     variants: Sequence[Variant] = (),
     variant_tolerances: Mapping[str, Tolerance] | None = None,
     max_bytes: int | None = None,
+    member: str = MEMBER,
+    reset: Sequence[str] = (),
 ) -> tuple[dict[str, Chunks], Samples]:
     """The samples member (inputs and the program's outputs on the CPU) and its manifest
     entry. Each call is checked against the interface first; drawn calls' inputs take at
-    most ``max_bytes`` together (see ``_leaves_of_calls``)."""
+    most ``max_bytes`` together (see ``_leaves_of_calls``). ``reset``: the tensors (by
+    name) the program writes in place (a KV cache), put back to their saved values before
+    each call, and after the last (a multi-entry pack's samples run from the saved state, as
+    ``check`` runs them after ``reset_state()``)."""
+    import functools
+
     import torch.utils._pytree as pytree
 
     from .program.serialize import runnable, safetensors_chunks
 
     calls = _leaves_of_calls(ep, iface, samples, seed, max_bytes)
     module = runnable(ep)
+    # the module's tensors are the program's (ep.module() shares them): restoring them after
+    # the last call also leaves the caller's program as it was given
+    state: dict[str, Any] = {n: functools.reduce(getattr, n.split("."), module) for n in reset}
+    saved = {n: t.detach().clone() for n, t in state.items()}
     tensors: dict[str, torch.Tensor] = {}
     for i, leaves in enumerate(calls):
         args, kwargs = pytree.tree_unflatten(leaves, ep.call_spec.in_spec)
         with torch.inference_mode():
+            for n, t in state.items():
+                t.copy_(saved[n])
             outputs = pytree.tree_leaves(module(*args, **kwargs))
         for spec, value in zip(iface.inputs, leaves):
             if isinstance(value, torch.Tensor):
@@ -295,10 +308,13 @@ def sample_members(
     chosen = dict(variant_tolerances or {})
     for v in variants:
         chosen.setdefault(v.name, variant_tolerance(v))
+    with torch.inference_mode():
+        for n, t in state.items():
+            t.copy_(saved[n])
     entry = Samples(
-        MEMBER, len(calls), tolerance or PROGRAM_TOLERANCE, dict(sorted(chosen.items()))
+        member, len(calls), tolerance or PROGRAM_TOLERANCE, dict(sorted(chosen.items()))
     )
-    return {MEMBER: safetensors_chunks(tensors, {"trtpack": "samples"})}, entry
+    return {member: safetensors_chunks(tensors, {"trtpack": "samples"})}, entry
 
 
 # --- at check: the member -> calls -> the loaded pack's outputs, compared ---------------------
@@ -345,15 +361,40 @@ def read_samples(reader: PackReader, samples: Samples) -> dict[str, torch.Tensor
     return tensors
 
 
+def check_entry_points(pack: Any, names: Sequence[str] | None = None) -> dict[str, CheckReport]:
+    """Check the reference samples of every entry point that has some (``names``: these,
+    each of which must have some); each entry point's report is also its ``check_report``.
+    A pack of one program: its own check. Raises SampleMismatchError naming the entry point."""
+    if names is None:
+        names = [n for n in pack.entry_points if pack[n].manifest.samples is not None]
+        if not names:  # none has any: the single-program error, naming the pack
+            names = [pack.manifest.default_entry_point]
+    reports: dict[str, CheckReport] = {}
+    for name in names:
+        entry = pack[name]
+        entry.check_report = reports[name] = check(entry)
+    return reports
+
+
 def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> CheckReport:
     """Run a loaded pack's reference samples on its backend; compare with the stored outputs
-    at the backend's tolerance. Raises SampleMismatchError naming the worst output."""
+    at the backend's tolerance. Raises SampleMismatchError naming the worst output.
+
+    An entry point of a pack that declares state (format 1.4) runs each sample from the
+    saved state, as ``save`` computed it: ``reset_state()`` before each sample and after
+    the last (the check leaves the state as loaded, whatever calls came before it)."""
     import torch.utils._pytree as pytree
 
     manifest = pack.manifest
     samples: Samples | None = manifest.samples
+    multi = manifest.entry_point is not None or len(pack.entry_points) > 1
+    name = manifest.default_entry_point if multi else None
     if samples is None:
-        raise TrtpackError(f"{pack.info.path} holds no reference samples (save it with samples=)")
+        of = f" for entry point {name!r}" if name is not None else ""
+        raise TrtpackError(
+            f"{pack.info.path} holds no reference samples{of} (save it with samples=)"
+        )
+    stateful = manifest.state is not None
     if tensors is None:
         from .format.container import PackReader as Reader
 
@@ -363,39 +404,47 @@ def check(pack: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> Check
             tensors = read_samples(reader, samples)
     tolerance = samples.tolerance_of(pack.variant if pack.backend != "exported_program" else None)
     report = CheckReport(pack.backend, pack.variant, tolerance, samples.count)
-    for i in range(samples.count):
-        leaves: list[Any] = []
-        for spec in manifest.inputs:
-            stored = tensors.get(f"sample{i}/input/{spec.name}")
-            if spec.is_tensor:
-                if stored is None:
-                    raise TrtpackError(f"sample {i} lacks input {spec.name!r}")
-                leaves.append(stored.to(pack.device))
-            elif spec.symbol is not None and stored is not None:
-                leaves.append(int(stored))
-            else:
-                leaves.append(spec.value)
-        args, kwargs = pack.call_of(leaves)
-        with torch.inference_mode():  # compared, never kept
-            got = pytree.tree_leaves(pack(*args, **kwargs))
-        for spec, value in zip(manifest.outputs, got):
-            want = tensors.get(f"sample{i}/output/{spec.name}")
-            if want is None or not isinstance(value, torch.Tensor):
-                continue
-            g, w = value.detach().cpu().double(), want.double()
-            if g.shape != w.shape:
-                shapes = f"shape {list(g.shape)}, stored {list(w.shape)}"
-                raise SampleMismatchError(sample=i, output=spec.name, error=float("inf"),
-                                          tolerance=tolerance, detail=shapes)  # fmt: skip
-            diff = (g - w).abs()
-            excess = diff - (tolerance.atol + tolerance.rtol * w.abs())
-            report.errors.append(OutputError(
-                i, spec.name, float(diff.max()) if diff.numel() else 0.0,
-                float(excess.max()) if excess.numel() else -1.0,
-            ))  # fmt: skip
+    try:
+        for i in range(samples.count):
+            leaves: list[Any] = []
+            for spec in manifest.inputs:
+                stored = tensors.get(f"sample{i}/input/{spec.name}")
+                if spec.is_tensor:
+                    if stored is None:
+                        raise TrtpackError(f"sample {i} lacks input {spec.name!r}")
+                    leaves.append(stored.to(pack.device))
+                elif spec.symbol is not None and stored is not None:
+                    leaves.append(int(stored))
+                else:
+                    leaves.append(spec.value)
+            args, kwargs = pack.call_of(leaves)
+            if stateful:
+                pack.reset_state()
+            with torch.inference_mode():  # compared, never kept
+                got = pytree.tree_leaves(pack(*args, **kwargs))
+            for spec, value in zip(manifest.outputs, got):
+                want = tensors.get(f"sample{i}/output/{spec.name}")
+                if want is None or not isinstance(value, torch.Tensor):
+                    continue
+                g, w = value.detach().cpu().double(), want.double()
+                if g.shape != w.shape:
+                    shapes = f"shape {list(g.shape)}, stored {list(w.shape)}"
+                    raise SampleMismatchError(sample=i, output=spec.name, error=float("inf"),
+                                              tolerance=tolerance, detail=shapes,
+                                              entry_point=name)  # fmt: skip
+                diff = (g - w).abs()
+                excess = diff - (tolerance.atol + tolerance.rtol * w.abs())
+                report.errors.append(OutputError(
+                    i, spec.name, float(diff.max()) if diff.numel() else 0.0,
+                    float(excess.max()) if excess.numel() else -1.0,
+                ))  # fmt: skip
+    finally:  # the state as loaded, also after a mismatch
+        if stateful:
+            pack.reset_state()
     bad = [e for e in report.errors if e.worst_excess > 0]
     if bad:
         e = max(bad, key=lambda e: e.worst_excess)
         raise SampleMismatchError(sample=e.sample, output=e.output, error=e.max_abs_error,
-                                  tolerance=tolerance, report=report)  # fmt: skip
+                                  tolerance=tolerance, report=report,
+                                  entry_point=name)  # fmt: skip
     return report

@@ -284,24 +284,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from ..errors import SampleMismatchError
     from ..runtime import load
-    from ..samples import check
+    from ..samples import check_entry_points
 
     # a named variant must run here: checking the program instead would be a false pass
     pack = load(args.pack, device=args.device, variant=args.variant,
                 require_engine=args.variant is not None,
                 allow_ops=args.allow_op or ())  # fmt: skip
+    names = [args.entry_point] if args.entry_point else None
+    if names:
+        pack[args.entry_point]  # ManifestError naming the entry points if it has none such
+    multi = len(pack.entry_points) > 1
     try:
-        report = check(pack)
+        reports = check_entry_points(pack, names)
     except SampleMismatchError as e:
         if args.json and e.report is not None:
             sys.stdout.write(json.dumps(e.report.to_dict(), indent=2, sort_keys=True) + "\n")  # type: ignore[attr-defined]
         raise
-    where = f"{report.backend}" + (f" (variant {report.variant})" if report.variant else "")
-    worst = ", ".join(f"{k} {v:.3g}" for k, v in report.worst().items()) or "no tensor outputs"
-    tol = report.tolerance
-    line = (f"OK  {args.pack}  {report.samples} reference sample(s) on {where} within atol "
-            f"{tol.atol:g} rtol {tol.rtol:g}; max |error|: {worst}")  # fmt: skip
-    return _report(args, report.to_dict(), line)
+    lines = []
+    for name, report in reports.items():
+        where = f"{report.backend}" + (f" (variant {report.variant})" if report.variant else "")
+        worst = ", ".join(f"{k} {v:.3g}" for k, v in report.worst().items()) or "no tensor outputs"
+        tol = report.tolerance
+        of = f"  entry point {name}:" if multi else ""
+        lines.append(f"OK  {args.pack}{of}  {report.samples} reference sample(s) on "
+                     f"{where} within atol {tol.atol:g} rtol {tol.rtol:g}; max |error|: "
+                     f"{worst}")  # fmt: skip
+    # one program (or --entry-point): its report as before; several: one per entry point
+    data = (next(iter(reports.values())).to_dict() if names or not multi
+            else {"entry_points": {n: r.to_dict() for n, r in reports.items()}})  # fmt: skip
+    return _report(args, data, "\n".join(lines))
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -630,6 +641,9 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pack", help="a .trtpack saved with samples=")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the GPU if any)")
     p.add_argument("--variant", help="check this engine variant (exit 1 if it cannot run here)")
+    p.add_argument("--entry-point", metavar="NAME",
+                   help="a multi-entry pack: check only this entry point's samples (default: "
+                   "every entry point that has samples)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _allow_op_argument(p)
 

@@ -9,6 +9,7 @@ pipeline:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ def save(
     variant: str | None = None,
     source: ExportedProgram | None = None,
     output_names: Sequence[str] | Mapping[str, str] | None = None,
-    samples: int | Sequence[Any] | None = None,
+    samples: int | Sequence[Any] | Mapping[str, int | Sequence[Any]] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
     max_sample_bytes: int | None = None,
     progress: ProgressArg = None,
@@ -66,7 +67,11 @@ def save(
 
     ``obj`` may be a dict ``{name: ExportedProgram}`` (format 1.4, docs/multi-entry.md): one
     pack of several entry points over one copy of the weights, the first the default; the
-    tensors they write in place (a KV cache) are declared and shared after load.
+    tensors they write in place (a KV cache) are declared and shared after load. There
+    ``samples`` is a count for every entry point, or ``{name: count or calls}`` for the entry
+    points named; each entry point's samples run from the saved state (an entry point that
+    writes state in place has it reset before each call, as ``check`` does after load);
+    ``tolerances`` ``{"program": ...}`` applies to every entry point.
     """
     bar = Progress("save", progress)  # checks its type before any work
     if isinstance(obj, Mapping):
@@ -102,6 +107,8 @@ def save(
                 "samples= needs the ExportedProgram to compute the reference outputs: pass "
                 "source= (the program the module was compiled from)"
             )
+        if isinstance(samples, Mapping):  # {entry point: ...} is for a dict of programs
+            raise ArgumentTypeError("samples", "a count or a list of (args, kwargs) calls", samples)
         bar.step("compute the reference samples")
         parts = _with_samples(parts, program, samples, tolerances or {}, max_sample_bytes)
     elif tolerances is not None:
@@ -116,17 +123,60 @@ def _save_entry_points(
 ) -> PackInfo:  # fmt: skip
     from .entry_points import check_programs, parts_of_programs
 
+    samples, tolerances = not_yet.pop("samples"), not_yet.pop("tolerances")
+    max_sample_bytes = not_yet.pop("max_sample_bytes")
     given = sorted(k for k, v in not_yet.items() if v is not None)
     if given:
         raise TrtpackError(
             f"{', '.join(given)}= do not apply to a multi-entry save yet (entry points are "
-            "saved as programs, with derived output names and no samples)"
+            "saved as programs, with derived output names)"
         )
+    checked = check_programs(programs)
+    per_entry = _samples_per_entry(checked, samples)
+    if tolerances is not None and not per_entry:
+        raise TrtpackError("tolerances= applies to samples=; give samples too")
     bar.step("describe the programs")
-    parts, _ = parts_of_programs(check_programs(programs), ranges=ranges)
+    parts, others = parts_of_programs(checked, ranges=ranges)
     parts.metadata = dict(metadata or {})
+    if per_entry:
+        bar.step("compute the reference samples")
+    for name, spec in per_entry.items():
+        # each entry point's samples run from the saved state (reset before each call), the
+        # state ``check`` resets to; they are stored beside its other members
+        use = parts.state.entry_points.get(name) if parts.state is not None else None
+        reset = use.mutates if use is not None else ()
+        if name == parts.entry_point:
+            _with_samples(parts, checked[name], spec, tolerances or {}, max_sample_bytes,
+                          reset=reset)  # fmt: skip
+            continue
+        entry = PackParts(others[name].interface, parts.members, others[name].program)
+        _with_samples(entry, checked[name], spec, tolerances or {}, max_sample_bytes,
+                      member=f"entry_points/{name}/samples.safetensors", reset=reset)  # fmt: skip
+        others[name] = dataclasses.replace(others[name], samples=entry.samples)
+    parts.entry_points = others or None
     with bar:
         return write(parts, path, overwrite=overwrite, progress=bar)
+
+
+def _samples_per_entry(programs: Mapping[str, ExportedProgram], samples: Any) -> dict[str, Any]:
+    """``samples=`` of a multi-entry save, per entry point: a count applies to every entry
+    point; a dict ``{name: count or calls}`` to the entry points it names (calls fit one
+    interface, so a bare list of calls would be ambiguous and is refused)."""
+    if samples is None:
+        return {}
+    if isinstance(samples, int) and not isinstance(samples, bool):
+        return dict.fromkeys(programs, samples)
+    if not isinstance(samples, Mapping):
+        raise ArgumentTypeError(
+            "samples", "a count (for every entry point) or a dict {entry point: count or "
+            "list of (args, kwargs) calls}", samples,
+        )  # fmt: skip
+    unknown = sorted(str(n) for n in samples if n not in programs)
+    if unknown:
+        raise TrtpackError(
+            f"samples= names {unknown}, which are not entry points ({list(programs)})"
+        )
+    return {n: samples[n] for n in programs if n in samples and samples[n] is not None}
 
 
 def _with_samples(
@@ -135,8 +185,11 @@ def _with_samples(
     samples: int | Sequence[Any],
     tolerances: Mapping[str, Tolerance | tuple[float, float]],
     max_sample_bytes: int | None = None,
+    *,
+    member: str | None = None,
+    reset: Sequence[str] = (),
 ) -> PackParts:
-    from ..samples import sample_members
+    from ..samples import MEMBER, sample_members
 
     chosen = {k: v if isinstance(v, Tolerance) else Tolerance(*map(float, v))
               for k, v in tolerances.items()}  # fmt: skip
@@ -149,6 +202,7 @@ def _with_samples(
     members, entry = sample_members(
         program, parts.interface, samples, tolerance=chosen.pop("program", None),
         variants=parts.engines, variant_tolerances=chosen, max_bytes=max_sample_bytes,
+        member=member or MEMBER, reset=reset,
     )  # fmt: skip
     parts.members.update(members)
     parts.samples = entry

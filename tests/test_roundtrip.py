@@ -160,8 +160,9 @@ def test_shapes_spec_assumptions_are_kept(tmp_path):
     """torch's experimental shapes API (torch.fx.experimental.dynamic_spec, issue 22.8):
     2.13 has the module but torch.export does not take a ShapesSpec (torch.compile does);
     2.14.1's export does, making B unbacked and recording ``B % 16 == 0`` as runtime asserts
-    in the graph and ``B >= 16`` as its range. The pack keeps both: the range in the
-    manifest, the assumption in the program it runs (the direct build included)."""
+    in the graph and ``B >= 16`` as its range. The pack keeps both as manifest facts: the
+    range on the symbol (named B, the ShapeVar's name), the assertions as guards, so a call
+    that breaks one is refused by the contract naming the input, before the program runs."""
     from torch.fx.experimental.dynamic_spec import ShapesSpec, ShapeVar, TensorSpec
 
     b = ShapeVar("B")
@@ -176,15 +177,29 @@ def test_shapes_spec_assumptions_are_kept(tmp_path):
     trtpack.save(ep, path)
     pack = trtpack.load(path, device="cpu")
     assert pack.fast_path_reason is None, pack.fast_path_reason
-    (symbol,) = trtpack.inspect(path).manifest.interface.symbols.values()
-    assert (symbol.min, symbol.max) == (16, None)
+    manifest = trtpack.inspect(path).manifest
+    assert list(manifest.symbols) == ["B"]
+    assert (manifest.symbols["B"].min, manifest.symbols["B"].max) == (16, None)
+    assert manifest.inputs[0].shape == ("B", 4)
+    guards = {g.source: g.expr for g in manifest.guards}
+    assert guards["Eq(Mod(u0, 16), 0)"] == "x.shape[0] % 16 == 0"
+    # the same facts by migrate of torch's own file
+    torch.export.save(ep, tmp_path / "blocks.pt2")
+    trtpack.migrate(tmp_path / "blocks.pt2", tmp_path / "migrated.trtpack")
+    migrated = trtpack.inspect(tmp_path / "migrated.trtpack").manifest
+    assert {g.source: g.expr for g in migrated.guards} == guards
     x = torch.randn(48, 4)
     assert torch.equal(pack(x), ep.module()(x))
-    for module in (ep.module(), pack):  # the assumption: torch's assert, in both
-        with pytest.raises(RuntimeError, match=r"Eq\(Mod\(u0, 16\), 0\)"):
-            module(torch.randn(40, 4))
+    with pytest.raises(RuntimeError, match=r"Eq\(Mod\(u0, 16\), 0\)"):
+        ep.module()(torch.randn(40, 4))  # torch: its runtime assertion, inside the program
+    with pytest.raises(trtpack.InputMismatchError, match=r"x.shape\[0\] % 16 == 0") as e:
+        pack(torch.randn(40, 4))
+    assert (e.value.input, e.value.dim) == ("x", 0)
     with pytest.raises(trtpack.InputMismatchError, match=r"outside the allowed range"):
         pack(torch.randn(8, 4))
+    from trtpack.reading import render
+
+    assert "x.shape[0] % 16 == 0" in render(trtpack.inspect(path))
 
 
 class _Compare(torch.nn.Module):

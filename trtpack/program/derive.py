@@ -325,7 +325,80 @@ class SerializedProgram:
         arg_names = self.call.get("forward_arg_names") or []
         names = guard_sources([(i.name, i.path) for i in inputs], arg_names)
         found = guards_from_torch(codes, names, inputs, where=f"{self.where}: guards_code")
-        return tuple(Guard(source=text, expr=expr) for text, expr in found)
+        guards = [Guard(source=text, expr=expr) for text, expr in found]
+        # the graph's runtime assertions over input sizes are preconditions too (torch
+        # 2.14's shapes API exports ``assumptions=[B % 16 == 0]`` only as such asserts): kept
+        # as guards, so a call that breaks one is refused by the contract with the input named
+        seen = {g.expr for g in guards if g.expr}
+        for message, text in self.input_assertions():
+            ((_, expr),) = guards_from_torch(
+                [text], names, inputs, where=f"{self.where}: {message}"
+            )
+            if expr is not None and expr not in seen:
+                seen.add(expr)
+                guards.append(Guard(source=message, expr=expr))
+        return tuple(guards)
+
+    def input_assertions(self) -> list[tuple[str, str]]:
+        """``(torch's expression, the same in torch's guard text)`` of each top-level
+        ``_assert_scalar`` whose condition is computed from the call's input sizes and ints
+        alone (``sym_size``/``sym_stride`` of a user input, Python arithmetic, comparisons).
+        Assertions over anything else (a value read from a tensor) stay the program's own."""
+        flat = {name: f"L['flat_args'][{i}]" for i, (name, _) in enumerate(self.user_inputs())
+                if isinstance(name, str)}  # fmt: skip
+        known: dict[str, str] = {}  # a sym node's output name -> its text over the inputs
+        found: list[tuple[str, str]] = []
+
+        def value(arg: Any) -> str | None:
+            if not isinstance(arg, dict) or len(arg) != 1:
+                return None
+            kind, v = next(iter(arg.items()))
+            if kind in ("as_int", "as_bool") and type(v) in (int, bool):
+                return repr(int(v)) if kind == "as_int" else repr(v)
+            if kind in ("as_sym_int", "as_sym_bool") and isinstance(v, dict):
+                name = v.get("as_name")
+                return (flat.get(name) or known.get(name)) if isinstance(name, str) else None
+            return None
+
+        nodes = self.graph.get("nodes")
+        for node in nodes if isinstance(nodes, list) else ():
+            if not isinstance(node, dict):
+                continue  # the graph check refuses such a graph; derive only skips it
+            target = node.get("target")
+            inputs = node.get("inputs")
+            args = [i.get("arg") if isinstance(i, dict) else None
+                    for i in (inputs if isinstance(inputs, list) else ())]  # fmt: skip
+            outs = node.get("outputs")
+            outs = outs if isinstance(outs, list) else []
+            out: dict[str, Any] = outs[0] if len(outs) == 1 and isinstance(outs[0], dict) else {}
+            out_value = next(iter(out.values())) if len(out) == 1 else None
+            out_name = out_value.get("as_name") if isinstance(out_value, dict) else None
+            text: str | None = None
+            if target in _SIZE_OPS and len(args) == 2:
+                first = args[0] if isinstance(args[0], dict) else {}
+                tensor = first.get("as_tensor")
+                tensor = tensor.get("name") if isinstance(tensor, dict) else None
+                dim = value(args[1]) or ""
+                if isinstance(tensor, str) and tensor in flat and dim.lstrip("-").isdigit():
+                    text = f"{flat[tensor]}.{_SIZE_OPS[target]}()[{dim}]"
+            elif target in _SYM_BINARY and len(args) == 2:
+                a, b = value(args[0]), value(args[1])
+                if a is not None and b is not None:
+                    text = f"({a} {_SYM_BINARY[target]} {b})"
+            elif target == "_operator.neg" and len(args) == 1:
+                a = value(args[0])
+                text = f"(-{a})" if a is not None else None
+            elif target == "torch.sym_not" and len(args) == 1:
+                a = value(args[0])
+                text = f"(not {a})" if a is not None else None
+            elif target == "torch.ops.aten._assert_scalar.default" and args:
+                cond = value(args[0])
+                message = value_of_string(args[1]) if len(args) > 1 else None
+                if cond is not None:
+                    found.append((_assertion_expression(message) or cond, cond))
+            if text is not None and isinstance(out_name, str):
+                known[out_name] = text
+        return found
 
     def _input(self, name: str, arg: dict, path: str, names: _Names, hints: dict) -> IOSpec:
         if "as_tensor" in arg:
@@ -419,6 +492,31 @@ class SerializedProgram:
         if None in sizes or None in strides or len(strides) != len(sizes):
             return "contiguous"
         return memory_format_of(sizes, strides)  # type: ignore[arg-type]
+
+
+#: ops that read an input's size: the serialized target -> the method torch's guards call
+_SIZE_OPS = {"torch.ops.aten.sym_size.int": "size", "torch.ops.aten.sym_stride.int": "stride"}
+#: Python's operators on SymInts/SymBools as torch serializes them -> the operator's text
+_SYM_BINARY = {
+    "_operator.add": "+", "_operator.sub": "-", "_operator.mul": "*", "_operator.floordiv": "//",
+    "_operator.mod": "%", "_operator.eq": "==", "_operator.ne": "!=", "_operator.lt": "<",
+    "_operator.le": "<=", "_operator.gt": ">", "_operator.ge": ">=", "_operator.and_": "and",
+    "_operator.or_": "or",
+}  # fmt: skip
+_ASSERTION = re.compile(r"Runtime assertion failed for expression (.+) on node '[^']*'$")
+
+
+def value_of_string(arg: Any) -> str | None:
+    """A serialized ``as_string`` argument's text, else None."""
+    if isinstance(arg, dict) and isinstance(arg.get("as_string"), str):
+        return arg["as_string"]
+    return None
+
+
+def _assertion_expression(message: str | None) -> str | None:
+    """torch's expression in an ``_assert_scalar`` message (``Eq(Mod(u0, 16), 0)``)."""
+    match = _ASSERTION.match(message or "")
+    return match.group(1)[:200] if match else None
 
 
 def _constant(arg: dict, where: str) -> tuple[Kind, Any]:

@@ -154,6 +154,13 @@ def _shape_env_dim_names(ep: ExportedProgram) -> dict[str, list[str]]:
             if candidate and candidate.isidentifier():
                 out.setdefault(candidate, []).append(str(sym))
                 break
+    # torch 2.14's shapes API (torch.fx.experimental.dynamic_spec): ShapeVar("B") binds a spec
+    # symbol ``B#0`` to the program's symbol (unbacked: ``u0``), with no source to name it by
+    spec_symbols = getattr(env, "_spec_symbol_to_compile_symbol", None) or {}
+    for spec_sym, sym in spec_symbols.items():
+        candidate = str(spec_sym).split("#", 1)[0]
+        if candidate.isidentifier() and getattr(sym, "is_Symbol", False):
+            out.setdefault(candidate, []).append(str(sym))
     return out
 
 

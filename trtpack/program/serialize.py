@@ -518,7 +518,7 @@ def _read_program(
     JSON, checked before any name in it becomes code (custom operators only where
     ``allow_ops`` covers them and this process has them registered), and its tensors on
     ``device``; the pytree types its specs name are made known to torch."""
-    from .graph_check import check_graph
+    from .graph_check import checked_graph
 
     ref = ref or manifest.program
     if ref is None:
@@ -529,18 +529,15 @@ def _read_program(
     weights = _weights_buffer(reader, ref.weights, device, mmap)
     state_dict, constants = _rebuild_state(weights, ref.weights, device, shared)
     graph = reader.read(ref.graph)
-    parsed = check_graph(graph, ref.graph, allow_ops)
-    _require_custom_ops(parsed, ref, f"{reader.path}: {ref.graph}")
+    parsed, called = checked_graph(graph, ref.graph, allow_ops)
+    _require_custom_ops(called, ref, f"{reader.path}: {ref.graph}")
     return ref, graph, parsed, state_dict, constants
 
 
-def _require_custom_ops(parsed: Any, ref: ProgramRef, where: str) -> None:
+def _require_custom_ops(called: list[str], ref: ProgramRef, where: str) -> None:
     """The custom operators the program calls (the user allowed them) are the ones its
     manifest records, where it records them (format 1.4), and every one is registered in this
     process: looked up in torch's dispatcher by name, nothing imported."""
-    from .graph_check import custom_ops
-
-    called = custom_ops(parsed)
     if ref.custom_ops is not None and tuple(called) != ref.custom_ops:
         raise IntegrityError(
             f"{where}: the graph calls custom operators {called}, the manifest records "

@@ -24,6 +24,7 @@ import json
 import math
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -526,11 +527,23 @@ def _read_program(
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
     _require_registered(manifest, str(reader.path))
-    weights = _weights_buffer(reader, ref.weights, device, mmap)
-    state_dict, constants = _rebuild_state(weights, ref.weights, device, shared)
-    graph = reader.read(ref.graph)
-    parsed, called = checked_graph(graph, ref.graph, allow_ops)
-    _require_custom_ops(called, ref, f"{reader.path}: {ref.graph}")
+    checked = ref  # for the closure: mypy cannot narrow ``ref`` inside it
+
+    def graph_checked() -> tuple[bytes, Any]:
+        graph = reader.read(checked.graph)
+        parsed, called = checked_graph(graph, checked.graph, allow_ops)
+        _require_custom_ops(called, checked, f"{reader.path}: {checked.graph}")
+        return graph, parsed
+
+    # The graph is parsed and checked on a second thread while the weights are read and
+    # moved (both mostly outside the GIL: preadv, hashing, copies to the device): a real
+    # transformer's graph check costs as much as moving its weights. Nothing of the graph
+    # becomes code before both are done; an error of the weights wins, as before.
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(graph_checked)
+        weights = _weights_buffer(reader, ref.weights, device, mmap)
+        state_dict, constants = _rebuild_state(weights, ref.weights, device, shared)
+        graph, parsed = job.result()
     return ref, graph, parsed, state_dict, constants
 
 

@@ -113,7 +113,15 @@ def check_case(name: str, case: Any, device: str, work: Path) -> dict[str, Any]:
             with open_pack(path) as (reader, info):
                 ref = runnable(load_program(reader, info.manifest, device=torch.device(device)))
             problem = _same_module(pack.module, ref)
-        module = ep.module().to(device)
+        # torch's documented way to put a program on a device: ``ep.module().to("cuda")``
+        # keeps device arguments baked into the graph (a factory's device=, a CPU constant)
+        # and fails with "Tensor device mismatch" on such programs
+        if device == "cpu":
+            module = ep.module()
+        else:
+            from torch.export.passes import move_to_device_pass
+
+            module = move_to_device_pass(ep, device).module()
         for args, kwargs in [(case.args, case.kwargs), *case.calls]:
             with torch.inference_mode():
                 got = pack(*_to(args, device), **_to(kwargs, device))

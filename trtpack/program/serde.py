@@ -16,7 +16,10 @@ SCHEMA_MAJOR = 8
 #: torch's deserializer for it and says why (``fast_path_reason``). torch 2.13.0 and 2.14.1
 #: both write 8.20; add a minor here only with a node-for-node run on a torch that writes it
 #: (tools/torch_version_check.py prints the installed torch's minor and the run's result).
-TESTED_SCHEMA_MINORS: dict[int, str] = {20: "torch 2.13.0, 2.14.1"}
+TESTED_SCHEMA_MINORS: dict[int, str] = {
+    17: "torch 2.11.0 (GPU machine, tools/torch_version_check.py --try-this-minor, 2026-12-07)",
+    20: "torch 2.13.0, 2.14.1",
+}
 
 #: ScalarType -> the dtype name torch gives it (``getattr(torch, name)``)
 SCALAR_TYPES: dict[int, str] = {

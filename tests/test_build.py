@@ -438,3 +438,72 @@ def test_an_engine_for_an_entry_point_that_writes_state_is_refused(tmp_path):
     with pytest.raises(EngineError, match="writes state in place"):
         trtpack.add_engine(path, b"vtrt" + bytes(64), entry_point="decode")
     assert path.read_bytes() == src.read_bytes()  # refused before anything was written
+
+
+def test_the_low_memory_route_builds_the_plan_the_parser_makes_from_the_file(tmp_path):
+    """build hands the parser the weights from trtpack's own map of the ONNX side file (whose
+    pages a thread drops while the builder runs) and streams the plan to a file (issue 23.7):
+    the plan is byte for byte the one TensorRT-RTX's parse_from_file and
+    build_serialized_network make of the same ONNX file."""
+    import tensorrt_rtx as trt
+
+    from trtpack.engines import build as engine_build
+    from trtpack.reading import open_pack
+    from trtpack.writing.build import _program
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(384, 384), torch.nn.ReLU(),
+                                torch.nn.Linear(384, 128))  # fmt: skip
+    path = tmp_path / "mlp.trtpack"
+    trtpack.save(torch.export.export(model, (torch.randn(2, 384),)), path, progress=False)
+    info = trtpack.build(path, "8.9", progress=False)
+    built = plan_of(path, info.manifest.engines[0])
+    # the same program exported the same way, then the parser reads the files itself
+    onnx_path = tmp_path / "onnx" / "model.onnx"
+    onnx_path.parent.mkdir()
+    with open_pack(path) as (reader, pack):
+        m = pack.manifest
+        engine_build._export_onnx(_program(reader, m, m), onnx_path,
+                                  [i.name for i in m.inputs], [o.name for o in m.outputs],
+                                  "test")  # fmt: skip
+    with engine_build._mapped_weights(onnx_path) as weights:
+        assert len(weights.initializers) == 4  # every weight and bias handed over by trtpack
+    log = engine_build._logger_class(trt)()
+    builder = trt.Builder(log)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, log)
+    assert parser.parse_from_file(str(onnx_path)), log.errors
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    plan = builder.build_serialized_network(network, config)
+    assert bytes(memoryview(plan)) == built
+
+
+@pytest.mark.slow
+def test_build_peak_memory_grows_by_less_than_one_and_a_half_times_the_weights():
+    """Issue 23.7: trtpack.build's peak resident memory (VmHWM over the imports, file pages
+    included) grows by about 1.0x each added byte of weights (3.0x before: the parser's and
+    the builder's copies and the plan's bytes; 2.0x with the plan streamed but the weights'
+    pages kept), measured by tools/bench_memory.py --build on two MLPs in fresh processes."""
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_memory", Path(__file__).resolve().parent.parent / "tools" / "bench_memory.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with tempfile.TemporaryDirectory() as d:
+        # both over 64 MiB: the plan reaches the writer in pieces of up to 64 MiB, each
+        # copied into a Python bytes object, which a smaller model's plan would not fill
+        small, big = (bench.measure_build(mb, d, "8.9") for mb in (72, 168))
+    added = big["weights"] - small["weights"]
+    peak = [max(s["peak"] for s in r["steps"]) for r in (small, big)]
+    slope = (peak[1] - peak[0]) / added
+    assert slope < 1.5, f"the build's peak grows {slope:.2f}x the added weights: {small} {big}"
+    # the plan is copied into the pack from its file piece by piece, never held whole
+    write = [next(s["peak"] for s in r["steps"] if s["step"] == "write the pack")
+             for r in (small, big)]  # fmt: skip
+    assert (write[1] - write[0]) / added < 0.5, (small, big)

@@ -54,7 +54,12 @@ def _migrate_cli(tmp_path: Path, *extra: str, tty: bool) -> str:
     if not pt2.exists():
         torch.export.save(torch.export.export(torch.nn.Linear(64, 64), (torch.randn(2, 64),)), pt2)
     out = tmp_path / f"cli-{len(list(tmp_path.iterdir()))}.trtpack"
-    cmd = [sys.executable, "-m", "trtpack", "migrate", str(pt2), str(out), *extra]
+    return _cli_stderr("migrate", str(pt2), str(out), *extra, tty=tty)
+
+
+def _cli_stderr(*args: str, tty: bool) -> str:
+    """stderr of ``trtpack ARGS`` (which must succeed), on a pseudo-terminal or a pipe."""
+    cmd = [sys.executable, "-m", "trtpack", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if not tty:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -111,3 +116,32 @@ def test_released_pages_read_the_file_again(small_pack):
         view[:4] = b"\0\0\0\0" if before[:4] != b"\0\0\0\0" else b"\1\1\1\1"  # a private write
         reader.release_pages()
         assert bytes(view) == before  # valid, and the file's bytes again
+
+
+def test_verify_callback_counts_every_byte_hashed(tmp_path, small_pack):
+    events: list[ProgressEvent] = []
+    info = trtpack.verify(small_pack, progress=events.append)
+    members = info.manifest.members
+    _check_events(events, "verify", sum(m.size for m in members.values()))
+    assert set(members) <= {e.step for e in events}  # each member named as it is hashed
+    # weights hashed in 16 MiB pieces (the manifest's chunks): counted piece by piece
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2304, 2304)  # 20 MiB of weights: two pieces
+    path = tmp_path / "big.trtpack"
+    trtpack.save(torch.export.export(model, (torch.randn(2, 2304),)), path, progress=False)
+    events = []
+    info = trtpack.verify(path, progress=events.append)
+    chunked = [n for n, m in info.manifest.members.items() if m.chunks is not None]
+    assert chunked, "no member was hashed in pieces"
+    _check_events(events, "verify", sum(m.size for m in info.manifest.members.values()))
+    assert events[0].done == 0 and events[0].total == events[-1].total
+
+
+def test_verify_cli_progress_on_a_terminal_only_and_quiet_silences_it(small_pack):
+    on_tty = _cli_stderr("verify", str(small_pack), tty=True)
+    assert "verify [####################] 100%" in on_tty, on_tty
+    assert _cli_stderr("verify", str(small_pack), tty=False) == ""
+    assert _cli_stderr("verify", str(small_pack), "--quiet", tty=True) == ""
+    forced = _cli_stderr("verify", str(small_pack), "--progress", "--json", tty=False)
+    assert "verify " in forced and "members" in forced and "hashed" in forced
+    assert "\r" not in forced

@@ -60,6 +60,10 @@ def test_sign_then_verify_and_load(signed):
     assert names == {"manifest.json", *trtpack.inspect(pack).manifest.members}
     loaded = trtpack.load(pack, device="cpu", require_signature=public)
     assert loaded.manifest.inputs
+    events: list = []  # the hashes after the signature: progress as without a key
+    info = trtpack.verify(pack, key=public, progress=events.append)
+    total = sum(m.size for m in info.manifest.members.values())
+    assert events[-1].operation == "verify" and events[-1].done == events[-1].total == total
 
 
 def test_wrong_key_refused(signed, tmp_path):

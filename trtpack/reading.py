@@ -31,7 +31,7 @@ from .format.manifest import (
     Symbol,
     parse_dim,
 )
-from .format.progress import human_size
+from .format.progress import Progress, ProgressArg, human_size
 
 
 @dataclass(frozen=True)
@@ -144,24 +144,29 @@ def inspect(path: PathLike) -> PackInfo:
         return info
 
 
-def verify(path: PathLike) -> PackInfo:
+def verify(path: PathLike, *, progress: ProgressArg = None) -> PackInfo:
     """Check every member's SHA-256 and size against the manifest, and every engine plan's
     header against its variant's target. Raises IntegrityError or EngineError.
     (``trtpack.verify(path, key=...)``, in trtpack/signing.py, checks a signature first, in
-    the same open of the file.)"""
+    the same open of the file.) ``progress``: the bytes hashed (``trtpack.format.progress``)."""
     with open_pack(path) as (reader, info):
-        verify_members(reader, info)
+        verify_members(reader, info, progress=progress)
         return info
 
 
-def verify_members(reader: PackReader, info: PackInfo) -> None:
-    """Every member's hash and every plan's header, of a pack already open."""
+def verify_members(reader: PackReader, info: PackInfo, *, progress: ProgressArg = None) -> None:
+    """Every member's hash and every plan's header, of a pack already open; the bytes hashed
+    counted on ``progress`` (as ``save``'s)."""
     from .engines.plan import check_variant_plans
 
-    for name, member in info.manifest.members.items():
-        reader.verify(name, member)
-    for variant in info.manifest.engines:
-        check_variant_plans(reader.view, variant, f"{reader.path}: ")
+    members = info.manifest.members
+    with Progress("verify", progress) as bar:
+        bar.total = sum(m.size for m in members.values())
+        for name, member in members.items():
+            reader.verify(name, member, progress=bar if bar.active else None)
+        for variant in info.manifest.engines:
+            check_variant_plans(reader.view, variant, f"{reader.path}: ")
+        bar.close(f"{reader.path}  {len(members)} members, {human_size(bar.total)} hashed")
 
 
 # --- the table ---------------------------------------------------------------------------

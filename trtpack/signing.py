@@ -28,6 +28,7 @@ from .format.limits import (
     MAX_SIGNATURES,
 )
 from .format.manifest import MANIFEST_NAME
+from .format.progress import ProgressArg
 from .reading import PackInfo, open_pack, read_info, verify_members, with_program_guards
 from .reading import verify as verify_hashes
 
@@ -298,7 +299,11 @@ def verify_signature(pack: PathLike, key: PathLike, signature: PathLike | None =
 
 
 def verify(
-    path: PathLike, *, key: PathLike | None = None, signature: PathLike | None = None
+    path: PathLike,
+    *,
+    key: PathLike | None = None,
+    signature: PathLike | None = None,
+    progress: ProgressArg = None,
 ) -> PackInfo:
     """``trtpack.verify``: check every member's SHA-256 and size against the manifest, and
     every engine plan's header against its variant's target (IntegrityError, EngineError).
@@ -306,12 +311,16 @@ def verify(
     ``key``: a PEM public key; the pack's signature (``signature``, default ``PATH.sig``)
     must verify with it first (SignatureError / UnsignedPackError), before any member but the
     manifest is read. Signature and hashes are checked in one open of the file, so a file
-    swapped between the two checks cannot pass."""
+    swapped between the two checks cannot pass.
+
+    ``progress``: the bytes hashed, as ``save``'s (``trtpack.format.progress``): a line on
+    stderr when it is a terminal (``None``), always (``True``), never (``False``), or a
+    callable given a ``ProgressEvent`` for each member and every ~0.1 s of bytes."""
     if key is None:
         if signature is not None:
             raise SignatureError("a signature to check needs the signer's public key (key=)")
-        return verify_hashes(path)
+        return verify_hashes(path, progress=progress)
     with open_pack(path, program_guards=False) as (reader, info):
         verify_reader(reader, key, signature)
-        verify_members(reader, info)
+        verify_members(reader, info, progress=progress)
         return with_program_guards(reader, info)

@@ -148,7 +148,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise SystemExit("trtpack: error: --signature needs --key (the signer's public key)")
     # the signature and every member's hash, in one open of the file
     try:
-        info = verify(args.pack, key=args.key, signature=args.signature)
+        info = verify(args.pack, key=args.key, signature=args.signature,
+                      progress=_progress(args))  # fmt: skip
     except (TrtpackError, OSError) as e:
         if args.json:  # a script reading --json gets JSON either way; the line on stderr too
             error = {"type": type(e).__name__, "message": str(e)}
@@ -534,6 +535,7 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--key", help="the signer's PEM public key: check the signature first")
     p.add_argument("--signature", help="the signature bundle (default: PACK.sig)")
+    _progress_options(p)
 
 
 def _sign_arguments(p: argparse.ArgumentParser) -> None:

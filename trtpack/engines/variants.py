@@ -47,7 +47,7 @@ class EngineFacts:
     bare plan)."""
 
     name: str
-    plan: bytes
+    plan: bytes | memoryview  # a memoryview: of a map of the plan file (a build)
     inputs: tuple[Binding, ...]
     outputs: tuple[Binding, ...]
     packed: PackedEngine | None = None

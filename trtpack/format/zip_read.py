@@ -28,6 +28,7 @@ from ..errors import IntegrityError, MissingMemberError, NotAPackError, UnsafePa
 from .digests import _CHUNK, DIGEST_CHUNK, Data, FileSlice, PathLike, Source
 from .limits import MAX_MEMBERS, refuse
 from .manifest import Member
+from .progress import Progress
 from .zip_write import _Memory, check_member_name
 
 if TYPE_CHECKING:
@@ -441,36 +442,52 @@ class PackReader:
             return self.view(name)
         return FileSlice(self.path, info.offset, info.size)
 
-    def verify(self, name: str, member: Member, *, owned: bool = False) -> None:
+    def verify(
+        self, name: str, member: Member, *, owned: bool = False, progress: Progress | None = None
+    ) -> None:
         """Check a member against the manifest's record of it (size, and the SHA-256 of each
         piece when recorded, else of the whole); raise IntegrityError naming what differs.
         Pieces are hashed in place (nothing is copied), on every core. ``owned``: hash the
         bytes ``owned(name)`` returns (reading them if no one has yet), so that what is
-        checked is exactly what a load keeps; else the file's map."""
+        checked is exactly what a load keeps; else the file's map. ``progress``: the member
+        is begun on it and the bytes hashed are counted as each piece is done."""
         info = self.info(name)
         self._check_size(name, info, member)
+        if progress is not None:
+            progress.begin(name)
         if owned:
             view = self.owned(name)
             if self._owned_checked.get(name) == member:
+                if progress is not None:
+                    progress.advance(len(view))
                 return  # checked piece by piece as it was read (check_when_read)
         else:
             view = self.view(name)
         if member.chunks is None:
             sha = hashlib.sha256()
             for start in range(0, len(view), _CHUNK):
-                sha.update(view[start : start + _CHUNK])
+                piece = view[start : start + _CHUNK]
+                sha.update(piece)
+                if progress is not None:
+                    progress.advance(len(piece))
             self._compare(name, "sha256", member.sha256, sha.hexdigest())
             return
         from concurrent.futures import ThreadPoolExecutor
 
         step = member.chunks.size
+        got = []
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-            got = list(
+            # the pieces' results in order, counted here (one thread drives ``progress``)
+            for start, digest in zip(
+                range(0, len(view), step),
                 pool.map(
                     lambda start: hashlib.sha256(view[start : start + step]).hexdigest(),
                     range(0, len(view), step),
-                )
-            )
+                ),
+            ):
+                got.append(digest)
+                if progress is not None:
+                    progress.advance(min(step, len(view) - start))
         self._compare_pieces(name, member, got, len(view))
 
     def _check_size(self, name: str, info: MemberInfo, member: Member) -> None:

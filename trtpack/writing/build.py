@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..engines.plan import parse_plan
@@ -23,7 +25,7 @@ from ..engines.variants import (
     whole_graph_bindings,
 )
 from ..errors import ArgumentTypeError, EngineError, RangeOverrideError
-from ..format.container import PackReader, PathLike, Source
+from ..format.container import FileSlice, PackReader, PathLike, Source
 from ..format.manifest import Interface, Manifest, Target, Variant, parse_dim
 from ..format.progress import Progress, ProgressArg
 from ..program.derive import Range, RangeLike, apply_ranges
@@ -66,7 +68,7 @@ def build(
     refused, saying why (``add_engine``'s rule).
     """
     bar = Progress("build", progress)
-    from ..engines.build import build_plan, check_targets
+    from ..engines.build import build_plan, check_targets, plan_view
 
     ccs = parse_targets(targets)
     check_targets(ccs)
@@ -90,28 +92,35 @@ def build(
             )
         bar.step("load the program")
         ep = _program(reader, m, whole)
-        # the pack's mapped weights leave memory once exported: peak RSS 6.1x -> 5.1x the
-        # weights (measured on a 256 MiB MLP), the builder alone takes ~3.3x
-        built = build_plan(ep, inputs, outputs, ccs, where=where, progress=bar,
-                           exported=reader.release_pages)  # fmt: skip
-        header = parse_plan(built.plan, where="the built engine")
-        if header.flavor != "tensorrt_rtx" or header.compute_capabilities != ccs:
-            raise EngineError(
-                f"the built engine's header says {header.flavor} for compute capabilities "
-                f"{list(header.compute_capabilities)}; asked for tensorrt_rtx for {list(ccs)}",
-                field="compute_capabilities",
-                expected=ccs,
-                got=header.compute_capabilities,
-            )
-        facts = EngineFacts("engine", built.plan, inputs, outputs)
-        v, members = build_variant([facts], m.interface, wiring=None, name=name)
+        # the pack's mapped weights leave memory once exported, and the plan is a file
+        # copied into the pack piece by piece (engines/build.py: peak memory)
+        built = build_plan(ep, inputs, outputs, ccs, where=where, workdir=workdir,
+                           progress=bar, exported=reader.release_pages)  # fmt: skip
+        del ep
+        with plan_view(built) as plan:
+            header = parse_plan(plan, where="the built engine")
+            if header.flavor != "tensorrt_rtx" or header.compute_capabilities != ccs:
+                raise EngineError(
+                    f"the built engine's header says {header.flavor} for compute capabilities "
+                    f"{list(header.compute_capabilities)}; asked for tensorrt_rtx for "
+                    f"{list(ccs)}",
+                    field="compute_capabilities",
+                    expected=ccs,
+                    got=header.compute_capabilities,
+                )
+            facts = EngineFacts("engine", plan, inputs, outputs)
+            v, members = build_variant([facts], m.interface, wiring=None, name=name)
+            del facts
         (spec,) = v.engines
+        members[spec.member] = FileSlice(built.path, 0, built.size)  # not the map: read as copied
         settings = {"build": built.settings}
         v = dataclasses.replace(v, engines=(dataclasses.replace(spec, settings=settings),))
         return [v], members
 
-    return add_variants(pack, make, out=out, overwrite=overwrite, progress=bar,
-                        entry_point=entry_point)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="trtpack-build-") as tmp:
+        workdir = Path(tmp)  # the ONNX export, then the plan until it is in the pack
+        return add_variants(pack, make, out=out, overwrite=overwrite, progress=bar,
+                            entry_point=entry_point)  # fmt: skip
 
 
 def parse_targets(targets: Sequence[str] | str) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from .program.serialize import (
     load_program,
     load_runnable,
     runnable,
-    weights_owned,
+    weights_read,
 )
 from .reading import PackInfo, open_pack, with_program_guards
 
@@ -40,22 +40,42 @@ T = TypeVar("T")
 
 
 def _verified(
-    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, owned: bool
+    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, read: str
 ) -> T:
     """Run ``build`` with the program's members verified. The graph (small, and parsed) is
-    checked first; the weights (large, never computed on while loading) are hashed on a second
-    thread while the program is rebuilt, and the result is returned only once that hash has
-    matched. ``owned``: the weights hashed are the copy the load keeps (``build`` reads the
-    same ``reader.owned`` buffer), so what is checked is what runs; each piece is hashed
-    while the next is read."""
+    checked first; then the weights, the way ``read`` (``serialize.weights_read``) says:
+
+    - ``"owned"``: the weights hashed are the copy the load keeps (``build`` reads the same
+      ``reader.owned`` buffer), each piece hashed while the next is read, on a second thread
+      while the program is rebuilt;
+    - ``"streamed"`` (a GPU): ``build`` reads the weights piece by piece into staging
+      buffers, and each piece is hashed from the buffer it is copied on from
+      (``program.staging``): no second read; ``build`` raises if a piece differs;
+    - ``"mapped"``: the file's map is hashed on a second thread while the program is rebuilt.
+
+    The result is returned only once that hash has matched; an IntegrityError wins over
+    anything else ``build`` raised."""
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
+    member = manifest.members[weights]
     reader.verify(graph, manifest.members[graph])
+    if read == "streamed":
+        reader.check_when_read(weights, member)
+        try:
+            result = build()
+        except BaseException:
+            if not reader.checked_when_read(weights, member):
+                reader.verify(weights, member)  # a damaged member is named, whatever else broke
+            raise
+        if not reader.checked_when_read(weights, member):  # build did not stream it
+            reader.verify(weights, member)
+        return result
+    owned = read == "owned"
     if owned:  # hashed piece by piece as it is read, whichever thread reads it first
-        reader.check_when_read(weights, manifest.members[weights])
+        reader.check_when_read(weights, member)
     with ThreadPoolExecutor(1) as pool:
-        check = pool.submit(reader.verify, weights, manifest.members[weights], owned=owned)
+        check = pool.submit(reader.verify, weights, member, owned=owned)
         try:
             result = build()
         finally:
@@ -246,7 +266,7 @@ class LoadedPack:
                     reader, self.manifest, True,
                     lambda: load_program(reader, self.manifest, device=self.device,
                                          mmap=self._mmap, allow_ops=self.allow_ops),
-                    owned=weights_owned(self.device, self._mmap),
+                    read=weights_read(self.device, self._mmap),
                 )  # fmt: skip
         return self._exported_program
 
@@ -549,7 +569,7 @@ def _load_entry(
                 # the other entry points reference the default program's tensors
                 shared[manifest.program.weights] = _verified(
                     reader, manifest, verify, lambda: _tensors(reader, manifest, dev, mmap),
-                    owned=weights_owned(dev, mmap),
+                    read=weights_read(dev, mmap),
                 )  # fmt: skip
             return LoadedPack(
                 info,
@@ -576,7 +596,7 @@ def _load_entry(
         reader, manifest, verify,
         lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops,
                               shared=shared),
-        owned=weights_owned(dev, mmap),
+        read=weights_read(dev, mmap),
     )  # fmt: skip
     if not shared and manifest.program is not None:
         shared[manifest.program.weights] = program.tensors  # the default entry point's
@@ -599,12 +619,10 @@ def _load_entry(
 def _tensors(
     reader: PackReader, manifest: Manifest, device: torch.device, mmap: bool
 ) -> dict[str, Any]:
-    from .program.serialize import _rebuild_state, _weights_buffer
+    from .program.serialize import load_state
 
     assert manifest.program is not None
-    ref = manifest.program
-    weights = _weights_buffer(reader, ref.weights, device, mmap)
-    state_dict, constants = _rebuild_state(weights, ref.weights, device)
+    state_dict, constants = load_state(reader, manifest.program.weights, device, mmap)
     return {**state_dict, **constants}
 
 

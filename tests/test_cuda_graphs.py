@@ -7,10 +7,10 @@ saying so (tests/conftest.py EXPECTED_SKIPS)."""
 
 from __future__ import annotations
 
+import llm
 import pytest
 import torch
 
-import llm
 import trtpack
 from trtpack import cuda_graphs
 from trtpack.errors import ArgumentTypeError, DeviceError, InputMismatchError, ManifestError
@@ -90,7 +90,7 @@ def test_cuda_graphs_on_the_cpu_are_refused(mlp_pack):
     assert trtpack.load(mlp_pack, device="cpu", cuda_graphs=False).cuda_graphs is None
 
 
-@pytest.mark.parametrize("value", [1, "x".encode(), [1], None, 2.0])
+@pytest.mark.parametrize("value", [1, b"x", [1], None, 2.0])
 def test_cuda_graphs_argument_type(mlp_pack, value):
     with pytest.raises(ArgumentTypeError, match="cuda_graphs"):
         trtpack.load(mlp_pack, device="cpu", cuda_graphs=value)
@@ -101,7 +101,9 @@ def test_entry_points_named_must_exist_and_engines_are_not_captured(llama_pack):
     touching CUDA; they capture on the first call)."""
     pack = trtpack.load(llama_pack, device="cpu")
     packs = {n: pack[n] for n in pack.entry_points}
-    with pytest.raises(ManifestError, match=r"entry point\(s\) \['nope'\].*\['decode', 'prefill'\]"):
+    with pytest.raises(
+        ManifestError, match=r"entry point\(s\) \['nope'\].*\['decode', 'prefill'\]"
+    ):
         _attach_cuda_graphs(packs, "prefill", ("decode", "nope"), torch.device("cpu"))
     with pytest.warns(UserWarning, match="'decode': no CUDA graphs: node arange"):
         _attach_cuda_graphs(packs, "prefill", ("decode",), torch.device("cpu"))

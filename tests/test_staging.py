@@ -16,7 +16,7 @@ from trtpack.errors import IntegrityError
 from trtpack.format.container import PackReader
 from trtpack.format.manifest import Member, MemberChunks
 from trtpack.program import staging
-from trtpack.program.serialize import _rebuild_state, _assemble_state
+from trtpack.program.serialize import _assemble_state, _rebuild_state
 from trtpack.reading import open_pack
 from trtpack.runtime import _verified
 
@@ -80,7 +80,7 @@ def test_a_whole_member_digest_is_checked_in_order_as_it_streams(pack):
         data = bytes(reader.view(WEIGHTS))
         member = Member(hashlib.sha256(data).hexdigest(), len(data))
         reader.check_when_read(WEIGHTS, member)
-        stored, *_ = staging.weights_to_device(reader, WEIGHTS, CPU)
+        staging.weights_to_device(reader, WEIGHTS, CPU)
         assert reader.checked_when_read(WEIGHTS, member)
         bad = Member(hashlib.sha256(data + b"x").hexdigest(), len(data))
         reader.check_when_read(WEIGHTS, bad)

@@ -129,16 +129,21 @@ class GraphPool:
         self.lock = threading.RLock()
         self.last_stream: Any = None
         self._handle: Any = None
+        self._capture_stream: Any = None
 
-    @property
-    def handle(self) -> Any:
+    def capture_args(self) -> tuple[Any, Any]:
+        """The pool's handle and the one stream its graphs are captured on (made on first
+        use, on the pack's device: torch.cuda.graph's own side stream is made on whichever
+        device is current; a pool shared by captures wants the same stream for each)."""
         if self._handle is None:
-            self._handle = torch.cuda.graph_pool_handle()
-        return self._handle
+            with torch.cuda.device(self.device):
+                self._handle = torch.cuda.graph_pool_handle()
+                self._capture_stream = torch.cuda.Stream(self.device)
+        return self._handle, self._capture_stream
 
 
 class _Captured:
-    __slots__ = ("graph", "static", "tensors", "outputs", "spec")
+    __slots__ = ("graph", "outputs", "spec", "static", "tensors")
 
     def __init__(self, graph: Any, static: list[Any], outputs: list[Any], spec: Any) -> None:
         self.graph = graph
@@ -253,8 +258,10 @@ class CudaGraphs:
         self, key: tuple, leaves: list[Any], module: Any, call_of: Callable[[Sequence[Any]], tuple]
     ) -> _Captured | None:
         device = self.pool.device
+        handle, capture_stream = self.pool.capture_args()
         # normal tensors even inside inference mode: every later call copies into them
-        with torch.inference_mode(False), torch.no_grad(), _CAPTURE_LOCK:
+        with torch.inference_mode(False), torch.no_grad(), _CAPTURE_LOCK, \
+                torch.cuda.device(device):  # fmt: skip
             static = [torch.empty_like(v).copy_(v) if isinstance(v, torch.Tensor) else v
                       for v in leaves]  # fmt: skip
             args, kwargs = call_of(static)
@@ -270,14 +277,14 @@ class CudaGraphs:
             del saved
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, pool=self.pool.handle,
+                with torch.cuda.graph(graph, pool=handle, stream=capture_stream,
                                       capture_error_mode="thread_local"):  # fmt: skip
                     out = module(*args, **kwargs)
             except Exception as e:
                 # torch.cuda.graph leaves its capture stream current when capture_end raises
                 torch.cuda.set_stream(current)
-                self.reason = (f"the capture failed: {type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")  # fmt: skip
+                first = (str(e).strip().splitlines() or [""])[0]
+                self.reason = f"the capture failed: {type(e).__name__}: {first}"
                 self._graphs.clear()
                 warnings.warn(f"trtpack: {self.where}: no CUDA graphs: {self.reason}",
                               stacklevel=5)  # fmt: skip

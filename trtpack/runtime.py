@@ -685,8 +685,9 @@ def _attach_cuda_graphs(
         if pack.backend != "exported_program":
             reason = ("it runs TensorRT engines (which have CUDA graphs of their own: "
                       "torch_tensorrt's cudagraphs mode)")  # fmt: skip
+        names_in = [i.name for i in pack.manifest.inputs]
         pack.cuda_graphs = CudaGraphs(pack._module, pool, where=where, reason=reason,
-                                      input_names=[i.name for i in pack.manifest.inputs])  # fmt: skip
+                                      input_names=names_in)  # fmt: skip
 
 
 def _allow_ops(allow_ops: Any) -> tuple[str, ...]:

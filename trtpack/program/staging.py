@@ -47,12 +47,12 @@ SLOT_BYTES = 16 << 20
 
 
 class _Slot:
-    __slots__ = ("tensor", "view", "event", "stream")
+    __slots__ = ("event", "stream", "tensor", "view")
 
     def __init__(self, size: int, device: torch.device, stream: Any) -> None:
         cuda = device.type == "cuda"
         self.tensor = torch.empty(size, dtype=torch.uint8, pin_memory=cuda)
-        self.view = memoryview(self.tensor.numpy())
+        self.view = memoryview(self.tensor.numpy())  # type: ignore[arg-type]
         self.event = torch.cuda.Event() if cuda else None
         self.stream = stream
 
@@ -78,9 +78,11 @@ class DeviceCopy:
         self._cuda = device.type == "cuda"
         self.workers = max(1, min(WORKERS, os.cpu_count() or 1))
         self._max_slots = self.workers + SPARE_SLOTS
-        self._streams = (
-            [torch.cuda.Stream(device) for _ in range(STREAMS)] if self._cuda else []
-        )
+        self._streams = [torch.cuda.Stream(device) for _ in range(STREAMS)] if self._cuda else []
+        if self._cuda:  # the destinations were just allocated on the caller's stream
+            current = torch.cuda.current_stream(device)
+            for stream in self._streams:
+                stream.wait_stream(current)
         self._free: list[_Slot] = []
         self._made = 0
         self._cond = threading.Condition()

@@ -160,3 +160,46 @@ def test_the_verified_streamed_load_checks_before_returning(pack, tmp_path):
 
         with pytest.raises(IntegrityError, match="corrupt"):
             _verified(reader, info.manifest, True, broken, read="streamed")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA GPU on this machine (the streamed load to CUDA: tools/gpu_bench_cuda.sh "
+    "runs it on the lent GPU machine)",
+)
+def test_a_load_to_cuda_streams_the_checked_weights(tmp_path):
+    """The real thing: pinned staging buffers, several streams, 16 MiB pieces (a 40 MiB
+    model: three pieces, tensors across their borders), equal to the CPU load; a damaged
+    piece fails the load."""
+
+    class Big(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = torch.nn.Linear(2048, 4096)
+            self.b = torch.nn.Linear(4096, 600)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    path = trtpack.save(torch.export.export(Big().eval(), (torch.randn(2, 2048),)),
+                        tmp_path / "big.trtpack").path  # fmt: skip
+    cpu = trtpack.load(path, device="cpu")
+    cuda = trtpack.load(path, device="cuda")
+    assert cuda.manifest.members[WEIGHTS].chunks is not None  # recorded in pieces
+    for name, t in cpu._program.tensors.items():
+        got = cuda._program.tensors[name]
+        assert got.device.type == "cuda" and torch.equal(got.cpu(), t), name
+    x = torch.randn(3, 2048)
+    torch.testing.assert_close(cuda(x.cuda()).cpu(), cpu(x), rtol=1e-4, atol=1e-4)
+    with PackReader(path) as r:
+        offset = r.info(WEIGHTS).offset + (16 << 20) + 12345  # inside the second piece
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(IntegrityError, match=r"corrupt \(bytes 16777216\.\.33554432\)"):
+        trtpack.load(path, device="cuda")
+    trtpack.load(path, device="cuda", verify=False)  # the same path, unchecked

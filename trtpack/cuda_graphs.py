@@ -168,11 +168,11 @@ class CudaGraphs:
         input_names: Sequence[str],
         where: str,
         reason: str | None = None,
-        max_signatures: int = MAX_SIGNATURES,
+        max_signatures: int | None = None,
     ) -> None:
         self.pool = pool
         self.where = where
-        self.max_signatures = max_signatures
+        self.max_signatures = MAX_SIGNATURES if max_signatures is None else max_signatures
         self.clone_outputs = True
         self.captures = self.replays = self.uncaptured = 0
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
@@ -207,7 +207,11 @@ class CudaGraphs:
             self.uncaptured += 1
             return module(*args, **kwargs)
         with self.pool.lock:
-            captured = self._graphs.get(key)
+            try:
+                captured = self._graphs.get(key)
+            except TypeError:  # a non-tensor input that cannot be hashed: no signature
+                self.uncaptured += 1
+                return module(*args, **kwargs)
             if captured is None:
                 captured = self._capture(key, leaves, module, call_of)
                 if captured is None:  # the capture failed: this entry point runs uncaptured
@@ -229,12 +233,7 @@ class CudaGraphs:
                 key.append((v.dtype, v.shape, v.stride(), v.device))
             else:
                 key.append((type(v), v))
-        signature = tuple(key)
-        try:
-            hash(signature)
-        except TypeError:
-            return None
-        return signature
+        return tuple(key)
 
     def _replay(self, captured: _Captured, leaves: list[Any]) -> Any:
         stream = torch.cuda.current_stream(self.pool.device)
@@ -242,7 +241,10 @@ class CudaGraphs:
         if last is not None and last != stream:
             stream.wait_stream(last)  # the previous replay's outputs and state are written
         static = captured.static
-        with torch.no_grad():
+        grad = torch.is_grad_enabled()
+        if grad:  # (a function call, not a context: this is the per-call path)
+            torch.set_grad_enabled(False)
+        try:
             for i in captured.tensors:
                 static[i].copy_(leaves[i])
             captured.graph.replay()
@@ -250,6 +252,9 @@ class CudaGraphs:
                 leaves[i].copy_(static[i])
             outputs = [o.clone() if self.clone_outputs and isinstance(o, torch.Tensor) else o
                        for o in captured.outputs]  # fmt: skip
+        finally:
+            if grad:
+                torch.set_grad_enabled(True)
         self.pool.last_stream = stream
         self.replays += 1
         return torch.utils._pytree.tree_unflatten(outputs, captured.spec)

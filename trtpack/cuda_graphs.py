@@ -20,7 +20,8 @@ decode step. The per-call contract check (trtpack/contract.py) still runs first,
   writes in place are copied back from the static buffers after each replay.
 - **Outputs** are returned as clones (new memory each call): the graph's own output buffers
   are overwritten by its next replay. ``graphs.clone_outputs = False`` returns those buffers
-  themselves (valid until the next call of the pack).
+  themselves: valid until the next replay of any graph of the pack (they share one memory
+  pool, which is safe because each replay's outputs are cloned before the next replay).
 - **Autograd**: capture and replay run without autograd; outputs have no history. A call
   with grad enabled and an input that requires grad runs the program uncaptured.
 - **Refusals**: a pack on the CPU (``DeviceError`` at load). Fallbacks, with the reason in

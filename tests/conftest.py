@@ -19,7 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/models.py and helpers
 EXPECTED_SKIPS: dict[str, str] = {
     r"^no CUDA GPU on this machine\b": (
         "CI machines have no GPU: the live engine and GPU tests run with tools/live_tests.sh "
-        "on a machine with a supported GPU"
+        "on a machine with a supported GPU; the CUDA graph and streamed-load tests "
+        "(tests/test_cuda_graphs.py, tests/test_staging.py, marked gpu) with "
+        "tools/gpu_bench_cuda.sh on the lent GPU machine"
     ),
     r"^TensorRT-RTX does not run engines on compute capability \S+\b": (
         "a GPU that TensorRT-RTX refuses (an H100 is 9.0): its live engine tests cannot run there"

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("writing", ("trtpack.writing",)),  # save, add-engine, build: one assembler
     ("migrations", ("trtpack.migrations",)),
     ("signing", ("trtpack.signing",)),
+    ("cuda_graphs", ("trtpack.cuda_graphs",)),  # CUDA graph replay of a loaded program
     ("runtime", ("trtpack.runtime",)),  # load -> a callable pack
     # answers about a file without loading it: audit, preflight (torch-free)
     ("checks", ("trtpack.checks",)),

@@ -32,7 +32,7 @@ from .program.serialize import (
     load_program,
     load_runnable,
     runnable,
-    weights_owned,
+    weights_read,
 )
 from .reading import PackInfo, open_pack, with_program_guards
 
@@ -40,22 +40,42 @@ T = TypeVar("T")
 
 
 def _verified(
-    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, owned: bool
+    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, read: str
 ) -> T:
     """Run ``build`` with the program's members verified. The graph (small, and parsed) is
-    checked first; the weights (large, never computed on while loading) are hashed on a second
-    thread while the program is rebuilt, and the result is returned only once that hash has
-    matched. ``owned``: the weights hashed are the copy the load keeps (``build`` reads the
-    same ``reader.owned`` buffer), so what is checked is what runs; each piece is hashed
-    while the next is read."""
+    checked first; then the weights, the way ``read`` (``serialize.weights_read``) says:
+
+    - ``"owned"``: the weights hashed are the copy the load keeps (``build`` reads the same
+      ``reader.owned`` buffer), each piece hashed while the next is read, on a second thread
+      while the program is rebuilt;
+    - ``"streamed"`` (a GPU): ``build`` reads the weights piece by piece into staging
+      buffers, and each piece is hashed from the buffer it is copied on from
+      (``program.staging``): no second read; ``build`` raises if a piece differs;
+    - ``"mapped"``: the file's map is hashed on a second thread while the program is rebuilt.
+
+    The result is returned only once that hash has matched; an IntegrityError wins over
+    anything else ``build`` raised."""
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
+    member = manifest.members[weights]
     reader.verify(graph, manifest.members[graph])
+    if read == "streamed":
+        reader.check_when_read(weights, member)
+        try:
+            result = build()
+        except BaseException:
+            if not reader.checked_when_read(weights, member):
+                reader.verify(weights, member)  # a damaged member is named, whatever else broke
+            raise
+        if not reader.checked_when_read(weights, member):  # build did not stream it
+            reader.verify(weights, member)
+        return result
+    owned = read == "owned"
     if owned:  # hashed piece by piece as it is read, whichever thread reads it first
-        reader.check_when_read(weights, manifest.members[weights])
+        reader.check_when_read(weights, member)
     with ThreadPoolExecutor(1) as pool:
-        check = pool.submit(reader.verify, weights, manifest.members[weights], owned=owned)
+        check = pool.submit(reader.verify, weights, member, owned=owned)
         try:
             result = build()
         finally:
@@ -144,6 +164,7 @@ class LoadedPack:
     the portable program, deserialized by torch on first access: the program backend runs a
     module built straight from the pack's graph JSON when it can (``fast_path_reason`` is
     then None; otherwise it says why torch's deserializer built the module at load).
+    ``cuda_graphs``: the entry point's captured CUDA graphs (``load(cuda_graphs=)``), or None.
     """
 
     def __init__(
@@ -189,6 +210,10 @@ class LoadedPack:
         self._state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         #: the names of the tensors this entry point writes in place (derived at load)
         self.mutates: frozenset[str] = frozenset()
+        #: ``load(cuda_graphs=...)``: this entry point's captured CUDA graphs (a
+        #: ``cuda_graphs.CudaGraphs``; its ``reason`` says why they do not run, if they
+        #: do not); None when not asked for
+        self.cuda_graphs: Any = None
 
     # -- entry points (format 1.4) ---------------------------------------------------------
 
@@ -246,7 +271,7 @@ class LoadedPack:
                     reader, self.manifest, True,
                     lambda: load_program(reader, self.manifest, device=self.device,
                                          mmap=self._mmap, allow_ops=self.allow_ops),
-                    owned=weights_owned(self.device, self._mmap),
+                    read=weights_read(self.device, self._mmap),
                 )  # fmt: skip
         return self._exported_program
 
@@ -273,13 +298,17 @@ class LoadedPack:
 
     def to(self, device: str | torch.device) -> LoadedPack:
         """This pack on ``device`` (``"cuda:1"``, ``"cpu"``): loaded again from its file with
-        the same options, as ``load`` would there (the engine variant chosen for that device);
+        the same options, as ``load`` would there (the engine variant chosen for that device;
+        ``cuda_graphs`` dropped on the CPU);
         ``self`` when it is already there. The file must be the one loaded (same digest), else
         ManifestError."""
         dev = _normalize(device)
         if dev == self.device:
             return self
-        moved = load(self.info.path, device=dev, **self.load_options)
+        options = dict(self.load_options)
+        if dev.type != "cuda":
+            options.pop("cuda_graphs", None)  # graphs replay on a CUDA device only
+        moved = load(self.info.path, device=dev, **options)
         if moved.digest != self.digest:
             raise ManifestError(f"{self.info.path} changed on disk since it was loaded "
                                 f"({self.digest} -> {moved.digest}); load it again")  # fmt: skip
@@ -312,6 +341,8 @@ class LoadedPack:
             self._check_unexpressed(self._contract.flatten(args, kwargs))
             return self._fallback_module(*args, **kwargs)
         self._check_unexpressed(leaves)
+        if self.cuda_graphs is not None:
+            return self.cuda_graphs.run(leaves, args, kwargs, self._module, self.call_of)
         return self._module(*args, **kwargs)
 
     def _check_unexpressed(self, leaves: list[Any]) -> None:
@@ -372,6 +403,7 @@ def load(
     trust_engine_host_code: bool = False,
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
+    cuda_graphs: bool | Sequence[str] = False,
 ) -> LoadedPack:
     """Load a pack: its TensorRT engines where a variant can run here, else the ExportedProgram.
 
@@ -417,6 +449,15 @@ def load(
     covered them at load only). Replace a mapped pack by renaming a new file over it (as
     ``trtpack.save`` does). No effect on a GPU: the weights are copied there either way.
 
+    ``cuda_graphs``: on a CUDA device, replay captured CUDA graphs (trtpack/cuda_graphs.py):
+    True for every entry point the program runs, or a list of entry point names
+    (``["decode"]``: a static-shape step; a dynamic one captures one graph per input
+    signature, at most ``cuda_graphs.MAX_SIGNATURES``). The contract check still runs every
+    call; each new signature is warmed up and captured once; outputs are clones of the
+    graph's buffers; no autograd through a replay. An entry point that runs engines, or whose
+    program cannot be captured, runs without graphs, with a warning and the reason in
+    ``pack[name].cuda_graphs.reason``. On the CPU: DeviceError.
+
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
@@ -425,7 +466,7 @@ def load(
         outside_profile=outside_profile, inference_mode=inference_mode,
         require_signature=require_signature, signature=signature,
         trust_engine_host_code=trust_engine_host_code, mmap=mmap,
-        allow_ops=_allow_ops(allow_ops),
+        allow_ops=_allow_ops(allow_ops), cuda_graphs=_cuda_graphs(cuda_graphs),
     )  # fmt: skip
     pack = _load(path, device=device, **options)
     pack.load_options = {**options, "check": check}
@@ -450,10 +491,14 @@ def _load(
     trust_engine_host_code: bool,
     mmap: bool,
     allow_ops: tuple[str, ...],
+    cuda_graphs: bool | tuple[str, ...],
 ) -> LoadedPack:
     if outside_profile not in ("error", "fallback"):
         raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
     dev = _normalize(device)
+    if cuda_graphs and dev.type != "cuda":
+        raise DeviceError(dev, "CUDA graphs (cuda_graphs=) replay on a CUDA device; load "
+                          "without cuda_graphs= here")  # fmt: skip
     if require_signature is not None and not verify:
         # A signature covers the manifest; the manifest covers a member only through its
         # hash. Unhashed members would make the signature vouch for bytes nobody checked.
@@ -494,6 +539,8 @@ def _load(
                 state[t] = (tensors[t], tensors[t].detach().clone())
         pack._state = state
         pack._entries = packs if len(packs) > 1 else {}
+    if cuda_graphs:
+        _attach_cuda_graphs(packs, default, cuda_graphs, dev)
     for pack in packs.values():
         if pack.fallback_reason is not None:
             warnings.warn(f"trtpack: running the ExportedProgram: {pack.fallback_reason}",
@@ -549,7 +596,7 @@ def _load_entry(
                 # the other entry points reference the default program's tensors
                 shared[manifest.program.weights] = _verified(
                     reader, manifest, verify, lambda: _tensors(reader, manifest, dev, mmap),
-                    owned=weights_owned(dev, mmap),
+                    read=weights_read(dev, mmap),
                 )  # fmt: skip
             return LoadedPack(
                 info,
@@ -576,7 +623,7 @@ def _load_entry(
         reader, manifest, verify,
         lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops,
                               shared=shared),
-        owned=weights_owned(dev, mmap),
+        read=weights_read(dev, mmap),
     )  # fmt: skip
     if not shared and manifest.program is not None:
         shared[manifest.program.weights] = program.tensors  # the default entry point's
@@ -599,13 +646,48 @@ def _load_entry(
 def _tensors(
     reader: PackReader, manifest: Manifest, device: torch.device, mmap: bool
 ) -> dict[str, Any]:
-    from .program.serialize import _rebuild_state, _weights_buffer
+    from .program.serialize import load_state
 
     assert manifest.program is not None
-    ref = manifest.program
-    weights = _weights_buffer(reader, ref.weights, device, mmap)
-    state_dict, constants = _rebuild_state(weights, ref.weights, device)
+    state_dict, constants = load_state(reader, manifest.program.weights, device, mmap)
     return {**state_dict, **constants}
+
+
+def _cuda_graphs(value: Any) -> bool | tuple[str, ...]:
+    """``cuda_graphs`` as True/False or a tuple of entry point names."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(n, str) for n in value):
+        return tuple(sorted(value))
+    raise ArgumentTypeError("cuda_graphs", "True, False or a list of entry point names", value)
+
+
+def _attach_cuda_graphs(
+    packs: dict[str, LoadedPack], default: str, which: bool | tuple[str, ...], dev: torch.device
+) -> None:
+    """Each chosen entry point's ``cuda_graphs``, sharing one pool (trtpack/cuda_graphs.py)."""
+    from .cuda_graphs import CudaGraphs, GraphPool
+
+    names = sorted(packs) if which is True else list(which)  # type: ignore[arg-type]
+    unknown = [n for n in names if n not in packs]
+    if unknown:
+        raise ManifestError(
+            f"cuda_graphs names entry point(s) {unknown} the pack does not have (entry points: "
+            f"{sorted(packs)})", field="entry_points", got=unknown, expected=sorted(packs),
+        )  # fmt: skip
+    pool = GraphPool(dev)
+    for name in names:
+        pack = packs[name]
+        where = f"{pack.info.path.name}" + (f" entry point {name!r}" if len(packs) > 1 else "")
+        reason = None
+        if pack.backend != "exported_program":
+            reason = ("it runs TensorRT engines (which have CUDA graphs of their own: "
+                      "torch_tensorrt's cudagraphs mode)")  # fmt: skip
+        names_in = [i.name for i in pack.manifest.inputs]
+        pack.cuda_graphs = CudaGraphs(pack._module, pool, where=where, reason=reason,
+                                      input_names=names_in)  # fmt: skip
 
 
 def _allow_ops(allow_ops: Any) -> tuple[str, ...]:

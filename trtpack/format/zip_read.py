@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ..errors import IntegrityError, MissingMemberError, NotAPackError, UnsafePackError
 from .digests import _CHUNK, DIGEST_CHUNK, Data, FileSlice, PathLike, Source
@@ -59,6 +59,46 @@ def _anonymous(size: int) -> mmap.mmap:
 
 #: the most one positional read asks for (a read past 2 GiB fails on some systems)
 _OWNED_READ = 256 << 20
+#: ``read_into`` reads pieces up to this size into its sink's buffers; a member recorded in
+#: larger pieces is read whole first (a sink's buffers are of one piece each)
+_MAX_PIECE = 64 << 20
+
+
+class Sink(Protocol):
+    """Where ``PackReader.read_into`` puts a member's bytes, piece by piece (the pieces its
+    digests are recorded in): each piece is read into a buffer the sink gives (``slot``),
+    handed back to it (``fill``: the sink uses the bytes, e.g. copies them to a device),
+    hashed from that same buffer, and released (``release``: the sink may reuse it). Several
+    pieces are in flight at once, on ``workers`` threads at most; ``slot`` may block until a
+    buffer is free. A member that is already in memory (or cannot be read piece by piece) is
+    filled from the reader's own memory, which ``slot`` did not give."""
+
+    #: the most pieces the sink takes at once (the reader's threads)
+    workers: int
+
+    def slot(self, start: int, end: int) -> memoryview: ...
+
+    def fill(self, start: int, end: int, data: memoryview) -> None: ...
+
+    def release(self, data: memoryview) -> None: ...
+
+
+class _Into:
+    """The sink of ``owned``: each piece read straight into its place in one buffer."""
+
+    workers = 1 << 30
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+
+    def slot(self, start: int, end: int) -> memoryview:
+        return self.buf[start:end]
+
+    def fill(self, start: int, end: int, data: memoryview) -> None:
+        pass
+
+    def release(self, data: memoryview) -> None:
+        pass
 
 
 class PackReader:
@@ -94,7 +134,9 @@ class PackReader:
         #: members read by ``owned``: read once, shared by the load and the hash check
         self._owned: dict[str, memoryview] = {}
         self._owned_lock = threading.Lock()
-        #: members whose read ``owned`` checks as it goes, and those it has checked
+        self._seek_lock = threading.Lock()  # seek + read of ``read`` (other reads are positional)
+        #: members whose read (``owned``, ``read_into``) checks as it goes, and those it has
+        #: checked so: the bytes a load keeps, or copied on, are the bytes hashed
         self._check_on_read: dict[str, Member] = {}
         self._owned_checked: dict[str, Member] = {}
         #: current member name -> name in the file, for packs of an older format version
@@ -277,9 +319,10 @@ class PackReader:
     def read(self, name: str) -> bytes:
         """A member's bytes (a copy). For small members."""
         info = self.info(name)
-        self._file.seek(info.offset)
         stored = info.size if info.compressed_size is None else info.compressed_size
-        data = self._file.read(stored)
+        with self._seek_lock:  # a load reads the graph on one thread, the weights on others
+            self._file.seek(info.offset)
+            data = self._file.read(stored)
         if len(data) != stored:
             raise IntegrityError(f"{self.path}: member {name!r} is truncated", member=name)
         if info.compressed_size is not None:
@@ -366,28 +409,73 @@ class PackReader:
             return got
 
     def check_when_read(self, name: str, member: Member) -> None:
-        """Have the read that ``owned(name)`` makes check the bytes against ``member`` as they
-        arrive: each piece is hashed on other cores while the next is read, so the check
-        costs little more than the read. ``verify(name, member, owned=True)`` then finds it
-        done (or, where the read raised, checks again and raises the same)."""
+        """Have the read that ``owned(name)`` (or ``read_into``) makes check the bytes against
+        ``member`` as they arrive: each piece is hashed on other cores while the next is read,
+        so the check costs little more than the read. ``verify(name, member, owned=True)``
+        then finds it done (or, where the read raised, checks again and raises the same)."""
         self._check_on_read[name] = member
+
+    def checked_when_read(self, name: str, member: Member) -> bool:
+        """Whether a read of ``name`` (``owned``, ``read_into``) has checked it against
+        ``member`` (``check_when_read``) and found it whole."""
+        return self._owned_checked.get(name) == member
+
+    def read_into(self, name: str, sink: Sink) -> None:
+        """A member's bytes through ``sink``, piece by piece (see :class:`Sink`): read from the
+        file by positional reads on up to ``sink.workers`` threads, each piece handed to the
+        sink and hashed from the same buffer when ``check_when_read`` asked for it, the hashes
+        compared once every piece is in (IntegrityError: the sink has been given bytes that do
+        not match, and its caller must drop what it made of them). So a load that copies the
+        weights on to a device copies exactly the bytes it hashed, and never holds the whole
+        member in memory of its own. A member in memory already (an in-memory pack), deflated,
+        or read where pieces cannot be (no ``preadv``) is read whole (``owned``, checked
+        the same way) and filled from there."""
+        info = self.info(name)
+        with self._owned_lock:
+            member = self._check_on_read.pop(name, None)
+        step = member.chunks.size if member is not None and member.chunks else DIGEST_CHUNK
+        if (info.compressed_size is not None or info.size == 0 or self._data is not None
+                or self._check_crc or not hasattr(os, "preadv") or step > _MAX_PIECE):  # fmt: skip
+            if member is not None:
+                self._check_on_read[name] = member
+            data = self.owned(name)
+            for start in range(0, len(data), DIGEST_CHUNK):
+                end = min(start + DIGEST_CHUNK, len(data))
+                sink.fill(start, end, data[start:end])
+            return
+        if member is not None:
+            self._check_size(name, info, member)
+        self._read_pieces(info, member, sink)
+        if member is not None:
+            self._owned_checked[name] = member
 
     def _read_owned(self, info: MemberInfo, member: Member | None) -> memoryview:
         if info.compressed_size is not None:
-            return memoryview(bytearray(self.read(info.name)))
-        if info.size == 0:
+            view = memoryview(bytearray(self.read(info.name)))
+        elif info.size == 0:
             self._crc(info, b"")
-            return memoryview(bytearray())
-        if self._data is not None:  # already in memory of the caller's (a migration)
+            view = memoryview(bytearray())
+        elif self._data is not None:  # already in memory of the caller's (a migration)
             view = memoryview(self._data)[info.offset : info.offset + info.size]
             self._crc(info, view)
-            return view
-        buf = memoryview(_anonymous(info.size))
-        if not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
-            buf[:] = self.view(info.name)
+        elif not hasattr(os, "preadv"):  # pragma: no cover  (Windows: copied from the map)
+            view = memoryview(_anonymous(info.size))
+            view[:] = self.view(info.name)
+        else:
+            buf = memoryview(_anonymous(info.size))
+            if member is not None:
+                self._check_size(info.name, info, member)
+            self._read_pieces(info, member, _Into(buf))
+            self._crc(info, buf)
             return buf
-        if member is not None:
+        if member is not None:  # read whole: checked whole, as ``verify`` checks
             self._check_size(info.name, info, member)
+            self._check_bytes(info.name, view, member)
+        return view
+
+    def _read_pieces(self, info: MemberInfo, member: Member | None, sink: Sink) -> None:
+        """Every piece of the member read into a buffer of ``sink``'s, handed to it, and
+        hashed (``member``: against its record) from that buffer."""
         from concurrent.futures import ThreadPoolExecutor
 
         # Pieces as the manifest records them, each read and hashed by one worker, the pieces
@@ -399,39 +487,57 @@ class PackReader:
         pieces = [(start, min(start + step, info.size)) for start in range(0, info.size, step)]
 
         def read(span: tuple[int, int]) -> str:
-            self._pread(info, buf, *span)
-            return hashlib.sha256(buf[span[0] : span[1]]).hexdigest() if chunked else ""
+            data = sink.slot(*span)
+            try:
+                self._pread(info, data, span[0])
+                sink.fill(*span, data)
+                return hashlib.sha256(data).hexdigest() if chunked else ""
+            finally:
+                sink.release(data)
 
         if whole is None:  # unchecked, or checked by pieces
-            with ThreadPoolExecutor(max(1, min(len(pieces), os.cpu_count() or 1))) as pool:
+            workers = max(1, min(len(pieces), os.cpu_count() or 1, sink.workers))
+            with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(read, pieces))
             if member is not None:
                 self._compare_pieces(info.name, member, results, info.size)
-        else:
-            with ThreadPoolExecutor(1) as pool:
-                jobs: list[Future[Any]] = []
-                for start, end in pieces:
-                    self._pread(info, buf, start, end)
-                    jobs.append(pool.submit(whole.update, buf[start:end]))
-                for job in jobs:
-                    job.result()
-            assert member is not None
-            self._compare(info.name, "sha256", member.sha256, whole.hexdigest())
-        self._crc(info, buf)
-        return buf
+            return
 
-    def _pread(self, info: MemberInfo, buf: memoryview, start: int, end: int) -> None:
-        """Bytes ``[start, end)`` of the member into the same range of ``buf``, by positional
+        def hashed(data: memoryview) -> None:
+            try:
+                whole.update(data)
+            finally:
+                sink.release(data)
+
+        with ThreadPoolExecutor(1) as pool:
+            jobs: list[Future[Any]] = []
+            for start, end in pieces:
+                data = sink.slot(start, end)
+                try:
+                    self._pread(info, data, start)
+                    sink.fill(start, end, data)
+                except BaseException:
+                    sink.release(data)
+                    raise
+                jobs.append(pool.submit(hashed, data))
+            for job in jobs:
+                job.result()
+        assert member is not None
+        self._compare(info.name, "sha256", member.sha256, whole.hexdigest())
+
+    def _pread(self, info: MemberInfo, dest: memoryview, start: int) -> None:
+        """Bytes ``[start, start + len(dest))`` of the member into ``dest``, by positional
         reads (the file object's position is shared with other readers of it)."""
         fd = self._file.fileno()
-        done = start
+        done, end = 0, len(dest)
         while done < end:
-            n = os.preadv(fd, [buf[done : min(end, done + _OWNED_READ)]], info.offset + done)
+            n = os.preadv(fd, [dest[done : min(end, done + _OWNED_READ)]],
+                          info.offset + start + done)  # fmt: skip
             if n == 0:
                 raise IntegrityError(
                     f"{self.path}: member {info.name!r} is truncated: the file ended after "
-                    f"{done} of its {info.size} bytes (changed while being read?)",
-                    member=info.name, field="size", expected=info.size, got=done,
+                    f"{start + done} of its {info.size} bytes (changed while being read?)",
+                    member=info.name, field="size", expected=info.size, got=start + done,
                 )  # fmt: skip
             done += n
 
@@ -463,6 +569,13 @@ class PackReader:
                 return  # checked piece by piece as it was read (check_when_read)
         else:
             view = self.view(name)
+        self._check_bytes(name, view, member, progress)
+
+    def _check_bytes(
+        self, name: str, view: memoryview, member: Member, progress: Progress | None = None
+    ) -> None:
+        """``view`` (the member's bytes) against its record: pieces on every core; the bytes
+        hashed counted on ``progress``."""
         if member.chunks is None:
             sha = hashlib.sha256()
             for start in range(0, len(view), _CHUNK):

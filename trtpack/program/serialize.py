@@ -15,7 +15,8 @@ reads only whole files by path). Tests check both against the ``safetensors`` li
 Where the loaded tensors live: on the CPU, by default, in memory of their own, read from the
 file once (and hashed there), so that a served pack survives anything later done to its file;
 ``mmap=True`` makes them view a private map of the file instead (no copy; see
-``trtpack.load``). On a GPU the map is only the staging the copy to the device reads from.
+``trtpack.load``). On a GPU the weights are read piece by piece into pinned staging buffers,
+each piece hashed and copied on from the same buffer (``program.staging``).
 """
 
 from __future__ import annotations
@@ -434,14 +435,41 @@ def read_safetensors(buf: memoryview, where: str) -> tuple[dict[str, torch.Tenso
 
 def weights_owned(device: torch.device | None, mmap: bool) -> bool:
     """Whether a load reads the weights into memory of their own (``PackReader.owned``)
-    rather than viewing the file's map: on the CPU unless ``mmap`` opts out. On another
-    device the map is the staging of the one copy to it (no copy in between)."""
-    return not mmap and (device is None or device.type == "cpu")
+    rather than viewing the file's map: on the CPU unless ``mmap`` opts out."""
+    return weights_read(device, mmap) == "owned"
+
+
+def weights_read(device: torch.device | None, mmap: bool) -> str:
+    """How a load reads the weights: ``"owned"`` (CPU: into memory of their own, hashed as
+    read), ``"mapped"`` (CPU with ``mmap``: the tensors view the file's map, hashed beside the
+    load), or ``"streamed"`` (another device: piece by piece through staging buffers, each
+    piece hashed and copied on from the same buffer, ``program.staging``)."""
+    if device is not None and device.type != "cpu":
+        return "streamed"
+    return "mapped" if mmap else "owned"
 
 
 def _weights_buffer(reader: PackReader, name: str, device: torch.device | None,
                     mmap: bool) -> memoryview:  # fmt: skip
     return reader.owned(name) if weights_owned(device, mmap) else reader.view(name)
+
+
+def load_state(
+    reader: PackReader,
+    name: str,
+    device: torch.device | None,
+    mmap: bool = False,
+    shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and constants of weights member ``name``, on ``device``, read the way
+    ``weights_read`` says."""
+    if weights_read(device, mmap) == "streamed":
+        from .staging import weights_to_device
+
+        assert device is not None
+        stored, metadata, stored_at = weights_to_device(reader, name, device)
+        return _assemble_state(stored, metadata, stored_at, name, shared)
+    return _rebuild_state(_weights_buffer(reader, name, device, mmap), name, device, shared)
 
 
 def _rebuild_state(
@@ -458,6 +486,18 @@ def _rebuild_state(
     if device is not None and device.type != "cpu":
         stored = {name: t.to(device) for name, t in stored.items()}
     stored_at, _ = parse_safetensors(buf, where)
+    return _assemble_state(stored, metadata, stored_at, where, shared)
+
+
+def _assemble_state(
+    stored: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    stored_at: Mapping[str, Any],
+    where: str,
+    shared: Mapping[str, Mapping[str, torch.Tensor]] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The program's tensors from the stored ones and the layout metadata (views, shared
+    tensors, parameters)."""
     state_dict: dict[str, torch.Tensor] = {}
     constants: dict[str, Any] = {}
     for e in parse_layout(metadata, stored_at, where):
@@ -541,8 +581,7 @@ def _read_program(
     # becomes code before both are done; an error of the weights wins, as before.
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(graph_checked)
-        weights = _weights_buffer(reader, ref.weights, device, mmap)
-        state_dict, constants = _rebuild_state(weights, ref.weights, device, shared)
+        state_dict, constants = load_state(reader, ref.weights, device, mmap, shared)
         graph, parsed = job.result()
     return ref, graph, parsed, state_dict, constants
 

@@ -575,3 +575,33 @@ def test_samples_per_entry_point_as_a_dict(tmp_path, capsys):
     with pytest.raises(TrtpackError, match="give samples too"):
         trtpack.save(programs, tmp_path / "x.trtpack", tolerances={"program": (1, 1)})
     assert not (tmp_path / "x.trtpack").exists()
+
+
+def test_output_names_per_entry_point(tmp_path):
+    """output_names= of a dict save: {entry point: what output_names takes for one program},
+    applied before the samples (which store outputs by name); unknown entry points refused."""
+    _, programs = _two_entries()
+    path = tmp_path / "named.trtpack"
+    trtpack.save(
+        programs, path, samples=1, output_names={"step": ["total"], "peek": {"output": "seen"}}
+    )
+    m = trtpack.inspect(path).manifest
+    assert [o.name for o in m.outputs] == ["total"]
+    assert [o.name for o in m.entry_points["peek"].interface.outputs] == ["seen"]
+    with zipfile.ZipFile(path) as z:
+        stored = safetensors.torch.load(z.read("entry_points/peek/samples.safetensors"))
+    assert "sample0/output/seen" in stored
+    pack = trtpack.load(path, device="cpu", check=True)
+    assert pack["peek"].check_report.passed and pack.check_report.passed
+    only = tmp_path / "only.trtpack"
+    trtpack.save(programs, only, output_names={"peek": ["seen"]})  # the others keep theirs
+    m = trtpack.inspect(only).manifest
+    assert [o.name for o in m.outputs] == ["output"]
+    assert [o.name for o in m.entry_points["peek"].interface.outputs] == ["seen"]
+    with pytest.raises(TrtpackError, match=r"output_names= names \['pek'\], which are not entry"):
+        trtpack.save(programs, tmp_path / "x.trtpack", output_names={"pek": ["seen"]})
+    with pytest.raises(TypeError, match="output_names"):
+        trtpack.save(programs, tmp_path / "x.trtpack", output_names=["seen"])  # whose outputs?
+    with pytest.raises(ManifestError, match="not outputs"):
+        trtpack.save(programs, tmp_path / "x.trtpack", output_names={"step": {"nope": "x"}})
+    assert not (tmp_path / "x.trtpack").exists()

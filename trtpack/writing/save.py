@@ -36,7 +36,7 @@ def save(
     overwrite: bool = False,
     variant: str | None = None,
     source: ExportedProgram | None = None,
-    output_names: Sequence[str] | Mapping[str, str] | None = None,
+    output_names: Sequence[str] | Mapping[str, Any] | None = None,
     samples: int | Sequence[Any] | Mapping[str, int | Sequence[Any]] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
     max_sample_bytes: int | None = None,
@@ -71,7 +71,9 @@ def save(
     ``samples`` is a count for every entry point, or ``{name: count or calls}`` for the entry
     points named; each entry point's samples run from the saved state (an entry point that
     writes state in place has it reset before each call, as ``check`` does after load);
-    ``tolerances`` ``{"program": ...}`` applies to every entry point.
+    ``tolerances`` ``{"program": ...}`` applies to every entry point; ``output_names`` is
+    ``{name: a list or a {derived: new} map}`` for the entry points named (the others keep
+    their derived names).
     """
     bar = Progress("save", progress)  # checks its type before any work
     if isinstance(obj, Mapping):
@@ -125,6 +127,7 @@ def _save_entry_points(
 
     samples, tolerances = not_yet.pop("samples"), not_yet.pop("tolerances")
     max_sample_bytes = not_yet.pop("max_sample_bytes")
+    output_names = not_yet.pop("output_names")
     given = sorted(k for k, v in not_yet.items() if v is not None)
     if given:
         raise TrtpackError(
@@ -132,11 +135,18 @@ def _save_entry_points(
             "saved as programs, with derived output names)"
         )
     checked = check_programs(programs)
+    renames = _per_entry("output_names", output_names, checked)
     per_entry = _samples_per_entry(checked, samples)
     if tolerances is not None and not per_entry:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
     bar.step("describe the programs")
     parts, others = parts_of_programs(checked, ranges=ranges)
+    for name, names in renames.items():  # before samples: they store outputs by name
+        if name == parts.entry_point:
+            parts.interface = parts.interface.with_output_names(names)
+        else:
+            renamed = others[name].interface.with_output_names(names)
+            others[name] = dataclasses.replace(others[name], interface=renamed)
     parts.metadata = dict(metadata or {})
     if per_entry:
         bar.step("compute the reference samples")
@@ -156,6 +166,19 @@ def _save_entry_points(
     parts.entry_points = others or None
     with bar:
         return write(parts, path, overwrite=overwrite, progress=bar)
+
+
+def _per_entry(arg: str, value: Any, programs: Mapping[str, Any]) -> dict[str, Any]:
+    """A per-entry-point argument of a multi-entry save (``{entry point: value}``), checked
+    for names that are not entry points; entry points it does not name get nothing."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ArgumentTypeError(arg, "a dict {entry point: value} for a multi-entry save", value)
+    unknown = sorted(str(n) for n in value if n not in programs)
+    if unknown:
+        raise TrtpackError(f"{arg}= names {unknown}, which are not entry points ({list(programs)})")
+    return {n: value[n] for n in programs if n in value and value[n] is not None}
 
 
 def _samples_per_entry(programs: Mapping[str, ExportedProgram], samples: Any) -> dict[str, Any]:

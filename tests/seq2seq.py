@@ -1,7 +1,8 @@
-"""A small transformers T5 (built from a config, no download) exported as two stateless entry
-points of one module: ``encoder`` (a dynamic source sequence) and ``decoder`` (the decoder
-tokens so far and the encoder's output, no cache: each step runs the whole target prefix).
-Used by tests/test_multi_entry.py."""
+"""A small transformers T5 (built from a config, no download) exported as two entry points of
+one module: ``encoder`` (a dynamic source sequence) and ``decoder``, either stateless (the
+decoder tokens so far and the encoder's output, no cache: each step runs the whole target
+prefix) or stateful (one token per step, a static self-attention cache written in place:
+``export_cached_entry_points``). Used by tests/test_multi_entry.py."""
 
 from __future__ import annotations
 
@@ -85,3 +86,80 @@ def eager_generate(model: Any, source: list[int], steps: int) -> tuple[list[int]
                              do_sample=False, num_beams=1, output_logits=True,
                              return_dict_in_generate=True)  # fmt: skip
     return out.sequences[0, 1:].tolist(), [logits.clone() for logits in out.logits]
+
+
+MAX_TARGET = 16  # the static self-attention cache's length: the most decoder steps
+
+
+class CachedDecoder(torch.nn.Module):
+    """One decoder step (one token at ``cache_position``) with a static self-attention cache,
+    the layout of transformers' ``Seq2SeqLMDecoderExportableModuleWithStaticCache`` (a
+    ``StaticCache`` for self-attention in an ``EncoderDecoderCache``), but through the whole
+    model's forward under ``self.model``: the weights are named as the encoder's are (so the
+    pack stores them once), and T5's tied-embedding output scaling (``d_model ** -0.5`` before
+    ``lm_head``) is applied, which transformers' wrapper, calling ``lm_head`` directly, skips.
+
+    The cache tensors are written in place by ``index_copy_`` (torch.export lifts them as
+    constants): the entry point's state. Cross-attention keys/values are recomputed from
+    ``encoder_hidden_states`` each step: T5 decides whether to read its cross-attention cache
+    by a Python flag (``EncoderDecoderCache.is_updated``), fixed when the graph is traced, so
+    one exported step graph cannot both fill that cache on the first step and read it later."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
+
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.static_cache = StaticCache(config=cfg, max_cache_len=MAX_TARGET)
+        self.static_cache.early_initialization(1, cfg.num_heads, cfg.d_kv, torch.float32,
+                                               torch.device("cpu"))  # fmt: skip
+        self.cache = EncoderDecoderCache(self.static_cache, DynamicCache(config=cfg))
+
+    def reset(self) -> None:
+        for layer in self.static_cache.layers:
+            layer.keys.zero_()
+            layer.values.zero_()
+
+    def forward(self, decoder_input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                cache_position: torch.Tensor) -> Any:  # fmt: skip
+        return self.model(encoder_outputs=(encoder_hidden_states,), use_cache=True,
+                          decoder_input_ids=decoder_input_ids, past_key_values=self.cache,
+                          cache_position=cache_position).logits  # fmt: skip
+
+
+def export_cached_entry_points(model: torch.nn.Module) -> dict[str, torch.export.ExportedProgram]:
+    """encoder (source 2..32) and a one-token decoder step with its static cache (state)."""
+    src = torch.export.Dim("src", min=2, max=32)
+    ids = torch.tensor([[5, 17, 42, 7, 99]])
+    decoder = CachedDecoder(model)
+    with torch.no_grad():
+        hidden = Encoder(model)(ids)
+        encoder = torch.export.export(Encoder(model), (), {"input_ids": ids},
+                                      dynamic_shapes={"input_ids": {1: src}}, strict=False)  # fmt: skip
+        step = torch.export.export(
+            decoder, (),
+            {"decoder_input_ids": torch.tensor([[START]]), "encoder_hidden_states": hidden,
+             "cache_position": torch.tensor([0])},
+            dynamic_shapes={"decoder_input_ids": None, "encoder_hidden_states": {1: src},
+                            "cache_position": None},
+            strict=False,
+        )  # fmt: skip
+    decoder.reset()  # the saved state: an empty cache
+    return {"encoder": encoder, "decoder": step}
+
+
+def generate_cached(
+    encoder: Any, decoder: Any, source: list[int], steps: int
+) -> tuple[list[int], list]:
+    """Greedy generation, one token per decoder call (the cache holds the prefix)."""
+    with torch.no_grad():
+        hidden = encoder(input_ids=torch.tensor([source]))
+        token, tokens, all_logits = START, [], []
+        for i in range(steps):
+            logits = decoder(decoder_input_ids=torch.tensor([[token]]), encoder_hidden_states=hidden,
+                             cache_position=torch.tensor([i]))[:, -1]  # fmt: skip
+            all_logits.append(logits.clone())
+            token = int(logits.argmax(-1))
+            tokens.append(token)
+    return tokens, all_logits

@@ -605,3 +605,70 @@ def test_output_names_per_entry_point(tmp_path):
     with pytest.raises(ManifestError, match="not outputs"):
         trtpack.save(programs, tmp_path / "x.trtpack", output_names={"step": {"nope": "x"}})
     assert not (tmp_path / "x.trtpack").exists()
+
+
+@pytest.fixture(scope="module")
+def t5_cached_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], list]:
+    model = seq2seq.t5()
+    path = tmp_path_factory.mktemp("t5c") / "t5_cached.trtpack"
+    trtpack.save(seq2seq.export_cached_entry_points(model), path)
+    tokens, logits = seq2seq.eager_generate(model, SOURCE, T5_STEPS)
+    return path, tokens, logits
+
+
+def test_t5_with_a_static_decoder_cache_generates_as_eager_in_a_fresh_process(t5_cached_pack,
+                                                                             tmp_path):  # fmt: skip
+    """encoder + a stateful one-token decoder (its self-attention cache written in place): greedy
+    generation from a fresh process equals transformers' own generate, token for token, logits
+    within 1e-4, and again after reset_state()."""
+    path, tokens, logits = t5_cached_pack
+    assert len(set(tokens)) > 2
+    m = trtpack.inspect(path).manifest
+    assert m.default_entry_point == "encoder" and m.state is not None
+    assert m.state.entry_points["encoder"].mutates == ()
+    cache = m.state.entry_points["decoder"].mutates
+    assert len(cache) == 4  # keys and values of 2 decoder layers
+    assert all(m.state.tensors[t].shape == (1, 4, seq2seq.MAX_TARGET, 8) for t in cache)
+    out = tmp_path / "out.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import seq2seq, trtpack
+        pack = trtpack.load({str(path)!r})
+        assert pack.entry_points == ("decoder", "encoder"), pack.entry_points
+        runs = [seq2seq.generate_cached(pack["encoder"], pack["decoder"], {SOURCE!r}, {T5_STEPS})]
+        seq2seq.generate_cached(pack["encoder"], pack["decoder"], [9, 8, 7], 2)  # other state
+        pack.reset_state()
+        runs.append(seq2seq.generate_cached(pack["encoder"], pack["decoder"], {SOURCE!r},
+                                            {T5_STEPS}))
+        torch.save(runs, {str(out)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for got_tokens, got_logits in torch.load(out):
+        assert got_tokens == tokens
+        assert len(got_logits) == len(logits) == T5_STEPS
+        for g, w in zip(got_logits, logits, strict=True):
+            assert torch.allclose(g, w, atol=1e-4, rtol=0), (g - w).abs().max()
+
+
+def test_t5_decoder_state_is_shared_and_reset(t5_cached_pack):
+    """Without reset the decoder step reads the cache the previous generation left; after
+    reset_state() it is the saved (empty) cache again."""
+    path, tokens, _ = t5_cached_pack
+    pack = trtpack.load(path)
+    first = seq2seq.generate_cached(pack["encoder"], pack["decoder"], SOURCE, 3)
+    assert first[0] == tokens[:3]
+    with torch.no_grad():
+        hidden = pack["encoder"](input_ids=torch.tensor([SOURCE]))
+        call = {"decoder_input_ids": torch.tensor([[tokens[0]]]), "encoder_hidden_states": hidden,
+                "cache_position": torch.tensor([1])}  # fmt: skip
+        seen = pack["decoder"](**call)
+        pack.reset_state()
+        fresh = pack["decoder"](**call)
+    assert not torch.allclose(seen, fresh)  # position 0 of the cache: filled, then empty
+    assert pack["decoder"].mutates and not pack["encoder"].mutates
+    assert any(t.any() for t, _ in pack._state.values())  # the call above wrote position 1
+    pack.reset_state()
+    assert len(pack._state) == 4 and all(not t.any() for t, _ in pack._state.values())

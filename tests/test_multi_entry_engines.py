@@ -176,7 +176,7 @@ def test_compiled_modules_of_stateful_entry_points_are_refused(tmp_path):
         plain = trtpack.compile(eps["plain"], **settings())
     out = tmp_path / "x.trtpack"
     # torch_tensorrt compiles the writing program, returning the new buffer as an output
-    assert len(list(step.graph.find_nodes(op="output"))[0].args[0]) == 2
+    assert len(next(iter(step.graph.find_nodes(op="output"))).args[0]) == 2
     with tt_cpu.device_queries():
         with pytest.raises(EngineError, match="'step' writes state in place .* never run"):
             trtpack.save({**eps, "step": step}, out)

@@ -672,3 +672,21 @@ def test_t5_decoder_state_is_shared_and_reset(t5_cached_pack):
     assert any(t.any() for t, _ in pack._state.values())  # the call above wrote position 1
     pack.reset_state()
     assert len(pack._state) == 4 and all(not t.any() for t, _ in pack._state.values())
+
+
+def test_ranges_for_all_entry_points_or_per_entry_point(tmp_path):
+    """ranges= of a dict save: {symbol: range} narrows every entry point; {entry point:
+    {symbol: range}} only those named."""
+    torch.manual_seed(0)
+    step = _Step()
+    b = torch.export.Dim("b", min=1, max=8)
+    programs = {n: torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=({0: b},))
+                for n, m in (("step", step), ("peek", _Peek(step)))}  # fmt: skip
+    per = trtpack.save(programs, tmp_path / "per.trtpack", ranges={"peek": {"b": (1, 4)}})
+    m = per.manifest
+    assert m.symbols["b"].max == 8 and m.entry_points["peek"].interface.symbols["b"].max == 4
+    every = trtpack.save(programs, tmp_path / "all.trtpack", ranges={"b": (1, 6)})
+    m = every.manifest
+    assert m.symbols["b"].max == 6 and m.entry_points["peek"].interface.symbols["b"].max == 6
+    with pytest.raises(trtpack.RangeOverrideError, match="no symbol named 'pek'"):
+        trtpack.save(programs, tmp_path / "x.trtpack", ranges={"pek": {"b": (1, 4)}})

@@ -213,9 +213,9 @@ def _compile_entry_points(
     # per entry point: a dict whose keys are all entry points and whose values are dicts (for
     # one program, ranges map symbols to ranges and inputs map input names to tt.Input or
     # tensors); profiles, a list for one program, per entry point whenever a dict
-    per_ranges = _per_entry_point("ranges", ranges, names)
-    per_inputs = _per_entry_point("inputs", inputs, names)
-    per_profiles = _per_entry_point("profiles", profiles, names)
+    per_ranges = per_entry_point("ranges", ranges, names)
+    per_inputs = per_entry_point("inputs", inputs, names)
+    per_profiles = per_entry_point("profiles", profiles, names)
     state = declare_state(programs, names[0])
     out: dict[str, Any] = {}
     for name in names:
@@ -229,7 +229,7 @@ def _compile_entry_points(
     return out
 
 
-def _per_entry_point(arg: str, value: Any, names: Sequence[str]) -> dict[str, Any]:
+def per_entry_point(arg: str, value: Any, names: Sequence[str]) -> dict[str, Any]:
     """``value`` for each entry point: ``value[name]`` when it is given per entry point, else
     ``value`` itself for every one."""
     if not isinstance(value, Mapping) or not value:

@@ -108,11 +108,13 @@ def parts_of_programs(
     *,
     ranges: Any = None,
     interfaces: Mapping[str, Any] | None = None,
+    entry_ranges: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, EntryPoint]]:
     """The parts of a multi-entry pack: the default program's ``PackParts`` (its members,
     interface and reference) with the other entry points' members added, and the other
     entry points' records. ``interfaces``: the given interface of an entry point (compiled
-    with ``trtpack.compile``), instead of the derived one."""
+    with ``trtpack.compile``), instead of the derived one; ``entry_ranges``: each entry
+    point's ranges, instead of ``ranges`` for all."""
     from ..program.serialize import SharedWeights, program_members
     from .assemble import PackParts
 
@@ -123,7 +125,8 @@ def parts_of_programs(
     members, ref = program_members(programs[default])
     graph = members[ref.graph]
     assert isinstance(graph, bytes)
-    iface = _interface(programs[default], ranges, graph, given.get(default))
+    per = dict(entry_ranges) if entry_ranges is not None else dict.fromkeys(names, ranges)
+    iface = _interface(programs[default], per.get(default), graph, given.get(default))
     parts = PackParts(iface, dict(members), ref)
     mutable = frozenset(state.tensors) if state else frozenset()
     shared = SharedWeights(programs[default], ref.weights, mutable)
@@ -133,7 +136,7 @@ def parts_of_programs(
         m, r = program_members(ep, folder=f"entry_points/{name}", shared=shared)
         g = m[r.graph]
         assert isinstance(g, bytes)
-        others[name] = EntryPoint(_interface(ep, ranges, g, given.get(name)), r)
+        others[name] = EntryPoint(_interface(ep, per.get(name), g, given.get(name)), r)
         parts.members.update(m)
     parts.entry_point = default
     parts.entry_points = others or None

@@ -79,7 +79,8 @@ def save(
     program of a module from ``torch_tensorrt.dynamo.compile``; ``variant`` is one name for
     every compiled entry point's engine set, or ``{name: variant name}``. An entry point that
     writes state in place, or reads state another writes, cannot be a compiled module
-    (EngineError: the loader would never run its engines).
+    (EngineError: the loader would never run its engines). ``ranges`` applies to every entry
+    point, or per entry point as ``{name: {symbol: range}}``.
     """
     bar = Progress("save", progress)  # checks its type before any work
     if isinstance(obj, Mapping):
@@ -132,7 +133,7 @@ def _save_entry_points(
     overwrite: bool, bar: Progress, variant: Any, source: Any, output_names: Any, samples: Any,
     tolerances: Any, max_sample_bytes: int | None,
 ) -> PackInfo:  # fmt: skip
-    from ..engines.torchtrt import wire
+    from ..engines.torchtrt import per_entry_point, wire
     from .entry_points import check_programs, engine_refusal, parts_of_programs, relocated
 
     programs, compiled = _entry_programs(values, source)
@@ -145,7 +146,8 @@ def _save_entry_points(
     bar.step("describe the programs")
     attached = {n: getattr(m, "_trtpack", None) for n, m in compiled.items()}
     given = {n: a.interface for n, a in attached.items() if a is not None}
-    parts, others = parts_of_programs(checked, ranges=ranges, interfaces=given)
+    per_ranges = per_entry_point("ranges", ranges, list(checked))
+    parts, others = parts_of_programs(checked, interfaces=given, entry_ranges=per_ranges)
     for name in compiled:  # refused before any engine is read
         refused = engine_refusal(parts.state, name)
         if refused is not None:

@@ -4,8 +4,10 @@
 default entry point (the top level of the manifest, complete), the others under
 ``entry_points/<name>/`` with only the tensors the default does not hold, and declares the
 state: the tensors some entry point writes in place, shared by every entry point that names
-them. What a program writes in place is derived from its graph, here at save and again from
-the loaded module at load, where the two must agree.
+them. What a program writes in place is derived from its graph (``program/state.py``), at
+save and again from the loaded module at load, where the two must agree. A compiled
+module's entry point is saved as its source program, its engines a variant of that entry
+point (``save.py``), moved under ``entry_points/<name>/engines/`` here (``relocated``).
 """
 
 from __future__ import annotations

@@ -690,3 +690,36 @@ def test_ranges_for_all_entry_points_or_per_entry_point(tmp_path):
     assert m.symbols["b"].max == 6 and m.entry_points["peek"].interface.symbols["b"].max == 6
     with pytest.raises(trtpack.RangeOverrideError, match="no symbol named 'pek'"):
         trtpack.save(programs, tmp_path / "x.trtpack", ranges={"pek": {"b": (1, 4)}})
+
+
+class _Aliased(torch.nn.Module):
+    """Holds Step's buffer, but reads the same tensor through a Python object (as a
+    transformers cache object holds its tensors): torch.export lifts that as a constant of
+    another name, one storage with the buffer."""
+
+    def __init__(self, step: _Step) -> None:
+        import types
+
+        super().__init__()
+        self.lin = step.lin
+        self.register_buffer("acc", step.acc)
+        self.box = types.SimpleNamespace(acc=step.acc)
+
+    def forward(self, x):
+        return self.lin(x) - self.box.acc
+
+
+def test_state_reached_under_another_name_is_refused(tmp_path):
+    """An entry point whose program holds a state tensor under a second name the default
+    does not have would get its own copy (the weights member references a storage only as a
+    whole), and read stale state while the declaration says it shares it: refused at save."""
+    step = _Step()
+    x = torch.randn(2, 4)
+    aliased = torch.export.export(_Aliased(step), (x,))
+    assert set(aliased.constants) == {"lifted_tensor_0"}  # the second name
+    programs = {"step": torch.export.export(step, (x,)), "aliased": aliased}
+    with pytest.raises(
+        trtpack.ProgramError, match=r"'acc' is one storage with \['lifted_tensor_0'\]"
+    ):
+        trtpack.save(programs, tmp_path / "x.trtpack")
+    assert not (tmp_path / "x.trtpack").exists()

@@ -607,28 +607,39 @@ def test_output_names_per_entry_point(tmp_path):
     assert not (tmp_path / "x.trtpack").exists()
 
 
+OTHER_SOURCE = [12, 77, 3, 50, 21, 6, 90]  # longer: run first, its last 2 positions stay stale
+
+
 @pytest.fixture(scope="module")
-def t5_cached_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], list]:
+def t5_cached_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     model = seq2seq.t5()
     path = tmp_path_factory.mktemp("t5c") / "t5_cached.trtpack"
     trtpack.save(seq2seq.export_cached_entry_points(model), path)
-    tokens, logits = seq2seq.eager_generate(model, SOURCE, T5_STEPS)
-    return path, tokens, logits
+    eager = {tuple(src): seq2seq.eager_generate(model, src, T5_STEPS)
+             for src in (SOURCE, OTHER_SOURCE)}  # fmt: skip
+    return path, eager
 
 
-def test_t5_with_a_static_decoder_cache_generates_as_eager_in_a_fresh_process(t5_cached_pack,
-                                                                             tmp_path):  # fmt: skip
-    """encoder + a stateful one-token decoder (its self-attention cache written in place): greedy
-    generation from a fresh process equals transformers' own generate, token for token, logits
-    within 1e-4, and again after reset_state()."""
-    path, tokens, logits = t5_cached_pack
-    assert len(set(tokens)) > 2
+def test_t5_with_encoder_and_decoder_caches_generates_as_eager_in_a_fresh_process(
+    t5_cached_pack, tmp_path
+):
+    """The encoder writes the cross-attention cache, the one-token decoder reads it and writes
+    its static self-attention cache: greedy generation from a fresh process equals
+    transformers' own generate, token for token with logits within 1e-4, for a source, for a
+    shorter one without reset (the encoder rewrites what the decoder reads; the positions it
+    leaves stale are masked), and again after reset_state()."""
+    path, eager = t5_cached_pack
+    assert all(len(set(tokens)) > 1 for tokens, _ in eager.values())
+    assert eager[tuple(SOURCE)][0] != eager[tuple(OTHER_SOURCE)][0]
     m = trtpack.inspect(path).manifest
     assert m.default_entry_point == "encoder" and m.state is not None
-    assert m.state.entry_points["encoder"].mutates == ()
-    cache = m.state.entry_points["decoder"].mutates
-    assert len(cache) == 4  # keys and values of 2 decoder layers
-    assert all(m.state.tensors[t].shape == (1, 4, seq2seq.MAX_TARGET, 8) for t in cache)
+    cross = m.state.entry_points["encoder"].mutates
+    assert cross == ("t5.cross_k0", "t5.cross_k1", "t5.cross_v0", "t5.cross_v1")
+    assert all(m.state.tensors[t].shape == (1, 4, seq2seq.MAX_SOURCE, 8) for t in cross)
+    own = m.state.entry_points["decoder"].mutates  # keys and values of 2 layers
+    assert len(own) == 4 and not set(own) & set(cross)
+    assert all(m.state.tensors[t].shape == (1, 4, seq2seq.MAX_TARGET, 8) for t in own)
+    assert set(m.state.entry_points["decoder"].reads) == set(cross) | set(own)
     out = tmp_path / "out.pt"
     script = textwrap.dedent(f"""
         import sys, torch
@@ -636,42 +647,48 @@ def test_t5_with_a_static_decoder_cache_generates_as_eager_in_a_fresh_process(t5
         import seq2seq, trtpack
         pack = trtpack.load({str(path)!r})
         assert pack.entry_points == ("decoder", "encoder"), pack.entry_points
-        runs = [seq2seq.generate_cached(pack["encoder"], pack["decoder"], {SOURCE!r}, {T5_STEPS})]
-        seq2seq.generate_cached(pack["encoder"], pack["decoder"], [9, 8, 7], 2)  # other state
-        pack.reset_state()
-        runs.append(seq2seq.generate_cached(pack["encoder"], pack["decoder"], {SOURCE!r},
-                                            {T5_STEPS}))
+        runs = []
+        for source in ({OTHER_SOURCE!r}, {SOURCE!r}, "reset", {SOURCE!r}):
+            if source == "reset":
+                pack.reset_state()
+                continue
+            runs.append((source, seq2seq.generate_cached(pack["encoder"], pack["decoder"],
+                                                         source, {T5_STEPS})))
         torch.save(runs, {str(out)!r})
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    for got_tokens, got_logits in torch.load(out):
-        assert got_tokens == tokens
+    runs = torch.load(out)
+    assert len(runs) == 3
+    for source, (got_tokens, got_logits) in runs:
+        tokens, logits = eager[tuple(source)]
+        assert got_tokens == tokens, source
         assert len(got_logits) == len(logits) == T5_STEPS
         for g, w in zip(got_logits, logits, strict=True):
-            assert torch.allclose(g, w, atol=1e-4, rtol=0), (g - w).abs().max()
+            assert torch.allclose(g, w, atol=1e-4, rtol=0), (source, (g - w).abs().max())
 
 
-def test_t5_decoder_state_is_shared_and_reset(t5_cached_pack):
-    """Without reset the decoder step reads the cache the previous generation left; after
-    reset_state() it is the saved (empty) cache again."""
-    path, tokens, _ = t5_cached_pack
+def test_t5_caches_are_shared_and_reset(t5_cached_pack):
+    """The decoder reads the very tensors the encoder writes (one object after load); without
+    reset a decoder step reads what the last calls left; reset_state() empties both caches."""
+    path, eager = t5_cached_pack
+    tokens = eager[tuple(SOURCE)][0]
     pack = trtpack.load(path)
-    first = seq2seq.generate_cached(pack["encoder"], pack["decoder"], SOURCE, 3)
-    assert first[0] == tokens[:3]
+    for name in pack.manifest.state.entry_points["encoder"].mutates:
+        assert pack["encoder"]._program.tensors[name] is pack["decoder"]._program.tensors[name]
+    assert seq2seq.generate_cached(pack["encoder"], pack["decoder"], SOURCE, 3)[0] == tokens[:3]
+    call = {"decoder_input_ids": torch.tensor([[tokens[0]]]),
+            "encoder_attention_mask": seq2seq.source_mask(len(SOURCE)),
+            "cache_position": torch.tensor([1])}  # fmt: skip
     with torch.no_grad():
-        hidden = pack["encoder"](input_ids=torch.tensor([SOURCE]))
-        call = {"decoder_input_ids": torch.tensor([[tokens[0]]]), "encoder_hidden_states": hidden,
-                "cache_position": torch.tensor([1])}  # fmt: skip
         seen = pack["decoder"](**call)
         pack.reset_state()
-        fresh = pack["decoder"](**call)
-    assert not torch.allclose(seen, fresh)  # position 0 of the cache: filled, then empty
-    assert pack["decoder"].mutates and not pack["encoder"].mutates
+        fresh = pack["decoder"](**call)  # empty caches: no source, no position 0
+    assert not torch.allclose(seen, fresh)
     assert any(t.any() for t, _ in pack._state.values())  # the call above wrote position 1
     pack.reset_state()
-    assert len(pack._state) == 4 and all(not t.any() for t, _ in pack._state.values())
+    assert len(pack._state) == 8 and all(not t.any() for t, _ in pack._state.values())
 
 
 def test_ranges_for_all_entry_points_or_per_entry_point(tmp_path):

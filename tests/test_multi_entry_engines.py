@@ -226,3 +226,26 @@ def test_a_pack_with_engines_on_a_reading_entry_point_runs_its_program(tmp_path)
     with pytest.warns(UserWarning, match="running the ExportedProgram"):
         pack = trtpack.load(path, device="cpu")
     assert "'reader' reads state that step write(s) in place" in pack["reader"].fallback_reason
+
+
+def test_compile_of_a_dict_takes_profiles_and_inputs_per_entry_point(tmp_path):
+    """profiles={entry point: [...]} and inputs={entry point: {...}} reach the entry point
+    named; the engine is built with them (two optimization profiles, recorded)."""
+    _, eps = programs(order=("plain", "step"))
+    x = tt.Input(min_shape=(1, 4), opt_shape=(3, 4), max_shape=(8, 4), dtype=torch.float32,
+                 name="x")  # fmt: skip
+    with tt_cpu.cpu_compile(), pytest.warns(UserWarning, match="'step' writes state"):
+        two = trtpack.compile(eps, profiles={"plain": [{"b": (1, 4)}, {"b": (5, 8)}]},
+                              **settings())  # fmt: skip
+        given = trtpack.compile(eps, inputs={"plain": {"x": x}}, **settings())
+    with tt_cpu.device_queries():
+        m = trtpack.save(two, tmp_path / "two.trtpack").manifest
+    (e,) = m.engines[0].engines
+    assert e.inputs[0].profiles == (((2, 2, 4), (4, 4, 4)), ((5, 8, 8), (4, 4, 4)))
+    assert given["step"] is eps["step"] and engines_of(given["plain"])
+    # {input: ...} (keys not all entry points) is for every entry point; {entry point: {...}}
+    # reaches the one named (an unknown input there is refused naming its inputs)
+    with tt_cpu.cpu_compile(), pytest.warns(UserWarning, match="'step' writes state"):
+        assert engines_of(trtpack.compile(eps, inputs={"x": x}, **settings())["plain"])
+        with pytest.raises(DeriveError, match=r"unknown input\(s\) \['y'\] \(inputs: x\)"):
+            trtpack.compile(eps, inputs={"plain": {"y": x}}, **settings())

@@ -575,3 +575,168 @@ def test_samples_per_entry_point_as_a_dict(tmp_path, capsys):
     with pytest.raises(TrtpackError, match="give samples too"):
         trtpack.save(programs, tmp_path / "x.trtpack", tolerances={"program": (1, 1)})
     assert not (tmp_path / "x.trtpack").exists()
+
+
+def test_output_names_per_entry_point(tmp_path):
+    """output_names= of a dict save: {entry point: what output_names takes for one program},
+    applied before the samples (which store outputs by name); unknown entry points refused."""
+    _, programs = _two_entries()
+    path = tmp_path / "named.trtpack"
+    trtpack.save(
+        programs, path, samples=1, output_names={"step": ["total"], "peek": {"output": "seen"}}
+    )
+    m = trtpack.inspect(path).manifest
+    assert [o.name for o in m.outputs] == ["total"]
+    assert [o.name for o in m.entry_points["peek"].interface.outputs] == ["seen"]
+    with zipfile.ZipFile(path) as z:
+        stored = safetensors.torch.load(z.read("entry_points/peek/samples.safetensors"))
+    assert "sample0/output/seen" in stored
+    pack = trtpack.load(path, device="cpu", check=True)
+    assert pack["peek"].check_report.passed and pack.check_report.passed
+    only = tmp_path / "only.trtpack"
+    trtpack.save(programs, only, output_names={"peek": ["seen"]})  # the others keep theirs
+    m = trtpack.inspect(only).manifest
+    assert [o.name for o in m.outputs] == ["output"]
+    assert [o.name for o in m.entry_points["peek"].interface.outputs] == ["seen"]
+    with pytest.raises(TrtpackError, match=r"output_names= names \['pek'\], which are not entry"):
+        trtpack.save(programs, tmp_path / "x.trtpack", output_names={"pek": ["seen"]})
+    with pytest.raises(TypeError, match="output_names"):
+        trtpack.save(programs, tmp_path / "x.trtpack", output_names=["seen"])  # whose outputs?
+    with pytest.raises(ManifestError, match="not outputs"):
+        trtpack.save(programs, tmp_path / "x.trtpack", output_names={"step": {"nope": "x"}})
+    assert not (tmp_path / "x.trtpack").exists()
+
+
+OTHER_SOURCE = [12, 77, 3, 50, 21, 6, 90]  # longer: run first, its last 2 positions stay stale
+
+
+@pytest.fixture(scope="module")
+def t5_cached_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    model = seq2seq.t5()
+    path = tmp_path_factory.mktemp("t5c") / "t5_cached.trtpack"
+    trtpack.save(seq2seq.export_cached_entry_points(model), path)
+    eager = {tuple(src): seq2seq.eager_generate(model, src, T5_STEPS)
+             for src in (SOURCE, OTHER_SOURCE)}  # fmt: skip
+    return path, eager
+
+
+def test_t5_with_encoder_and_decoder_caches_generates_as_eager_in_a_fresh_process(
+    t5_cached_pack, tmp_path
+):
+    """The encoder writes the cross-attention cache, the one-token decoder reads it and writes
+    its static self-attention cache: greedy generation from a fresh process equals
+    transformers' own generate, token for token with logits within 1e-4, for a source, for a
+    shorter one without reset (the encoder rewrites what the decoder reads; the positions it
+    leaves stale are masked), and again after reset_state()."""
+    path, eager = t5_cached_pack
+    assert all(len(set(tokens)) > 1 for tokens, _ in eager.values())
+    assert eager[tuple(SOURCE)][0] != eager[tuple(OTHER_SOURCE)][0]
+    m = trtpack.inspect(path).manifest
+    assert m.default_entry_point == "encoder" and m.state is not None
+    cross = m.state.entry_points["encoder"].mutates
+    assert cross == ("t5.cross_k0", "t5.cross_k1", "t5.cross_v0", "t5.cross_v1")
+    assert all(m.state.tensors[t].shape == (1, 4, seq2seq.MAX_SOURCE, 8) for t in cross)
+    own = m.state.entry_points["decoder"].mutates  # keys and values of 2 layers
+    assert len(own) == 4 and not set(own) & set(cross)
+    assert all(m.state.tensors[t].shape == (1, 4, seq2seq.MAX_TARGET, 8) for t in own)
+    assert set(m.state.entry_points["decoder"].reads) == set(cross) | set(own)
+    out = tmp_path / "out.pt"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import seq2seq, trtpack
+        pack = trtpack.load({str(path)!r})
+        assert pack.entry_points == ("decoder", "encoder"), pack.entry_points
+        runs = []
+        for source in ({OTHER_SOURCE!r}, {SOURCE!r}, "reset", {SOURCE!r}):
+            if source == "reset":
+                pack.reset_state()
+                continue
+            runs.append((source, seq2seq.generate_cached(pack["encoder"], pack["decoder"],
+                                                         source, {T5_STEPS})))
+        torch.save(runs, {str(out)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = torch.load(out)
+    assert len(runs) == 3
+    for source, (got_tokens, got_logits) in runs:
+        tokens, logits = eager[tuple(source)]
+        assert got_tokens == tokens, source
+        assert len(got_logits) == len(logits) == T5_STEPS
+        for g, w in zip(got_logits, logits, strict=True):
+            assert torch.allclose(g, w, atol=1e-4, rtol=0), (source, (g - w).abs().max())
+
+
+def test_t5_caches_are_shared_and_reset(t5_cached_pack):
+    """The decoder reads the very tensors the encoder writes (one object after load); without
+    reset a decoder step reads what the last calls left; reset_state() empties both caches."""
+    path, eager = t5_cached_pack
+    tokens = eager[tuple(SOURCE)][0]
+    pack = trtpack.load(path)
+    for name in pack.manifest.state.entry_points["encoder"].mutates:
+        assert pack["encoder"]._program.tensors[name] is pack["decoder"]._program.tensors[name]
+    assert seq2seq.generate_cached(pack["encoder"], pack["decoder"], SOURCE, 3)[0] == tokens[:3]
+    call = {"decoder_input_ids": torch.tensor([[tokens[0]]]),
+            "encoder_attention_mask": seq2seq.source_mask(len(SOURCE)),
+            "cache_position": torch.tensor([1])}  # fmt: skip
+    with torch.no_grad():
+        seen = pack["decoder"](**call)
+        pack.reset_state()
+        fresh = pack["decoder"](**call)  # empty caches: no source, no position 0
+    assert not torch.allclose(seen, fresh)
+    assert any(t.any() for t, _ in pack._state.values())  # the call above wrote position 1
+    pack.reset_state()
+    assert len(pack._state) == 8 and all(not t.any() for t, _ in pack._state.values())
+
+
+def test_ranges_for_all_entry_points_or_per_entry_point(tmp_path):
+    """ranges= of a dict save: {symbol: range} narrows every entry point; {entry point:
+    {symbol: range}} only those named."""
+    torch.manual_seed(0)
+    step = _Step()
+    b = torch.export.Dim("b", min=1, max=8)
+    programs = {n: torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=({0: b},))
+                for n, m in (("step", step), ("peek", _Peek(step)))}  # fmt: skip
+    per = trtpack.save(programs, tmp_path / "per.trtpack", ranges={"peek": {"b": (1, 4)}})
+    m = per.manifest
+    assert m.symbols["b"].max == 8 and m.entry_points["peek"].interface.symbols["b"].max == 4
+    every = trtpack.save(programs, tmp_path / "all.trtpack", ranges={"b": (1, 6)})
+    m = every.manifest
+    assert m.symbols["b"].max == 6 and m.entry_points["peek"].interface.symbols["b"].max == 6
+    with pytest.raises(trtpack.RangeOverrideError, match="no symbol named 'pek'"):
+        trtpack.save(programs, tmp_path / "x.trtpack", ranges={"pek": {"b": (1, 4)}})
+
+
+class _Aliased(torch.nn.Module):
+    """Holds Step's buffer, but reads the same tensor through a Python object (as a
+    transformers cache object holds its tensors): torch.export lifts that as a constant of
+    another name, one storage with the buffer."""
+
+    def __init__(self, step: _Step) -> None:
+        import types
+
+        super().__init__()
+        self.lin = step.lin
+        self.register_buffer("acc", step.acc)
+        self.box = types.SimpleNamespace(acc=step.acc)
+
+    def forward(self, x):
+        return self.lin(x) - self.box.acc
+
+
+def test_state_reached_under_another_name_is_refused(tmp_path):
+    """An entry point whose program holds a state tensor under a second name the default
+    does not have would get its own copy (the weights member references a storage only as a
+    whole), and read stale state while the declaration says it shares it: refused at save."""
+    step = _Step()
+    x = torch.randn(2, 4)
+    aliased = torch.export.export(_Aliased(step), (x,))
+    assert set(aliased.constants) == {"lifted_tensor_0"}  # the second name
+    programs = {"step": torch.export.export(step, (x,)), "aliased": aliased}
+    with pytest.raises(
+        trtpack.ProgramError, match=r"'acc' is one storage with \['lifted_tensor_0'\]"
+    ):
+        trtpack.save(programs, tmp_path / "x.trtpack")
+    assert not (tmp_path / "x.trtpack").exists()

@@ -568,17 +568,12 @@ def _load_entry(
 ) -> LoadedPack:
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
     collects the default program's loaded tensors, which the other entry points reference."""
-    from .writing.entry_points import check_loaded_state
+    from .writing.entry_points import check_loaded_state, engine_refusal
 
     dev = device
     manifest = info.manifest
-    reason = None
-    use = manifest.state.entry_points.get(name) if manifest.state else None
-    if manifest.engines and use is not None and use.mutates:
-        reason = (
-            f"entry point {name!r} writes state in place ({', '.join(use.mutates)}), which "
-            "an engine cannot share with the other entry points"
-        )
+    reason = engine_refusal(manifest.state, name) if manifest.engines else None
+    if reason is not None:
         if require_engine:
             raise NoUsableEngineError(reason)
     elif manifest.engines or require_engine or variant is not None:

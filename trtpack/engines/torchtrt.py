@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from ..errors import DeriveError, EngineError, MissingDependencyError
+from ..errors import ArgumentTypeError, DeriveError, EngineError, MissingDependencyError
 from ..format.manifest import Interface, IOSpec, Symbol, input_profile, parse_dim
 from ..format.pytree import unflatten_call
 from ..program.derive import RangeLike
@@ -152,16 +152,29 @@ def torch_tensorrt_inputs(
 
 
 def compile(
-    ep: ExportedProgram,
+    ep: ExportedProgram | Mapping[str, ExportedProgram],
     *,
-    ranges: Mapping[str, RangeLike] | None = None,
+    ranges: Mapping[str, Any] | None = None,
     inputs: Mapping[str, Any] | None = None,
-    profiles: Sequence[Mapping[str, RangeLike]] | None = None,
+    profiles: Sequence[Mapping[str, RangeLike]] | Mapping[str, Any] | None = None,
     **settings: Any,
-) -> torch.fx.GraphModule:
+) -> Any:
     """``torch_tensorrt.dynamo.compile(ep)`` with the inputs derived from the program.
     ``profiles``: several optimization profiles, each ``{symbol: (min, max) | (min, max, opt)}``
-    inside the (narrowed) exported ranges; a call runs on the first profile that covers it."""
+    inside the (narrowed) exported ranges; a call runs on the first profile that covers it.
+
+    ``ep`` may be a dict ``{entry point: ExportedProgram}`` (a multi-entry pack,
+    docs/multi-entry.md): the result is ``{entry point: compiled module}``, which
+    ``trtpack.save`` takes. An entry point that writes state in place, or reads state another
+    writes (a KV cache), is left as its ExportedProgram, with a warning saying why (an
+    engine cannot share that state). ``ranges``, ``inputs`` and ``profiles`` apply to every
+    entry point, or, given as ``{entry point: value}``, to the entry points named; the
+    settings apply to every entry point."""
+    if isinstance(ep, Mapping):
+        return _compile_entry_points(ep, ranges, inputs, profiles, settings)
+    if isinstance(profiles, Mapping):
+        raise ArgumentTypeError("profiles", "a list of {symbol: range} (a dict {entry point: "
+                                "profiles} is for a dict of programs)", profiles)  # fmt: skip
     tt = import_torch_tensorrt()
     from ..program.derive import apply_ranges
     from ..program.serialize import derive_interface, dim_aliases
@@ -180,6 +193,54 @@ def compile(
     module = tt.dynamo.compile(ep, arg_inputs=arg_inputs, kwarg_inputs=kwarg_inputs, **settings)
     module._trtpack = Compiled(source=ep, interface=iface, profiles=tables)
     return module
+
+
+def _compile_entry_points(
+    programs: Mapping[str, ExportedProgram],
+    ranges: Mapping[str, Any] | None,
+    inputs: Mapping[str, Any] | None,
+    profiles: Sequence[Mapping[str, RangeLike]] | Mapping[str, Any] | None,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    from ..program.state import declare_state, engine_refusal
+
+    if not programs:
+        raise ArgumentTypeError("ep", "a non-empty dict of entry point name -> program", programs)
+    for name, ep in programs.items():
+        if not isinstance(ep, ExportedProgram):
+            raise ArgumentTypeError(f"ep[{name!r}]", "a torch.export.ExportedProgram", ep)
+    names = list(programs)
+    # per entry point: a dict whose keys are all entry points and whose values are dicts (for
+    # one program, ranges map symbols to ranges and inputs map input names to tt.Input or
+    # tensors); profiles, a list for one program, per entry point whenever a dict
+    per_ranges = per_entry_point("ranges", ranges, names)
+    per_inputs = per_entry_point("inputs", inputs, names)
+    per_profiles = per_entry_point("profiles", profiles, names)
+    state = declare_state(programs, names[0])
+    out: dict[str, Any] = {}
+    for name in names:
+        reason = engine_refusal(state, name)
+        if reason is not None:
+            warnings.warn(f"trtpack.compile: {reason}; left as its ExportedProgram", stacklevel=3)
+            out[name] = programs[name]
+            continue
+        out[name] = compile(programs[name], ranges=per_ranges[name], inputs=per_inputs[name],
+                            profiles=per_profiles[name], **settings)  # fmt: skip
+    return out
+
+
+def per_entry_point(arg: str, value: Any, names: Sequence[str]) -> dict[str, Any]:
+    """``value`` for each entry point: ``value[name]`` when it is given per entry point, else
+    ``value`` itself for every one."""
+    if not isinstance(value, Mapping) or not value:
+        return dict.fromkeys(names, value)
+    if arg == "profiles":
+        unknown = sorted(str(n) for n in value if n not in names)
+        if unknown:
+            raise DeriveError(f"profiles= names {unknown}, which are not entry points ({names})")
+    elif not all(n in names and isinstance(v, Mapping) for n, v in value.items()):
+        return dict.fromkeys(names, value)
+    return {n: value.get(n) for n in names}
 
 
 def _engine_symbol(sym: Symbol) -> Symbol:

@@ -360,7 +360,20 @@ def _weights_source(
     for key in list(groups):
         members = groups[key]
         # a storage is referenced only as a whole: its tensors keep sharing memory at load
-        if shared is not None and all(shared.holds(g, n, t) for g, n, t in members):
+        held = [n for g, n, t in members if shared is not None and shared.holds(g, n, t)]
+        if shared is not None and held and len(held) < len(members):
+            state = sorted(n for _, n, _ in members if n in shared.mutable)
+            if state:  # a copy would be written: this entry point would not see the state
+                others = sorted(n for _, n, _ in members if n not in held)
+                raise ProgramError(
+                    f"the state tensor {state[0]!r} is one storage with {others} in this "
+                    "entry point's program, names the default entry point's program does not "
+                    "have; state is shared by name, so this entry point would read a copy. "
+                    "Reach the state under its one name in every entry point (e.g. read the "
+                    "registered buffer, not a tensor held elsewhere that torch.export lifts "
+                    "as a constant of another name)"
+                )
+        if shared is not None and len(held) == len(members):
             for group, name, t in members:
                 entry: dict[str, Any] = {"group": group, "from": shared.member}
                 if isinstance(t, torch.nn.Parameter):

@@ -15,10 +15,11 @@ from ..engines.variants import build_variant, facts_from_plan
 from ..errors import ArgumentTypeError, EngineError, OutputExistsError
 from ..format.atomic import pack_lock
 from ..format.container import PackReader, PathLike, Source
-from ..format.manifest import Manifest, ProgramRef, Variant
+from ..format.manifest import Manifest, Variant
 from ..format.progress import Progress, ProgressArg
 from ..reading import PackInfo, open_pack
 from .assemble import PackParts, write
+from .entry_points import engine_refusal, moved, relocated
 
 
 def add_engine(
@@ -96,13 +97,11 @@ def add_variants(
         m = info.manifest
         name = m.default_entry_point if entry_point is None else entry_point
         entry = m.entry(name)  # an unknown name: ManifestError naming the entry points
-        use = m.state.entry_points.get(name) if m.state is not None else None
-        if use is not None and use.mutates:
+        refused = engine_refusal(m.state, name)
+        if refused is not None:
             raise EngineError(
-                f"{info.path}: entry point {name!r} writes state in place "
-                f"({', '.join(use.mutates)}), which the other entry points read; an engine "
-                "cannot share it, so the pack runs this entry point's ExportedProgram. Engines "
-                "fit its stateless entry points only",
+                f"{info.path}: {refused}, so the pack runs this entry point's ExportedProgram. "
+                "Engines fit its stateless entry points only",
                 field="entry_point", got=name,
             )  # fmt: skip
         # every entry point and the state carried over: an edit of one keeps the others
@@ -112,7 +111,7 @@ def add_variants(
                           state=m.state)  # fmt: skip
         new_variants, new_members = make(reader, entry, m)
         if name != m.default_entry_point:
-            new_variants = [_relocated(v, f"entry_points/{name}/", new_members)
+            new_variants = [relocated(v, name, new_members)
                             for v in new_variants]  # fmt: skip
         parts = parts.with_variants(new_variants, new_members, where=str(info.path),
                                     entry_point=name)  # fmt: skip
@@ -218,28 +217,4 @@ def _variants_from_pack(
 
 def _renamed(v: Variant, name: str, members: dict[str, Source]) -> Variant:
     """``v`` under another name: its members move to ``engines/<name>/``."""
-    return _moved(v, name, f"engines/{v.name}/", f"engines/{name}/", members)
-
-
-def _relocated(v: Variant, folder: str, members: dict[str, Source]) -> Variant:
-    """``v`` of another entry point: its members move from ``engines/`` to
-    ``<folder>engines/`` (``entry_points/<name>/engines/``)."""
-    return _moved(v, v.name, "engines/", f"{folder}engines/", members)
-
-
-def _moved(v: Variant, name: str, old: str, new: str, members: dict[str, Source]) -> Variant:
-    """``v`` named ``name``, its members under ``old`` moved to ``new`` (in ``members`` too)."""
-
-    def move(member: str) -> str:
-        if not member.startswith(old):
-            return member
-        moved = new + member[len(old) :]
-        members[moved] = members.pop(member)
-        return moved
-
-    engines = tuple(dataclasses.replace(e, member=move(e.member)) for e in v.engines)
-    program = None
-    if v.program is not None:
-        program = ProgramRef(move(v.program.graph), move(v.program.weights),
-                             v.program.serde_schema, v.program.custom_ops)  # fmt: skip
-    return Variant(name, v.target, engines, program, v.ranges)
+    return moved(v, name, f"engines/{v.name}/", f"engines/{name}/", members)

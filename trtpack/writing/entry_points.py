@@ -4,171 +4,132 @@
 default entry point (the top level of the manifest, complete), the others under
 ``entry_points/<name>/`` with only the tensors the default does not hold, and declares the
 state: the tensors some entry point writes in place, shared by every entry point that names
-them. What a program writes in place is derived from its graph, here at save and again from
-the loaded module at load, where the two must agree.
+them. What a program writes in place is derived from its graph (``program/state.py``), at
+save and again from the loaded module at load, where the two must agree. A compiled
+module's entry point is saved as its source program, its engines a variant of that entry
+point (``save.py``), moved under ``entry_points/<name>/engines/`` here (``relocated``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch.export import ExportedProgram
 
 from ..errors import ArgumentTypeError, ManifestError, TrtpackError
-from ..format.manifest import EntryPoint, State, StateTensor, StateUse
+from ..format.container import Source
+from ..format.manifest import EntryPoint, ProgramRef, Variant
+from ..program.state import declare_state, engine_refusal, module_state, program_state
+
+__all__ = [
+    "check_loaded_state",
+    "check_name",
+    "check_programs",
+    "declare_state",
+    "engine_refusal",
+    "moved",
+    "parts_of_programs",
+    "program_state",
+    "relocated",
+]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _root(node: Any) -> Any:
-    """The node a view chain starts from (``x[0].view(...)`` -> ``x``)."""
-    seen = 0
-    while (
-        isinstance(node, torch.fx.Node)
-        and node.op == "call_function"
-        and isinstance(node.target, torch._ops.OpOverload)
-        and node.target._schema.arguments
-        and node.target._schema.arguments[0].alias_info is not None
-        and not node.target._schema.arguments[0].alias_info.is_write
-        and node.args
-        and seen < 10_000
-    ):
-        node, seen = node.args[0], seen + 1
-    return node
-
-
-def written_nodes(graph: torch.fx.Graph) -> Iterable[Any]:
-    """Every placeholder or get_attr node some operator writes in place (directly, or
-    through a view of it): an argument whose schema says it is written (``Tensor(a!)``)."""
-    for node in graph.nodes:
-        target = node.target
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-            continue
-        for i, arg in enumerate(target._schema.arguments):
-            if arg.alias_info is None or not arg.alias_info.is_write:
-                continue
-            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
-            values = value if isinstance(value, (list, tuple)) else (value,)
-            for v in values:
-                root = _root(v)
-                if isinstance(root, torch.fx.Node) and root.op in ("placeholder", "get_attr"):
-                    yield root
-
-
-def program_state(ep: ExportedProgram) -> tuple[set[str], set[str]]:
-    """What ``ep`` writes in place: (its parameters, buffers and constants by name, its user
-    inputs by placeholder name, which is the manifest's input name)."""
-    sig = ep.graph_signature
-    lifted = {
-        **sig.inputs_to_parameters,
-        **sig.inputs_to_buffers,
-        **sig.inputs_to_lifted_tensor_constants,
-    }
-    tensors = set(sig.buffers_to_mutate.values())
-    inputs = set(sig.user_inputs_to_mutate.values())
-    user = set(sig.user_inputs)
-    for node in written_nodes(ep.graph):
-        if node.name in lifted:
-            tensors.add(lifted[node.name])
-        elif node.name in user:
-            inputs.add(node.name)
-    return tensors, inputs
-
-
-def module_state(module: Any) -> set[str] | None:
-    """The attributes a loaded program module writes in place (by dotted name), or None for
-    a runner that is not a torch.fx graph (an engine)."""
-    graph = getattr(module, "graph", None)
-    if not isinstance(graph, torch.fx.Graph):
-        return None
-    return {str(n.target) for n in written_nodes(graph) if n.op == "get_attr"}
-
-
-def _tensors_of(ep: ExportedProgram) -> dict[str, torch.Tensor]:
-    return {
-        **dict(ep.state_dict),
-        **{k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)},
-    }
+def check_name(name: Any) -> str:
+    """An entry point's name: a Python identifier (it names members and attributes)."""
+    if not isinstance(name, str) or not _NAME.match(name) or keyword.iskeyword(name):
+        raise TrtpackError(
+            f"entry point name {name!r} must be a Python identifier ([A-Za-z_][A-Za-z0-9_]*)"
+        )
+    return name
 
 
 def check_programs(programs: Any) -> dict[str, ExportedProgram]:
-    """The ``{name: ExportedProgram}`` a multi-entry save takes, checked."""
+    """The ``{name: ExportedProgram}`` a multi-entry save takes, checked (a compiled module's
+    entry point is given here as its source program)."""
     if not isinstance(programs, Mapping) or not programs:
         raise ArgumentTypeError("obj", "a non-empty dict of entry point name -> program", programs)
     out: dict[str, ExportedProgram] = {}
     for name, ep in programs.items():
-        if not isinstance(name, str) or not _NAME.match(name) or keyword.iskeyword(name):
-            raise TrtpackError(
-                f"entry point name {name!r} must be a Python identifier ([A-Za-z_][A-Za-z0-9_]*)"
-            )
+        check_name(name)
         if not isinstance(ep, ExportedProgram):
             raise ArgumentTypeError(
-                f"obj[{name!r}]", "a torch.export.ExportedProgram (a multi-entry pack of "
-                "compiled modules is not supported yet: save the programs, then add engines)",
-                ep,
+                f"obj[{name!r}]", "a torch.export.ExportedProgram or a compiled module (trtpack."
+                "compile, torch_tensorrt.dynamo.compile with source=)", ep,
             )  # fmt: skip
         out[name] = ep
     return out
 
 
-def declare_state(programs: Mapping[str, ExportedProgram], default: str) -> State | None:
-    """The pack's state declaration, or None when no entry point writes anything in place.
-    Refuses what the format cannot share faithfully: two distinct mutable tensors of one
-    name, and a mutable tensor shared by entry points that the default does not hold."""
-    written = {name: program_state(ep) for name, ep in programs.items()}
-    mutable = set().union(*(t for t, _ in written.values()))
-    if not mutable and not any(i for _, i in written.values()):
-        return None
-    tensors = {name: _tensors_of(ep) for name, ep in programs.items()}
-    declared: dict[str, StateTensor] = {}
-    for t in sorted(mutable):
-        holders = [n for n in programs if t in tensors[n]]
-        storages = {tensors[n][t].untyped_storage().data_ptr() for n in holders}
-        if len(storages) > 1:
-            raise TrtpackError(
-                f"entry points {holders} each have their own tensor {t!r}, which one of them "
-                "writes in place; a pack shares state by name, so the tensors must be one (export "
-                "the entry points from the same module) or have different names",
-            )
-        if len(holders) > 1 and default not in holders:
-            raise TrtpackError(
-                f"entry points {holders} share the state tensor {t!r}, which the default entry "
-                f"point {default!r} does not have; put one of {holders} first",
-            )
-        first = tensors[holders[0]][t]
-        declared[t] = StateTensor(str(first.dtype).removeprefix("torch."), tuple(first.shape))
-    uses = {
-        name: StateUse(
-            reads=tuple(sorted(mutable & set(tensors[name]))),
-            mutates=tuple(sorted(written[name][0])),
-            mutated_inputs=tuple(sorted(written[name][1])),
-        )
-        for name in sorted(programs)
-    }
-    return State(tensors=declared, entry_points=uses)
+def moved(v: Variant, name: str, old: str, new: str, members: dict[str, Source]) -> Variant:
+    """``v`` named ``name``, its members under ``old`` moved to ``new`` (in ``members`` too)."""
+
+    def move(member: str) -> str:
+        if not member.startswith(old):
+            return member
+        new_name = new + member[len(old) :]
+        members[new_name] = members.pop(member)
+        return new_name
+
+    engines = tuple(dataclasses.replace(e, member=move(e.member)) for e in v.engines)
+    program = None
+    if v.program is not None:
+        program = ProgramRef(move(v.program.graph), move(v.program.weights),
+                             v.program.serde_schema, v.program.custom_ops)  # fmt: skip
+    return Variant(name, v.target, engines, program, v.ranges)
+
+
+def relocated(v: Variant, entry_point: str, members: dict[str, Source]) -> Variant:
+    """``v`` of a non-default entry point: its members move from ``engines/`` to
+    ``entry_points/<entry_point>/engines/``."""
+    return moved(v, v.name, "engines/", f"entry_points/{entry_point}/engines/", members)
+
+
+def _interface(ep: ExportedProgram, ranges: Any, graph: bytes, given: Any) -> Any:
+    """The entry point's interface: derived from its stored graph, or ``given`` (a compiled
+    module carries the one it was compiled with), then narrowed by ``ranges`` (as
+    ``program.describe`` does for one program)."""
+    from ..program.derive import apply_ranges
+    from ..program.serialize import derive_interface, derive_with_names, dim_aliases
+
+    if given is None:
+        return derive_interface(ep, ranges=ranges, graph=graph)
+    if not ranges:
+        return given
+    by_torch = derive_with_names(ep, graph)[1]
+    return apply_ranges(given, ranges, dim_aliases(ep, by_torch))
 
 
 def parts_of_programs(
-    programs: Mapping[str, ExportedProgram], *, ranges: Any = None
+    programs: Mapping[str, ExportedProgram],
+    *,
+    ranges: Any = None,
+    interfaces: Mapping[str, Any] | None = None,
+    entry_ranges: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, EntryPoint]]:
     """The parts of a multi-entry pack: the default program's ``PackParts`` (its members,
     interface and reference) with the other entry points' members added, and the other
-    entry points' records."""
-    from ..program.serialize import SharedWeights, derive_interface, program_members
+    entry points' records. ``interfaces``: the given interface of an entry point (compiled
+    with ``trtpack.compile``), instead of the derived one; ``entry_ranges``: each entry
+    point's ranges, instead of ``ranges`` for all."""
+    from ..program.serialize import SharedWeights, program_members
     from .assemble import PackParts
 
+    given = dict(interfaces or {})
     names = list(programs)
     default = names[0]
     state = declare_state(programs, default)
     members, ref = program_members(programs[default])
     graph = members[ref.graph]
     assert isinstance(graph, bytes)
-    parts = PackParts(derive_interface(programs[default], ranges=ranges, graph=graph),
-                      dict(members), ref)  # fmt: skip
+    per = dict(entry_ranges) if entry_ranges is not None else dict.fromkeys(names, ranges)
+    iface = _interface(programs[default], per.get(default), graph, given.get(default))
+    parts = PackParts(iface, dict(members), ref)
     mutable = frozenset(state.tensors) if state else frozenset()
     shared = SharedWeights(programs[default], ref.weights, mutable)
     others: dict[str, EntryPoint] = {}
@@ -177,7 +138,7 @@ def parts_of_programs(
         m, r = program_members(ep, folder=f"entry_points/{name}", shared=shared)
         g = m[r.graph]
         assert isinstance(g, bytes)
-        others[name] = EntryPoint(derive_interface(ep, ranges=ranges, graph=g), r)
+        others[name] = EntryPoint(_interface(ep, per.get(name), g, given.get(name)), r)
         parts.members.update(m)
     parts.entry_point = default
     parts.entry_points = others or None

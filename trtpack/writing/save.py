@@ -17,7 +17,7 @@ import torch
 from torch.export import ExportedProgram
 
 from ..engines.variants import variant_from_wired
-from ..errors import ArgumentTypeError, DeriveError, TrtpackError
+from ..errors import ArgumentTypeError, DeriveError, EngineError, TrtpackError
 from ..format.container import PathLike, Source
 from ..format.manifest import Interface, ProgramRef, Tolerance, Variant
 from ..format.progress import Progress, ProgressArg
@@ -28,15 +28,15 @@ from .assemble import PackParts, write
 
 
 def save(
-    obj: ExportedProgram | torch.nn.Module | Mapping[str, ExportedProgram],
+    obj: ExportedProgram | torch.nn.Module | Mapping[str, ExportedProgram | torch.nn.Module],
     path: PathLike,
     *,
     metadata: Mapping[str, str] | None = None,
     ranges: Mapping[str, RangeLike] | None = None,
     overwrite: bool = False,
-    variant: str | None = None,
-    source: ExportedProgram | None = None,
-    output_names: Sequence[str] | Mapping[str, str] | None = None,
+    variant: str | Mapping[str, str] | None = None,
+    source: ExportedProgram | Mapping[str, ExportedProgram] | None = None,
+    output_names: Sequence[str] | Mapping[str, Any] | None = None,
     samples: int | Sequence[Any] | Mapping[str, int | Sequence[Any]] | None = None,
     tolerances: Mapping[str, Tolerance | tuple[float, float]] | None = None,
     max_sample_bytes: int | None = None,
@@ -71,7 +71,16 @@ def save(
     ``samples`` is a count for every entry point, or ``{name: count or calls}`` for the entry
     points named; each entry point's samples run from the saved state (an entry point that
     writes state in place has it reset before each call, as ``check`` does after load);
-    ``tolerances`` ``{"program": ...}`` applies to every entry point.
+    ``tolerances`` ``{"program": ...}`` applies to every entry point (a variant name, to the
+    entry point that has it); ``output_names`` is ``{name: a list or a {derived: new} map}``
+    for the entry points named (the others keep their derived names). A value may be a
+    compiled module (mixed with programs): its engines become a variant of that entry point
+    and its source program the entry point's program; ``source={name: ep}`` gives the
+    program of a module from ``torch_tensorrt.dynamo.compile``; ``variant`` is one name for
+    every compiled entry point's engine set, or ``{name: variant name}``. An entry point that
+    writes state in place, or reads state another writes, cannot be a compiled module
+    (EngineError: the loader would never run its engines). ``ranges`` applies to every entry
+    point, or per entry point as ``{name: {symbol: range}}``.
     """
     bar = Progress("save", progress)  # checks its type before any work
     if isinstance(obj, Mapping):
@@ -87,6 +96,8 @@ def save(
         )  # fmt: skip
     if source is not None and not isinstance(source, ExportedProgram):
         raise ArgumentTypeError("source", "a torch.export.ExportedProgram", source)
+    if variant is not None and not isinstance(variant, str):
+        raise ArgumentTypeError("variant", "a str (a dict is for a multi-entry save)", variant)
     compiled = not isinstance(obj, ExportedProgram) or has_engines(obj)
     if not compiled and (source is not None or variant is not None):
         raise TrtpackError("source= and variant= apply to compiled modules, not to a program")
@@ -118,26 +129,60 @@ def save(
 
 
 def _save_entry_points(
-    programs: Mapping[str, ExportedProgram], path: PathLike, *, metadata: Any, ranges: Any,
-    overwrite: bool, bar: Progress, **not_yet: Any,
+    values: Mapping[str, Any], path: PathLike, *, metadata: Any, ranges: Any,
+    overwrite: bool, bar: Progress, variant: Any, source: Any, output_names: Any, samples: Any,
+    tolerances: Any, max_sample_bytes: int | None,
 ) -> PackInfo:  # fmt: skip
-    from .entry_points import check_programs, parts_of_programs
+    from ..engines.torchtrt import per_entry_point, wire
+    from .entry_points import check_programs, engine_refusal, parts_of_programs, relocated
 
-    samples, tolerances = not_yet.pop("samples"), not_yet.pop("tolerances")
-    max_sample_bytes = not_yet.pop("max_sample_bytes")
-    given = sorted(k for k, v in not_yet.items() if v is not None)
-    if given:
-        raise TrtpackError(
-            f"{', '.join(given)}= do not apply to a multi-entry save yet (entry points are "
-            "saved as programs, with derived output names)"
-        )
+    programs, compiled = _entry_programs(values, source)
     checked = check_programs(programs)
+    names = _variant_names(variant, compiled, checked)
+    renames = _per_entry("output_names", output_names, checked)
     per_entry = _samples_per_entry(checked, samples)
     if tolerances is not None and not per_entry:
         raise TrtpackError("tolerances= applies to samples=; give samples too")
     bar.step("describe the programs")
-    parts, others = parts_of_programs(checked, ranges=ranges)
+    attached = {n: getattr(m, "_trtpack", None) for n, m in compiled.items()}
+    given = {n: a.interface for n, a in attached.items() if a is not None}
+    per_ranges = per_entry_point("ranges", ranges, list(checked))
+    parts, others = parts_of_programs(checked, interfaces=given, entry_ranges=per_ranges)
+    for name in compiled:  # refused before any engine is read
+        refused = engine_refusal(parts.state, name)
+        if refused is not None:
+            raise EngineError(
+                f"obj[{name!r}] is a compiled module, but {refused}: the loader would never run "
+                "its engines (it runs the entry point's ExportedProgram). Give the program "
+                "instead (trtpack.compile of a dict leaves such entry points as programs)",
+                field="entry_point", got=name,
+            )  # fmt: skip
+    for name, module in compiled.items():
+        bar.step(f"read the engines of {name}")
+        iface = parts.interface if name == parts.entry_point else others[name].interface
+        profiles = getattr(attached[name], "profiles", None)
+        v, members = variant_from_wired(wire(module), iface, name=names.get(name),
+                                        profiles=profiles)  # fmt: skip
+        if name != parts.entry_point:
+            v = relocated(v, name, members)
+        parts = parts.with_variants([v], members, where="the pack", entry_point=name)
+        others = dict(parts.entry_points or {})
+    for name, new in renames.items():  # before samples: they store outputs by name
+        if name == parts.entry_point:
+            parts.interface = parts.interface.with_output_names(new)
+        else:
+            renamed = others[name].interface.with_output_names(new)
+            others[name] = dataclasses.replace(others[name], interface=renamed)
     parts.metadata = dict(metadata or {})
+    chosen = dict(tolerances or {})
+    known = {"program"} | {v.name for v in parts.engines}
+    known |= {v.name for e in others.values() for v in e.engines}
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise TrtpackError(
+            f"tolerances names {unknown}: neither 'program' nor an engine variant of an entry "
+            f"point ({sorted(known - {'program'})})"
+        )
     if per_entry:
         bar.step("compute the reference samples")
     for name, spec in per_entry.items():
@@ -145,17 +190,102 @@ def _save_entry_points(
         # state ``check`` resets to; they are stored beside its other members
         use = parts.state.entry_points.get(name) if parts.state is not None else None
         reset = use.mutates if use is not None else ()
-        if name == parts.entry_point:
-            _with_samples(parts, checked[name], spec, tolerances or {}, max_sample_bytes,
-                          reset=reset)  # fmt: skip
+        default = name == parts.entry_point
+        variants = parts.engines if default else others[name].engines
+        own = {"program"} | {v.name for v in variants}
+        mine = {k: t for k, t in chosen.items() if k in own}
+        if default:
+            _with_samples(parts, checked[name], spec, mine, max_sample_bytes, reset=reset)
             continue
-        entry = PackParts(others[name].interface, parts.members, others[name].program)
-        _with_samples(entry, checked[name], spec, tolerances or {}, max_sample_bytes,
+        entry = PackParts(others[name].interface, parts.members, others[name].program, variants)
+        _with_samples(entry, checked[name], spec, mine, max_sample_bytes,
                       member=f"entry_points/{name}/samples.safetensors", reset=reset)  # fmt: skip
         others[name] = dataclasses.replace(others[name], samples=entry.samples)
     parts.entry_points = others or None
     with bar:
         return write(parts, path, overwrite=overwrite, progress=bar)
+
+
+def _entry_programs(
+    values: Mapping[str, Any], source: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A multi-entry save's values as ``({name: program}, {name: compiled module})``: a
+    compiled module's entry point has its source program (``trtpack.compile`` attaches it;
+    ``source={name: ep}`` gives it for a module from ``torch_tensorrt.dynamo.compile``)."""
+    if not isinstance(values, Mapping):
+        raise ArgumentTypeError("obj", "a dict of entry point name -> program", values)
+    compiled = {n: v for n, v in values.items()
+                if isinstance(v, torch.nn.Module)
+                or (isinstance(v, ExportedProgram) and has_engines(v))}  # fmt: skip
+    if source is not None:
+        if not isinstance(source, Mapping):
+            raise ArgumentTypeError(
+                "source", "a dict {entry point: the ExportedProgram its compiled module was "
+                "compiled from} for a multi-entry save", source,
+            )  # fmt: skip
+        wrong = sorted(str(n) for n in source if n not in compiled)
+        if wrong:
+            raise TrtpackError(
+                f"source= names {wrong}, which are not entry points given as compiled modules "
+                f"({sorted(compiled)})"
+            )
+    sources = dict(source or {})
+    programs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in compiled:
+            programs[name] = value
+            continue
+        attached = getattr(value, "_trtpack", None)
+        program = sources.get(name, attached.source if attached is not None else None)
+        if program is None:
+            raise TrtpackError(
+                f"obj[{name!r}] is a compiled module without the program it was compiled "
+                f"from; an entry point needs it: pass source={{{name!r}: ep}}"
+            )
+        if not isinstance(program, ExportedProgram):
+            raise ArgumentTypeError(f"source[{name!r}]", "a torch.export.ExportedProgram", program)
+        from ..engines.torchtrt import engine_constant_names
+
+        if engine_constant_names(program):
+            raise DeriveError(
+                f"source[{name!r}] must be the ExportedProgram before compilation, without engines"
+            )
+        programs[name] = program
+    return programs, compiled
+
+
+def _variant_names(
+    variant: Any, compiled: Mapping[str, Any], programs: Mapping[str, Any]
+) -> dict[str, str]:
+    """``variant=`` of a multi-entry save: one name for every compiled entry point's engine
+    set, or ``{entry point: name}`` for those named."""
+    if variant is None:
+        return {}
+    if not compiled:
+        raise TrtpackError("variant= names engine sets: it applies to compiled modules, and "
+                           "every entry point here is a program")  # fmt: skip
+    if isinstance(variant, str):
+        return dict.fromkeys(compiled, variant)
+    names = _per_entry("variant", variant, programs)
+    wrong = sorted(n for n in names if n not in compiled)
+    if wrong:
+        raise TrtpackError(
+            f"variant= names {wrong}, which are given as programs, not compiled modules"
+        )
+    return names
+
+
+def _per_entry(arg: str, value: Any, programs: Mapping[str, Any]) -> dict[str, Any]:
+    """A per-entry-point argument of a multi-entry save (``{entry point: value}``), checked
+    for names that are not entry points; entry points it does not name get nothing."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ArgumentTypeError(arg, "a dict {entry point: value} for a multi-entry save", value)
+    unknown = sorted(str(n) for n in value if n not in programs)
+    if unknown:
+        raise TrtpackError(f"{arg}= names {unknown}, which are not entry points ({list(programs)})")
+    return {n: value[n] for n in programs if n in value and value[n] is not None}
 
 
 def _samples_per_entry(programs: Mapping[str, ExportedProgram], samples: Any) -> dict[str, Any]:

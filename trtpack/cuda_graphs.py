@@ -103,7 +103,7 @@ def _attr(module: torch.nn.Module, target: str) -> Any:
 def written(module: Any, input_names: Sequence[str]) -> tuple[list[torch.Tensor], list[int]]:
     """What ``module`` writes in place: its tensors (parameters, buffers, constants: the
     loaded state) and the positions, among the call's leaves, of the inputs it writes."""
-    from .writing.entry_points import written_nodes
+    from .program.state import written_nodes
 
     state: dict[int, torch.Tensor] = {}
     inputs: set[int] = set()

@@ -24,21 +24,25 @@ sys.path.insert(0, str(ROOT / "tests"))
 MEASURE = """
 import json, sys, time
 import torch, trtpack
-path = sys.argv[1]
+path, device = sys.argv[1], sys.argv[2]
+if device.startswith("cuda"):
+    torch.zeros(1, device=device); torch.cuda.synchronize()  # CUDA's context: not on the clock
 out = []
 for _ in range(2):
     t0 = time.perf_counter()
-    pack = trtpack.load(path)
+    pack = trtpack.load(path, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     out.append(time.perf_counter() - t0)
 print(json.dumps({"first": out[0], "warm": out[1], "entry_points": list(pack.entry_points)}))
 """
 
 
-def _load_time(path: Path, repeat: int) -> dict[str, float]:
+def _load_time(path: Path, repeat: int, device: str) -> dict[str, float]:
     runs = []
     for _ in range(repeat):
-        r = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True,
-                           text=True)  # fmt: skip
+        r = subprocess.run([sys.executable, "-c", MEASURE, str(path), device],
+                           capture_output=True, text=True)  # fmt: skip
         if r.returncode != 0:
             raise SystemExit(f"loading {path} failed:\n{r.stderr[-3000:]}")
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -51,6 +55,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="where the packs load (cpu, cuda)")
     args = parser.parse_args()
 
     import llm
@@ -75,14 +80,16 @@ def main() -> int:
               f"two single packs {two / 2**20:.2f} MiB "
               f"({sizes['prefill.trtpack'] / 2**20:.2f} + {sizes['decode.trtpack'] / 2**20:.2f}); "
               f"ratio {sizes['llm.trtpack'] / two:.2f}")  # fmt: skip
-        one = _load_time(prefill, args.repeat)
-        multi = _load_time(both, args.repeat)
+        one = _load_time(prefill, args.repeat, args.device)
+        multi = _load_time(both, args.repeat, args.device)
         print(
             f"load, first in a process (median of {args.repeat}): one entry point "
             f"{one['first'] * 1e3:.0f} ms, both entry points {multi['first'] * 1e3:.0f} ms"
         )
         print(f"load, warm: one entry point {one['warm'] * 1e3:.0f} ms, both entry points "
               f"{multi['warm'] * 1e3:.0f} ms")  # fmt: skip
+        print(f"both / one ({args.device}): first {multi['first'] / one['first']:.2f}x, "
+              f"warm {multi['warm'] / one['warm']:.2f}x")  # fmt: skip
     return 0
 
 

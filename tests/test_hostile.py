@@ -440,3 +440,30 @@ def test_an_engine_constant_asking_for_a_huge_unpickler_memo_is_refused():
     data = b"\x80\x04]r" + struct.pack("<I", 2**31 - 1) + b"."  # [] memoized at 2**31 - 1
     with pytest.raises(trtpack.EngineError, match="refused: MemoryError"):
         read_engine_pickle(data, where="x.ep:engine")
+
+
+def test_the_graph_a_load_parses_is_the_graph_it_hashed(small_pack, monkeypatch):
+    """The graph member is read once, and those bytes are hashed and parsed: a file whose
+    graph changes between a hash of the file and a read of it (here: every ``read`` of it
+    after the first returns other, valid JSON) cannot slip the second version past the
+    hash. A load that hashed the file's map and then read the member again ran the edited
+    graph."""
+    import torch
+
+    graph = trtpack.inspect(small_pack).manifest.program.graph
+    original = PackReader.read
+
+    def read(self, name):
+        data = original(self, name)
+        if name != graph:
+            return data
+        edited = json.loads(data)
+        edited["graph_module"]["graph"]["nodes"][-2]["metadata"]["stack_trace"] = "edited"
+        return json.dumps(edited).encode()
+
+    monkeypatch.setattr(PackReader, "read", read)
+    with pytest.raises(trtpack.IntegrityError, match=graph) as e:
+        trtpack.load(small_pack, device="cpu")
+    assert e.value.member == graph
+    pack = trtpack.load(small_pack, device="cpu", verify=False)  # unverified: it is the edit
+    assert pack(torch.ones(4, 6), mask=torch.ones(4, 6), bias=torch.ones(6)) is not None

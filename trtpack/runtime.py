@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -31,6 +31,7 @@ from .program.serialize import (
     example_inputs,
     load_program,
     load_runnable,
+    read_checked_graph,
     runnable,
     weights_read,
 )
@@ -40,7 +41,13 @@ T = TypeVar("T")
 
 
 def _verified(
-    reader: PackReader, manifest: Manifest, verify: bool, build: Callable[[], T], *, read: str
+    reader: PackReader,
+    manifest: Manifest,
+    verify: bool,
+    build: Callable[[], T],
+    *,
+    read: str,
+    graph_hashed: bool = False,
 ) -> T:
     """Run ``build`` with the program's members verified. The graph (small, and parsed) is
     checked first; then the weights, the way ``read`` (``serialize.weights_read``) says:
@@ -54,12 +61,14 @@ def _verified(
     - ``"mapped"``: the file's map is hashed on a second thread while the program is rebuilt.
 
     The result is returned only once that hash has matched; an IntegrityError wins over
-    anything else ``build`` raised."""
+    anything else ``build`` raised. ``graph_hashed``: ``build`` hashes the graph bytes it
+    parses (``read_checked_graph`` with the record), so they are not hashed here first."""
     if not verify or manifest.program is None:
         return build()
     graph, weights = manifest.program.graph, manifest.program.weights
     member = manifest.members[weights]
-    reader.verify(graph, manifest.members[graph])
+    if not graph_hashed:
+        reader.verify(graph, manifest.members[graph])
     if read == "streamed":
         reader.check_when_read(weights, member)
         try:
@@ -518,18 +527,33 @@ def _load(
         whole = info.manifest
         default = whole.default_entry_point
         names = [default, *sorted(n for n in whole.entry_points or {} if n != default)]
+        manifests = {n: whole if n == default else whole.entry(n) for n in names}
         shared: dict[str, dict[str, torch.Tensor]] = {}
         packs: dict[str, LoadedPack] = {}
-        for name in names:
-            entry_info = info if name == default else dataclasses.replace(
-                info, manifest=whole.entry(name)
-            )  # fmt: skip
-            packs[name] = _load_entry(
-                reader, entry_info, name, shared, len(names) > 1, device=dev, verify=verify,
-                require_engine=require_engine, variant=variant, outside_profile=outside_profile,
-                inference_mode=inference_mode, require_signature=require_signature,
-                trust_engine_host_code=trust_engine_host_code, mmap=mmap, allow_ops=allow_ops,
-            )  # fmt: skip
+        # Every entry point's graph is read, hashed and checked on one thread, in load order,
+        # while this one reads and moves the weights: pure Python beside I/O, hashing and
+        # copies that leave the GIL (a second entry point's graph costs no wall time then).
+        graphs = ThreadPoolExecutor(1)
+        try:
+            pending = {
+                n: graphs.submit(read_checked_graph, reader, m.program, allow_ops,
+                                 m.members.get(m.program.graph) if verify else None)
+                for n, m in manifests.items() if m.program is not None
+            }  # fmt: skip
+            for name in names:
+                entry_info = info if name == default else dataclasses.replace(
+                    info, manifest=manifests[name]
+                )  # fmt: skip
+                packs[name] = _load_entry(
+                    reader, entry_info, name, shared, len(names) > 1, device=dev,
+                    verify=verify, require_engine=require_engine, variant=variant,
+                    outside_profile=outside_profile, inference_mode=inference_mode,
+                    require_signature=require_signature,
+                    trust_engine_host_code=trust_engine_host_code, mmap=mmap,
+                    allow_ops=allow_ops, graph=pending.get(name),
+                )  # fmt: skip
+        finally:  # an entry point that runs engines never asks for its graph
+            graphs.shutdown(wait=True, cancel_futures=True)
     top = packs[default]
     state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for pack in packs.values():
@@ -565,9 +589,11 @@ def _load_entry(
     trust_engine_host_code: bool,
     mmap: bool,
     allow_ops: tuple[str, ...],
+    graph: Future[tuple[bytes, Any]] | None = None,
 ) -> LoadedPack:
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
-    collects the default program's loaded tensors, which the other entry points reference."""
+    collects the default program's loaded tensors, which the other entry points reference.
+    ``graph``: its program's graph being read, hashed (when verifying) and checked."""
     from .writing.entry_points import check_loaded_state, engine_refusal
 
     dev = device
@@ -617,8 +643,8 @@ def _load_entry(
     program = _verified(
         reader, manifest, verify,
         lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops,
-                              shared=shared),
-        read=weights_read(dev, mmap),
+                              shared=shared, graph=graph),
+        read=weights_read(dev, mmap), graph_hashed=graph is not None,
     )  # fmt: skip
     if not shared and manifest.program is not None:
         shared[manifest.program.weights] = program.tensors  # the default entry point's

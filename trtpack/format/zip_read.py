@@ -571,6 +571,12 @@ class PackReader:
             view = self.view(name)
         self._check_bytes(name, view, member, progress)
 
+    def verify_bytes(self, name: str, data: bytes | memoryview, member: Member) -> None:
+        """``data``, this member's bytes as the caller read them (``read``), against the
+        manifest's record: what a load parses is then exactly what was hashed."""
+        self._check_size(name, self.info(name), member)
+        self._check_bytes(name, memoryview(data), member)
+
     def _check_bytes(
         self, name: str, view: memoryview, member: Member, progress: Progress | None = None
     ) -> None:

@@ -25,7 +25,7 @@ import json
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from ..errors import (
     ProgramError,
 )
 from ..format.container import Chunks, PackReader
-from ..format.manifest import Interface, Manifest, ProgramRef
+from ..format.manifest import Interface, Manifest, Member, ProgramRef
 from ..format.weights import (
     RawTensor,
     layout_metadata,
@@ -567,36 +567,45 @@ def _read_program(
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
     shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    graph: Future[tuple[bytes, Any]] | None = None,
 ) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
     """The program to load (``ref``, default the pack's), its graph bytes and their parsed
     JSON, checked before any name in it becomes code (custom operators only where
     ``allow_ops`` covers them and this process has them registered), and its tensors on
-    ``device``; the pytree types its specs name are made known to torch."""
-    from .graph_check import checked_graph
-
+    ``device``; the pytree types its specs name are made known to torch. ``graph``: that
+    check already under way (``read_checked_graph``, started by the caller)."""
     ref = ref or manifest.program
     if ref is None:
         raise ProgramError(f"{reader.path} holds no ExportedProgram")
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
     _require_registered(manifest, str(reader.path))
-    checked = ref  # for the closure: mypy cannot narrow ``ref`` inside it
-
-    def graph_checked() -> tuple[bytes, Any]:
-        graph = reader.read(checked.graph)
-        parsed, called = checked_graph(graph, checked.graph, allow_ops)
-        _require_custom_ops(called, checked, f"{reader.path}: {checked.graph}")
-        return graph, parsed
-
     # The graph is parsed and checked on a second thread while the weights are read and
     # moved (both mostly outside the GIL: preadv, hashing, copies to the device): a real
-    # transformer's graph check costs as much as moving its weights. Nothing of the graph
-    # becomes code before both are done; an error of the weights wins, as before.
+    # transformer's graph check costs as much as moving its weights. A multi-entry load
+    # starts every entry point's check up front (``graph``). Nothing of the graph becomes
+    # code before both are done; an error of the weights wins, as before.
     with ThreadPoolExecutor(1) as pool:
-        job = pool.submit(graph_checked)
+        job = graph or pool.submit(read_checked_graph, reader, ref, allow_ops)
         state_dict, constants = load_state(reader, ref.weights, device, mmap, shared)
-        graph, parsed = job.result()
-    return ref, graph, parsed, state_dict, constants
+        graph_bytes, parsed = job.result()
+    return ref, graph_bytes, parsed, state_dict, constants
+
+
+def read_checked_graph(
+    reader: PackReader, ref: ProgramRef, allow_ops: Sequence[str] = (), record: Member | None = None
+) -> tuple[bytes, Any]:
+    """A program's graph JSON, read once, hashed against ``record`` when given (a verifying
+    load: the bytes parsed are the bytes hashed), parsed and checked (``checked_graph``), its
+    custom operators allowed and registered. Safe on a second thread: ``reader.read`` is."""
+    from .graph_check import checked_graph
+
+    data = reader.read(ref.graph)
+    if record is not None:
+        reader.verify_bytes(ref.graph, data, record)
+    parsed, called = checked_graph(data, ref.graph, allow_ops)
+    _require_custom_ops(called, ref, f"{reader.path}: {ref.graph}")
+    return data, parsed
 
 
 def _require_custom_ops(called: list[str], ref: ProgramRef, where: str) -> None:
@@ -774,26 +783,28 @@ def load_runnable(
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
     shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    graph: Future[tuple[bytes, Any]] | None = None,
 ) -> LoadedProgram:
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
     where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
     deserializer (the reason is kept). ``mmap``: see ``weights_owned``. ``shared``: loaded
-    weights members another entry point's program references (format 1.4)."""
+    weights members another entry point's program references (format 1.4). ``graph``: its
+    graph's ``read_checked_graph`` already started by the caller."""
     from .graph_module import Unsupported, build_module
 
-    ref, graph, parsed, state_dict, constants = _read_program(
-        reader, manifest, None, device, mmap, allow_ops, shared
+    ref, graph_bytes, parsed, state_dict, constants = _read_program(
+        reader, manifest, None, device, mmap, allow_ops, shared, graph
     )
     tensors = {**state_dict, **{k: v for k, v in constants.items() if isinstance(v, torch.Tensor)}}
     try:
         module = build_module(parsed, state_dict, constants, device)
     except Unsupported as e:
-        ep = deserialize_program(graph, state_dict, constants, manifest, ref, device)
+        ep = deserialize_program(graph_bytes, state_dict, constants, manifest, ref, device)
         loaded = LoadedProgram(runnable(ep), fast_path_reason=str(e), exported_program=ep,
                                manifest=manifest, ref=ref, device=device)  # fmt: skip
     else:
         loaded = LoadedProgram(module, fast_path_reason=None,
-                               source=(graph, state_dict, constants), manifest=manifest,
+                               source=(graph_bytes, state_dict, constants), manifest=manifest,
                                ref=ref, device=device)  # fmt: skip
     loaded.tensors = tensors
     return loaded

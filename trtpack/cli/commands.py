@@ -521,7 +521,12 @@ def _progress_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="progress on stderr even when it is not a terminal",
     )
-    shown.add_argument("--quiet", "-q", action="store_true", help="no progress, no notes")
+    shown.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress line (results and warnings still print)",
+    )
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:

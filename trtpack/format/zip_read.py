@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import IntegrityError, MissingMemberError, NotAPackError, UnsafePackError
-from .digests import _CHUNK, DIGEST_CHUNK, Data, FileSlice, PathLike, Source
+from .digests import _CHUNK, DIGEST_CHUNK, Data, FileSlice, PathLike, Source, usable_cores
 from .limits import MAX_MEMBERS, refuse
 from .manifest import Member
 from .zip_write import _Memory, check_member_name
@@ -402,7 +402,7 @@ class PackReader:
             return hashlib.sha256(buf[span[0] : span[1]]).hexdigest() if chunked else ""
 
         if whole is None:  # unchecked, or checked by pieces
-            with ThreadPoolExecutor(max(1, min(len(pieces), os.cpu_count() or 1))) as pool:
+            with ThreadPoolExecutor(min(len(pieces), usable_cores()) or 1) as pool:
                 results = list(pool.map(read, pieces))
             if member is not None:
                 self._compare_pieces(info.name, member, results, info.size)
@@ -464,7 +464,7 @@ class PackReader:
         from concurrent.futures import ThreadPoolExecutor
 
         step = member.chunks.size
-        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(usable_cores()) as pool:
             got = list(
                 pool.map(
                     lambda start: hashlib.sha256(view[start : start + step]).hexdigest(),

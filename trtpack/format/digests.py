@@ -21,11 +21,10 @@ from ..errors import IntegrityError
 if TYPE_CHECKING:  # the threads are for writing and hashing: reading a manifest needs none
     from concurrent.futures import Future, ThreadPoolExecutor
 
+_CHUNK = 8 << 20
 #: members larger than this also record the SHA-256 of each piece of this size (format 1.3),
 #: so that verifying them uses every core; the manifest records the size it used
 DIGEST_CHUNK = 16 << 20
-#: bytes of a file read at a time while copying a member from it: one piece
-_CHUNK = DIGEST_CHUNK
 #: pieces a write may have read but not yet hashed
 _IN_FLIGHT = 8
 
@@ -80,16 +79,13 @@ Source = Data | FileSlice | Chunks
 
 
 def _chunks(source: Source) -> Iterator[memoryview]:
-    """The source's bytes as views: a file's in reads of _CHUNK bytes, memory's as it lies
-    (_pieces cuts it at piece boundaries, and each piece is then written, and hashed, by one
-    call that releases the GIL: fewer calls, fewer threads waking for the GIL)."""
     if isinstance(source, FileSlice):
         yield from source.chunks()
         return
     for part in source.parts if isinstance(source, Chunks) else (source,):
         view = memoryview(part).cast("B")
-        if view:
-            yield view
+        for start in range(0, len(view), _CHUNK):
+            yield view[start : start + _CHUNK]
 
 
 def read_head(source: Source, n: int) -> bytes:

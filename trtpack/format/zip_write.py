@@ -163,11 +163,11 @@ class _ZipWriter:
         if progress is not None:
             progress.begin(name)
         for piece in _pieces(source):
-            h.update(piece)  # hashed on threads while this thread writes it
             for view in piece:
                 self._write(view)
                 if progress is not None:
                     progress.advance(view.nbytes)
+            h.update(piece)
         entry.digest = h.result()
         if entry.digest.size != size:
             raise IntegrityError(f"member {name!r} changed size while being written")

@@ -66,16 +66,20 @@ class Timed:
     others: float | None  # cores other processes kept busy during the best run
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, Timed]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeat: int, idle: float = 0.0
+) -> dict[str, Timed]:
     """Each function's best wall time and least CPU time, the functions taking turns round
     by round (in alternating order): on a shared machine a neighbour's burst then falls on
     all of them alike, not on whichever happened to run during it. ``others``: how many
     cores the rest of the machine kept busy during the best run (a best run on a busy
-    machine is no best)."""
+    machine is no best). ``idle``: seconds to sleep before each call, untimed (a save comes
+    after other work, not right after a write that freed the pages it lands on)."""
     runs: dict[str, list[tuple[float, float, float | None]]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeat):
         for k in names if r % 2 == 0 else names[::-1]:
+            time.sleep(idle)
             busy, t, c = _busy_cpu(), time.perf_counter(), time.process_time()
             fns[k]()
             wall, cpu, after = time.perf_counter() - t, time.process_time() - c, _busy_cpu()
@@ -212,6 +216,14 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     ap.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        help="seconds to sleep (untimed) before each of the interleaved save-ratio calls: in a "
+        "VM whose host takes back free guest memory (dev), memory freed a few seconds earlier "
+        "costs far more to write into again",
+    )
+    ap.add_argument(
         "--save-only",
         action="store_true",
         help="only trtpack.save against raw write + fsync and one SHA-256 pass (no torch.export, "
@@ -255,6 +267,7 @@ def main() -> int:
                 "save": lambda: trtpack.save(ep, d / "m.trtpack", overwrite=True),
             },
             args.repeat,
+            args.idle,
         )
         t_raw_sync = timed["raw"].wall
         t_save, t_one_sha = timed["save"].wall, timed["sha"].wall

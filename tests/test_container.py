@@ -409,3 +409,64 @@ def test_fuzzed_packs_raise_only_trtpack_errors(small_pack, tmp_path, data):
 def test_manifest_reads_through_from_json_only(small_pack):
     raw = raw_members(small_pack)[MANIFEST_NAME]
     assert Manifest.from_json(raw).to_json() == raw  # canonical: parse and dump are inverses
+
+
+def _cached(fd: int) -> bool:
+    """Whether the file's first page is in the page cache: mincore(2) over a map of it, which
+    asks without reading anything in (a probing read would start a readahead)."""
+    import ctypes
+    import mmap
+
+    m = mmap.mmap(fd, mmap.PAGESIZE, access=mmap.ACCESS_COPY)  # mapped, not touched
+    try:
+        page = (ctypes.c_char * mmap.PAGESIZE).from_buffer(m)
+        try:
+            vec = ctypes.c_ubyte()
+            libc = ctypes.CDLL(None, use_errno=True)
+            addr, size = ctypes.c_void_p(ctypes.addressof(page)), ctypes.c_size_t(mmap.PAGESIZE)
+            if libc.mincore(addr, size, ctypes.byref(vec)):
+                raise OSError(ctypes.get_errno(), "mincore")
+            return bool(vec.value & 1)
+        finally:
+            del page
+    finally:
+        m.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this OS (Linux has it)"
+)
+def test_a_replaced_file_leaves_the_page_cache_before_its_successor_is_written(tmp_path):
+    """The file a write replaces is dropped from the page cache before the new bytes are
+    written (they take its pages), unless a member is copied from it. make_manifest runs
+    before the first member is written and after the last, the old file still in place."""
+    from trtpack.format.container import PackReader
+
+    pack = tmp_path / "m.trtpack"
+    write_pack(pack, {"w.bin": os.urandom(1 << 20)}, lambda _d: b"{}")
+    old = os.open(pack, os.O_RDONLY)  # the old file, kept past the rename
+    try:
+        assert _cached(old)  # just written
+        seen: list[bool] = []
+
+        def manifest(_digests):
+            seen.append(_cached(old))
+            return b"{}"
+
+        with PackReader(pack) as r:  # a member copied from the file being replaced
+            write_pack(pack, {"w.bin": r.slice("w.bin")}, manifest)
+        assert seen == [True, True]  # its pages stayed for the copy to read
+    finally:
+        os.close(old)
+
+    old = os.open(pack, os.O_RDONLY)
+    try:
+        os.pread(old, 1 << 20, 0)
+        assert _cached(old)
+        seen.clear()
+        write_pack(pack, {"w.bin": os.urandom(1 << 20)}, manifest)
+        assert seen == [False, False]
+    finally:
+        os.close(old)
+    with zipfile.ZipFile(pack) as z:
+        assert z.testzip() is None

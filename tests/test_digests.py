@@ -113,3 +113,23 @@ def test_a_pack_without_piece_digests_verifies_whole(big_pack, tmp_path):
             z.writestr(name, data)
     info = trtpack.verify(old)
     assert info.upgraded_from == (1, 2) and info.manifest.members[WEIGHTS].chunks is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_hashing_threads_follow_the_process_affinity():
+    """A container or `taskset` may give the process fewer cores than the machine has: the
+    hashing pools size themselves to the cores it may run on, not to os.cpu_count()."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from trtpack.format import digests\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "with digests._Pools.open() as pools:\n"
+        "    print(digests.usable_cores(), pools.pieces._max_workers)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["1", "1"]

@@ -198,13 +198,22 @@ class _Pools:
     def open(cls) -> Iterator[_Pools]:
         from concurrent.futures import ThreadPoolExecutor
 
-        workers = max(1, os.cpu_count() or 1)
+        workers = usable_cores()
         with (
             ThreadPoolExecutor(1) as whole,
             ThreadPoolExecutor(workers) as pieces,
             ThreadPoolExecutor(1) as writeback,
         ):
             yield cls(whole, pieces, writeback)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container or ``taskset`` may give
+    it fewer than the machine has), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
 
 
 def digest(source: Source) -> MemberDigest:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ..errors import IntegrityError, MissingMemberError, NotAPackError, UnsafePackError
-from .digests import _CHUNK, DIGEST_CHUNK, Data, FileSlice, PathLike, Source
+from .digests import _CHUNK, DIGEST_CHUNK, Data, FileSlice, PathLike, Source, usable_cores
 from .limits import MAX_MEMBERS, refuse
 from .manifest import Member
 from .progress import Progress
@@ -496,7 +496,7 @@ class PackReader:
                 sink.release(data)
 
         if whole is None:  # unchecked, or checked by pieces
-            workers = max(1, min(len(pieces), os.cpu_count() or 1, sink.workers))
+            workers = max(1, min(len(pieces), usable_cores(), sink.workers))
             with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(read, pieces))
             if member is not None:
@@ -595,7 +595,7 @@ class PackReader:
 
         step = member.chunks.size
         got = []
-        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(usable_cores()) as pool:
             # the pieces' results in order, counted here (one thread drives ``progress``)
             for start, digest in zip(
                 range(0, len(view), step),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import torch
 
 from ..errors import IntegrityError
 from ..format.container import PackReader
+from ..format.digests import usable_cores
 from ..format.weights import StoredTensor, parse_safetensors
 
 #: threads reading and hashing at once (each holds one staging buffer at a time)
@@ -76,7 +76,7 @@ class DeviceCopy:
         self._device = device
         self._where = where
         self._cuda = device.type == "cuda"
-        self.workers = max(1, min(WORKERS, os.cpu_count() or 1))
+        self.workers = max(1, min(WORKERS, usable_cores()))
         self._max_slots = self.workers + SPARE_SLOTS
         self._streams = [torch.cuda.Stream(device) for _ in range(STREAMS)] if self._cuda else []
         if self._cuda:  # the destinations were just allocated on the caller's stream

@@ -594,11 +594,11 @@ def _load_entry(
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
     collects the default program's loaded tensors, which the other entry points reference.
     ``graph``: its program's graph being read, hashed (when verifying) and checked."""
-    from .writing.entry_points import check_loaded_state, engine_refusal
+    from .writing.entry_points import check_loaded_state
 
     dev = device
     manifest = info.manifest
-    reason = engine_refusal(manifest.state, name) if manifest.engines else None
+    reason = manifest.state.engine_refusal(name) if manifest.engines and manifest.state else None
     if reason is not None:
         if require_engine:
             raise NoUsableEngineError(reason)

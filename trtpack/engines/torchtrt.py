@@ -202,7 +202,7 @@ def _compile_entry_points(
     profiles: Sequence[Mapping[str, RangeLike]] | Mapping[str, Any] | None,
     settings: Mapping[str, Any],
 ) -> dict[str, Any]:
-    from ..program.state import declare_state, engine_refusal
+    from ..program.state import declare_state
 
     if not programs:
         raise ArgumentTypeError("ep", "a non-empty dict of entry point name -> program", programs)
@@ -219,7 +219,7 @@ def _compile_entry_points(
     state = declare_state(programs, names[0])
     out: dict[str, Any] = {}
     for name in names:
-        reason = engine_refusal(state, name)
+        reason = state.engine_refusal(name) if state is not None else None
         if reason is not None:
             warnings.warn(f"trtpack.compile: {reason}; left as its ExportedProgram", stacklevel=3)
             out[name] = programs[name]

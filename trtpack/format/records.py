@@ -298,6 +298,30 @@ class State:
     tensors: dict[str, StateTensor]
     entry_points: dict[str, StateUse]
 
+    def engine_refusal(self, name: str) -> str | None:
+        """Why entry point ``name`` cannot run a TensorRT engine, or None when it can: it
+        writes state in place (an engine cannot write a tensor another entry point's program
+        reads: torch_tensorrt returns the written values as extra outputs instead), or it
+        reads state another entry point writes (an engine holds the values it was built with,
+        never what is written later). Such an entry point runs its ExportedProgram. The one
+        rule for compile, save, add_engine/build and load."""
+        use = self.entry_points.get(name)
+        if use is None:
+            return None
+        if use.mutates:
+            return (
+                f"entry point {name!r} writes state in place ({', '.join(use.mutates)}), which "
+                "an engine cannot share with the other entry points"
+            )
+        writers = sorted(n for n, u in self.entry_points.items() if set(u.mutates) & set(use.reads))
+        if writers:
+            return (
+                f"entry point {name!r} reads state that {', '.join(writers)} write(s) in place "
+                f"({', '.join(use.reads)}); an engine would hold the values it was built with, "
+                "never what is written later"
+            )
+        return None
+
 
 # --- dataclass <-> JSON value ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from ..format.manifest import Manifest, Variant
 from ..format.progress import Progress, ProgressArg
 from ..reading import PackInfo, open_pack
 from .assemble import PackParts, write
-from .entry_points import engine_refusal, moved, relocated
+from .entry_points import moved, relocated
 
 
 def add_engine(
@@ -97,7 +97,7 @@ def add_variants(
         m = info.manifest
         name = m.default_entry_point if entry_point is None else entry_point
         entry = m.entry(name)  # an unknown name: ManifestError naming the entry points
-        refused = engine_refusal(m.state, name)
+        refused = m.state.engine_refusal(name) if m.state is not None else None
         if refused is not None:
             raise EngineError(
                 f"{info.path}: {refused}, so the pack runs this entry point's ExportedProgram. "

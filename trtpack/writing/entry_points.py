@@ -16,24 +16,21 @@ import dataclasses
 import keyword
 import re
 from collections.abc import Mapping
-from typing import Any
-
-from torch.export import ExportedProgram
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArgumentTypeError, ManifestError, TrtpackError
 from ..format.container import Source
 from ..format.manifest import EntryPoint, ProgramRef, Variant
-from ..program.state import declare_state, engine_refusal, module_state, program_state
+
+if TYPE_CHECKING:  # torch is imported where a program is read: add_engine (moved,
+    from torch.export import ExportedProgram  # relocated) stays torch-free
 
 __all__ = [
     "check_loaded_state",
     "check_name",
     "check_programs",
-    "declare_state",
-    "engine_refusal",
     "moved",
     "parts_of_programs",
-    "program_state",
     "relocated",
 ]
 
@@ -52,6 +49,8 @@ def check_name(name: Any) -> str:
 def check_programs(programs: Any) -> dict[str, ExportedProgram]:
     """The ``{name: ExportedProgram}`` a multi-entry save takes, checked (a compiled module's
     entry point is given here as its source program)."""
+    from torch.export import ExportedProgram
+
     if not isinstance(programs, Mapping) or not programs:
         raise ArgumentTypeError("obj", "a non-empty dict of entry point name -> program", programs)
     out: dict[str, ExportedProgram] = {}
@@ -118,6 +117,7 @@ def parts_of_programs(
     with ``trtpack.compile``), instead of the derived one; ``entry_ranges``: each entry
     point's ranges, instead of ``ranges`` for all."""
     from ..program.serialize import SharedWeights, program_members
+    from ..program.state import declare_state
     from .assemble import PackParts
 
     given = dict(interfaces or {})
@@ -150,6 +150,8 @@ def check_loaded_state(manifest: Any, name: str, module: Any) -> set[str]:
     """What the loaded entry point's module writes in place, which must be what the manifest
     declares for it (a pack whose declaration differs is refused: it is checked, not
     trusted). A pack without a declaration (before 1.4) gets the derived set."""
+    from ..program.state import module_state
+
     derived = module_state(module)
     if derived is None:
         return set()

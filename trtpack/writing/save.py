@@ -134,7 +134,7 @@ def _save_entry_points(
     tolerances: Any, max_sample_bytes: int | None,
 ) -> PackInfo:  # fmt: skip
     from ..engines.torchtrt import per_entry_point, wire
-    from .entry_points import check_programs, engine_refusal, parts_of_programs, relocated
+    from .entry_points import check_programs, parts_of_programs, relocated
 
     programs, compiled = _entry_programs(values, source)
     checked = check_programs(programs)
@@ -149,7 +149,7 @@ def _save_entry_points(
     per_ranges = per_entry_point("ranges", ranges, list(checked))
     parts, others = parts_of_programs(checked, interfaces=given, entry_ranges=per_ranges)
     for name in compiled:  # refused before any engine is read
-        refused = engine_refusal(parts.state, name)
+        refused = parts.state.engine_refusal(name) if parts.state is not None else None
         if refused is not None:
             raise EngineError(
                 f"obj[{name!r}] is a compiled module, but {refused}: the loader would never run "

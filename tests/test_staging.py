@@ -168,10 +168,14 @@ def test_the_verified_streamed_load_checks_before_returning(pack, tmp_path):
     reason="no CUDA GPU on this machine (the streamed load to CUDA: tools/gpu_bench_cuda.sh "
     "runs it on the lent GPU machine)",
 )
-def test_a_load_to_cuda_streams_the_checked_weights(tmp_path):
+def test_a_load_to_cuda_streams_the_checked_weights(tmp_path, monkeypatch):
     """The real thing: pinned staging buffers, several streams, 16 MiB pieces (a 40 MiB
     model: three pieces, tensors across their borders), equal to the CPU load; a damaged
-    piece fails the load."""
+    piece fails the load. (Opt-in until this has run on a GPU: TRTPACK_GPU_STAGING=1.)"""
+    from trtpack.program.serialize import GPU_STAGING, weights_read
+
+    monkeypatch.setenv(GPU_STAGING, "1")
+    assert weights_read(torch.device("cuda"), False) == "streamed"
 
     class Big(torch.nn.Module):
         def __init__(self) -> None:
@@ -203,3 +207,16 @@ def test_a_load_to_cuda_streams_the_checked_weights(tmp_path):
     with pytest.raises(IntegrityError, match=r"corrupt \(bytes 16777216\.\.33554432\)"):
         trtpack.load(path, device="cuda")
     trtpack.load(path, device="cuda", verify=False)  # the same path, unchecked
+
+
+def test_the_staged_gpu_load_is_opt_in_until_it_has_run_on_a_gpu(monkeypatch):
+    """A GPU load maps the file (the path measured on the H100) unless TRTPACK_GPU_STAGING=1
+    asks for the staged one, which has not run on a GPU yet (docs/cuda.md)."""
+    from trtpack.program.serialize import GPU_STAGING, weights_read
+
+    monkeypatch.delenv(GPU_STAGING, raising=False)
+    assert weights_read(torch.device("cuda"), False) == "mapped"
+    assert weights_read(torch.device("cpu"), False) == "owned"
+    monkeypatch.setenv(GPU_STAGING, "1")
+    assert weights_read(torch.device("cuda"), False) == "streamed"
+    assert weights_read(torch.device("cpu"), True) == "mapped"

@@ -7,7 +7,7 @@
 # 2. tools/bench_cold_start.py --gib 4, warm page cache (the floor: safetensors to CUDA);
 # 3. tools/bench_decode.py: eager, pack(x), pack with cuda_graphs, torch.compile
 #    reduce-overhead, for a bf16 SwiGLU MLP at batch 1 and the Llama decode step.
-# The timeouts add up to 460 s.
+# The timeouts add up to 600 s.
 # Every figure is a ratio against a baseline of the same run, on the same card.
 set -u
 P=${PYTHON:-/opt/torch/.venv/bin/python}
@@ -24,7 +24,10 @@ echo "== GPU tests (pytest -m gpu) =="
 timeout 100 $P -m pytest -q -p no:cacheprovider -rs -m gpu tests/test_cuda_graphs.py tests/test_staging.py 2>&1 | tail -30
 echo "== the same files' CPU tests =="
 timeout 50 $P -m pytest -q -p no:cacheprovider -m "not gpu" tests/test_cuda_graphs.py tests/test_staging.py 2>&1 | tail -4
-echo "== cold start, 4 GiB, warm =="
+echo "== cold start, 4 GiB, warm: the mapped GPU load (the default) =="
 timeout 140 $P tools/bench_cold_start.py --gib 4 --device cuda --repeat 2 --cache warm --dir "$D"
+echo "== the same with the staged GPU load (TRTPACK_GPU_STAGING=1) =="
+TRTPACK_GPU_STAGING=1 timeout 140 $P tools/bench_cold_start.py --gib 4 --device cuda --repeat 2 \
+  --cache warm --dir "$D"
 echo "== decode-sized calls (each row printed as measured) =="
 timeout 170 $P tools/bench_decode.py --calls 300

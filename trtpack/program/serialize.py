@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -455,11 +456,19 @@ def weights_owned(device: torch.device | None, mmap: bool) -> bool:
 def weights_read(device: torch.device | None, mmap: bool) -> str:
     """How a load reads the weights: ``"owned"`` (CPU: into memory of their own, hashed as
     read), ``"mapped"`` (CPU with ``mmap``: the tensors view the file's map, hashed beside the
-    load), or ``"streamed"`` (another device: piece by piece through staging buffers, each
-    piece hashed and copied on from the same buffer, ``program.staging``)."""
+    load; another device: the tensors copied on from the map, hashed beside the load), or
+    ``"streamed"`` (another device, with ``TRTPACK_GPU_STAGING=1``: piece by piece through
+    staging buffers, each piece hashed and copied on from the same buffer,
+    ``program.staging``). The staged path is opt-in because it has not run on a GPU yet
+    (docs/cuda.md): the mapped one is what was measured on the H100; ``tools/gpu_bench_cuda.sh``
+    runs the staged one's GPU tests and figures, after which it can become the default."""
     if device is not None and device.type != "cpu":
-        return "streamed"
+        return "streamed" if os.environ.get(GPU_STAGING) == "1" else "mapped"
     return "mapped" if mmap else "owned"
+
+
+#: the environment variable that opts a GPU load into ``program.staging`` (see weights_read)
+GPU_STAGING = "TRTPACK_GPU_STAGING"
 
 
 def _weights_buffer(reader: PackReader, name: str, device: torch.device | None,

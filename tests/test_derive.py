@@ -304,3 +304,45 @@ def test_an_unknown_serde_major_is_refused_by_name(major):
     doc["schema_version"]["major"] = major
     with pytest.raises(trtpack.MigrationError, match=f"schema {major}\\.\\d+ .*major 8 only"):
         derive_from_graph(doc, where="m.json")
+
+
+def test_runtime_assertions_over_input_sizes_become_guards_within_bounds():
+    """``SerializedProgram.input_assertions`` follows sym ops from a user input's size to an
+    ``_assert_scalar``: a short chain becomes a guard's torch text, a chain past the bound is
+    not followed (its text would grow with every node: quadratic memory on a hostile graph),
+    and an assertion over anything else (no input size behind it) is not a guard."""
+    from trtpack.program.derive import SerializedProgram
+
+    def node(target, args, out=None):
+        outputs = [{"as_sym_int" if out and not out.startswith("b") else "as_sym_bool":
+                    {"as_name": out}}] if out else []  # fmt: skip
+        return {"target": target, "inputs": [{"name": "", "arg": a} for a in args],
+                "outputs": outputs}  # fmt: skip
+
+    size = node("torch.ops.aten.sym_size.int", [{"as_tensor": {"name": "x"}}, {"as_int": 0}], "s")
+    chain = [node("_operator.add", [{"as_sym_int": {"as_name": f"c{i - 1}" if i else "s"}},
+                                    {"as_int": 1}], f"c{i}") for i in range(2000)]  # fmt: skip
+
+    def program(nodes):
+        p = object.__new__(SerializedProgram)
+        p.where, p.graph = "t", {"nodes": nodes}
+        p.signature = {"input_specs": [{"user_input": {"arg": {"as_tensor": {"name": "x"}}}}]}
+        return p
+
+    short = [size, node("_operator.mod", [{"as_sym_int": {"as_name": "s"}}, {"as_int": 16}], "m"),
+             node("_operator.eq", [{"as_sym_int": {"as_name": "m"}}, {"as_int": 0}], "b0"),
+             node("torch.ops.aten._assert_scalar.default", [{"as_sym_bool": {"as_name": "b0"}},
+                  {"as_string": "Runtime assertion failed for expression Eq(Mod(u0, 16), 0) "
+                                "on node 'eq'"}])]  # fmt: skip
+    assert program(short).input_assertions() == [
+        ("Eq(Mod(u0, 16), 0)", "((L['flat_args'][0].size()[0] % 16) == 0)")
+    ]
+    long = [size, *chain,
+            node("_operator.eq", [{"as_sym_int": {"as_name": "c1999"}}, {"as_int": 0}], "b1"),
+            node("torch.ops.aten._assert_scalar.default", [{"as_sym_bool": {"as_name": "b1"}},
+                                                           {"as_string": "x"}])]  # fmt: skip
+    assert program(long).input_assertions() == []
+    data = [node("_operator.eq", [{"as_sym_int": {"as_name": "item"}}, {"as_int": 0}], "b2"),
+            node("torch.ops.aten._assert_scalar.default", [{"as_sym_bool": {"as_name": "b2"}},
+                                                           {"as_string": "x"}])]  # fmt: skip
+    assert program(data).input_assertions() == []

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import MigrationError, RangeOverrideError
+from ..errors import ManifestError, MigrationError, RangeOverrideError, UnsafePackError
 from ..format.guards import from_torch as guards_from_torch
 from ..format.guards import sources as guard_sources
 from ..format.manifest import (
@@ -331,9 +331,12 @@ class SerializedProgram:
         # as guards, so a call that breaks one is refused by the contract with the input named
         seen = {g.expr for g in guards if g.expr}
         for message, text in self.input_assertions():
-            ((_, expr),) = guards_from_torch(
-                [text], names, inputs, where=f"{self.where}: {message}"
-            )
+            try:
+                ((_, expr),) = guards_from_torch(
+                    [text], names, inputs, where=f"{self.where}: {message}"
+                )
+            except (ManifestError, UnsafePackError):  # beyond the guard language's limits:
+                continue  # the program's own assertion still checks it
             if expr is not None and expr not in seen:
                 seen.add(expr)
                 guards.append(Guard(source=message, expr=expr))
@@ -396,8 +399,8 @@ class SerializedProgram:
                 message = value_of_string(args[1]) if len(args) > 1 else None
                 if cond is not None:
                     found.append((_assertion_expression(message) or cond, cond))
-            if text is not None and isinstance(out_name, str):
-                known[out_name] = text
+            if text is not None and len(text) <= _MAX_ASSERTION and isinstance(out_name, str):
+                known[out_name] = text  # bounded: a long chain of ops stops being followed
         return found
 
     def _input(self, name: str, arg: dict, path: str, names: _Names, hints: dict) -> IOSpec:
@@ -503,6 +506,8 @@ _SYM_BINARY = {
     "_operator.le": "<=", "_operator.gt": ">", "_operator.ge": ">=", "_operator.and_": "and",
     "_operator.or_": "or",
 }  # fmt: skip
+#: the longest expression followed through the graph (a guard's text is capped at 10,000)
+_MAX_ASSERTION = 4096
 _ASSERTION = re.compile(r"Runtime assertion failed for expression (.+) on node '[^']*'$")
 
 

@@ -275,13 +275,17 @@ def _variant_names(
     return names
 
 
-def _per_entry(arg: str, value: Any, programs: Mapping[str, Any]) -> dict[str, Any]:
+def _per_entry(
+    arg: str, value: Any, programs: Mapping[str, Any],
+    expected: str = "a dict {entry point: value} for a multi-entry save",
+) -> dict[str, Any]:  # fmt: skip
     """A per-entry-point argument of a multi-entry save (``{entry point: value}``), checked
-    for names that are not entry points; entry points it does not name get nothing."""
+    for names that are not entry points; entry points it does not name get nothing.
+    ``expected``: what the ArgumentTypeError says the argument should be."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ArgumentTypeError(arg, "a dict {entry point: value} for a multi-entry save", value)
+        raise ArgumentTypeError(arg, expected, value)
     unknown = sorted(str(n) for n in value if n not in programs)
     if unknown:
         raise TrtpackError(f"{arg}= names {unknown}, which are not entry points ({list(programs)})")
@@ -292,21 +296,10 @@ def _samples_per_entry(programs: Mapping[str, ExportedProgram], samples: Any) ->
     """``samples=`` of a multi-entry save, per entry point: a count applies to every entry
     point; a dict ``{name: count or calls}`` to the entry points it names (calls fit one
     interface, so a bare list of calls would be ambiguous and is refused)."""
-    if samples is None:
-        return {}
     if isinstance(samples, int) and not isinstance(samples, bool):
         return dict.fromkeys(programs, samples)
-    if not isinstance(samples, Mapping):
-        raise ArgumentTypeError(
-            "samples", "a count (for every entry point) or a dict {entry point: count or "
-            "list of (args, kwargs) calls}", samples,
-        )  # fmt: skip
-    unknown = sorted(str(n) for n in samples if n not in programs)
-    if unknown:
-        raise TrtpackError(
-            f"samples= names {unknown}, which are not entry points ({list(programs)})"
-        )
-    return {n: samples[n] for n in programs if n in samples and samples[n] is not None}
+    return _per_entry("samples", samples, programs, "a count (for every entry point) or a dict "
+                      "{entry point: count or list of (args, kwargs) calls}")  # fmt: skip
 
 
 def _with_samples(

@@ -9,6 +9,8 @@ same tensors), then times, each in a fresh Python process and best of ``--repeat
 - ``trtpack.load(path, verify=True)`` and ``verify=False``, then the first call; the same
   with ``mmap=True`` (CPU weights view the file's map instead of memory of their own; on a
   GPU both copy to the device from the map);
+- on a GPU, the same two through the staged load (``TRTPACK_GPU_STAGING=1``: pinned
+  buffers, each piece hashed and copied on from the same buffer, ``trtpack.program.staging``);
 - torch's own: ``torch.export.load(path)``, moved to the device with
   ``torch.export.passes.move_to_device_pass`` (which rewrites the device arguments baked into
   the graph: ``.module().to(device)`` fails on real transformers with "Tensor device
@@ -55,6 +57,8 @@ VARIANTS = {
     "trtpack_noverify": "trtpack.load verify=False",
     "trtpack_mmap_verify": "trtpack.load mmap=True verify=True",
     "trtpack_mmap_noverify": "trtpack.load mmap=True verify=False",
+    "trtpack_staged_verify": "trtpack.load staged verify=True",
+    "trtpack_staged_noverify": "trtpack.load staged verify=False",
     "torch_export": "torch.export.load + move_to_device",
     "floor": "floor: safetensors load_file + forward",
 }
@@ -149,6 +153,8 @@ def _child(variant: str, files: dict, device: str, batch: int) -> None:
     start = time.perf_counter()
     try:
         if variant.startswith("trtpack"):
+            if "_staged" in variant:
+                os.environ["TRTPACK_GPU_STAGING"] = "1"
             pack = trtpack.load(files["pack"], device=dev, verify=variant.endswith("_verify"),
                                 mmap="_mmap" in variant)  # fmt: skip
             y = pack(*args, **kwargs)
@@ -275,6 +281,9 @@ def main() -> int:
     ap.add_argument("--model", choices=("mlp", "bert"), default="mlp")
     ap.add_argument("--cache", choices=("warm", "cold", "both"), default="both")
     ap.add_argument("--dir", default=None, help="where to write the files (default: temp)")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all that "
+                    "apply; the staged ones on a GPU only)")  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -282,6 +291,14 @@ def main() -> int:
         _child(args.child, json.loads(args.files), args.device, args.batch)
         return 0
 
+    variants = {v: label for v, label in VARIANTS.items()
+                 if "_staged" not in v or not args.device.startswith("cpu")}  # fmt: skip
+    if args.variants:
+        chosen = args.variants.split(",")
+        unknown = [v for v in chosen if v not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+        variants = {v: VARIANTS[v] for v in chosen}
     width = args.width or (8192 if args.gib >= 1 else 4096)
     caches = ("warm", "cold") if args.cache == "both" else (args.cache,)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -326,7 +343,7 @@ def main() -> int:
             else:
                 print(f"page cache: {cache} (the files were read just before)")
             best = results.setdefault(cache, {})
-            for variant, label in VARIANTS.items():
+            for variant, label in variants.items():
                 runs, notes, error = [], "", ""
                 for _ in range(args.repeat):
                     if cache == "cold":
@@ -360,7 +377,7 @@ def main() -> int:
                 print(f"  {label:38} {best[variant]:7.3f} s   (runs {shown}) {notes}")
     for cache, best in results.items():
         floor, anchor = best.get("floor"), best.get("torch_export")
-        for variant in [v for v in VARIANTS if v.startswith("trtpack")]:
+        for variant in [v for v in variants if v.startswith("trtpack")]:
             if variant not in best:
                 continue
             t = best[variant]

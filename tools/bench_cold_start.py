@@ -17,8 +17,9 @@ same tensors), then times, each in a fresh Python process and best of ``--repeat
   mismatch"), ``.module()``, then the first call; where even that fails, the row says why;
 - the floor: ``safetensors.torch.load_file(path, device=device)``, then, for the MLP, the
   same forward written as plain ``F.linear``/``relu`` calls on those tensors; for a
-  transformers model (``--model bert``: 24 layers, hidden 1024, random weights from its
-  config, no download), the model built on the meta device, ``load_state_dict(assign=True)``
+  transformers model (``--model bert``: 24 layers, hidden 1024; ``--model llama``: a
+  LlamaForCausalLM of TinyLlama's shapes, 16 layers, 3.4 GiB; random weights from their
+  configs, no download), the model built on the meta device, ``load_state_dict(assign=True)``
   and called (transformers is imported before the clock, for every loader: the outputs are
   its pytree-registered ModelOutput classes).
 
@@ -40,6 +41,7 @@ unlike torch's, compiled in every run). Needs torch and safetensors (and transfo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -71,6 +73,8 @@ def _inputs(files: dict, dev: object, batch: int) -> tuple[tuple, dict]:
     if files["model"] == "mlp":
         return (torch.randn(batch, files["width"], device=dev),), {}
     ids = torch.randint(0, 1000, (batch, files["seq"]), device=dev)
+    if files["model"] == "llama":  # a causal LM: no padding mask (see _mask_without_vmap)
+        return (), {"input_ids": ids}
     return (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
@@ -239,15 +243,28 @@ def _write_transformers(folder: Path, model_name: str, batch: int) -> dict:
 
     import trtpack
 
-    assert model_name == "bert"
-    config = transformers.BertConfig(hidden_size=1024, num_hidden_layers=24,
-                                     num_attention_heads=16, intermediate_size=4096)  # fmt: skip
-    files: dict = {"model": model_name, "seq": 128, "config_class": "BertConfig",
-                   "model_class": "BertModel", "config": config.to_dict()}  # fmt: skip
+    if model_name == "bert":
+        config = transformers.BertConfig(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        )
+        classes = ("BertConfig", "BertModel")
+    else:  # a Llama of a few GiB: TinyLlama's shapes, the prompt's logits (no KV cache)
+        config = transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632,
+                                          num_hidden_layers=16, num_attention_heads=32,
+                                          num_key_value_heads=4, vocab_size=32000,
+                                          use_cache=False)  # fmt: skip
+        classes = ("LlamaConfig", "LlamaForCausalLM")
+    files: dict = {"model": model_name, "seq": 128, "config_class": classes[0],
+                   "model_class": classes[1], "config": config.to_dict()}  # fmt: skip
     torch.manual_seed(0)
     model = _transformers_model(files, meta=False)
     ids = torch.randint(0, 1000, (2, files["seq"]))  # batch 1 would specialize the Dim
     kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if model_name == "llama":
+        # transformers builds the causal mask with torch.vmap, which torch.export.save cannot
+        # serialize; its ExecuTorch integration's mask without vmap is what exporters use
+        _mask_without_vmap(model)
+        del kwargs["attention_mask"]
     dims = {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=512)}
     with torch.no_grad():
         ep = torch.export.export(model, (), kwargs, dynamic_shapes={k: dims for k in kwargs})
@@ -261,6 +278,22 @@ def _write_transformers(folder: Path, model_name: str, batch: int) -> dict:
     files["bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
     files["nodes"] = len(ep.graph.nodes)
     return files
+
+
+def _mask_without_vmap(model: object) -> None:
+    try:
+        from transformers.integrations import executorch
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        executorch.sdpa_mask_without_vmap  # noqa: B018
+    except (ImportError, AttributeError) as e:  # another transformers: its own mask is tried
+        print(f"(no sdpa_mask_without_vmap in this transformers: {e})")
+        return
+
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_without_vmap", executorch.sdpa_mask_without_vmap)
+    ALL_ATTENTION_FUNCTIONS.register("sdpa_without_vmap", ALL_ATTENTION_FUNCTIONS["sdpa"])
+    model.config._attn_implementation = "sdpa_without_vmap"  # type: ignore[attr-defined]
 
 
 def _machine(device: str) -> str:
@@ -278,12 +311,17 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per variant")
     ap.add_argument("--width", type=int, default=None, help="layer width (default by size)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--model", choices=("mlp", "bert"), default="mlp")
+    ap.add_argument("--model", choices=("mlp", "bert", "llama"), default="mlp")
     ap.add_argument("--cache", choices=("warm", "cold", "both"), default="both")
     ap.add_argument("--dir", default=None, help="where to write the files (default: temp)")
     ap.add_argument("--variants", default=None,
                     help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all that "
                     "apply; the staged ones on a GPU only)")  # fmt: skip
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the files (their folder is printed), e.g. for tools/profile_load.py",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -301,18 +339,23 @@ def main() -> int:
         variants = {v: VARIANTS[v] for v in chosen}
     width = args.width or (8192 if args.gib >= 1 else 4096)
     caches = ("warm", "cold") if args.cache == "both" else (args.cache,)
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    kept = tempfile.mkdtemp(dir=args.dir) if args.keep else None
+    with contextlib.nullcontext(kept) if kept else tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         t = time.perf_counter()
         files = _write(Path(tmp), args.gib, width, args.batch, args.model)
         gib = files["bytes"] / 2**30
         if args.model == "mlp":
             what = f"a {gib:.2f} GiB MLP ({files['layers']} x Linear({width}, {width}), float32)"
         else:
-            what = (f"{args.model} (24 layers, hidden 1024, {gib:.2f} GiB float32, "
-                    f"{files['nodes']} nodes, seq {files['seq']})")  # fmt: skip
+            c = files["config"]
+            what = (f"{files['model_class']} ({c['num_hidden_layers']} layers, hidden "
+                    f"{c['hidden_size']}, {gib:.2f} GiB float32, {files['nodes']} nodes, seq "
+                    f"{files['seq']})")  # fmt: skip
         print(f"cold start: {what}, batch {args.batch}, on {args.device}; files written in "
               f"{time.perf_counter() - t:.0f} s")  # fmt: skip
         print(f"machine: {_machine(args.device)}")
+        if kept:
+            print(f"files kept in {tmp}: the pack is {files['pack']}")
         print("clock: from after `import torch, trtpack, safetensors.torch`"
               + (" and CUDA initialisation" if args.device.startswith("cuda") else "")
               + f" to the first output computed; a fresh process per run, best of "
@@ -382,7 +425,8 @@ def main() -> int:
                 continue
             t = best[variant]
             vs_torch = (f"/ torch.export {t / anchor:5.2f} ({anchor / t:4.1f}x faster)"
-                        if anchor else "/ torch.export: it failed")  # fmt: skip
+                        if anchor else "/ torch.export: it failed" if "torch_export" in variants
+                        else "")  # fmt: skip
             vs_floor = f"/ floor {t / floor:5.2f}" if floor else ""
             print(f"{cache} cache: {VARIANTS[variant]:36} {vs_torch}   {vs_floor}")
     return 0

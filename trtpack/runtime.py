@@ -95,12 +95,12 @@ def _verified(
 @contextlib.contextmanager
 def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
     """A pack as it is, or any other known artifact migrated in memory (with a notice)."""
-    from .migrations.legacy import TRTPACK, convert, detect, open_migrated
-
     try:
         first = _has_manifest(path)
     except OSError:
         first = False  # detect() says what is wrong with the path
+    if not first:  # the migrations (and the writers they use) are imported only when needed
+        from .migrations.legacy import TRTPACK, detect
     if first or detect(path) == TRTPACK:
         with open_pack(path, program_guards=False) as (reader, info):
             if info.upgraded_from is not None:
@@ -113,6 +113,8 @@ def _open_any(path: PathLike) -> Iterator[tuple[PackReader, PackInfo]]:
                 )
             yield reader, info
         return
+    from .migrations.legacy import convert, open_migrated
+
     converted = convert(path)
     warnings.warn(
         f"trtpack: {path} is a {converted.kind} without trtpack metadata; migrated in memory "
@@ -470,15 +472,15 @@ def load(
     A file saved without trtpack (``torch.export.save``, ``torch_tensorrt.save``) or a pack of
     an older format is migrated in memory, with a one-line warning.
     """
-    options: dict[str, Any] = dict(
+    options = _LoadOptions(
         verify=verify, require_engine=require_engine, variant=variant,
         outside_profile=outside_profile, inference_mode=inference_mode,
         require_signature=require_signature, signature=signature,
         trust_engine_host_code=trust_engine_host_code, mmap=mmap,
         allow_ops=_allow_ops(allow_ops), cuda_graphs=_cuda_graphs(cuda_graphs),
     )  # fmt: skip
-    pack = _load(path, device=device, **options)
-    pack.load_options = {**options, "check": check}
+    pack = _load(path, _normalize(device), options)
+    pack.load_options = {**dataclasses.asdict(options), "check": check}
     if check:  # every entry point's samples (each report is that entry point's check_report)
         from .samples import check_entry_points
 
@@ -486,29 +488,32 @@ def load(
     return pack
 
 
-def _load(
-    path: PathLike,
-    *,
-    device: str | torch.device | None,
-    verify: bool,
-    require_engine: bool,
-    variant: str | None,
-    outside_profile: Literal["error", "fallback"],
-    inference_mode: bool,
-    require_signature: PathLike | None,
-    signature: PathLike | None,
-    trust_engine_host_code: bool,
-    mmap: bool,
-    allow_ops: tuple[str, ...],
-    cuda_graphs: bool | tuple[str, ...],
-) -> LoadedPack:
-    if outside_profile not in ("error", "fallback"):
-        raise ValueError(f"outside_profile must be 'error' or 'fallback', not {outside_profile!r}")
-    dev = _normalize(device)
-    if cuda_graphs and dev.type != "cuda":
+@dataclasses.dataclass(frozen=True)
+class _LoadOptions:
+    """``load``'s options besides ``device`` and ``check`` (see ``load``), normalized: what
+    every entry point of one load is loaded with, and what ``LoadedPack.to`` loads again with."""
+
+    verify: bool
+    require_engine: bool
+    variant: str | None
+    outside_profile: Literal["error", "fallback"]
+    inference_mode: bool
+    require_signature: PathLike | None
+    signature: PathLike | None
+    trust_engine_host_code: bool
+    mmap: bool
+    allow_ops: tuple[str, ...]
+    cuda_graphs: bool | tuple[str, ...]
+
+
+def _load(path: PathLike, dev: torch.device, options: _LoadOptions) -> LoadedPack:
+    if options.outside_profile not in ("error", "fallback"):
+        raise ValueError("outside_profile must be 'error' or 'fallback', not "
+                         f"{options.outside_profile!r}")  # fmt: skip
+    if options.cuda_graphs and dev.type != "cuda":
         raise DeviceError(dev, "CUDA graphs (cuda_graphs=) replay on a CUDA device; load "
                           "without cuda_graphs= here")  # fmt: skip
-    if require_signature is not None and not verify:
+    if options.require_signature is not None and not options.verify:
         # A signature covers the manifest; the manifest covers a member only through its
         # hash. Unhashed members would make the signature vouch for bytes nobody checked.
         warnings.warn(
@@ -516,12 +521,13 @@ def _load(
             "hashes every member the load uses",
             stacklevel=3,
         )
-        verify = True
+        options = dataclasses.replace(options, verify=True)
+    verify = options.verify
     with _open_any(path) as (reader, info):
-        if require_signature is not None:
+        if options.require_signature is not None:
             from .signing import verify_reader
 
-            verify_reader(reader, require_signature, signature)
+            verify_reader(reader, options.require_signature, options.signature)
         # a 1.0 pack: its guards, from its program's graph (hashed first when verifying)
         info = with_program_guards(reader, info, verify=verify)
         whole = info.manifest
@@ -536,7 +542,7 @@ def _load(
         graphs = ThreadPoolExecutor(1)
         try:
             pending = {
-                n: graphs.submit(read_checked_graph, reader, m.program, allow_ops,
+                n: graphs.submit(read_checked_graph, reader, m.program, options.allow_ops,
                                  m.members.get(m.program.graph) if verify else None)
                 for n, m in manifests.items() if m.program is not None
             }  # fmt: skip
@@ -544,14 +550,8 @@ def _load(
                 entry_info = info if name == default else dataclasses.replace(
                     info, manifest=manifests[name]
                 )  # fmt: skip
-                packs[name] = _load_entry(
-                    reader, entry_info, name, shared, len(names) > 1, device=dev,
-                    verify=verify, require_engine=require_engine, variant=variant,
-                    outside_profile=outside_profile, inference_mode=inference_mode,
-                    require_signature=require_signature,
-                    trust_engine_host_code=trust_engine_host_code, mmap=mmap,
-                    allow_ops=allow_ops, graph=pending.get(name),
-                )  # fmt: skip
+                packs[name] = _load_entry(reader, entry_info, name, shared, len(names) > 1,
+                                          dev, options, pending.get(name))  # fmt: skip
         finally:  # an entry point that runs engines never asks for its graph
             graphs.shutdown(wait=True, cancel_futures=True)
     top = packs[default]
@@ -563,8 +563,8 @@ def _load(
                 state[t] = (tensors[t], tensors[t].detach().clone())
         pack._state = state
         pack._entries = packs if len(packs) > 1 else {}
-    if cuda_graphs:
-        _attach_cuda_graphs(packs, default, cuda_graphs, dev)
+    if options.cuda_graphs:
+        _attach_cuda_graphs(packs, default, options.cuda_graphs, dev)
     for pack in packs.values():
         if pack.fallback_reason is not None:
             warnings.warn(f"trtpack: running the ExportedProgram: {pack.fallback_reason}",
@@ -578,17 +578,8 @@ def _load_entry(
     name: str,
     shared: dict[str, dict[str, torch.Tensor]],
     multi: bool,
-    *,
-    device: torch.device,
-    verify: bool,
-    require_engine: bool,
-    variant: str | None,
-    outside_profile: Literal["error", "fallback"],
-    inference_mode: bool,
-    require_signature: PathLike | None,
-    trust_engine_host_code: bool,
-    mmap: bool,
-    allow_ops: tuple[str, ...],
+    dev: torch.device,
+    options: _LoadOptions,
     graph: Future[tuple[bytes, Any]] | None = None,
 ) -> LoadedPack:
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
@@ -596,20 +587,22 @@ def _load_entry(
     ``graph``: its program's graph being read, hashed (when verifying) and checked."""
     from .writing.entry_points import check_loaded_state
 
-    dev = device
+    verify, mmap, require_engine = options.verify, options.mmap, options.require_engine
     manifest = info.manifest
     reason = manifest.state.engine_refusal(name) if manifest.engines and manifest.state else None
     if reason is not None:
         if require_engine:
             raise NoUsableEngineError(reason)
-    elif manifest.engines or require_engine or variant is not None:
+    elif manifest.engines or require_engine or options.variant is not None:
         from .engines.loading import load_engines
 
         # host code runs only from a pack whose signature was just verified (and whose
         # members are therefore hashed: verify is on), or if the caller trusts the pack
-        trusted = trust_engine_host_code or (require_signature is not None and verify)
+        trusted = options.trust_engine_host_code or (
+            options.require_signature is not None and verify
+        )
         loaded = load_engines(reader, manifest, dev, verify=verify,
-                              require_engine=require_engine, variant=variant,
+                              require_engine=require_engine, variant=options.variant,
                               host_code_allowed=trusted)  # fmt: skip
         if loaded.runner is not None and loaded.variant is not None:
             v = loaded.variant
@@ -632,8 +625,8 @@ def _load_entry(
                 ),
                 backend="tensorrt",
                 variant=v.name,
-                outside_profile=outside_profile,
-                inference_mode=inference_mode,
+                outside_profile=options.outside_profile,
+                inference_mode=options.inference_mode,
             )
         reason = loaded.reason
     if manifest.program is None:
@@ -642,8 +635,8 @@ def _load_entry(
         )
     program = _verified(
         reader, manifest, verify,
-        lambda: load_runnable(reader, manifest, device=dev, mmap=mmap, allow_ops=allow_ops,
-                              shared=shared, graph=graph),
+        lambda: load_runnable(reader, manifest, device=dev, mmap=mmap,
+                              allow_ops=options.allow_ops, shared=shared, graph=graph),
         read=weights_read(dev, mmap), graph_hashed=graph is not None,
     )  # fmt: skip
     if not shared and manifest.program is not None:
@@ -656,9 +649,9 @@ def _load_entry(
         backend="exported_program",
         fallback_reason=reason if manifest.engines else None,
         program=program,
-        inference_mode=inference_mode,
+        inference_mode=options.inference_mode,
         mmap=mmap,
-        allow_ops=allow_ops,
+        allow_ops=options.allow_ops,
     )
     pack.mutates = frozenset(check_loaded_state(manifest, name, program.module))
     return pack

@@ -216,6 +216,20 @@ class WithBuffers(torch.nn.Module):
         return self.out(h)
 
 
+class AccumulatingStep(torch.nn.Module):
+    """Writes state in place: adds the batch's sum to a running buffer, then reads it (the
+    smallest stateful entry point; the multi-entry tests pair it with readers of ``acc``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.register_buffer("acc", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.acc.add_(x.sum(0))
+        return self.lin(x) + self.acc
+
+
 class DynamicInt(torch.nn.Module):
     def forward(self, x, n: int):
         return x[:, :n] * 2

@@ -25,6 +25,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).parent))
 import llm
 import seq2seq
+from models import AccumulatingStep
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -470,23 +471,10 @@ def test_t5_weights_are_stored_once_and_shared(t5_pack):
 # --- per-entry-point reference samples (issue 24): a small two-entry model, fast ----------
 
 
-class _Step(torch.nn.Module):
-    """Adds the batch's sum to a running buffer (state written in place), then reads it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-        self.register_buffer("acc", torch.zeros(4))
-
-    def forward(self, x):
-        self.acc.add_(x.sum(0))
-        return self.lin(x) + self.acc
-
-
 class _Peek(torch.nn.Module):
     """The same Linear and buffer (the same tensors): reads the state, writes nothing."""
 
-    def __init__(self, step: _Step) -> None:
+    def __init__(self, step: AccumulatingStep) -> None:
         super().__init__()
         self.lin = step.lin
         self.register_buffer("acc", step.acc)
@@ -495,9 +483,9 @@ class _Peek(torch.nn.Module):
         return self.lin(x) * 2 + self.acc
 
 
-def _two_entries() -> tuple[_Step, dict]:
+def _two_entries() -> tuple[AccumulatingStep, dict]:
     torch.manual_seed(0)
-    step = _Step()
+    step = AccumulatingStep()
     x = torch.randn(2, 4)
     return step, {
         "step": torch.export.export(step, (x,)),
@@ -695,7 +683,7 @@ def test_ranges_for_all_entry_points_or_per_entry_point(tmp_path):
     """ranges= of a dict save: {symbol: range} narrows every entry point; {entry point:
     {symbol: range}} only those named."""
     torch.manual_seed(0)
-    step = _Step()
+    step = AccumulatingStep()
     b = torch.export.Dim("b", min=1, max=8)
     programs = {n: torch.export.export(m, (torch.randn(2, 4),), dynamic_shapes=({0: b},))
                 for n, m in (("step", step), ("peek", _Peek(step)))}  # fmt: skip
@@ -714,7 +702,7 @@ class _Aliased(torch.nn.Module):
     transformers cache object holds its tensors): torch.export lifts that as a constant of
     another name, one storage with the buffer."""
 
-    def __init__(self, step: _Step) -> None:
+    def __init__(self, step: AccumulatingStep) -> None:
         import types
 
         super().__init__()
@@ -730,7 +718,7 @@ def test_state_reached_under_another_name_is_refused(tmp_path):
     """An entry point whose program holds a state tensor under a second name the default
     does not have would get its own copy (the weights member references a storage only as a
     whole), and read stale state while the declaration says it shares it: refused at save."""
-    step = _Step()
+    step = AccumulatingStep()
     x = torch.randn(2, 4)
     aliased = torch.export.export(_Aliased(step), (x,))
     assert set(aliased.constants) == {"lifted_tensor_0"}  # the second name

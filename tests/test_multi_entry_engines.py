@@ -28,6 +28,8 @@ except ImportError:  # the core environment: these tests run in .venv-trt
         "torch_tensorrt is not installed here (tools/setup.sh trt)", allow_module_level=True
     )
 
+from models import AccumulatingStep  # noqa: E402
+
 SETTINGS = {"offload_module_to_cpu": True, "min_block_size": 1}
 
 
@@ -46,23 +48,10 @@ class Plain(torch.nn.Module):
         return torch.relu(self.lin(x)) * 2
 
 
-class Step(torch.nn.Module):
-    """Writes state in place: adds the batch's sum to a running buffer, then reads it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-        self.register_buffer("acc", torch.zeros(4))
-
-    def forward(self, x):
-        self.acc.add_(x.sum(0))
-        return self.lin(x) + self.acc
-
-
 class Reader(torch.nn.Module):
-    """Reads the state Step writes (the same buffer), writes nothing."""
+    """Reads the state AccumulatingStep writes (the same buffer), writes nothing."""
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: AccumulatingStep) -> None:
         super().__init__()
         self.lin = step.lin
         self.register_buffer("acc", step.acc)
@@ -73,7 +62,7 @@ class Reader(torch.nn.Module):
 
 def programs(order=("step", "plain", "reader")):
     torch.manual_seed(0)
-    step = Step()
+    step = AccumulatingStep()
     x = torch.randn(2, 4)
     b = Dim("b", min=1, max=8)
     models = {"step": step, "plain": Plain(step.lin), "reader": Reader(step)}

@@ -8,6 +8,7 @@ both stored and read for the interface (so the manifest describes exactly what t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from torch.export import ExportedProgram
 
 from ..format.container import Source
 from ..format.manifest import Interface, ProgramRef
+from ..gcpause import paused_gc
 from .derive import RangeLike, apply_ranges
 from .serialize import derive_with_names, dim_aliases, program_graph, program_members
 
@@ -41,11 +43,16 @@ def describe(
     own) and its interface, derived from the stored graph unless ``interface`` is given (a
     compiled module carries the one it was compiled with), then narrowed by ``ranges``."""
     graph = program_graph(ep)
-    program, ref = program_members(ep, folder=folder, engines=engines, graph=graph)
+    # parsed once for every reader of it here (its custom operators, the interface): each
+    # parse of a 50,000-node graph's JSON is seconds
+    with paused_gc():
+        parsed = json.loads(graph)
+    program, ref = program_members(ep, folder=folder, engines=engines, graph=graph,
+                                   parsed=parsed)  # fmt: skip
     members: dict[str, Source] = dict(program)
     by_torch: dict[str, str] = {}
     if interface is None or ranges:
-        derived, by_torch = derive_with_names(ep, graph)
+        derived, by_torch = derive_with_names(ep, parsed)
         interface = interface if interface is not None else derived
     if ranges:
         interface = apply_ranges(interface, ranges, dim_aliases(ep, by_torch))

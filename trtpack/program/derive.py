@@ -548,10 +548,10 @@ def derive_from_graph(
     from ..format.limits import loads
     from ..gcpause import paused_gc
 
-    if not isinstance(graph, dict):
-        with paused_gc():
-            graph = loads(bytes(graph), where, MigrationError)
     data = graph
+    if not isinstance(data, dict):
+        with paused_gc():
+            data = loads(bytes(data), where, MigrationError)
     return SerializedProgram(data, where=where).interface(user_names)
 
 

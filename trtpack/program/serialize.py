@@ -49,6 +49,7 @@ from ..format.weights import (
     safetensors_source,
 )
 from ..gcpause import paused_gc
+from . import graph_json
 from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
 from .treespec import register_namedtuples, restore_namedtuples
 
@@ -269,13 +270,27 @@ def serialize_graph(ep: ExportedProgram) -> bytes:
 
 
 def _serialize_graph(serde: Any, ep: ExportedProgram) -> bytes:
+    if not graph_json.available(serde) or not all(
+        hasattr(serde, name)
+        for name in ("ExportedProgramSerializer", "_enable_graph_inputs_of_type_nn_module")
+    ):
+        return _serialized(serde, serde.serialize, ep).exported_program
+    # torch's serialize(), whose last step (dataclasses -> JSON) is graph_json's, same bytes
+    with serde._enable_graph_inputs_of_type_nn_module(ep.example_inputs):
+        program = _serialized(serde, serde.ExportedProgramSerializer().serialize, ep)
+    return graph_json.to_json_bytes(serde, program.exported_program)
+
+
+def _serialized(serde: Any, serialize: Any, ep: ExportedProgram) -> Any:
+    """``serialize(ep)`` (torch's ``serialize`` or ``ExportedProgramSerializer.serialize``)
+    without weights, constants or example inputs."""
     try:
-        return serde.serialize(
+        return serialize(
             ep,
             serialize_state_dict=False,
             serialize_constants=False,
             serialize_example_inputs=False,
-        ).exported_program
+        )
     except TypeError:
         pass
     # torch < 2.12 always pickles weights, constants and example inputs alongside the JSON;
@@ -283,7 +298,7 @@ def _serialize_graph(serde: Any, ep: ExportedProgram) -> bytes:
     original = serde.serialize_torch_artifact
     serde.serialize_torch_artifact = lambda *args, **kwargs: b""
     try:
-        return serde.serialize(ep).exported_program
+        return serialize(ep)
     finally:
         serde.serialize_torch_artifact = original
 

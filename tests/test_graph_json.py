@@ -88,3 +88,25 @@ def test_every_kind_of_value_converts_as_torchs():
         ),
     }
     assert graph_json.to_json_bytes(serde, obj) == serde._to_json_bytes(obj)
+
+
+def test_describe_checks_its_graph_once_and_the_writer_any_other(tmp_path):
+    """``describe`` runs the writer's graph check as it parses the graph and records the bytes
+    it checked; the writer skips only that very object: a graph member replaced after
+    ``describe`` is checked again, and refused."""
+    import trtpack
+    from trtpack.program.describe import describe
+    from trtpack.writing.assemble import PackParts, write
+
+    described = describe(CASES["one_tensor"].export()[1])
+    graph = described.ref.graph
+    assert described.checked == {graph: described.members[graph]}
+    raw = described.members[graph]
+    assert isinstance(raw, bytes) and b"torch.ops.aten." in raw
+    parts = PackParts(described.interface, dict(described.members), described.ref,
+                      checked=described.checked)  # fmt: skip
+    write(parts, tmp_path / "ok.trtpack")
+    parts.members[graph] = raw.replace(b"torch.ops.aten.", b"os.system.", 1)
+    with pytest.raises(trtpack.UnsafePackError, match="os.system"):
+        write(parts, tmp_path / "bad.trtpack")
+    assert not (tmp_path / "bad.trtpack").exists()

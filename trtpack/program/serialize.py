@@ -199,13 +199,13 @@ def program_members(
     engines: frozenset[str] = frozenset(),
     graph: bytes | None = None,
     shared: SharedWeights | None = None,
-    parsed: Any = None,
+    custom_ops: Sequence[str] | None = None,
 ) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
     """The members that store ``ep`` under ``folder``, and the manifest's reference to them.
     ``engines`` names constants that are TensorRT engines: the graph refers to them by name,
     and they are stored as plan members of their own, not here. ``graph``: ``ep``'s JSON when
     the caller has it already (``save`` derives the interface from the same bytes), and
-    ``parsed`` that JSON parsed, when the caller has it.
+    ``custom_ops`` the custom operators it calls, when the caller has them (sorted).
     ``shared``: another program's weights (format 1.4 entry points), whose equal tensors are
     referenced, not stored again."""
     _refuse_unstorable(ep, engines)
@@ -216,7 +216,7 @@ def program_members(
         graph=f"{folder}/graph.json",
         weights=f"{folder}/weights.safetensors",
         serde_schema=serde_schema_version(),
-        custom_ops=graph_custom_ops(graph if parsed is None else parsed),
+        custom_ops=graph_custom_ops(graph) if custom_ops is None else tuple(custom_ops) or None,
     )
     return {ref.graph: graph, ref.weights: weights}, ref
 

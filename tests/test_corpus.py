@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 from corpus import cases
+from test_graph_json import assert_torch_json
 
 import trtpack
 
@@ -101,6 +102,7 @@ def test_roundtrip_equals_eager(case, tmp_path):
 
     a, k = fresh()
     want = ep.module()(*a, **k)
+    assert_torch_json(ep)  # the graph JSON stored is torch's, byte for byte
     path = tmp_path / "m.trtpack"
     trtpack.save(ep, path)
     a, k = fresh()

@@ -103,28 +103,36 @@ def test_reader_refuses_garbage(bad):
         read_safetensors(memoryview(bad), "w")
 
 
-def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatch):
-    """torch < 2.12's serialize() has no serialize_state_dict/... arguments and pickles the
-    weights alongside the JSON; trtpack skips that pickling and still writes the same graph."""
+@pytest.mark.parametrize("path", ["graph_json", "torch_serialize"])
+def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatch, path):
+    """torch < 2.12's serialize() (and its ExportedProgramSerializer.serialize) has no
+    serialize_state_dict/... arguments and pickles the weights alongside the JSON; trtpack
+    skips that pickling and still writes the same graph, both where it converts torch's
+    dataclasses to JSON itself (graph_json) and where it leaves all of it to torch."""
     from torch._export.serde import serialize as serde
 
     import trtpack
 
     _, model, ep = exported("with_buffers")
     new_style = trtpack.program.serialize.serialize_graph(ep)
-    real = serde.serialize
+    if path == "graph_json":
+        owner, name = serde.ExportedProgramSerializer, "serialize"
+    else:
+        owner, name = serde, "serialize"
+        monkeypatch.setattr(trtpack.program.graph_json, "available", lambda serde: False)
+    real = getattr(owner, name)
     pickled = []
 
-    def old_signature(ep, opset_version=None, pickle_protocol=2, **kwargs):
+    def old_signature(*args, **kwargs):
         if kwargs:
             raise TypeError(
                 f"serialize() got an unexpected keyword argument {next(iter(kwargs))!r}"
             )
-        artifact = real(ep, opset_version, pickle_protocol)
-        pickled.append(len(artifact.state_dict))
-        return artifact
+        result = real(*args)
+        pickled.append(len(result.state_dict))
+        return result
 
-    monkeypatch.setattr(serde, "serialize", old_signature)
+    monkeypatch.setattr(owner, name, old_signature)
     assert trtpack.program.serialize.serialize_graph(ep) == new_style
     assert pickled == [0]  # the weights were not pickled
     trtpack.save(ep, tmp_path / "old.trtpack")

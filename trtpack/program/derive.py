@@ -546,8 +546,12 @@ def derive_from_graph(
     symbol name -> the user's ``Dim`` name, where the live program knows them (save,
     compile); the JSON does not keep them, so ``migrate`` names symbols ``<input>_dim<i>``."""
     from ..format.limits import loads
+    from ..gcpause import paused_gc
 
-    data = loads(bytes(graph), where, MigrationError) if not isinstance(graph, dict) else graph
+    data = graph
+    if not isinstance(data, dict):
+        with paused_gc():
+            data = loads(bytes(data), where, MigrationError)
     return SerializedProgram(data, where=where).interface(user_names)
 
 

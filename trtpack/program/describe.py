@@ -9,13 +9,14 @@ both stored and read for the interface (so the manifest describes exactly what t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch.export import ExportedProgram
 
 from ..format.container import Source
 from ..format.manifest import Interface, ProgramRef
 from .derive import RangeLike, apply_ranges
+from .graph_check import checked_graph
 from .serialize import derive_with_names, dim_aliases, program_graph, program_members
 
 
@@ -27,6 +28,8 @@ class Described:
     members: dict[str, Source]
     ref: ProgramRef
     interface: Interface
+    #: the graph member, checked as a writer checks it (``PackParts.checked``)
+    checked: dict[str, Source] = field(default_factory=dict)
 
 
 def describe(
@@ -41,12 +44,17 @@ def describe(
     own) and its interface, derived from the stored graph unless ``interface`` is given (a
     compiled module carries the one it was compiled with), then narrowed by ``ranges``."""
     graph = program_graph(ep)
-    program, ref = program_members(ep, folder=folder, engines=engines, graph=graph)
+    # The check every writer runs before writing (``assemble.check_loadable``), run here, once:
+    # it parses the graph for every reader of it below (each parse of a 50,000-node graph is
+    # seconds) and lists its custom operators from the same walk
+    parsed, called = checked_graph(graph, f"{folder}/graph.json", allow_ops=("*",))
+    program, ref = program_members(ep, folder=folder, engines=engines, graph=graph,
+                                   custom_ops=called)  # fmt: skip
     members: dict[str, Source] = dict(program)
     by_torch: dict[str, str] = {}
     if interface is None or ranges:
-        derived, by_torch = derive_with_names(ep, graph)
+        derived, by_torch = derive_with_names(ep, parsed)
         interface = interface if interface is not None else derived
     if ranges:
         interface = apply_ranges(interface, ranges, dim_aliases(ep, by_torch))
-    return Described(members, ref, interface)
+    return Described(members, ref, interface, checked={ref.graph: graph})

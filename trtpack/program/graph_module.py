@@ -36,6 +36,7 @@ imported by name. The caller has run ``graph_check.check_graph`` on the same JSO
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import operator
@@ -47,6 +48,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 
+from ..gcpause import paused_gc
 from .serde import (
     KEYWORD,
     LAYOUTS,
@@ -134,16 +136,25 @@ def build_module(
             f"export schema {major}.{minor} is not one the direct build was tested on ({tested})"
         )
     try:
-        return _Builder(state_dict, constants).build(program["graph_module"], device)
+        with paused_gc():  # a node is several objects, none of them garbage (trtpack.gcpause)
+            return _Builder(state_dict, constants).build(program["graph_module"], device)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         # malformed beyond what the checks above name: torch's deserializer says what is wrong
         raise Unsupported(f"unexpected graph JSON ({type(e).__name__}: {e})") from None
 
 
 class _Builder:
-    def __init__(self, state_dict: Mapping[str, torch.Tensor], constants: Mapping[str, Any]):
+    def __init__(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        constants: Mapping[str, Any],
+        targets: dict[str, Any] | None = None,
+    ):
         self.state_dict = state_dict
         self.constants = constants
+        #: serialized call target -> what ``_target`` resolved it to, shared with subgraphs'
+        #: builders: a graph names the same few targets at every node
+        self.targets: dict[str, Any] = {} if targets is None else targets
         self.graph = torch.fx.Graph()
         #: serialized value name -> the node that produces it (torch's serialized_name_to_node)
         self.values: dict[str, torch.fx.Node] = {}
@@ -248,7 +259,11 @@ class _Builder:
     # -- nodes ---------------------------------------------------------------------------
 
     def _node(self, node: Mapping[str, Any]) -> None:
-        target = _target(node["target"])
+        serialized_target = node["target"]
+        target = self.targets.get(serialized_target) if isinstance(serialized_target, str) else None
+        if target is None:
+            target = _target(serialized_target)
+            self.targets[serialized_target] = target
         inputs, outputs = node["inputs"], node["outputs"]
         name = node.get("name") or None
         if target in _SYM_OPS or target is torch.ops.aten.item.default:
@@ -309,7 +324,7 @@ class _Builder:
         name = _str(value["name"])
         if not name.isidentifier() or hasattr(self.module, name):
             raise Unsupported(f"subgraph name {name!r} is not a free attribute name")
-        sub = _Builder(self.state_dict, self.constants)
+        sub = _Builder(self.state_dict, self.constants, self.targets)
         graph = sub._graph_body(value["graph"])
         try:
             gm = torch.fx.GraphModule(sub.module, graph)
@@ -351,22 +366,21 @@ class _Builder:
         actual = {i["name"]: self._arg(i["arg"]) for i in inputs}
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
-        for schema_arg in op._schema.arguments:
-            name = schema_arg.name
+        for name, required, kwarg_only, is_keyword in _schema_arguments(op):
             if name in actual:
                 if kinds[name] == _POSITIONAL:
                     args.append(actual[name])
                     continue
-                if kinds[name] == _KEYWORD and not keyword.iskeyword(name):
+                if kinds[name] == _KEYWORD and not is_keyword:
                     kwargs[name] = actual[name]
                     continue
-            if not schema_arg.has_default_value() and not schema_arg.kwarg_only:
+            if required:
                 if name not in actual:
                     raise Unsupported(f"{op} lacks its required argument {name!r}")
                 args.append(actual[name])
-            elif keyword.iskeyword(name):
+            elif is_keyword:
                 # torch passes it positionally, dropping any keyword collected before it
-                if kwargs or schema_arg.kwarg_only or name not in actual:
+                if kwargs or kwarg_only or name not in actual:
                     raise Unsupported(f"{op}: argument {name!r} is a Python keyword")
                 args.append(actual[name])
             elif name in actual:
@@ -581,6 +595,17 @@ class _Builder:
                 if torch.__version__ < "2.11" or len(node.args) < 2:  # (torch's pass: IndexError)
                     raise Unsupported(f"aten.to.device off the CPU, torch {torch.__version__}")
                 node.args = (node.args[0], device, *node.args[2:])
+
+
+@functools.lru_cache(maxsize=4096)  # a graph calls the same few operators at every node
+def _schema_arguments(op: torch._ops.OpOverload) -> tuple[tuple[str, bool, bool, bool], ...]:
+    """What ``_schema_inputs`` reads of each argument of ``op``'s schema: its name, whether it
+    is required positionally (no default, not keyword-only), keyword-only, a Python keyword."""
+    return tuple(
+        (a.name, not a.has_default_value() and not a.kwarg_only, a.kwarg_only,
+         keyword.iskeyword(a.name))
+        for a in op._schema.arguments
+    )  # fmt: skip
 
 
 def _codegen(module_call_graph: list) -> _PyTreeCodeGen:

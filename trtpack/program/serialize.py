@@ -48,6 +48,8 @@ from ..format.weights import (
     parse_safetensors,
     safetensors_source,
 )
+from ..gcpause import paused_gc
+from . import graph_json
 from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
 from .treespec import register_namedtuples, restore_namedtuples
 
@@ -86,10 +88,13 @@ def derive_interface(
     return iface
 
 
-def derive_with_names(ep: ExportedProgram, graph: bytes) -> tuple[Interface, dict[str, str]]:
-    """The interface derived from ``graph`` (``ep``'s JSON), and torch's symbol names -> the
-    manifest's (what ``dim_aliases`` needs to accept the user's ``Dim`` names). Symbols are
-    named by the user's ``Dim`` names where this live program knows them (issue 22.7)."""
+def derive_with_names(
+    ep: ExportedProgram, graph: bytes | dict[str, Any]
+) -> tuple[Interface, dict[str, str]]:
+    """The interface derived from ``graph`` (``ep``'s JSON, or that JSON parsed), and torch's
+    symbol names -> the manifest's (what ``dim_aliases`` needs to accept the user's ``Dim``
+    names). Symbols are named by the user's ``Dim`` names where this live program knows them
+    (issue 22.7)."""
     recorded = ep.graph_module.meta.get(LOADED_FROM_KEY)
     try:
         # the user's Dim names, where this live program knows them (its shape environment);
@@ -194,11 +199,13 @@ def program_members(
     engines: frozenset[str] = frozenset(),
     graph: bytes | None = None,
     shared: SharedWeights | None = None,
+    custom_ops: Sequence[str] | None = None,
 ) -> tuple[dict[str, bytes | Chunks], ProgramRef]:
     """The members that store ``ep`` under ``folder``, and the manifest's reference to them.
     ``engines`` names constants that are TensorRT engines: the graph refers to them by name,
     and they are stored as plan members of their own, not here. ``graph``: ``ep``'s JSON when
-    the caller has it already (``save`` derives the interface from the same bytes).
+    the caller has it already (``save`` derives the interface from the same bytes), and
+    ``custom_ops`` the custom operators it calls, when the caller has them (sorted).
     ``shared``: another program's weights (format 1.4 entry points), whose equal tensors are
     referenced, not stored again."""
     _refuse_unstorable(ep, engines)
@@ -209,7 +216,7 @@ def program_members(
         graph=f"{folder}/graph.json",
         weights=f"{folder}/weights.safetensors",
         serde_schema=serde_schema_version(),
-        custom_ops=graph_custom_ops(graph),
+        custom_ops=graph_custom_ops(graph) if custom_ops is None else tuple(custom_ops) or None,
     )
     return {ref.graph: graph, ref.weights: weights}, ref
 
@@ -218,7 +225,10 @@ def graph_custom_ops(graph: bytes | Any) -> tuple[str, ...] | None:
     """The custom operators a program's JSON calls, as the manifest records them (None: none)."""
     from .graph_check import custom_ops
 
-    found = custom_ops(json.loads(graph) if isinstance(graph, (bytes, str)) else graph)
+    if isinstance(graph, (bytes, str)):
+        with paused_gc():
+            graph = json.loads(graph)
+    found = custom_ops(graph)
     return tuple(found) or None
 
 
@@ -253,19 +263,34 @@ def serialize_graph(ep: ExportedProgram) -> bytes:
     _install_canonicalize_skip(serde)
     _SKIP.active = True
     try:
-        return _serialize_graph(serde, ep)
+        with paused_gc():  # torch builds hundreds of thousands of objects (trtpack.gcpause)
+            return _serialize_graph(serde, ep)
     finally:
         _SKIP.active = False
 
 
 def _serialize_graph(serde: Any, ep: ExportedProgram) -> bytes:
+    if not graph_json.available(serde) or not all(
+        hasattr(serde, name)
+        for name in ("ExportedProgramSerializer", "_enable_graph_inputs_of_type_nn_module")
+    ):
+        return _serialized(serde, serde.serialize, ep).exported_program
+    # torch's serialize(), whose last step (dataclasses -> JSON) is graph_json's, same bytes
+    with serde._enable_graph_inputs_of_type_nn_module(ep.example_inputs):
+        program = _serialized(serde, serde.ExportedProgramSerializer().serialize, ep)
+    return graph_json.to_json_bytes(serde, program.exported_program)
+
+
+def _serialized(serde: Any, serialize: Any, ep: ExportedProgram) -> Any:
+    """``serialize(ep)`` (torch's ``serialize`` or ``ExportedProgramSerializer.serialize``)
+    without weights, constants or example inputs."""
     try:
-        return serde.serialize(
+        return serialize(
             ep,
             serialize_state_dict=False,
             serialize_constants=False,
             serialize_example_inputs=False,
-        ).exported_program
+        )
     except TypeError:
         pass
     # torch < 2.12 always pickles weights, constants and example inputs alongside the JSON;
@@ -273,7 +298,7 @@ def _serialize_graph(serde: Any, ep: ExportedProgram) -> bytes:
     original = serde.serialize_torch_artifact
     serde.serialize_torch_artifact = lambda *args, **kwargs: b""
     try:
-        return serde.serialize(ep).exported_program
+        return serialize(ep)
     finally:
         serde.serialize_torch_artifact = original
 

@@ -64,6 +64,10 @@ class PackParts:
     entry_point: str | None = None
     entry_points: dict[str, EntryPoint] | None = None
     state: State | None = None
+    #: graph members that already passed :func:`check_loadable`'s graph check (``describe``
+    #: runs it as it parses the graph): member name -> the very bytes object checked. That
+    #: object is not checked again (bytes do not change); any other graph is.
+    checked: dict[str, Source] = field(default_factory=dict)
 
     def with_variants(
         self,
@@ -165,7 +169,8 @@ def check_loadable(parts: PackParts) -> None:
         if ref is None:
             continue
         graph = parts.members[ref.graph]
-        check_graph(read_head(graph, source_size(graph)), ref.graph, allow_ops=("*",))
+        if parts.checked.get(ref.graph) is not graph or not isinstance(graph, bytes):
+            check_graph(read_head(graph, source_size(graph)), ref.graph, allow_ops=("*",))
         weights = parts.members[ref.weights]
         (header_len,) = struct.unpack("<Q", read_head(weights, 8).ljust(8, b"\0"))
         head = read_head(weights, 8 + min(header_len, 100 << 20))

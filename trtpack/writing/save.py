@@ -106,7 +106,8 @@ def save(
     if parts is None:
         assert isinstance(obj, ExportedProgram)
         described = describe(obj, ranges=ranges)  # the interface of the bytes it stores
-        parts = PackParts(described.interface, described.members, described.ref)
+        parts = PackParts(described.interface, described.members, described.ref,
+                          checked=described.checked)  # fmt: skip
     if output_names is not None:
         parts.interface = parts.interface.with_output_names(output_names)
     parts.metadata = dict(metadata or {})

@@ -27,13 +27,11 @@ from .errors import (
 from .format.container import PackReader, PathLike
 from .format.manifest import Manifest, profile_boxes
 from .program.serialize import (
-    CheckedGraph,
     LoadedProgram,
     example_inputs,
     load_program,
     load_runnable,
     read_checked_graph,
-    register_call_types,
     runnable,
     weights_read,
 )
@@ -543,23 +541,11 @@ def _load(path: PathLike, dev: torch.device, options: _LoadOptions) -> LoadedPac
         # copies that leave the GIL (a second entry point's graph costs no wall time then).
         graphs = ThreadPoolExecutor(1)
         try:
-            pending = {}
-            for n, m in manifests.items():
-                if m.program is None:
-                    continue
-                # Without engines the program runs, and another entry point's module graph
-                # is built there too (its call's pytree types registered first, here), while
-                # the default one's weights load. The default's own graph is built after its
-                # weights: on the 2-core dev machine, building it beside the weights made a
-                # BERT load 1.06-1.13x slower (the read hashes on every core and needs the
-                # GIL between pieces), where a second entry point's made a Llama's
-                # prefill + decode load 0.93x (docs/performance.md).
-                plan = not m.engines and n != default
-                if plan:
-                    register_call_types(m, str(reader.path))
-                record = m.members.get(m.program.graph) if verify else None
-                pending[n] = graphs.submit(read_checked_graph, reader, m.program,
-                                           options.allow_ops, record, plan, dev)  # fmt: skip
+            pending = {
+                n: graphs.submit(read_checked_graph, reader, m.program, options.allow_ops,
+                                 m.members.get(m.program.graph) if verify else None)
+                for n, m in manifests.items() if m.program is not None
+            }  # fmt: skip
             for name in names:
                 entry_info = info if name == default else dataclasses.replace(
                     info, manifest=manifests[name]
@@ -594,7 +580,7 @@ def _load_entry(
     multi: bool,
     dev: torch.device,
     options: _LoadOptions,
-    graph: Future[CheckedGraph] | None = None,
+    graph: Future[tuple[bytes, Any]] | None = None,
 ) -> LoadedPack:
     """One entry point of a pack (the only one, for a pack of one program). ``shared``
     collects the default program's loaded tensors, which the other entry points reference.

@@ -36,13 +36,12 @@ imported by name. The caller has run ``graph_check.check_graph`` on the same JSO
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import keyword
 import math
 import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -121,13 +120,6 @@ def build_module(
 ) -> torch.fx.GraphModule:
     """The module ``ep.module(check_guards=False)`` would be for the parsed torch.export JSON
     ``program`` with these weights, on ``device``. Raises :class:`Unsupported`."""
-    return plan_module(program, device).bind(state_dict, constants)
-
-
-def plan_module(program: Mapping[str, Any], device: torch.device | None = None) -> ModulePlan:
-    """``build_module``'s graph work, which needs no weights: the graph built, moved to
-    ``device`` and its code generated. A load runs it on its graph thread while the weights
-    are read (``serialize.read_checked_graph``). Raises :class:`Unsupported`."""
     version = program.get("schema_version") or {}
     major = version.get("major") if isinstance(version, dict) else None
     minor = version.get("minor") if isinstance(version, dict) else None
@@ -143,60 +135,23 @@ def plan_module(program: Mapping[str, Any], device: torch.device | None = None) 
         raise Unsupported(
             f"export schema {major}.{minor} is not one the direct build was tested on ({tested})"
         )
-    with _malformed_is_unsupported(), paused_gc():  # a node is several objects (gcpause)
-        builder = _Builder(defer_subgraphs=True)
-        module = builder.build(program["graph_module"], device)
-    return ModulePlan(module, builder.lifts, builder.deferred)
-
-
-class ModulePlan:
-    """A program's module with its graph and code, its tensors not yet attached
-    (``plan_module``). ``bind`` attaches them, once, as ``ep.module()`` does: the lifted
-    parameters, buffers and constants in the signature's order, then the constants it does
-    not name, then the higher-order ops' subgraphs, so the module's attributes come in the
-    order torch's would."""
-
-    def __init__(
-        self,
-        module: torch.fx.GraphModule,
-        lifts: list[tuple[str, str, bool]],
-        subgraphs: list[tuple[str, torch.fx.GraphModule]],
-    ) -> None:
-        self._module: torch.fx.GraphModule | None = module
-        self._lifts = lifts
-        self._subgraphs = subgraphs
-
-    def bind(
-        self, state_dict: Mapping[str, torch.Tensor], constants: Mapping[str, Any]
-    ) -> torch.fx.GraphModule:
-        """The module with these weights (``build_module``). Raises :class:`Unsupported`."""
-        module, self._module = self._module, None
-        if module is None:
-            raise RuntimeError("a ModulePlan binds its weights once")
-        with _malformed_is_unsupported(), paused_gc():  # hundreds of attributes (gcpause)
-            for kind, target, persistent in self._lifts:
-                _lift(module, kind, target, persistent, state_dict, constants)
-            for name in constants:  # ``ep.module()`` adds every constant not yet assigned
-                if not _has_attr(module, name):
-                    _constant(module, name, constants)
-            for name, sub in self._subgraphs:
-                if hasattr(module, name):
-                    raise Unsupported(f"subgraph name {name!r} is not a free attribute name")
-                module.register_module(name, sub)
-        return module
-
-
-@contextlib.contextmanager
-def _malformed_is_unsupported() -> Iterator[None]:
     try:
-        yield
+        with paused_gc():  # a node is several objects, none of them garbage (trtpack.gcpause)
+            return _Builder(state_dict, constants).build(program["graph_module"], device)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        # malformed beyond what the checks name: torch's deserializer says what is wrong
+        # malformed beyond what the checks above name: torch's deserializer says what is wrong
         raise Unsupported(f"unexpected graph JSON ({type(e).__name__}: {e})") from None
 
 
 class _Builder:
-    def __init__(self, targets: dict[str, Any] | None = None, defer_subgraphs: bool = False):
+    def __init__(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        constants: Mapping[str, Any],
+        targets: dict[str, Any] | None = None,
+    ):
+        self.state_dict = state_dict
+        self.constants = constants
         #: serialized call target -> what ``_target`` resolved it to, shared with subgraphs'
         #: builders: a graph names the same few targets at every node
         self.targets: dict[str, Any] = {} if targets is None else targets
@@ -209,12 +164,6 @@ class _Builder:
         self.module = torch.nn.Module()
         #: every subgraph built, for the device move (``move_to_device_pass`` walks them all)
         self.subgraphs: list[torch.fx.Graph] = []
-        #: the lifted inputs to attach, in order: (kind, attribute path, persistent)
-        self.lifts: list[tuple[str, str, bool]] = []
-        #: the top graph's subgraphs, registered by ``ModulePlan.bind`` after the tensors
-        #: (a nested builder registers its own at once: its module holds no tensors)
-        self.defer_subgraphs = defer_subgraphs
-        self.deferred: list[tuple[str, torch.fx.GraphModule]] = []
 
     def build(self, gm: Mapping[str, Any], device: torch.device | None) -> torch.fx.GraphModule:
         graph, signature = gm["graph"], gm["signature"]
@@ -222,7 +171,8 @@ class _Builder:
             raise Unsupported("the graph holds custom objects")
         module = torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph())
         self.module = module
-        lifted, user_inputs = self._inputs(graph["inputs"], signature["input_specs"])
+        lifted, user_inputs = self._inputs(module, graph["inputs"], signature["input_specs"])
+        self._constants_left(module)
         for node in graph["nodes"]:
             self._node(node)
         self._outputs(graph["outputs"], signature["output_specs"], lifted, user_inputs)
@@ -235,7 +185,7 @@ class _Builder:
     # -- inputs: placeholders, and the lifted ones as attributes ---------------------------
 
     def _inputs(
-        self, inputs: list, specs: list
+        self, module: torch.nn.Module, inputs: list, specs: list
     ) -> tuple[dict[str, torch.fx.Node], dict[str, torch.fx.Node]]:
         if len(inputs) != len(specs):
             raise Unsupported(f"{len(inputs)} graph inputs but {len(specs)} input specs")
@@ -247,7 +197,7 @@ class _Builder:
             if spec_kind in ("parameter", "buffer", "tensor_constant"):
                 if kind != "as_tensor":
                     raise Unsupported(f"a lifted {spec_kind} input of kind {kind}")
-                target = self._lift(spec_kind, s)
+                target = self._lift(module, spec_kind, s)
                 node = self.graph.get_attr(target)
                 self._define(_str(value["name"]), node)
                 lifted[target] = node
@@ -267,21 +217,44 @@ class _Builder:
                 raise Unsupported(f"an input of kind {spec_kind}")  # custom_obj, token
         return lifted, user_inputs
 
-    def _lift(self, kind: str, spec: Mapping[str, Any]) -> str:
-        """A lifted input's attribute path, its tensor to be attached by ``ModulePlan.bind``
-        as ``ep.module()`` does (``_register_attrs_to_new_gm``)."""
-        persistent = True
+    def _lift(self, module: torch.nn.Module, kind: str, spec: Mapping[str, Any]) -> str:
+        """Assign a lifted input's tensor to the module as ``ep.module()`` does
+        (``_register_attrs_to_new_gm``) and return its attribute path."""
         if kind == "parameter":
             target = _str(spec["parameter_name"])
+            value = self.state_dict.get(target)
+            if not isinstance(value, torch.nn.Parameter):
+                raise Unsupported(f"parameter {target!r} is not a stored Parameter")
+            _assign(module, target, lambda m, f: m.register_parameter(f, value))
         elif kind == "buffer":
             target = _str(spec["buffer_name"])
             persistent = spec["persistent"]
             if type(persistent) is not bool:
                 raise Unsupported(f"buffer {target!r} has no persistent flag")
+            # torch keeps a non-persistent buffer among the constants
+            value = (self.state_dict if persistent else self.constants).get(target)
+            if not isinstance(value, torch.Tensor):
+                raise Unsupported(f"buffer {target!r} is not stored")
+            _assign(module, target, lambda m, f: m.register_buffer(f, value, persistent))
         else:
             target = _str(spec["tensor_constant_name"])
-        self.lifts.append((kind, target, persistent))
+            self._constant(module, target)
         return target
+
+    def _constant(self, module: torch.nn.Module, target: str) -> None:
+        value = self.constants.get(target)
+        if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
+            raise Unsupported(f"constant {target!r} is not a stored plain tensor")
+        if value.requires_grad:  # torch detaches it, with a warning
+            raise Unsupported(f"constant {target!r} requires grad")
+        _assign(module, target, lambda m, f: setattr(m, f, value))
+
+    def _constants_left(self, module: torch.nn.Module) -> None:
+        """Constants the signature does not name are attributes too (``ep.module()`` adds
+        every constant not yet assigned)."""
+        for name in self.constants:
+            if not _has_attr(module, name):
+                self._constant(module, name)
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -349,19 +322,15 @@ class _Builder:
         if not isinstance(value, dict):
             raise Unsupported("an as_graph argument that is not an object")
         name = _str(value["name"])
-        if not name.isidentifier() or hasattr(self.module, name) \
-                or any(name == taken for taken, _ in self.deferred):  # fmt: skip
+        if not name.isidentifier() or hasattr(self.module, name):
             raise Unsupported(f"subgraph name {name!r} is not a free attribute name")
-        sub = _Builder(self.targets)
+        sub = _Builder(self.state_dict, self.constants, self.targets)
         graph = sub._graph_body(value["graph"])
         try:
             gm = torch.fx.GraphModule(sub.module, graph)
         except SyntaxError:  # torch keeps an uncallable module then: its path, not this one
             raise Unsupported(f"subgraph {name!r} does not compile") from None
-        if self.defer_subgraphs:
-            self.deferred.append((name, gm))
-        else:
-            self.module.register_module(name, gm)
+        self.module.register_module(name, gm)
         self.subgraphs += [graph, *sub.subgraphs]
         return self.graph.create_node("get_attr", name, name=name)
 
@@ -670,39 +639,6 @@ def _codegen(module_call_graph: list) -> _PyTreeCodeGen:
 
 
 # -- attributes ------------------------------------------------------------------------------
-
-
-def _lift(
-    module: torch.nn.Module,
-    kind: str,
-    target: str,
-    persistent: bool,
-    state_dict: Mapping[str, torch.Tensor],
-    constants: Mapping[str, Any],
-) -> None:
-    """Attach a lifted input's tensor at ``target`` as ``ep.module()`` does."""
-    if kind == "parameter":
-        value = state_dict.get(target)
-        if not isinstance(value, torch.nn.Parameter):
-            raise Unsupported(f"parameter {target!r} is not a stored Parameter")
-        _assign(module, target, lambda m, f: m.register_parameter(f, value))
-    elif kind == "buffer":
-        # torch keeps a non-persistent buffer among the constants
-        buffer = (state_dict if persistent else constants).get(target)
-        if not isinstance(buffer, torch.Tensor):
-            raise Unsupported(f"buffer {target!r} is not stored")
-        _assign(module, target, lambda m, f: m.register_buffer(f, buffer, persistent))
-    else:
-        _constant(module, target, constants)
-
-
-def _constant(module: torch.nn.Module, target: str, constants: Mapping[str, Any]) -> None:
-    value = constants.get(target)
-    if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
-        raise Unsupported(f"constant {target!r} is not a stored plain tensor")
-    if value.requires_grad:  # torch detaches it, with a warning
-        raise Unsupported(f"constant {target!r} requires grad")
-    _assign(module, target, lambda m, f: setattr(m, f, value))
 
 
 def _assign(module: torch.nn.Module, target: str, register: Any) -> None:

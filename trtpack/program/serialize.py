@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch.export import ExportedProgram
@@ -51,7 +51,6 @@ from ..format.weights import (
 from ..gcpause import paused_gc
 from . import graph_json
 from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
-from .graph_module import ModulePlan
 from .treespec import register_namedtuples, restore_namedtuples
 
 
@@ -588,10 +587,10 @@ def load_program(
     whose ``engines`` are supplied as constants); on ``device`` when asked. ``mmap``: CPU
     tensors view the file's map (see ``weights_owned``). ``allow_ops``: the custom operators
     it may call (``graph_check.op_allowed``). ``shared``: as for ``load_runnable``."""
-    ref, graph, state_dict, constants = _read_program(reader, manifest, ref, device, mmap,
-                                                      allow_ops, shared)  # fmt: skip
+    ref, graph, _, state_dict, constants = _read_program(reader, manifest, ref, device, mmap,
+                                                         allow_ops, shared)  # fmt: skip
     constants.update(engines or {})
-    return deserialize_program(graph.data, state_dict, constants, manifest, ref, device)
+    return deserialize_program(graph, state_dict, constants, manifest, ref, device)
 
 
 def _read_program(
@@ -602,77 +601,45 @@ def _read_program(
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
     shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    graph: Future[CheckedGraph] | None = None,
-    plan: bool = False,
-) -> tuple[ProgramRef, CheckedGraph, dict[str, torch.Tensor], dict[str, Any]]:
-    """The program to load (``ref``, default the pack's), its graph read and checked before
-    any name in it becomes code (custom operators only where ``allow_ops`` covers them and
-    this process has them registered) and, with ``plan``, the direct build's graph work
-    done; and its tensors on ``device``; the pytree types its specs name are made known to
-    torch. ``graph``: that work already under way (``read_checked_graph``, started by the
-    caller after ``register_call_types``)."""
+    graph: Future[tuple[bytes, Any]] | None = None,
+) -> tuple[ProgramRef, bytes, Any, dict[str, torch.Tensor], dict[str, Any]]:
+    """The program to load (``ref``, default the pack's), its graph bytes and their parsed
+    JSON, checked before any name in it becomes code (custom operators only where
+    ``allow_ops`` covers them and this process has them registered), and its tensors on
+    ``device``; the pytree types its specs name are made known to torch. ``graph``: that
+    check already under way (``read_checked_graph``, started by the caller)."""
     ref = ref or manifest.program
     if ref is None:
         raise ProgramError(f"{reader.path} holds no ExportedProgram")
-    register_call_types(manifest, str(reader.path))
-    # The graph is parsed, checked and (``plan``) built on a second thread while the weights
-    # are read and moved (both mostly outside the GIL: preadv, hashing, copies to the
-    # device): a real transformer's graph work costs as much as moving its weights. A
-    # multi-entry load starts every entry point's up front (``graph``). Nothing of the graph
-    # becomes code before both are done; an error of the weights wins, as before.
-    with ThreadPoolExecutor(1) as pool:
-        job = graph or pool.submit(read_checked_graph, reader, ref, allow_ops, None, plan, device)
-        state_dict, constants = load_state(reader, ref.weights, device, mmap, shared)
-        checked = job.result()
-    return ref, checked, state_dict, constants
-
-
-def register_call_types(manifest: Manifest, where: str) -> None:
-    """Make the pytree types of the program's call and result known to torch: namedtuples
-    rebuilt from the manifest, custom classes required to be registered already (their
-    library imported). Before anything parses the program's specs, on the main thread."""
     restore_namedtuples(manifest.input_tree)
     restore_namedtuples(manifest.output_tree)
-    _require_registered(manifest, where)
-
-
-class CheckedGraph(NamedTuple):
-    """A program's graph as ``read_checked_graph`` leaves it."""
-
-    data: bytes
-    parsed: Any
-    #: the direct build's graph work (``graph_module.plan_module``), or why it does not apply
-    #: (torch's deserializer then); None where it was not asked for
-    plan: ModulePlan | str | None = None
+    _require_registered(manifest, str(reader.path))
+    # The graph is parsed and checked on a second thread while the weights are read and
+    # moved (both mostly outside the GIL: preadv, hashing, copies to the device): a real
+    # transformer's graph check costs as much as moving its weights. A multi-entry load
+    # starts every entry point's check up front (``graph``). Nothing of the graph becomes
+    # code before both are done; an error of the weights wins, as before.
+    with ThreadPoolExecutor(1) as pool:
+        job = graph or pool.submit(read_checked_graph, reader, ref, allow_ops)
+        state_dict, constants = load_state(reader, ref.weights, device, mmap, shared)
+        graph_bytes, parsed = job.result()
+    return ref, graph_bytes, parsed, state_dict, constants
 
 
 def read_checked_graph(
-    reader: PackReader,
-    ref: ProgramRef,
-    allow_ops: Sequence[str] = (),
-    record: Member | None = None,
-    plan: bool = False,
-    device: torch.device | None = None,
-) -> CheckedGraph:
+    reader: PackReader, ref: ProgramRef, allow_ops: Sequence[str] = (), record: Member | None = None
+) -> tuple[bytes, Any]:
     """A program's graph JSON, read once, hashed against ``record`` when given (a verifying
     load: the bytes parsed are the bytes hashed), parsed and checked (``checked_graph``), its
-    custom operators allowed and registered; with ``plan``, its module's graph built for
-    ``device`` (``plan_module``: the call's pytree types must be registered first,
-    ``register_call_types``). Safe on a second thread: ``reader.read`` is."""
+    custom operators allowed and registered. Safe on a second thread: ``reader.read`` is."""
     from .graph_check import checked_graph
-    from .graph_module import Unsupported, plan_module
 
     data = reader.read(ref.graph)
     if record is not None:
         reader.verify_bytes(ref.graph, data, record)
     parsed, called = checked_graph(data, ref.graph, allow_ops)
     _require_custom_ops(called, ref, f"{reader.path}: {ref.graph}")
-    if not plan:
-        return CheckedGraph(data, parsed)
-    try:
-        return CheckedGraph(data, parsed, plan_module(parsed, device))
-    except Unsupported as e:
-        return CheckedGraph(data, parsed, str(e))
+    return data, parsed
 
 
 def _require_custom_ops(called: list[str], ref: ProgramRef, where: str) -> None:
@@ -850,28 +817,21 @@ def load_runnable(
     mmap: bool = False,
     allow_ops: Sequence[str] = (),
     shared: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    graph: Future[CheckedGraph] | None = None,
+    graph: Future[tuple[bytes, Any]] | None = None,
 ) -> LoadedProgram:
     """The pack's program, ready to run on ``device``: built straight from its graph JSON
-    where ``graph_module``'s direct build reproduces ``ep.module()`` exactly (its graph work
-    done on the graph thread while the weights load, ``read_checked_graph``), else by torch's
+    where ``graph_module.build_module`` reproduces ``ep.module()`` exactly, else by torch's
     deserializer (the reason is kept). ``mmap``: see ``weights_owned``. ``shared``: loaded
     weights members another entry point's program references (format 1.4). ``graph``: its
     graph's ``read_checked_graph`` already started by the caller."""
-    from .graph_module import Unsupported, plan_module
+    from .graph_module import Unsupported, build_module
 
-    ref, checked, state_dict, constants = _read_program(
-        reader, manifest, None, device, mmap, allow_ops, shared, graph, plan=True
+    ref, graph_bytes, parsed, state_dict, constants = _read_program(
+        reader, manifest, None, device, mmap, allow_ops, shared, graph
     )
-    graph_bytes = checked.data
     tensors = {**state_dict, **{k: v for k, v in constants.items() if isinstance(v, torch.Tensor)}}
     try:
-        plan = checked.plan
-        if plan is None:  # an entry point with engines, falling back: its graph built here
-            plan = plan_module(checked.parsed, device)
-        elif isinstance(plan, str):
-            raise Unsupported(plan)
-        module = plan.bind(state_dict, constants)
+        module = build_module(parsed, state_dict, constants, device)
     except Unsupported as e:
         ep = deserialize_program(graph_bytes, state_dict, constants, manifest, ref, device)
         loaded = LoadedProgram(runnable(ep), fast_path_reason=str(e), exported_program=ep,

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 import trtpack  # noqa: E402
 from trtpack.format.container import PackReader  # noqa: E402
-from trtpack.gcpause import paused_gc  # noqa: E402
+from trtpack.program.gcpause import paused_gc  # noqa: E402
 from trtpack.program.graph_check import check_graph  # noqa: E402
 
 

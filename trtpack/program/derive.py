@@ -546,7 +546,7 @@ def derive_from_graph(
     symbol name -> the user's ``Dim`` name, where the live program knows them (save,
     compile); the JSON does not keep them, so ``migrate`` names symbols ``<input>_dim<i>``."""
     from ..format.limits import loads
-    from ..gcpause import paused_gc
+    from .gcpause import paused_gc
 
     data = graph
     if not isinstance(data, dict):

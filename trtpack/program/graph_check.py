@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IntegrityError, UnsafePackError
-from ..gcpause import paused_gc
+from .gcpause import paused_gc
 from .serde import CALL_TARGETS
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -48,7 +48,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 
-from ..gcpause import paused_gc
+from .gcpause import paused_gc
 from .serde import (
     KEYWORD,
     LAYOUTS,
@@ -136,7 +136,7 @@ def build_module(
             f"export schema {major}.{minor} is not one the direct build was tested on ({tested})"
         )
     try:
-        with paused_gc():  # a node is several objects, none of them garbage (trtpack.gcpause)
+        with paused_gc():  # a node is several objects, none of them garbage (program/gcpause.py)
             return _Builder(state_dict, constants).build(program["graph_module"], device)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         # malformed beyond what the checks above name: torch's deserializer says what is wrong

@@ -48,9 +48,9 @@ from ..format.weights import (
     parse_safetensors,
     safetensors_source,
 )
-from ..gcpause import paused_gc
 from . import graph_json
 from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
+from .gcpause import paused_gc
 from .treespec import register_namedtuples, restore_namedtuples
 
 
@@ -263,7 +263,7 @@ def serialize_graph(ep: ExportedProgram) -> bytes:
     _install_canonicalize_skip(serde)
     _SKIP.active = True
     try:
-        with paused_gc():  # torch builds hundreds of thousands of objects (trtpack.gcpause)
+        with paused_gc():  # torch builds hundreds of thousands of objects (program/gcpause.py)
             return _serialize_graph(serde, ep)
     finally:
         _SKIP.active = False

@@ -171,10 +171,10 @@ def test_the_verified_streamed_load_checks_before_returning(pack, tmp_path):
 def test_a_load_to_cuda_streams_the_checked_weights(tmp_path, monkeypatch):
     """The real thing: pinned staging buffers, several streams, 16 MiB pieces (a 40 MiB
     model: three pieces, tensors across their borders), equal to the CPU load; a damaged
-    piece fails the load. (Opt-in until this has run on a GPU: TRTPACK_GPU_STAGING=1.)"""
+    piece fails the load. (The GPU default; ran on the H100 2026-12-07.)"""
     from trtpack.program.serialize import GPU_STAGING, weights_read
 
-    monkeypatch.setenv(GPU_STAGING, "1")
+    monkeypatch.delenv(GPU_STAGING, raising=False)
     assert weights_read(torch.device("cuda"), False) == "streamed"
 
     class Big(torch.nn.Module):
@@ -195,7 +195,7 @@ def test_a_load_to_cuda_streams_the_checked_weights(tmp_path, monkeypatch):
     for name, t in cpu._program.tensors.items():
         got = cuda._program.tensors[name]
         assert got.device.type == "cuda" and torch.equal(got.cpu(), t), name
-    x = torch.randn(3, 2048)
+    x = torch.randn(2, 2048)  # the exported (static) batch
     torch.testing.assert_close(cuda(x.cuda()).cpu(), cpu(x), rtol=1e-4, atol=1e-4)
     with PackReader(path) as r:
         offset = r.info(WEIGHTS).offset + (16 << 20) + 12345  # inside the second piece
@@ -209,14 +209,16 @@ def test_a_load_to_cuda_streams_the_checked_weights(tmp_path, monkeypatch):
     trtpack.load(path, device="cuda", verify=False)  # the same path, unchecked
 
 
-def test_the_staged_gpu_load_is_opt_in_until_it_has_run_on_a_gpu(monkeypatch):
-    """A GPU load maps the file (the path measured on the H100) unless TRTPACK_GPU_STAGING=1
-    asks for the staged one, which has not run on a GPU yet (docs/cuda.md)."""
+def test_a_gpu_load_is_staged_unless_told_to_map(monkeypatch):
+    """A GPU load streams the weights through staging buffers (faster on the H100 and the
+    bytes copied are the bytes hashed, docs/cuda.md); TRTPACK_GPU_STAGING=0 keeps the mapped
+    path; the CPU reads into owned memory, or maps with mmap=True."""
     from trtpack.program.serialize import GPU_STAGING, weights_read
 
     monkeypatch.delenv(GPU_STAGING, raising=False)
+    assert weights_read(torch.device("cuda"), False) == "streamed"
+    assert weights_read(torch.device("cpu"), False) == "owned"
+    assert weights_read(torch.device("cpu"), True) == "mapped"
+    monkeypatch.setenv(GPU_STAGING, "0")
     assert weights_read(torch.device("cuda"), False) == "mapped"
     assert weights_read(torch.device("cpu"), False) == "owned"
-    monkeypatch.setenv(GPU_STAGING, "1")
-    assert weights_read(torch.device("cuda"), False) == "streamed"
-    assert weights_read(torch.device("cpu"), True) == "mapped"

@@ -9,8 +9,9 @@ same tensors), then times, each in a fresh Python process and best of ``--repeat
 - ``trtpack.load(path, verify=True)`` and ``verify=False``, then the first call; the same
   with ``mmap=True`` (CPU weights view the file's map instead of memory of their own; on a
   GPU both copy to the device from the map);
-- on a GPU, the same two through the staged load (``TRTPACK_GPU_STAGING=1``: pinned
-  buffers, each piece hashed and copied on from the same buffer, ``trtpack.program.staging``);
+- on a GPU, the plain variants copy from the file's map (``TRTPACK_GPU_STAGING=0``) and the
+  ``staged`` ones take the default GPU load (pinned buffers, each piece hashed and copied on
+  from the same buffer, ``trtpack.program.staging``);
 - torch's own: ``torch.export.load(path)``, moved to the device with
   ``torch.export.passes.move_to_device_pass`` (which rewrites the device arguments baked into
   the graph: ``.module().to(device)`` fails on real transformers with "Tensor device
@@ -55,12 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's trtpack, in this process and the children
 
 VARIANTS = {
-    "trtpack_verify": "trtpack.load verify=True",
-    "trtpack_noverify": "trtpack.load verify=False",
+    "trtpack_verify": "trtpack.load verify=True (GPU: mapped)",
+    "trtpack_noverify": "trtpack.load verify=False (GPU: mapped)",
     "trtpack_mmap_verify": "trtpack.load mmap=True verify=True",
     "trtpack_mmap_noverify": "trtpack.load mmap=True verify=False",
-    "trtpack_staged_verify": "trtpack.load staged verify=True",
-    "trtpack_staged_noverify": "trtpack.load staged verify=False",
+    "trtpack_staged_verify": "trtpack.load verify=True, staged",
+    "trtpack_staged_noverify": "trtpack.load verify=False, staged",
     "torch_export": "torch.export.load + move_to_device",
     "floor": "floor: safetensors load_file + forward",
 }
@@ -157,8 +158,8 @@ def _child(variant: str, files: dict, device: str, batch: int) -> None:
     start = time.perf_counter()
     try:
         if variant.startswith("trtpack"):
-            if "_staged" in variant:
-                os.environ["TRTPACK_GPU_STAGING"] = "1"
+            # on a GPU: the staged load (the default) or the mapped one (TRTPACK_GPU_STAGING=0)
+            os.environ["TRTPACK_GPU_STAGING"] = "1" if "_staged" in variant else "0"
             pack = trtpack.load(files["pack"], device=dev, verify=variant.endswith("_verify"),
                                 mmap="_mmap" in variant)  # fmt: skip
             y = pack(*args, **kwargs)

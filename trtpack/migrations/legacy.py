@@ -260,7 +260,7 @@ def _convert_pre_pt2(reader: PackReader) -> PackParts:
         ) from None
     described = describe(ep)
     return PackParts(described.interface, described.members, described.ref,
-                     producer=Producer(trtpack="-", python="-"),
+                     producer=Producer(trtpack="-", python="-"), checked=described.checked,
                      kind=f"torch.export program (pre-2.7 layout, schema {version})")  # fmt: skip
 
 

@@ -360,11 +360,12 @@ def _parts_of_compiled(
     wired = wire(obj)
     members: dict[str, Source] = {}
     ref: ProgramRef | None = None
+    checked: dict[str, Source] = {}
     if source is not None:
         given = attached.interface if attached is not None else None  # compile's own
         described = describe(source, ranges=ranges, interface=given)
         members.update(described.members)
-        ref, iface = described.ref, described.interface
+        ref, iface, checked = described.ref, described.interface, described.checked
     else:
         iface = wired.program.interface()[0]  # a torch_tensorrt program alone: its own JSON
         if ranges:
@@ -372,7 +373,7 @@ def _parts_of_compiled(
     profiles = getattr(attached, "profiles", None)  # compiled with several profiles
     variant, engine_members = variant_from_wired(wired, iface, name=name, profiles=profiles)
     members.update(engine_members)
-    return PackParts(iface, members, ref, (variant,))
+    return PackParts(iface, members, ref, (variant,), checked=checked)
 
 
 def variant_of_compiled(

@@ -8,11 +8,11 @@ CHECKOUT_A/B: two trees of trtpack on the same filesystem (e.g. this one and
 `git worktree add ../before HEAD~1`: the modules a load imports lazily are read from there,
 and a tree on another filesystem was seen to move the ratio by 10 %).
 Each run is a fresh Python process that imports torch, safetensors and trtpack's load path
-(and ``--import`` modules: a transformers model's outputs need its pytree classes) before
-the clock, then times ``trtpack.load(PACK, device=...)`` alone; bytecode is cached per
-checkout. Prints each side's median and the median of the pairwise ratios A/B (under 1: A is
-faster). Use it for a change to the load path; the whole-model cold start is
-tools/bench_cold_start.py.
+(and ``--import`` modules: a transformers model's outputs need its pytree classes) and, on
+CUDA, makes the context before the clock, then times ``trtpack.load(PACK, device=...)``
+alone (to ``torch.cuda.synchronize()``); bytecode is cached per checkout. Prints each side's
+median and the median of the pairwise ratios A/B (under 1: A is faster). Use it for a change
+to the load path; the whole-model cold start is tools/bench_cold_start.py.
 """
 
 from __future__ import annotations
@@ -30,8 +30,13 @@ import torch, safetensors.torch
 for name in {imports!r}:
     __import__(name)
 import trtpack, trtpack.runtime, trtpack.program.serialize, trtpack.program.graph_module
+cuda = {device!r}.startswith("cuda")
+if cuda:  # CUDA's context is not the load's: made before the clock, as a server has it
+    torch.zeros(1, device={device!r}); torch.cuda.synchronize()
 t = time.perf_counter()
 pack = trtpack.load({pack!r}, device={device!r})
+if cuda:
+    torch.cuda.synchronize()
 seconds = time.perf_counter() - t
 print(seconds, pack.fast_path_reason)
 """

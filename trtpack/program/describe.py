@@ -1,9 +1,10 @@
 """``describe``: one ExportedProgram -> everything a writer needs of it, in one call.
 
-Every writer that stores a program (``save``, a compiled module's fallback, the pre-2.7
-migration) asks this one function: the program is serialized once, and those same bytes are
-both stored and read for the interface (so the manifest describes exactly what the pack holds);
-``ranges`` narrow it, keyed by manifest symbol or by the user's ``Dim`` names.
+Every writer that stores a program (``save`` of one program or of several entry points, a
+compiled module's fallback, the pre-2.7 migration) asks this one function: the program is
+serialized once, and those same bytes are both stored and read for the interface (so the
+manifest describes exactly what the pack holds); ``ranges`` narrow it, keyed by manifest
+symbol or by the user's ``Dim`` names.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from ..format.container import Source
 from ..format.manifest import Interface, ProgramRef
 from .derive import RangeLike, apply_ranges
 from .graph_check import checked_graph
-from .serialize import derive_with_names, dim_aliases, program_graph, program_members
+from .serialize import (
+    SharedWeights,
+    derive_with_names,
+    dim_aliases,
+    program_graph,
+    program_members,
+)
 
 
 @dataclass
@@ -39,17 +46,19 @@ def describe(
     interface: Interface | None = None,
     folder: str = "program",
     engines: frozenset[str] = frozenset(),
+    shared: SharedWeights | None = None,
 ) -> Described:
     """``ep``'s members (under ``folder``; ``engines`` names constants stored as plans of their
-    own) and its interface, derived from the stored graph unless ``interface`` is given (a
-    compiled module carries the one it was compiled with), then narrowed by ``ranges``."""
+    own; ``shared``: the default entry point's weights, which another entry point's references)
+    and its interface, derived from the stored graph unless ``interface`` is given (a compiled
+    module carries the one it was compiled with), then narrowed by ``ranges``."""
     graph = program_graph(ep)
     # The check every writer runs before writing (``assemble.check_loadable``), run here, once:
     # it parses the graph for every reader of it below (each parse of a 50,000-node graph is
     # seconds) and lists its custom operators from the same walk
     parsed, called = checked_graph(graph, f"{folder}/graph.json", allow_ops=("*",))
     program, ref = program_members(ep, folder=folder, engines=engines, graph=graph,
-                                   custom_ops=called)  # fmt: skip
+                                   shared=shared, custom_ops=called)  # fmt: skip
     members: dict[str, Source] = dict(program)
     by_torch: dict[str, str] = {}
     if interface is None or ranges:

@@ -89,21 +89,6 @@ def relocated(v: Variant, entry_point: str, members: dict[str, Source]) -> Varia
     return moved(v, v.name, "engines/", f"entry_points/{entry_point}/engines/", members)
 
 
-def _interface(ep: ExportedProgram, ranges: Any, graph: bytes, given: Any) -> Any:
-    """The entry point's interface: derived from its stored graph, or ``given`` (a compiled
-    module carries the one it was compiled with), then narrowed by ``ranges`` (as
-    ``program.describe`` does for one program)."""
-    from ..program.derive import apply_ranges
-    from ..program.serialize import derive_interface, derive_with_names, dim_aliases
-
-    if given is None:
-        return derive_interface(ep, ranges=ranges, graph=graph)
-    if not ranges:
-        return given
-    by_torch = derive_with_names(ep, graph)[1]
-    return apply_ranges(given, ranges, dim_aliases(ep, by_torch))
-
-
 def parts_of_programs(
     programs: Mapping[str, ExportedProgram],
     *,
@@ -116,7 +101,8 @@ def parts_of_programs(
     entry points' records. ``interfaces``: the given interface of an entry point (compiled
     with ``trtpack.compile``), instead of the derived one; ``entry_ranges``: each entry
     point's ranges, instead of ``ranges`` for all."""
-    from ..program.serialize import SharedWeights, program_members
+    from ..program.describe import describe
+    from ..program.serialize import SharedWeights
     from ..program.state import declare_state
     from .assemble import PackParts
 
@@ -124,22 +110,20 @@ def parts_of_programs(
     names = list(programs)
     default = names[0]
     state = declare_state(programs, default)
-    members, ref = program_members(programs[default])
-    graph = members[ref.graph]
-    assert isinstance(graph, bytes)
     per = dict(entry_ranges) if entry_ranges is not None else dict.fromkeys(names, ranges)
-    iface = _interface(programs[default], per.get(default), graph, given.get(default))
-    parts = PackParts(iface, dict(members), ref)
+    # each program through ``describe``, as ``save`` of one: its graph made, parsed and
+    # checked once, and the interface derived from the bytes stored
+    top = describe(programs[default], ranges=per.get(default), interface=given.get(default))
+    parts = PackParts(top.interface, dict(top.members), top.ref, checked=dict(top.checked))
     mutable = frozenset(state.tensors) if state else frozenset()
-    shared = SharedWeights(programs[default], ref.weights, mutable)
+    shared = SharedWeights(programs[default], top.ref.weights, mutable)
     others: dict[str, EntryPoint] = {}
     for name in names[1:]:
-        ep = programs[name]
-        m, r = program_members(ep, folder=f"entry_points/{name}", shared=shared)
-        g = m[r.graph]
-        assert isinstance(g, bytes)
-        others[name] = EntryPoint(_interface(ep, per.get(name), g, given.get(name)), r)
-        parts.members.update(m)
+        d = describe(programs[name], ranges=per.get(name), interface=given.get(name),
+                     folder=f"entry_points/{name}", shared=shared)  # fmt: skip
+        others[name] = EntryPoint(d.interface, d.ref)
+        parts.members.update(d.members)
+        parts.checked.update(d.checked)
     parts.entry_point = default
     parts.entry_points = others or None
     parts.state = state

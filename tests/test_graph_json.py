@@ -1,11 +1,13 @@
 """The graph JSON a pack stores is torch.export's own, byte for byte: trtpack's faster
-dataclasses -> JSON step (trtpack/program/graph_json.py, issue 27 item 7) against torch's
-``_to_json_bytes``, on real programs (every model of tests/models.py, a custom operator,
-higher-order ops with subgraphs, infinities and NaN); the ExportDB corpus is compared in
-tests/test_corpus.py with :func:`torch_json`."""
+program -> dataclasses step (trtpack/program/graph_serde.py) and dataclasses -> JSON step
+(trtpack/program/graph_json.py, issue 27 item 7) against torch's ``serialize``, on real
+programs (every model of tests/models.py, a custom operator, higher-order ops with subgraphs,
+infinities and NaN); the ExportDB corpus is compared in tests/test_corpus.py with
+:func:`torch_json`."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -15,7 +17,7 @@ from test_graph_module import _Autocast, _Cond, _NoGrad
 from torch._export.serde import schema
 from torch._export.serde import serialize as serde
 
-from trtpack.program import graph_json
+from trtpack.program import graph_json, graph_serde
 from trtpack.program.serialize import program_graph
 
 #: also run in .venv-trt (torch 2.14.1): tools/test.sh, issue 22.8
@@ -46,7 +48,26 @@ class _Infinities(torch.nn.Module):
 
 
 def test_the_fast_path_is_taken():
-    assert graph_json.available(serde)  # else every comparison here compares torch with itself
+    # else every comparison here compares torch with itself
+    assert graph_json.available(serde)
+    assert graph_serde.available(serde)
+
+
+def test_torchs_serializer_where_its_debug_log_is_on_or_the_schema_was_not_compared(
+    caplog, monkeypatch
+):
+    """graph_serde leaves out the readable graph torch builds for its debug log: with that
+    log on, torch's serializer writes the program and the log line; on a schema version
+    graph_serde was not compared on, too. The bytes are the same either way."""
+    ep = CASES["one_tensor"].export()[1]
+    fast = program_graph(ep)
+    with caplog.at_level(logging.DEBUG, logger=serde.log.name):
+        assert not graph_serde.available(serde)
+        assert program_graph(ep) == fast
+    assert any("[serialize_graph]" in r.getMessage() for r in caplog.records)
+    assert graph_serde.available(serde)
+    monkeypatch.setattr(serde, "SCHEMA_VERSION", (8, 10_000))
+    assert not graph_serde.available(serde)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -117,6 +117,8 @@ def test_graph_serialization_on_torch_before_2_12(exported, tmp_path, monkeypatc
     new_style = trtpack.program.serialize.serialize_graph(ep)
     if path == "graph_json":
         owner, name = serde.ExportedProgramSerializer, "serialize"
+        # torch's program serializer, not graph_serde's following of it
+        monkeypatch.setattr(trtpack.program.graph_serde, "available", lambda serde: False)
     else:
         owner, name = serde, "serialize"
         monkeypatch.setattr(trtpack.program.graph_json, "available", lambda serde: False)

@@ -48,6 +48,7 @@ def _converter(serde: Any) -> Callable[[Any], Any]:
     """``serde._dataclass_to_dict``, with each type's kind (and a dataclass's field names)
     looked up once per conversion."""
     union = serde._Union
+    get = object.__getattribute__  # a union's instance dict, past its checking __getattribute__
     kinds: dict[type, tuple[int, tuple[str, ...]]] = {}
 
     def kind_of(t: type, obj: Any) -> tuple[int, tuple[str, ...]]:
@@ -77,7 +78,11 @@ def _converter(serde: Any) -> Callable[[Any], Any]:
         if kind == _FIELDS:
             return {name: convert(getattr(obj, name)) for name in names}
         if kind == _UNION:
-            return {obj.type: convert(obj.value)}
+            # ``{obj.type: convert(obj.value)}`` without the union's checking
+            # __getattribute__ (several calls per union): its tag and that field's value
+            fields = get(obj, "__dict__")
+            tag = fields["_type"]
+            return {tag: convert(fields[tag])}
         if kind == _LIST:
             return [convert(x) for x in obj]
         if kind == _DICT:

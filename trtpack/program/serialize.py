@@ -48,7 +48,7 @@ from ..format.weights import (
     parse_safetensors,
     safetensors_source,
 )
-from . import graph_json
+from . import graph_json, graph_serde
 from .derive import RangeLike, apply_ranges, derive_from_graph, keep_opts, recorded_names
 from .gcpause import paused_gc
 from .treespec import register_namedtuples, restore_namedtuples
@@ -275,10 +275,15 @@ def _serialize_graph(serde: Any, ep: ExportedProgram) -> bytes:
         for name in ("ExportedProgramSerializer", "_enable_graph_inputs_of_type_nn_module")
     ):
         return _serialized(serde, serde.serialize, ep).exported_program
-    # torch's serialize(), whose last step (dataclasses -> JSON) is graph_json's, same bytes
+    # torch's serialize(), whose last step (dataclasses -> JSON) is graph_json's, same bytes;
+    # the program's dataclasses made by graph_serde where it follows this torch
     with serde._enable_graph_inputs_of_type_nn_module(ep.example_inputs):
-        program = _serialized(serde, serde.ExportedProgramSerializer().serialize, ep)
-    return graph_json.to_json_bytes(serde, program.exported_program)
+        if graph_serde.available(serde):
+            program = graph_serde.serialized_program(serde, ep)
+        else:
+            serializer = serde.ExportedProgramSerializer().serialize
+            program = _serialized(serde, serializer, ep).exported_program
+    return graph_json.to_json_bytes(serde, program)
 
 
 def _serialized(serde: Any, serialize: Any, ep: ExportedProgram) -> Any:

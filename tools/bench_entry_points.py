@@ -5,7 +5,8 @@ packs, and the load time of both entry points against one.
 
 A transformers Llama (tests/llm.py) with a static cache, exported as prefill and decode from
 the same module. Load times are measured in fresh processes (the first load in a process
-pays a fixed cost) and again warm in the same process; the median of --repeat runs.
+pays a fixed cost), the two packs' runs alternating, and again warm in the same process; the
+median of --repeat runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ path, device = sys.argv[1], sys.argv[2]
 if device.startswith("cuda"):
     torch.zeros(1, device=device); torch.cuda.synchronize()  # CUDA's context: not on the clock
 out = []
+pack = None
 for _ in range(2):
+    pack = None  # the first load's tensors freed before the second (not two models in memory)
     t0 = time.perf_counter()
     pack = trtpack.load(path, device=device)
     if device.startswith("cuda"):
@@ -38,15 +41,20 @@ print(json.dumps({"first": out[0], "warm": out[1], "entry_points": list(pack.ent
 """
 
 
-def _load_time(path: Path, repeat: int, device: str) -> dict[str, float]:
-    runs = []
-    for _ in range(repeat):
-        r = subprocess.run([sys.executable, "-c", MEASURE, str(path), device],
-                           capture_output=True, text=True)  # fmt: skip
-        if r.returncode != 0:
-            raise SystemExit(f"loading {path} failed:\n{r.stderr[-3000:]}")
-        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    return {k: statistics.median(run[k] for run in runs) for k in ("first", "warm")}
+def _load_times(paths: list[Path], repeat: int, device: str) -> list[dict[str, float]]:
+    """Each pack's median load times, from fresh processes that alternate pack by pack
+    (A B, B A, ...): a page cache or a machine whose speed drifts moves both alike."""
+    runs: list[list[dict[str, float]]] = [[] for _ in paths]
+    for i in range(repeat):
+        order = list(range(len(paths)))
+        for k in order if i % 2 == 0 else order[::-1]:
+            r = subprocess.run([sys.executable, "-c", MEASURE, str(paths[k]), device],
+                               capture_output=True, text=True)  # fmt: skip
+            if r.returncode != 0:
+                raise SystemExit(f"loading {paths[k]} failed:\n{r.stderr[-3000:]}")
+            runs[k].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return [{key: statistics.median(run[key] for run in rs) for key in ("first", "warm")}
+            for rs in runs]  # fmt: skip
 
 
 def main() -> int:
@@ -54,7 +62,7 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="where the packs load (cpu, cuda)")
     args = parser.parse_args()
 
@@ -80,8 +88,7 @@ def main() -> int:
               f"two single packs {two / 2**20:.2f} MiB "
               f"({sizes['prefill.trtpack'] / 2**20:.2f} + {sizes['decode.trtpack'] / 2**20:.2f}); "
               f"ratio {sizes['llm.trtpack'] / two:.2f}")  # fmt: skip
-        one = _load_time(prefill, args.repeat, args.device)
-        multi = _load_time(both, args.repeat, args.device)
+        one, multi = _load_times([prefill, both], args.repeat, args.device)
         print(
             f"load, first in a process (median of {args.repeat}): one entry point "
             f"{one['first'] * 1e3:.0f} ms, both entry points {multi['first'] * 1e3:.0f} ms"

@@ -12,6 +12,7 @@ median of --repeat runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 MEASURE = """
-import json, sys, time
+import gc, json, sys, time
 import torch, trtpack
 path, device = sys.argv[1], sys.argv[2]
 if device.startswith("cuda"):
@@ -32,6 +33,9 @@ out = []
 pack = None
 for _ in range(2):
     pack = None  # the first load's tensors freed before the second (not two models in memory)
+    # its graphs are reference cycles: freed here, off the clock, not by a full pass of the
+    # collector that would otherwise land inside whichever load came next (~0.1 s on dev)
+    gc.collect()
     t0 = time.perf_counter()
     pack = trtpack.load(path, device=device)
     if device.startswith("cuda"):
@@ -64,6 +68,9 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="where the packs load (cpu, cuda)")
+    parser.add_argument("--keep", metavar="DIR", default=None,
+                        help="write the packs into DIR and keep them (e.g. for "
+                             "tools/profile_load.py --stages)")  # fmt: skip
     args = parser.parse_args()
 
     import llm
@@ -71,12 +78,15 @@ def main() -> int:
     import trtpack
 
     programs = llm.export_entry_points(llm.llama(args.hidden, args.layers, args.vocab)())
-    with tempfile.TemporaryDirectory() as tmp:
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         both, prefill, decode = d / "llm.trtpack", d / "prefill.trtpack", d / "decode.trtpack"
-        trtpack.save(programs, both)
-        trtpack.save(programs["prefill"], prefill)
-        trtpack.save(programs["decode"], decode)
+        trtpack.save(programs, both, overwrite=keep is not None)
+        trtpack.save(programs["prefill"], prefill, overwrite=keep is not None)
+        trtpack.save(programs["decode"], decode, overwrite=keep is not None)
         sizes = {p.name: p.stat().st_size for p in (both, prefill, decode)}
         two = sizes["prefill.trtpack"] + sizes["decode.trtpack"]
         params = sum(t.numel() for t in programs["prefill"].state_dict.values())

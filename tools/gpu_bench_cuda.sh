@@ -12,7 +12,8 @@
 #  4. the same for BERT and a 3.1 GiB Llama against the floor and torch.export.load (27.2),
 #     and tools/profile_load.py of the BERT pack;
 #  5. tools/bench_save_load.py --save-only at 4 GiB (27.3);
-#  6. tools/bench_entry_points.py --device cuda at 141 M and 735 M parameters (27.5).
+#  6. tools/bench_entry_points.py --device cuda at 141 M and 735 M parameters, and
+#     tools/profile_load.py --stages of the 735 M packs (27.5).
 # Every figure is a ratio against a baseline of the same run, on the same card.
 set -u
 P=${PYTHON:-/opt/torch/.venv/bin/python}
@@ -55,5 +56,9 @@ step "save, 4 GiB" 100 $P tools/bench_save_load.py --mb 4096 --repeat 3 --save-o
 step "several entry points, one load" 80 $P tools/bench_entry_points.py --device cuda \
   --hidden 1024 --layers 8 --vocab 32000
 step "several entry points, one load, 735 M" 130 $P tools/bench_entry_points.py --device cuda \
-  --hidden 2048 --layers 16 --vocab 32000
+  --hidden 2048 --layers 16 --vocab 32000 --keep "$D/ep"
+for pack in prefill llm prefill llm; do  # where the second entry point's time goes
+  [ -f "$D/ep/$pack.trtpack" ] && step "stages of $pack.trtpack" 30 $P tools/profile_load.py \
+    "$D/ep/$pack.trtpack" --device cuda --stages
+done
 rm -rf "$D"
